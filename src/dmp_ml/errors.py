@@ -1,0 +1,40 @@
+"""Typed errors a user can cause; the CLI and the service turn each into one clear message."""
+
+from __future__ import annotations
+
+
+class DmpMlError(Exception):
+    """Base class of every error dmp-ml raises on purpose."""
+
+
+class ConfigError(DmpMlError):
+    """The settings file or a settings value is invalid."""
+
+
+class DataContractError(DmpMlError):
+    """An input file cannot be used at all (missing columns, unreadable, empty)."""
+
+
+class MappingError(DataContractError):
+    """A column-mapping file is malformed or refers to columns the input lacks."""
+
+
+class UnknownProfileError(DmpMlError):
+    """None of the requested profile ids is known to the model bundle."""
+
+
+class InsufficientDataError(DmpMlError):
+    """There is not enough labelled data to train a model honestly."""
+
+
+class BundleError(DmpMlError):
+    """The model bundle is missing, incomplete or corrupt."""
+
+
+class RequestError(DmpMlError):
+    """A request parameter is invalid; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message

@@ -1,0 +1,300 @@
+"""The data contract: every row read is either loaded or quarantined with a reason."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dmp_ml.contract import EVENT_COLUMNS, load_consent, load_events, load_profiles
+from dmp_ml.errors import DataContractError, MappingError
+from dmp_ml.mapping import parse_mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
+RETAIL_MAPPING = ROOT / "pipelines" / "mappings" / "online_retail.yaml"
+
+HEADER = "event_time,cookie_id,profile_id,event_type,source,value\n"
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "events.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def assert_accounted(result) -> None:
+    report = result.report
+    assert report.rows_read == report.rows_loaded + report.rows_quarantined
+    assert len(result.frame) == report.rows_loaded
+    assert len(result.quarantine) == report.rows_quarantined
+    assert sum(report.quarantined_by_reason.values()) == report.rows_quarantined
+
+
+def test_clean_csv_loads_in_canonical_form(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER
+        + "2026-01-02T10:00:00Z,c1,,page_view,,\n"
+        + "2026-01-01 09:30:00,c1,p1,purchase,first_party,19.5\n",
+    )
+    result = load_events(path)
+    assert_accounted(result)
+    frame = result.frame
+    assert list(frame.columns) == EVENT_COLUMNS
+    assert str(frame["event_time"].dt.tz) == "UTC"
+    # sorted by time; naive time means UTC; missing source defaults to first_party
+    assert frame["event_time"].iloc[0] == pd.Timestamp("2026-01-01 09:30", tz="UTC")
+    assert frame["source"].tolist() == ["first_party", "first_party"]
+    assert frame["value"].iloc[0] == 19.5
+    assert pd.isna(frame["profile_id"].iloc[1])
+    assert frame["cookie_id"].dtype == "string"
+
+
+def test_bad_rows_are_quarantined_with_reasons(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER
+        + "not a time,c1,,page_view,,\n"
+        + "2026-01-01T00:00:00Z,,,page_view,,\n"
+        + "2026-01-01T00:00:00Z,c1,,,,\n"
+        + "2026-01-01T00:00:00Z,c1,,page_view,fourth_party,\n"
+        + "2026-01-01T00:00:00Z,c1,,purchase,,twelve\n"
+        + "2026-01-01T00:00:00Z,c2,,page_view,,\n",
+    )
+    result = load_events(path)
+    assert_accounted(result)
+    assert result.report.rows_read == 6
+    assert result.report.rows_loaded == 1
+    assert result.report.quarantined_by_reason == {
+        "invalid_event_time": 1,
+        "missing_id": 1,
+        "missing_event_type": 1,
+        "unknown_source": 1,
+        "non_numeric_value": 1,
+    }
+    # the quarantine keeps the original text and where it was in the file
+    bad_time = result.quarantine.set_index("reason").loc["invalid_event_time"]
+    assert bad_time["event_time"] == "not a time"
+    assert bad_time["row_number"] == 1
+
+
+def test_mixed_time_zones_are_converted_to_utc(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER
+        + "2026-03-01T10:00:00+02:00,c1,,page_view,,\n"
+        + "2026-03-01T10:00:00-05:00,c2,,page_view,,\n"
+        + "2026-03-01T10:00:00,c3,,page_view,,\n"
+        + "01/03/2026 10:00,c4,,page_view,,\n",
+    )
+    result = load_events(path)
+    assert_accounted(result)
+    times = result.frame.set_index("cookie_id")["event_time"]
+    assert times["c1"] == pd.Timestamp("2026-03-01 08:00", tz="UTC")
+    assert times["c2"] == pd.Timestamp("2026-03-01 15:00", tz="UTC")
+    assert times["c3"] == pd.Timestamp("2026-03-01 10:00", tz="UTC")
+    assert times["c4"].tz is not None
+
+
+def test_exact_duplicates_are_collapsed_and_counted(tmp_path: Path) -> None:
+    line = "2026-01-01T00:00:00Z,c1,p1,purchase,,10\n"
+    path = write(tmp_path, HEADER + line * 3 + "2026-01-01T00:00:00Z,c1,p1,purchase,,11\n")
+    result = load_events(path)
+    assert_accounted(result)
+    assert result.report.rows_loaded == 2
+    assert result.report.quarantined_by_reason == {"duplicate_event": 2}
+
+
+def test_stray_quote_damages_only_its_own_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER
+        + "2026-01-01T00:00:00Z,c1,,page_view,,\n"
+        + '2026-01-01T01:00:00Z,"c2,,page_view,,\n'
+        + "2026-01-01T02:00:00Z,c3,,page_view,,\n"
+        + "2026-01-01T03:00:00Z,c4,,page_view,,\n",
+    )
+    result = load_events(path)
+    assert_accounted(result)
+    assert result.report.rows_read == 4
+    assert sorted(result.frame["cookie_id"]) == ["c1", "c3", "c4"]
+    assert result.report.quarantined_by_reason == {"malformed_row": 1}
+    assert '"c2' in result.quarantine["_raw_text"].iloc[0]
+
+
+def test_non_utf8_bytes_are_quarantined_not_fatal(tmp_path: Path) -> None:
+    body = (HEADER + "2026-01-01T00:00:00Z,c1,,page_view,,\n").encode()
+    body += b"2026-01-01T00:00:00Z,caf\xe9,,page_view,,\n"
+    path = write(tmp_path, body)
+    result = load_events(path)
+    assert_accounted(result)
+    assert result.report.rows_loaded == 1
+    assert result.report.quarantined_by_reason == {"invalid_encoding": 1}
+
+
+def test_wrong_column_count_rows_are_malformed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER + "2026-01-01T00:00:00Z,c1,,page_view,,\n" + "2026-01-01T00:00:00Z,c1\n",
+    )
+    result = load_events(path)
+    assert_accounted(result)
+    assert result.report.quarantined_by_reason == {"malformed_row": 1}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "file is empty"),
+        ("a,b,c\n1,2,3\n", "missing required column(s) ['event_time', 'event_type']"),
+        ("event_time,event_type,value\n2026-01-01,page_view,1\n", "need cookie_id or profile_id"),
+    ],
+)
+def test_unusable_files_raise_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    with pytest.raises(DataContractError, match=re.escape(message)):
+        load_events(write(tmp_path, content))
+
+
+def test_missing_column_error_lists_expected_and_found(tmp_path: Path) -> None:
+    with pytest.raises(DataContractError) as info:
+        load_events(write(tmp_path, "when,who\n1,2\n"))
+    assert "expected" in str(info.value) and "found ['when', 'who']" in str(info.value)
+
+
+def test_header_only_file_loads_nothing(tmp_path: Path) -> None:
+    result = load_events(write(tmp_path, HEADER))
+    assert result.report.rows_read == 0
+    assert result.report.rows_loaded == 0
+    assert list(result.frame.columns) == EVENT_COLUMNS
+
+
+def test_parquet_with_wrong_types(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "event_time": ["2026-01-01T00:00:00Z", "yesterday"],
+            "cookie_id": ["c1", "c2"],
+            "event_type": ["purchase", "purchase"],
+            "value": ["3.5", "lots"],
+        }
+    )
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path)
+    result = load_events(path)
+    assert_accounted(result)
+    assert result.report.rows_loaded == 1
+    assert result.report.quarantined_by_reason == {"invalid_event_time": 1}
+
+
+def test_large_file_is_read_in_batches(tmp_path: Path) -> None:
+    from dmp_ml.settings import ContractSettings
+
+    n = 2_500
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
+            "cookie_id": [f"c{i % 50}" for i in range(n)],
+            "event_type": "page_view",
+        }
+    )
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path)
+    result = load_events(path, settings=ContractSettings(chunk_rows=1000))
+    assert_accounted(result)
+    assert result.report.rows_loaded == n
+
+
+def test_mapping_renames_derives_and_drops(tmp_path: Path) -> None:
+    raw = pd.DataFrame(
+        {
+            "When": ["2026-01-01 10:00", "2026-01-01 11:00", "2026-07-01 12:00"],
+            "Customer": [17850.0, 17851.0, None],
+            "Invoice": ["1", "C2", "3"],
+            "Qty": [2, 1, 1],
+            "Price": [1.5, 2.0, 3.0],
+        }
+    )
+    path = tmp_path / "raw.parquet"
+    raw.to_parquet(path)
+    mapping = parse_mapping(
+        {
+            "timezone": "Europe/London",
+            "rename": {"When": "event_time", "Customer": "profile_id"},
+            "integer_ids": ["profile_id"],
+            "constants": {"event_type": "purchase"},
+            "derive": {"value": {"multiply": ["Qty", "Price"]}},
+            "drop": [
+                {"column": "Invoice", "op": "startswith", "value": "C", "reason": "cancelled"}
+            ],
+        }
+    )
+    result = load_events(path, mapping=mapping)
+    assert_accounted(result)
+    assert result.report.quarantined_by_reason == {"cancelled": 1, "missing_id": 1}
+    row = result.frame.iloc[0]
+    assert row["profile_id"] == "17850"
+    assert row["value"] == 3.0
+    assert row["event_time"] == pd.Timestamp("2026-01-01 10:00", tz="UTC")  # GMT in winter
+
+
+def test_mapping_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(MappingError, match="unknown op"):
+        parse_mapping({"drop": [{"column": "a", "op": "~", "value": 1, "reason": "x"}]})
+    with pytest.raises(MappingError, match="not an IANA time zone"):
+        parse_mapping({"timezone": "Mars/Olympus"})
+    path = write(tmp_path, "a,b\n1,2\n")
+    with pytest.raises(MappingError, match=r"needs columns \['When'\]"):
+        load_events(path, mapping=parse_mapping({"rename": {"When": "event_time"}}))
+
+
+@pytest.mark.skipif(not RETAIL.exists(), reason="shared Online Retail data not present")
+def test_online_retail_loads_with_shipped_mapping() -> None:
+    result = load_events(RETAIL, mapping=RETAIL_MAPPING)
+    assert_accounted(result)
+    report = result.report
+    assert report.rows_read == 541_909
+    assert report.quarantined_by_reason == {
+        "cancelled_invoice": 9_288,
+        "duplicate_event": 5_234,
+        "missing_id": 132_220,
+        "non_positive_price": 1_181,
+        "non_positive_quantity": 1_336,
+    }
+    assert report.rows_loaded == 392_650
+    assert result.frame["profile_id"].nunique() == 4_338
+    assert (result.frame["value"] > 0).all()
+
+
+def test_profiles_and_consent(tmp_path: Path) -> None:
+    profiles = write(
+        tmp_path,
+        "profile_id,timezone,age,tier,email\n"
+        "p1,Europe/Berlin,34,gold,a@example.com\n"
+        "p2,Not/AZone,,silver,\n"
+        "p1,UTC,40,gold,\n"
+        ",UTC,1,gold,\n",
+        name="profiles.csv",
+    )
+    result = load_profiles(profiles)
+    assert_accounted(result)
+    assert result.report.quarantined_by_reason == {
+        "duplicate_profile_id": 1,
+        "missing_profile_id": 1,
+    }
+    assert result.report.warnings == {"invalid_timezone_set_to_unknown": 1}
+    assert result.frame["age"].dtype == "float64"
+    consent = write(
+        tmp_path,
+        "profile_id,cookie_id,purpose,granted,updated_at\n"
+        "p1,,marketing,true,2026-01-01\n"
+        "p1,,marketing,withdrawn,2026-02-01\n"
+        ",c9,marketing,no,2026-02-01\n"
+        "p2,,marketing,maybe,2026-02-01\n",
+        name="consent.csv",
+    )
+    result = load_consent(consent)
+    assert_accounted(result)
+    assert result.report.quarantined_by_reason == {"invalid_granted": 1}
+    assert result.frame["granted"].tolist() == [True, False, False]
