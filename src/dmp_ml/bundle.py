@@ -20,10 +20,13 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from dmp_ml.errors import BundleError
 
@@ -132,10 +135,155 @@ def _point_to(workdir: Path, target: Path) -> None:
 
 
 def _prune(versions: Path, keep: int, live: Path) -> None:
-    done = sorted(
-        (p for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: p.stat().st_mtime,
-    )
+    # version names start with their creation time, so name order is age order
+    done = sorted(p for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
     for old in done[:-keep]:
         if old != live:
             shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- loaded bundle
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of the requested profiles that are known, and the ids that are not."""
+
+    frame: pd.DataFrame
+    unknown_ids: list[str]
+
+
+class ModelBundle:
+    """A loaded, verified bundle: the feature table, the models and the precomputed scores.
+
+    Every question a campaign tool asks goes through one of its methods, so the CLI, the
+    service and notebooks give the same answers. Forgotten profiles (see :meth:`forget`)
+    disappear from every answer at once.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], n_threads: int | None = None) -> None:
+        from dmp_ml.features import FeatureTable
+        from dmp_ml.lookalike import LookalikeModel
+        from dmp_ml.propensity import PropensityModel
+        from dmp_ml.send_time import SendTimeModel
+
+        self.path = path
+        self.manifest = manifest
+        self.version: str = manifest["bundle_version"]
+        self.as_of = pd.Timestamp(manifest["as_of"])
+        self.features = FeatureTable.read(path / "features")
+        steps = manifest.get("steps", {})
+
+        def trained(name: str) -> bool:
+            return steps.get(name, {}).get("status") == "trained"
+
+        self.propensity = (
+            PropensityModel.load(path / "propensity") if trained("propensity") else None
+        )
+        self.scores = (
+            pd.read_parquet(path / "propensity" / "scores.parquet").set_index("profile_id")
+            if self.propensity is not None
+            else None
+        )
+        self.send_time_model = (
+            SendTimeModel.load(path / "send_time") if trained("send_time") else None
+        )
+        self.lookalike_model = (
+            LookalikeModel.load(path / "lookalike", n_threads=n_threads)
+            if trained("lookalike")
+            else None
+        )
+        self._forgotten: set[str] = set()
+
+    # -- questions ------------------------------------------------------------------------
+    def score(self, profile_ids: Iterable[str], explain: bool = False) -> ScoreResult:
+        """Propensity ``score`` and ``percentile`` as of the bundle's ``as_of``."""
+        if self.scores is None or self.propensity is None:
+            raise BundleError(
+                f"bundle {self.version} has no propensity model: {self._why('propensity')}"
+            )
+        ids = list(dict.fromkeys(str(p) for p in profile_ids))
+        present = self.scores.index.isin(ids)
+        available = set(self.scores.index[present]) - self._forgotten
+        known = [p for p in ids if p in available]
+        unknown = [p for p in ids if p not in available]
+        frame = self.scores.loc[known, ["score", "percentile"]].reset_index()
+        if explain and known:
+            X = self.features.frame.loc[known]
+            frame["reasons"] = self.propensity.explain(X)
+        return ScoreResult(frame=frame, unknown_ids=unknown)
+
+    def lookalike(
+        self,
+        seed_ids: Iterable[str],
+        size: int | None = None,
+        reach: float | None = None,
+        exclude_ids: Iterable[str] = (),
+    ) -> Any:
+        """More profiles like the seed; see :meth:`dmp_ml.lookalike.LookalikeModel.expand`."""
+        if self.lookalike_model is None:
+            raise BundleError(
+                f"bundle {self.version} has no lookalike model: {self._why('lookalike')}"
+            )
+        seeds = [str(s) for s in seed_ids if str(s) not in self._forgotten]
+        return self.lookalike_model.expand(seeds, size=size, reach=reach, exclude_ids=exclude_ids)
+
+    def send_time(
+        self,
+        profile_ids: Iterable[str] | None = None,
+        window_start: pd.Timestamp | str | None = None,
+        window_hours: int = 24,
+        quiet_hours: tuple[int, int] | None = None,
+        timezone: str | None = None,
+    ) -> Any:
+        """Best send time per profile inside a window (see ``SendTimeModel.best_send_time``)."""
+        if self.send_time_model is None:
+            raise BundleError(
+                f"bundle {self.version} has no send-time model: {self._why('send_time')}"
+            )
+        ids = None if profile_ids is None else [str(p) for p in profile_ids]
+        decision = self.send_time_model.best_send_time(
+            ids,
+            window_start=window_start if window_start is not None else self.as_of,
+            window_hours=window_hours,
+            quiet_hours=quiet_hours,
+            timezone=timezone,
+        )
+        if self._forgotten:
+            gone = decision.frame["profile_id"].isin(self._forgotten)
+            unknown = list(decision.unknown_ids) + decision.frame.loc[gone, "profile_id"].tolist()
+            decision = replace(
+                decision,
+                frame=decision.frame.loc[~gone].reset_index(drop=True),
+                unknown_ids=unknown,
+            )
+        return decision
+
+    def forget(self, profile_ids: Iterable[str]) -> int:
+        """Remove profiles from every answer of this loaded bundle at once."""
+        ids = {str(p) for p in profile_ids}
+        self._forgotten |= ids
+        if self.lookalike_model is not None:
+            self.lookalike_model.forget(ids)
+        return len(ids)
+
+    def info(self) -> dict[str, Any]:
+        """The manifest without file checksums, plus where the bundle lives."""
+        info = {k: v for k, v in self.manifest.items() if k != "files"}
+        info["path"] = str(self.path)
+        return info
+
+    def _why(self, step: str) -> str:
+        outcome = self.manifest.get("steps", {}).get(step, {})
+        return outcome.get("reason") or "the step did not run"
+
+
+def load_bundle(location: str | Path, n_threads: int | None = None) -> ModelBundle:
+    """Load and verify the live bundle of a workdir, or a bundle directory itself."""
+    location = Path(location)
+    path = location if (location / MANIFEST).exists() else live_bundle_path(location)
+    manifest = read_manifest(path, verify=True)
+    try:
+        return ModelBundle(path, manifest, n_threads=n_threads)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"bundle {path} cannot be loaded: {exc}") from exc

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import click
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dmp_ml.errors import DmpMlError
+from dmp_ml.errors import DataContractError, DmpMlError
+from dmp_ml.settings import Settings, load_settings
 
 app = typer.Typer(
     name="dmp-ml",
@@ -100,7 +103,10 @@ def demo_data(
     """Generate the synthetic demo DMP world (events, profiles, consent, ground truth)."""
     from dmp_ml.demo import generate_demo_world, write_demo_world
 
-    world = generate_demo_world(n_profiles=profiles, days=days, seed=seed)
+    try:
+        world = generate_demo_world(n_profiles=profiles, days=days, seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     paths = write_demo_world(world, out_dir)
     out.print(
         f"demo world: {len(world.profiles):,} profiles, {len(world.events):,} events, "
@@ -108,6 +114,243 @@ def demo_data(
     )
     for name, path in paths.items():
         out.print(f"  {name}: {path}")
+
+
+EventsOpt = Annotated[Path, typer.Option("--events", help="Event log, CSV or Parquet.")]
+ProfilesOpt = Annotated[Path | None, typer.Option("--profiles", help="Profiles table.")]
+ConsentOpt = Annotated[Path | None, typer.Option("--consent", help="Consent records.")]
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Work directory holding the bundle.")]
+IdsOpt = Annotated[
+    Path | None, typer.Option("--ids", help="File with one profile id per line (default: all).")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output CSV.")]
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _read_ids(path: Path) -> list[str]:
+    if not path.exists():
+        raise DataContractError(f"{path}: file not found")
+    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    ids = [i for i in ids if i and i != "profile_id"]
+    if not ids:
+        raise DataContractError(f"{path}: no ids in the file")
+    return ids
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def _report_unknown(unknown: list[str], what: str = "ids") -> None:
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        err.print(f"{len(unknown)} unknown {what}: {shown}", highlight=False)
+
+
+@app.command()
+def features(
+    events: EventsOpt,
+    as_of: Annotated[str, typer.Option("--as-of", help="Cutoff: only events before it count.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output Parquet.")],
+    profiles: ProfilesOpt = None,
+    consent: ConsentOpt = None,
+    mapping: MappingOpt = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="pandas or dask.")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler address.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Build point-in-time features per profile and write them to Parquet."""
+    from dmp_ml.contract import load_consent, load_events, load_profiles
+    from dmp_ml.features import build_features
+
+    feature_overrides = {"engine": engine, "dask_scheduler": scheduler}
+    settings = _settings(config)
+    if any(v is not None for v in feature_overrides.values()):
+        section = settings.features.model_copy(
+            update={k: v for k, v in feature_overrides.items() if v is not None}
+        )
+        settings = settings.model_copy(update={"features": section})
+    with _progress() as progress:
+        task = progress.add_task("loading events", total=None)
+        loaded = load_events(events, mapping=mapping, settings=settings.contract)
+        prof = load_profiles(profiles, settings=settings.contract).frame if profiles else None
+        cons = load_consent(consent, settings=settings.contract).frame if consent else None
+        progress.update(task, description=f"building features ({settings.features.engine})")
+        table = build_features(loaded.frame, as_of, prof, cons, settings)
+        progress.update(task, description="writing")
+        table.to_parquet(out_path)
+    summary = Table(title=f"features as of {table.spec.as_of}", show_header=False)
+    summary.add_row("profiles", f"{len(table):,}")
+    summary.add_row("features", f"{len(table.spec.columns):,}")
+    for key, value in table.summary.items():
+        summary.add_row(key.replace("_", " "), f"{value:,}")
+    summary.add_row("written to", str(out_path))
+    out.print(summary)
+
+
+@app.command()
+def train(
+    events: EventsOpt,
+    as_of: Annotated[str, typer.Option("--as-of", help="Training cutoff (UTC if naive).")],
+    workdir: WorkdirOpt = Path("models"),
+    profiles: ProfilesOpt = None,
+    consent: ConsentOpt = None,
+    mapping: MappingOpt = None,
+    target_event: Annotated[str | None, typer.Option("--target-event")] = None,
+    horizon_days: Annotated[int | None, typer.Option("--horizon-days", min=1)] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train every model and publish a new bundle in WORKDIR (the old one stays on failure)."""
+    from dmp_ml.pipeline import train as run_pipeline
+
+    settings = _settings(config, workdir=workdir)
+    updates = {"target_event": target_event, "horizon_days": horizon_days}
+    if any(v is not None for v in updates.values()):
+        section = settings.propensity.model_copy(
+            update={k: v for k, v in updates.items() if v is not None}
+        )
+        settings = settings.model_copy(update={"propensity": section})
+    with _progress() as progress:
+        task = progress.add_task("loading inputs", total=None)
+
+        def on_step(name: str, status: str) -> None:
+            progress.update(task, description=f"{name}: {status}")
+
+        result = run_pipeline(
+            events,
+            as_of,
+            workdir,
+            profiles=profiles,
+            consent=consent,
+            mapping=mapping,
+            settings=settings,
+            on_step=on_step,
+        )
+    table = Table(title=f"bundle {result.version} (as of {result.manifest['as_of']})")
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("headline")
+    for name, outcome in result.steps.items():
+        headline = ", ".join(f"{k}={v:.3f}" for k, v in list(outcome.metrics.items())[:4])
+        if outcome.status != "trained":
+            headline = outcome.reason
+        table.add_row(name, outcome.status, headline)
+    out.print(table)
+    for kind, load in result.loads.items():
+        if load.get("rows_quarantined"):
+            out.print(
+                f"{kind}: {load['rows_quarantined']:,} of {load['rows_read']:,} rows quarantined "
+                f"-> {load.get('quarantine')}"
+            )
+    out.print(f"bundle: {result.bundle_path}")
+    out.print(f"MLflow: mlflow ui --backend-store-uri {settings.tracking_uri()}")
+
+
+@app.command()
+def score(
+    workdir: WorkdirOpt = Path("models"),
+    ids: IdsOpt = None,
+    out_path: OutOpt = Path("scores.csv"),
+) -> None:
+    """Write propensity scores (profile_id,score,percentile); unknown ids go to stderr."""
+    from dmp_ml.bundle import load_bundle
+
+    bundle = load_bundle(workdir)
+    wanted = _read_ids(ids) if ids else None
+    result = bundle.score(wanted if wanted is not None else bundle.scores.index)
+    _write_csv(result.frame[["profile_id", "score", "percentile"]], out_path)
+    _report_unknown(result.unknown_ids)
+    out.print(f"{len(result.frame):,} scores written to {out_path}")
+
+
+@app.command("send-time")
+def send_time(
+    workdir: WorkdirOpt = Path("models"),
+    ids: IdsOpt = None,
+    window_start: Annotated[
+        str | None, typer.Option("--window-start", help="UTC start (default: bundle as_of).")
+    ] = None,
+    window_hours: Annotated[int, typer.Option("--window-hours", min=1, max=168)] = 24,
+    quiet_hours: Annotated[
+        str | None, typer.Option("--quiet-hours", help="Local quiet hours START-END, e.g. 22-7.")
+    ] = None,
+    out_path: OutOpt = Path("send_times.csv"),
+) -> None:
+    """Write the best send time per profile inside the window."""
+    from dmp_ml.bundle import load_bundle
+
+    quiet = _parse_quiet_hours(quiet_hours) if quiet_hours else None
+    bundle = load_bundle(workdir)
+    decision = bundle.send_time(
+        _read_ids(ids) if ids else None,
+        window_start=window_start,
+        window_hours=window_hours,
+        quiet_hours=quiet,
+    )
+    frame = decision.frame[["profile_id", "send_at", "hour_of_week", "probability", "basis"]]
+    _write_csv(frame, out_path)
+    _report_unknown(decision.unknown_ids)
+    out.print(f"{len(frame):,} send times written to {out_path}")
+
+
+def _parse_quiet_hours(text: str) -> tuple[int, int]:
+    from dmp_ml.errors import RequestError
+
+    try:
+        start, end = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise RequestError("--quiet-hours", f"expected START-END hours, got {text!r}") from None
+    return start, end
+
+
+@app.command()
+def lookalike(
+    seeds: Annotated[Path, typer.Option("--seeds", help="Seed profile ids, one per line.")],
+    workdir: WorkdirOpt = Path("models"),
+    size: Annotated[int | None, typer.Option("--size", help="Audience size.")] = None,
+    reach: Annotated[
+        float | None, typer.Option("--reach", help="Share of the eligible population.")
+    ] = None,
+    exclude: Annotated[Path | None, typer.Option("--exclude", help="Ids never to return.")] = None,
+    out_path: OutOpt = Path("audience.csv"),
+    diagnostics: Annotated[
+        Path | None, typer.Option("--diagnostics", help="Write diagnostics JSON here.")
+    ] = None,
+) -> None:
+    """Expand a seed list into an audience of similar profiles (profile_id,score,rank)."""
+    from dmp_ml.bundle import load_bundle
+
+    bundle = load_bundle(workdir)
+    audience = bundle.lookalike(
+        _read_ids(seeds),
+        size=size,
+        reach=reach,
+        exclude_ids=_read_ids(exclude) if exclude else (),
+    )
+    _write_csv(audience.frame[["profile_id", "score", "rank"]], out_path)
+    for line in audience.lines():
+        err.print(line, highlight=False)
+    if diagnostics is not None:
+        diagnostics.parent.mkdir(parents=True, exist_ok=True)
+        diagnostics.write_text(json.dumps(audience.diagnostics, indent=2, default=str))
+    out.print(f"{len(audience.frame):,} profiles written to {out_path}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
 
 
 def main() -> None:
