@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 WORKDIR ?= models
 PROFILES ?= 20000
-DAYS ?= 120
+DAYS ?= 150
 PORT ?= 3000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -23,7 +23,11 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/dmp-ml demo-data $(WORKDIR)/demo --profiles $(PROFILES) --days $(DAYS)
-	@echo "demo world written to $(WORKDIR)/demo"
+	$(BIN)/dmp-ml train --workdir $(WORKDIR) --as-of end \
+		--events $(WORKDIR)/demo/events.parquet \
+		--profiles $(WORKDIR)/demo/profiles.parquet \
+		--consent $(WORKDIR)/demo/consent.parquet
+	$(BIN)/dmp-ml serve --workdir $(WORKDIR) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,315 @@
+"""``train()``: the steps from event files to a published model bundle, declared in order.
+
+Each step is a function ``(TrainContext) -> StepOutcome`` that writes its artefacts into the
+bundle being built. A step that lacks data (too few positives, no email history) is *skipped*
+with its reason and the pipeline goes on; any other failure aborts the run and the previous
+bundle stays live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dmp_ml import bundle as bundle_io
+from dmp_ml.contract import LoadResult, load_consent, load_events, load_profiles
+from dmp_ml.erasure import read_erasure_list
+from dmp_ml.errors import DataContractError, InsufficientDataError
+from dmp_ml.features import FeatureTable, build_features
+from dmp_ml.identity import resolve_identity
+from dmp_ml.mapping import ColumnMapping
+from dmp_ml.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+_LIBRARIES = ("dmp-ml", "pandas", "numpy", "scikit-learn", "lightgbm", "faiss-cpu", "mlflow")
+
+
+@dataclass
+class StepOutcome:
+    """What one pipeline step did: ``trained`` or ``skipped`` (with the reason)."""
+
+    status: str
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "metrics": self.metrics,
+            "mlflow_run_id": self.mlflow_run_id,
+            **self.details,
+        }
+
+
+@dataclass
+class TrainContext:
+    """Inputs every step reads, and the bundle directory it writes into."""
+
+    settings: Settings
+    as_of: pd.Timestamp
+    events: pd.DataFrame
+    profiles: pd.DataFrame | None
+    consent: pd.DataFrame | None
+    erased: frozenset[str]
+    bundle_dir: Path
+    features: FeatureTable | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The published bundle and what each step did."""
+
+    bundle_path: Path
+    version: str
+    manifest: dict[str, Any]
+    steps: dict[str, StepOutcome]
+    loads: dict[str, dict[str, Any]]
+
+
+Step = Callable[[TrainContext], StepOutcome]
+StepCallback = Callable[[str, str], None]
+
+
+def _features_step(ctx: TrainContext) -> StepOutcome:
+    table = build_features(
+        ctx.events, ctx.as_of, ctx.profiles, ctx.consent, ctx.settings, erased=ctx.erased
+    )
+    table.write(ctx.bundle_dir / "features")
+    ctx.features = table
+    return StepOutcome("trained", details={"summary": dict(table.summary), "rows": len(table)})
+
+
+def _propensity_step(ctx: TrainContext) -> StepOutcome:
+    from dmp_ml.propensity import build_snapshots, train_propensity
+    from dmp_ml.tracking import log_propensity_run
+
+    snapshots, _ = build_snapshots(
+        ctx.events, ctx.as_of, ctx.settings, ctx.profiles, ctx.consent, erased=ctx.erased
+    )
+    assert ctx.features is not None
+    result = train_propensity(snapshots, ctx.features, ctx.settings)
+    out = ctx.bundle_dir / "propensity"
+    result.model.save(out)
+    result.scores.to_parquet(out / "scores.parquet", index=False)
+    logged = log_propensity_run(result, ctx.settings)
+    return StepOutcome(
+        "trained",
+        metrics=result.summary(),
+        mlflow_run_id=logged.run_id,
+        details={
+            "target_event": result.target_event,
+            "horizon_days": result.horizon_days,
+            "champion": logged.champion_version,
+            "promoted": logged.promoted,
+            "champion_reason": logged.reason,
+            "model_version": logged.model_version,
+        },
+    )
+
+
+def _send_time_step(ctx: TrainContext) -> StepOutcome:
+    from dmp_ml.send_time import SendTimeModel, evaluate_send_time
+    from dmp_ml.tracking import log_metrics_run
+
+    st = ctx.settings.send_time
+    holdout = pd.Timedelta(days=st.evaluation_days)
+    cutoff = ctx.as_of - holdout
+    timezones = _timezones(ctx.profiles)
+    # honest evaluation: fit before the last `evaluation_days`, score on them, then refit on all
+    resolved = resolve_identity(
+        ctx.events, ctx.as_of, ctx.settings.features, consent=ctx.consent, erased=ctx.erased
+    ).events
+    train_part = resolved[resolved["event_time"] < cutoff]
+    evaluation = evaluate_send_time(
+        SendTimeModel.from_settings(st).fit(train_part, cutoff, timezones),
+        resolved,
+        timezones=timezones,
+        training_events=train_part,
+    )
+    model = SendTimeModel.from_settings(st).fit(resolved, ctx.as_of, timezones)
+    model.save(ctx.bundle_dir / "send_time")
+    metrics = _flat_metrics(evaluation)
+    run_id = log_metrics_run(
+        "dmp-send-time",
+        params={"as_of": ctx.as_of.isoformat(), "evaluation_days": st.evaluation_days},
+        metrics=metrics,
+        settings=ctx.settings,
+    )
+    return StepOutcome("trained", metrics=metrics, mlflow_run_id=run_id)
+
+
+def _lookalike_step(ctx: TrainContext) -> StepOutcome:
+    from dmp_ml.lookalike import LookalikeModel
+    from dmp_ml.tracking import log_metrics_run
+
+    assert ctx.features is not None
+    model = LookalikeModel(ctx.settings.lookalike).fit(ctx.features)
+    model.save(ctx.bundle_dir / "lookalike")
+    report = {k: v for k, v in model.build_report_.items() if isinstance(v, int | float)}
+    run_id = log_metrics_run(
+        "dmp-lookalike",
+        params={"as_of": ctx.as_of.isoformat(), "index": str(model.build_report_.get("index"))},
+        metrics=report,
+        settings=ctx.settings,
+    )
+    return StepOutcome(
+        "trained", metrics=report, mlflow_run_id=run_id, details={"build": model.build_report_}
+    )
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("features", _features_step),
+    ("propensity", _propensity_step),
+    ("send_time", _send_time_step),
+    ("lookalike", _lookalike_step),
+)
+
+
+def train(
+    events: str | Path | pd.DataFrame,
+    as_of: str | pd.Timestamp,
+    workdir: str | Path | None = None,
+    *,
+    profiles: str | Path | pd.DataFrame | None = None,
+    consent: str | Path | pd.DataFrame | None = None,
+    mapping: ColumnMapping | str | Path | None = None,
+    settings: Settings | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Run every step and publish a new bundle in ``workdir`` (default ``settings.workdir``).
+
+    ``as_of`` is a timestamp, or ``"end"`` for the midnight after the last event.
+    ``events``, ``profiles`` and ``consent`` are file paths (validated against the contract,
+    bad rows quarantined under ``<workdir>/quarantine/``) or frames already in contract form.
+    """
+    settings = settings or load_settings()
+    workdir = Path(workdir if workdir is not None else settings.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if settings.workdir != workdir:
+        settings = settings.model_copy(update={"workdir": workdir})
+    loads: dict[str, dict[str, Any]] = {}
+    events_df = _input(events, "events", load_events, mapping, settings, workdir, loads)
+    assert events_df is not None
+    as_of_ts = data_end(events_df) if str(as_of) == "end" else _utc(as_of)
+    profiles_df = _input(profiles, "profiles", load_profiles, None, settings, workdir, loads)
+    consent_df = _input(consent, "consent", load_consent, None, settings, workdir, loads)
+    fingerprint = _fingerprint(events_df)
+    version = f"{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}"
+    outcomes: dict[str, StepOutcome] = {}
+    with bundle_io.write_bundle(workdir, version) as tmp:
+        ctx = TrainContext(
+            settings=settings,
+            as_of=as_of_ts,
+            events=events_df,
+            profiles=profiles_df,
+            consent=consent_df,
+            erased=read_erasure_list(workdir),
+            bundle_dir=tmp,
+        )
+        for name, step in STEPS:
+            if on_step:
+                on_step(name, "running")
+            try:
+                outcomes[name] = step(ctx)
+            except InsufficientDataError as exc:
+                logger.warning("%s skipped: %s", name, exc)
+                outcomes[name] = StepOutcome("skipped", reason=str(exc))
+            if on_step:
+                on_step(name, outcomes[name].status)
+        manifest = bundle_io.finish_manifest(
+            tmp,
+            {
+                "bundle_version": version,
+                "as_of": as_of_ts.isoformat(),
+                "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+                "data_fingerprint": fingerprint,
+                "libraries": _library_versions(),
+                "python": platform.python_version(),
+                "inputs": loads,
+                "steps": {name: outcome.to_dict() for name, outcome in outcomes.items()},
+                "settings": settings.model_dump(mode="json", exclude={"api_token"}),
+                "mlflow_tracking_uri": settings.tracking_uri(),
+            },
+        )
+    path = workdir / bundle_io.VERSIONS_DIR / version
+    return TrainResult(path, version, manifest, outcomes, loads)
+
+
+def _input(
+    source: str | Path | pd.DataFrame | None,
+    kind: str,
+    loader: Callable[..., LoadResult],
+    mapping: ColumnMapping | str | Path | None,
+    settings: Settings,
+    workdir: Path,
+    loads: dict[str, dict[str, Any]],
+) -> pd.DataFrame | None:
+    if source is None:
+        return None
+    if isinstance(source, pd.DataFrame):
+        loads[kind] = {"rows_loaded": len(source), "source": "dataframe"}
+        return source
+    result = loader(source, mapping=mapping, settings=settings.contract)
+    report = result.report.to_dict()
+    if len(result.quarantine):
+        report["quarantine"] = str(
+            result.write_quarantine(workdir / "quarantine" / f"{kind}.parquet")
+        )
+    loads[kind] = report
+    return result.frame
+
+
+def _timezones(profiles: pd.DataFrame | None) -> pd.Series | None:
+    if profiles is None or "timezone" not in profiles.columns:
+        return None
+    return profiles.set_index("profile_id")["timezone"]
+
+
+def _flat_metrics(evaluation: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in evaluation.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_metrics(value, f"{name}_"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def _fingerprint(events: pd.DataFrame) -> str:
+    hashed = pd.util.hash_pandas_object(events, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def data_end(events: pd.DataFrame) -> pd.Timestamp:
+    """The UTC midnight after the last event: the natural cutoff to score "now" on a log."""
+    if events.empty:
+        raise DataContractError("no events loaded: nothing to train on")
+    return events["event_time"].max().floor("D") + pd.Timedelta(days=1)
+
+
+def _utc(value: str | pd.Timestamp) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
