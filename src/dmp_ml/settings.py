@@ -47,6 +47,14 @@ class FeatureSettings(_Section):
     engine: str = Field("pandas", pattern="^(pandas|dask)$")
     dask_scheduler: str | None = None
     dask_partitions: int = Field(8, gt=0)
+    vocab_min_share: float = Field(
+        0.01, ge=0, le=1, description="Share of events an extra event type/channel needs."
+    )
+    vocab_max_extra: int = Field(20, ge=0, description="At most this many extra types/channels.")
+    passive_event_types: list[str] = Field(
+        default_factory=lambda: ["email_send", "ad_impression"],
+        description="Events the marketer pushes: not engagement (activity, hour of week).",
+    )
 
 
 class PropensitySettings(_Section):
@@ -58,21 +66,163 @@ class PropensitySettings(_Section):
     min_positives: int = Field(50, ge=1)
     min_negatives: int = Field(50, ge=1)
     learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(31, ge=2)
-    min_child_samples: int = Field(50, ge=1)
+    num_leaves: int = Field(7, ge=2, description="Small trees: best on demo and Online Retail.")
+    min_child_samples: int = Field(100, ge=1)
     n_estimators: int = Field(600, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
     calibration: str = Field("isotonic", pattern="^(isotonic|sigmoid)$")
+    calibration_folds: int = Field(
+        5, ge=2, description="Cross-fitting folds for the after-calibration validation metrics."
+    )
     n_reasons: int = Field(3, ge=1)
     seed: int = 0
+    n_threads: int = Field(
+        1, ge=0, description="LightGBM threads; 0 = all cores (slow when cores are busy)."
+    )
 
 
 class SendTimeSettings(_Section):
-    """Send-time curves."""
+    """Send-time curves (see dmp_ml.send_time.SendTimeModel for the meaning of each)."""
+
+    # candidates searched on the internal held-out period (a one-element list fixes the value)
+    prior_strength_candidates: list[float] = Field(
+        default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
+        min_length=1,
+        description="Profile -> cohort shrinkage, in pseudo engagement events per week.",
+    )
+    cohort_strength_candidates: list[float] = Field(
+        default_factory=lambda: [30.0, 300.0, 3000.0],
+        min_length=1,
+        description="Cohort (time zone) -> global shrinkage, pseudo engagement events per week.",
+    )
+    day_pooling_candidates: list[float] = Field(
+        default_factory=lambda: [0.1, 0.3, 1.0],
+        min_length=1,
+        description="Weight of the same hour on the other six days when smoothing (0..1).",
+    )
+    bandwidth_candidates: list[float] = Field(
+        default_factory=lambda: [1.0, 1.5, 2.5],
+        min_length=1,
+        description="Circular Gaussian smoothing over neighbouring hours: sd in hours.",
+    )
+    activity_weight_candidates: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0],
+        min_length=1,
+        description="Weight of one non-email engagement hour relative to one email response.",
+    )
+    sharpness_candidates: list[float] = Field(
+        default_factory=lambda: [0.8, 1.0, 1.25, 1.5, 2.0],
+        min_length=1,
+        description="Power applied to the posterior curve (contrast calibration; 1 = none).",
+    )
+    holdout_days: float = Field(21.0, gt=0, description="Internal held-out period for selection.")
+    evaluation_days: int = Field(
+        28, gt=0, description="Train pipeline: last days before as_of scored by the offline eval."
+    )
+    machine_open_seconds: float = Field(
+        120.0, ge=0, description="An open/click this soon after its send is a likely machine open."
+    )
+    machine_open_weight: float = Field(0.1, ge=0, le=1)
+    rate_prior_strength: float = Field(
+        5.0, gt=0, description="Pseudo-sends shrinking a profile's response rate."
+    )
+    n_alternatives: int = Field(3, ge=0, le=167)
+    default_quiet_hours: list[int] | None = Field(
+        None,
+        description="Local [start, end) hours never used when a request gives none, e.g. [22, 7].",
+    )
+    basis_profile_min_weight: float = Field(
+        0.3, ge=0, le=1, description="Share of the curve from the profile's own data for 'profile'."
+    )
+    tz_min_events: int = Field(8, ge=1, description="Engagement hours needed to infer a zone.")
+    tz_min_posterior: float = Field(0.8, gt=0, le=1)
+    tz_candidates: list[str] | None = Field(
+        None, description="Zones considered for inference; null: the known zones of the data."
+    )
+    non_engagement_events: list[str] = Field(
+        default_factory=lambda: [
+            "ad_impression",
+            "email_bounce",
+            "email_unsubscribe",
+            "email_delivered",
+        ],
+        description="Event types that are not engagement (email_send is exposure).",
+    )
+
+    def model_post_init(self, context: Any, /) -> None:
+        quiet = self.default_quiet_hours
+        if quiet is not None and (
+            len(quiet) != 2 or not all(0 <= h <= 23 for h in quiet) or quiet[0] == quiet[1]
+        ):
+            raise ConfigError(
+                "invalid setting send_time.default_quiet_hours: expected [start, end], two "
+                f"different hours from 0 to 23, got {quiet}"
+            )
+        if any(not 0 <= v <= 1 for v in self.day_pooling_candidates):
+            raise ConfigError(
+                "invalid setting send_time.day_pooling_candidates: values must be in [0, 1]"
+            )
+        for name in (
+            "prior_strength_candidates",
+            "cohort_strength_candidates",
+            "bandwidth_candidates",
+            "activity_weight_candidates",
+            "sharpness_candidates",
+        ):
+            if any(v <= 0 for v in getattr(self, name)):
+                raise ConfigError(f"invalid setting send_time.{name}: values must be positive")
 
 
 class LookalikeSettings(_Section):
     """Embedding, FAISS index and seed expansion."""
+
+    threads: int = Field(0, ge=0, description="FAISS/BLAS/LightGBM threads; 0: every core.")
+    # embedding
+    clip: float = Field(5.0, gt=0, description="Bound of the robust z-score (median/IQR).")
+    max_levels: int = Field(10, ge=0, description="Most frequent levels one-hot per category.")
+    min_level_count: int = Field(20, ge=1, description="Rarer levels encode as 'other'.")
+    pca_components: int | None = Field(None, gt=0, description="PCA dims; null: no reduction.")
+    # index
+    exact_max_profiles: int = Field(
+        200_000, ge=0, description="Populations up to this size get an exact flat index."
+    )
+    index_factory: str = Field(
+        "IVF{nlist},Flat", description="FAISS factory beyond; {nlist} = round(sqrt(n))."
+    )
+    recall_target: float = Field(0.95, gt=0, le=1, description="recall@100 vs exact, at build.")
+    tune_queries: int = Field(200, gt=0)
+    nprobe: int | None = Field(None, gt=0, description="Fixed IVF nprobe; null: tuned.")
+    ef_search: int | None = Field(None, gt=0, description="Fixed HNSW efSearch; null: tuned.")
+    # expansion
+    kmeans_min_seed: int = Field(100, ge=1, description="Smaller seeds use one centroid.")
+    seeds_per_centroid: int = Field(100, ge=1, description="k = ceil(seed / this) ...")
+    max_centroids: int = Field(256, ge=1, description="... capped here.")
+    seed_weighted_metric: bool = Field(
+        True, description="Query with discriminant directions, not plain centroids."
+    )
+    similarity_temperature: float = Field(
+        0.2, gt=0, description="Soft maximum over centroids; large: one mean direction."
+    )
+    candidate_factor: float = Field(
+        5.0, ge=1, description="Candidates the classifier re-ranks per returned profile."
+    )
+    min_seed: int = Field(100, ge=1, description="Seed size from which the classifier re-ranks.")
+    classifier_weight: float = Field(1.0, ge=0, le=1, description="Blend weight, large seeds.")
+    blend_half_seed: int = Field(100, ge=1, description="Seed size at half that weight.")
+    pu_negatives: int = Field(5000, gt=0, description="Unlabeled profiles sampled for the PU fit.")
+    pu_n_estimators: int = Field(300, ge=1)
+    pu_learning_rate: float = Field(0.05, gt=0)
+    pu_num_leaves: int = Field(7, ge=2)
+    pu_min_child_samples: int = Field(20, ge=1)
+    reference_size: int = Field(5000, gt=0, description="Population sample scores refer to.")
+    max_reach: float = Field(0.5, gt=0, le=1, description="Largest reach a request may ask.")
+    # diagnostics
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Seed share held out.")
+    min_holdout_seeds: int = Field(5, ge=1, description="No quality estimate below this.")
+    min_effect_size: float = Field(0.2, gt=0, description="Standardized difference to report.")
+    distinct_auc: float = Field(0.6, gt=0.5, le=1, description="Held-out AUC of a distinct seed.")
+    n_distinguishing: int = Field(5, ge=0)
+    seed: int = 0
 
 
 class ServiceSettings(_Section):
@@ -84,6 +234,13 @@ class ServiceSettings(_Section):
     max_score_ids: int = Field(10_000, gt=0)
     max_send_time_ids: int = Field(10_000, gt=0)
     max_seed_ids: int = Field(1_000_000, gt=0)
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in a container.")
+    max_concurrent_lookalikes: int = Field(
+        1, ge=1, description="Lookalike expansions run at once per worker; others queue."
+    )
+    reload_poll_seconds: float = Field(
+        5.0, ge=0, description="How often each worker checks the bundle pointer; 0: never."
+    )
 
 
 class Settings(BaseSettings):
