@@ -342,6 +342,42 @@ def lookalike(
     out.print(f"{len(audience.frame):,} profiles written to {out_path}")
 
 
+@app.command()
+def serve(
+    workdir: WorkdirOpt = Path("models"),
+    port: Annotated[
+        int | None, typer.Option("--port", help="Default: service.port (3000).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Default: service.host.")] = None,
+) -> None:
+    """Serve the live bundle of WORKDIR over HTTP (BentoML) in the foreground."""
+    from dmp_ml.bundle import live_bundle_path
+    from dmp_ml.service import serve as run_service
+
+    settings = load_settings()
+    port = port or settings.service.port
+    sample = pd.read_parquet(
+        live_bundle_path(workdir) / "features" / "features.parquet", columns=[]
+    ).index[:2]
+    ids = json.dumps([str(i) for i in sample])
+    base = f"http://localhost:{port}"
+    auth = ' -H "Authorization: Bearer $DMP_ML_API_TOKEN"' if settings.api_token else ""
+    post = f"curl -s{auth} -H 'Content-Type: application/json' {base}"
+    quiet = '{"start": 22, "end": 7}'
+    out.print(
+        f"serving {live_bundle_path(workdir)} on {base} (Ctrl-C stops). Try:", highlight=False
+    )
+    for line in (
+        f"curl -s{auth} {base}/info",
+        f'{post}/score -d \'{{"profile_ids": {ids}, "explain": true}}\'',
+        f'{post}/lookalike -d \'{{"seed_ids": {ids}, "size": 10}}\'',
+        f'{post}/send_time -d \'{{"profile_ids": {ids}, "quiet_hours": {quiet}}}\'',
+    ):
+        out.print(f"  {line}", highlight=False, soft_wrap=True)
+    run_service(workdir, port=port, host=host, workers=workers, settings=settings)
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),
