@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -391,6 +392,7 @@ def _progress() -> Progress:
 
 def main() -> None:
     """Console entry point: user errors become one readable line and a non-zero exit."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         app(standalone_mode=False)
     except DmpMlError as exc:

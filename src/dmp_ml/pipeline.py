@@ -95,10 +95,16 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
     from dmp_ml.propensity import build_snapshots, train_propensity
     from dmp_ml.tracking import log_propensity_run
 
-    snapshots, _ = build_snapshots(
-        ctx.events, ctx.as_of, ctx.settings, ctx.profiles, ctx.consent, erased=ctx.erased
-    )
     assert ctx.features is not None
+    snapshots, _ = build_snapshots(
+        ctx.events,
+        ctx.as_of,
+        ctx.settings,
+        ctx.profiles,
+        ctx.consent,
+        erased=ctx.erased,
+        score_table=ctx.features,
+    )
     result = train_propensity(snapshots, ctx.features, ctx.settings)
     out = ctx.bundle_dir / "propensity"
     result.model.save(out)

@@ -194,8 +194,8 @@ class LookalikeSettings(_Section):
     nprobe: int | None = Field(None, gt=0, description="Fixed IVF nprobe; null: tuned.")
     ef_search: int | None = Field(None, gt=0, description="Fixed HNSW efSearch; null: tuned.")
     # expansion
-    kmeans_min_seed: int = Field(100, ge=1, description="Smaller seeds use one centroid.")
-    seeds_per_centroid: int = Field(100, ge=1, description="k = ceil(seed / this) ...")
+    kmeans_min_seed: int = Field(50, ge=1, description="Smaller seeds use one centroid.")
+    seeds_per_centroid: int = Field(50, ge=1, description="k = ceil(seed / this) ...")
     max_centroids: int = Field(256, ge=1, description="... capped here.")
     seed_weighted_metric: bool = Field(
         True, description="Query with discriminant directions, not plain centroids."

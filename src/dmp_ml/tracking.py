@@ -1,0 +1,536 @@
+"""MLflow glue: runs, metrics, charts, the pyfunc model, and champion gating in the registry.
+
+Everything goes to a real MLflow store (``Settings.tracking_uri()``: ``MLFLOW_TRACKING_URI`` or
+SQLite at ``<workdir>/mlflow.db``); with a SQLite store the artifacts live next to the database
+in ``mlartifacts/``. Each propensity target has its own experiment and registered model
+(``dmp-propensity-<target>``). The ``champion`` alias only moves when the new model beats the
+current champion on the new run's validation snapshot; otherwise the run is tagged with why.
+
+How the champion comparison stays fair: both models are scored with their *holdout* booster
+(trained without their own validation snapshot), so neither has seen the new validation
+labels as long as the champion's validation cutoff is not later than the new one (checked and
+recorded). ROC-AUC is compared on the raw (uncalibrated) scores, which rank exactly like the
+calibrated ones without the ties calibration introduces; log-loss (the tie-break) uses the new
+model's cross-fitted calibrated probabilities and the champion's own calibrator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+# MLflow 3 sends usage telemetry unless told not to; dmp-ml never talks to the network.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.types import ColSpec, Schema, TensorSpec  # noqa: E402
+
+from dmp_ml import metrics  # noqa: E402
+from dmp_ml.propensity import PropensityModel, PropensityResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from dmp_ml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHAMPION_ALIAS",
+    "ChampionDecision",
+    "PropensityPyfunc",
+    "PropensityRun",
+    "decide_champion",
+    "use_tracking_uri",
+    "experiment_name",
+    "log_metrics_run",
+    "log_propensity_run",
+    "pyfunc_input",
+    "registered_model_name",
+]
+
+CHAMPION_ALIAS = "champion"
+AUC_TIE_TOLERANCE = 1e-4
+"""ROC-AUC differences up to this are a tie, decided by log-loss."""
+
+_MODEL_ARTIFACT = "propensity_model"
+_PYFUNC_CODE = """\
+import mlflow
+from dmp_ml.tracking import PropensityPyfunc
+
+mlflow.models.set_model(PropensityPyfunc())
+"""
+
+
+def experiment_name(target_event: str) -> str:
+    """The MLflow experiment of a propensity target."""
+    return f"dmp-propensity-{target_event}"
+
+
+def registered_model_name(target_event: str) -> str:
+    """The registry name of a propensity target."""
+    return f"dmp-propensity-{target_event}"
+
+
+# ---------------------------------------------------------------------------------- plumbing
+
+
+@contextmanager
+def use_tracking_uri(uri: str) -> Iterator[MlflowClient]:
+    """Point MLflow's fluent API at ``uri`` for the duration, then restore the previous state.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into
+    the environment; both the module state and those variables are put back afterwards, so the
+    caller's settings (and ``Settings.tracking_uri()``) are unaffected.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {k: os.environ.get(k) for k in env_keys}
+    prev_tracking = getattr(tracking_utils, "_tracking_uri", None)
+    prev_registry = getattr(registry_utils, "_registry_uri", None)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+    finally:
+        mlflow.set_tracking_uri(prev_tracking)
+        mlflow.set_registry_uri(prev_registry)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """For a SQLite store, artifacts go to ``mlartifacts/<experiment>`` beside the database."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db = unquote(uri[len("sqlite:///") :])
+    if not db or db == ":memory:":
+        return None
+    return (Path(db).resolve().parent / "mlartifacts" / experiment).as_uri()
+
+
+def _experiment_id(
+    client: MlflowClient, uri: str, name: str, tags: Mapping[str, str] | None = None
+) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(
+            name, artifact_location=_artifact_location(uri, name), tags=dict(tags or {})
+        )
+    except MlflowException:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _finite(values: Mapping[str, float]) -> dict[str, float]:
+    """MLflow rejects NaN poorly across stores: drop non-finite values (logged as absent)."""
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+
+
+def _param(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, Any]) -> None:
+    """``name -> Figure | dict | list | str/Path (file)``; figures become PNGs."""
+    from matplotlib.figure import Figure
+
+    for name, obj in artifacts.items():
+        if isinstance(obj, Figure):
+            client.log_figure(run_id, obj, name if name.endswith(".png") else f"{name}.png")
+        elif isinstance(obj, dict | list):
+            client.log_dict(run_id, obj, name if name.endswith(".json") else f"{name}.json")
+        elif isinstance(obj, str | Path) and Path(obj).is_file():
+            client.log_artifact(run_id, str(obj))
+        elif isinstance(obj, str | Path) and Path(obj).is_dir():
+            client.log_artifacts(run_id, str(obj), artifact_path=name)
+        else:
+            raise TypeError(f"artifact {name!r}: cannot log a {type(obj).__name__}")
+
+
+def log_metrics_run(
+    experiment: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],  # noqa: F811 (the documented name; module unused here)
+    artifacts: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    tracking_uri: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Log one run (params, metrics, artifacts) to ``experiment``; returns the run id.
+
+    For steps without a registered model (send time, lookalike). ``artifacts`` maps a name to a
+    matplotlib Figure (PNG), a dict/list (JSON) or a file/directory path. Non-finite metrics
+    are skipped. The store is ``tracking_uri``, else ``settings.tracking_uri()``, else MLflow's
+    current tracking URI.
+    """
+    uri = tracking_uri or (settings.tracking_uri() if settings is not None else None)
+    if uri is None:
+        uri = mlflow.get_tracking_uri()
+        logger.warning(
+            "log_metrics_run(%r) without settings= or tracking_uri=: logging to MLflow's "
+            "current store %s instead of the workdir's",
+            experiment,
+            uri,
+        )
+    with use_tracking_uri(uri) as client:
+        exp_id = _experiment_id(client, uri, experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+        run_id = run.info.run_id
+        try:
+            for k, v in params.items():
+                client.log_param(run_id, k, _param(v))
+            for k, v in _finite(metrics).items():
+                client.log_metric(run_id, k, v)
+            _log_artifacts(client, run_id, artifacts or {})
+        except Exception:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+# ------------------------------------------------------------------------------------ pyfunc
+
+
+class PropensityPyfunc(mlflow.pyfunc.PythonModel):
+    """``mlflow.pyfunc`` face of a :class:`PropensityModel`: ``predict(df)`` -> probabilities.
+
+    The DataFrame holds the feature columns; categorical columns as strings (MLflow's schema
+    has no category type). Missing columns are treated as unknown.
+    """
+
+    def load_context(self, context: Any) -> None:
+        self.model = PropensityModel.load(context.artifacts[_MODEL_ARTIFACT])
+
+    # ``pd.DataFrame`` is a hint MLflow does not derive a schema from: the explicit signature
+    # logged with the model stays in charge of input validation (no hints on context/params:
+    # MLflow warns about those).
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:  # noqa: ANN001
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self.model.predict_proba(frame)
+
+
+def pyfunc_input(model: PropensityModel, X: pd.DataFrame) -> pd.DataFrame:
+    """``X`` as the pyfunc model expects it: categorical columns as plain strings (None if NA)."""
+    out = X.reset_index(drop=True).copy()
+    for name in model.categories_:
+        if name in out.columns:
+            out[name] = out[name].astype("string").to_numpy(dtype=object, na_value=None)
+    return out
+
+
+def _signature(model: PropensityModel) -> ModelSignature:
+    inputs = Schema(
+        [
+            ColSpec("string" if name in model.categories_ else "double", name, required=False)
+            for name in model.feature_names_
+        ]
+    )
+    outputs = Schema([TensorSpec(np.dtype("float64"), (-1,), "probability")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for dist in ("dmp-ml", "lightgbm", "numpy", "pandas", "scikit-learn", "scipy", "mlflow"):
+        try:
+            reqs.append(f"{dist}=={importlib_metadata.version(dist)}")
+        except importlib_metadata.PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+# ---------------------------------------------------------------------------------- champion
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """Outcome of the champion gate: whether the alias moved and why."""
+
+    promoted: bool
+    reason: str
+    previous_version: str | None = None
+    comparison_clean: bool = True
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PropensityRun:
+    """What :func:`log_propensity_run` logged."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    registered_model: str | None
+    version: str | None
+    decision: ChampionDecision | None
+
+    @property
+    def model_version(self) -> str | None:
+        """The registry version created by this run (None when not registered)."""
+        return self.version
+
+    @property
+    def promoted(self) -> bool:
+        """True when this run's model became the champion."""
+        return bool(self.decision and self.decision.promoted)
+
+    @property
+    def reason(self) -> str:
+        """Why the champion alias moved or stayed."""
+        return self.decision.reason if self.decision else "model not registered"
+
+    @property
+    def champion_version(self) -> str | None:
+        """The version holding the ``champion`` alias after this run."""
+        if self.decision is None:
+            return None
+        return self.version if self.decision.promoted else self.decision.previous_version
+
+
+def decide_champion(
+    new: PropensityResult, champion: PropensityModel | None, champion_version: str | None = None
+) -> ChampionDecision:
+    """Compare ``new`` with ``champion`` on ``new``'s validation snapshot.
+
+    The new model wins with a higher ROC-AUC (by more than :data:`AUC_TIE_TOLERANCE`), or an
+    equal one and a lower log-loss. No champion: the new model wins.
+    """
+    if champion is None:
+        return ChampionDecision(True, "no champion yet")
+    val = new.validation
+    y = val.y
+    new_raw = new.model.validation_predictions_["raw"].to_numpy()
+    new_p = val.predictions["p_model"].to_numpy()
+    try:
+        champ_raw = champion.predict_raw(val.X, which="holdout")
+        champ_p = champion.calibrator_.predict(champ_raw)
+    except Exception as exc:  # an old or incompatible champion cannot block new models
+        logger.warning("champion v%s could not be scored: %s", champion_version, exc)
+        return ChampionDecision(
+            True, f"champion v{champion_version} could not be scored: {exc}", champion_version
+        )
+    scores = {
+        "gate_new_roc_auc": metrics.roc_auc(y, new_raw),
+        "gate_champion_roc_auc": metrics.roc_auc(y, champ_raw),
+        "gate_new_log_loss": metrics.log_loss(y, new_p),
+        "gate_champion_log_loss": metrics.log_loss(y, champ_p),
+    }
+    champ_cutoff = champion.info_.get("validation_cutoff")
+    clean = champ_cutoff is None or pd.Timestamp(champ_cutoff) <= val.cutoff
+    note = (
+        ""
+        if clean
+        else f" (caution: the champion's training data reach {champ_cutoff}, after this "
+        f"validation cutoff {val.cutoff.isoformat()})"
+    )
+    d_auc = scores["gate_new_roc_auc"] - scores["gate_champion_roc_auc"]
+    auc_txt = (
+        f"ROC-AUC {scores['gate_new_roc_auc']:.4f} vs champion v{champion_version} "
+        f"{scores['gate_champion_roc_auc']:.4f}"
+    )
+    if d_auc > AUC_TIE_TOLERANCE:
+        promoted, reason = True, f"new model is better: {auc_txt}"
+    elif d_auc < -AUC_TIE_TOLERANCE:
+        promoted, reason = False, f"champion kept: {auc_txt}"
+    else:
+        ll_txt = (
+            f"log-loss {scores['gate_new_log_loss']:.4f} vs {scores['gate_champion_log_loss']:.4f}"
+        )
+        promoted = scores["gate_new_log_loss"] < scores["gate_champion_log_loss"]
+        reason = (
+            f"{'new model is better' if promoted else 'champion kept'}: ROC-AUC tied "
+            f"({auc_txt}), {ll_txt}"
+        )
+    return ChampionDecision(promoted, reason + note, champion_version, clean, scores)
+
+
+def _current_champion(client: MlflowClient, name: str) -> tuple[str | None, str | None]:
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:
+        return None, None
+    return str(mv.version), f"models:/{name}/{mv.version}"
+
+
+def _load_registered(uri: str) -> PropensityModel:
+    wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    return wrapper.model
+
+
+# ------------------------------------------------------------------------------ propensity
+
+
+def _propensity_metrics(result: PropensityResult) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, report in result.metrics.items():
+        for name, value in report.items():
+            out[f"{key}_{name}"] = value
+    out["ece_before_calibration"] = result.metrics["model_uncalibrated"]["ece"]
+    out["ece_after_calibration"] = result.metrics["model"]["ece"]
+    out.update({k: float(v) for k, v in result.counts.items()})
+    return out
+
+
+def _propensity_params(result: PropensityResult, settings: Settings) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        f"propensity.{k}": v for k, v in settings.propensity.model_dump().items()
+    }
+    params.update(
+        {
+            "as_of": result.as_of.isoformat(),
+            "validation_cutoff": result.validation.cutoff.isoformat(),
+            "train_cutoffs": [c.isoformat() for c in result.train_cutoffs],
+            "feature_version": result.feature_spec.version,
+            "n_features": len(result.model.feature_names_),
+            "baseline_single_feature": result.baseline_single_feature,
+            "baseline_rf_features": result.baseline_rf_features,
+            "best_iteration": result.model.best_iteration_,
+        }
+    )
+    return params
+
+
+def log_propensity_run(
+    result: PropensityResult,
+    settings: Settings,
+    *,
+    tracking_uri: str | None = None,
+    register: bool = True,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> PropensityRun:
+    """Log a propensity training to MLflow and apply the champion gate.
+
+    Logs params (the ``propensity`` settings and the split), metrics (``model_*`` calibrated and
+    cross-fitted, ``model_uncalibrated_*``, ``baseline_rf_logreg_*``, ``baseline_single_*``,
+    ``ece_before_calibration``/``ece_after_calibration``, counts), PNG charts under ``plots/``,
+    ``feature_spec.json``, ``feature_importance.json``, and the model as an MLflow pyfunc
+    (``mlflow.pyfunc.load_model(uri).predict(df)`` returns probabilities). With ``register`` the
+    model becomes a new version of ``dmp-propensity-<target>``; the ``champion`` alias moves to
+    it only if it beats the current champion (see :func:`decide_champion`). The decision is
+    recorded as run tags ``champion_decision`` (promoted|kept) and ``champion_reason``.
+    """
+    uri = tracking_uri or settings.tracking_uri()
+    target = result.target_event
+    exp_name = experiment_name(target)
+    reg_name = registered_model_name(target) if register else None
+    with use_tracking_uri(uri) as client:
+        exp_id = _experiment_id(client, uri, exp_name, {"target_event": target})
+        run_tags = {
+            "target_event": target,
+            "horizon_days": str(result.horizon_days),
+            "as_of": result.as_of.isoformat(),
+            **dict(tags or {}),
+        }
+        with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=run_tags) as run:
+            run_id = run.info.run_id
+            for k, v in _propensity_params(result, settings).items():
+                client.log_param(run_id, k, _param(v))
+            mlflow.log_metrics(_finite(_propensity_metrics(result)))
+            figures = result.figures()
+            _log_artifacts(
+                client,
+                run_id,
+                {
+                    **{f"plots/{k}": fig for k, fig in figures.items()},
+                    "feature_spec": result.feature_spec.to_dict(),
+                    "feature_importance": {
+                        k: float(v) for k, v in result.model.feature_importance_.items()
+                    },
+                    "validation_metrics": result.metrics,
+                },
+            )
+            with tempfile.TemporaryDirectory(prefix="dmp-propensity-") as tmp:
+                model_dir = result.model.save(Path(tmp) / _MODEL_ARTIFACT)
+                code = Path(tmp) / "propensity_pyfunc.py"
+                code.write_text(_PYFUNC_CODE, encoding="utf-8")
+                example = pyfunc_input(result.model, result.validation.X.head(5))
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(code),
+                    artifacts={_MODEL_ARTIFACT: str(model_dir)},
+                    signature=_signature(result.model),
+                    input_example=example,
+                    pip_requirements=_requirements(),
+                    registered_model_name=reg_name,
+                )
+            version = (
+                str(info.registered_model_version)
+                if reg_name and info.registered_model_version is not None
+                else None
+            )
+            decision = None
+            if reg_name and version is not None:
+                decision = _gate(client, reg_name, version, result)
+                mlflow.set_tags(
+                    {
+                        "champion_decision": "promoted" if decision.promoted else "kept",
+                        "champion_reason": decision.reason,
+                        "champion_comparison_clean": str(decision.comparison_clean).lower(),
+                        "registered_model_version": version,
+                    }
+                )
+                if decision.scores:
+                    mlflow.log_metrics(_finite(decision.scores))
+    logger.info("logged propensity run %s (%s)", run_id, decision.reason if decision else "")
+    return PropensityRun(
+        run_id=run_id,
+        experiment_id=exp_id,
+        model_uri=info.model_uri,
+        registered_model=reg_name,
+        version=version,
+        decision=decision,
+    )
+
+
+def _gate(
+    client: MlflowClient, name: str, version: str, result: PropensityResult
+) -> ChampionDecision:
+    champ_version, champ_uri = _current_champion(client, name)
+    champion = None
+    if champ_uri is not None and champ_version != version:
+        try:
+            champion = _load_registered(champ_uri)
+        except Exception as exc:
+            logger.warning("cannot load champion %s: %s", champ_uri, exc)
+            decision = ChampionDecision(
+                True, f"champion v{champ_version} could not be loaded: {exc}", champ_version
+            )
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+            return decision
+    decision = decide_champion(result, champion, champ_version)
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    client.set_model_version_tag(name, version, "champion_decision", decision.reason[:5000])
+    client.set_model_version_tag(
+        name, version, "validation_cutoff", result.validation.cutoff.isoformat()
+    )
+    return decision
