@@ -298,3 +298,10 @@ def test_profiles_and_consent(tmp_path: Path) -> None:
     assert_accounted(result)
     assert result.report.quarantined_by_reason == {"invalid_granted": 1}
     assert result.frame["granted"].tolist() == [True, False, False]
+
+
+def test_public_api_resolves() -> None:
+    import dmp_ml
+
+    for name in dmp_ml.__all__:
+        assert getattr(dmp_ml, name) is not None, name

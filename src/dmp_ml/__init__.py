@@ -1,6 +1,13 @@
-"""dmp-ml: self-hosted audience models for a marketing DMP."""
+"""dmp-ml: self-hosted audience models for a marketing DMP.
+
+The public API is re-exported here. Heavy modules (LightGBM, FAISS, MLflow) load on first use,
+so ``import dmp_ml`` and the CLI stay quick.
+"""
 
 from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from dmp_ml.errors import (
     BundleError,
@@ -12,23 +19,120 @@ from dmp_ml.errors import (
     RequestError,
     UnknownProfileError,
 )
-from dmp_ml.features import FeatureSpec, FeatureTable
 from dmp_ml.settings import Settings, load_settings
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "LoadReport": "dmp_ml.contract",
+    "LoadResult": "dmp_ml.contract",
+    "load_consent": "dmp_ml.contract",
+    "load_events": "dmp_ml.contract",
+    "load_profiles": "dmp_ml.contract",
+    "ColumnMapping": "dmp_ml.mapping",
+    "load_mapping": "dmp_ml.mapping",
+    "DemoWorld": "dmp_ml.demo",
+    "generate_demo_world": "dmp_ml.demo",
+    "write_demo_world": "dmp_ml.demo",
+    "Resolution": "dmp_ml.identity",
+    "resolve_identity": "dmp_ml.identity",
+    "FeatureSpec": "dmp_ml.features",
+    "FeatureTable": "dmp_ml.features",
+    "build_features": "dmp_ml.features",
+    "PropensityModel": "dmp_ml.propensity",
+    "PropensityResult": "dmp_ml.propensity",
+    "build_snapshots": "dmp_ml.propensity",
+    "make_labels": "dmp_ml.propensity",
+    "train_propensity": "dmp_ml.propensity",
+    "SendTimeDecision": "dmp_ml.send_time",
+    "SendTimeModel": "dmp_ml.send_time",
+    "best_send_time": "dmp_ml.send_time",
+    "evaluate_send_time": "dmp_ml.send_time",
+    "Audience": "dmp_ml.lookalike",
+    "LookalikeModel": "dmp_ml.lookalike",
+    "ModelBundle": "dmp_ml.bundle",
+    "load_bundle": "dmp_ml.bundle",
+    "TrainResult": "dmp_ml.pipeline",
+    "train": "dmp_ml.pipeline",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dmp_ml.bundle import ModelBundle, load_bundle
+    from dmp_ml.contract import LoadReport, LoadResult, load_consent, load_events, load_profiles
+    from dmp_ml.demo import DemoWorld, generate_demo_world, write_demo_world
+    from dmp_ml.features import FeatureSpec, FeatureTable, build_features
+    from dmp_ml.identity import Resolution, resolve_identity
+    from dmp_ml.lookalike import Audience, LookalikeModel
+    from dmp_ml.mapping import ColumnMapping, load_mapping
+    from dmp_ml.pipeline import TrainResult, train
+    from dmp_ml.propensity import (
+        PropensityModel,
+        PropensityResult,
+        build_snapshots,
+        make_labels,
+        train_propensity,
+    )
+    from dmp_ml.send_time import (
+        SendTimeDecision,
+        SendTimeModel,
+        best_send_time,
+        evaluate_send_time,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dmp_ml' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "__version__",
+    "Audience",
+    "best_send_time",
+    "build_features",
+    "build_snapshots",
     "BundleError",
+    "ColumnMapping",
     "ConfigError",
     "DataContractError",
+    "DemoWorld",
     "DmpMlError",
+    "evaluate_send_time",
     "FeatureSpec",
     "FeatureTable",
+    "generate_demo_world",
     "InsufficientDataError",
-    "MappingError",
-    "RequestError",
-    "Settings",
-    "UnknownProfileError",
-    "__version__",
+    "load_bundle",
+    "load_consent",
+    "load_events",
+    "load_mapping",
+    "load_profiles",
     "load_settings",
+    "LoadReport",
+    "LoadResult",
+    "LookalikeModel",
+    "make_labels",
+    "MappingError",
+    "ModelBundle",
+    "PropensityModel",
+    "PropensityResult",
+    "RequestError",
+    "Resolution",
+    "resolve_identity",
+    "SendTimeDecision",
+    "SendTimeModel",
+    "Settings",
+    "train",
+    "train_propensity",
+    "TrainResult",
+    "UnknownProfileError",
+    "write_demo_world",
 ]
