@@ -180,6 +180,8 @@ class ModelBundle:
         self.propensity = (
             PropensityModel.load(path / "propensity") if trained("propensity") else None
         )
+        if self.propensity is not None and n_threads is not None:
+            self.propensity.n_threads = n_threads
         self.scores = (
             pd.read_parquet(path / "propensity" / "scores.parquet").set_index("profile_id")
             if self.propensity is not None
@@ -202,12 +204,14 @@ class ModelBundle:
             raise BundleError(
                 f"bundle {self.version} has no propensity model: {self._why('propensity')}"
             )
-        ids = list(dict.fromkeys(str(p) for p in profile_ids))
-        present = self.scores.index.isin(ids)
-        available = set(self.scores.index[present]) - self._forgotten
-        known = [p for p in ids if p in available]
-        unknown = [p for p in ids if p not in available]
-        frame = self.scores.loc[known, ["score", "percentile"]].reset_index()
+        ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
+        rows = self.scores.index.get_indexer(ids)
+        found = rows >= 0
+        if self._forgotten:
+            found &= ~ids.isin(list(self._forgotten))
+        known = ids[found].tolist()
+        unknown = ids[~found].tolist()
+        frame = self.scores.iloc[rows[found]][["score", "percentile"]].reset_index()
         if explain and known:
             X = self.features.frame.loc[known]
             frame["reasons"] = self.propensity.explain(X)
@@ -241,7 +245,10 @@ class ModelBundle:
             raise BundleError(
                 f"bundle {self.version} has no send-time model: {self._why('send_time')}"
             )
-        ids = None if profile_ids is None else [str(p) for p in profile_ids]
+        if profile_ids is None:
+            ids = self.features.frame.index.astype(str).tolist()
+        else:
+            ids = [str(p) for p in profile_ids]
         decision = self.send_time_model.best_send_time(
             ids,
             window_start=window_start if window_start is not None else self.as_of,
@@ -249,8 +256,10 @@ class ModelBundle:
             quiet_hours=quiet_hours,
             timezone=timezone,
         )
-        if self._forgotten:
-            gone = decision.frame["profile_id"].isin(self._forgotten)
+        # only eligible (consented, unexpired, not forgotten) profiles ever get an answer
+        eligible = decision.frame["profile_id"].isin(self.features.frame.index)
+        gone = ~eligible | decision.frame["profile_id"].isin(list(self._forgotten))
+        if gone.any():
             unknown = list(decision.unknown_ids) + decision.frame.loc[gone, "profile_id"].tolist()
             decision = replace(
                 decision,

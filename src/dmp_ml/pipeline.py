@@ -132,11 +132,16 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
     st = ctx.settings.send_time
     holdout = pd.Timedelta(days=st.evaluation_days)
     cutoff = ctx.as_of - holdout
+    assert ctx.features is not None
+    eligible = ctx.features.frame.index
     timezones = _timezones(ctx.profiles)
+    if timezones is not None:
+        timezones = timezones[timezones.index.isin(eligible)]
     # honest evaluation: fit before the last `evaluation_days`, score on them, then refit on all
     resolved = resolve_identity(
         ctx.events, ctx.as_of, ctx.settings.features, consent=ctx.consent, erased=ctx.erased
     ).events
+    resolved = resolved[resolved["profile_id"].isin(eligible)]
     train_part = resolved[resolved["event_time"] < cutoff]
     evaluation = evaluate_send_time(
         SendTimeModel.from_settings(st).fit(train_part, cutoff, timezones),

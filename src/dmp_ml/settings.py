@@ -219,6 +219,9 @@ class LookalikeSettings(_Section):
     # diagnostics
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Seed share held out.")
     min_holdout_seeds: int = Field(5, ge=1, description="No quality estimate below this.")
+    holdout_sample: int = Field(
+        50_000, gt=0, description="Profiles scored to place held-out seeds in a large population."
+    )
     min_effect_size: float = Field(0.2, gt=0, description="Standardized difference to report.")
     distinct_auc: float = Field(0.6, gt=0.5, le=1, description="Held-out AUC of a distinct seed.")
     n_distinguishing: int = Field(5, ge=0)

@@ -1,0 +1,789 @@
+"""The HTTP service: a thin BentoML shell around :func:`dmp_ml.bundle.load_bundle`.
+
+Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once and answers:
+
+- ``POST /score``      propensity scores (and reasons) for up to ``max_score_ids`` profiles
+- ``POST /lookalike``  seed expansion by ``size`` or ``reach``
+- ``POST /send_time``  best send hour in a window, respecting quiet hours
+- ``GET  /info``       the live bundle: version, path, as_of, manifest (versions, metrics)
+- ``POST /reload``     load the bundle the ``bundle`` pointer names now; a corrupt one is refused
+- ``GET  /livez``, ``/readyz``, ``/healthz``, ``/metrics`` (BentoML; never need the token)
+
+Routes are FastAPI views on the BentoML service class (``@bentoml.asgi_app``): that gives
+``GET /info``, full control of error bodies and an OpenAPI schema merged into BentoML's
+``/docs.json``. Every client error is a 4xx JSON ``{"error": ..., "field": ...}`` naming the
+offending field; request bodies are never logged (counts only), nor echoed in logs.
+
+Swapping bundles is one reference assignment: a request reads ``self._bundle`` once and
+finishes on that object even if a reload lands meanwhile. Every worker also polls the pointer
+(``service.reload_poll_seconds``), so all workers converge on a new bundle without a restart.
+
+Thread counts: OpenMP/BLAS variables are set from ``service.threads_per_worker`` before
+LightGBM or FAISS load (they read them once), and the loaded models get the same value, so
+``workers x threads_per_worker`` threads share the cores instead of each worker taking all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from dmp_ml.settings import Settings, load_settings
+
+_SETTINGS: Settings = load_settings()
+_THREADS = str(_SETTINGS.service.threads_per_worker)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    # Before lightgbm/faiss/sklearn load libgomp (they are imported lazily below).
+    os.environ.setdefault(_var, _THREADS)
+
+import anyio  # noqa: E402
+import bentoml  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from fastapi import Depends, FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.security import HTTPBearer  # noqa: E402
+from pydantic import (  # noqa: E402
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+from starlette.exceptions import HTTPException  # noqa: E402
+
+from dmp_ml.errors import BundleError, RequestError, UnknownProfileError  # noqa: E402
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+SERVICE_IMPORT = "dmp_ml.service:DmpMlService"
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+HEAVY_NICENESS = 10  # added to lookalike threads' nice value
+_SVC = _SETTINGS.service
+_MAX_REACH = float(getattr(_SETTINGS.lookalike, "max_reach", 0.5))
+
+# ---------------------------------------------------------------------------------- requests
+
+ProfileId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 24.0 as an integer; strict mode still refuses "24" and true."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ScoreRequest(_Body):
+    profile_ids: list[ProfileId] = Field(min_length=1, max_length=_SVC.max_score_ids)
+    explain: bool = Field(False, description="Add the top reasons (SHAP) per profile.")
+
+
+class LookalikeRequest(_Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [  # exactly one of size and reach
+                {
+                    "required": ["size"],
+                    "properties": {"size": {"type": "integer"}, "reach": {"type": "null"}},
+                },
+                {
+                    "required": ["reach"],
+                    "properties": {"reach": {"type": "number"}, "size": {"type": "null"}},
+                },
+            ]
+        }
+    )
+
+    seed_ids: list[ProfileId] = Field(min_length=1, max_length=_SVC.max_seed_ids)
+    size: WholeNumber | None = Field(None, gt=0, description="Audience size; or give `reach`.")
+    reach: float | None = Field(
+        None, gt=0, le=_MAX_REACH, description="Share of the eligible population; or `size`."
+    )
+    exclude_ids: list[ProfileId] = Field(default_factory=list, max_length=_SVC.max_seed_ids)
+    explain: bool = Field(False, description="Add the features that set the seed apart.")
+
+
+class QuietHours(_Body):
+    start: WholeNumber = Field(ge=0, le=23, description="First quiet local hour.")
+    end: WholeNumber = Field(
+        ge=0, le=23, description="First allowed local hour after the quiet ones."
+    )
+
+
+class SendTimeRequest(_Body):
+    profile_ids: list[ProfileId] = Field(min_length=1, max_length=_SVC.max_send_time_ids)
+    window_start: datetime | None = Field(
+        None, strict=False, description="ISO 8601; naive means UTC; null: the bundle's as_of."
+    )
+    window_hours: WholeNumber = Field(24, ge=1, le=168)
+    quiet_hours: QuietHours | None = Field(None, description="Local hours [start, end) to avoid.")
+    timezone: str | None = Field(
+        None, max_length=64, description="IANA zone replacing every recipient's zone."
+    )
+
+    @field_validator("window_start")
+    @classmethod
+    def _plausible(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not 2000 <= value.year <= 2100:
+            raise ValueError("must be between the years 2000 and 2100")
+        return value
+
+
+# --------------------------------------------------------------------------------- responses
+
+
+class ScoreItem(BaseModel):
+    profile_id: str
+    score: float | None
+    percentile: float | None
+    reasons: list[dict[str, Any]] | None = None
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    as_of: str | None
+    results: list[ScoreItem]
+    unknown_ids: list[str]
+
+
+class AudienceItem(BaseModel):
+    profile_id: str
+    score: float | None
+
+
+class LookalikeResponse(BaseModel):
+    model_version: str
+    audience: list[AudienceItem]
+    diagnostics: dict[str, Any]
+    unknown_seed_ids: list[str] = Field(description="The first 100; the count is in diagnostics.")
+
+
+class SendTimeItem(BaseModel):
+    profile_id: str
+    send_at: str | None = Field(description="UTC; null when the window is all quiet hours.")
+    hour_of_week: int | None
+    probability: float | None
+    basis: str | None
+    timezone: str | None = None
+    timezone_source: str | None = None
+    local_send_at: str | None = None
+    alternatives: list[dict[str, Any]]
+
+
+class SendTimeResponse(BaseModel):
+    model_version: str
+    window_start: str | None
+    window_hours: int
+    results: list[SendTimeItem]
+    unknown_ids: list[str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    field: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool
+    version: str
+    previous_version: str | None
+    path: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
+    422: {"model": ErrorResponse, "description": "Invalid request; `field` names the field."},
+}
+
+# -------------------------------------------------------------------------------- JSON shaping
+
+
+def _iso(value: Any) -> str | None:
+    if value is None or value is pd.NaT:
+        return None
+    if isinstance(value, datetime):  # Timestamp included; the common case, kept fast
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if not isinstance(value, str) and pd.isna(value):
+        return None
+    return _iso(pd.Timestamp(value))
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy of ``value``: NaN/NA -> None, timestamps -> ISO text, numpy -> Python."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if value is pd.NA:
+        return None
+    return value
+
+
+def _column(series: pd.Series) -> list[Any]:
+    """One frame column as JSON-ready Python values, vectorised where the dtype allows."""
+    if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(series):
+        return [_iso(v) for v in series]
+    if pd.api.types.is_float_dtype(series.dtype) and not pd.api.types.is_extension_array_dtype(
+        series.dtype
+    ):
+        arr = series.to_numpy(dtype=np.float64)
+        out: list[Any] = arr.tolist()
+        bad = np.flatnonzero(~np.isfinite(arr))
+        for i in bad:
+            out[i] = None
+        return out
+    if pd.api.types.is_string_dtype(series.dtype) or pd.api.types.is_extension_array_dtype(
+        series.dtype
+    ):
+        values = series.astype(object)
+        return [None if v is pd.NA or v is None else _plain(v) for v in values]
+    return [_plain(v) for v in series.tolist()]
+
+
+def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
+    present = [c for c in columns if c in frame.columns]
+    cols = [_column(frame[c]) for c in present]
+    return [dict(zip(present, row, strict=True)) for row in zip(*cols, strict=True)]
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(payload, status_code=status)
+
+
+def _error(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field, **extra}, status_code=status)
+
+
+def _log_failure(what: str, exc: BaseException) -> None:
+    """Log an unexpected failure without its message (it may quote profile ids)."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error("%s failed with %s\n%s", what, type(exc).__name__, frames)
+
+
+# ------------------------------------------------------------------------------------ auth
+
+
+class BearerTokenMiddleware:
+    """Require ``Authorization: Bearer <token>`` on every path but health and metrics."""
+
+    def __init__(self, app: ASGIApp, token: str | None = None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.expected is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            {"error": "missing or wrong bearer token", "field": "Authorization"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------- the app
+
+# Documents the bearer scheme in the OpenAPI schema; BearerTokenMiddleware enforces it.
+_bearer = HTTPBearer(auto_error=False, description="Required when DMP_ML_API_TOKEN is set.")
+
+app = FastAPI(
+    title="dmp-ml",
+    summary="Propensity scores, lookalike audiences and send times from the live model bundle.",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url="/openapi.json",
+    dependencies=[Depends(_bearer)],
+)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own errors (unparsable body, wrong method) in the service's error shape."""
+    if exc.status_code == 400:  # the body is not even text: same answer as malformed JSON
+        return _error(422, f"body: {exc.detail}", "body")
+    return JSONResponse(
+        {"error": str(exc.detail), "field": None},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    detail = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+        for e in errors
+    ]
+    first = detail[0]["loc"] if detail else []
+    parts = first[1:] if first[:1] == ["body"] else first
+    field = ".".join(p for p in parts if not p.isdigit()) or "body"
+    message = f"{field}: {detail[0]['msg']}" if detail else "invalid request"
+    content_type = request.headers.get("content-type", "")
+    if field == "body" and content_type and "json" not in content_type:
+        message = f"send a JSON object with Content-Type: application/json, not {content_type}"
+    logger.info("%s rejected: %d invalid field(s), first %s", request.url.path, len(detail), field)
+    return _error(422, message, field, detail=detail)
+
+
+def _lower_priority() -> None:
+    """Thread initializer: raise this thread's niceness (Linux: threads are tasks)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HEAVY_NICENESS)
+
+
+def _worker_threads() -> dict[str, Any]:
+    """OpenMP/BLAS thread counts as seen from a request thread."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        return {f"{i['user_api']}:{i['internal_api']}": i["num_threads"] for i in threadpool_info()}
+    except Exception:  # pragma: no cover - diagnostic only
+        return {}
+
+
+@bentoml.service(
+    name="dmp_ml",
+    workers=_SVC.workers,
+    traffic={"timeout": 300},
+    http={"port": _SVC.port},
+)
+@bentoml.asgi_app(app, path="/")
+class DmpMlService:
+    """One worker: the live bundle, request limiters, and a pointer watcher."""
+
+    def __init__(self) -> None:
+        logging.getLogger(__name__).setLevel(logging.INFO)  # BentoML's root level is WARNING
+        self.settings = _SETTINGS
+        self.workdir = Path(self.settings.workdir)
+        self._threads = self.settings.service.threads_per_worker
+        self._limit_threads()
+        self._reload_lock = threading.Lock()
+        self._failed_path: Path | None = None
+        self._last_error: str | None = None
+        # Lookalike expansions (seconds of LightGBM) run in their own small pool of threads at
+        # a lower OS priority, so /score and /send_time never queue behind them for a core.
+        self._heavy = ThreadPoolExecutor(
+            max_workers=self.settings.service.max_concurrent_lookalikes,
+            thread_name_prefix="lookalike",
+            initializer=_lower_priority,
+        )
+        self._bundle: Any = None
+        self._loaded_at: str | None = None
+        self._load(self._pointer())
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.settings.service.reload_poll_seconds > 0:
+            self._watcher = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
+            self._watcher.start()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _limit_threads(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=self._threads)
+
+    def _pointer(self) -> Path:
+        from dmp_ml.bundle import live_bundle_path
+
+        return live_bundle_path(self.workdir)
+
+    def _load(self, path: Path) -> Any:
+        """Load ``path`` and make it live; raise BundleError (old bundle stays) if it is bad."""
+        from dmp_ml.bundle import load_bundle
+        from dmp_ml.erasure import read_erasure_list
+
+        started = time.perf_counter()
+        try:
+            bundle = load_bundle(path, n_threads=self._threads)
+        except BundleError:
+            raise
+        except Exception as exc:  # whatever a damaged file raises, the old bundle stays
+            raise BundleError(f"bundle {path} cannot be loaded: {type(exc).__name__}") from exc
+        erased = read_erasure_list(self.workdir)
+        if erased:
+            bundle.forget(erased)  # the bundle may predate later erasures
+        self._bundle = bundle  # the swap: one reference assignment
+        self._loaded_at = _iso(pd.Timestamp.now(tz="UTC"))
+        self._failed_path = None
+        logger.info(
+            "worker %d: bundle %s live (%d profiles, %.1f s)",
+            os.getpid(),
+            bundle.version,
+            len(bundle.features.frame),
+            time.perf_counter() - started,
+        )
+        return bundle
+
+    def reload_bundle(self) -> tuple[bool, Any, Any]:
+        """Load what the pointer names if it differs from the live bundle.
+
+        Returns (reloaded, previous, current). Raises BundleError and keeps the old bundle.
+        """
+        with self._reload_lock:
+            previous = self._bundle
+            target: Path | None = None
+            try:
+                target = self._pointer()
+                if previous is not None and Path(previous.path).resolve() == target:
+                    return False, previous, previous
+                current = self._load(target)
+            except BundleError as exc:
+                self._failed_path = target
+                self._last_error = str(exc)
+                logger.warning("bundle refused, %s stays live: %s", previous.version, exc)
+                raise
+            self._last_error = None
+            return True, previous, current
+
+    def _watch(self) -> None:
+        """Poll the pointer; load a new target once (a refused one is retried only by /reload)."""
+        interval = self.settings.service.reload_poll_seconds
+        while not self._stop.wait(interval):
+            try:
+                target = self._pointer()
+                if target in (Path(self._bundle.path).resolve(), self._failed_path):
+                    continue
+                self.reload_bundle()
+            except BundleError:
+                continue  # logged by reload_bundle; the old bundle keeps serving
+            except Exception as exc:  # the watcher must never die
+                _log_failure("bundle watch", exc)
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self._heavy.shutdown(wait=False, cancel_futures=True)
+
+    def __is_ready__(self) -> bool:
+        return self._bundle is not None
+
+    async def _run(self, what: str, func: Callable[[], JSONResponse], heavy: bool = False) -> Any:
+        """Run ``func`` off the event loop; heavy work in the low-priority pool."""
+        try:
+            if heavy:
+                return await asyncio.get_running_loop().run_in_executor(self._heavy, func)
+            return await anyio.to_thread.run_sync(func)
+        except RequestError as exc:
+            logger.info("%s rejected: invalid %s", what, exc.field)
+            return _error(422, exc.message, exc.field)
+        except BundleError as exc:
+            logger.error("%s: the live bundle cannot answer: %s", what, exc)
+            return _error(503, str(exc))
+        except Exception as exc:
+            _log_failure(what, exc)
+            return _error(500, "internal error; see the server log")
+
+    # ---------------------------------------------------------------------- endpoints
+
+    @app.post(
+        "/score",
+        response_model=ScoreResponse,
+        responses=_ERRORS,
+        summary="Propensity scores of known profiles; unknown ids are listed, not fatal.",
+    )
+    async def score(self, body: ScoreRequest) -> Any:
+        bundle = self._bundle
+
+        def work() -> JSONResponse:
+            started = time.perf_counter()
+            try:
+                result = bundle.score(body.profile_ids, explain=body.explain)
+                frame, unknown = result.frame, list(result.unknown_ids)
+            except UnknownProfileError:
+                frame, unknown = pd.DataFrame(), list(dict.fromkeys(body.profile_ids))
+            columns = ["profile_id", "score", "percentile"] + (["reasons"] if body.explain else [])
+            payload = {
+                "model_version": str(bundle.version),
+                "as_of": _iso(bundle.as_of),
+                "results": _records(frame, columns),
+                "unknown_ids": [str(u) for u in unknown],
+            }
+            logger.debug(
+                "score: %d ids, %d unknown, %.1f ms",
+                len(body.profile_ids),
+                len(unknown),
+                1e3 * (time.perf_counter() - started),
+            )
+            return _json(payload)
+
+        return await self._run("score", work)
+
+    @app.post(
+        "/lookalike",
+        response_model=LookalikeResponse,
+        responses=_ERRORS,
+        summary="Profiles most like the seed, best first; give `size` or `reach`.",
+    )
+    async def lookalike(self, body: LookalikeRequest) -> Any:
+        if body.size is None and body.reach is None:
+            return _error(422, "give the audience size or reach", "size")
+        if body.size is not None and body.reach is not None:
+            return _error(422, "give size or reach, not both", "reach")
+        bundle = self._bundle
+
+        def work() -> JSONResponse:
+            started = time.perf_counter()
+            try:
+                audience = bundle.lookalike(
+                    body.seed_ids, size=body.size, reach=body.reach, exclude_ids=body.exclude_ids
+                )
+            except UnknownProfileError as exc:
+                return _error(422, str(exc), "seed_ids")
+            diagnostics = _plain(dict(audience.diagnostics))
+            unknown = diagnostics.get("unknown_seed_ids") or []
+            if not body.explain:
+                diagnostics.pop("distinguishing_features", None)
+            payload = {
+                "model_version": str(bundle.version),
+                "audience": _records(audience.frame, ["profile_id", "score"]),
+                "diagnostics": diagnostics,
+                "unknown_seed_ids": [str(u) for u in unknown],
+            }
+            logger.debug(
+                "lookalike: %d seeds, %d returned, %.1f ms",
+                len(body.seed_ids),
+                len(audience.frame),
+                1e3 * (time.perf_counter() - started),
+            )
+            return _json(payload)
+
+        return await self._run("lookalike", work, heavy=True)
+
+    @app.post(
+        "/send_time",
+        response_model=SendTimeResponse,
+        responses=_ERRORS,
+        summary="Best send hour per profile inside the window, outside quiet hours.",
+    )
+    async def send_time(self, body: SendTimeRequest) -> Any:
+        bundle = self._bundle
+        quiet = (body.quiet_hours.start, body.quiet_hours.end) if body.quiet_hours else None
+
+        def work() -> JSONResponse:
+            try:
+                decision = bundle.send_time(
+                    body.profile_ids,
+                    window_start=body.window_start,
+                    window_hours=body.window_hours,
+                    quiet_hours=quiet,
+                    timezone=body.timezone,
+                )
+                frame, unknown = decision.frame, list(decision.unknown_ids)
+                start = getattr(decision, "window_start", body.window_start)
+                hours = getattr(decision, "window_hours", body.window_hours)
+            except UnknownProfileError:
+                frame, unknown = pd.DataFrame(), list(dict.fromkeys(body.profile_ids))
+                start, hours = body.window_start, body.window_hours
+            columns = [
+                "profile_id",
+                "send_at",
+                "hour_of_week",
+                "probability",
+                "basis",
+                "timezone",
+                "timezone_source",
+                "local_send_at",
+                "alternatives",
+            ]
+            payload = {
+                "model_version": str(bundle.version),
+                "window_start": _iso(start),
+                "window_hours": int(hours),
+                "results": _records(frame, columns),
+                "unknown_ids": [str(u) for u in unknown],
+            }
+            logger.debug("send_time: %d ids, %d unknown", len(body.profile_ids), len(unknown))
+            return _json(payload)
+
+        return await self._run("send_time", work)
+
+    @app.get("/info", responses={401: _ERRORS[401]}, summary="The live bundle and its manifest.")
+    async def info(self) -> Any:
+        bundle = self._bundle
+
+        def work() -> JSONResponse:
+            manifest = {k: v for k, v in dict(bundle.manifest).items() if k != "files"}
+            manifest.pop("settings", None)  # operational detail; the workdir has it
+            svc = self.settings.service
+            payload = {
+                "live": {
+                    "version": str(bundle.version),
+                    "path": str(bundle.path),
+                    "as_of": _iso(bundle.as_of),
+                    "loaded_at": self._loaded_at,
+                    "profiles": len(bundle.features.frame),
+                    "models": {
+                        "propensity": getattr(bundle, "propensity", None) is not None,
+                        "send_time": getattr(bundle, "send_time_model", None) is not None,
+                        "lookalike": getattr(bundle, "lookalike_model", None) is not None,
+                    },
+                },
+                "manifest": _plain(manifest),
+                "worker": {
+                    "pid": os.getpid(),
+                    "threads_per_worker": self._threads,
+                    "threadpools": _worker_threads(),
+                    "last_reload_error": self._last_error,
+                },
+                "limits": {
+                    "max_score_ids": svc.max_score_ids,
+                    "max_send_time_ids": svc.max_send_time_ids,
+                    "max_seed_ids": svc.max_seed_ids,
+                    "max_reach": _MAX_REACH,
+                },
+            }
+            return _json(payload)
+
+        return await self._run("info", work)
+
+    @app.post(
+        "/reload",
+        response_model=ReloadResponse,
+        responses={
+            401: _ERRORS[401],
+            409: {"model": ErrorResponse, "description": "Bundle refused; the old one serves."},
+        },
+        summary="Serve the bundle the `bundle` pointer names now (this worker; others poll).",
+    )
+    async def reload(self) -> Any:
+        try:
+            reloaded, previous, current = await anyio.to_thread.run_sync(self.reload_bundle)
+        except BundleError as exc:
+            live = self._bundle
+            return _error(409, str(exc), "bundle", live_version=str(live.version))
+        except Exception as exc:
+            _log_failure("reload", exc)
+            return _error(500, "internal error; see the server log")
+        return _json(
+            {
+                "reloaded": reloaded,
+                "version": str(current.version),
+                "previous_version": str(previous.version) if previous is not None else None,
+                "path": str(current.path),
+            }
+        )
+
+
+DmpMlService.add_asgi_middleware(BearerTokenMiddleware, token=_SETTINGS.api_token or None)
+
+
+# ---------------------------------------------------------------------------- starting it
+
+
+def serve_command(
+    workdir: str | Path,
+    *,
+    port: int | None = None,
+    host: str | None = None,
+    workers: int | None = None,
+    settings: Settings | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that start the service on ``workdir`` (for a subprocess).
+
+    ``port``/``host``/``workers`` default to ``settings.service``. The environment carries
+    ``DMP_ML_WORKDIR``, the worker count and the per-worker OpenMP/BLAS thread counts.
+    """
+    s = settings if settings is not None else load_settings()
+    svc = s.service
+    port = svc.port if port is None else int(port)
+    host = svc.host if host is None else host
+    workers = svc.workers if workers is None else int(workers)
+    if not 0 < port < 65536:
+        raise RequestError("port", f"must be 1..65535, got {port}")
+    if workers < 1:
+        raise RequestError("workers", f"must be at least 1, got {workers}")
+    env = dict(os.environ)
+    env.update(
+        {
+            "DMP_ML_WORKDIR": str(Path(workdir).resolve()),
+            "DMP_ML_SERVICE__WORKERS": str(workers),
+            "DMP_ML_SERVICE__PORT": str(port),
+            "OMP_NUM_THREADS": str(svc.threads_per_worker),
+            "OPENBLAS_NUM_THREADS": str(svc.threads_per_worker),
+            "MKL_NUM_THREADS": str(svc.threads_per_worker),
+            "BENTOML_DO_NOT_TRACK": "True",
+        }
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE_IMPORT,
+        "--port",
+        str(port),
+        "--host",
+        host,
+    ]
+    return argv, env
+
+
+def serve(
+    workdir: str | Path,
+    *,
+    port: int | None = None,
+    host: str | None = None,
+    workers: int | None = None,
+    settings: Settings | None = None,
+    mode: Literal["exec", "wait"] = "exec",
+) -> int:
+    """Serve the live bundle of ``workdir`` over HTTP in the foreground.
+
+    Checks first that ``workdir`` holds a readable bundle (BundleError otherwise), then runs
+    ``bentoml serve``: ``mode="exec"`` replaces this process (signals reach the server
+    directly; the right choice for a CLI), ``"wait"`` runs it as a child and returns its exit
+    code.
+    """
+    from dmp_ml.bundle import live_bundle_path, read_manifest
+
+    read_manifest(live_bundle_path(workdir), verify=False)
+    argv, env = serve_command(workdir, port=port, host=host, workers=workers, settings=settings)
+    logger.info("starting %s on %s:%s", SERVICE_IMPORT, argv[-1], argv[-3])
+    if mode == "exec":
+        os.execve(argv[0], argv, env)
+    import subprocess
+
+    return subprocess.call(argv, env=env)
