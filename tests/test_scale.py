@@ -1,0 +1,69 @@
+"""The Dask engine gives exactly the pandas engine's features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+from dmp_ml.demo import generate_demo_world  # noqa: E402
+from dmp_ml.features import FeatureTable, build_features  # noqa: E402
+from dmp_ml.scale import build_features_dask  # noqa: E402
+from dmp_ml.settings import FeatureSettings, Settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_demo_world(n_profiles=300, days=60, seed=3)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        yield c
+
+
+def _assert_same(a: FeatureTable, b: FeatureTable) -> None:
+    pd.testing.assert_frame_equal(a.frame, b.frame, check_exact=True)
+    np.testing.assert_array_equal(a.hour_of_week, b.hour_of_week)
+    assert a.spec == b.spec
+    assert a.summary == b.summary
+    pd.testing.assert_series_equal(a.cookie_map, b.cookie_map)
+
+
+def test_dask_engine_equals_pandas_engine_on_the_demo_world(world, client):
+    as_of = world.end - pd.Timedelta(days=7)
+    erased = [str(world.profiles["profile_id"].iloc[0])]
+    expected = build_features(world.events, as_of, world.profiles, world.consent, erased=erased)
+    got = build_features_dask(
+        world.events,
+        as_of,
+        world.profiles,
+        world.consent,
+        erased=erased,
+        scheduler=client,
+        npartitions=5,
+    )
+    assert len(expected) > 100
+    assert expected.summary["shared_devices"] > 0  # the demo world has households
+    _assert_same(expected, got)
+
+
+def test_engine_setting_routes_build_features_to_dask(world, client):
+    as_of = world.end
+    settings = Settings(
+        features=FeatureSettings(
+            engine="dask", dask_scheduler=client.scheduler.address, dask_partitions=3
+        )
+    )
+    got = build_features(world.events, as_of, world.profiles, world.consent, settings)
+    expected = build_features(world.events, as_of, world.profiles, world.consent, Settings())
+    _assert_same(expected, got)
