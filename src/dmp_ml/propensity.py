@@ -960,17 +960,15 @@ def build_snapshots(
     Pass ``score_table`` (the features as of ``as_of``, built with the same inputs) to reuse it
     instead of building it again; it is returned unchanged.
     """
-    from dmp_ml.features import build_features
-    from dmp_ml.identity import ANON_PREFIX, resolve_identity
+    from dmp_ml.features import FeatureBuilder
+    from dmp_ml.identity import ANON_PREFIX
 
     ps = settings.propensity
     as_of_ts = _utc(as_of)
     horizon = pd.Timedelta(days=ps.horizon_days)
-    erased = tuple(erased)
+    builder = FeatureBuilder(events, profiles, consent, settings, links=links, erased=erased)
     if score_table is None:
-        score_table = build_features(
-            events, as_of_ts, profiles, consent, settings, links=links, erased=erased
-        )
+        score_table = builder.build(as_of_ts)
     elif score_table.spec.as_of != as_of_ts:
         raise ValueError(
             f"score_table is as of {score_table.spec.as_of}, not {as_of_ts}: build it at as_of"
@@ -978,27 +976,11 @@ def build_snapshots(
     snapshots: list[tuple[FeatureTable, pd.Series]] = []
     for k in range(ps.n_snapshots, 0, -1):
         cutoff = as_of_ts - k * horizon
-        table = build_features(
-            events,
-            cutoff,
-            profiles,
-            consent,
-            settings,
-            links=links,
-            erased=erased,
-            reference=score_table.spec,
-        )
+        table = builder.build(cutoff, reference=score_table.spec)
         if len(table) == 0:
             logger.info("snapshot at %s has no eligible profiles; skipped", cutoff)
             continue
-        resolved = resolve_identity(
-            events,
-            cutoff + horizon,
-            settings.features,
-            consent=consent,
-            links=links,
-            erased=erased,
-        )
+        resolved = builder.resolve(cutoff + horizon)
         ids = pd.Index(table.frame.index.astype("string"))
         label_ids = ids.to_series(index=ids)
         anon = ids.str.startswith(ANON_PREFIX)
