@@ -30,15 +30,18 @@ run: install
 	$(BIN)/dmp-ml serve --workdir $(WORKDIR) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --nbmake tests notebooks
+
+docs: install
+	$(BIN)/python docs/make_figures.py
 
 lint: install
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench docs notebooks
+	$(BIN)/ruff check src tests bench docs notebooks
 
 format: install
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench docs notebooks
+	$(BIN)/ruff check --fix src tests bench docs notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
