@@ -48,7 +48,7 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "distributed", "bentoml"):
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "distributed", "bentoml", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -238,7 +238,7 @@ def train(
     table.add_column("status")
     table.add_column("headline")
     for name, outcome in result.steps.items():
-        headline = ", ".join(f"{k}={v:.3f}" for k, v in list(outcome.metrics.items())[:4])
+        headline = ", ".join(f"{k}={v:.3f}" for k, v in _headline(outcome.metrics))
         if outcome.status != "trained":
             headline = outcome.reason
         table.add_row(name, outcome.status, headline)
@@ -251,6 +251,17 @@ def train(
             )
     out.print(f"bundle: {result.bundle_path}")
     out.print(f"MLflow: mlflow ui --backend-store-uri {settings.tracking_uri()}")
+
+
+_HEADLINE_METRICS = ("roc_auc", "hit_rate", "loglik", "recall_at_100", "build_seconds")
+
+
+def _headline(metrics: dict[str, float]) -> list[tuple[str, float]]:
+    """The few metrics worth a glance: AUCs, hit rates, recall; the rest is in MLflow."""
+    chosen = [
+        (k, v) for k, v in metrics.items() if k.endswith(_HEADLINE_METRICS) and "_by_" not in k
+    ]
+    return chosen[:6]
 
 
 @app.command()
