@@ -229,8 +229,10 @@ class ModelBundle:
             raise BundleError(
                 f"bundle {self.version} has no lookalike model: {self._why('lookalike')}"
             )
-        seeds = [str(s) for s in seed_ids if str(s) not in self._forgotten]
-        return self.lookalike_model.expand(seeds, size=size, reach=reach, exclude_ids=exclude_ids)
+        # forgotten seeds are no longer in the index: the model reports them as unknown
+        return self.lookalike_model.expand(
+            [str(s) for s in seed_ids], size=size, reach=reach, exclude_ids=exclude_ids
+        )
 
     def send_time(
         self,

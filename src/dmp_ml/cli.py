@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import pandas as pd
@@ -17,8 +17,11 @@ from rich.logging import RichHandler
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dmp_ml.errors import DataContractError, DmpMlError
+from dmp_ml.errors import DataContractError, DmpMlError, RequestError
 from dmp_ml.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dmp_ml.activation import ExportReport, SendTimeOptions
 
 app = typer.Typer(
     name="dmp-ml",
@@ -312,7 +315,6 @@ def send_time(
 
 
 def _parse_quiet_hours(text: str) -> tuple[int, int]:
-    from dmp_ml.errors import RequestError
 
     try:
         start, end = (int(part) for part in text.split("-"))
@@ -352,6 +354,205 @@ def lookalike(
         diagnostics.parent.mkdir(parents=True, exist_ok=True)
         diagnostics.write_text(json.dumps(audience.diagnostics, indent=2, default=str))
     out.print(f"{len(audience.frame):,} profiles written to {out_path}")
+
+
+RuleOpt = Annotated[Path | None, typer.Option("--rule", help="Segment rule file (JSON or YAML).")]
+NameOpt = Annotated[str | None, typer.Option("--segment", help="A saved segment's name.")]
+SendAtOpt = Annotated[
+    bool, typer.Option("--send-time", help="Add send_at from the send-time model.")
+]
+WindowStartOpt = Annotated[
+    str | None, typer.Option("--window-start", help="send_at window start, UTC (default as_of).")
+]
+WindowHoursOpt = Annotated[int, typer.Option("--window-hours", min=1, max=168)]
+QuietOpt = Annotated[
+    str | None, typer.Option("--quiet-hours", help="Local quiet hours START-END, e.g. 22-7.")
+]
+EmailOpt = Annotated[
+    bool, typer.Option("--require-email", help="Only profiles with a hashed e-mail.")
+]
+
+
+def _send_options(
+    send_time: bool, start: str | None, hours: int, quiet: str | None
+) -> SendTimeOptions | bool:
+    from dmp_ml.activation import SendTimeOptions
+
+    if not send_time:
+        return False
+    return SendTimeOptions(
+        window_start=start,
+        window_hours=hours,
+        quiet_hours=_parse_quiet_hours(quiet) if quiet else None,
+    )
+
+
+def _print_export(report: ExportReport) -> None:
+    out.print(f"{report.rows:,} profiles written to {report.path} ({report.format})")
+    dropped = {
+        "not eligible (no consent, expired or unknown)": report.dropped_not_eligible,
+        "erased": report.dropped_erased,
+        "without e-mail": report.dropped_without_email,
+    }
+    for what, n in dropped.items():
+        if n:
+            err.print(f"left out: {n:,} {what}", highlight=False)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", highlight=False)
+
+
+@app.command()
+def segment(
+    rule: RuleOpt = None,
+    name: NameOpt = None,
+    workdir: WorkdirOpt = Path("models"),
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Export the audience (CSV or Parquet).")
+    ] = None,
+    save: Annotated[
+        str | None, typer.Option("--save", help="Save the rule under this name.")
+    ] = None,
+    sample: Annotated[int, typer.Option("--sample", min=0, max=1000)] = 10,
+    send_time: SendAtOpt = False,
+    window_start: WindowStartOpt = None,
+    window_hours: WindowHoursOpt = 24,
+    quiet_hours: QuietOpt = None,
+    require_email: EmailOpt = False,
+) -> None:
+    """Size and preview a segment rule; --out exports it, --save names it for reuse."""
+    from dmp_ml import activation, segments
+    from dmp_ml.bundle import load_bundle
+
+    if (rule is None) == (name is None):
+        raise RequestError("--rule", "give a rule file (--rule) or a saved segment (--segment)")
+    bundle = load_bundle(workdir)
+    parsed = segments.load_rule_file(rule, bundle) if rule else segments.load_segment(workdir, name)
+    if save:
+        segments.save_segment(workdir, save, parsed, bundle=bundle)
+        out.print(f"saved segment {save!r}")
+    info = segments.preview(parsed, bundle, sample=sample)
+    out.print(
+        f"segment: {info['size']:,} of {info['population']:,} eligible profiles "
+        f"({info['share']:.1%}), bundle {info['bundle_version']}"
+    )
+    table = Table("feature", "median", "mean", "p10", "p90", "population median")
+    for feature, d in info["distribution"].items():
+        if d["kind"] == "numeric":
+            cells = [d["median"], d["mean"], d["p10"], d["p90"], d["population_median"]]
+            table.add_row(feature, *("-" if v is None else f"{v:.4g}" for v in cells))
+    out.print(table)
+    if info["sample_ids"]:
+        out.print("sample: " + ", ".join(info["sample_ids"]), highlight=False)
+    if out_path is not None:
+        report = activation.export_audience(
+            bundle,
+            activation.segment_audience(bundle, parsed),
+            out_path,
+            send_time=_send_options(send_time, window_start, window_hours, quiet_hours),
+            require_email=require_email,
+        )
+        _print_export(report)
+
+
+@app.command()
+def export(
+    out_path: Annotated[Path, typer.Option("--out", help="Output file: .csv or .parquet.")],
+    workdir: WorkdirOpt = Path("models"),
+    rule: RuleOpt = None,
+    name: NameOpt = None,
+    seeds: Annotated[Path | None, typer.Option("--seeds", help="Lookalike seed ids file.")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Lookalike audience size.")] = None,
+    reach: Annotated[float | None, typer.Option("--reach", help="Lookalike reach.")] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Propensity >= this.")
+    ] = None,
+    min_percentile: Annotated[
+        float | None, typer.Option("--min-percentile", help="Propensity percentile >= this.")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="At most this many, best first.")] = None,
+    ids: Annotated[Path | None, typer.Option("--ids", help="Explicit profile ids file.")] = None,
+    send_time: SendAtOpt = False,
+    window_start: WindowStartOpt = None,
+    window_hours: WindowHoursOpt = 24,
+    quiet_hours: QuietOpt = None,
+    require_email: EmailOpt = False,
+) -> None:
+    """Export an audience (segment, lookalike, score threshold or ids) for a destination."""
+    from dmp_ml import activation, segments
+    from dmp_ml.bundle import load_bundle
+
+    bundle = load_bundle(workdir)
+    seg = None
+    if rule is not None or name is not None:
+        if rule is not None and name is not None:
+            raise RequestError("--rule", "give --rule or --segment, not both")
+        seg = (
+            segments.load_rule_file(rule, bundle) if rule else segments.load_segment(workdir, name)
+        )
+    audience = activation.resolve_audience(
+        bundle,
+        segment=seg,
+        seed_ids=_read_ids(seeds) if seeds else None,
+        size=size,
+        reach=reach,
+        min_score=min_score,
+        min_percentile=min_percentile,
+        top=top,
+        profile_ids=_read_ids(ids) if ids else None,
+    )
+    report = activation.export_audience(
+        bundle,
+        audience,
+        out_path,
+        send_time=_send_options(send_time, window_start, window_hours, quiet_hours),
+        require_email=require_email,
+    )
+    _print_export(report)
+
+
+@app.command()
+def forget(
+    ids: Annotated[Path, typer.Option("--ids", help="Profile ids to forget, one per line.")],
+    workdir: WorkdirOpt = Path("models"),
+) -> None:
+    """Forget profiles: erasure list, live bundle (re-published), event store."""
+    from dmp_ml.erasure import forget as forget_profiles
+
+    report = forget_profiles(workdir, _read_ids(ids))
+    out.print(
+        f"forgot {report.requested:,} profiles ({report.newly_erased:,} new on the erasure list, "
+        f"{report.in_bundle:,} removed from the bundle, {report.cookies_erased:,} devices)"
+    )
+    if report.bundle_version:
+        out.print(
+            f"live bundle: {report.bundle_version}; older versions deleted: "
+            f"{len(report.deleted_versions)}"
+        )
+    out.print(f"events removed: {sum(report.events_removed.values()):,}")
+    for line in report.remains:
+        err.print(f"remains: {line}", highlight=False)
+
+
+@app.command()
+def events(
+    batch: Annotated[Path, typer.Argument(help="New events, CSV or Parquet (data contract).")],
+    workdir: WorkdirOpt = Path("models"),
+    mapping: MappingOpt = None,
+) -> None:
+    """Apply a batch of new events to the live bundle without retraining."""
+    from dmp_ml.refresh import apply_events
+
+    report = apply_events(workdir, batch, mapping=mapping)
+    out.print(
+        f"{report.rows_accepted:,} of {report.rows_received:,} events applied "
+        f"({report.rows_quarantined:,} quarantined, {report.rows_erased:,} of erased profiles); "
+        f"{report.profiles_updated:,} profiles updated, {report.profiles_created:,} new, "
+        f"features as of {report.features_as_of}; bundle {report.bundle_version}"
+    )
+    for reason, n in report.quarantined_by_reason.items():
+        err.print(f"quarantined {n:,}: {reason} -> {report.quarantine_path}", highlight=False)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", highlight=False)
 
 
 @app.command()

@@ -20,13 +20,16 @@ from typing import Any
 import pandas as pd
 
 from dmp_ml import bundle as bundle_io
+from dmp_ml.activation import write_contacts
 from dmp_ml.contract import LoadResult, load_consent, load_events, load_profiles
-from dmp_ml.erasure import read_erasure_list
+from dmp_ml.erasure import apply_erasure_list, read_erasure_list
 from dmp_ml.errors import DataContractError, InsufficientDataError
 from dmp_ml.features import FeatureTable, build_features
 from dmp_ml.identity import resolve_identity
 from dmp_ml.mapping import ColumnMapping
+from dmp_ml.refresh import write_consent_state
 from dmp_ml.settings import Settings, load_settings
+from dmp_ml.store import merge_incoming, record_training_events
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +90,9 @@ def _features_step(ctx: TrainContext) -> StepOutcome:
         ctx.events, ctx.as_of, ctx.profiles, ctx.consent, ctx.settings, erased=ctx.erased
     )
     table.write(ctx.bundle_dir / "features")
+    # what activation and refresh need later: hashed e-mails only, hashed withdrawals only
+    write_contacts(ctx.bundle_dir, ctx.profiles, table.frame.index)
+    write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
     ctx.features = table
     return StepOutcome("trained", details={"summary": dict(table.summary), "rows": len(table)})
 
@@ -213,6 +219,7 @@ def train(
     loads: dict[str, dict[str, Any]] = {}
     events_df = _input(events, "events", load_events, mapping, settings, workdir, loads)
     assert events_df is not None
+    events_df = merge_incoming(events_df, workdir)  # batches applied by near-real-time refresh
     as_of_ts = data_end(events_df) if str(as_of) == "end" else _utc(as_of)
     profiles_df = _input(profiles, "profiles", load_profiles, None, settings, workdir, loads)
     consent_df = _input(consent, "consent", load_consent, None, settings, workdir, loads)
@@ -239,6 +246,7 @@ def train(
                 outcomes[name] = StepOutcome("skipped", reason=str(exc))
             if on_step:
                 on_step(name, outcomes[name].status)
+        record_training_events(workdir, events_df, ctx.erased, bundle_version=version)
         manifest = bundle_io.finish_manifest(
             tmp,
             {
@@ -254,8 +262,8 @@ def train(
                 "mlflow_tracking_uri": settings.tracking_uri(),
             },
         )
-    path = workdir / bundle_io.VERSIONS_DIR / version
-    return TrainResult(path, version, manifest, outcomes, loads)
+    apply_erasure_list(workdir)  # an erasure that landed while this run trained
+    return TrainResult(bundle_io.live_bundle_path(workdir), version, manifest, outcomes, loads)
 
 
 def _input(

@@ -67,7 +67,12 @@ from pydantic import (  # noqa: E402
 )
 from starlette.exceptions import HTTPException  # noqa: E402
 
-from dmp_ml.errors import BundleError, RequestError, UnknownProfileError  # noqa: E402
+from dmp_ml.errors import (  # noqa: E402
+    BundleError,
+    DataContractError,
+    RequestError,
+    UnknownProfileError,
+)
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -156,6 +161,24 @@ class SendTimeRequest(_Body):
 
 
 # --------------------------------------------------------------------------------- responses
+
+
+class SegmentPreviewRequest(_Body):
+    rule: dict[str, Any] = Field(
+        description='Segment rule, e.g. {"all": [{"feature": "purchase_count_30d", "op": ">=", '
+        '"value": 1}]}; {"segment": "<saved name>"} previews a saved segment.'
+    )
+    sample: WholeNumber = Field(20, ge=0, le=1000, description="Sample ids returned.")
+
+
+class ForgetRequest(_Body):
+    profile_ids: list[ProfileId] = Field(min_length=1, max_length=_SVC.max_score_ids)
+
+
+class EventsRequest(BaseModel):
+    # not strict: event values arrive as text or numbers and go through the data contract
+    model_config = ConfigDict(extra="forbid")
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
 
 
 class ScoreItem(BaseModel):
@@ -383,6 +406,17 @@ def _worker_threads() -> dict[str, Any]:
         return {}
 
 
+def _erasure_stamp(workdir: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the erasure list: changes whenever any worker forgets someone."""
+    from dmp_ml.erasure import ERASURE_FILE
+
+    try:
+        stat = (workdir / ERASURE_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
+
+
 @bentoml.service(
     name="dmp_ml",
     workers=_SVC.workers,
@@ -411,6 +445,9 @@ class DmpMlService:
         )
         self._bundle: Any = None
         self._loaded_at: str | None = None
+        self._refresher: Any = None  # dmp_ml.refresh.Refresher, created on the first batch
+        self._refresh_lock = threading.Lock()  # one batch at a time per worker
+        self._erasure_stamp: tuple[int, int] | None = None
         self._load(self._pointer())
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -445,6 +482,7 @@ class DmpMlService:
         erased = read_erasure_list(self.workdir)
         if erased:
             bundle.forget(erased)  # the bundle may predate later erasures
+        self._erasure_stamp = _erasure_stamp(self.workdir)
         self._bundle = bundle  # the swap: one reference assignment
         self._loaded_at = _iso(pd.Timestamp.now(tz="UTC"))
         self._failed_path = None
@@ -509,6 +547,9 @@ class DmpMlService:
         except RequestError as exc:
             logger.info("%s rejected: invalid %s", what, exc.field)
             return _error(422, exc.message, exc.field)
+        except DataContractError as exc:
+            logger.info("%s rejected: %s", what, type(exc).__name__)
+            return _error(422, str(exc))
         except BundleError as exc:
             logger.error("%s: the live bundle cannot answer: %s", what, exc)
             return _error(503, str(exc))
@@ -525,7 +566,7 @@ class DmpMlService:
         summary="Propensity scores of known profiles; unknown ids are listed, not fatal.",
     )
     async def score(self, body: ScoreRequest) -> Any:
-        bundle = self._bundle
+        bundle = self._honour_erasures()
 
         def work() -> JSONResponse:
             started = time.perf_counter()
@@ -562,7 +603,7 @@ class DmpMlService:
             return _error(422, "give the audience size or reach", "size")
         if body.size is not None and body.reach is not None:
             return _error(422, "give size or reach, not both", "reach")
-        bundle = self._bundle
+        bundle = self._honour_erasures()
 
         def work() -> JSONResponse:
             started = time.perf_counter()
@@ -599,7 +640,7 @@ class DmpMlService:
         summary="Best send hour per profile inside the window, outside quiet hours.",
     )
     async def send_time(self, body: SendTimeRequest) -> Any:
-        bundle = self._bundle
+        bundle = self._honour_erasures()
         quiet = (body.quiet_hours.start, body.quiet_hours.end) if body.quiet_hours else None
 
         def work() -> JSONResponse:
@@ -639,6 +680,103 @@ class DmpMlService:
             return _json(payload)
 
         return await self._run("send_time", work)
+
+    def _honour_erasures(self) -> Any:
+        """The live bundle, after applying erasures other workers made since (one stat call):
+        a POST /forget on one worker empties every worker's answers at once, not at the next
+        pointer poll. Call it first in every endpoint instead of reading self._bundle."""
+        from dmp_ml.erasure import read_erasure_list
+
+        bundle = self._bundle
+        stamp = _erasure_stamp(self.workdir)
+        if stamp != self._erasure_stamp:
+            bundle.forget(read_erasure_list(self.workdir))
+            self._erasure_stamp = stamp
+        return bundle
+
+    def _require_token(self, what: str) -> JSONResponse | None:
+        if self.settings.api_token:
+            return None  # BearerTokenMiddleware has checked it
+        return _error(
+            403, f"{what} changes data: set DMP_ML_API_TOKEN on the server", "Authorization"
+        )
+
+    @app.post(
+        "/segments/preview",
+        responses=_ERRORS,
+        summary="Size, share, sample ids and key feature distributions of a segment rule.",
+    )
+    async def segments_preview(self, body: SegmentPreviewRequest) -> Any:
+        bundle = self._honour_erasures()
+
+        def work() -> JSONResponse:
+            from dmp_ml.segments import preview
+
+            # a bad rule raises SegmentError (a RequestError): 422 with field "all[1].feature"
+            return _json(_plain(preview(body.rule, bundle, sample=body.sample)))
+
+        return await self._run("segments_preview", work)
+
+    @app.post(
+        "/forget",
+        responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "No API token set."}},
+        summary="Forget profiles everywhere: erasure list, live bundle (re-published), events.",
+    )
+    async def forget(self, body: ForgetRequest) -> Any:
+        refused = self._require_token("POST /forget")
+        if refused is not None:
+            return refused
+        bundle = self._honour_erasures()
+
+        def work() -> JSONResponse:
+            from dmp_ml.erasure import forget
+
+            # this worker stops answering for them before forget() returns; the others on
+            # their next request (_honour_erasures); all then load the re-published bundle
+            report = forget(self.workdir, body.profile_ids, bundle=bundle)
+            self._erasure_stamp = _erasure_stamp(self.workdir)
+            with contextlib.suppress(BundleError):
+                self.reload_bundle()
+            logger.info(
+                "forget: %d ids, %d new on the erasure list, bundle %s",
+                report.requested,
+                report.newly_erased,
+                report.bundle_version,
+            )
+            return _json(_plain(report.to_dict()))  # counts only, never the ids
+
+        return await self._run("forget", work)
+
+    @app.post(
+        "/events",
+        responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "No API token set."}},
+        summary="Apply new events (data contract) to the live bundle without retraining.",
+    )
+    async def events(self, body: EventsRequest) -> Any:
+        refused = self._require_token("POST /events")
+        if refused is not None:
+            return refused
+
+        def work() -> JSONResponse:
+            from dmp_ml.refresh import Refresher
+
+            with self._refresh_lock:
+                if self._refresher is None:
+                    self._refresher = Refresher(self.workdir, n_threads=self._threads)
+                report = self._refresher.apply(body.events)  # quarantines bad rows, never raises
+            with contextlib.suppress(BundleError):
+                self.reload_bundle()  # visible here now; other workers via the pointer poll
+            payload = {k: v for k, v in report.to_dict().items() if not k.endswith("_path")}
+            logger.info(
+                "events: %d received, %d applied, %d quarantined, bundle %s",
+                report.rows_received,
+                report.rows_accepted,
+                report.rows_quarantined,
+                report.bundle_version,
+            )
+            return _json(_plain(payload))
+
+        return await self._run("events", work, heavy=True)
 
     @app.get("/info", responses={401: _ERRORS[401]}, summary="The live bundle and its manifest.")
     async def info(self) -> Any:

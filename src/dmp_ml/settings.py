@@ -196,12 +196,18 @@ class LookalikeSettings(_Section):
     # expansion
     kmeans_min_seed: int = Field(50, ge=1, description="Smaller seeds use one centroid.")
     seeds_per_centroid: int = Field(50, ge=1, description="k = ceil(seed / this) ...")
-    max_centroids: int = Field(256, ge=1, description="... capped here.")
+    max_centroids: int = Field(16, ge=1, description="... capped here.")
     seed_weighted_metric: bool = Field(
         True, description="Query with discriminant directions, not plain centroids."
     )
     similarity_temperature: float = Field(
         0.2, gt=0, description="Soft maximum over centroids; large: one mean direction."
+    )
+    index_min_work: int = Field(
+        200_000_000,
+        ge=0,
+        description="Expansion searches the index (instead of scoring every profile exactly) "
+        "once profiles x seed centroids exceeds this.",
     )
     candidate_factor: float = Field(
         5.0, ge=1, description="Candidates the classifier re-ranks per returned profile."

@@ -1,0 +1,923 @@
+"""Near-real-time refresh: apply a batch of new events to the live bundle without retraining.
+
+A batch goes through the data contract (the same validation and quarantine as ``train``: bad
+rows are counted by reason and kept in ``W/events/quarantine/<batch>.parquet``, never lost),
+is stored in the workdir's event store (``W/events/incoming/<batch>.parquet``, which the next
+``train`` adds to its input, see :func:`dmp_ml.store.merge_incoming`), and updates the
+**affected profiles** only:
+
+* **Which profiles.** Those the batch names, those linked to a cookie it names, and the
+  anonymous profiles of its cookies. Their complete history (event store plus the batch) is
+  re-resolved with the identity rules of :mod:`dmp_ml.identity`: a cookie newly linked to a
+  known profile folds its anonymous profile into it, a new cookie or profile id becomes a new
+  profile, a cookie now shared stops counting for its former owner.
+* **Features, as of when.** Refreshed features are point-in-time features as of
+  ``features_as_of = max(previous features_as_of, data_end(batch))``, where ``data_end`` is the
+  UTC midnight after the batch's last event, the cutoff ``train(..., as_of="end")`` uses. So a
+  full ``train`` with ``as_of="end"`` on the same events (the training events plus the
+  refreshed batches) gives the refreshed profiles the same features, bit for bit except the
+  two population-smoothed e-mail rates: the refresh keeps the bundle's population prior (and
+  vocabularies), which only a retrain re-estimates. Profiles the batch does not touch keep
+  the features of the bundle's ``as_of`` until the next train. ``refresh/refreshed.parquet``
+  in the bundle records each refreshed profile's ``features_as_of``.
+* **Scores** come from the bundle's propensity model on the new features; the percentile
+  ranks the new raw score among the other profiles' (theirs are not re-ranked).
+* **Send-time curves** are recomputed from the profile's own evidence with the population
+  parts of the fitted model (selected hyper-parameters, cohort and global curves, response
+  rate, calibration) frozen; only a retrain re-selects those. A profile without a known zone
+  takes its zone cohort's curve as prior (a full fit mixes zones for it).
+* **Lookalike vectors** are re-embedded with the fitted embedder and replaced in the FAISS
+  ``IndexIDMap2`` (``remove_ids`` + ``add_with_ids``; index types that cannot remove get the
+  old row masked and a new one appended). Population statistics refresh at retrain.
+
+The result is re-published as a new bundle version (atomic pointer swap, checksums valid);
+service workers pick it up through the pointer. Writers serialise on the workdir lock.
+:class:`Refresher` keeps the history and the bundle in memory between batches (one per
+service worker); :func:`apply_events` is the one-shot form.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from dmp_ml import store
+from dmp_ml.bundle import live_bundle_path, load_bundle
+from dmp_ml.contract import LoadResult, load_events
+from dmp_ml.erasure import ERASURE_FILE, read_erasure_list
+from dmp_ml.errors import DataContractError, RequestError
+from dmp_ml.features import FeatureTable, build_features, fit_params
+from dmp_ml.identity import ANON_PREFIX, resolve_identity
+from dmp_ml.settings import Settings
+
+if TYPE_CHECKING:
+    from dmp_ml.bundle import ModelBundle
+    from dmp_ml.lookalike import LookalikeModel
+    from dmp_ml.mapping import ColumnMapping
+    from dmp_ml.send_time import SendTimeModel
+
+logger = logging.getLogger(__name__)
+
+CONSENT_STATE_FILE = "consent_state.parquet"
+REFRESHED_FILE = "refresh/refreshed.parquet"
+MAX_BATCH_ROWS = 1_000_000
+_DAY = pd.Timedelta(days=1)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What one batch did. Row counts add up: received = accepted + quarantined + erased."""
+
+    batch: str | None
+    rows_received: int
+    rows_accepted: int
+    rows_quarantined: int
+    quarantined_by_reason: dict[str, int]
+    rows_erased: int
+    stored_path: str | None
+    quarantine_path: str | None
+    features_as_of: str | None
+    profiles_updated: int
+    profiles_created: int
+    profiles_removed: int
+    profiles_held_back: int
+    created_ids: list[str]
+    bundle_version: str | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_text_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """A frame whose columns the contract parses like a file's (times as ISO text)."""
+    out = pd.DataFrame(index=range(len(events)))
+    for column in events.columns:
+        col = events[column].reset_index(drop=True)
+        if isinstance(col.dtype, pd.DatetimeTZDtype):
+            text = col.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+            out[str(column)] = text.astype("string")
+        elif pd.api.types.is_datetime64_any_dtype(col):
+            out[str(column)] = col.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").astype("string")
+        elif str(column) == "value" and pd.api.types.is_numeric_dtype(col):
+            out[str(column)] = col.astype("float64")
+        else:
+            values = [None if _missing(v) else str(v) for v in col.tolist()]
+            out[str(column)] = pd.array(values, dtype="string")
+    return out
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def validate_events(
+    events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
+    mapping: ColumnMapping | str | Path | None = None,
+) -> LoadResult:
+    """Run a batch through the data contract: a file, a frame or a list of records.
+
+    Frames and records are checked exactly like a file (each value as text), so an HTTP batch
+    and a file get the same reasons; ``row_number`` in the quarantine is 1-based in the batch.
+    """
+    if isinstance(events, str | Path):
+        return load_events(events, mapping=mapping)
+    if not isinstance(events, pd.DataFrame):
+        if isinstance(events, Mapping) or not isinstance(events, Sequence):
+            raise RequestError("events", "expected a list of event records")
+        bad = next((i for i, r in enumerate(events) if not isinstance(r, Mapping)), None)
+        if bad is not None:
+            raise RequestError(f"events[{bad}]", "each event must be an object")
+        events = pd.DataFrame.from_records(list(events))
+    if len(events) == 0:
+        raise RequestError("events", "the batch is empty")
+    if len(events) > MAX_BATCH_ROWS:
+        raise RequestError("events", f"at most {MAX_BATCH_ROWS} events per batch")
+    with tempfile.TemporaryDirectory(prefix="dmp-batch-") as tmp:
+        path = Path(tmp) / "batch.parquet"
+        _as_text_frame(events).to_parquet(path, index=False)
+        result = load_events(path, mapping=mapping)
+    return replace(result, report=replace(result.report, path="<batch>"))
+
+
+def data_end(events: pd.DataFrame) -> pd.Timestamp:
+    """The UTC midnight after the last event (``train``'s ``as_of="end"``)."""
+    if events.empty:
+        raise DataContractError("no events: nothing to refresh")
+    return events["event_time"].max().floor("D") + _DAY
+
+
+# --------------------------------------------------------------------------- consent state
+
+
+def write_consent_state(
+    bundle_dir: str | Path, consent: pd.DataFrame | None, settings: Settings
+) -> Path | None:
+    """Write the withdrawn ids (SHA-256 of ``p:<profile>`` / ``c:<cookie>``) into a bundle.
+
+    For the pipeline's features step, so that a refresh never brings back a profile or cookie
+    whose consent was withdrawn. Only hashes are stored. None without consent records.
+    """
+    from dmp_ml.identity import _latest_consent
+
+    if consent is None:
+        return None
+    profiles, cookies = _latest_consent(consent, settings.features.consent_purpose)
+    keys = pd.Series([f"p:{p}" for p in profiles] + [f"c:{c}" for c in cookies], dtype="string")
+    frame = pd.DataFrame({"key_sha256": store.sha256_text(keys)})
+    path = Path(bundle_dir) / CONSENT_STATE_FILE
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def _consent_records(
+    bundle: ModelBundle, subset: pd.DataFrame, settings: Settings
+) -> pd.DataFrame | None:
+    path = Path(bundle.path) / CONSENT_STATE_FILE
+    if not path.exists():
+        return None
+    withdrawn = set(pd.read_parquet(path)["key_sha256"].astype(str))
+    if not withdrawn:
+        return None
+    profiles = pd.Series(subset["profile_id"].dropna().unique(), dtype="string")
+    cookies = pd.Series(subset["cookie_id"].dropna().unique(), dtype="string")
+    p_hit = profiles[store.sha256_text("p:" + profiles).isin(withdrawn).to_numpy(bool)]
+    c_hit = cookies[store.sha256_text("c:" + cookies).isin(withdrawn).to_numpy(bool)]
+    n = len(p_hit) + len(c_hit)
+    return pd.DataFrame(
+        {
+            "profile_id": pd.array([*p_hit, *([pd.NA] * len(c_hit))], dtype="string"),
+            "cookie_id": pd.array([*([pd.NA] * len(p_hit)), *c_hit], dtype="string"),
+            "purpose": pd.array([settings.features.consent_purpose] * n, dtype="string"),
+            "granted": np.zeros(n, dtype=bool),
+            "updated_at": pd.to_datetime(np.zeros(n, dtype=np.int64), utc=True),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- model edits
+
+
+_SEND_TIME_ROWS = (
+    "zone_code_",
+    "timezone_source_code_",
+    "cohort_code_",
+    "basis_code_",
+    "rate_",
+    "data_weight_",
+    "n_engagement_hours_",
+    "n_sends_",
+    "local_shape_",
+    "local_shape_sd_",
+)
+
+
+def send_time_take(model: SendTimeModel, rows: np.ndarray) -> None:
+    """Keep only the profiles at positions ``rows`` of a fitted send-time model (in place)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    model.profile_ids_ = pd.Index(model.profile_ids_[rows], name="profile_id")
+    for name in _SEND_TIME_ROWS:
+        setattr(model, name, np.asarray(getattr(model, name))[rows])
+
+
+def _span_hours(model: SendTimeModel) -> float:
+    """The activity-rate span of the fit, recovered from any profile's rate (activity kind)."""
+    s = float(model.rate_prior_strength)
+    g = max(float(model.global_rate_), 1e-12)
+    i = int(np.argmax(model.n_engagement_hours_)) if len(model.rate_) else 0
+    if not len(model.rate_) or model.rate_[i] <= 0:
+        return 1.0
+    return float((model.n_engagement_hours_[i] + s) / model.rate_[i] - s / g)
+
+
+def refresh_send_time(
+    model: SendTimeModel,
+    events: pd.DataFrame,
+    as_of: pd.Timestamp,
+    profile_ids: pd.Index,
+    timezones: pd.Series | None = None,
+    remove_ids: Iterable[str] = (),
+) -> int:
+    """Recompute the curves of ``profile_ids`` from their resolved ``events`` (in place).
+
+    The population parts of the fit stay as they are (see the module doc). New profiles are
+    added (zone from ``timezones`` when known, else UTC with the unknown-zone cohort);
+    ``remove_ids`` are dropped. Returns the number of curves written.
+    """
+    from dmp_ml import send_time as st
+
+    remove = pd.Index(list(remove_ids), dtype="string")
+    if len(remove):
+        hit = model.profile_ids_.isin(remove)
+        if hit.any():
+            send_time_take(model, np.flatnonzero(~hit))
+    ids = pd.Index(profile_ids, dtype="string")
+    if len(ids) == 0:
+        return 0
+    raw = st._extract(events, as_of, model.non_engagement_events)
+    codes = ids.get_indexer(pd.Index(raw["profile_id"], dtype="string"))
+    as_of_sec = int(as_of.value // 1_000_000_000)
+    ev = st._evidence(raw, codes, as_of_sec, model.machine_open_seconds, model.machine_open_weight)
+    n = len(ids)
+    existing = model.profile_ids_.get_indexer(ids)
+    old = existing >= 0
+    zones = list(model.zones_)
+    cohorts = list(model.cohorts_)
+    cohort_shapes = np.asarray(model.cohort_shapes_, dtype=np.float64)
+
+    def zone(name: str) -> int:
+        if name not in zones:
+            zones.append(name)
+        return zones.index(name)
+
+    def cohort(name: str) -> int:
+        nonlocal cohort_shapes
+        if name not in cohorts:
+            cohorts.append(name)
+            cohort_shapes = np.vstack([cohort_shapes, np.asarray(model.global_shape_)[None, :]])
+        return cohorts.index(name)
+
+    zone_code = np.zeros(n, dtype=np.int64)
+    source = np.zeros(n, dtype=np.int64)
+    cohort_code = np.zeros(n, dtype=np.int64)
+    zone_code[old] = model.zone_code_[existing[old]]
+    source[old] = model.timezone_source_code_[existing[old]]
+    cohort_code[old] = model.cohort_code_[existing[old]]
+    for i in np.flatnonzero(~old):
+        tz = None
+        if timezones is not None and ids[i] in timezones.index:
+            value = timezones.loc[ids[i]]
+            tz = str(value) if not _missing(value) and st._valid_zone(value) else None
+        if tz is None:
+            zone_code[i], source[i], cohort_code[i] = zone("UTC"), 2, cohort(st._UNKNOWN_COHORT)
+        else:
+            zone_code[i], source[i], cohort_code[i] = zone(tz), 0, cohort(tz)
+    counts = st._count(ev, n, zone_code, st._ZoneConverter(zones))
+    s = float(model.rate_prior_strength)
+    sends_tot = counts.sends.sum(axis=1)
+    resp_tot = counts.responses.sum(axis=1)
+    act_tot = counts.activity.sum(axis=1)
+    if model.probability_kind_ == "rate":
+        g = float(model.global_rate_)
+        rate = (resp_tot + s * g) / (sends_tot + s)
+        expo = rate[:, None] * counts.sends
+    else:
+        g = max(float(model.global_rate_), 1e-12)
+        hours = _span_hours(model) + (as_of - model.as_of_).total_seconds() / 3600.0
+        rate = (act_tot + s) / (max(hours, 1.0) + s / g)
+        expo = np.zeros_like(counts.sends)
+    kernel = st._kernel(model.bandwidth_, model.day_pooling_)
+    w = float(model.activity_weight_)
+    ys = np.maximum(
+        st._smooth(counts.responses, kernel) + w * st._smooth(counts.activity, kernel), 0
+    )
+    es = np.maximum(st._smooth(expo, kernel), 0.0) + w * (act_tot / st.HOURS_PER_WEEK)[:, None]
+    a_bin = float(model.prior_strength_) / st.HOURS_PER_WEEK
+    prior = cohort_shapes[cohort_code]
+    a = a_bin * prior + ys
+    b = a_bin + es
+    shape = a / b
+    shape_sd = np.sqrt(a) / b
+    sharp = float(model.sharpness_)
+    if sharp != 1.0:
+        powered = shape**sharp
+        scale = powered.mean(axis=1, keepdims=True)
+        shape_sd = sharp * shape ** (sharp - 1.0) * shape_sd / scale
+        shape = powered / scale
+    weight = es.sum(axis=1) / b.sum(axis=1)
+    basis = np.where(
+        weight >= model.basis_profile_min_weight, 0, np.where(source == 2, 2, 1)
+    ).astype(np.int8)
+    rows = {
+        "zone_code_": zone_code,
+        "timezone_source_code_": source.astype(np.int8),
+        "cohort_code_": cohort_code,
+        "basis_code_": basis,
+        "rate_": rate,
+        "data_weight_": weight,
+        "n_engagement_hours_": act_tot,
+        "n_sends_": sends_tot,
+        "local_shape_": shape.astype(np.float32),
+        "local_shape_sd_": shape_sd.astype(np.float32),
+    }
+    model.zones_ = zones
+    model.cohorts_ = cohorts
+    model.cohort_shapes_ = cohort_shapes
+    for name, values in rows.items():
+        current = np.array(getattr(model, name), copy=True)
+        current[existing[old]] = values[old].astype(current.dtype, copy=False)
+        setattr(model, name, np.concatenate([current, values[~old].astype(current.dtype)]))
+    all_ids = model.profile_ids_.append(pd.Index(ids[~old], dtype="string"))
+    model.profile_ids_ = pd.Index(all_ids, name="profile_id")
+    send_time_take(model, np.argsort(model.profile_ids_.to_numpy(dtype=object), kind="stable"))
+    return n
+
+
+def refresh_lookalike(
+    model: LookalikeModel, frame: pd.DataFrame, remove_ids: Iterable[str] = ()
+) -> int:
+    """Re-embed the profiles of ``frame`` and put their vectors in the index (in place).
+
+    Existing rows are replaced (``remove_ids`` + ``add_with_ids`` on the IDMap2) where the
+    index supports removal, else masked and appended; new profiles are appended. The
+    population statistics of the fit are kept. Returns the number of vectors written.
+    """
+    remove = [str(r) for r in remove_ids]
+    if remove:
+        model.forget(remove)
+    if len(frame) == 0:
+        return 0
+    raw, codes = model.embedder_.arrays(frame)
+    vectors = model.embedder_.embed(raw, codes)
+    ids = pd.Index(frame.index.astype("string"))
+    pos = model.profile_ids_.get_indexer(ids)
+    live = pos >= 0
+    live[live] = ~model.removed_[pos[live]]
+    in_place = model.index_.kind_ in ("flat", "ivf")
+    index = model.index_.index_
+    if live.any() and in_place:
+        p = pos[live].astype(np.int64)
+        index.remove_ids(p)
+        model._raw[p] = raw[live]
+        model._codes[p] = codes[live]
+        model.vectors_[p] = vectors[live]
+        index.add_with_ids(np.ascontiguousarray(vectors[live]), p)
+    append = ~live if in_place else np.ones(len(ids), dtype=bool)
+    if (live & append).any():  # masked index types: retire the old row, append a new one
+        model.forget(ids[live & append])
+    if append.any():
+        start = len(model.profile_ids_)
+        new_pos = np.arange(start, start + int(append.sum()), dtype=np.int64)
+        model._raw = np.vstack([model._raw, raw[append]])
+        model._codes = np.vstack([model._codes, codes[append]])
+        model.vectors_ = np.vstack([model.vectors_, vectors[append]])
+        model.removed_ = np.concatenate([model.removed_, np.zeros(len(new_pos), dtype=bool)])
+        model.profile_ids_ = pd.Index(
+            model.profile_ids_.append(pd.Index(ids[append], dtype="string")), name="profile_id"
+        )
+        index.add_with_ids(np.ascontiguousarray(vectors[append]), new_pos)
+    return len(ids)
+
+
+# --------------------------------------------------------------------------- the refresher
+
+
+def _event_columns(fs: Any, as_of: pd.Timestamp, spec: Any) -> set[str]:
+    """Names of the event-derived columns of ``spec`` (the rest are profile attributes)."""
+    params = fit_params(as_of, fs, {}, {}, {}, reference=spec)
+    return set(params.columns())
+
+
+class Refresher:
+    """Applies event batches to a workdir's live bundle; keeps its state between batches.
+
+    Not thread-safe by itself: one per process (or per service worker), calls serialised by
+    the caller; separate processes serialise on the workdir lock and re-read the live bundle
+    whenever another writer (train, forget, another refresher) published since.
+    """
+
+    def __init__(self, workdir: str | Path, n_threads: int | None = 1) -> None:
+        self.workdir = Path(workdir)
+        self.n_threads = n_threads
+        self._bundle: ModelBundle | None = None
+        self._history: pd.DataFrame | None = None
+        self._raw_scores: pd.Series | None = None
+        self._erasure_stamp: tuple[float, int] | None = None
+        self._pending: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------ state
+    def _stamp(self) -> tuple[float, int] | None:
+        path = self.workdir / ERASURE_FILE
+        if not path.exists():
+            return None
+        stat = path.stat()
+        return (stat.st_mtime, stat.st_size)
+
+    def _sync(self) -> ModelBundle:
+        live = live_bundle_path(self.workdir)
+        stamp = self._stamp()
+        current = self._bundle
+        if current is None or Path(current.path).resolve() != live or stamp != self._erasure_stamp:
+            self._bundle = load_bundle(live, n_threads=self.n_threads)
+            self._history = store.history_events(self.workdir)
+            self._raw_scores = None
+            self._erasure_stamp = stamp
+            # stored batches the live bundle does not reflect (stored while a train ran, or
+            # by a refresh that failed before publishing) are re-applied with the next batch;
+            # that is idempotent, affected profiles are recomputed from the whole history
+            last = self._bundle.manifest.get("refresh", {}).get("last_batch")
+            pending = [
+                store.read_events_file(p)
+                for p in store.unmerged_batches(self.workdir)
+                if last is None or p.stem > last
+            ]
+            self._pending = pd.concat(pending, ignore_index=True) if pending else None
+        assert self._bundle is not None
+        return self._bundle
+
+    def _settings_of(self, bundle: ModelBundle) -> Settings:
+        """The settings the bundle was trained with (cached per bundle version)."""
+        cached = getattr(self, "_settings", None)
+        if cached is None or cached[0] != bundle.version:
+            settings = Settings.model_validate(bundle.manifest.get("settings", {}))
+            self._settings = (bundle.version, settings)
+        return self._settings[1]
+
+    def _population_raw(self, bundle: ModelBundle) -> pd.Series:
+        if self._raw_scores is None:
+            assert bundle.propensity is not None
+            frame = bundle.features.frame
+            raw = bundle.propensity.predict_raw(frame) if len(frame) else np.zeros(0)
+            self._raw_scores = pd.Series(raw, index=frame.index)
+        return self._raw_scores
+
+    # ------------------------------------------------------------------ apply
+    def apply(
+        self,
+        events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
+        *,
+        mapping: ColumnMapping | str | Path | None = None,
+        profiles: pd.DataFrame | None = None,
+    ) -> RefreshReport:
+        """Validate, store and apply one batch; see the module doc.
+
+        ``profiles`` optionally gives attributes (``timezone``, ...) of profiles new to the
+        bundle; existing profiles keep theirs.
+        """
+        clock = time.perf_counter()
+        seconds: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[name] = round(now - clock, 4)
+            clock = now
+
+        loaded = validate_events(events, mapping)
+        lap("validate")
+        with store.workdir_lock(self.workdir):
+            bundle = self._sync()
+            history = self._history
+            assert history is not None
+            lap("sync")
+            try:
+                return self._apply_locked(bundle, history, loaded, profiles, seconds, lap)
+            except BaseException:
+                self._bundle = None  # half-edited: reload from disk next time
+                raise
+
+    def catch_up(self) -> RefreshReport | None:
+        """Re-apply the stored batches a bundle fresh from ``train`` does not reflect yet.
+
+        (Batches stored while the training ran.) ``apply`` does it with the next batch; call
+        this after a train to have them visible at once. None when nothing is pending.
+        """
+        from dmp_ml.contract import EVENT_COLUMNS, LoadReport
+
+        with store.workdir_lock(self.workdir):
+            bundle = self._sync()
+            if self._pending is None:
+                return None
+            empty = LoadResult(
+                frame=store._contract_frame(pd.DataFrame(columns=EVENT_COLUMNS)),
+                quarantine=pd.DataFrame({"reason": pd.Series([], dtype="string")}),
+                report=LoadReport("<pending>", "events", 0, 0, 0, {}),
+            )
+            assert self._history is not None
+            try:
+                return self._apply_locked(bundle, self._history, empty, None, {}, lambda _: None)
+            except BaseException:
+                self._bundle = None
+                raise
+
+    def _apply_locked(
+        self,
+        bundle: ModelBundle,
+        history: pd.DataFrame,
+        loaded: LoadResult,
+        profiles: pd.DataFrame | None,
+        seconds: dict[str, float],
+        lap: Any,
+    ) -> RefreshReport:
+        settings = self._settings_of(bundle)
+        fs = settings.features
+        warnings: list[str] = []
+        recorded = store.history_version(self.workdir)
+        if recorded is not None and recorded != store.training_version(bundle.manifest):
+            warnings.append(
+                f"the event history was recorded for training {recorded}, the live bundle comes "
+                f"from {store.training_version(bundle.manifest)}: refreshed profiles may miss "
+                "events until the next train"
+            )
+        received = loaded.report.rows_read
+        batch = store._contract_frame(loaded.frame)
+        erased = read_erasure_list(self.workdir)
+        erased_rows = store.purge_mask(batch, erased) if erased else np.zeros(len(batch), bool)
+        batch = batch.loc[~erased_rows].reset_index(drop=True)
+
+        # the affected closure over history + batch (+ batches not yet in a train bundle)
+        ids_from = batch if self._pending is None else pd.concat([batch, self._pending])
+        p0 = pd.Index(ids_from["profile_id"].dropna().unique(), dtype="string")
+        c0 = pd.Index(ids_from["cookie_id"].dropna().unique(), dtype="string")
+        h_cookie, h_profile = history["cookie_id"], history["profile_id"]
+        h_c0 = h_cookie.isin(c0).to_numpy(bool)
+        p1 = pd.Index(h_profile[h_c0].dropna().unique(), dtype="string")
+        known = p0.union(p1)
+        h_known = h_profile.isin(known).to_numpy(bool)
+        cookies = pd.Index(h_cookie[h_known | h_c0].dropna().unique(), dtype="string")
+        cookies = cookies.union(c0)
+        h_mask = h_known | h_cookie.isin(cookies).to_numpy(bool)
+        past = history.loc[h_mask].reset_index(drop=True)
+
+        # exact re-sends of stored events are duplicates (a retried request changes nothing)
+        duplicate = np.isin(store.row_keys(batch), store.row_keys(past)) if len(past) else None
+        quarantine = loaded.quarantine
+        if duplicate is not None and duplicate.any():
+            dupes = batch.loc[duplicate].copy()
+            for column in dupes.columns:
+                dupes[column] = (
+                    dupes[column].dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("string")
+                    if column == "event_time"
+                    else dupes[column].astype("string")
+                )
+            dupes["row_number"] = pd.array([pd.NA] * len(dupes), dtype="Int64")
+            dupes["reason"] = pd.array(["duplicate_event"] * len(dupes), dtype="string")
+            quarantine = pd.concat([quarantine, dupes], ignore_index=True)
+            batch = batch.loc[~duplicate].reset_index(drop=True)
+        by_reason = (
+            {str(k): int(v) for k, v in quarantine["reason"].value_counts().sort_index().items()}
+            if len(quarantine)
+            else {}
+        )
+        name = store.new_batch_name(pd.Timestamp.now(tz="UTC"))
+        root = store.events_dir(self.workdir)
+        q_path = None
+        if len(quarantine):
+            q_path = store.write_parquet_atomic(
+                quarantine, root / store.QUARANTINE_DIR / f"{name}.parquet"
+            )
+        stored = None
+        if len(batch):
+            stored = store.write_parquet_atomic(
+                batch, root / store.INCOMING_DIR / f"{name}.parquet"
+            )
+        lap("store")
+
+        def report(**kw: Any) -> RefreshReport:
+            base = dict(
+                batch=name,
+                rows_received=int(received),
+                rows_accepted=len(batch),
+                rows_quarantined=len(quarantine),
+                quarantined_by_reason=by_reason,
+                rows_erased=int(erased_rows.sum()),
+                stored_path=str(stored) if stored else None,
+                quarantine_path=str(q_path) if q_path else None,
+                features_as_of=None,
+                profiles_updated=0,
+                profiles_created=0,
+                profiles_removed=0,
+                profiles_held_back=0,
+                created_ids=[],
+                bundle_version=str(bundle.version),
+                seconds=seconds,
+                warnings=warnings,
+            )
+            base.update(kw)
+            return RefreshReport(**base)
+
+        pending = self._pending
+        if batch.empty and pending is None:
+            return report()
+        self._history = pd.concat([history, batch], ignore_index=True)
+        self._pending = None
+        work = batch if pending is None else pd.concat([batch, pending], ignore_index=True)
+
+        # features of the affected profiles as of the new cutoff
+        refresh_meta = dict(bundle.manifest.get("refresh", {}))
+        previous = pd.Timestamp(refresh_meta.get("features_as_of", bundle.as_of))
+        as_of = max(previous, data_end(work))
+        subset = pd.concat([past, batch], ignore_index=True)
+        consent = _consent_records(bundle, subset, settings)
+        frame_b = bundle.features.frame
+        affected = known.union(pd.Index([f"{ANON_PREFIX}{c}" for c in c0], dtype="string"))
+        timezones = _timezones(frame_b, affected, profiles)
+        tz_frame = (
+            pd.DataFrame({"profile_id": timezones.index, "timezone": timezones.to_numpy()})
+            if timezones is not None
+            else None
+        )
+        spec = bundle.features.spec
+        table = build_features(
+            subset, as_of, tz_frame, consent, settings, erased=erased, reference=spec
+        )
+        lap("features")
+        out = table.frame.index[table.frame.index.isin(affected)]
+        if consent is None and "consent" in bundle.manifest.get("inputs", {}):
+            # no withdrawn-id list in this bundle: a profile that had events before but is
+            # not in the bundle may have withdrawn consent; it waits for the next train
+            seen = _seen_before(past, out)
+            held = out[~out.isin(frame_b.index) & seen]
+            if len(held):
+                warnings.append(
+                    f"{len(held)} profiles with earlier events are not in the bundle; without "
+                    "the consent state (consent_state.parquet) they wait for the next train"
+                )
+            out = out[~out.isin(held)]
+        else:
+            held = out[:0]
+        rows = _new_rows(table, out, bundle, spec, fs, as_of, profiles)
+        removed = frame_b.index[frame_b.index.isin(affected) & ~frame_b.index.isin(out)]
+        created = out[~out.isin(frame_b.index)]
+        updated = out[out.isin(frame_b.index)]
+        bundle.features = _merge_table(bundle.features, rows, removed, table, affected, cookies)
+
+        # scores
+        if bundle.scores is not None and bundle.propensity is not None:
+            population = self._population_raw(bundle)
+            others = population.drop(index=out.union(removed), errors="ignore")
+            raw = bundle.propensity.predict_raw(rows.frame) if len(rows.frame) else np.zeros(0)
+            score = bundle.propensity.calibrator_.predict(raw) if len(raw) else raw
+            ranked = np.sort(others.to_numpy())
+            pct = 100.0 * (np.searchsorted(ranked, raw, side="right") + 1) / (len(ranked) + 1)
+            fresh = pd.DataFrame(
+                {"score": np.asarray(score, dtype=np.float64), "percentile": pct},
+                index=pd.Index(rows.frame.index, name="profile_id"),
+            )
+            kept = bundle.scores.drop(index=out.union(removed), errors="ignore")
+            bundle.scores = pd.concat([kept, fresh])
+            self._raw_scores = pd.concat([others, pd.Series(raw, index=rows.frame.index)])
+        lap("scores")
+
+        # send-time curves
+        if bundle.send_time_model is not None:
+            resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
+            mine = resolved["profile_id"].astype("string").isin(out).to_numpy(bool)
+            picked = resolved.loc[mine].assign(
+                profile_id=resolved.loc[mine, "profile_id"].astype("string")
+            )
+            refresh_send_time(
+                bundle.send_time_model, picked, as_of, out, timezones, remove_ids=removed
+            )
+        lap("send_time")
+
+        # lookalike vectors
+        if bundle.lookalike_model is not None:
+            refresh_lookalike(bundle.lookalike_model, rows.frame, remove_ids=removed)
+        lap("lookalike")
+
+        # publish
+        refreshed = _refreshed_frame(bundle, out, removed, as_of)
+        refresh_meta.update(
+            features_as_of=as_of.isoformat(),
+            batches=int(refresh_meta.get("batches", 0)) + 1,
+            last_batch=name,
+            profiles_refreshed=int(len(refreshed)),
+            last_applied_at=pd.Timestamp.now(tz="UTC").isoformat(),
+        )
+        store.republish(
+            bundle,
+            self.workdir,
+            tag="refresh",
+            manifest_update={"refresh": refresh_meta},
+            extra_files={REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False)},
+            drop_ids=removed,
+        )
+        lap("publish")
+        logger.info(
+            "refresh %s: %d events, %d profiles updated, %d new, %d removed -> bundle %s",
+            name,
+            len(batch),
+            len(updated),
+            len(created),
+            len(removed),
+            bundle.version,
+        )
+        return report(
+            features_as_of=as_of.isoformat(),
+            profiles_updated=int(len(updated)),
+            profiles_created=int(len(created)),
+            profiles_removed=int(len(removed)),
+            profiles_held_back=int(len(held)),
+            created_ids=[str(c) for c in created[:100]],
+            bundle_version=str(bundle.version),
+        )
+
+
+def apply_events(
+    target: ModelBundle | str | Path,
+    events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
+    *,
+    mapping: ColumnMapping | str | Path | None = None,
+    profiles: pd.DataFrame | None = None,
+) -> RefreshReport:
+    """Apply one batch to the live bundle of a workdir (or of a loaded bundle's workdir).
+
+    A given loaded bundle is not modified: reload (``load_bundle`` / the service's reload)
+    to see the new version named in the report.
+    """
+    workdir = target if isinstance(target, str | Path) else store.bundle_workdir(target)
+    return Refresher(workdir).apply(events, mapping=mapping, profiles=profiles)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _timezones(
+    frame: pd.DataFrame, ids: pd.Index, profiles: pd.DataFrame | None
+) -> pd.Series | None:
+    """Known time zone per affected profile: the bundle's attribute, else ``profiles``."""
+    parts = []
+    if "timezone" in frame.columns:
+        mine = frame.loc[frame.index.isin(ids), "timezone"].astype("string")
+        parts.append(mine)
+    if profiles is not None and "timezone" in profiles.columns and "profile_id" in profiles:
+        given = profiles.set_index(profiles["profile_id"].astype("string"))["timezone"]
+        given = given.astype("string")
+        given = given[given.index.isin(ids) & ~given.index.isin(frame.index)]
+        parts.append(given)
+    if not parts:
+        return None
+    out = pd.concat(parts)
+    out = out[~out.index.duplicated(keep="first")]
+    out.index = pd.Index(out.index, dtype="string", name="profile_id")
+    return out
+
+
+def _seen_before(past: pd.DataFrame, ids: pd.Index) -> np.ndarray:
+    profiles = set(past["profile_id"].dropna().astype(str))
+    cookies = set(past["cookie_id"].dropna().astype(str))
+    return np.array(
+        [
+            (i[len(ANON_PREFIX) :] in cookies) if i.startswith(ANON_PREFIX) else (i in profiles)
+            for i in ids.astype(str)
+        ],
+        dtype=bool,
+    )
+
+
+def _new_rows(
+    table: FeatureTable,
+    ids: pd.Index,
+    bundle: ModelBundle,
+    spec: Any,
+    fs: Any,
+    as_of: pd.Timestamp,
+    profiles: pd.DataFrame | None,
+) -> FeatureTable:
+    """The refreshed rows: event features from ``table``, the bundle's population prior for
+    the smoothed e-mail rates, attributes from the bundle (or ``profiles`` for new ones)."""
+    pos = table.frame.index.get_indexer(ids)
+    frame = table.frame.iloc[pos].copy()
+    how = table.hour_of_week[pos]
+    k = float(spec.params.get("rate_prior_strength", fs.rate_prior_strength))
+    longest = max(int(w) for w in spec.params.get("windows_days", fs.windows_days))
+    sends_col = f"email_send_count_{longest}d"
+    for kind in ("open", "click"):
+        col = f"email_{kind}_rate_smoothed"
+        key = f"email_{kind}_rate_population"
+        if col in frame.columns and sends_col in frame.columns and key in spec.params:
+            local = float(table.spec.params.get(key, 0.0))
+            sends = frame[sends_col].to_numpy(dtype=np.float64)
+            frame[col] = frame[col].to_numpy() + k * (float(spec.params[key]) - local) / (sends + k)
+    event_cols = _event_columns(fs, as_of, spec)
+    base = bundle.features.frame
+    given = None
+    if profiles is not None and "profile_id" in profiles.columns:
+        given = profiles.drop_duplicates("profile_id", keep="first")
+        given = given.set_index(pd.Index(given["profile_id"].astype("string")))
+    is_new = ~ids.isin(base.index)
+    for col in base.columns:
+        if col in event_cols:
+            continue
+        dtype = base[col].dtype
+        values = np.array(base[col].reindex(ids).astype(object).to_numpy(na_value=None))
+        if given is not None and col in given.columns and is_new.any():
+            supplied = given[col].reindex(ids[is_new]).astype(object).to_numpy()
+            values[is_new] = [None if _missing(v) else v for v in supplied]
+        if isinstance(dtype, pd.CategoricalDtype):
+            text = [None if v is None else str(v) for v in values]
+            frame[col] = pd.Categorical(text, categories=dtype.categories)
+        else:
+            frame[col] = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+                dtype=np.float64
+            )
+    frame = frame[list(base.columns)]
+    frame.index = pd.Index(frame.index, dtype="string", name="profile_id")
+    return replace(table, frame=frame, hour_of_week=how)
+
+
+def _merge_table(
+    current: FeatureTable,
+    rows: FeatureTable,
+    removed: pd.Index,
+    table: FeatureTable,
+    affected: pd.Index,
+    cookies: pd.Index,
+) -> FeatureTable:
+    """The bundle's table with ``rows`` replacing/adding profiles and ``removed`` gone."""
+    frame = current.frame
+    drop = frame.index.isin(rows.frame.index) | frame.index.isin(removed)
+    merged = pd.concat([frame.loc[~drop], rows.frame])
+    how = np.vstack([current.hour_of_week[~drop], rows.hour_of_week])
+    order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
+    merged = merged.iloc[order]
+    how = how[order]
+    cookie_map = current.cookie_map
+    if cookie_map is not None:
+        stale = cookie_map.index.isin(cookies) | cookie_map.isin(affected).to_numpy(bool)
+        fresh = table.cookie_map
+        if fresh is not None:
+            fresh = fresh[fresh.isin(rows.frame.index).to_numpy(bool)]
+            cookie_map = pd.concat([cookie_map[~stale], fresh]).sort_index()
+        else:
+            cookie_map = cookie_map[~stale]
+        cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
+    summary = dict(current.summary)
+    summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows.frame)
+    return replace(current, frame=merged, hour_of_week=how, cookie_map=cookie_map, summary=summary)
+
+
+def _refreshed_frame(
+    bundle: ModelBundle, ids: pd.Index, removed: pd.Index, as_of: pd.Timestamp
+) -> pd.DataFrame:
+    path = Path(bundle.path) / REFRESHED_FILE
+    previous = (
+        pd.read_parquet(path)
+        if path.exists()
+        else pd.DataFrame(
+            {
+                "profile_id": pd.Series([], dtype="string"),
+                "features_as_of": pd.Series([], dtype="datetime64[ns, UTC]"),
+            }
+        )
+    )
+    previous["profile_id"] = previous["profile_id"].astype("string")
+    previous = previous[~previous["profile_id"].isin(ids.union(removed))]
+    fresh = pd.DataFrame(
+        {
+            "profile_id": pd.array(ids.to_numpy(dtype=object), dtype="string"),
+            "features_as_of": pd.Series([as_of] * len(ids), dtype="datetime64[ns, UTC]"),
+        }
+    )
+    live = bundle.features.frame.index
+    out = pd.concat([previous, fresh], ignore_index=True)
+    return out[out["profile_id"].isin(live)].sort_values("profile_id", ignore_index=True)

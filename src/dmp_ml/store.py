@@ -1,0 +1,432 @@
+"""Workdir state shared by erasure, refresh and activation: lock, event store, re-publishing.
+
+Layout under a workdir ``W`` (next to ``W/bundles`` and ``W/bundle``)::
+
+    W/.dmp-ml.lock                    writers (forget, refresh) serialise on this file
+    W/events/base.parquet             the events the live training used (see record_training_events)
+    W/events/state.json               which incoming batches base.parquet already holds
+    W/events/incoming/<batch>.parquet validated event batches applied since (near-real-time refresh)
+    W/events/quarantine/<batch>.parquet  rows of those batches that failed the contract
+
+The event store holds contract frames; it is what a refresh recomputes profiles from and what
+the next ``train`` adds to its input (:func:`merge_incoming`), so no event applied to the live
+service is lost at the next retrain. Forgotten profiles are purged from every file here
+(:func:`purge_event_files`).
+
+:func:`republish` writes a loaded, edited :class:`~dmp_ml.bundle.ModelBundle` as a new bundle
+version through :func:`dmp_ml.bundle.write_bundle`: checksums stay valid, the pointer swap is
+atomic, and a failure leaves the previous bundle live.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from dmp_ml import bundle as bundle_io
+from dmp_ml.contract import EVENT_COLUMNS
+from dmp_ml.errors import BundleError
+
+if TYPE_CHECKING:
+    from dmp_ml.bundle import ModelBundle
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".dmp-ml.lock"
+EVENTS_DIR = "events"
+BASE_EVENTS = "base.parquet"
+STATE_FILE = "state.json"
+INCOMING_DIR = "incoming"
+QUARANTINE_DIR = "quarantine"
+ANON_PREFIX = "anon:"
+# components a re-publish writes from the loaded objects (everything else is copied as is)
+_REWRITTEN = ("features", "send_time", "lookalike", "propensity/scores.parquet")
+
+
+# --------------------------------------------------------------------------- workdir basics
+
+
+def bundle_workdir(bundle: ModelBundle) -> Path:
+    """The workdir a loaded bundle belongs to (``W`` of ``W/bundles/<version>``)."""
+    path = Path(bundle.path).resolve()
+    if path.parent.name == bundle_io.VERSIONS_DIR:
+        return path.parent.parent
+    raise BundleError(
+        f"bundle {path} is not inside a workdir's {bundle_io.VERSIONS_DIR}/ directory"
+    )
+
+
+@contextmanager
+def workdir_lock(workdir: str | Path) -> Iterator[None]:
+    """Exclusive lock on the workdir for writers (forget, refresh); blocks until it is free."""
+    path = Path(workdir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` to ``path`` via a temporary file, fsync and rename (no index)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def sha256_text(values: pd.Series) -> pd.Series:
+    """SHA-256 hex digest of each non-missing string (NA stays NA)."""
+    out = pd.Series(pd.NA, index=values.index, dtype="string")
+    present = values.notna()
+    out[present] = [
+        hashlib.sha256(str(v).encode("utf-8")).hexdigest() for v in values[present].tolist()
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------- event store
+
+
+def events_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / EVENTS_DIR
+
+
+def _contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The contract's columns in order, with its dtypes (absent columns are all missing)."""
+    out = pd.DataFrame(index=range(len(frame)))
+    for column in EVENT_COLUMNS:
+        values = frame[column].to_numpy() if column in frame.columns else None
+        if column == "event_time":
+            out[column] = pd.to_datetime(values, utc=True)
+        elif column == "value":
+            out[column] = (
+                pd.to_numeric(pd.Series(values), errors="coerce").astype("float64")
+                if values is not None
+                else np.nan
+            )
+        else:
+            out[column] = (
+                pd.array(values, dtype="string")
+                if values is not None
+                else pd.array([pd.NA] * len(frame), dtype="string")
+            )
+    return out
+
+
+def row_keys(events: pd.DataFrame) -> np.ndarray:
+    """One uint64 hash per event over the contract columns (exact-duplicate detection)."""
+    frame = _contract_frame(events)
+    frame["event_time"] = frame["event_time"].dt.as_unit("ns")
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+def _read_state(workdir: str | Path) -> dict[str, Any]:
+    path = events_dir(workdir) / STATE_FILE
+    if not path.exists():
+        return {"merged": []}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_state(workdir: str | Path, state: Mapping[str, Any]) -> None:
+    path = events_dir(workdir) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(dict(state), indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def incoming_batches(workdir: str | Path) -> list[Path]:
+    """Every stored refresh batch, oldest first (names start with their UTC time)."""
+    folder = events_dir(workdir) / INCOMING_DIR
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+
+
+def read_events_file(path: Path) -> pd.DataFrame:
+    """A stored contract frame (string columns as pandas ``string``)."""
+    frame = pd.read_parquet(path)
+    return _contract_frame(frame) if len(frame.columns) else _contract_frame(pd.DataFrame())
+
+
+def merge_incoming(events: pd.DataFrame, workdir: str | Path) -> pd.DataFrame:
+    """``events`` plus the stored refresh batches' rows it does not already contain.
+
+    Call it in ``train`` before building anything, so that events applied through the
+    near-real-time path are never lost at the next retrain, whether or not the new export
+    already contains them (exact duplicates are not added twice).
+    """
+    batches = incoming_batches(workdir)
+    if not batches:
+        return events
+    extra = pd.concat([read_events_file(p) for p in batches], ignore_index=True)
+    known = np.isin(row_keys(extra), row_keys(events))
+    extra = extra.loc[~known]
+    if extra.empty:
+        return events
+    logger.info("train: adding %d events from %d refresh batches", len(extra), len(batches))
+    merged = pd.concat([_contract_frame(events), extra], ignore_index=True)
+    return merged.sort_values("event_time", kind="stable", ignore_index=True)
+
+
+def record_training_events(
+    workdir: str | Path,
+    events: pd.DataFrame,
+    erased: Iterable[str] = (),
+    bundle_version: str | None = None,
+) -> Path:
+    """Keep the events a training used as the refresh history (``W/events/base.parquet``).
+
+    Rows of erased profiles are left out. An incoming batch counts as merged when all of its
+    rows are in ``events`` (so a batch stored while the training ran stays in the history of
+    the next refresh, which also re-applies it to the new bundle). Call it in ``train`` after
+    the steps, just before the bundle is published, with the version being published (a
+    refresh warns when the live bundle comes from another training).
+    """
+    frame = purge_events(_contract_frame(events), erased)
+    keys = row_keys(frame)
+    merged = []
+    for batch in incoming_batches(workdir):
+        if np.isin(row_keys(read_events_file(batch)), keys).all():
+            merged.append(batch.name)
+    path = write_parquet_atomic(frame, events_dir(workdir) / BASE_EVENTS)
+    _write_state(workdir, {"merged": merged, "bundle_version": bundle_version})
+    return path
+
+
+def training_version(manifest: Mapping[str, Any]) -> str:
+    """The version of the ``train`` run a bundle descends from (itself for a train bundle)."""
+    return str(manifest.get("train_version") or manifest.get("bundle_version"))
+
+
+def history_version(workdir: str | Path) -> str | None:
+    """The bundle version the recorded base events belong to (None when not recorded)."""
+    return _read_state(workdir).get("bundle_version")
+
+
+def unmerged_batches(workdir: str | Path) -> list[Path]:
+    """Stored refresh batches the base events do not hold yet, oldest first."""
+    merged = set(_read_state(workdir).get("merged", []))
+    return [p for p in incoming_batches(workdir) if p.name not in merged]
+
+
+def history_events(workdir: str | Path) -> pd.DataFrame:
+    """The base events plus the refresh batches not yet merged into them."""
+    base = events_dir(workdir) / BASE_EVENTS
+    if not base.exists():
+        raise BundleError(
+            f"no event history in {events_dir(workdir)}: a near-real-time refresh needs the "
+            "training events (train records them with dmp_ml.store.record_training_events)"
+        )
+    parts = [read_events_file(base)]
+    parts += [read_events_file(p) for p in unmerged_batches(workdir)]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def new_batch_name(now: pd.Timestamp) -> str:
+    """A sortable, unique batch name: UTC time to the microsecond and a random suffix."""
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond:06d}-{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- purging
+
+
+def linked_cookies(events: pd.DataFrame, profile_ids: Iterable[str]) -> set[str]:
+    """Cookies seen together with any of ``profile_ids`` (and the cookies of ``anon:`` ids)."""
+    ids = {str(p) for p in profile_ids}
+    cookies = {p[len(ANON_PREFIX) :] for p in ids if p.startswith(ANON_PREFIX)}
+    if "profile_id" in events.columns and "cookie_id" in events.columns and ids:
+        hit = events["profile_id"].isin(list(ids)).fillna(False).to_numpy(bool)
+        cookies |= set(events.loc[hit, "cookie_id"].dropna().astype(str))
+    return cookies
+
+
+def purge_mask(
+    events: pd.DataFrame, profile_ids: Iterable[str], cookies: Iterable[str] | None = None
+) -> np.ndarray:
+    """Rows that belong to the profiles: theirs, or cookie-only rows of their cookies.
+
+    A cookie shared with other profiles is purged too: its cookie-only rows could be the
+    forgotten person's, and no one else's features use them (see :mod:`dmp_ml.identity`).
+    """
+    ids = [str(p) for p in profile_ids]
+    if not ids or len(events) == 0:
+        return np.zeros(len(events), dtype=bool)
+    cookie_set = linked_cookies(events, ids) if cookies is None else set(cookies)
+    has_profile = "profile_id" in events.columns
+    mask = np.zeros(len(events), dtype=bool)
+    if has_profile:
+        mask |= events["profile_id"].astype("string").isin(ids).fillna(False).to_numpy(bool)
+    if "cookie_id" in events.columns and cookie_set:
+        in_cookie = (
+            events["cookie_id"].astype("string").isin(list(cookie_set)).fillna(False).to_numpy(bool)
+        )
+        cookie_only = (
+            events["profile_id"].isna().to_numpy(bool) if has_profile else np.ones_like(mask)
+        )
+        mask |= in_cookie & cookie_only
+    return mask
+
+
+def purge_events(events: pd.DataFrame, erased: Iterable[str]) -> pd.DataFrame:
+    """``events`` without the rows of the erased profiles (see :func:`purge_mask`)."""
+    erased = list(erased)
+    if not erased:
+        return events
+    mask = purge_mask(events, erased)
+    return events.loc[~mask].reset_index(drop=True) if mask.any() else events
+
+
+def purge_event_files(
+    workdir: str | Path, profile_ids: Iterable[str], cookies: Iterable[str] = ()
+) -> tuple[dict[str, int], set[str]]:
+    """Remove the profiles' rows from every event file of the workdir.
+
+    Covers the event store (base, incoming batches, their quarantine) and the training
+    quarantine files ``W/quarantine/*.parquet`` (text columns; matched the same way).
+    Returns the rows removed per file and every cookie linked to the profiles (``cookies``
+    plus those found in the files).
+    """
+    workdir = Path(workdir)
+    ids = [str(p) for p in profile_ids]
+    files = []
+    base = events_dir(workdir) / BASE_EVENTS
+    if base.exists():
+        files.append(base)
+    files += incoming_batches(workdir)
+    for folder in (events_dir(workdir) / QUARANTINE_DIR, workdir / "quarantine"):
+        if folder.exists():
+            files += sorted(folder.glob("*.parquet"))
+    # cookies linked to the profiles anywhere in the store
+    found = {p[len(ANON_PREFIX) :] for p in ids if p.startswith(ANON_PREFIX)} | set(cookies)
+    frames: dict[Path, pd.DataFrame] = {}
+    for path in files:
+        frame = pd.read_parquet(path)
+        frames[path] = frame
+        found |= linked_cookies(frame, ids)
+    removed: dict[str, int] = {}
+    for path, frame in frames.items():
+        mask = purge_mask(frame, ids, found)
+        if mask.any():
+            write_parquet_atomic(frame.loc[~mask].reset_index(drop=True), path)
+            removed[str(path.relative_to(workdir))] = int(mask.sum())
+    return removed, found
+
+
+# --------------------------------------------------------------------------- re-publishing
+
+
+def new_version(tag: str, now: pd.Timestamp | None = None) -> str:
+    """A bundle version name that sorts after any earlier one (time first, like train's)."""
+    now = now if now is not None else pd.Timestamp.now(tz="UTC")
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond:06d}-{tag}-{uuid.uuid4().hex[:6]}"
+
+
+def republish(
+    bundle: ModelBundle,
+    workdir: str | Path,
+    *,
+    tag: str,
+    manifest_update: Mapping[str, Any],
+    extra_files: Mapping[str, Callable[[Path], object]] | None = None,
+    drop_ids: Iterable[str] = (),
+) -> Path:
+    """Write the loaded (edited) ``bundle`` as a new live version; return its directory.
+
+    Features, scores, the send-time and the lookalike models are written from the objects in
+    memory; every other file of the bundle directory (propensity model, contacts, ...) is
+    copied; copied Parquet files with a ``profile_id`` column lose the rows of ``drop_ids``
+    (hashed contacts, refresh records, ...). ``extra_files`` maps a relative path to a writer
+    called with its destination.
+    Afterwards ``bundle.path``, ``bundle.version`` and ``bundle.manifest`` describe the new
+    version.
+    """
+    workdir = Path(workdir)
+    source = Path(bundle.path)
+    version = new_version(tag)
+    extra_files = dict(extra_files or {})
+    drop = pd.Index([str(p) for p in drop_ids], dtype="string")
+    with bundle_io.write_bundle(workdir, version) as tmp:
+        for item in sorted(source.rglob("*")):
+            rel = item.relative_to(source)
+            if item.is_dir() or rel.name == bundle_io.MANIFEST:
+                continue
+            if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in _REWRITTEN):
+                continue
+            if str(rel) in extra_files:
+                continue
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if len(drop) and item.suffix == ".parquet":
+                frame = pd.read_parquet(item)
+                if "profile_id" in frame.columns:
+                    hit = frame["profile_id"].astype("string").isin(drop).to_numpy(bool)
+                    if hit.any():
+                        frame.loc[~hit].reset_index(drop=True).to_parquet(dest, index=False)
+                        continue
+            shutil.copy2(item, dest)
+        bundle.features.write(tmp / "features")
+        if bundle.scores is not None:
+            scores = bundle.scores.reset_index()
+            scores["profile_id"] = scores["profile_id"].astype("string")
+            (tmp / "propensity").mkdir(parents=True, exist_ok=True)
+            scores.to_parquet(tmp / "propensity" / "scores.parquet", index=False)
+        if bundle.send_time_model is not None:
+            bundle.send_time_model.save(tmp / "send_time")
+        if bundle.lookalike_model is not None:
+            bundle.lookalike_model.save(tmp / "lookalike")
+        for rel, writer in extra_files.items():
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            writer(dest)
+        base = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
+        manifest = bundle_io.finish_manifest(
+            tmp,
+            {
+                **base,
+                **dict(manifest_update),
+                "train_version": training_version(bundle.manifest),
+                "bundle_version": version,
+                "parent_version": bundle.version,
+                "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            },
+        )
+    final = workdir / bundle_io.VERSIONS_DIR / version
+    bundle.path = final
+    bundle.version = version
+    bundle.manifest = manifest
+    return final
+
+
+def delete_other_versions(workdir: str | Path, keep: Path) -> list[str]:
+    """Delete every bundle version but ``keep`` (after an erasure, old ones hold the data)."""
+    versions = Path(workdir) / bundle_io.VERSIONS_DIR
+    deleted = []
+    for path in sorted(versions.iterdir()):
+        if path.name.startswith("."):
+            continue  # a bundle being written by a concurrent train
+        if path.is_dir() and path.resolve() != Path(keep).resolve():
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path.name)
+    return deleted

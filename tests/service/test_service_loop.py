@@ -1,0 +1,84 @@
+"""The rest of the DMP loop over real HTTP: segment previews, fresh events, and forgetting.
+
+Runs after the other service modules (it forgets profiles on the shared server).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from .conftest import Server
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> httpx.Client:
+    with server.client() as client:
+        yield client
+
+
+def ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_segment_preview_sizes_a_rule(http: httpx.Client) -> None:
+    rule = {"all": [{"feature": "purchase_count_90d", "op": ">=", "value": 1}]}
+    body = ok(http.post("/segments/preview", json={"rule": rule, "sample": 5}))
+    assert 0 < body["size"] < body["population"]
+    assert len(body["sample_ids"]) == 5
+    assert "purchase_count_90d" in body["distribution"]
+
+
+def test_a_bad_rule_names_the_clause(http: httpx.Client) -> None:
+    rule = {"all": [{"feature": "purchse_count_30d", "op": ">=", "value": 1}]}
+    response = http.post("/segments/preview", json={"rule": rule})
+    assert response.status_code == 422
+    error = response.json()
+    assert error["field"] == "all[0].feature"
+    assert "purchase_count_30d" in error["error"]  # did you mean
+
+
+def test_fresh_events_count_before_the_next_retrain(server: Server, http: httpx.Client) -> None:
+    when = (server.as_of + pd.Timedelta(hours=3)).isoformat()
+    events = [
+        {"event_time": when, "cookie_id": "ck-fresh-visitor", "event_type": "product_view"},
+        {"event_time": when, "event_type": "page_view"},  # neither id: quarantined
+    ]
+    report = ok(http.post("/events", json={"events": events}))
+    assert report["rows_received"] == 2
+    assert report["rows_accepted"] == 1
+    assert report["quarantined_by_reason"] == {"missing_id": 1}
+    scored = ok(http.post("/score", json={"profile_ids": ["anon:ck-fresh-visitor"]}))
+    assert [r["profile_id"] for r in scored["results"]] == ["anon:ck-fresh-visitor"]
+
+
+def test_events_and_forget_need_the_token(server: Server) -> None:
+    with server.client(token=None) as anonymous:
+        assert anonymous.post("/forget", json={"profile_ids": ["x"]}).status_code == 401
+        assert anonymous.post("/events", json={"events": [{"a": 1}]}).status_code == 401
+
+
+def test_forgotten_profiles_vanish_from_every_answer(server: Server, http: httpx.Client) -> None:
+    gone = server.consented[-2:]
+    others = server.consented[:-2][:300]
+    before = ok(http.post("/score", json={"profile_ids": gone}))
+    assert {r["profile_id"] for r in before["results"]} == set(gone)
+
+    ok(http.post("/forget", json={"profile_ids": gone}))
+
+    scored = ok(http.post("/score", json={"profile_ids": gone}))
+    assert scored["results"] == [] and set(scored["unknown_ids"]) == set(gone)
+    timed = ok(http.post("/send_time", json={"profile_ids": [*gone, others[0]]}))
+    assert not {r["profile_id"] for r in timed["results"]} & set(gone)
+    audience = ok(http.post("/lookalike", json={"seed_ids": others, "reach": 0.5}))
+    assert not {r["profile_id"] for r in audience["audience"]} & set(gone)
+    as_seed = http.post("/lookalike", json={"seed_ids": [*gone, others[0]], "size": 10})
+    assert set(ok(as_seed)["unknown_seed_ids"]) >= set(gone)
+    everyone = {"all": [{"feature": "event_count_total", "op": ">=", "value": 0}]}
+    preview = ok(http.post("/segments/preview", json={"rule": everyone, "sample": 1000}))
+    assert not set(preview["sample_ids"]) & set(gone)
+    assert set(gone) <= set((server.workdir / "erasure.txt").read_text().split())

@@ -1,0 +1,240 @@
+"""Right to be forgotten: gone from every answer at once, from disk, and after a retrain."""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dmp_ml import activation, pipeline, refresh, store
+from dmp_ml.bundle import ModelBundle, load_bundle
+from dmp_ml.demo import DemoWorld, generate_demo_world
+from dmp_ml.erasure import (
+    ForgetReport,
+    add_to_erasure_list,
+    apply_erasure_list,
+    forget,
+    read_erasure_list,
+)
+from dmp_ml.errors import RequestError, UnknownProfileError
+from dmp_ml.segments import evaluate
+from dmp_ml.settings import Settings
+
+# ------------------------------------------------------------------ one small trained workdir
+# (the same helper is in test_activation / test_erasure / test_refresh: within one pytest
+# session the first file trains, the others reuse the directory)
+
+N_PROFILES, DAYS, SEED = 800, 90, 3
+
+
+def _settings(workdir: Path) -> Settings:
+    one = {
+        "prior_strength_candidates": [10.0],
+        "cohort_strength_candidates": [300.0],
+        "day_pooling_candidates": [0.3],
+        "bandwidth_candidates": [1.5],
+        "activity_weight_candidates": [2.0],
+        "sharpness_candidates": [1.0],
+    }
+    fast = {"n_snapshots": 2, "n_estimators": 100, "min_positives": 10, "min_negatives": 10}
+    return Settings(workdir=workdir, send_time=one, propensity={**fast, "calibration_folds": 2})
+
+
+def _features_with_extras(ctx: pipeline.TrainContext) -> pipeline.StepOutcome:
+    """The features step plus what this work asks the pipeline to write (hashed e-mails,
+    withdrawn-consent hashes)."""
+    outcome = pipeline._features_step(ctx)
+    assert ctx.features is not None
+    activation.write_contacts(ctx.bundle_dir, ctx.profiles, ctx.features.frame.index)
+    refresh.write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
+    return outcome
+
+
+def train_like_pipeline(
+    workdir: Path, world: DemoWorld, events: pd.DataFrame | None = None
+) -> pipeline.TrainResult:
+    """``train`` with the proposed wiring: refresh batches merged in, training events kept."""
+    events = store.merge_incoming(world.events if events is None else events, workdir)
+    steps = tuple(
+        (name, _features_with_extras if name == "features" else step)
+        for name, step in pipeline.STEPS
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "STEPS", steps)
+        result = pipeline.train(
+            events,
+            "end",
+            workdir,
+            profiles=world.profiles,
+            consent=world.consent,
+            settings=_settings(workdir),
+        )
+    store.record_training_events(
+        workdir, events, read_erasure_list(workdir), bundle_version=result.version
+    )
+    return result
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="module")
+def world() -> DemoWorld:
+    return generate_demo_world(n_profiles=N_PROFILES, days=DAYS, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, world: DemoWorld) -> Path:
+    shared = tmp_path_factory.getbasetemp() / f"dmp-trained-{N_PROFILES}x{DAYS}-{SEED}"
+    with _file_lock(shared.with_suffix(".lock")):
+        if not (shared / "bundle").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            train_like_pipeline(shared, world)
+    return shared
+
+
+def copy_workdir(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+# ------------------------------------------------------------------ fixtures of this file
+
+
+@dataclass
+class Forgotten:
+    workdir: Path
+    serving: ModelBundle  # the loaded bundle a service worker would hold
+    victims: list[str]
+    seeds: list[str]
+    report: ForgetReport
+
+
+@pytest.fixture(scope="module")
+def forgotten(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Forgotten:
+    workdir = copy_workdir(trained, tmp_path_factory.mktemp("erasure") / "w")
+    serving = load_bundle(workdir)
+    known = [p for p in serving.features.frame.index if not p.startswith("anon:")]
+    seeds = known[:30]
+    audience = serving.lookalike(seeds, size=40)
+    # victims the outputs certainly contained: lookalike results, an anonymous profile, a seed
+    anonymous = next(p for p in serving.features.frame.index if p.startswith("anon:"))
+    victims = [*audience.frame["profile_id"].head(2), anonymous, seeds[0]]
+    before = serving.score(victims)
+    assert not before.unknown_ids
+    assert not serving.send_time(victims).unknown_ids
+    report = forget(workdir, victims, bundle=serving)
+    return Forgotten(workdir, serving, victims, seeds, report)
+
+
+def assert_gone_everywhere(bundle: ModelBundle, victims: list[str], seeds: list[str]) -> None:
+    """No answer of the bundle (nor a segment or export built on it) names a victim."""
+    result = bundle.score(victims)
+    assert result.frame.empty and sorted(result.unknown_ids) == sorted(victims)
+    assert sorted(bundle.send_time(victims + seeds[1:3]).unknown_ids) == sorted(victims)
+    everyone = bundle.send_time(None).frame["profile_id"]
+    assert not set(victims) & set(everyone)
+    audience = bundle.lookalike(seeds, size=len(bundle.features.frame) // 2)
+    assert not set(victims) & set(audience.frame["profile_id"])
+    assert audience.diagnostics["seeds_matched"] == len(seeds) - len(set(seeds) & set(victims))
+    with pytest.raises((UnknownProfileError, RequestError)):  # unknown, or an empty seed
+        bundle.lookalike(victims, size=10)
+    matched = evaluate({"feature": "event_count_total", "op": ">=", "value": 0}, bundle)
+    assert not set(victims) & set(matched)
+    frame, report = activation.export_frame(bundle, [*victims, *seeds[1:4]], send_time=True)
+    assert list(frame["profile_id"]) == seeds[1:4]
+    assert report.dropped_erased + report.dropped_not_eligible == len(victims)
+    scores = activation.export_frame(bundle, activation.score_audience(bundle))[0]
+    assert not set(victims) & set(scores["profile_id"])
+
+
+def files_mention(workdir: Path, victims: list[str]) -> list[str]:
+    """Data files of the workdir (bundles, event store) that still hold a victim's id."""
+    hits = []
+    for path in sorted(workdir.rglob("*.parquet")):
+        frame = pd.read_parquet(path)
+        values = set()
+        for column in frame.columns:
+            if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+                values |= set(frame[column].dropna().astype(str))
+        values |= set(map(str, frame.index))
+        if set(victims) & values:
+            hits.append(str(path.relative_to(workdir)))
+    return hits
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_forgotten_profiles_vanish_from_the_serving_bundle_at_once(forgotten: Forgotten) -> None:
+    assert_gone_everywhere(forgotten.serving, forgotten.victims, forgotten.seeds)
+
+
+def test_forgotten_profiles_are_removed_from_the_bundle_on_disk(forgotten: Forgotten) -> None:
+    report, workdir = forgotten.report, forgotten.workdir
+    assert report.requested == report.newly_erased == report.in_bundle == 4
+    assert report.removed["scores"] == report.removed["send_time"] == 4
+    assert report.removed["lookalike"] == 4 and report.removed["cookies"] >= 1
+    assert report.cookies_erased >= report.removed["cookies"]
+    assert any(p.startswith("anon:") for p in read_erasure_list(workdir) - set(forgotten.victims))
+    versions = [p.name for p in (workdir / "bundles").iterdir()]
+    assert versions == [report.bundle_version]  # older versions held them
+    reloaded = load_bundle(workdir)  # checksums verified: a valid, published bundle
+    assert reloaded.version == report.bundle_version
+    assert_gone_everywhere(reloaded, forgotten.victims, forgotten.seeds)
+    assert files_mention(workdir, forgotten.victims) == []
+    assert read_erasure_list(workdir) >= set(forgotten.victims)
+    assert sum(report.events_removed.values()) > 0
+    history = store.history_events(workdir)
+    assert not history["profile_id"].isin(forgotten.victims).any()
+    assert any("mlflow gc" in line for line in report.remains)
+
+
+def test_a_retrain_on_the_same_events_never_brings_them_back(
+    forgotten: Forgotten, world: DemoWorld, tmp_path: Path
+) -> None:
+    workdir = copy_workdir(forgotten.workdir, tmp_path / "w")
+    assert world.events["profile_id"].isin(forgotten.victims).any()
+    result = train_like_pipeline(workdir, world)  # the original events, victims included
+    assert all(step.status == "trained" for step in result.steps.values())
+    retrained = load_bundle(workdir)
+    assert retrained.version == result.version
+    assert_gone_everywhere(retrained, forgotten.victims, forgotten.seeds)
+    assert [p for p in files_mention(workdir, forgotten.victims) if "bundles" in p] == []
+    assert not store.history_events(workdir)["profile_id"].isin(forgotten.victims).any()
+
+
+def test_forget_twice_is_harmless_and_bad_ids_are_refused(forgotten: Forgotten) -> None:
+    again = forget(forgotten.workdir, forgotten.victims[:2])
+    assert again.newly_erased == 0 and again.in_bundle == 0
+    assert again.bundle_version == forgotten.report.bundle_version  # nothing to re-publish
+    for bad in ("p000001", [], ["   "], ["a\nb"], [3.5]):
+        with pytest.raises(RequestError) as caught:
+            forget(forgotten.workdir, bad)  # type: ignore[arg-type]
+        assert caught.value.field.startswith("profile_ids")
+
+
+def test_an_erasure_that_raced_a_train_is_applied_afterwards(trained: Path, tmp_path: Path) -> None:
+    workdir = copy_workdir(trained, tmp_path / "w")
+    victim = str(load_bundle(workdir).features.frame.index[-1])
+    add_to_erasure_list(workdir, [victim])  # listed, but the live bundle still has it
+    report = apply_erasure_list(workdir)
+    assert report is not None and report.in_bundle == 1
+    assert victim not in load_bundle(workdir).features.frame.index
+    assert apply_erasure_list(workdir) is None
+
+
+def test_forget_without_a_bundle_still_records_the_erasure(tmp_path: Path) -> None:
+    report = forget(tmp_path, ["p1", " p1 ", "p2"])
+    assert report.requested == 2 and report.bundle_version is None
+    assert read_erasure_list(tmp_path) == {"p1", "p2"}

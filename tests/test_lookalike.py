@@ -1,0 +1,365 @@
+"""Lookalike expansion: embedding, FAISS index, expansion, diagnostics (real FAISS, LightGBM)."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmp_ml.errors import ConfigError, RequestError, UnknownProfileError
+from dmp_ml.features import FeatureSpec, FeatureTable
+from dmp_ml.lookalike import Audience, Embedder, LookalikeIndex, LookalikeModel
+from dmp_ml.settings import LookalikeSettings
+
+N_GROUPS = 4
+
+
+def _world(n: int = 4000, seed: int = 0) -> tuple[FeatureTable, pd.Series]:
+    """Profiles in interest groups (last label = no particular interest), behaviour features."""
+    rng = np.random.default_rng(seed)
+    group = rng.choice(N_GROUPS + 1, size=n, p=[0.2] * (N_GROUPS + 1))
+    activity = rng.gamma(3.0, 1.0, n) + 0.5
+    cols: dict[str, np.ndarray] = {}
+    for g in range(N_GROUPS):
+        member = group == g
+        cols[f"views_cat{g}_30d"] = rng.poisson(np.where(member, 4.0, 0.3) * activity)
+        cols[f"purchase_count_cat{g}_90d"] = rng.poisson(np.where(member, 0.8, 0.05) * activity)
+    cols["sessions_30d"] = rng.poisson(4.0 * activity)
+    cols["days_since_last_event"] = rng.exponential(10.0 / activity)
+    cols["open_rate"] = rng.beta(2, 8, n)
+    for j in range(4):
+        cols[f"noise{j}"] = rng.normal(0, 1, n)
+    frame = pd.DataFrame(cols).astype("float64")
+    frame.loc[rng.random(n) < 0.1, "open_rate"] = np.nan
+    regions = np.array(["north", "south", "east", "west", "center"])
+    region = np.where(rng.random(n) < 0.4, regions[group % 5], regions[rng.integers(0, 5, n)])
+    frame["region"] = pd.Categorical(region)
+    frame.index = pd.Index([f"p{i:05d}" for i in range(n)], name="profile_id", dtype="string")
+    spec = FeatureSpec(
+        version="test",
+        as_of=pd.Timestamp("2026-01-01", tz="UTC"),
+        columns={c: str(frame[c].dtype) for c in frame.columns},
+        categorical=["region"],
+    )
+    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    return table, pd.Series(group, index=frame.index, name="group")
+
+
+FAST = LookalikeSettings(pu_negatives=1500, reference_size=1500, pu_n_estimators=150)
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[FeatureTable, pd.Series]:
+    return _world()
+
+
+@pytest.fixture(scope="module")
+def model(world: tuple[FeatureTable, pd.Series]) -> LookalikeModel:
+    return LookalikeModel(FAST, n_threads=1).fit(world[0])
+
+
+def _members(groups: pd.Series, g: int) -> pd.Index:
+    return groups.index[groups.to_numpy() == g]
+
+
+def _seed(groups: pd.Series, g: int, n: int, rng_seed: int = 0) -> list[str]:
+    members = _members(groups, g)
+    return list(np.random.default_rng(rng_seed).choice(members, n, replace=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedder
+
+
+def test_embedder_scales_robustly_and_returns_unit_float32_vectors() -> None:
+    frame = pd.DataFrame(
+        {
+            "purchases": [0.0, 1, 2, 3, 4, 5, 6, 7, 8, 1e6],
+            "rate": [0.1, np.nan, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2, 0.3],
+            "tier": pd.Categorical(["gold"] * 5 + ["silver"] * 4 + ["rare"]),
+            "email": pd.array([f"u{i}@x.org" for i in range(10)], dtype="string"),
+        }
+    )
+    emb = Embedder(clip=3.0, min_level_count=2)
+    assert emb.fit(frame) is emb
+    assert emb.numeric_columns_ == ["purchases", "rate"]
+    # levels rarer than min_level_count are "other"; a column of unique e-mails is dropped
+    assert emb.levels_ == {"tier": ["gold", "silver"]}
+    pre = emb.pre(*emb.arrays(frame))
+    assert pre[:, 0].max() == pytest.approx(3.0)  # the 1e6 outlier is clipped
+    assert pre[1, 1] == 0.0  # a missing value is the population median
+    vectors = emb.transform(frame)
+    assert vectors.dtype == np.float32 and vectors.shape == (10, emb.dim_)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    reduced = Embedder(n_components=2, min_level_count=2).fit(frame)
+    assert reduced.transform(frame).shape == (10, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Index
+
+
+def _clustered_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, dim))
+    x = centres[rng.integers(0, 50, n)] + 0.6 * rng.normal(size=(n, dim))
+    x = x.astype(np.float32)
+    faiss.normalize_L2(x)
+    return x
+
+
+@pytest.mark.parametrize("factory", ["IVF{nlist},Flat", "HNSW16,Flat"])
+def test_approximate_index_is_tuned_to_the_recall_target(factory: str) -> None:
+    x = _clustered_vectors(20_000, 24)
+    ids = np.arange(len(x), dtype=np.int64) * 3  # ids need not be positions
+    index = LookalikeIndex(exact_max_profiles=1000, factory=factory, n_threads=1).fit(x, ids)
+    report = index.build_report_
+    assert report["kind"] in {"ivf", "hnsw"} and report["n"] == 20_000
+    assert report["recall_at_100"] >= 0.95 and report["recall_target_met"]
+    assert report["tuned_param"] in {"nprobe", "efSearch"} and report["tuned_value"] > 0
+    assert faiss.omp_get_max_threads() == 1
+
+    excluded = ids[:500]
+    _, found = index.search(x[:20], 100, exclude_ids=excluded)
+    assert not np.isin(found, excluded).any()
+    assert index.remove_ids(ids[500:600]) == 100  # IVF removes; HNSW masks
+    _, found = index.search(x[500:600], 10)
+    assert not np.isin(found, ids[500:600]).any()
+    assert index.ntotal == 20_000 - 100
+
+
+def test_small_population_gets_an_exact_flat_index() -> None:
+    x = _clustered_vectors(3000, 16)
+    index = LookalikeIndex(n_threads=1).fit(x)
+    assert index.build_report_["index_type"] == "IDMap2,Flat"
+    assert index.build_report_["recall_at_100"] == 1.0
+    sims, found = index.search(x[:3], 5)
+    assert (found[:, 0] == np.arange(3)).all()
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expansion
+
+
+def test_audience_excludes_seeds_excluded_and_unknown_ids(model, world) -> None:
+    table, groups = world
+    seed = _seed(groups, 0, 150)
+    exclude = list(_members(groups, 0)[:100]) + ["not-a-profile"]
+    audience = model.expand([*seed, "ghost-1", "ghost-2"], size=400, exclude_ids=exclude)
+    ids = set(audience.frame["profile_id"])
+    assert len(audience) == 400
+    assert not ids & set(seed) and not ids & set(exclude)
+    assert ids <= set(table.frame.index)
+    d = audience.diagnostics
+    assert d["seeds_matched"] == 150 and d["unknown_seed_ids"] == ["ghost-1", "ghost-2"]
+    frame = audience.frame
+    assert list(frame.columns) == ["profile_id", "score", "rank"]
+    assert frame["rank"].tolist() == list(range(1, 401))
+    assert frame["score"].between(0, 1).all() and frame["score"].is_monotonic_decreasing
+    json.dumps(d)  # diagnostics are JSON as they are
+
+
+def test_expansion_is_deterministic_and_ignores_seed_order(model, world) -> None:
+    _, groups = world
+    seed = _seed(groups, 1, 200)
+    first = model.expand(seed, size=300)
+    again = model.expand(list(reversed(seed)) + seed[:10], size=300)
+    pd.testing.assert_frame_equal(first.frame, again.frame)
+    assert first.diagnostics == again.diagnostics
+
+
+def test_reach_is_a_share_of_the_eligible_population(model, world) -> None:
+    table, groups = world
+    seed = _seed(groups, 2, 60)
+    by_reach = model.expand(seed, reach=0.05)
+    assert len(by_reach) == round(0.05 * len(table))
+    by_size = model.expand(seed, size=len(by_reach))
+    pd.testing.assert_frame_equal(by_reach.frame, by_size.frame)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"size": 0}, "size"),
+        ({"size": -5}, "size"),
+        ({"size": 2.5}, "size"),
+        ({}, "size"),
+        ({"size": 10, "reach": 0.1}, "size"),
+        ({"reach": 0.0}, "reach"),
+        ({"reach": 0.51}, "reach"),
+    ],
+)
+def test_invalid_requests_raise_request_error(model, world, kwargs, field) -> None:
+    seed = list(world[0].frame.index[:5])
+    with pytest.raises(RequestError) as err:
+        model.expand(seed, **kwargs)
+    assert err.value.field == field
+
+
+def test_seed_of_only_unknown_ids_is_an_unknown_profile_error(model) -> None:
+    with pytest.raises(UnknownProfileError):
+        model.expand(["nobody", "nobody-else"], size=10)
+
+
+def test_group_seed_recovers_its_group_and_explains_why(model, world) -> None:
+    _, groups = world
+    members = set(_members(groups, 3))
+    seed = _seed(groups, 3, 300)
+    audience = model.expand(seed, size=len(members) - 300)
+    precision = audience.frame["profile_id"].isin(members).mean()
+    assert precision >= 0.8
+    d = audience.diagnostics
+    assert d["method"] == "similarity+classifier" and not d["seed_too_small"]
+    assert not d["seed_not_distinctive"]
+    quality = d["expected_quality"]
+    assert quality["holdout_seeds"] == 60 and quality["recall"] >= 0.6 and quality["lift"] > 2
+    top = d["distinguishing_features"][0]
+    assert top["feature"] in {"views_cat3_30d", "purchase_count_cat3_90d"}
+    assert top["text"].startswith(f"{top['feature']}: seed median ")
+    assert top["seed_median"] > top["population_median"]
+    assert any(line.startswith("expected quality:") for line in audience.lines())
+
+
+def test_mixed_seed_keeps_its_minority_interest(model, world) -> None:
+    _, groups = world
+    major, minor = set(_members(groups, 0)), set(_members(groups, 1))
+    seed = _seed(groups, 0, 140) + _seed(groups, 1, 60)
+    size = len(major) + len(minor) - 200
+    for rerank in (False, True):
+        curve = model.quality_curve(seed, [size], rerank=rerank, truth_ids=minor)
+        assert curve["recall"].iloc[0] >= 0.6, rerank
+    audience = model.expand(seed, size=size)
+    assert audience.diagnostics["n_centroids"] >= 2
+    assert audience.frame["profile_id"].isin(minor).mean() >= 0.2
+
+
+def test_small_seed_still_answers_with_similarity_and_says_so(model, world) -> None:
+    _, groups = world
+    members = set(_members(groups, 2))
+    audience = model.expand(_seed(groups, 2, 20), size=200)
+    d = audience.diagnostics
+    assert d["seed_too_small"] and d["method"] == "similarity"
+    assert "seed too small" in d["seed_too_small_message"]
+    assert d["warnings"][0] == d["seed_too_small_message"]
+    assert audience.frame["profile_id"].isin(members).mean() >= 0.6
+
+
+def test_random_seed_is_warned_as_not_distinctive(model, world) -> None:
+    table, _ = world
+    seed = list(np.random.default_rng(5).choice(table.frame.index, 300, replace=False))
+    d = model.expand(seed, size=300).diagnostics
+    assert d["seed_not_distinctive"]
+    assert d["distinguishing_features"] == []
+    assert any(w.startswith("seed not distinctive") for w in d["warnings"])
+    assert d["expected_quality"]["lift"] < 1.6
+
+
+def test_rerank_beats_similarity_for_large_seeds_and_costs_little_for_small(model, world) -> None:
+    _, groups = world
+    for n_seed, margin in [(300, 0.0), (100, -0.02)]:
+        gains = []
+        for g in range(N_GROUPS):
+            seed = _seed(groups, g, n_seed, rng_seed=g)
+            size = [int((groups == g).sum()) - n_seed]
+            sim = model.quality_curve(seed, size, rerank=False)["expected_recall"].iloc[0]
+            both = model.quality_curve(seed, size, rerank=True)["expected_recall"].iloc[0]
+            gains.append(both - sim)
+        assert np.mean(gains) >= margin, (n_seed, gains)
+
+
+def test_quality_curve_recall_grows_with_size(model, world) -> None:
+    _, groups = world
+    members = _members(groups, 1)
+    curve = model.quality_curve(_seed(groups, 1, 150), [100, 400, 1600], truth_ids=members)
+    assert curve["size"].tolist() == [100, 400, 1600]
+    assert curve["expected_recall"].is_monotonic_increasing
+    assert curve["recall"].is_monotonic_increasing
+    assert (curve["lift"] > 1).all()
+    assert curve["precision"].iloc[0] >= curve["precision"].iloc[-1]
+
+
+def test_save_load_round_trip_gives_identical_audiences(model, world, tmp_path) -> None:
+    _, groups = world
+    seed = _seed(groups, 0, 150)
+    before = model.expand(seed, size=250, exclude_ids=list(_members(groups, 0)[:50]))
+    model.save(tmp_path / "lookalike")
+    files = sorted(p.name for p in (tmp_path / "lookalike").iterdir())
+    assert files == ["index.faiss", "index.json", "lookalike.json", "profiles.parquet"]
+    loaded = LookalikeModel.load(tmp_path / "lookalike", n_threads=1)
+    after = loaded.expand(seed, size=250, exclude_ids=list(_members(groups, 0)[:50]))
+    pd.testing.assert_frame_equal(before.frame, after.frame)
+    assert before.diagnostics == after.diagnostics
+    np.testing.assert_array_equal(model.vectors_, loaded.vectors_)
+
+
+def test_forgotten_profiles_are_never_returned_nor_used(world, tmp_path) -> None:
+    table, groups = world
+    model = LookalikeModel(FAST, n_threads=1).fit(table)
+    seed = _seed(groups, 1, 120)
+    first = model.expand(seed, size=200)
+    gone = list(first.frame["profile_id"][:30]) + seed[:5]
+    assert model.forget(gone) == 35
+    after = model.expand(seed, size=200)
+    assert not set(after.frame["profile_id"]) & set(gone)
+    assert after.diagnostics["seeds_matched"] == 115
+    assert set(gone[-5:]) <= set(after.diagnostics["unknown_seed_ids"])
+    loaded = LookalikeModel.load(model.save(tmp_path / "m"), n_threads=1)
+    pd.testing.assert_frame_equal(loaded.expand(seed, size=200).frame, after.frame)
+    assert not loaded.profile_ids_.isin(gone).any()
+
+
+def test_audience_lines_read_like_a_report(model, world) -> None:
+    _, groups = world
+    audience = model.expand(_seed(groups, 0, 30), size=50)
+    assert isinstance(audience, Audience)
+    lines = audience.lines()
+    assert lines[0] == "seed: 30 of 30 ids matched"
+    assert lines[1].startswith("audience: 50 profiles")
+    assert any(line.startswith("warning: seed too small") for line in lines)
+
+
+def test_demo_world_interest_group_seed() -> None:
+    demo = pytest.importorskip("dmp_ml.demo")
+    features = pytest.importorskip("dmp_ml.features")
+    if not hasattr(features, "build_features"):
+        pytest.skip("features.build_features is not available yet")
+    world = demo.generate_demo_world(2000, seed=1)
+    table = features.build_features(world.events, world.end, world.profiles, world.consent)
+    model = LookalikeModel(FAST, n_threads=1).fit(table)
+    group = world.truth.set_index("profile_id")["interest_group"].reindex(table.frame.index)
+    name = group.value_counts().index[0]
+    members = group.index[group.eq(name).fillna(False).to_numpy(dtype=bool)]
+    seed = list(np.random.default_rng(0).choice(members, 150, replace=False))
+    audience = model.expand(seed, size=len(members) - 150)
+    precision = audience.frame["profile_id"].isin(members).mean()
+    base_rate = (len(members) - 150) / (len(table) - 150)
+    assert precision >= 2.5 * base_rate
+    assert not audience.diagnostics["seed_not_distinctive"]
+
+
+def test_index_retrieval_gives_the_exact_audience(world) -> None:
+    table, groups = world
+    seed = _seed(groups, 2, 40)
+    exhaustive = LookalikeModel(FAST, n_threads=1).fit(table)
+    for factory in ("IVF{nlist},Flat", "HNSW16,Flat"):
+        forced = FAST.model_copy(
+            update={"index_min_work": 0, "exact_max_profiles": 1000, "index_factory": factory}
+        )
+        by_index = LookalikeModel(forced, n_threads=1).fit(table)
+        assert by_index.build_report_["kind"] in {"ivf", "hnsw"}
+        got = by_index.expand(seed, size=150, exclude_ids=list(table.frame.index[:50]))
+        want = exhaustive.expand(seed, size=150, exclude_ids=list(table.frame.index[:50]))
+        assert got.diagnostics["retrieval"] == "index"
+        assert want.diagnostics["retrieval"] == "exhaustive"
+        pd.testing.assert_frame_equal(got.frame, want.frame)
+
+
+def test_bad_factory_string_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        LookalikeIndex(exact_max_profiles=10, factory="NotAnIndex{nlist}").fit(
+            _clustered_vectors(100, 8)
+        )
