@@ -39,9 +39,10 @@ def test_failed_run_keeps_the_previous_bundle(tmp_path: Path) -> None:
 
 def test_bundle_without_manifest_is_not_published(tmp_path: Path) -> None:
     publish(tmp_path, "v1", "one")
-    with pytest.raises(BundleError, match="manifest.json is missing"), write_bundle(
-        tmp_path, "v2"
-    ) as tmp:
+    with (
+        pytest.raises(BundleError, match="manifest.json is missing"),
+        write_bundle(tmp_path, "v2") as tmp,
+    ):
         (tmp / "model.txt").write_text("no manifest")
     assert live_bundle_path(tmp_path).name == "v1"
 

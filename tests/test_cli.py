@@ -127,7 +127,9 @@ def test_lookalike_csv_and_diagnostics(workdir: Path) -> None:
         (("send-time", "--workdir", "W", "--quiet-hours", "late"), "--quiet-hours"),
     ],
 )
-def test_user_errors_are_one_readable_line(workdir: Path, args: tuple[str, ...], message: str) -> None:
+def test_user_errors_are_one_readable_line(
+    workdir: Path, args: tuple[str, ...], message: str
+) -> None:
     result = dmp_ml(*args, cwd=workdir)
     assert result.returncode != 0
     assert message in result.stderr
