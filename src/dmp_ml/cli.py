@@ -570,9 +570,11 @@ def serve(
 
     settings = load_settings()
     port = port or settings.service.port
-    sample = pd.read_parquet(
+    index = pd.read_parquet(
         live_bundle_path(workdir) / "features" / "features.parquet", columns=[]
-    ).index[:2]
+    ).index.astype(str)
+    known = index[~index.str.startswith("anon:")]
+    sample = (known if len(known) >= 2 else index)[:2]
     ids = json.dumps([str(i) for i in sample])
     base = f"http://localhost:{port}"
     auth = ' -H "Authorization: Bearer $DMP_ML_API_TOKEN"' if settings.api_token else ""
