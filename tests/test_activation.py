@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from dmp_ml import activation, pipeline, refresh, store
+from dmp_ml import activation
 from dmp_ml.activation import (
     SendTimeOptions,
     export_audience,
@@ -21,100 +18,23 @@ from dmp_ml.activation import (
     resolve_audience,
 )
 from dmp_ml.bundle import ModelBundle, load_bundle
-from dmp_ml.demo import DemoWorld, generate_demo_world
-from dmp_ml.erasure import add_to_erasure_list, read_erasure_list
+from dmp_ml.demo import DemoWorld
+from dmp_ml.erasure import add_to_erasure_list
 from dmp_ml.errors import RequestError
 from dmp_ml.identity import _latest_consent
-from dmp_ml.settings import Settings
 
-# ------------------------------------------------------------------ one small trained workdir
-# (the same helper is in test_activation / test_erasure / test_refresh: within one pytest
-# session the first file trains, the others reuse the directory)
-
-N_PROFILES, DAYS, SEED = 800, 90, 3
-
-
-def _settings(workdir: Path) -> Settings:
-    one = {
-        "prior_strength_candidates": [10.0],
-        "cohort_strength_candidates": [300.0],
-        "day_pooling_candidates": [0.3],
-        "bandwidth_candidates": [1.5],
-        "activity_weight_candidates": [2.0],
-        "sharpness_candidates": [1.0],
-    }
-    fast = {"n_snapshots": 2, "n_estimators": 100, "min_positives": 10, "min_negatives": 10}
-    return Settings(workdir=workdir, send_time=one, propensity={**fast, "calibration_folds": 2})
-
-
-def _features_with_extras(ctx: pipeline.TrainContext) -> pipeline.StepOutcome:
-    """The features step plus what this work asks the pipeline to write (hashed e-mails,
-    withdrawn-consent hashes)."""
-    outcome = pipeline._features_step(ctx)
-    assert ctx.features is not None
-    activation.write_contacts(ctx.bundle_dir, ctx.profiles, ctx.features.frame.index)
-    refresh.write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
-    return outcome
-
-
-def train_like_pipeline(
-    workdir: Path, world: DemoWorld, events: pd.DataFrame | None = None
-) -> pipeline.TrainResult:
-    """``train`` with the proposed wiring: refresh batches merged in, training events kept."""
-    events = store.merge_incoming(world.events if events is None else events, workdir)
-    steps = tuple(
-        (name, _features_with_extras if name == "features" else step)
-        for name, step in pipeline.STEPS
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "STEPS", steps)
-        result = pipeline.train(
-            events,
-            "end",
-            workdir,
-            profiles=world.profiles,
-            consent=world.consent,
-            settings=_settings(workdir),
-        )
-    store.record_training_events(
-        workdir, events, read_erasure_list(workdir), bundle_version=result.version
-    )
-    return result
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
+# ------------------------------------------------------------------ fixtures
+# (demo_world, trained_workdir and copy_workdir are shared: tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def world() -> DemoWorld:
-    return generate_demo_world(n_profiles=N_PROFILES, days=DAYS, seed=SEED)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, world: DemoWorld) -> Path:
-    shared = tmp_path_factory.getbasetemp() / f"dmp-trained-{N_PROFILES}x{DAYS}-{SEED}"
-    with _file_lock(shared.with_suffix(".lock")):
-        if not (shared / "bundle").exists():
-            shutil.rmtree(shared, ignore_errors=True)
-            train_like_pipeline(shared, world)
-    return shared
-
-
-def copy_workdir(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
-
-
-# ------------------------------------------------------------------ fixtures of this file
-
-
-@pytest.fixture(scope="module")
-def workdir(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_workdir(trained, tmp_path_factory.mktemp("activation") / "w")
+def workdir(
+    trained_workdir: Path,
+    copy_workdir: Callable[[Path, Path], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """This module's copy of the shared workdir (a test edits its erasure list)."""
+    return copy_workdir(trained_workdir, tmp_path_factory.mktemp("activation") / "w")
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +75,7 @@ def test_the_bundle_carries_hashes_never_addresses(bundle: ModelBundle) -> None:
 
 
 def test_segment_export_to_csv_has_the_destination_columns(
-    bundle: ModelBundle, world: DemoWorld, tmp_path: Path
+    bundle: ModelBundle, demo_world: DemoWorld, tmp_path: Path
 ) -> None:
     rule = {"feature": "purchase_count_total", "op": ">=", "value": 1}
     path = tmp_path / "buyers.csv"
@@ -170,7 +90,7 @@ def test_segment_export_to_csv_has_the_destination_columns(
         "propensity_percentile",
     ]
     assert "@" not in text
-    emails = world.profiles.set_index("profile_id")["email"]
+    emails = demo_world.profiles.set_index("profile_id")["email"]
     known = frame["profile_id"].isin(emails.index)
     assert known.any()
     addresses = emails.loc[frame.loc[known, "profile_id"]]
@@ -212,12 +132,12 @@ def test_score_threshold_audience_is_best_first(bundle: ModelBundle) -> None:
 
 
 def test_exports_never_hold_non_consented_unknown_or_erased_profiles(
-    bundle: ModelBundle, world: DemoWorld, workdir: Path, tmp_path: Path
+    bundle: ModelBundle, demo_world: DemoWorld, workdir: Path, tmp_path: Path
 ) -> None:
-    withdrawn, _ = _latest_consent(world.consent, "marketing")
-    withdrawn = [p for p in withdrawn if p in set(world.events["profile_id"].dropna())]
+    withdrawn, _ = _latest_consent(demo_world.consent, "marketing")
+    withdrawn = [p for p in withdrawn if p in set(demo_world.events["profile_id"].dropna())]
     assert withdrawn, "the demo world should have a withdrawn profile with events"
-    with_email = set(world.profiles.loc[world.profiles["email"].notna(), "profile_id"])
+    with_email = set(demo_world.profiles.loc[demo_world.profiles["email"].notna(), "profile_id"])
     live = [p for p in bundle.features.frame.index if p in with_email][:5]
     anonymous = [p for p in bundle.features.frame.index if p.startswith("anon:")][:1]
     add_to_erasure_list(workdir, [live[0]])

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from dmp_ml import activation, pipeline, refresh, store
+from dmp_ml import activation, store
 from dmp_ml.bundle import ModelBundle, load_bundle
-from dmp_ml.demo import DemoWorld, generate_demo_world
+from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import (
     ForgetReport,
     add_to_erasure_list,
@@ -23,92 +20,14 @@ from dmp_ml.erasure import (
     read_erasure_list,
 )
 from dmp_ml.errors import RequestError, UnknownProfileError
+from dmp_ml.pipeline import train
 from dmp_ml.segments import evaluate
 from dmp_ml.settings import Settings
 
-# ------------------------------------------------------------------ one small trained workdir
-# (the same helper is in test_activation / test_erasure / test_refresh: within one pytest
-# session the first file trains, the others reuse the directory)
+# ------------------------------------------------------------------ fixtures
+# (demo_world, trained_workdir, copy_workdir and train_settings are shared: tests/conftest.py)
 
-N_PROFILES, DAYS, SEED = 800, 90, 3
-
-
-def _settings(workdir: Path) -> Settings:
-    one = {
-        "prior_strength_candidates": [10.0],
-        "cohort_strength_candidates": [300.0],
-        "day_pooling_candidates": [0.3],
-        "bandwidth_candidates": [1.5],
-        "activity_weight_candidates": [2.0],
-        "sharpness_candidates": [1.0],
-    }
-    fast = {"n_snapshots": 2, "n_estimators": 100, "min_positives": 10, "min_negatives": 10}
-    return Settings(workdir=workdir, send_time=one, propensity={**fast, "calibration_folds": 2})
-
-
-def _features_with_extras(ctx: pipeline.TrainContext) -> pipeline.StepOutcome:
-    """The features step plus what this work asks the pipeline to write (hashed e-mails,
-    withdrawn-consent hashes)."""
-    outcome = pipeline._features_step(ctx)
-    assert ctx.features is not None
-    activation.write_contacts(ctx.bundle_dir, ctx.profiles, ctx.features.frame.index)
-    refresh.write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
-    return outcome
-
-
-def train_like_pipeline(
-    workdir: Path, world: DemoWorld, events: pd.DataFrame | None = None
-) -> pipeline.TrainResult:
-    """``train`` with the proposed wiring: refresh batches merged in, training events kept."""
-    events = store.merge_incoming(world.events if events is None else events, workdir)
-    steps = tuple(
-        (name, _features_with_extras if name == "features" else step)
-        for name, step in pipeline.STEPS
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "STEPS", steps)
-        result = pipeline.train(
-            events,
-            "end",
-            workdir,
-            profiles=world.profiles,
-            consent=world.consent,
-            settings=_settings(workdir),
-        )
-    store.record_training_events(
-        workdir, events, read_erasure_list(workdir), bundle_version=result.version
-    )
-    return result
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
-
-
-@pytest.fixture(scope="module")
-def world() -> DemoWorld:
-    return generate_demo_world(n_profiles=N_PROFILES, days=DAYS, seed=SEED)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, world: DemoWorld) -> Path:
-    shared = tmp_path_factory.getbasetemp() / f"dmp-trained-{N_PROFILES}x{DAYS}-{SEED}"
-    with _file_lock(shared.with_suffix(".lock")):
-        if not (shared / "bundle").exists():
-            shutil.rmtree(shared, ignore_errors=True)
-            train_like_pipeline(shared, world)
-    return shared
-
-
-def copy_workdir(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
-
-
-# ------------------------------------------------------------------ fixtures of this file
+CopyWorkdir = Callable[[Path, Path], Path]
 
 
 @dataclass
@@ -121,8 +40,10 @@ class Forgotten:
 
 
 @pytest.fixture(scope="module")
-def forgotten(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Forgotten:
-    workdir = copy_workdir(trained, tmp_path_factory.mktemp("erasure") / "w")
+def forgotten(
+    trained_workdir: Path, copy_workdir: CopyWorkdir, tmp_path_factory: pytest.TempPathFactory
+) -> Forgotten:
+    workdir = copy_workdir(trained_workdir, tmp_path_factory.mktemp("erasure") / "w")
     serving = load_bundle(workdir)
     known = [p for p in serving.features.frame.index if not p.startswith("anon:")]
     seeds = known[:30]
@@ -201,11 +122,22 @@ def test_forgotten_profiles_are_removed_from_the_bundle_on_disk(forgotten: Forgo
 
 
 def test_a_retrain_on_the_same_events_never_brings_them_back(
-    forgotten: Forgotten, world: DemoWorld, tmp_path: Path
+    forgotten: Forgotten,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    train_settings: Settings,
+    tmp_path: Path,
 ) -> None:
     workdir = copy_workdir(forgotten.workdir, tmp_path / "w")
-    assert world.events["profile_id"].isin(forgotten.victims).any()
-    result = train_like_pipeline(workdir, world)  # the original events, victims included
+    assert demo_world.events["profile_id"].isin(forgotten.victims).any()
+    result = train(  # the original events, victims included
+        demo_world.events,
+        "end",
+        workdir,
+        profiles=demo_world.profiles,
+        consent=demo_world.consent,
+        settings=train_settings,
+    )
     assert all(step.status == "trained" for step in result.steps.values())
     retrained = load_bundle(workdir)
     assert retrained.version == result.version
@@ -224,8 +156,10 @@ def test_forget_twice_is_harmless_and_bad_ids_are_refused(forgotten: Forgotten) 
         assert caught.value.field.startswith("profile_ids")
 
 
-def test_an_erasure_that_raced_a_train_is_applied_afterwards(trained: Path, tmp_path: Path) -> None:
-    workdir = copy_workdir(trained, tmp_path / "w")
+def test_an_erasure_that_raced_a_train_is_applied_afterwards(
+    trained_workdir: Path, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    workdir = copy_workdir(trained_workdir, tmp_path / "w")
     victim = str(load_bundle(workdir).features.frame.index[-1])
     add_to_erasure_list(workdir, [victim])  # listed, but the live bundle still has it
     report = apply_erasure_list(workdir)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ import pytest
 
 from dmp_ml import activation, pipeline, refresh, store
 from dmp_ml.bundle import ModelBundle, load_bundle
-from dmp_ml.demo import DemoWorld, generate_demo_world
+from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget, read_erasure_list
 from dmp_ml.errors import RequestError
 from dmp_ml.identity import _latest_consent
@@ -24,89 +21,12 @@ from dmp_ml.refresh import Refresher, RefreshReport, apply_events
 from dmp_ml.segments import evaluate
 from dmp_ml.settings import Settings
 
-# ------------------------------------------------------------------ one small trained workdir
-# (the same helper is in test_activation / test_erasure / test_refresh: within one pytest
-# session the first file trains, the others reuse the directory)
+# ------------------------------------------------------------------ fixtures
+# (demo_world, trained_workdir, copy_workdir and train_settings are shared: tests/conftest.py)
 
-N_PROFILES, DAYS, SEED = 800, 90, 3
-
-
-def _settings(workdir: Path) -> Settings:
-    one = {
-        "prior_strength_candidates": [10.0],
-        "cohort_strength_candidates": [300.0],
-        "day_pooling_candidates": [0.3],
-        "bandwidth_candidates": [1.5],
-        "activity_weight_candidates": [2.0],
-        "sharpness_candidates": [1.0],
-    }
-    fast = {"n_snapshots": 2, "n_estimators": 100, "min_positives": 10, "min_negatives": 10}
-    return Settings(workdir=workdir, send_time=one, propensity={**fast, "calibration_folds": 2})
-
-
-def _features_with_extras(ctx: pipeline.TrainContext) -> pipeline.StepOutcome:
-    """The features step plus what this work asks the pipeline to write (hashed e-mails,
-    withdrawn-consent hashes)."""
-    outcome = pipeline._features_step(ctx)
-    assert ctx.features is not None
-    activation.write_contacts(ctx.bundle_dir, ctx.profiles, ctx.features.frame.index)
-    refresh.write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
-    return outcome
-
-
-def train_like_pipeline(
-    workdir: Path, world: DemoWorld, events: pd.DataFrame | None = None
-) -> pipeline.TrainResult:
-    """``train`` with the proposed wiring: refresh batches merged in, training events kept."""
-    events = store.merge_incoming(world.events if events is None else events, workdir)
-    steps = tuple(
-        (name, _features_with_extras if name == "features" else step)
-        for name, step in pipeline.STEPS
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "STEPS", steps)
-        result = pipeline.train(
-            events,
-            "end",
-            workdir,
-            profiles=world.profiles,
-            consent=world.consent,
-            settings=_settings(workdir),
-        )
-    store.record_training_events(
-        workdir, events, read_erasure_list(workdir), bundle_version=result.version
-    )
-    return result
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
-
-
-@pytest.fixture(scope="module")
-def world() -> DemoWorld:
-    return generate_demo_world(n_profiles=N_PROFILES, days=DAYS, seed=SEED)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, world: DemoWorld) -> Path:
-    shared = tmp_path_factory.getbasetemp() / f"dmp-trained-{N_PROFILES}x{DAYS}-{SEED}"
-    with _file_lock(shared.with_suffix(".lock")):
-        if not (shared / "bundle").exists():
-            shutil.rmtree(shared, ignore_errors=True)
-            train_like_pipeline(shared, world)
-    return shared
-
-
-def copy_workdir(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
-
-
-# ------------------------------------------------------------------ fixtures of this file
+CopyWorkdir = Callable[[Path, Path], Path]
+# train's own features step and nothing else: enough to compare features, and fast
+FEATURES_ONLY = tuple(step for step in pipeline.STEPS if step[0] == "features")
 
 
 @dataclass
@@ -127,8 +47,13 @@ def _iso(ts: pd.Timestamp) -> str:
 
 
 @pytest.fixture(scope="module")
-def applied(trained: Path, world: DemoWorld, tmp_path_factory: pytest.TempPathFactory) -> Applied:
-    workdir = copy_workdir(trained, tmp_path_factory.mktemp("refresh") / "w")
+def applied(
+    trained_workdir: Path,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Applied:
+    workdir = copy_workdir(trained_workdir, tmp_path_factory.mktemp("refresh") / "w")
     before = load_bundle(workdir)
     frame = before.features.frame
     known_ids = [p for p in frame.index if not p.startswith("anon:")]
@@ -137,7 +62,7 @@ def applied(trained: Path, world: DemoWorld, tmp_path_factory: pytest.TempPathFa
     folded = next(p for p in frame.index if p.startswith("anon:"))
     cookie = folded.removeprefix("anon:")
     t = before.as_of
-    category = str(world.events["category"].dropna().iloc[0])
+    category = str(demo_world.events["category"].dropna().iloc[0])
     good = [
         {
             "event_time": _iso(t + pd.Timedelta(hours=1)),
@@ -300,21 +225,23 @@ def test_a_linked_cookie_folds_its_anonymous_profile_into_the_known_one(applied:
 
 
 def test_a_full_train_on_the_same_events_gives_the_same_features(
-    applied: Applied, world: DemoWorld, tmp_path: Path
+    applied: Applied,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    train_settings: Settings,
+    tmp_path: Path,
 ) -> None:
     workdir = copy_workdir(applied.workdir, tmp_path / "w")
-    profiles = pd.concat([world.profiles, applied.new_profiles], ignore_index=True)
-    steps = (("features", _features_with_extras),)
+    profiles = pd.concat([demo_world.profiles, applied.new_profiles], ignore_index=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "STEPS", steps)  # the features step of train, nothing else
-        events = store.merge_incoming(world.events, workdir)
-        result = pipeline.train(
-            events,
+        mp.setattr(pipeline, "STEPS", FEATURES_ONLY)
+        result = pipeline.train(  # merges the stored batch into the export, as train always does
+            demo_world.events,
             "end",
             workdir,
             profiles=profiles,
-            consent=world.consent,
-            settings=_settings(workdir),
+            consent=demo_world.consent,
+            settings=train_settings,
         )
     assert result.manifest["as_of"] == applied.report.features_as_of
     retrained = load_bundle(workdir).features
@@ -335,7 +262,9 @@ def test_a_full_train_on_the_same_events_gives_the_same_features(
     assert applied.folded not in retrained.frame.index
 
 
-def test_a_retried_batch_changes_nothing(applied: Applied, tmp_path: Path) -> None:
+def test_a_retried_batch_changes_nothing(
+    applied: Applied, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
     workdir = copy_workdir(applied.workdir, tmp_path / "w")
     report = apply_events(workdir, applied.batch, profiles=applied.new_profiles)
     assert report.rows_accepted == 0
@@ -345,12 +274,12 @@ def test_a_retried_batch_changes_nothing(applied: Applied, tmp_path: Path) -> No
 
 
 def test_forgotten_and_withdrawn_profiles_stay_out(
-    applied: Applied, world: DemoWorld, tmp_path: Path
+    applied: Applied, demo_world: DemoWorld, copy_workdir: CopyWorkdir, tmp_path: Path
 ) -> None:
     workdir = copy_workdir(applied.workdir, tmp_path / "w")
     forget(workdir, [applied.known])
-    withdrawn, _ = _latest_consent(world.consent, "marketing")
-    withdrawn = [p for p in withdrawn if p in set(world.events["profile_id"].dropna())][:1]
+    withdrawn, _ = _latest_consent(demo_world.consent, "marketing")
+    withdrawn = [p for p in withdrawn if p in set(demo_world.events["profile_id"].dropna())][:1]
     assert withdrawn
     t = applied.before.as_of + pd.Timedelta(hours=8)
     cookie_map = applied.before.features.cookie_map
@@ -392,21 +321,25 @@ def test_a_batch_that_is_not_a_list_of_events_is_refused(applied: Applied) -> No
 
 
 def test_batches_stored_while_a_train_ran_are_reapplied_to_its_bundle(
-    applied: Applied, world: DemoWorld, tmp_path: Path
+    applied: Applied,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    train_settings: Settings,
+    tmp_path: Path,
 ) -> None:
     workdir = copy_workdir(applied.workdir, tmp_path / "w")
     # a train that read its input before the batch was stored: the batch is not in it
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "STEPS", (("features", _features_with_extras),))
-        pipeline.train(
-            world.events,
+        mp.setattr(pipeline, "STEPS", FEATURES_ONLY)
+        mp.setattr(pipeline, "merge_incoming", lambda events, workdir: events)
+        pipeline.train(  # records these events (without the batch) as its training events
+            demo_world.events,
             "end",
             workdir,
-            profiles=world.profiles,
-            consent=world.consent,
-            settings=_settings(workdir),
+            profiles=demo_world.profiles,
+            consent=demo_world.consent,
+            settings=train_settings,
         )
-    store.record_training_events(workdir, world.events)
     assert [p.name for p in store.unmerged_batches(workdir)] == [
         Path(applied.report.stored_path).name
     ]
@@ -423,7 +356,7 @@ def test_batches_stored_while_a_train_ran_are_reapplied_to_its_bundle(
 
 
 def test_a_refresh_that_failed_midway_is_repaired_by_the_next_one(
-    applied: Applied, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    applied: Applied, copy_workdir: CopyWorkdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workdir = copy_workdir(applied.workdir, tmp_path / "w")
     refresher = Refresher(workdir)

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from dmp_ml import activation, pipeline, refresh, store
 from dmp_ml.bundle import ModelBundle, load_bundle
-from dmp_ml.demo import DemoWorld, generate_demo_world
-from dmp_ml.erasure import add_to_erasure_list, read_erasure_list
+from dmp_ml.erasure import add_to_erasure_list
 from dmp_ml.segments import (
     SegmentError,
     delete_segment,
@@ -26,96 +20,19 @@ from dmp_ml.segments import (
     preview,
     save_segment,
 )
-from dmp_ml.settings import Settings
 
-# ------------------------------------------------------------------ one small trained workdir
-# (the same helper is in test_activation / test_erasure / test_refresh: within one pytest
-# session the first file trains, the others reuse the directory)
-
-N_PROFILES, DAYS, SEED = 800, 90, 3
-
-
-def _settings(workdir: Path) -> Settings:
-    one = {
-        "prior_strength_candidates": [10.0],
-        "cohort_strength_candidates": [300.0],
-        "day_pooling_candidates": [0.3],
-        "bandwidth_candidates": [1.5],
-        "activity_weight_candidates": [2.0],
-        "sharpness_candidates": [1.0],
-    }
-    fast = {"n_snapshots": 2, "n_estimators": 100, "min_positives": 10, "min_negatives": 10}
-    return Settings(workdir=workdir, send_time=one, propensity={**fast, "calibration_folds": 2})
-
-
-def _features_with_extras(ctx: pipeline.TrainContext) -> pipeline.StepOutcome:
-    """The features step plus what this work asks the pipeline to write (hashed e-mails,
-    withdrawn-consent hashes)."""
-    outcome = pipeline._features_step(ctx)
-    assert ctx.features is not None
-    activation.write_contacts(ctx.bundle_dir, ctx.profiles, ctx.features.frame.index)
-    refresh.write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
-    return outcome
-
-
-def train_like_pipeline(
-    workdir: Path, world: DemoWorld, events: pd.DataFrame | None = None
-) -> pipeline.TrainResult:
-    """``train`` with the proposed wiring: refresh batches merged in, training events kept."""
-    events = store.merge_incoming(world.events if events is None else events, workdir)
-    steps = tuple(
-        (name, _features_with_extras if name == "features" else step)
-        for name, step in pipeline.STEPS
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "STEPS", steps)
-        result = pipeline.train(
-            events,
-            "end",
-            workdir,
-            profiles=world.profiles,
-            consent=world.consent,
-            settings=_settings(workdir),
-        )
-    store.record_training_events(
-        workdir, events, read_erasure_list(workdir), bundle_version=result.version
-    )
-    return result
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
+# ------------------------------------------------------------------ fixtures
+# (trained_workdir and copy_workdir are shared: tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def world() -> DemoWorld:
-    return generate_demo_world(n_profiles=N_PROFILES, days=DAYS, seed=SEED)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, world: DemoWorld) -> Path:
-    shared = tmp_path_factory.getbasetemp() / f"dmp-trained-{N_PROFILES}x{DAYS}-{SEED}"
-    with _file_lock(shared.with_suffix(".lock")):
-        if not (shared / "bundle").exists():
-            shutil.rmtree(shared, ignore_errors=True)
-            train_like_pipeline(shared, world)
-    return shared
-
-
-def copy_workdir(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
-
-
-# ------------------------------------------------------------------ fixtures of this file
-
-
-@pytest.fixture(scope="module")
-def workdir(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_workdir(trained, tmp_path_factory.mktemp("segments") / "w")
+def workdir(
+    trained_workdir: Path,
+    copy_workdir: Callable[[Path, Path], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """This module's copy of the shared workdir (tests save segments, edit the erasure list)."""
+    return copy_workdir(trained_workdir, tmp_path_factory.mktemp("segments") / "w")
 
 
 @pytest.fixture(scope="module")
