@@ -110,7 +110,9 @@ def timed(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
     return out, time.perf_counter() - started
 
 
-def demo_world(n: int, seed: int, threads: int, seed_sizes: list[int]) -> dict[str, object]:
+def demo_world(
+    n: int, seed: int, threads: int, seed_sizes: list[int], top_k_categories: int | None = None
+) -> dict[str, object]:
     """Issue 6 targets on the demo world: seeds of one planted interest group.
 
     For every interest group and seed size: precision of the audience of size = the rest of the
@@ -118,9 +120,15 @@ def demo_world(n: int, seed: int, threads: int, seed_sizes: list[int]) -> dict[s
     """
     from dmp_ml.demo import generate_demo_world
     from dmp_ml.features import build_features
+    from dmp_ml.settings import FeatureSettings
 
+    features = FeatureSettings()
+    if top_k_categories is not None:
+        features = features.model_copy(update={"top_k_categories": top_k_categories})
     world, t_gen = timed(generate_demo_world, n, seed=seed)
-    table, t_feat = timed(build_features, world.events, world.end, world.profiles, world.consent)
+    table, t_feat = timed(
+        build_features, world.events, world.end, world.profiles, world.consent, features
+    )
     model, t_fit = timed(LookalikeModel(LookalikeSettings(threads=threads, seed=seed)).fit, table)
     print(
         f"demo world {n:,} people: generated {t_gen:.1f}s, features {t_feat:.1f}s "
@@ -174,9 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PEOPLE",
         help="instead: the issue 6 targets on a demo world of this many people (e.g. 20000)",
     )
+    ap.add_argument(
+        "--top-k-categories", type=int, help="with --demo: features.top_k_categories to use"
+    )
     args = ap.parse_args(argv)
     if args.demo:
-        figures = demo_world(args.demo, args.seed, args.threads, [100, 300, 1000])
+        figures = demo_world(
+            args.demo, args.seed, args.threads, [100, 300, 1000], args.top_k_categories
+        )
         if args.json:
             with open(args.json, "w", encoding="utf-8") as fh:
                 json.dump(figures, fh, indent=2, default=str)

@@ -1047,7 +1047,7 @@ class LookalikeModel:
             centroids=centroids,
             log_shares=np.log(shares),
             tau=s.similarity_temperature,
-            weight=weight if booster else 0.0,
+            weight=weight if booster is not None else 0.0,
             booster=booster,
         )
         sims = self._similarity(ranker, reference)
@@ -1391,12 +1391,25 @@ class LookalikeModel:
         self = cls(LookalikeSettings(**meta["settings"]), n_threads=n_threads)
         self.embedder_ = Embedder.from_dict(meta["embedder"])
         emb = self.embedder_
-        raw = np.empty((len(profiles), len(emb.numeric_columns_)), dtype=np.float32)
-        for j, col in enumerate(emb.numeric_columns_):
-            raw[:, j] = profiles[f"n:{col}"].to_numpy(dtype=np.float32)
-        codes = np.empty((len(profiles), len(emb.categorical_columns_)), dtype=np.int16)
-        for j, col in enumerate(emb.categorical_columns_):
-            codes[:, j] = profiles[f"c:{col}"].to_numpy(dtype=np.int16)
+        try:
+            raw = np.ascontiguousarray(
+                np.array(
+                    [profiles[f"n:{c}"].to_numpy(np.float32) for c in emb.numeric_columns_],
+                    dtype=np.float32,
+                )
+                .reshape(len(emb.numeric_columns_), len(profiles))
+                .T
+            )
+            codes = np.ascontiguousarray(
+                np.array(
+                    [profiles[f"c:{c}"].to_numpy(np.int16) for c in emb.categorical_columns_],
+                    dtype=np.int16,
+                )
+                .reshape(len(emb.categorical_columns_), len(profiles))
+                .T
+            )
+        except KeyError as exc:
+            raise BundleError(f"lookalike profiles in {directory} lack column {exc}") from exc
         ids = pd.Index(profiles["profile_id"].astype("string"), name="profile_id")
         with threadpool_limits(limits=self._n_threads):
             self._set_data(ids, raw, codes)

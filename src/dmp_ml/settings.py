@@ -214,7 +214,7 @@ class LookalikeSettings(_Section):
     )
     min_seed: int = Field(100, ge=1, description="Seed size from which the classifier re-ranks.")
     classifier_weight: float = Field(1.0, ge=0, le=1, description="Blend weight, large seeds.")
-    blend_half_seed: int = Field(100, ge=1, description="Seed size at half that weight.")
+    blend_half_seed: int = Field(300, ge=1, description="Seed size at half that weight.")
     pu_negatives: int = Field(5000, gt=0, description="Unlabeled profiles sampled for the PU fit.")
     pu_n_estimators: int = Field(300, ge=1)
     pu_learning_rate: float = Field(0.05, gt=0)
