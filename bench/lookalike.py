@@ -17,7 +17,7 @@ What runs, all in one process on the same data:
    entirely inside the two interests.
 3. Seed kNN, the index on its own: every seed vector queries its ``size / seed-size`` nearest
    profiles (``seed-size`` queries returning ``size`` results), through FAISS and through
-   :func:`dmp_ml.lookalike.brute_force_search` (numpy batched matmul + argpartition). Recall is
+   :func:`dmp_ml.expansion.brute_force_search` (numpy batched matmul + argpartition). Recall is
    the share of the exact neighbours FAISS returns. Target: >= 10x faster at recall >= 0.95.
 4. Similarity ranking: the model's seed-centroid similarity (no classifier) for an audience of
    ``size / 10`` and ``size``, as ``expand`` computes it (``auto``: exact scoring of everyone
@@ -40,8 +40,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from dmp_ml.expansion import LookalikeModel, brute_force_search
 from dmp_ml.features import FeatureSpec, FeatureTable
-from dmp_ml.lookalike import LookalikeModel, brute_force_search
 from dmp_ml.settings import LookalikeSettings
 
 TARGET_SPEEDUP = 10.0

@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 
 from dmp_ml import experiments, metrics
 from dmp_ml.demo import DemoWorld, generate_demo_world
+from dmp_ml.expansion import LookalikeModel
 from dmp_ml.features import FeatureTable
 from dmp_ml.identity import resolve_identity
-from dmp_ml.lookalike import LookalikeModel
 from dmp_ml.propensity import build_snapshots, train_propensity
 from dmp_ml.send_time import SendTimeModel
 from dmp_ml.settings import Settings, load_settings

@@ -48,21 +48,22 @@ _LAZY = {
     "SendTimeModel": "dmp_ml.send_time",
     "best_send_time": "dmp_ml.send_time",
     "evaluate_send_time": "dmp_ml.send_time",
-    "Audience": "dmp_ml.lookalike",
-    "LookalikeModel": "dmp_ml.lookalike",
+    "Audience": "dmp_ml.expansion",
+    "LookalikeModel": "dmp_ml.expansion",
     "ModelBundle": "dmp_ml.bundle",
     "load_bundle": "dmp_ml.bundle",
+    "lookalike": "dmp_ml.bundle",
     "TrainResult": "dmp_ml.pipeline",
     "train": "dmp_ml.pipeline",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dmp_ml.bundle import ModelBundle, load_bundle
+    from dmp_ml.bundle import ModelBundle, load_bundle, lookalike
     from dmp_ml.contract import LoadReport, LoadResult, load_consent, load_events, load_profiles
     from dmp_ml.demo import DemoWorld, generate_demo_world, write_demo_world
+    from dmp_ml.expansion import Audience, LookalikeModel
     from dmp_ml.features import FeatureSpec, FeatureTable, build_features
     from dmp_ml.identity import Resolution, resolve_identity
-    from dmp_ml.lookalike import Audience, LookalikeModel
     from dmp_ml.mapping import ColumnMapping, load_mapping
     from dmp_ml.pipeline import TrainResult, train
     from dmp_ml.propensity import (
@@ -116,6 +117,7 @@ __all__ = [
     "load_mapping",
     "load_profiles",
     "load_settings",
+    "lookalike",
     "LoadReport",
     "LoadResult",
     "LookalikeModel",

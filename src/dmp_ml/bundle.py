@@ -24,11 +24,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from dmp_ml.errors import BundleError
+
+if TYPE_CHECKING:
+    from dmp_ml.expansion import Audience
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +165,8 @@ class ModelBundle:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], n_threads: int | None = None) -> None:
+        from dmp_ml.expansion import LookalikeModel
         from dmp_ml.features import FeatureTable
-        from dmp_ml.lookalike import LookalikeModel
         from dmp_ml.propensity import PropensityModel
         from dmp_ml.send_time import SendTimeModel
 
@@ -223,8 +226,8 @@ class ModelBundle:
         size: int | None = None,
         reach: float | None = None,
         exclude_ids: Iterable[str] = (),
-    ) -> Any:
-        """More profiles like the seed; see :meth:`dmp_ml.lookalike.LookalikeModel.expand`."""
+    ) -> Audience:
+        """More profiles like the seed; see :meth:`dmp_ml.expansion.LookalikeModel.expand`."""
         if self.lookalike_model is None:
             raise BundleError(
                 f"bundle {self.version} has no lookalike model: {self._why('lookalike')}"
@@ -287,6 +290,17 @@ class ModelBundle:
     def _why(self, step: str) -> str:
         outcome = self.manifest.get("steps", {}).get(step, {})
         return outcome.get("reason") or "the step did not run"
+
+
+def lookalike(
+    bundle: ModelBundle,
+    seed_ids: Iterable[str],
+    size: int | None = None,
+    reach: float | None = None,
+    exclude_ids: Iterable[str] = (),
+) -> Audience:
+    """More profiles like ``seed_ids`` from ``bundle``: the library form of ``POST /lookalike``."""
+    return bundle.lookalike(seed_ids, size=size, reach=reach, exclude_ids=exclude_ids)
 
 
 def load_bundle(location: str | Path, n_threads: int | None = None) -> ModelBundle:

@@ -168,7 +168,7 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
 
 
 def _lookalike_step(ctx: TrainContext) -> StepOutcome:
-    from dmp_ml.lookalike import LookalikeModel
+    from dmp_ml.expansion import LookalikeModel
     from dmp_ml.tracking import log_metrics_run
 
     assert ctx.features is not None
@@ -177,7 +177,10 @@ def _lookalike_step(ctx: TrainContext) -> StepOutcome:
     report = {k: v for k, v in model.build_report_.items() if isinstance(v, int | float)}
     run_id = log_metrics_run(
         "dmp-lookalike",
-        params={"as_of": ctx.as_of.isoformat(), "index": str(model.build_report_.get("index"))},
+        params={
+            "as_of": ctx.as_of.isoformat(),
+            "index": str(model.build_report_.get("index_type")),
+        },
         metrics=report,
         settings=ctx.settings,
     )

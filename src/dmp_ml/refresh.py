@@ -60,7 +60,7 @@ from dmp_ml.settings import Settings
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
-    from dmp_ml.lookalike import LookalikeModel
+    from dmp_ml.expansion import LookalikeModel
     from dmp_ml.mapping import ColumnMapping
     from dmp_ml.send_time import SendTimeModel
 

@@ -41,7 +41,7 @@ class FeatureSettings(_Section):
     cookie_ttl_days: int = Field(90, gt=0)
     windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90])
     half_life_days: float = Field(14.0, gt=0)
-    top_k_categories: int = Field(10, ge=0)
+    top_k_categories: int = Field(30, ge=0)
     rate_prior_strength: float = Field(10.0, gt=0, description="Pseudo-sends for smoothed rates.")
     consent_purpose: str = "marketing"
     engine: str = Field("pandas", pattern="^(pandas|dask)$")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from dmp_ml.errors import ConfigError, RequestError, UnknownProfileError
+from dmp_ml.expansion import Audience, Embedder, LookalikeIndex, LookalikeModel
 from dmp_ml.features import FeatureSpec, FeatureTable
-from dmp_ml.lookalike import Audience, Embedder, LookalikeIndex, LookalikeModel
 from dmp_ml.settings import LookalikeSettings
 
 N_GROUPS = 4
