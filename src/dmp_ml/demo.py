@@ -34,21 +34,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from dmp_ml.contract import EVENT_COLUMNS as CONTRACT_EVENT_COLUMNS
+from dmp_ml.contract import WELL_KNOWN_EVENT_TYPES
 from dmp_ml.errors import DataContractError
 
 logger = logging.getLogger(__name__)
 
-EVENT_COLUMNS: tuple[str, ...] = (
-    "event_time",
-    "cookie_id",
-    "profile_id",
-    "event_type",
-    "channel",
-    "source",
-    "campaign_id",
-    "category",
-    "value",
-)
+EVENT_COLUMNS: tuple[str, ...] = tuple(CONTRACT_EVENT_COLUMNS)
 INTEREST_GROUPS: tuple[str, ...] = ("outdoor", "fashion", "home", "tech", "beauty", "kids")
 CATEGORIES: tuple[str, ...] = (
     "hiking",
@@ -105,17 +97,7 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "consent_withdrawn",
 )
 
-_EVENT_TYPES = (
-    "page_view",
-    "product_view",
-    "add_to_cart",
-    "purchase",
-    "email_send",
-    "email_open",
-    "email_click",
-    "ad_impression",
-    "ad_click",
-)
+_EVENT_TYPES = WELL_KNOWN_EVENT_TYPES  # the order the codes below rely on
 _PV, _PRV, _ATC, _BUY, _SEND, _OPEN, _CLICK, _IMP, _ADCLICK = range(len(_EVENT_TYPES))
 _CHANNELS = ("web", "app", "email", "display", "partner")
 _WEB, _APP, _EMAIL, _DISPLAY, _PARTNER = range(len(_CHANNELS))

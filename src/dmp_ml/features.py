@@ -65,6 +65,7 @@ try:  # private, but documented with NUMPY_MADVISE_HUGEPAGE; used only as a spee
     from numpy._core import multiarray as _multiarray
 except ImportError:  # pragma: no cover - numpy < 2
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
+from dmp_ml.contract import SOURCES, WELL_KNOWN_EVENT_TYPES
 from dmp_ml.errors import DataContractError, UnknownProfileError
 from dmp_ml.settings import FeatureSettings, Settings
 
@@ -72,18 +73,6 @@ logger = logging.getLogger(__name__)
 
 FEATURE_VERSION = "1"
 HOURS_PER_WEEK = 168
-WELL_KNOWN_EVENT_TYPES = (
-    "page_view",
-    "product_view",
-    "add_to_cart",
-    "purchase",
-    "email_send",
-    "email_open",
-    "email_click",
-    "ad_impression",
-    "ad_click",
-)
-SOURCES = ("first_party", "second_party", "third_party")
 OTHER_EVENT = "other_event"
 HOW_PREFIX = "hour_of_week_"
 _META_KEY = b"dmp_ml.features"
