@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import faiss
@@ -203,6 +204,23 @@ def test_invalid_requests_raise_request_error(model, world, kwargs, field) -> No
 def test_seed_of_only_unknown_ids_is_an_unknown_profile_error(model) -> None:
     with pytest.raises(UnknownProfileError):
         model.expand(["nobody", "nobody-else"], size=10)
+
+
+def test_sampled_holdout_estimate_agrees_with_the_exact_count(model, world) -> None:
+    # beyond holdout_sample available profiles the held-out seeds are placed in a sample of
+    # them (cheap); the expected recall must stay close to placing them in everyone
+    _, groups = world
+    seed = _seed(groups, 1, 300)
+
+    def curve(holdout_sample: int) -> pd.DataFrame:
+        clone = copy.copy(model)
+        clone.settings = model.settings.model_copy(update={"holdout_sample": holdout_sample})
+        return clone.quality_curve(seed, [200, 500])
+
+    exact, sampled = curve(1_000_000), curve(2000)
+    assert sampled["holdout_seeds"].tolist() == exact["holdout_seeds"].tolist() == [60, 60]
+    assert np.allclose(sampled["expected_recall"], exact["expected_recall"], atol=0.1)
+    assert np.allclose(sampled["holdout_auc"], exact["holdout_auc"], atol=0.03)
 
 
 def test_group_seed_recovers_its_group_and_explains_why(model, world) -> None:

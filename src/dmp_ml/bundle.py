@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from dmp_ml.errors import BundleError
@@ -261,9 +262,15 @@ class ModelBundle:
             quiet_hours=quiet_hours,
             timezone=timezone,
         )
-        # only eligible (consented, unexpired, not forgotten) profiles ever get an answer
-        eligible = decision.frame["profile_id"].isin(self.features.frame.index)
-        gone = ~eligible | decision.frame["profile_id"].isin(list(self._forgotten))
+        # only eligible (consented, unexpired, not forgotten) profiles ever get an answer; the
+        # lookup goes through the feature index's hash table (built once, then cached by pandas)
+        # rather than ``Series.isin(index)``, which walks the whole population on every call
+        answered = decision.frame["profile_id"].to_numpy(dtype=object, na_value=None)
+        eligible = self.features.frame.index.get_indexer(answered) >= 0
+        forgotten = self._forgotten
+        gone = ~eligible | np.fromiter(
+            (p in forgotten for p in answered), dtype=bool, count=len(answered)
+        )
         if gone.any():
             unknown = list(decision.unknown_ids) + decision.frame.loc[gone, "profile_id"].tolist()
             decision = replace(

@@ -215,18 +215,21 @@ class LookalikeSettings(_Section):
     min_seed: int = Field(100, ge=1, description="Seed size from which the classifier re-ranks.")
     classifier_weight: float = Field(1.0, ge=0, le=1, description="Blend weight, large seeds.")
     blend_half_seed: int = Field(300, ge=1, description="Seed size at half that weight.")
-    pu_negatives: int = Field(5000, gt=0, description="Unlabeled profiles sampled for the PU fit.")
-    pu_n_estimators: int = Field(300, ge=1)
-    pu_learning_rate: float = Field(0.05, gt=0)
+    pu_negatives: int = Field(2500, gt=0, description="Unlabeled profiles sampled for the PU fit.")
+    pu_n_estimators: int = Field(150, ge=1)
+    pu_learning_rate: float = Field(0.1, gt=0)
     pu_num_leaves: int = Field(7, ge=2)
     pu_min_child_samples: int = Field(20, ge=1)
+    pu_max_bin: int = Field(
+        63, ge=2, description="Histogram bins per feature of the PU classifier (fewer: faster)."
+    )
     reference_size: int = Field(5000, gt=0, description="Population sample scores refer to.")
     max_reach: float = Field(0.5, gt=0, le=1, description="Largest reach a request may ask.")
     # diagnostics
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Seed share held out.")
     min_holdout_seeds: int = Field(5, ge=1, description="No quality estimate below this.")
     holdout_sample: int = Field(
-        50_000, gt=0, description="Profiles scored to place held-out seeds in a large population."
+        5000, gt=0, description="Profiles scored to place held-out seeds in a large population."
     )
     min_effect_size: float = Field(0.2, gt=0, description="Standardized difference to report.")
     distinct_auc: float = Field(0.6, gt=0.5, le=1, description="Held-out AUC of a distinct seed.")
