@@ -8,50 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from scipy.special import expit
+from synthetic import CUTOFFS, FAST, feature_table, labelled_frame
 
 from dmp_ml import experiments, metrics
 from dmp_ml.errors import BundleError, ConfigError
-from dmp_ml.features import FeatureSpec, FeatureTable
+from dmp_ml.features import FeatureTable
 from dmp_ml.settings import Settings
-
-FAST = {"n_estimators": 80, "early_stopping_rounds": 10, "min_child_samples": 20, "n_threads": 1}
-CUTOFFS = ["2026-01-01", "2026-01-31", "2026-03-02"]
-
-
-def _frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    recency = rng.exponential(30, n)
-    count = rng.poisson(3, n).astype(float)
-    tier = rng.choice(["gold", "silver"], n)
-    wave = rng.normal(size=n)
-    logit = -2 + 0.6 * np.log1p(count) - 0.03 * recency + 1.5 * np.sin(2 * wave)
-    logit = logit + np.where(tier == "gold", 0.8, 0.0)
-    y = (rng.random(n) < expit(logit)).astype(int)
-    X = pd.DataFrame(
-        {
-            "days_since_last_event": recency,
-            "event_count_30d": count,
-            "tier": pd.Categorical(tier),
-            "wave": wave,
-        },
-        index=pd.Index([f"p{seed}-{i}" for i in range(n)], name="profile_id", dtype="string"),
-    )
-    return X, y
-
-
-def _table(X: pd.DataFrame, as_of: str) -> FeatureTable:
-    spec = FeatureSpec("test", pd.Timestamp(as_of, tz="UTC"), {c: str(X[c].dtype) for c in X})
-    return FeatureTable(frame=X, hour_of_week=np.zeros((len(X), 168)), spec=spec)
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[list[tuple[FeatureTable, pd.Series]], FeatureTable]:
     snapshots = []
     for k, cutoff in enumerate(CUTOFFS):
-        X, y = _frame(1200, k)
-        snapshots.append((_table(X, cutoff), pd.Series(y, index=X.index)))
-    return snapshots, _table(_frame(300, 7)[0], "2026-04-01")
+        X, y = labelled_frame(1200, k)
+        snapshots.append((feature_table(X, cutoff), pd.Series(y, index=X.index)))
+    return snapshots, feature_table(labelled_frame(300, 7)[0], "2026-04-01")
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +159,8 @@ def test_load_champion_without_one(runs, settings) -> None:
 
 
 def test_truth_seed_samples_eligible_members_of_one_group() -> None:
-    X, _ = _frame(200, 3)
-    table = _table(X.iloc[:150], "2026-04-01")
+    X, _ = labelled_frame(200, 3)
+    table = feature_table(X.iloc[:150], "2026-04-01")
     truth = pd.DataFrame(
         {
             "profile_id": X.index.astype(str),
@@ -208,8 +179,8 @@ def test_truth_seed_samples_eligible_members_of_one_group() -> None:
 
 
 def test_feature_seed_takes_profiles_above_the_threshold() -> None:
-    X, _ = _frame(100, 4)
-    table = _table(X, "2026-04-01")
+    X, _ = labelled_frame(100, 4)
+    table = feature_table(X, "2026-04-01")
     seed = experiments.feature_seed(table, "event_count_30d", n=10, min_value=4)
     assert len(seed.ids) == 10 and seed.truth_ids is None
     assert (table.frame.loc[seed.ids, "event_count_30d"] > 4).all()

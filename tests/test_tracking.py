@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from scipy.special import expit
+from synthetic import CUTOFFS, FAST, feature_table, labelled_frame
 
-from dmp_ml.features import FeatureSpec, FeatureTable
 from dmp_ml.propensity import PropensityResult, train_propensity
 from dmp_ml.settings import Settings
 from dmp_ml.tracking import (
@@ -26,44 +25,17 @@ from dmp_ml.tracking import (
     use_tracking_uri,
 )
 
-FAST = {"n_estimators": 80, "early_stopping_rounds": 10, "min_child_samples": 20, "n_threads": 1}
-CUTOFFS = ["2026-01-01", "2026-01-31", "2026-03-02"]
-
-
-def _frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    recency = rng.exponential(30, n)
-    count = rng.poisson(3, n).astype(float)
-    tier = rng.choice(["gold", "silver"], n)
-    wave = rng.normal(size=n)
-    logit = -2 + 0.6 * np.log1p(count) - 0.03 * recency + 1.5 * np.sin(2 * wave)
-    logit = logit + np.where(tier == "gold", 0.8, 0.0)
-    y = (rng.random(n) < expit(logit)).astype(int)
-    X = pd.DataFrame(
-        {
-            "days_since_last_event": recency,
-            "event_count_30d": count,
-            "tier": pd.Categorical(tier),
-            "wave": wave,
-        },
-        index=pd.Index([f"p{seed}-{i}" for i in range(n)], name="profile_id", dtype="string"),
-    )
-    return X, y
-
-
-def _table(X: pd.DataFrame, as_of: str) -> FeatureTable:
-    spec = FeatureSpec("test", pd.Timestamp(as_of, tz="UTC"), {c: str(X[c].dtype) for c in X})
-    return FeatureTable(frame=X, hour_of_week=np.zeros((len(X), 168)), spec=spec)
-
 
 def _result(settings: Settings, drop: tuple[str, ...] = (), shuffle: bool = False):
     snaps = []
     for k, cutoff in enumerate(CUTOFFS):
-        X, y = _frame(1500, k)
+        X, y = labelled_frame(1500, k)
         if shuffle and k < 2:
             y = np.random.default_rng(99).permutation(y)
-        snaps.append((_table(X.drop(columns=list(drop)), cutoff), pd.Series(y, index=X.index)))
-    score = _table(_frame(300, 7)[0].drop(columns=list(drop)), "2026-04-01")
+        snaps.append(
+            (feature_table(X.drop(columns=list(drop)), cutoff), pd.Series(y, index=X.index))
+        )
+    score = feature_table(labelled_frame(300, 7)[0].drop(columns=list(drop)), "2026-04-01")
     return train_propensity(snaps, score, settings)
 
 
