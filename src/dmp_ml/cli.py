@@ -191,7 +191,6 @@ def features(
         table.to_parquet(out_path)
     summary = Table(title=f"features as of {table.spec.as_of}", show_header=False)
     summary.add_row("profiles", f"{len(table):,}")
-    summary.add_row("features", f"{len(table.spec.columns):,}")
     for key, value in table.summary.items():
         summary.add_row(key.replace("_", " "), f"{value:,}")
     summary.add_row("written to", str(out_path))
