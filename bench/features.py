@@ -34,19 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dmp_ml.contract import WELL_KNOWN_EVENT_TYPES
+
 TARGET_RATIO = 1.5
 TARGET_RSS_GB = 4.0
 EVENT_TYPES = np.array(
     [
-        "page_view",
-        "product_view",
-        "add_to_cart",
-        "purchase",
-        "email_send",
-        "email_open",
-        "email_click",
-        "ad_impression",
-        "ad_click",
+        *WELL_KNOWN_EVENT_TYPES,
         "wishlist_add",
         "store_visit",
     ]

@@ -22,6 +22,8 @@ from dmp_ml.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from dmp_ml.activation import ExportReport, SendTimeOptions
+    from dmp_ml.bundle import ModelBundle
+    from dmp_ml.segments import Rule
 
 app = typer.Typer(
     name="dmp-ml",
@@ -400,6 +402,21 @@ def _print_export(report: ExportReport) -> None:
         err.print(f"warning: {warning}", highlight=False)
 
 
+def _segment_rule(
+    rule: Path | None, name: str | None, workdir: Path, bundle: ModelBundle
+) -> Rule | None:
+    """The rule of ``--rule FILE`` or ``--segment NAME`` (None for neither; both is an error)."""
+    from dmp_ml import segments
+
+    if rule is not None and name is not None:
+        raise RequestError("--rule", "give --rule or --segment, not both")
+    if rule is not None:
+        return segments.load_rule_file(rule, bundle)
+    if name is not None:
+        return segments.load_segment(workdir, name)
+    return None
+
+
 @app.command()
 def segment(
     rule: RuleOpt = None,
@@ -422,10 +439,10 @@ def segment(
     from dmp_ml import activation, segments
     from dmp_ml.bundle import load_bundle
 
-    if (rule is None) == (name is None):
+    if rule is None and name is None:
         raise RequestError("--rule", "give a rule file (--rule) or a saved segment (--segment)")
     bundle = load_bundle(workdir)
-    parsed = segments.load_rule_file(rule, bundle) if rule else segments.load_segment(workdir, name)
+    parsed = _segment_rule(rule, name, workdir, bundle)
     if save:
         segments.save_segment(workdir, save, parsed, bundle=bundle)
         out.print(f"saved segment {save!r}")
@@ -477,17 +494,11 @@ def export(
     require_email: EmailOpt = False,
 ) -> None:
     """Export an audience (segment, lookalike, score threshold or ids) for a destination."""
-    from dmp_ml import activation, segments
+    from dmp_ml import activation
     from dmp_ml.bundle import load_bundle
 
     bundle = load_bundle(workdir)
-    seg = None
-    if rule is not None or name is not None:
-        if rule is not None and name is not None:
-            raise RequestError("--rule", "give --rule or --segment, not both")
-        seg = (
-            segments.load_rule_file(rule, bundle) if rule else segments.load_segment(workdir, name)
-        )
+    seg = _segment_rule(rule, name, workdir, bundle)
     audience = activation.resolve_audience(
         bundle,
         segment=seg,

@@ -24,8 +24,7 @@ from dmp_ml.activation import write_contacts
 from dmp_ml.contract import LoadResult, load_consent, load_events, load_profiles
 from dmp_ml.erasure import apply_erasure_list, read_erasure_list
 from dmp_ml.errors import DataContractError, InsufficientDataError
-from dmp_ml.features import FeatureTable, build_features
-from dmp_ml.identity import resolve_identity
+from dmp_ml.features import FeatureBuilder, FeatureTable
 from dmp_ml.mapping import ColumnMapping
 from dmp_ml.refresh import write_consent_state
 from dmp_ml.settings import Settings, load_settings
@@ -67,6 +66,7 @@ class TrainContext:
     consent: pd.DataFrame | None
     erased: frozenset[str]
     bundle_dir: Path
+    builder: FeatureBuilder  # the event log encoded once, for every cutoff any step needs
     features: FeatureTable | None = None
 
 
@@ -86,9 +86,7 @@ StepCallback = Callable[[str, str], None]
 
 
 def _features_step(ctx: TrainContext) -> StepOutcome:
-    table = build_features(
-        ctx.events, ctx.as_of, ctx.profiles, ctx.consent, ctx.settings, erased=ctx.erased
-    )
+    table = ctx.builder.build(ctx.as_of)
     table.write(ctx.bundle_dir / "features")
     # what activation and refresh need later: hashed e-mails only, hashed withdrawals only
     write_contacts(ctx.bundle_dir, ctx.profiles, table.frame.index)
@@ -110,6 +108,7 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
         ctx.consent,
         erased=ctx.erased,
         score_table=ctx.features,
+        builder=ctx.builder,
     )
     result = train_propensity(snapshots, ctx.features, ctx.settings)
     out = ctx.bundle_dir / "propensity"
@@ -144,9 +143,7 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
     if timezones is not None:
         timezones = timezones[timezones.index.isin(eligible)]
     # honest evaluation: fit before the last `evaluation_days`, score on them, then refit on all
-    resolved = resolve_identity(
-        ctx.events, ctx.as_of, ctx.settings.features, consent=ctx.consent, erased=ctx.erased
-    ).events
+    resolved = ctx.builder.resolve(ctx.as_of).events
     resolved = resolved[resolved["profile_id"].isin(eligible)]
     train_part = resolved[resolved["event_time"] < cutoff]
     evaluation = evaluate_send_time(
@@ -230,14 +227,16 @@ def train(
     version = f"{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}"
     outcomes: dict[str, StepOutcome] = {}
     with bundle_io.write_bundle(workdir, version) as tmp:
+        erased = read_erasure_list(workdir)
         ctx = TrainContext(
             settings=settings,
             as_of=as_of_ts,
             events=events_df,
             profiles=profiles_df,
             consent=consent_df,
-            erased=read_erasure_list(workdir),
+            erased=erased,
             bundle_dir=tmp,
+            builder=FeatureBuilder(events_df, profiles_df, consent_df, settings, erased=erased),
         )
         for name, step in STEPS:
             if on_step:

@@ -35,7 +35,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError, InsufficientDataError
-from dmp_ml.features import FeatureSpec, FeatureTable
+from dmp_ml.features import FeatureBuilder, FeatureSpec, FeatureTable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -947,6 +947,7 @@ def build_snapshots(
     *,
     links: pd.DataFrame | None = None,
     score_table: FeatureTable | None = None,
+    builder: FeatureBuilder | None = None,
 ) -> tuple[list[tuple[FeatureTable, pd.Series]], FeatureTable]:
     """Labelled snapshots at ``as_of - k * horizon`` (k = 1..n_snapshots) and the score table.
 
@@ -958,15 +959,16 @@ def build_snapshots(
     that profile's events. Snapshots without eligible profiles are skipped.
 
     Pass ``score_table`` (the features as of ``as_of``, built with the same inputs) to reuse it
-    instead of building it again; it is returned unchanged.
+    instead of building it again; it is returned unchanged. Pass ``builder`` (a
+    :class:`~dmp_ml.features.FeatureBuilder` over the same inputs) to reuse its encoded log.
     """
-    from dmp_ml.features import FeatureBuilder
     from dmp_ml.identity import ANON_PREFIX
 
     ps = settings.propensity
     as_of_ts = _utc(as_of)
     horizon = pd.Timedelta(days=ps.horizon_days)
-    builder = FeatureBuilder(events, profiles, consent, settings, links=links, erased=erased)
+    if builder is None:
+        builder = FeatureBuilder(events, profiles, consent, settings, links=links, erased=erased)
     if score_table is None:
         score_table = builder.build(as_of_ts)
     elif score_table.spec.as_of != as_of_ts:
