@@ -9,11 +9,17 @@ or edits the erasure list works on ``copy_workdir(trained_workdir, tmp_path / "w
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+# Promoted models (and servers started by the tests) use a private BentoML store, never the
+# user's ~/bentoml. BentoML reads this on first use, so it is set before anything touches it.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="dmp-ml-test-bentoml-")
 
 from dmp_ml.demo import DemoWorld, generate_demo_world
 from dmp_ml.pipeline import train

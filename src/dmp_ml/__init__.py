@@ -55,6 +55,8 @@ _LAZY = {
     "lookalike": "dmp_ml.bundle",
     "TrainResult": "dmp_ml.pipeline",
     "train": "dmp_ml.pipeline",
+    "Promotion": "dmp_ml.promotion",
+    "promote": "dmp_ml.promotion",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dmp_ml.identity import Resolution, resolve_identity
     from dmp_ml.mapping import ColumnMapping, load_mapping
     from dmp_ml.pipeline import TrainResult, train
+    from dmp_ml.promotion import Promotion, promote
     from dmp_ml.propensity import (
         PropensityModel,
         PropensityResult,
@@ -124,6 +127,8 @@ __all__ = [
     "make_labels",
     "MappingError",
     "ModelBundle",
+    "promote",
+    "Promotion",
     "PropensityModel",
     "PropensityResult",
     "RequestError",

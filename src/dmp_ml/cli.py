@@ -539,8 +539,25 @@ def forget(
             f"{len(report.deleted_versions)}"
         )
     out.print(f"events removed: {sum(report.events_removed.values()):,}")
+    if report.bento_models_replaced:
+        out.print(f"promoted models replaced: {', '.join(report.bento_models_replaced)}")
     for line in report.remains:
         err.print(f"remains: {line}", highlight=False)
+
+
+@app.command()
+def promote(workdir: WorkdirOpt = Path("models")) -> None:
+    """Store the MLflow champion's bundle as a BentoML model (serve with --model, or bake it)."""
+    from dmp_ml.promotion import promote as promote_champion
+
+    settings = load_settings().model_copy(update={"workdir": workdir})
+    promotion = promote_champion(workdir, settings=settings)
+    out.print(
+        f"promoted {promotion.registered_model} v{promotion.model_version} "
+        f"(bundle {promotion.bundle_version}) as BentoML model {promotion.tag}"
+    )
+    serve = f"dmp-ml serve --workdir {workdir} --model {promotion.tag}"
+    out.print(f"serve it: {serve}", highlight=False)
 
 
 @app.command()
@@ -573,16 +590,22 @@ def serve(
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
     host: Annotated[str | None, typer.Option("--host", help="Default: service.host.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Serve a promoted BentoML model, e.g. dmp-ml-bundle:latest."),
+    ] = None,
 ) -> None:
-    """Serve the live bundle of WORKDIR over HTTP (BentoML) in the foreground."""
+    """Serve the live bundle of WORKDIR (or a promoted model) over HTTP (BentoML)."""
     from dmp_ml.bundle import live_bundle_path
+    from dmp_ml.promotion import bento_bundle_path
     from dmp_ml.service import serve as run_service
 
     settings = load_settings()
     port = port or settings.service.port
-    index = pd.read_parquet(
-        live_bundle_path(workdir) / "features" / "features.parquet", columns=[]
-    ).index.astype(str)
+    model = model or settings.service.bento_model
+    bundle_path = bento_bundle_path(model) if model else live_bundle_path(workdir)
+    features = pd.read_parquet(bundle_path / "features" / "features.parquet", columns=[])
+    index = features.index.astype(str)
     known = index[~index.str.startswith("anon:")]
     sample = (known if len(known) >= 2 else index)[:2]
     ids = json.dumps([str(i) for i in sample])
@@ -590,9 +613,7 @@ def serve(
     auth = ' -H "Authorization: Bearer $DMP_ML_API_TOKEN"' if settings.api_token else ""
     post = f"curl -s{auth} -H 'Content-Type: application/json' {base}"
     quiet = '{"start": 22, "end": 7}'
-    out.print(
-        f"serving {live_bundle_path(workdir)} on {base} (Ctrl-C stops). Try:", highlight=False
-    )
+    out.print(f"serving {bundle_path} on {base} (Ctrl-C stops). Try:", highlight=False)
     for line in (
         f"curl -s{auth} {base}/info",
         f'{post}/score -d \'{{"profile_ids": {ids}, "explain": true}}\'',
@@ -600,7 +621,9 @@ def serve(
         f'{post}/send_time -d \'{{"profile_ids": {ids}, "quiet_hours": {quiet}}}\'',
     ):
         out.print(f"  {line}", highlight=False, soft_wrap=True)
-    run_service(workdir, port=port, host=host, workers=workers, settings=settings)
+    run_service(
+        workdir, port=port, host=host, workers=workers, bento_model=model, settings=settings
+    )
 
 
 def _progress() -> Progress:

@@ -6,8 +6,9 @@ without them): the profile ids, and ``anon:<cookie_id>`` for the devices linked 
 nothing else about the person.
 
 :func:`forget` puts ids on the list (durable first), removes the profiles from a loaded bundle
-at once, rewrites and re-publishes the live bundle without them (deleting older versions), and
-purges their events from the workdir's event store and quarantine files. What remains outside
+at once, rewrites and re-publishes the live bundle without them (deleting older versions),
+purges their events from the workdir's event store and quarantine files, and replaces promoted
+BentoML models that hold them. What remains outside
 (MLflow history, files already exported) is listed in :data:`REMAINS`.
 """
 
@@ -72,7 +73,8 @@ class ForgetReport:
     bundle versions deleted because they still held the profiles; ``events_removed`` the rows
     taken out of each event-store and quarantine file; ``cookies_erased`` the devices of the
     profiles put on the erasure list as ``anon:<cookie>`` (so they never return as anonymous
-    profiles once the links are purged).
+    profiles once the links are purged); ``bento_models_replaced`` the promoted BentoML models
+    that held them, each replaced by a scrubbed version.
     """
 
     requested: int
@@ -83,6 +85,7 @@ class ForgetReport:
     deleted_versions: list[str]
     events_removed: dict[str, int]
     cookies_erased: int = 0
+    bento_models_replaced: list[str] = field(default_factory=list)
     remains: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +98,7 @@ class ForgetReport:
             "deleted_versions": list(self.deleted_versions),
             "events_removed": dict(self.events_removed),
             "cookies_erased": self.cookies_erased,
+            "bento_models_replaced": list(self.bento_models_replaced),
             "remains": list(self.remains),
         }
 
@@ -188,11 +192,14 @@ def forget(
        every older version is deleted, since it still holds them. Other service workers pick
        the new version up through the ``bundle`` pointer.
     4. Their events are removed from the workdir's event store and quarantine files.
+    5. Every promoted BentoML model holding them is replaced by a scrubbed version
+       (:func:`dmp_ml.promotion.scrub_bento_models`).
 
     What remains outside the workdir's bundles and event store is listed in ``remains``.
     """
     from dmp_ml import store
     from dmp_ml.bundle import load_bundle
+    from dmp_ml.promotion import scrub_bento_models
 
     workdir = Path(workdir)
     ids = clean_ids(profile_ids)
@@ -239,6 +246,7 @@ def forget(
         # back as an anonymous profile (identity treats ``anon:<cookie>`` as erased)
         anon = [f"{store.ANON_PREFIX}{c}" for c in sorted(cookies)]
         cookies_erased = add_to_erasure_list(workdir, anon) if anon else 0
+    replaced = scrub_bento_models(ids)
     report = ForgetReport(
         requested=len(ids),
         newly_erased=newly,
@@ -248,6 +256,7 @@ def forget(
         deleted_versions=deleted,
         events_removed=events_removed,
         cookies_erased=cookies_erased,
+        bento_models_replaced=replaced,
         remains=list(REMAINS),
     )
     logger.info(

@@ -66,8 +66,13 @@ class TrainContext:
     consent: pd.DataFrame | None
     erased: frozenset[str]
     bundle_dir: Path
+    version: str  # the bundle being built: names every MLflow run of this train
     builder: FeatureBuilder  # the event log encoded once, for every cutoff any step needs
     features: FeatureTable | None = None
+
+    def run_labels(self) -> dict[str, Any]:
+        """MLflow run name and tags tying a run to this bundle (``dmp-ml promote`` reads them)."""
+        return {"run_name": f"bundle-{self.version}", "tags": {"bundle_version": self.version}}
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
     out = ctx.bundle_dir / "propensity"
     result.model.save(out)
     result.scores.to_parquet(out / "scores.parquet", index=False)
-    logged = log_propensity_run(result, ctx.settings)
+    logged = log_propensity_run(result, ctx.settings, **ctx.run_labels())
     return StepOutcome(
         "trained",
         metrics=result.summary(),
@@ -160,6 +165,7 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
         params={"as_of": ctx.as_of.isoformat(), "evaluation_days": st.evaluation_days},
         metrics=metrics,
         settings=ctx.settings,
+        **ctx.run_labels(),
     )
     return StepOutcome("trained", metrics=metrics, mlflow_run_id=run_id)
 
@@ -180,6 +186,7 @@ def _lookalike_step(ctx: TrainContext) -> StepOutcome:
         },
         metrics=report,
         settings=ctx.settings,
+        **ctx.run_labels(),
     )
     return StepOutcome(
         "trained", metrics=report, mlflow_run_id=run_id, details={"build": model.build_report_}
@@ -236,6 +243,7 @@ def train(
             consent=consent_df,
             erased=erased,
             bundle_dir=tmp,
+            version=version,
             builder=FeatureBuilder(events_df, profiles_df, consent_df, settings, erased=erased),
         )
         for name, step in STEPS:

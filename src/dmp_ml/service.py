@@ -1,6 +1,7 @@
 """The HTTP service: a thin BentoML shell around :func:`dmp_ml.bundle.load_bundle`.
 
-Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once and answers:
+Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once (or, with
+``service.bento_model``, the bundle ``dmp-ml promote`` stored as a BentoML model) and answers:
 
 - ``POST /score``      propensity scores (and reasons) for up to ``max_score_ids`` profiles
 - ``POST /lookalike``  seed expansion by ``size`` or ``reach``
@@ -463,9 +464,13 @@ class DmpMlService:
         threadpool_limits(limits=self._threads)
 
     def _pointer(self) -> Path:
+        """The bundle to serve: the promoted BentoML model's (re-resolved: ``:latest`` moves
+        with each promote), else the workdir's ``bundle`` pointer."""
         from dmp_ml.bundle import live_bundle_path
+        from dmp_ml.promotion import bento_bundle_path
 
-        return live_bundle_path(self.workdir)
+        tag = self.settings.service.bento_model
+        return bento_bundle_path(tag).resolve() if tag else live_bundle_path(self.workdir)
 
     def _load(self, path: Path) -> Any:
         """Load ``path`` and make it live; raise BundleError (old bundle stays) if it is bad."""
@@ -756,6 +761,13 @@ class DmpMlService:
         refused = self._require_token("POST /events")
         if refused is not None:
             return refused
+        if self.settings.service.bento_model:
+            return _error(
+                409,
+                f"this service serves the promoted model {self.settings.service.bento_model}; "
+                "events refresh the workdir's bundle: serve the workdir, or promote again",
+                "events",
+            )
 
         def work() -> JSONResponse:
             from dmp_ml.refresh import Refresher
@@ -789,6 +801,7 @@ class DmpMlService:
             payload = {
                 "live": {
                     "version": str(bundle.version),
+                    "source": f"bento model {svc.bento_model}" if svc.bento_model else "workdir",
                     "path": str(bundle.path),
                     "as_of": _iso(bundle.as_of),
                     "loaded_at": self._loaded_at,
@@ -857,18 +870,21 @@ def serve_command(
     port: int | None = None,
     host: str | None = None,
     workers: int | None = None,
+    bento_model: str | None = None,
     settings: Settings | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that start the service on ``workdir`` (for a subprocess).
 
-    ``port``/``host``/``workers`` default to ``settings.service``. The environment carries
-    ``DMP_ML_WORKDIR``, the worker count and the per-worker OpenMP/BLAS thread counts.
+    ``port``/``host``/``workers``/``bento_model`` default to ``settings.service``. The
+    environment carries ``DMP_ML_WORKDIR``, the worker count, the promoted model to serve (if
+    any) and the per-worker OpenMP/BLAS thread counts.
     """
     s = settings if settings is not None else load_settings()
     svc = s.service
     port = svc.port if port is None else int(port)
     host = svc.host if host is None else host
     workers = svc.workers if workers is None else int(workers)
+    bento_model = svc.bento_model if bento_model is None else bento_model
     if not 0 < port < 65536:
         raise RequestError("port", f"must be 1..65535, got {port}")
     if workers < 1:
@@ -885,6 +901,8 @@ def serve_command(
             "BENTOML_DO_NOT_TRACK": "True",
         }
     )
+    if bento_model:
+        env["DMP_ML_SERVICE__BENTO_MODEL"] = bento_model
     argv = [
         sys.executable,
         "-m",
@@ -905,20 +923,25 @@ def serve(
     port: int | None = None,
     host: str | None = None,
     workers: int | None = None,
+    bento_model: str | None = None,
     settings: Settings | None = None,
     mode: Literal["exec", "wait"] = "exec",
 ) -> int:
-    """Serve the live bundle of ``workdir`` over HTTP in the foreground.
+    """Serve the live bundle of ``workdir`` (or the promoted ``bento_model``) over HTTP.
 
-    Checks first that ``workdir`` holds a readable bundle (BundleError otherwise), then runs
+    Checks first that the bundle is readable (BundleError otherwise), then runs
     ``bentoml serve``: ``mode="exec"`` replaces this process (signals reach the server
     directly; the right choice for a CLI), ``"wait"`` runs it as a child and returns its exit
     code.
     """
     from dmp_ml.bundle import live_bundle_path, read_manifest
+    from dmp_ml.promotion import bento_bundle_path
 
-    read_manifest(live_bundle_path(workdir), verify=False)
-    argv, env = serve_command(workdir, port=port, host=host, workers=workers, settings=settings)
+    tag = bento_model or (settings or load_settings()).service.bento_model
+    read_manifest(bento_bundle_path(tag) if tag else live_bundle_path(workdir), verify=False)
+    argv, env = serve_command(
+        workdir, port=port, host=host, workers=workers, bento_model=tag, settings=settings
+    )
     logger.info("starting %s on %s:%s", SERVICE_IMPORT, argv[-1], argv[-3])
     if mode == "exec":
         os.execve(argv[0], argv, env)

@@ -253,6 +253,11 @@ class ServiceSettings(_Section):
     reload_poll_seconds: float = Field(
         5.0, ge=0, description="How often each worker checks the bundle pointer; 0: never."
     )
+    bento_model: str | None = Field(
+        None,
+        description="Serve this BentoML model (`dmp-ml promote`), e.g. dmp-ml-bundle:latest, "
+        "instead of the workdir's live bundle; the workdir still holds the erasure list.",
+    )
 
 
 class Settings(BaseSettings):

@@ -354,69 +354,91 @@ def republish(
 ) -> Path:
     """Write the loaded (edited) ``bundle`` as a new live version; return its directory.
 
-    Features, scores, the send-time and the lookalike models are written from the objects in
-    memory; every other file of the bundle directory (propensity model, contacts, ...) is
-    copied; copied Parquet files with a ``profile_id`` column lose the rows of ``drop_ids``
-    (hashed contacts, refresh records, ...). ``extra_files`` maps a relative path to a writer
-    called with its destination.
-    Afterwards ``bundle.path``, ``bundle.version`` and ``bundle.manifest`` describe the new
-    version.
+    See :func:`write_bundle_files` for what is written. Afterwards ``bundle.path``,
+    ``bundle.version`` and ``bundle.manifest`` describe the new version.
     """
-    workdir = Path(workdir)
-    source = Path(bundle.path)
     version = new_version(tag)
-    extra_files = dict(extra_files or {})
-    drop = pd.Index([str(p) for p in drop_ids], dtype="string")
     with bundle_io.write_bundle(workdir, version) as tmp:
-        for item in sorted(source.rglob("*")):
-            rel = item.relative_to(source)
-            if item.is_dir() or rel.name == bundle_io.MANIFEST:
-                continue
-            if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in _REWRITTEN):
-                continue
-            if str(rel) in extra_files:
-                continue
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if len(drop) and item.suffix == ".parquet":
-                frame = pd.read_parquet(item)
-                if "profile_id" in frame.columns:
-                    hit = frame["profile_id"].astype("string").isin(drop).to_numpy(bool)
-                    if hit.any():
-                        frame.loc[~hit].reset_index(drop=True).to_parquet(dest, index=False)
-                        continue
-            shutil.copy2(item, dest)
-        bundle.features.write(tmp / "features")
-        if bundle.scores is not None:
-            scores = bundle.scores.reset_index()
-            scores["profile_id"] = scores["profile_id"].astype("string")
-            (tmp / "propensity").mkdir(parents=True, exist_ok=True)
-            scores.to_parquet(tmp / "propensity" / "scores.parquet", index=False)
-        if bundle.send_time_model is not None:
-            bundle.send_time_model.save(tmp / "send_time")
-        if bundle.lookalike_model is not None:
-            bundle.lookalike_model.save(tmp / "lookalike")
-        for rel, writer in extra_files.items():
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            writer(dest)
-        base = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
-        manifest = bundle_io.finish_manifest(
+        manifest = write_bundle_files(
+            bundle,
             tmp,
-            {
-                **base,
-                **dict(manifest_update),
-                "train_version": training_version(bundle.manifest),
-                "bundle_version": version,
-                "parent_version": bundle.version,
-                "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
-            },
+            version=version,
+            manifest_update=manifest_update,
+            extra_files=extra_files,
+            drop_ids=drop_ids,
         )
-    final = workdir / bundle_io.VERSIONS_DIR / version
+    final = Path(workdir) / bundle_io.VERSIONS_DIR / version
     bundle.path = final
     bundle.version = version
     bundle.manifest = manifest
     return final
+
+
+def write_bundle_files(
+    bundle: ModelBundle,
+    dest: Path,
+    *,
+    version: str,
+    manifest_update: Mapping[str, Any],
+    extra_files: Mapping[str, Callable[[Path], object]] | None = None,
+    drop_ids: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Write the loaded (edited) ``bundle`` into the empty directory ``dest``; return its manifest.
+
+    Features, scores, the send-time and the lookalike models are written from the objects in
+    memory; every other file of the bundle directory (propensity model, contacts, ...) is
+    copied; copied Parquet files with a ``profile_id`` column lose the rows of ``drop_ids``
+    (hashed contacts, refresh records, ...). ``extra_files`` maps a relative path to a writer
+    called with its destination. The manifest (checksums included) is written last.
+    """
+    source = Path(bundle.path)
+    dest.mkdir(parents=True, exist_ok=True)
+    extra_files = dict(extra_files or {})
+    drop = pd.Index([str(p) for p in drop_ids], dtype="string")
+    for item in sorted(source.rglob("*")):
+        rel = item.relative_to(source)
+        if item.is_dir() or rel.name == bundle_io.MANIFEST:
+            continue
+        if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in _REWRITTEN):
+            continue
+        if str(rel) in extra_files:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if len(drop) and item.suffix == ".parquet":
+            frame = pd.read_parquet(item)
+            if "profile_id" in frame.columns:
+                hit = frame["profile_id"].astype("string").isin(drop).to_numpy(bool)
+                if hit.any():
+                    frame.loc[~hit].reset_index(drop=True).to_parquet(target, index=False)
+                    continue
+        shutil.copy2(item, target)
+    bundle.features.write(dest / "features")
+    if bundle.scores is not None:
+        scores = bundle.scores.reset_index()
+        scores["profile_id"] = scores["profile_id"].astype("string")
+        (dest / "propensity").mkdir(parents=True, exist_ok=True)
+        scores.to_parquet(dest / "propensity" / "scores.parquet", index=False)
+    if bundle.send_time_model is not None:
+        bundle.send_time_model.save(dest / "send_time")
+    if bundle.lookalike_model is not None:
+        bundle.lookalike_model.save(dest / "lookalike")
+    for rel, writer in extra_files.items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writer(target)
+    base = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
+    return bundle_io.finish_manifest(
+        dest,
+        {
+            **base,
+            **dict(manifest_update),
+            "train_version": training_version(bundle.manifest),
+            "bundle_version": version,
+            "parent_version": bundle.version,
+            "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        },
+    )
 
 
 def delete_other_versions(workdir: str | Path, keep: Path) -> list[str]:

@@ -78,43 +78,53 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Ti
     return workdir, root / "demo", as_of, facts
 
 
-@pytest.fixture(scope="session")
-def server(trained: tuple[Path, Path, pd.Timestamp, dict]) -> Iterator[Server]:
+def start_server(workdir: Path, **env_extra: str) -> tuple[subprocess.Popen, str, Path]:
+    """Start ``dmp-ml serve`` on ``workdir`` (caps lowered, token set); wait until ready.
+
+    Returns the process (stop it with :func:`stop_server`), the base URL and the log file.
+    """
     from dmp_ml.service import serve_command
 
-    workdir, _, as_of, facts = trained
     port = _free_port()
     argv, env = serve_command(workdir, port=port, host="127.0.0.1", workers=1)
     env.update({f"DMP_ML_SERVICE__{k.upper()}": str(v) for k, v in CAPS.items()})
     env["DMP_ML_API_TOKEN"] = TOKEN
     env["DMP_ML_SERVICE__RELOAD_POLL_SECONDS"] = "0.5"
-    log = workdir.parent / "server.log"
+    env.update(env_extra)
+    log = workdir.parent / f"server-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url, log
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            pytest.fail(f"server not ready after 90 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def server(trained: tuple[Path, Path, pd.Timestamp, dict]) -> Iterator[Server]:
+    workdir, _, as_of, facts = trained
+    proc, url, log = start_server(workdir)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
         withdrawn = set(facts["withdrawn"])
         consented = [p for p in facts["with_events"] if p not in withdrawn]
         yield Server(url, TOKEN, workdir, log, sorted(withdrawn), consented, as_of)
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
     """Stop the server and its workers (its own process group) by the id we started."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -1,0 +1,51 @@
+"""The service on a promoted model (``dmp-ml promote``) instead of the workdir's live bundle."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from dmp_ml.promotion import BENTO_MODEL_NAME, promote
+from dmp_ml.settings import load_settings
+
+from .conftest import TOKEN, copy_bundle, point_to, start_server, stop_server
+
+
+def test_a_promoted_model_is_served_and_forgetting_reaches_it(
+    trained: tuple[Path, Path, pd.Timestamp, dict], tmp_path: Path
+) -> None:
+    workdir = tmp_path / "W"
+    shutil.copytree(trained[0], workdir, symlinks=True)
+    promotion = promote(workdir, settings=load_settings().model_copy(update={"workdir": workdir}))
+    # the workdir moves on to another bundle: the service must keep serving the promoted one
+    point_to(workdir, copy_bundle(workdir, "20990101T000000-newer"))
+    withdrawn = set(trained[3]["withdrawn"])
+    people = [p for p in trained[3]["with_events"] if p not in withdrawn][:5]
+
+    latest = f"{BENTO_MODEL_NAME}:latest"
+    proc, url, _ = start_server(workdir, DMP_ML_SERVICE__BENTO_MODEL=latest)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            live = http.get("/info").json()["live"]
+            assert live["source"] == f"bento model {latest}"
+            assert live["version"] == promotion.bundle_version
+
+            scored = http.post("/score", json={"profile_ids": people}).json()
+            assert {r["profile_id"] for r in scored["results"]} == set(people)
+
+            refused = http.post("/events", json={"events": [{"profile_id": people[0]}]})
+            assert refused.status_code == 409
+            assert refused.json()["field"] == "events"
+
+            forgotten = http.post("/forget", json={"profile_ids": [people[0]]})
+            assert forgotten.status_code == 200, forgotten.text
+            assert promotion.tag in forgotten.json()["bento_models_replaced"]
+            again = http.post("/score", json={"profile_ids": people}).json()
+            assert again["unknown_ids"] == [people[0]]
+            assert http.get("/info").json()["live"]["source"] == f"bento model {latest}"
+    finally:
+        stop_server(proc)

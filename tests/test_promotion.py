@@ -1,0 +1,111 @@
+"""Promotion: the MLflow champion's bundle becomes a BentoML model, and erasure reaches it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import bentoml
+import pytest
+
+from dmp_ml.bundle import live_bundle_path, load_bundle
+from dmp_ml.demo import DemoWorld
+from dmp_ml.erasure import add_to_erasure_list, forget
+from dmp_ml.errors import BundleError
+from dmp_ml.pipeline import train
+from dmp_ml.promotion import BENTO_MODEL_NAME, bento_bundle_path, promote, scrub_bento_models
+from dmp_ml.settings import Settings
+
+
+@dataclass(frozen=True)
+class Trained:
+    workdir: Path
+    settings: Settings  # with the run's own MLflow store: no other test moves its champion
+
+
+@pytest.fixture(scope="module")
+def trained(
+    demo_world: DemoWorld, train_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
+    root = tmp_path_factory.mktemp("promotion")
+    settings = train_settings.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
+    )
+    workdir = root / "w"
+    train(
+        demo_world.events,
+        "end",
+        workdir,
+        profiles=demo_world.profiles,
+        consent=demo_world.consent,
+        settings=settings,
+    )
+    return Trained(workdir, settings.model_copy(update={"workdir": workdir}))
+
+
+def test_promote_stores_the_champion_bundle_as_a_bento_model(trained: Trained) -> None:
+    promotion = promote(trained.workdir, settings=trained.settings)
+    live = load_bundle(trained.workdir)
+    assert promotion.tag.startswith(f"{BENTO_MODEL_NAME}:")
+    assert promotion.bundle_version == live.version == promotion.train_version
+    assert promotion.registered_model == "dmp-propensity-purchase"
+    model = bentoml.models.get(promotion.tag)
+    assert model.info.labels["model_version"] == promotion.model_version
+    assert model.info.labels["run_id"] == promotion.run_id
+    assert Path(promotion.path) == bento_bundle_path(f"{BENTO_MODEL_NAME}:latest")
+    served = load_bundle(promotion.path)
+    assert served.version == live.version
+    ids = list(live.features.frame.index[:50])
+    assert served.score(ids).frame.equals(live.score(ids).frame)
+
+
+def test_promote_refuses_a_bundle_holding_an_erased_profile(
+    trained: Trained, tmp_path: Path
+) -> None:
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(trained.workdir, workdir, symlinks=True)
+    victim = str(load_bundle(workdir).features.frame.index[0])
+    add_to_erasure_list(workdir, [victim])  # listed, but the bundle not yet rewritten
+    before = len(bentoml.models.list(BENTO_MODEL_NAME))
+    with pytest.raises(BundleError, match="erased"):
+        promote(workdir, settings=trained.settings.model_copy(update={"workdir": workdir}))
+    assert len(bentoml.models.list(BENTO_MODEL_NAME)) == before
+
+
+def test_promote_explains_a_missing_champion_or_bundle(trained: Trained, tmp_path: Path) -> None:
+    empty = trained.settings.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{tmp_path / 'empty.db'}"}
+    )
+    with pytest.raises(BundleError, match="no champion"):
+        promote(trained.workdir, settings=empty)
+    with pytest.raises(BundleError, match="no bundles in"):
+        promote(tmp_path / "elsewhere", settings=trained.settings)
+    (tmp_path / "elsewhere" / "bundles").mkdir(parents=True)
+    with pytest.raises(BundleError, match="no longer in"):
+        promote(tmp_path / "elsewhere", settings=trained.settings)
+
+
+def test_forget_replaces_promoted_models_that_hold_the_profile(
+    trained: Trained, tmp_path: Path
+) -> None:
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(trained.workdir, workdir, symlinks=True)
+    promotion = promote(workdir, settings=trained.settings.model_copy(update={"workdir": workdir}))
+    victim = str(load_bundle(live_bundle_path(workdir)).features.frame.index[3])
+    report = forget(workdir, [victim])
+    assert promotion.tag in report.bento_models_replaced
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get(promotion.tag)
+    latest = load_bundle(bento_bundle_path(f"{BENTO_MODEL_NAME}:latest"))
+    assert victim not in latest.features.frame.index
+    assert latest.score([victim]).unknown_ids == [victim]
+    assert bentoml.models.get(f"{BENTO_MODEL_NAME}:latest").info.labels["parent"] == promotion.tag
+
+
+def test_scrubbing_a_store_where_nothing_was_promoted_is_a_no_op() -> None:
+    # forget() calls this on every erasure, promoted or not
+    assert scrub_bento_models(["p000001"], name="dmp-ml-never-promoted") == []
