@@ -108,4 +108,32 @@ def test_forget_replaces_promoted_models_that_hold_the_profile(
 
 def test_scrubbing_a_store_where_nothing_was_promoted_is_a_no_op() -> None:
     # forget() calls this on every erasure, promoted or not
-    assert scrub_bento_models(["p000001"], name="dmp-ml-never-promoted") == []
+    assert scrub_bento_models(["p000001"], name="dmp-ml-never-promoted") == ({}, [])
+
+
+def test_scrubbing_an_older_model_keeps_latest_on_the_newest_promotion(
+    trained: Trained, tmp_path: Path
+) -> None:
+    import shutil
+
+    from dmp_ml import store
+    from dmp_ml.erasure import remove_profiles
+
+    name = "dmp-ml-rollback-test"  # its own model name: other tests' models stay out of it
+    workdir = tmp_path / "w"
+    shutil.copytree(trained.workdir, workdir, symlinks=True)
+    settings = trained.settings.model_copy(update={"workdir": workdir})
+    older = promote(workdir, settings=settings, name=name)
+    live = load_bundle(workdir)
+    gone = str(live.features.frame.index[5])
+    remove_profiles(live, [gone])  # a later bundle of the same training without the profile
+    store.republish(live, workdir, tag="test", manifest_update={}, drop_ids=[gone])
+    newer = promote(workdir, settings=settings, name=name)
+    assert newer.bundle_version != older.bundle_version
+
+    replaced, unchecked = scrub_bento_models([gone], name=name)
+    assert set(replaced) == {older.tag, newer.tag} and not unchecked
+    latest = bentoml.models.get(f"{name}:latest")
+    assert latest.info.labels["parent"] == newer.tag  # not rolled back to the older promotion
+    for tag in replaced.values():
+        assert gone not in load_bundle(bento_bundle_path(tag)).features.frame.index

@@ -539,8 +539,8 @@ def forget(
             f"{len(report.deleted_versions)}"
         )
     out.print(f"events removed: {sum(report.events_removed.values()):,}")
-    if report.bento_models_replaced:
-        out.print(f"promoted models replaced: {', '.join(report.bento_models_replaced)}")
+    for old, new in report.bento_models_replaced.items():
+        out.print(f"promoted model {old} replaced by {new}", highlight=False)
     for line in report.remains:
         err.print(f"remains: {line}", highlight=False)
 

@@ -73,8 +73,8 @@ class ForgetReport:
     bundle versions deleted because they still held the profiles; ``events_removed`` the rows
     taken out of each event-store and quarantine file; ``cookies_erased`` the devices of the
     profiles put on the erasure list as ``anon:<cookie>`` (so they never return as anonymous
-    profiles once the links are purged); ``bento_models_replaced`` the promoted BentoML models
-    that held them, each replaced by a scrubbed version.
+    profiles once the links are purged); ``bento_models_replaced`` maps each promoted BentoML
+    model that held them to its scrubbed replacement.
     """
 
     requested: int
@@ -85,7 +85,7 @@ class ForgetReport:
     deleted_versions: list[str]
     events_removed: dict[str, int]
     cookies_erased: int = 0
-    bento_models_replaced: list[str] = field(default_factory=list)
+    bento_models_replaced: dict[str, str] = field(default_factory=dict)
     remains: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +98,7 @@ class ForgetReport:
             "deleted_versions": list(self.deleted_versions),
             "events_removed": dict(self.events_removed),
             "cookies_erased": self.cookies_erased,
-            "bento_models_replaced": list(self.bento_models_replaced),
+            "bento_models_replaced": dict(self.bento_models_replaced),
             "remains": list(self.remains),
         }
 
@@ -110,6 +110,8 @@ REMAINS = [
     "(see the README).",
     "Files exported before the erasure (audience CSV/Parquet handed to destinations) are "
     "outside the workdir: delete them at the destination.",
+    "Bentos exported or containerised with a promoted model hold that model's copy: rebuild "
+    "them from the scrubbed model (`bentoml build` after the forget).",
 ]
 
 
@@ -246,7 +248,13 @@ def forget(
         # back as an anonymous profile (identity treats ``anon:<cookie>`` as erased)
         anon = [f"{store.ANON_PREFIX}{c}" for c in sorted(cookies)]
         cookies_erased = add_to_erasure_list(workdir, anon) if anon else 0
-    replaced = scrub_bento_models(ids)
+        replaced, unchecked = scrub_bento_models([*ids, *anon])
+    remains = list(REMAINS)
+    if unchecked:
+        remains.append(
+            f"Promoted BentoML models that could not be read ({', '.join(unchecked)}) may still "
+            "hold them: delete them with `bentoml models delete`."
+        )
     report = ForgetReport(
         requested=len(ids),
         newly_erased=newly,
@@ -257,7 +265,7 @@ def forget(
         events_removed=events_removed,
         cookies_erased=cookies_erased,
         bento_models_replaced=replaced,
-        remains=list(REMAINS),
+        remains=remains,
     )
     logger.info(
         "forgot %d profiles (%d new on the erasure list, %d in the bundle); bundle %s",

@@ -1,17 +1,18 @@
-"""Promotion: the MLflow champion's bundle as a BentoML model, servable without the workdir.
+"""Promotion: the MLflow champion's bundle as a BentoML model, the gated path to production.
 
 ``train`` always publishes its bundle as the workdir's live bundle, even when the champion
-gate kept the previous propensity model. :func:`promote` is the gated path to production: it
-finds the registry's ``champion`` of ``dmp-propensity-<target>``, the bundle that run was
-trained in (its ``bundle_version`` tag; a bundle re-published by ``forget`` or a refresh
-counts as the same training, the newest one is taken), verifies it and stores it as a
-BentoML model ``dmp-ml-bundle:<version>`` in the local model store (``BENTOML_HOME``). The
-service serves it with ``DMP_ML_SERVICE__BENTO_MODEL=dmp-ml-bundle:latest``, and
-``bentoml build`` packs it into the bento when ``bentofile.yaml`` lists it under ``models``.
+gate kept the previous propensity model. :func:`promote` finds the registry's ``champion`` of
+``dmp-propensity-<target>``, the bundle that run was trained in (its ``bundle_version`` tag; a
+bundle re-published by ``forget`` or a refresh counts as the same training, the newest one is
+taken), verifies it and stores it as a BentoML model ``dmp-ml-bundle:<version>`` in the local
+model store (``BENTOML_HOME``). The service serves it with
+``DMP_ML_SERVICE__BENTO_MODEL=dmp-ml-bundle:latest``; the workdir stays the home of the erasure
+list.
 
 Privacy: a bundle that still holds an erased profile is refused, and :func:`scrub_bento_models`
 (called by :func:`dmp_ml.erasure.forget`) replaces every stored model holding a forgotten
 profile by a scrubbed one, so ``:latest`` never serves an erased person after a restart.
+Copies outside the local store (an exported or containerised Bento) are out of its reach.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,6 @@ class Promotion:
     run_id: str
     path: str
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
 
 def bento_bundle_path(tag: str) -> Path:
     """The bundle directory inside the BentoML model ``tag`` (``name:version`` or ``:latest``)."""
@@ -73,18 +71,19 @@ def champion_bundle(workdir: str | Path, settings: Settings) -> tuple[Path, dict
     from dmp_ml.tracking import CHAMPION_ALIAS, registered_model_name, use_tracking_uri
 
     versions = Path(workdir) / VERSIONS_DIR
-    if not versions.is_dir():
-        raise BundleError(f"no bundles in {workdir}: run `dmp-ml train` first")
     name = registered_model_name(settings.propensity.target_event)
     uri = settings.tracking_uri()
     with use_tracking_uri(uri) as client:
         try:
             version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+            tags = client.get_run(version.run_id).data.tags
         except MlflowException as exc:
-            raise BundleError(
-                f"{name} has no {CHAMPION_ALIAS} in {uri}: train a propensity model first"
-            ) from exc
-        tags = client.get_run(version.run_id).data.tags
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise BundleError(
+                    f"{name} has no {CHAMPION_ALIAS} (or its run is gone) in {uri}: "
+                    "train a propensity model first"
+                ) from exc
+            raise BundleError(f"cannot read the MLflow registry at {uri}: {exc.message}") from exc
     train_version = tags.get("bundle_version")
     if not train_version:
         raise BundleError(
@@ -124,23 +123,33 @@ def promote(
     import bentoml
 
     from dmp_ml.erasure import read_erasure_list
+    from dmp_ml.store import workdir_lock
 
     settings = settings or load_settings()
     if Path(settings.workdir) != Path(workdir):
         settings = settings.model_copy(update={"workdir": Path(workdir)})
-    path, champion = champion_bundle(workdir, settings)
-    manifest = read_manifest(path, verify=True)
-    _refuse_erased(path, read_erasure_list(workdir))
-    labels = {"bundle_version": str(manifest["bundle_version"]), **champion}
-    with bentoml.models.create(
-        name,
-        labels=labels,
-        metadata={"as_of": str(manifest.get("as_of")), "source": str(path)},
-    ) as model:
-        shutil.copytree(path, Path(model.path) / BUNDLE_DIR)
-    tag = str(model.tag)
-    stored = bento_bundle_path(tag)  # the model moved into the store when the block closed
-    read_manifest(stored, verify=True)
+    if not (Path(workdir) / VERSIONS_DIR).is_dir():
+        raise BundleError(f"no bundles in {workdir}: run `dmp-ml train` first")
+    # under the workdir lock: a forget cannot land between the erasure check and the save,
+    # and neither forget nor train can delete the bundle while it is copied
+    with workdir_lock(workdir):
+        path, champion = champion_bundle(workdir, settings)
+        manifest = read_manifest(path, verify=True)
+        _refuse_erased(path, read_erasure_list(workdir))
+        labels = {"bundle_version": str(manifest["bundle_version"]), **champion}
+        with bentoml.models.create(
+            name,
+            labels=labels,
+            metadata={"as_of": str(manifest.get("as_of")), "source": str(path)},
+        ) as model:
+            shutil.copytree(path, Path(model.path) / BUNDLE_DIR)
+        tag = str(model.tag)
+        try:
+            stored = bento_bundle_path(tag)  # the model moved into the store on leaving the block
+            read_manifest(stored, verify=True)
+        except BundleError:
+            bentoml.models.delete(tag)
+            raise
     logger.info("promoted bundle %s as BentoML model %s", manifest["bundle_version"], tag)
     return Promotion(tag=tag, path=str(stored), **labels)
 
@@ -148,8 +157,7 @@ def promote(
 def _refuse_erased(path: Path, erased: frozenset[str]) -> None:
     if not erased:
         return
-    bundle = load_bundle(path, n_threads=1)
-    held = int(bundle.features.frame.index.isin(list(erased)).sum())
+    held = int(read_features_index(path).isin(list(erased)).sum())
     if held:
         raise BundleError(
             f"bundle {path.name} still holds {held} erased profile(s); "
@@ -157,45 +165,73 @@ def _refuse_erased(path: Path, erased: frozenset[str]) -> None:
         )
 
 
-def scrub_bento_models(profile_ids: Iterable[str], name: str = BENTO_MODEL_NAME) -> list[str]:
+def scrub_bento_models(
+    profile_ids: Iterable[str], name: str = BENTO_MODEL_NAME
+) -> tuple[dict[str, str], list[str]]:
     """Replace every stored model ``name`` holding any of ``profile_ids`` by a scrubbed copy.
 
-    Each affected model is rewritten without the profiles as a new model version (same
-    labels, ``parent`` naming the old tag), then the old version is deleted. Returns the
-    deleted tags. A store without such models costs one directory listing.
+    Each affected model is rewritten without the profiles as a new, verified model version
+    (same labels, ``parent`` naming the old tag), then the old version is deleted; the model
+    that was ``:latest`` is rewritten last, so ``:latest`` keeps naming the same promotion.
+    Returns ``{old tag: new tag}`` and the tags that could not be checked (they may still hold
+    the profiles). A store where nothing was promoted costs one directory listing.
     """
     import bentoml
     from bentoml.exceptions import NotFound
 
+    ids = [str(p) for p in profile_ids]
+    try:
+        models = sorted(bentoml.models.list(name), key=lambda m: m.creation_time)
+    except NotFound:  # nothing was ever promoted
+        return {}, []
+    unchecked: list[str] = []
+    holding = []
+    for model in models:
+        try:
+            index = read_features_index(Path(model.path) / BUNDLE_DIR)
+        except (BundleError, OSError) as exc:
+            logger.warning("BentoML model %s cannot be checked for erasure: %s", model.tag, exc)
+            unchecked.append(str(model.tag))
+            continue
+        if index.isin(ids).any():
+            holding.append(model)
+    if holding and holding[-1] is not models[-1]:
+        holding.append(models[-1])  # re-stored last, so it stays :latest
+    replaced = {str(m.tag): _rewrite(m, ids, name) for m in holding}
+    return replaced, unchecked
+
+
+def read_features_index(bundle_dir: Path) -> Any:
+    """The profile ids of a bundle's feature table, without loading the bundle."""
+    import pandas as pd
+
+    path = bundle_dir / "features" / "features.parquet"
+    if not path.exists():
+        raise BundleError(f"{bundle_dir} has no feature table")
+    return pd.read_parquet(path, columns=[]).index.astype("string")
+
+
+def _rewrite(model: Any, ids: list[str], name: str) -> str:
+    """Store ``model`` again without ``ids`` (verified), delete the old version; the new tag."""
+    import bentoml
+
     from dmp_ml.erasure import remove_profiles
     from dmp_ml.store import new_version, write_bundle_files
 
-    ids = [str(p) for p in profile_ids]
+    bundle = load_bundle(Path(model.path) / BUNDLE_DIR, n_threads=1)
+    remove_profiles(bundle, ids)
+    version = new_version("forget")
+    labels: dict[str, Any] = {**model.info.labels, "bundle_version": version}
+    labels["parent"] = str(model.tag)
+    with bentoml.models.create(name, labels=labels, metadata=model.info.metadata) as new:
+        write_bundle_files(
+            bundle, Path(new.path) / BUNDLE_DIR, version=version, manifest_update={}, drop_ids=ids
+        )
     try:
-        models = bentoml.models.list(name)
-    except NotFound:  # nothing was ever promoted
-        return []
-    replaced: list[str] = []
-    for model in sorted(models, key=lambda m: m.creation_time):
-        source = Path(model.path) / BUNDLE_DIR
-        try:
-            bundle = load_bundle(source, n_threads=1)
-        except BundleError as exc:
-            logger.warning("BentoML model %s cannot be checked for erasure: %s", model.tag, exc)
-            continue
-        removed = remove_profiles(bundle, ids)
-        if not any(removed.values()):
-            continue
-        labels: dict[str, Any] = {**model.info.labels, "parent": str(model.tag)}
-        with bentoml.models.create(name, labels=labels, metadata=model.info.metadata) as new:
-            write_bundle_files(
-                bundle,
-                Path(new.path) / BUNDLE_DIR,
-                version=new_version("forget"),
-                manifest_update={},
-                drop_ids=ids,
-            )
-        bentoml.models.delete(model.tag)
-        replaced.append(str(model.tag))
-        logger.info("BentoML model %s replaced by %s, without the profiles", model.tag, new.tag)
-    return replaced
+        read_manifest(bento_bundle_path(str(new.tag)), verify=True)
+    except BundleError:
+        bentoml.models.delete(new.tag)
+        raise
+    bentoml.models.delete(model.tag)
+    logger.info("BentoML model %s replaced by %s, without the profiles", model.tag, new.tag)
+    return str(new.tag)

@@ -407,6 +407,14 @@ def _worker_threads() -> dict[str, Any]:
         return {}
 
 
+def _source(bento_model: str | None, path: Path) -> str:
+    """Where the live bundle comes from: the workdir, or the resolved promoted model's tag."""
+    if not bento_model:
+        return "workdir"
+    model_dir = path.parent  # <store>/<name>/<version>/bundle
+    return f"bento model {model_dir.parent.name}:{model_dir.name} (configured {bento_model})"
+
+
 def _erasure_stamp(workdir: Path) -> tuple[int, int] | None:
     """(mtime_ns, size) of the erasure list: changes whenever any worker forgets someone."""
     from dmp_ml.erasure import ERASURE_FILE
@@ -527,8 +535,14 @@ class DmpMlService:
         while not self._stop.wait(interval):
             try:
                 target = self._pointer()
-                if target in (Path(self._bundle.path).resolve(), self._failed_path):
-                    continue
+            except BundleError as exc:  # e.g. a pinned model a forget replaced: say so once
+                if str(exc) != self._last_error:
+                    logger.warning("bundle source unavailable, the live bundle stays: %s", exc)
+                    self._last_error = str(exc)
+                continue
+            if target in (Path(self._bundle.path).resolve(), self._failed_path):
+                continue
+            try:
                 self.reload_bundle()
             except BundleError:
                 continue  # logged by reload_bundle; the old bundle keeps serving
@@ -801,7 +815,7 @@ class DmpMlService:
             payload = {
                 "live": {
                     "version": str(bundle.version),
-                    "source": f"bento model {svc.bento_model}" if svc.bento_model else "workdir",
+                    "source": _source(svc.bento_model, Path(bundle.path)),
                     "path": str(bundle.path),
                     "as_of": _iso(bundle.as_of),
                     "loaded_at": self._loaded_at,
@@ -938,6 +952,11 @@ def serve(
     from dmp_ml.promotion import bento_bundle_path
 
     tag = bento_model or (settings or load_settings()).service.bento_model
+    if tag and not Path(workdir).is_dir():
+        raise BundleError(
+            f"{workdir} does not exist: a promoted model is served with the "
+            "workdir that holds its erasure list"
+        )
     read_manifest(bento_bundle_path(tag) if tag else live_bundle_path(workdir), verify=False)
     argv, env = serve_command(
         workdir, port=port, host=host, workers=workers, bento_model=tag, settings=settings

@@ -31,7 +31,7 @@ def test_a_promoted_model_is_served_and_forgetting_reaches_it(
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
             live = http.get("/info").json()["live"]
-            assert live["source"] == f"bento model {latest}"
+            assert live["source"] == f"bento model {promotion.tag} (configured {latest})"
             assert live["version"] == promotion.bundle_version
 
             scored = http.post("/score", json={"profile_ids": people}).json()
@@ -43,9 +43,10 @@ def test_a_promoted_model_is_served_and_forgetting_reaches_it(
 
             forgotten = http.post("/forget", json={"profile_ids": [people[0]]})
             assert forgotten.status_code == 200, forgotten.text
-            assert promotion.tag in forgotten.json()["bento_models_replaced"]
+            scrubbed = forgotten.json()["bento_models_replaced"][promotion.tag]
             again = http.post("/score", json={"profile_ids": people}).json()
             assert again["unknown_ids"] == [people[0]]
-            assert http.get("/info").json()["live"]["source"] == f"bento model {latest}"
+            source = http.get("/info").json()["live"]["source"]
+            assert source == f"bento model {scrubbed} (configured {latest})"
     finally:
         stop_server(proc)
