@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from dmp_ml.bundle import MANIFEST, VERSIONS_DIR, load_bundle, read_manifest
@@ -34,6 +36,14 @@ logger = logging.getLogger(__name__)
 BENTO_MODEL_NAME = "dmp-ml-bundle"
 BUNDLE_DIR = "bundle"
 """The bundle's directory inside a BentoML model's directory."""
+
+
+def _bentoml() -> ModuleType:
+    """BentoML, with its usage telemetry off unless the user turned it on explicitly."""
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    import bentoml
+
+    return bentoml
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class Promotion:
 
 def bento_bundle_path(tag: str) -> Path:
     """The bundle directory inside the BentoML model ``tag`` (``name:version`` or ``:latest``)."""
-    import bentoml
+    bentoml = _bentoml()
     from bentoml.exceptions import NotFound
 
     try:
@@ -120,7 +130,7 @@ def promote(
     Raises :class:`~dmp_ml.errors.BundleError` (nothing stored) when there is no champion, its
     bundle is gone or fails its checksums, or it still holds a profile on the erasure list.
     """
-    import bentoml
+    bentoml = _bentoml()
 
     from dmp_ml.erasure import read_erasure_list
     from dmp_ml.store import workdir_lock
@@ -130,8 +140,8 @@ def promote(
         settings = settings.model_copy(update={"workdir": Path(workdir)})
     if not (Path(workdir) / VERSIONS_DIR).is_dir():
         raise BundleError(f"no bundles in {workdir}: run `dmp-ml train` first")
-    # under the workdir lock: a forget cannot land between the erasure check and the save,
-    # and neither forget nor train can delete the bundle while it is copied
+    # under the workdir lock: a forget cannot land between the erasure check and the save
+    # (nor delete the bundle while it is copied; a train pruning old bundles still can)
     with workdir_lock(workdir):
         path, champion = champion_bundle(workdir, settings)
         manifest = read_manifest(path, verify=True)
@@ -142,7 +152,10 @@ def promote(
             labels=labels,
             metadata={"as_of": str(manifest.get("as_of")), "source": str(path)},
         ) as model:
-            shutil.copytree(path, Path(model.path) / BUNDLE_DIR)
+            try:
+                shutil.copytree(path, Path(model.path) / BUNDLE_DIR)
+            except OSError as exc:  # the model is not saved when this block raises
+                raise BundleError(f"bundle {path.name} changed while it was copied: {exc}") from exc
         tag = str(model.tag)
         try:
             stored = bento_bundle_path(tag)  # the model moved into the store on leaving the block
@@ -176,7 +189,7 @@ def scrub_bento_models(
     Returns ``{old tag: new tag}`` and the tags that could not be checked (they may still hold
     the profiles). A store where nothing was promoted costs one directory listing.
     """
-    import bentoml
+    bentoml = _bentoml()
     from bentoml.exceptions import NotFound
 
     ids = [str(p) for p in profile_ids]
@@ -213,7 +226,7 @@ def read_features_index(bundle_dir: Path) -> Any:
 
 def _rewrite(model: Any, ids: list[str], name: str) -> str:
     """Store ``model`` again without ``ids`` (verified), delete the old version; the new tag."""
-    import bentoml
+    bentoml = _bentoml()
 
     from dmp_ml.erasure import remove_profiles
     from dmp_ml.store import new_version, write_bundle_files
