@@ -8,8 +8,8 @@ nothing else about the person.
 :func:`forget` puts ids on the list (durable first), removes the profiles from a loaded bundle
 at once, rewrites and re-publishes the live bundle without them (deleting older versions),
 purges their events from the workdir's event store and quarantine files, and replaces promoted
-BentoML models that hold them. What remains outside
-(MLflow history, files already exported) is listed in :data:`REMAINS`.
+BentoML models that hold them. What remains outside (MLflow history, files already exported,
+Bentos already built) is listed in :data:`REMAINS`.
 """
 
 from __future__ import annotations
