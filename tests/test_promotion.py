@@ -8,12 +8,12 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from dmp_ml.bundle import live_bundle_path, load_bundle
+from dmp_ml.bundle import BENTO_MODEL_NAME, bento_bundle_path, live_bundle_path, load_bundle
 from dmp_ml.demo import DemoWorld
-from dmp_ml.erasure import add_to_erasure_list, forget
+from dmp_ml.erasure import add_to_erasure_list, forget, scrub_bento_models
 from dmp_ml.errors import BundleError
 from dmp_ml.pipeline import train
-from dmp_ml.promotion import BENTO_MODEL_NAME, bento_bundle_path, promote, scrub_bento_models
+from dmp_ml.promotion import promote
 from dmp_ml.settings import Settings
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +42,10 @@ FORMAT_VERSION = 1
 POINTER = "bundle"
 VERSIONS_DIR = "bundles"
 KEEP_VERSIONS = 3
+BENTO_MODEL_NAME = "dmp-ml-bundle"
+"""The BentoML model that ``dmp-ml promote`` stores bundles as."""
+BENTO_BUNDLE_DIR = "bundle"
+"""The bundle's directory inside a BentoML model's directory."""
 
 
 def live_bundle_path(workdir: str | Path) -> Path:
@@ -49,6 +54,36 @@ def live_bundle_path(workdir: str | Path) -> Path:
     if not pointer.exists():
         raise BundleError(f"no model bundle in {workdir}: run `dmp-ml train` first")
     return pointer.resolve()
+
+
+def bento_bundle_path(tag: str) -> Path:
+    """The bundle directory inside the BentoML model ``tag`` (``name:version`` or ``:latest``)."""
+    bentoml = bentoml_quiet()
+    from bentoml.exceptions import NotFound
+
+    try:
+        model = bentoml.models.get(tag)
+    except NotFound as exc:
+        raise BundleError(f"no BentoML model {tag}: run `dmp-ml promote` first") from exc
+    except ValueError as exc:  # a malformed tag
+        raise BundleError(f"{tag!r} is not a BentoML model tag: {exc}") from exc
+    return Path(model.path) / BENTO_BUNDLE_DIR
+
+
+def bentoml_quiet() -> ModuleType:
+    """BentoML, with its usage telemetry off unless the user turned it on explicitly."""
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    import bentoml
+
+    return bentoml
+
+
+def read_features_index(bundle_dir: Path) -> Any:
+    """The profile ids of a bundle's feature table, without loading the bundle."""
+    path = bundle_dir / "features" / "features.parquet"
+    if not path.exists():
+        raise BundleError(f"{bundle_dir} has no feature table")
+    return pd.read_parquet(path, columns=[]).index.astype("string")
 
 
 def sha256_of(path: Path) -> str:

@@ -596,8 +596,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the live bundle of WORKDIR (or a promoted model) over HTTP (BentoML)."""
-    from dmp_ml.bundle import live_bundle_path
-    from dmp_ml.promotion import bento_bundle_path
+    from dmp_ml.bundle import bento_bundle_path, live_bundle_path
     from dmp_ml.service import serve as run_service
 
     settings = load_settings()

@@ -24,6 +24,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmp_ml.bundle import (
+    BENTO_BUNDLE_DIR,
+    BENTO_MODEL_NAME,
+    bento_bundle_path,
+    bentoml_quiet,
+    load_bundle,
+    read_features_index,
+    read_manifest,
+)
 from dmp_ml.errors import BundleError, RequestError
 
 if TYPE_CHECKING:
@@ -165,13 +174,11 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
         if hit.any():
             bundle.scores = bundle.scores.loc[~hit]
     if bundle.send_time_model is not None:
-        from dmp_ml.refresh import send_time_take
-
         model = bundle.send_time_model
         hit = model.profile_ids_.isin(ids)
         removed["send_time"] = int(hit.sum())
         if hit.any():
-            send_time_take(model, np.flatnonzero(~hit))
+            model.take_profiles(np.flatnonzero(~hit))
     if bundle.lookalike_model is not None:
         model = bundle.lookalike_model
         removed["lookalike"] = int(model.forget(ids))
@@ -195,13 +202,11 @@ def forget(
        the new version up through the ``bundle`` pointer.
     4. Their events are removed from the workdir's event store and quarantine files.
     5. Every promoted BentoML model holding them is replaced by a scrubbed version
-       (:func:`dmp_ml.promotion.scrub_bento_models`).
+       (:func:`scrub_bento_models`).
 
     What remains outside the workdir's bundles and event store is listed in ``remains``.
     """
     from dmp_ml import store
-    from dmp_ml.bundle import load_bundle
-    from dmp_ml.promotion import scrub_bento_models
 
     workdir = Path(workdir)
     ids = clean_ids(profile_ids)
@@ -277,13 +282,76 @@ def forget(
     return report
 
 
+def scrub_bento_models(
+    profile_ids: Iterable[str], name: str = BENTO_MODEL_NAME
+) -> tuple[dict[str, str], list[str]]:
+    """Replace every stored model ``name`` holding any of ``profile_ids`` by a scrubbed copy.
+
+    Each affected model is rewritten without the profiles as a new, verified model version
+    (same labels, ``parent`` naming the old tag), then the old version is deleted; the model
+    that was ``:latest`` is rewritten last, so ``:latest`` keeps naming the same promotion.
+    Returns ``{old tag: new tag}`` and the tags that could not be checked (they may still hold
+    the profiles). A store where nothing was promoted costs one directory listing.
+    """
+    bentoml = bentoml_quiet()
+    from bentoml.exceptions import NotFound
+
+    ids = [str(p) for p in profile_ids]
+    try:
+        models = sorted(bentoml.models.list(name), key=lambda m: m.creation_time)
+    except NotFound:  # nothing was ever promoted
+        return {}, []
+    unchecked: list[str] = []
+    holding = []
+    for model in models:
+        try:
+            index = read_features_index(Path(model.path) / BENTO_BUNDLE_DIR)
+        except (BundleError, OSError) as exc:
+            logger.warning("BentoML model %s cannot be checked for erasure: %s", model.tag, exc)
+            unchecked.append(str(model.tag))
+            continue
+        if index.isin(ids).any():
+            holding.append(model)
+    if holding and holding[-1] is not models[-1]:
+        holding.append(models[-1])  # re-stored last, so it stays :latest
+    replaced = {str(m.tag): _rewrite(m, ids, name) for m in holding}
+    return replaced, unchecked
+
+
+def _rewrite(model: Any, ids: list[str], name: str) -> str:
+    """Store ``model`` again without ``ids`` (verified), delete the old version; the new tag."""
+    from dmp_ml.store import new_version, write_bundle_files
+
+    bentoml = bentoml_quiet()
+
+    bundle = load_bundle(Path(model.path) / BENTO_BUNDLE_DIR, n_threads=1)
+    remove_profiles(bundle, ids)
+    version = new_version("forget")
+    labels: dict[str, Any] = {**model.info.labels, "bundle_version": version}
+    labels["parent"] = str(model.tag)
+    with bentoml.models.create(name, labels=labels, metadata=model.info.metadata) as new:
+        write_bundle_files(
+            bundle,
+            Path(new.path) / BENTO_BUNDLE_DIR,
+            version=version,
+            manifest_update={},
+            drop_ids=ids,
+        )
+    try:
+        read_manifest(bento_bundle_path(str(new.tag)), verify=True)
+    except BundleError:
+        bentoml.models.delete(new.tag)
+        raise
+    bentoml.models.delete(model.tag)
+    logger.info("BentoML model %s replaced by %s, without the profiles", model.tag, new.tag)
+    return str(new.tag)
+
+
 def apply_erasure_list(workdir: str | Path) -> ForgetReport | None:
     """Re-apply the whole erasure list to the live bundle if it still holds any listed id.
 
     For the end of ``train`` (an erasure that landed while it ran) and service start-up.
     """
-    from dmp_ml.bundle import load_bundle
-
     erased = read_erasure_list(workdir)
     if not erased:
         return None

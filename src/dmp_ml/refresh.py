@@ -216,28 +216,6 @@ def _consent_records(
 # --------------------------------------------------------------------------- model edits
 
 
-_SEND_TIME_ROWS = (
-    "zone_code_",
-    "timezone_source_code_",
-    "cohort_code_",
-    "basis_code_",
-    "rate_",
-    "data_weight_",
-    "n_engagement_hours_",
-    "n_sends_",
-    "local_shape_",
-    "local_shape_sd_",
-)
-
-
-def send_time_take(model: SendTimeModel, rows: np.ndarray) -> None:
-    """Keep only the profiles at positions ``rows`` of a fitted send-time model (in place)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    model.profile_ids_ = pd.Index(model.profile_ids_[rows], name="profile_id")
-    for name in _SEND_TIME_ROWS:
-        setattr(model, name, np.asarray(getattr(model, name))[rows])
-
-
 def _span_hours(model: SendTimeModel) -> float:
     """The activity-rate span of the fit, recovered from any profile's rate (activity kind)."""
     s = float(model.rate_prior_strength)
@@ -268,7 +246,7 @@ def refresh_send_time(
     if len(remove):
         hit = model.profile_ids_.isin(remove)
         if hit.any():
-            send_time_take(model, np.flatnonzero(~hit))
+            model.take_profiles(np.flatnonzero(~hit))
     ids = pd.Index(profile_ids, dtype="string")
     if len(ids) == 0:
         return 0
@@ -367,7 +345,7 @@ def refresh_send_time(
         setattr(model, name, np.concatenate([current, values[~old].astype(current.dtype)]))
     all_ids = model.profile_ids_.append(pd.Index(ids[~old], dtype="string"))
     model.profile_ids_ = pd.Index(all_ids, name="profile_id")
-    send_time_take(model, np.argsort(model.profile_ids_.to_numpy(dtype=object), kind="stable"))
+    model.take_profiles(np.argsort(model.profile_ids_.to_numpy(dtype=object), kind="stable"))
     return n
 
 

@@ -974,6 +974,28 @@ class SendTimeModel:
             frame=frame, unknown_ids=unknown, window_start=start, window_hours=hours
         )
 
+    # per-profile fitted attributes, row-aligned with ``profile_ids_``
+    _PROFILE_ROWS = (
+        "zone_code_",
+        "timezone_source_code_",
+        "cohort_code_",
+        "basis_code_",
+        "rate_",
+        "data_weight_",
+        "n_engagement_hours_",
+        "n_sends_",
+        "local_shape_",
+        "local_shape_sd_",
+    )
+
+    def take_profiles(self, rows: np.ndarray) -> SendTimeModel:
+        """Keep only the profiles at positions ``rows`` (in place; erasure and refresh)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.profile_ids_ = pd.Index(self.profile_ids_[rows], name="profile_id")
+        for name in self._PROFILE_ROWS:
+            setattr(self, name, np.asarray(getattr(self, name))[rows])
+        return self
+
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: str | Path) -> Path:

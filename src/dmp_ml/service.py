@@ -474,8 +474,7 @@ class DmpMlService:
     def _pointer(self) -> Path:
         """The bundle to serve: the promoted BentoML model's (re-resolved: ``:latest`` moves
         with each promote), else the workdir's ``bundle`` pointer."""
-        from dmp_ml.bundle import live_bundle_path
-        from dmp_ml.promotion import bento_bundle_path
+        from dmp_ml.bundle import bento_bundle_path, live_bundle_path
 
         tag = self.settings.service.bento_model
         return bento_bundle_path(tag).resolve() if tag else live_bundle_path(self.workdir)
@@ -948,8 +947,7 @@ def serve(
     directly; the right choice for a CLI), ``"wait"`` runs it as a child and returns its exit
     code.
     """
-    from dmp_ml.bundle import live_bundle_path, read_manifest
-    from dmp_ml.promotion import bento_bundle_path
+    from dmp_ml.bundle import bento_bundle_path, live_bundle_path, read_manifest
 
     tag = bento_model or (settings or load_settings()).service.bento_model
     if tag and not Path(workdir).is_dir():

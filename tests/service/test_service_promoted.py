@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from dmp_ml.promotion import BENTO_MODEL_NAME, promote
+from dmp_ml.bundle import BENTO_MODEL_NAME
+from dmp_ml.promotion import promote
 from dmp_ml.settings import load_settings
 
 from .conftest import TOKEN, copy_bundle, point_to, start_server, stop_server
