@@ -767,7 +767,11 @@ class DmpMlService:
 
     @app.post(
         "/events",
-        responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "No API token set."}},
+        responses={
+            **_ERRORS,
+            403: {"model": ErrorResponse, "description": "No API token set."},
+            409: {"model": ErrorResponse, "description": "A promoted model is served."},
+        },
         summary="Apply new events (data contract) to the live bundle without retraining.",
     )
     async def events(self, body: EventsRequest) -> Any:
