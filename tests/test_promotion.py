@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from dmp_ml.errors import BundleError
 from dmp_ml.pipeline import train
 from dmp_ml.promotion import promote
 from dmp_ml.settings import Settings
+
+CopyWorkdir = Callable[[Path, Path], Path]
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,9 @@ def test_promote_stores_the_champion_bundle_as_a_bento_model(trained: Trained) -
 
 
 def test_promote_refuses_a_bundle_holding_an_erased_profile(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, copy_workdir: CopyWorkdir
 ) -> None:
-    import shutil
-
-    workdir = tmp_path / "w"
-    shutil.copytree(trained.workdir, workdir, symlinks=True)
+    workdir = copy_workdir(trained.workdir, tmp_path / "w")
     victim = str(load_bundle(workdir).features.frame.index[0])
     add_to_erasure_list(workdir, [victim])  # listed, but the bundle not yet rewritten
     before = len(bentoml.models.list(BENTO_MODEL_NAME))
@@ -88,12 +88,9 @@ def test_promote_explains_a_missing_champion_or_bundle(trained: Trained, tmp_pat
 
 
 def test_forget_replaces_promoted_models_that_hold_the_profile(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, copy_workdir: CopyWorkdir
 ) -> None:
-    import shutil
-
-    workdir = tmp_path / "w"
-    shutil.copytree(trained.workdir, workdir, symlinks=True)
+    workdir = copy_workdir(trained.workdir, tmp_path / "w")
     promotion = promote(workdir, settings=trained.settings.model_copy(update={"workdir": workdir}))
     victim = str(load_bundle(live_bundle_path(workdir)).features.frame.index[3])
     report = forget(workdir, [victim])
@@ -112,16 +109,13 @@ def test_scrubbing_a_store_where_nothing_was_promoted_is_a_no_op() -> None:
 
 
 def test_scrubbing_an_older_model_keeps_latest_on_the_newest_promotion(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, copy_workdir: CopyWorkdir
 ) -> None:
-    import shutil
-
     from dmp_ml import store
     from dmp_ml.erasure import remove_profiles
 
     name = "dmp-ml-rollback-test"  # its own model name: other tests' models stay out of it
-    workdir = tmp_path / "w"
-    shutil.copytree(trained.workdir, workdir, symlinks=True)
+    workdir = copy_workdir(trained.workdir, tmp_path / "w")
     settings = trained.settings.model_copy(update={"workdir": workdir})
     older = promote(workdir, settings=settings, name=name)
     live = load_bundle(workdir)

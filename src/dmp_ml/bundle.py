@@ -70,6 +70,19 @@ def bento_bundle_path(tag: str) -> Path:
     return Path(model.path) / BENTO_BUNDLE_DIR
 
 
+def served_bundle_path(workdir: str | Path, bento_model: str | None = None) -> Path:
+    """The bundle a service on ``workdir`` answers from: the promoted ``bento_model``'s, else
+    the workdir's live one. A promoted model still needs the workdir: its erasure list."""
+    if not bento_model:
+        return live_bundle_path(workdir)
+    if not Path(workdir).is_dir():
+        raise BundleError(
+            f"{workdir} does not exist: a promoted model is served with the "
+            "workdir that holds its erasure list"
+        )
+    return bento_bundle_path(bento_model).resolve()
+
+
 def bentoml_quiet() -> ModuleType:
     """BentoML, with its usage telemetry off unless the user turned it on explicitly."""
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")

@@ -550,8 +550,7 @@ def promote(workdir: WorkdirOpt = Path("models")) -> None:
     """Store the MLflow champion's bundle as a BentoML model (serve with --model, or bake it)."""
     from dmp_ml.promotion import promote as promote_champion
 
-    settings = load_settings().model_copy(update={"workdir": workdir})
-    promotion = promote_champion(workdir, settings=settings)
+    promotion = promote_champion(workdir)
     out.print(
         f"promoted {promotion.registered_model} v{promotion.model_version} "
         f"(bundle {promotion.bundle_version}) as BentoML model {promotion.tag}"
@@ -596,13 +595,13 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the live bundle of WORKDIR (or a promoted model) over HTTP (BentoML)."""
-    from dmp_ml.bundle import bento_bundle_path, live_bundle_path
+    from dmp_ml.bundle import served_bundle_path
     from dmp_ml.service import serve as run_service
 
     settings = load_settings()
     port = port or settings.service.port
     model = model or settings.service.bento_model
-    bundle_path = bento_bundle_path(model) if model else live_bundle_path(workdir)
+    bundle_path = served_bundle_path(workdir, model)
     features = pd.read_parquet(bundle_path / "features" / "features.parquet", columns=[])
     index = features.index.astype(str)
     known = index[~index.str.startswith("anon:")]

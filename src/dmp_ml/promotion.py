@@ -17,7 +17,6 @@ local store (an exported or containerised Bento) are out of its reach.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from pathlib import Path
 from dmp_ml.bundle import (
     BENTO_BUNDLE_DIR,
     BENTO_MODEL_NAME,
-    MANIFEST,
     VERSIONS_DIR,
     bento_bundle_path,
     bentoml_quiet,
@@ -81,9 +79,12 @@ def champion_bundle(workdir: str | Path, settings: Settings) -> tuple[Path, dict
         )
     candidates = []
     for path in sorted(versions.iterdir()):
-        if path.name.startswith(".") or not (path / MANIFEST).exists():
+        if path.name.startswith("."):
             continue
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        try:
+            manifest = read_manifest(path, verify=False)  # checksums: for the one chosen
+        except BundleError:
+            continue  # not a complete bundle: never a candidate
         if training_version(manifest) == train_version:
             candidates.append(path)  # names sort by creation time: the last is the newest
     if not candidates:

@@ -474,10 +474,9 @@ class DmpMlService:
     def _pointer(self) -> Path:
         """The bundle to serve: the promoted BentoML model's (re-resolved: ``:latest`` moves
         with each promote), else the workdir's ``bundle`` pointer."""
-        from dmp_ml.bundle import bento_bundle_path, live_bundle_path
+        from dmp_ml.bundle import served_bundle_path
 
-        tag = self.settings.service.bento_model
-        return bento_bundle_path(tag).resolve() if tag else live_bundle_path(self.workdir)
+        return served_bundle_path(self.workdir, self.settings.service.bento_model)
 
     def _load(self, path: Path) -> Any:
         """Load ``path`` and make it live; raise BundleError (old bundle stays) if it is bad."""
@@ -951,15 +950,10 @@ def serve(
     directly; the right choice for a CLI), ``"wait"`` runs it as a child and returns its exit
     code.
     """
-    from dmp_ml.bundle import bento_bundle_path, live_bundle_path, read_manifest
+    from dmp_ml.bundle import read_manifest, served_bundle_path
 
     tag = bento_model or (settings or load_settings()).service.bento_model
-    if tag and not Path(workdir).is_dir():
-        raise BundleError(
-            f"{workdir} does not exist: a promoted model is served with the "
-            "workdir that holds its erasure list"
-        )
-    read_manifest(bento_bundle_path(tag) if tag else live_bundle_path(workdir), verify=False)
+    read_manifest(served_bundle_path(workdir, tag), verify=False)
     argv, env = serve_command(
         workdir, port=port, host=host, workers=workers, bento_model=tag, settings=settings
     )

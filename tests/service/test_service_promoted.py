@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,10 +16,11 @@ from .conftest import TOKEN, copy_bundle, point_to, start_server, stop_server
 
 
 def test_a_promoted_model_is_served_and_forgetting_reaches_it(
-    trained: tuple[Path, Path, pd.Timestamp, dict], tmp_path: Path
+    trained: tuple[Path, Path, pd.Timestamp, dict],
+    tmp_path: Path,
+    copy_workdir: Callable[[Path, Path], Path],
 ) -> None:
-    workdir = tmp_path / "W"
-    shutil.copytree(trained[0], workdir, symlinks=True)
+    workdir = copy_workdir(trained[0], tmp_path / "W")
     promotion = promote(workdir, settings=load_settings().model_copy(update={"workdir": workdir}))
     # the workdir moves on to another bundle: the service must keep serving the promoted one
     point_to(workdir, copy_bundle(workdir, "20990101T000000-newer"))
