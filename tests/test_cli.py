@@ -58,7 +58,10 @@ def test_score_writes_every_known_id_and_reports_unknown(workdir: Path) -> None:
     result = dmp_ml("score", "--workdir", workdir / "W", "--ids", ids, "--out", workdir / "s.csv")
     assert result.returncode == 0, result.stderr
     scores = pd.read_csv(workdir / "s.csv", dtype={"profile_id": str})
-    assert list(scores.columns) == ["profile_id", "score", "percentile"]
+    basis = ["history_days", "events_used", "days_since_last_event"]
+    assert list(scores.columns) == ["profile_id", "score", "percentile", *basis]
+    assert (scores["events_used"] >= 1).all()
+    assert (scores["history_days"] >= scores["days_since_last_event"]).all()
     assert scores["profile_id"].tolist() == known
     assert scores["score"].between(0, 1).all()
     assert "1 unknown ids: no-such-profile" in result.stderr

@@ -227,14 +227,15 @@ def test_point_in_time_features_ignore_later_events():
     }
 
 
-def test_withdrawn_expired_and_erased_profiles_are_absent_and_households_stay_apart():
+def test_withdrawn_expired_anonymous_and_erased_profiles_are_absent_lapsed_customers_stay():
     log = _frame(
         [
             _ev("2024-05-01", "tv", "alice", "page_view"),
             _ev("2024-05-02", "tv", "bob", "page_view"),
             _ev("2024-05-03", "tv", None, "purchase", value=10.0),  # nobody's
             _ev("2024-05-04", "c-w", "withdrawn", "page_view"),
-            _ev("2023-12-01", "c-old", "expired", "page_view"),
+            _ev("2023-12-01", "c-old", None, "page_view"),  # an anonymous cookie, expired
+            _ev("2023-12-01", "c-lapsed", "lapsed", "purchase", value=5.0),  # a lapsed customer
             _ev("2024-05-05", "c-e", "erased", "page_view"),
         ]
     )
@@ -248,14 +249,17 @@ def test_withdrawn_expired_and_erased_profiles_are_absent_and_households_stay_ap
         }
     )
     t = build_features(log, AS_OF, consent=consent, erased={"erased"})
-    assert t.frame.index.tolist() == ["alice", "bob"]
-    assert t.frame["n_shared_devices"].tolist() == [1.0, 1.0]
-    assert t.frame["purchase_count_total"].tolist() == [0.0, 0.0]
+    assert t.frame.index.tolist() == ["alice", "bob", "lapsed"]
+    assert t.frame["n_shared_devices"].tolist() == [1.0, 1.0, 0.0]
+    assert t.frame["purchase_count_total"].tolist() == [0.0, 0.0, 1.0]
+    # the lapsed customer's recency says how lapsed it is
+    assert t.frame.loc["lapsed", "days_since_last_event"] > 150
+    assert t.summary["profiles_lapsed"] == 1
     assert t.summary["excluded_by_consent"] == 1
     assert t.summary["excluded_by_erasure"] == 1
     assert t.summary["profiles_expired"] == 1
     assert t.summary["events_unattributed_shared_device"] == 1
-    assert t.hour_of_week.shape == (2, 168)
+    assert t.hour_of_week.shape == (3, 168)
 
 
 def test_open_vocabulary_extra_types_rare_types_and_a_reference_spec():

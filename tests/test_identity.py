@@ -119,12 +119,11 @@ def test_links_frame_adds_links_and_respects_linked_at():
     assert res.events["profile_id"].astype(str).tolist() == ["crm-1", "anon:c2"]
 
 
-def test_expiry_drops_stale_cookies_and_profiles_but_keeps_recent_profile_keyed_activity():
-    settings = FeatureSettings(cookie_ttl_days=30)
-    ev = _events(
+def _expiry_events() -> pd.DataFrame:
+    return _events(
         [
-            (100, "old", "p-stale"),  # p-stale: only an old cookie, nothing recent
-            (95, "old", None),
+            (100, "old", "p-stale"),  # p-stale: a known customer seen only long ago ...
+            (95, "old", None),  # ... whose cookie-only event still belongs to them
             (100, "old2", "p-back"),  # p-back: old cookie ...
             (3, None, "p-back"),  # ... but a recent profile-keyed event
             (60, "anon-old", None),  # anonymous cookie unseen for 60 days
@@ -133,13 +132,31 @@ def test_expiry_drops_stale_cookies_and_profiles_but_keeps_recent_profile_keyed_
             (30, "on-edge", None),  # exactly at the ttl: still alive
         ]
     )
-    res = resolve_identity(ev, AS_OF, settings)
-    assert set(res.profiles.index) == {"p-back", "anon:anon-new", "anon:on-edge"}
-    # p-back keeps its history (the old event still counts) but the old cookie no longer resolves
+
+
+def test_cookies_expire_but_known_customers_do_not():
+    res = resolve_identity(_expiry_events(), AS_OF, FeatureSettings(cookie_ttl_days=30))
+    assert set(res.profiles.index) == {"p-stale", "p-back", "anon:anon-new", "anon:on-edge"}
+    # a lapsed customer keeps all its history, the expired cookie's events included
+    assert res.profiles.loc["p-stale", "n_events"] == 2
+    assert res.profiles.loc["p-stale", "last_seen"] == AS_OF - pd.Timedelta(days=95)
     assert res.profiles.loc["p-back", "n_events"] == 2
+    # ... but its expired cookies no longer resolve
+    assert "old" not in res.cookie_map.index
     assert "old2" not in res.cookie_map.index
     assert res.summary["expired_cookies"] == 4  # old, old2, anon-old, edge
+    assert res.summary["profiles_expired"] == 2  # anon:anon-old, anon:edge
+    assert res.summary["known_profiles_expired"] == 0
+    assert res.summary["profiles_lapsed"] == 1  # p-stale, kept
+    assert res.summary["events_expired"] == 2
+
+
+def test_profile_ttl_drops_long_dead_customers_when_asked():
+    settings = FeatureSettings(cookie_ttl_days=30, profile_ttl_days=90)
+    res = resolve_identity(_expiry_events(), AS_OF, settings)
+    assert set(res.profiles.index) == {"p-back", "anon:anon-new", "anon:on-edge"}
     assert res.summary["profiles_expired"] == 3  # p-stale, anon:anon-old, anon:edge
+    assert res.summary["known_profiles_expired"] == 1
     assert res.summary["events_expired"] == 4
 
 

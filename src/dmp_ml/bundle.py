@@ -250,12 +250,17 @@ class ModelBundle:
         self._forgotten: set[str] = set()
 
     # -- questions ------------------------------------------------------------------------
-    def score(self, profile_ids: Iterable[str], explain: bool = False) -> ScoreResult:
-        """Propensity ``score`` and ``percentile`` as of the bundle's ``as_of``."""
+    def score(self, profile_ids: Iterable[str] | None = None, explain: bool = False) -> ScoreResult:
+        """Propensity ``score`` and ``percentile`` as of the bundle's ``as_of`` (all profiles
+        when ``profile_ids`` is None), with what each score rests on: ``history_days`` (first
+        event to ``as_of``), ``events_used`` and ``days_since_last_event``, so a thin answer
+        can be told from a confident one."""
         if self.scores is None or self.propensity is None:
             raise BundleError(
                 f"bundle {self.version} has no propensity model: {self._why('propensity')}"
             )
+        if profile_ids is None:
+            profile_ids = self.scores.index
         ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
         rows = self.scores.index.get_indexer(ids)
         found = rows >= 0
@@ -264,10 +269,29 @@ class ModelBundle:
         known = ids[found].tolist()
         unknown = ids[~found].tolist()
         frame = self.scores.iloc[rows[found]][["score", "percentile"]].reset_index()
+        frame = frame.join(self._basis(frame["profile_id"]))
         if explain and known:
             X = self.features.frame.loc[known]
             frame["reasons"] = self.propensity.explain(X)
         return ScoreResult(frame=frame, unknown_ids=unknown)
+
+    def _basis(self, profile_ids: pd.Series) -> pd.DataFrame:
+        """The history behind each profile's answers (rows aligned with ``profile_ids``)."""
+        table = self.features.frame
+        rows = table.index.get_indexer(profile_ids.astype(str))
+        known = rows >= 0
+        basis = pd.DataFrame(index=profile_ids.index)
+        for name, column in (
+            ("history_days", "tenure_days"),
+            ("events_used", "event_count_total"),
+            ("days_since_last_event", "days_since_last_event"),
+        ):
+            values = np.full(len(rows), np.nan)
+            if column in table.columns:
+                picked = table[column].iloc[rows[known]]
+                values[known] = picked.to_numpy(dtype=float, na_value=np.nan)
+            basis[name] = pd.array(np.round(values), dtype="Int64")
+        return basis
 
     def lookalike(
         self,

@@ -105,12 +105,25 @@ def demo_data(
     profiles: Annotated[int, typer.Option("--profiles", min=10)] = 20_000,
     days: Annotated[int, typer.Option("--days", min=14)] = 120,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    style: Annotated[
+        str,
+        typer.Option(
+            "--style",
+            help="dmp: cookies, web, e-mail and ads; retail: a sparse customer-keyed purchase log.",
+        ),
+    ] = "dmp",
 ) -> None:
-    """Generate the synthetic demo DMP world (events, profiles, consent, ground truth)."""
+    """Generate a synthetic demo world (events, profiles, consent, ground truth)."""
     from dmp_ml.demo import generate_demo_world, write_demo_world
+    from dmp_ml.demo_retail import generate_retail_world
 
+    if style not in ("dmp", "retail"):
+        raise typer.BadParameter(f"--style must be dmp or retail, got {style!r}")
     try:
-        world = generate_demo_world(n_profiles=profiles, days=days, seed=seed)
+        if style == "retail":
+            world = generate_retail_world(n_customers=profiles, days=days, seed=seed)
+        else:
+            world = generate_demo_world(n_profiles=profiles, days=days, seed=seed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     paths = write_demo_world(world, out_dir)
@@ -274,13 +287,14 @@ def score(
     ids: IdsOpt = None,
     out_path: OutOpt = Path("scores.csv"),
 ) -> None:
-    """Write propensity scores (profile_id,score,percentile); unknown ids go to stderr."""
+    """Write propensity scores with their basis (history_days, events_used,
+    days_since_last_event); unknown ids go to stderr."""
     from dmp_ml.bundle import load_bundle
 
     bundle = load_bundle(workdir)
     wanted = _read_ids(ids) if ids else None
-    result = bundle.score(wanted if wanted is not None else bundle.scores.index)
-    _write_csv(result.frame[["profile_id", "score", "percentile"]], out_path)
+    result = bundle.score(wanted)
+    _write_csv(result.frame, out_path)
     _report_unknown(result.unknown_ids)
     out.print(f"{len(result.frame):,} scores written to {out_path}")
 

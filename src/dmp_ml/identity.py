@@ -13,11 +13,14 @@ Rules, all evaluated on events with ``event_time < as_of`` only:
   they are dropped and counted in ``events_unattributed_shared_device`` (we cannot tell who was
   at the keyboard, and guessing would leak one person's behaviour into another's profile).
   Events on it that carry a ``profile_id`` still belong to that profile.
-* **Expiry.** A cookie whose last event is more than ``cookie_ttl_days`` before ``as_of`` is
-  expired (it no longer resolves in ``cookie_map``). A profile whose last attributed event is
-  older than that - i.e. it has only expired cookies and no recent profile-keyed event - drops
-  out; so does an anonymous profile whose cookie expired. Old events of a live profile still
-  count (tenure, history).
+* **Expiry.** Cookies expire, customers do not. A cookie whose last event is more than
+  ``cookie_ttl_days`` before ``as_of`` is expired: it no longer resolves in ``cookie_map``, and
+  an anonymous profile built on it goes with it. A known profile (one with a ``profile_id``, in
+  the events or the links) stays a profile however old its last event: a lapsed customer is who
+  a win-back campaign targets, and its recency features say how lapsed it is. Old events of an
+  expired cookie linked to a known profile still belong to that profile. Only when
+  ``profile_ttl_days`` is set does a known profile whose last event is older than that drop out
+  (counted in ``profiles_expired`` with the expired anonymous ones).
 * **Consent.** For ``settings.consent_purpose``, the latest record per id wins (a record with a
   ``profile_id`` is about that profile, otherwise about its ``cookie_id``; on equal timestamps a
   withdrawal wins). Consent is a *current state*, not an event: the latest record applies
@@ -79,7 +82,10 @@ class Resolution:
         cookies map to ``anon:<cookie_id>``). Indexed by ``cookie_id`` (sorted).
     summary : dict of str to int
         ``profiles_known``, ``profiles_anonymous``, ``shared_devices``, ``expired_cookies``,
-        ``profiles_expired``, ``excluded_by_consent``, ``excluded_by_erasure``,
+        ``profiles_expired`` (anonymous profiles whose cookie expired, plus known profiles beyond
+        ``profile_ttl_days`` when set: ``known_profiles_expired``), ``profiles_lapsed`` (known
+        profiles kept although unseen for ``cookie_ttl_days``), ``excluded_by_consent``,
+        ``excluded_by_erasure``,
         ``cookies_withdrawn``, ``events_in``, ``events_before_as_of``, ``events_used``,
         ``events_unattributed_shared_device``, ``events_excluded_by_consent``,
         ``events_excluded_by_erasure``, ``events_expired``, ``cookies_resolvable``.
@@ -560,7 +566,11 @@ def resolve_codes(
     has = n_events > 0
     is_erased = np.concatenate([erased_p[:-1], erased_c[:-1]])
     is_withdrawn = np.concatenate([withdrawn_p[:-1], np.zeros(n_c, dtype=bool)])
+    # cookies expire, customers do not (unless the user asks for a profile TTL)
     alive = last >= horizon
+    ttl = settings.profile_ttl_days
+    alive[:n_p] = True if ttl is None else last[:n_p] >= as_of_ns - int(ttl) * _DAY_NS
+    lapsed_known = has[:n_p] & (last[:n_p] < horizon) & alive[:n_p]
     ex_erased = has & is_erased
     ex_consent = has & ~is_erased & is_withdrawn
     ex_expired = has & ~is_erased & ~is_withdrawn & ~alive
@@ -640,6 +650,8 @@ def resolve_codes(
         "shared_devices": int((shared & seen_c).sum()),
         "expired_cookies": int(expired_c.sum()),
         "profiles_expired": int(ex_expired.sum()),
+        "known_profiles_expired": int(ex_expired[:n_p].sum()),
+        "profiles_lapsed": int((lapsed_known & ~is_erased[:n_p] & ~is_withdrawn[:n_p]).sum()),
         "excluded_by_consent": int(ex_consent.sum()) + anon_withdrawn,
         "excluded_by_erasure": int(ex_erased.sum()),
         "cookies_withdrawn": cookies_withdrawn,

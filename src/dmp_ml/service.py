@@ -186,7 +186,13 @@ class ScoreItem(BaseModel):
     profile_id: str
     score: float | None
     percentile: float | None
+    history_days: int | None = Field(None, description="First event to the bundle's as_of.")
+    events_used: int | None = Field(None, description="Events the features rest on.")
+    days_since_last_event: int | None = None
     reasons: list[dict[str, Any]] | None = None
+
+
+_SCORE_BASIS = ("history_days", "events_used", "days_since_last_event")
 
 
 class ScoreResponse(BaseModel):
@@ -592,7 +598,8 @@ class DmpMlService:
                 frame, unknown = result.frame, list(result.unknown_ids)
             except UnknownProfileError:
                 frame, unknown = pd.DataFrame(), list(dict.fromkeys(body.profile_ids))
-            columns = ["profile_id", "score", "percentile"] + (["reasons"] if body.explain else [])
+            columns = ["profile_id", "score", "percentile", *_SCORE_BASIS]
+            columns += ["reasons"] if body.explain else []
             payload = {
                 "model_version": str(bundle.version),
                 "as_of": _iso(bundle.as_of),

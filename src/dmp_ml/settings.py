@@ -39,6 +39,7 @@ class FeatureSettings(_Section):
     """Identity resolution and point-in-time features."""
 
     cookie_ttl_days: int = Field(90, gt=0)
+    profile_ttl_days: int | None = Field(None, gt=0)
     windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90])
     half_life_days: float = Field(14.0, gt=0)
     top_k_categories: int = Field(30, ge=0)

@@ -96,6 +96,12 @@ def test_score_matches_the_library_and_reports_unknown_ids(
     pd.testing.assert_series_equal(
         got["percentile"], expected["percentile"], check_dtype=False, check_index_type=False
     )
+    # each score says what it rests on
+    for column in ("history_days", "events_used", "days_since_last_event"):
+        pd.testing.assert_series_equal(
+            got[column], expected[column], check_dtype=False, check_index_type=False
+        )
+    assert (got["events_used"] >= 1).all()
 
     explained = ok(http.post("/score", json={"profile_ids": wanted[:5], "explain": True}))
     assert all(row["reasons"] for row in explained["results"])
