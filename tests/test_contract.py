@@ -11,10 +11,11 @@ import pytest
 from dmp_ml.contract import EVENT_COLUMNS, load_consent, load_events, load_profiles
 from dmp_ml.errors import DataContractError, MappingError
 from dmp_ml.mapping import parse_mapping
+from dmp_ml.settings import MAPPINGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
-RETAIL_MAPPING = ROOT / "pipelines" / "mappings" / "online_retail.yaml"
+RETAIL_MAPPING = MAPPINGS_DIR / "online_retail.yaml"
 
 HEADER = "event_time,cookie_id,profile_id,event_type,source,value\n"
 
