@@ -12,6 +12,8 @@ import pytest
 
 from dmp_ml.bundle import live_bundle_path
 
+pytestmark = pytest.mark.slow  # the module fixture trains a bundle through the CLI
+
 
 def dmp_ml(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -250,6 +250,7 @@ def test_mapping_errors_name_the_problem(tmp_path: Path) -> None:
         load_events(path, mapping=parse_mapping({"rename": {"When": "event_time"}}))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RETAIL.exists(), reason="shared Online Retail data not present")
 def test_online_retail_loads_with_shipped_mapping() -> None:
     result = load_events(RETAIL, mapping=RETAIL_MAPPING)

@@ -292,7 +292,7 @@ def train(
             update={k: v for k, v in updates.items() if v is not None}
         )
         settings = settings.model_copy(update={"propensity": section})
-    names = ["loading inputs", *(f"training {name}" for name, _ in STEPS), "publishing the bundle"]
+    names = ["loading inputs", *(name.replace("_", " ") for name, _ in STEPS), "publishing"]
     with _Steps("train", names) as steps:
         steps.next()
 
