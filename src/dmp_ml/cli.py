@@ -120,7 +120,8 @@ def validate(
         Path | None, typer.Option("--events", help="Event log, CSV or Parquet.")
     ] = None,
     legacy_events: Annotated[
-        Path | None, typer.Argument(help="Deprecated: use --events.", show_default=False)
+        Path | None,
+        typer.Argument(metavar="FILE", help="Deprecated: use --events FILE.", show_default=False),
     ] = None,
     mapping: MappingOpt = None,
     quarantine: Annotated[
@@ -644,7 +645,8 @@ def events(
         Path | None, typer.Option("--events", help="New events, CSV or Parquet (data contract).")
     ] = None,
     legacy_batch: Annotated[
-        Path | None, typer.Argument(help="Deprecated: use --events.", show_default=False)
+        Path | None,
+        typer.Argument(metavar="FILE", help="Deprecated: use --events FILE.", show_default=False),
     ] = None,
     workdir: WorkdirOpt = Path("models"),
     mapping: MappingOpt = None,
