@@ -1,10 +1,12 @@
-"""What a user sees when the command line is misused: one line, exit code 2, no traceback.
+"""What a user sees around the commands: one-line errors with exit code 2, --version, -q, -v,
+progress on a terminal, the --events flag everywhere.
 
 Every case runs the real ``dmp-ml`` entry point in a subprocess; none needs a trained bundle.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +17,16 @@ import pytest
 import dmp_ml
 
 
-def dmp_ml_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def dmp_ml_cli(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     code = "from dmp_ml.cli import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=300,
     )
 
@@ -95,6 +100,21 @@ def test_quiet_prints_the_answer_without_log_lines(tmp_path: Path) -> None:
     assert loud.returncode == 0, loud.stderr
     assert "demo-data: step 1/2: generating the world" in loud.stderr  # not a terminal: log lines
     assert "INFO" in loud.stderr
+
+
+def test_progress_bar_on_a_terminal_log_lines_otherwise(tmp_path: Path) -> None:
+    args = ("demo-data", tmp_path / "d", "--profiles", "300", "--days", "30")
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    terminal = dmp_ml_cli(*args, env={**env, "FORCE_COLOR": "1"})  # rich: a terminal
+    assert terminal.returncode == 0, terminal.stderr
+    assert "writing Parquet files" in terminal.stderr
+    assert "eta" in terminal.stderr and "━" in terminal.stderr  # the bar and its ETA column
+    assert "step 1/2" not in terminal.stderr
+    piped = dmp_ml_cli(*args, env=env)
+    assert piped.returncode == 0, piped.stderr
+    assert "demo-data: step 2/2: writing Parquet files" in piped.stderr
+    assert "━" not in piped.stderr
+    assert "demo world: 300 profiles" in piped.stdout
 
 
 def test_events_flag_everywhere_old_positional_form_still_works(tmp_path: Path) -> None:

@@ -762,7 +762,7 @@ class _Steps:
             return
         if self._progress is not None and self._task is not None:
             self._progress.update(
-                self._task, completed=self.done, description=f"{self.names[self.done]}"
+                self._task, completed=self.done, description=self.names[self.done]
             )
         else:
             logger.info(
