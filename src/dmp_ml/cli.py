@@ -802,27 +802,15 @@ def _os_error_message(exc: OSError) -> str:
 
 
 def _click_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(usage errors, other click errors) of typer's click and of a separately installed click.
+    """(usage errors, other click errors) as typer raises them.
 
-    Typer >= 0.29 ships its own copy of click, so its errors are not ``click.ClickException``.
+    Typer >= 0.29 ships its own copy of click, so its errors are not ``click.ClickException``;
+    older typers re-export click's. ``typer.BadParameter`` derives from the right ones either way.
     """
-    usage: list[type[BaseException]] = []
-    other: list[type[BaseException]] = []
-    for bad_parameter in (typer.BadParameter, *_standalone_click()):
-        for cls in bad_parameter.__mro__:
-            if cls.__name__ == "UsageError":
-                usage.append(cls)
-            elif cls.__name__ == "ClickException":
-                other.append(cls)
-    return tuple(dict.fromkeys(usage)), tuple(dict.fromkeys(other))
-
-
-def _standalone_click() -> tuple[type[BaseException], ...]:
-    try:
-        from click.exceptions import BadParameter
-    except ImportError:  # pragma: no cover - click is a dependency of bentoml and mlflow
-        return ()
-    return (BadParameter,)
+    mro = typer.BadParameter.__mro__
+    usage = tuple(cls for cls in mro if cls.__name__ == "UsageError")
+    other = tuple(cls for cls in mro if cls.__name__ == "ClickException")
+    return usage, other
 
 
 def main(argv: Sequence[str] | None = None) -> None:
