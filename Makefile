@@ -1,4 +1,8 @@
 # The two commands a newcomer types: `make run` and `make test`.
+# Variables (override as `make run PORT=8080` or `PORT=8080 make run`):
+#   PYTHON    interpreter that creates .venv (>= 3.11)    PORT      port `make run` serves on
+#   WORKDIR   workdir for the demo bundle, MLflow, ...    PROFILES  demo world size (profiles)
+#   DAYS      demo world length in days                   VENV      virtualenv folder
 PYTHON ?= python3
 VENV ?= .venv
 WORKDIR ?= models
@@ -8,15 +12,19 @@ PORT ?= 3000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format docs bench clean
+EXTRAS ?= dev,scale,bench
+LOCK := requirements.lock
+
+.PHONY: install run test test-quick lock notebook lint format docs bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dmp-ml needs Python >= 3.11; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# Every package at the version pinned in requirements.lock (constraints: same versions every time).
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,scale,bench]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +39,21 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q --nbmake tests notebooks
+
+test-quick: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Re-resolve requirements.lock from pyproject.toml, keeping every pin that still fits
+# (`make lock UPGRADE=1` moves everything to the newest versions that resolve).
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(LOCK) uv
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
+		--custom-compile-command "make lock" --quiet -o $(LOCK) $(if $(UPGRADE),--upgrade)
+
+# JupyterLab over notebooks/ (installs the `notebook` extra from the lock on first use).
+notebook: install
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS),notebook]"
+	$(BIN)/jupyter lab notebooks
 
 docs: install
 	$(BIN)/python docs/make_figures.py

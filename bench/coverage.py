@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 
 import dmp_ml
-from dmp_ml.settings import load_settings
+from dmp_ml.settings import MAPPINGS_DIR, load_settings
 
 HERE = Path(__file__).resolve().parent
 RETAIL = HERE.parent.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
-MAPPING = HERE.parent / "pipelines" / "mappings" / "online_retail.yaml"
+MAPPING = MAPPINGS_DIR / "online_retail.yaml"
 
 
 def coverage(

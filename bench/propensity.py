@@ -20,11 +20,11 @@ import pandas as pd
 
 from dmp_ml import metrics
 from dmp_ml.propensity import build_snapshots, make_labels, train_propensity
-from dmp_ml.settings import Settings
+from dmp_ml.settings import MAPPINGS_DIR, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
-RETAIL_MAPPING = ROOT / "pipelines" / "mappings" / "online_retail.yaml"
+RETAIL_MAPPING = MAPPINGS_DIR / "online_retail.yaml"
 
 
 def _line(name: str, report: dict[str, float]) -> str:

@@ -13,8 +13,8 @@ log-likelihood for the model and the two baselines, on
 
 - the demo world: fit on days before ``--fit-day``, evaluated on the rest, plus recovery of the
   planted preferred local hour;
-- Online Retail: each non-cancelled invoice line is a purchase (pipelines/mappings/
-  online_retail.yaml, UK local time), one engagement per customer and clock hour; fit before
+- Online Retail: each non-cancelled invoice line is a purchase (the packaged
+  ``online_retail`` mapping, UK local time), one engagement per customer and clock hour; fit before
   ``--retail-cutoff``, evaluated after it; every customer's zone is Europe/London.
 
 Every figure is printed; nothing is written except under a temporary directory.
@@ -33,10 +33,11 @@ from typing import Any
 import pandas as pd
 
 from dmp_ml.send_time import SendTimeModel, evaluate_send_time
+from dmp_ml.settings import MAPPINGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
-RETAIL_MAPPING = ROOT / "pipelines" / "mappings" / "online_retail.yaml"
+RETAIL_MAPPING = MAPPINGS_DIR / "online_retail.yaml"
 
 
 def _timed(label: str, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202

@@ -27,6 +27,17 @@ from dmp_ml.settings import Settings
 
 N_PROFILES, DAYS, SEED = 800, 90, 3
 
+# Fixtures that train a bundle or start a server: every test using one is marked ``slow``, so
+# ``pytest -m "not slow"`` is the quick loop. Tests that train on their own carry the mark.
+SLOW_FIXTURES = frozenset({"trained_workdir", "trained", "server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 CopyWorkdir = Callable[[Path, Path], Path]
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from dmp_ml.bundle import live_bundle_path
 
+pytestmark = pytest.mark.slow  # the module fixture trains a bundle through the CLI
+
 
 def dmp_ml(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -124,7 +126,7 @@ def test_lookalike_csv_and_diagnostics(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("validate", "missing.csv"), "missing.csv: file not found"),
+        (("validate", "--events", "missing.csv"), "missing.csv: file not found"),
         (("score", "--workdir", "nowhere"), "no model bundle in nowhere"),
         (("lookalike", "--workdir", "W", "--seeds", "seeds.txt", "--size", "0"), "size"),
         (("send-time", "--workdir", "W", "--quiet-hours", "late"), "--quiet-hours"),
@@ -151,7 +153,7 @@ def test_failed_train_keeps_the_live_bundle(workdir: Path) -> None:
 
 def test_validate_reports_counts(workdir: Path) -> None:
     events = workdir / "demo" / "events.parquet"
-    result = dmp_ml("validate", events, "--json")
+    result = dmp_ml("validate", "--events", events, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["rows_read"] == report["rows_loaded"] + report["rows_quarantined"]

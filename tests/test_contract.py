@@ -11,10 +11,11 @@ import pytest
 from dmp_ml.contract import EVENT_COLUMNS, load_consent, load_events, load_profiles
 from dmp_ml.errors import DataContractError, MappingError
 from dmp_ml.mapping import parse_mapping
+from dmp_ml.settings import MAPPINGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
-RETAIL_MAPPING = ROOT / "pipelines" / "mappings" / "online_retail.yaml"
+RETAIL_MAPPING = MAPPINGS_DIR / "online_retail.yaml"
 
 HEADER = "event_time,cookie_id,profile_id,event_type,source,value\n"
 
@@ -249,6 +250,7 @@ def test_mapping_errors_name_the_problem(tmp_path: Path) -> None:
         load_events(path, mapping=parse_mapping({"rename": {"When": "event_time"}}))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RETAIL.exists(), reason="shared Online Retail data not present")
 def test_online_retail_loads_with_shipped_mapping() -> None:
     result = load_events(RETAIL, mapping=RETAIL_MAPPING)

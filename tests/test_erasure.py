@@ -121,6 +121,7 @@ def test_forgotten_profiles_are_removed_from_the_bundle_on_disk(forgotten: Forgo
     assert any("mlflow gc" in line for line in report.remains)
 
 
+@pytest.mark.slow
 def test_a_retrain_on_the_same_events_never_brings_them_back(
     forgotten: Forgotten,
     demo_world: DemoWorld,

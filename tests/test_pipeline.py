@@ -11,6 +11,8 @@ from dmp_ml.demo import generate_demo_world, write_demo_world
 from dmp_ml.errors import BundleError
 from dmp_ml.pipeline import train
 
+pytestmark = pytest.mark.slow  # every test trains (the later ones read the first one's bundle)
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:

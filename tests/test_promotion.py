@@ -17,6 +17,8 @@ from dmp_ml.pipeline import train
 from dmp_ml.promotion import promote
 from dmp_ml.settings import Settings
 
+pytestmark = pytest.mark.slow  # trains bundles and promotes them to a BentoML store
+
 CopyWorkdir = Callable[[Path, Path], Path]
 
 

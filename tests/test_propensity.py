@@ -457,6 +457,7 @@ def test_build_snapshots_labels_point_in_time_and_follow_cookies_to_profiles() -
     assert same is score and [lab.to_dict() for _, lab in again] == [first, second]
 
 
+@pytest.mark.slow
 def test_demo_world_end_to_end_beats_the_baselines() -> None:
     from dmp_ml.demo import generate_demo_world
     from dmp_ml.propensity import build_snapshots

@@ -224,6 +224,7 @@ def test_a_linked_cookie_folds_its_anonymous_profile_into_the_known_one(applied:
     assert after.features.cookie_map.loc[applied.folded.removeprefix("anon:")] == applied.linker
 
 
+@pytest.mark.slow
 def test_a_full_train_on_the_same_events_gives_the_same_features(
     applied: Applied,
     demo_world: DemoWorld,
@@ -273,6 +274,7 @@ def test_a_retried_batch_changes_nothing(
     assert load_bundle(workdir).version == applied.after.version
 
 
+@pytest.mark.slow
 def test_forgotten_and_withdrawn_profiles_stay_out(
     applied: Applied, demo_world: DemoWorld, copy_workdir: CopyWorkdir, tmp_path: Path
 ) -> None:
@@ -320,6 +322,7 @@ def test_a_batch_that_is_not_a_list_of_events_is_refused(applied: Applied) -> No
         assert caught.value.field == field
 
 
+@pytest.mark.slow
 def test_batches_stored_while_a_train_ran_are_reapplied_to_its_bundle(
     applied: Applied,
     demo_world: DemoWorld,

@@ -70,6 +70,7 @@ def test_default_tracking_uri_is_sqlite_in_the_workdir(settings) -> None:
     assert uri.startswith("sqlite:///") and uri.endswith("/work/mlflow.db")
 
 
+@pytest.mark.slow
 def test_log_metrics_run_records_params_metrics_and_artifacts(settings, tmp_path) -> None:
     fig = Figure()
     fig.add_subplot().plot([0, 1], [0, 1])
@@ -100,6 +101,7 @@ def test_log_metrics_run_records_params_metrics_and_artifacts(settings, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_propensity_runs_log_everything_and_gate_the_champion(settings, results, tmp_path) -> None:
     uri = settings.tracking_uri()
     client = MlflowClient(uri, registry_uri=uri)

@@ -19,11 +19,12 @@ from dmp_ml.errors import (
     RequestError,
     UnknownProfileError,
 )
-from dmp_ml.settings import Settings, load_settings
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Settings": "dmp_ml.settings",
+    "load_settings": "dmp_ml.settings",
     "LoadReport": "dmp_ml.contract",
     "LoadResult": "dmp_ml.contract",
     "load_consent": "dmp_ml.contract",
@@ -82,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
         best_send_time,
         evaluate_send_time,
     )
+    from dmp_ml.settings import Settings, load_settings
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,8 @@
-"""The ``dmp-ml`` command line: parse arguments, call the library, print. No logic of its own."""
+"""The ``dmp-ml`` command line: parse arguments, call the library, print. No logic of its own.
+
+Heavy libraries (pandas, the models, MLflow, BentoML) are imported inside the commands, so
+``dmp-ml --help`` answers quickly.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,29 @@ import json
 import logging
 import os
 import sys
+import time
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Annotated
 
-import click
-import pandas as pd
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from dmp_ml import __version__
 from dmp_ml.errors import DataContractError, DmpMlError, RequestError
-from dmp_ml.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from rich.progress import Progress
+
     from dmp_ml.activation import ExportReport, SendTimeOptions
     from dmp_ml.bundle import ModelBundle
     from dmp_ml.segments import Rule
+    from dmp_ml.settings import Settings
+
+logger = logging.getLogger("dmp_ml.cli")
 
 app = typer.Typer(
     name="dmp-ml",
@@ -32,21 +41,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
 out = Console()
 err = Console(stderr=True)
 
 MappingOpt = Annotated[
-    Path | None, typer.Option("--mapping", help="YAML column mapping for a foreign log.")
+    Path | None,
+    typer.Option(
+        "--mapping",
+        help="YAML column mapping for a foreign log, or a packaged mapping's name (online_retail).",
+    ),
 ]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Settings YAML (default pipelines/default.yaml).")
+    Path | None,
+    typer.Option("--config", help="Settings YAML (default: the packaged config/default.yaml)."),
 ]
 
 
-def _setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler: logging.Handler
     if err.is_terminal:
+        from rich.logging import RichHandler
+
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=False)
         fmt = "%(message)s"
     else:
@@ -57,16 +75,54 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"dmp-ml {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging; tracebacks on errors.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Warnings and errors only; no progress.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
-    _setup_logging(verbose)
+    if verbose and quiet:
+        raise RequestError("--quiet", "give --verbose or --quiet, not both")
+    _setup_logging(verbose, quiet)
+
+
+def _input_file(option: Path | None, argument: Path | None, command: str) -> Path:
+    """The file of ``--events FILE``; the older positional form still works, with a note."""
+    if option is not None and argument is not None:
+        raise RequestError("--events", "give the file once: --events FILE")
+    if argument is not None:
+        err.print(
+            f"note: `dmp-ml {command} FILE` is deprecated; use `dmp-ml {command} --events FILE`",
+            highlight=False,
+        )
+        return argument
+    if option is None:
+        raise RequestError("--events", "missing option --events FILE")
+    return option
 
 
 @app.command()
 def validate(
-    events: Annotated[Path, typer.Argument(help="Event log, CSV or Parquet.")],
+    events: Annotated[
+        Path | None, typer.Option("--events", help="Event log, CSV or Parquet.")
+    ] = None,
+    legacy_events: Annotated[
+        Path | None,
+        typer.Argument(metavar="FILE", help="Deprecated: use --events FILE.", show_default=False),
+    ] = None,
     mapping: MappingOpt = None,
     quarantine: Annotated[
         Path | None, typer.Option("--quarantine", help="Write quarantined rows to this Parquet.")
@@ -74,8 +130,11 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Load an event log against the data contract and report what was loaded and quarantined."""
+    from rich.table import Table
+
     from dmp_ml.contract import load_events
 
+    events = _input_file(events, legacy_events, "validate")
     result = load_events(events, mapping=mapping)
     if quarantine is not None:
         result.write_quarantine(quarantine)
@@ -119,14 +178,17 @@ def demo_data(
 
     if style not in ("dmp", "retail"):
         raise typer.BadParameter(f"--style must be dmp or retail, got {style!r}")
-    try:
-        if style == "retail":
-            world = generate_retail_world(n_customers=profiles, days=days, seed=seed)
-        else:
-            world = generate_demo_world(n_profiles=profiles, days=days, seed=seed)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    paths = write_demo_world(world, out_dir)
+    with _Steps("demo-data", ["generating the world", "writing Parquet files"]) as steps:
+        steps.next()
+        try:
+            if style == "retail":
+                world = generate_retail_world(n_customers=profiles, days=days, seed=seed)
+            else:
+                world = generate_demo_world(n_profiles=profiles, days=days, seed=seed)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        steps.next()
+        paths = write_demo_world(world, out_dir)
     out.print(
         f"demo world: {len(world.profiles):,} profiles, {len(world.events):,} events, "
         f"{world.start:%Y-%m-%d} .. {world.end:%Y-%m-%d}"
@@ -146,6 +208,8 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output CSV.")]
 
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
+    from dmp_ml.settings import load_settings
+
     return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -195,15 +259,20 @@ def features(
             update={k: v for k, v in feature_overrides.items() if v is not None}
         )
         settings = settings.model_copy(update={"features": section})
-    with _progress() as progress:
-        task = progress.add_task("loading events", total=None)
+    engine_name = settings.features.engine
+    names = ["loading events", "loading profiles and consent", f"building features ({engine_name})"]
+    with _Steps("features", [*names, "writing Parquet"]) as steps:
+        steps.next()
         loaded = load_events(events, mapping=mapping, settings=settings.contract)
+        steps.next()
         prof = load_profiles(profiles, settings=settings.contract).frame if profiles else None
         cons = load_consent(consent, settings=settings.contract).frame if consent else None
-        progress.update(task, description=f"building features ({settings.features.engine})")
+        steps.next()
         table = build_features(loaded.frame, as_of, prof, cons, settings)
-        progress.update(task, description="writing")
+        steps.next()
         table.to_parquet(out_path)
+    from rich.table import Table
+
     summary = Table(title=f"features as of {table.spec.as_of}", show_header=False)
     summary.add_row("profiles", f"{len(table):,}")
     for key, value in table.summary.items():
@@ -225,6 +294,9 @@ def train(
     config: ConfigOpt = None,
 ) -> None:
     """Train every model and publish a new bundle in WORKDIR (the old one stays on failure)."""
+    from rich.table import Table
+
+    from dmp_ml.pipeline import STEPS
     from dmp_ml.pipeline import train as run_pipeline
 
     settings = _settings(config, workdir=workdir)
@@ -234,11 +306,13 @@ def train(
             update={k: v for k, v in updates.items() if v is not None}
         )
         settings = settings.model_copy(update={"propensity": section})
-    with _progress() as progress:
-        task = progress.add_task("loading inputs", total=None)
+    names = ["loading inputs", *(name.replace("_", " ") for name, _ in STEPS), "publishing"]
+    with _Steps("train", names) as steps:
+        steps.next()
 
         def on_step(name: str, status: str) -> None:
-            progress.update(task, description=f"{name}: {status}")
+            if status == "running" or name == STEPS[-1][0]:
+                steps.next()
 
         result = run_pipeline(
             events,
@@ -465,6 +539,8 @@ def segment(
         f"segment: {info['size']:,} of {info['population']:,} eligible profiles "
         f"({info['share']:.1%}), bundle {info['bundle_version']}"
     )
+    from rich.table import Table
+
     table = Table("feature", "median", "mean", "p10", "p90", "population median")
     for feature, d in info["distribution"].items():
         if d["kind"] == "numeric":
@@ -511,26 +587,30 @@ def export(
     from dmp_ml import activation
     from dmp_ml.bundle import load_bundle
 
-    bundle = load_bundle(workdir)
-    seg = _segment_rule(rule, name, workdir, bundle)
-    audience = activation.resolve_audience(
-        bundle,
-        segment=seg,
-        seed_ids=_read_ids(seeds) if seeds else None,
-        size=size,
-        reach=reach,
-        min_score=min_score,
-        min_percentile=min_percentile,
-        top=top,
-        profile_ids=_read_ids(ids) if ids else None,
-    )
-    report = activation.export_audience(
-        bundle,
-        audience,
-        out_path,
-        send_time=_send_options(send_time, window_start, window_hours, quiet_hours),
-        require_email=require_email,
-    )
+    with _Steps("export", ["loading the bundle", "choosing the audience", "writing"]) as steps:
+        steps.next()
+        bundle = load_bundle(workdir)
+        steps.next()
+        seg = _segment_rule(rule, name, workdir, bundle)
+        audience = activation.resolve_audience(
+            bundle,
+            segment=seg,
+            seed_ids=_read_ids(seeds) if seeds else None,
+            size=size,
+            reach=reach,
+            min_score=min_score,
+            min_percentile=min_percentile,
+            top=top,
+            profile_ids=_read_ids(ids) if ids else None,
+        )
+        steps.next()
+        report = activation.export_audience(
+            bundle,
+            audience,
+            out_path,
+            send_time=_send_options(send_time, window_start, window_hours, quiet_hours),
+            require_email=require_email,
+        )
     _print_export(report)
 
 
@@ -575,13 +655,20 @@ def promote(workdir: WorkdirOpt = Path("models")) -> None:
 
 @app.command()
 def events(
-    batch: Annotated[Path, typer.Argument(help="New events, CSV or Parquet (data contract).")],
+    batch: Annotated[
+        Path | None, typer.Option("--events", help="New events, CSV or Parquet (data contract).")
+    ] = None,
+    legacy_batch: Annotated[
+        Path | None,
+        typer.Argument(metavar="FILE", help="Deprecated: use --events FILE.", show_default=False),
+    ] = None,
     workdir: WorkdirOpt = Path("models"),
     mapping: MappingOpt = None,
 ) -> None:
     """Apply a batch of new events to the live bundle without retraining."""
     from dmp_ml.refresh import apply_events
 
+    batch = _input_file(batch, legacy_batch, "events")
     report = apply_events(workdir, batch, mapping=mapping)
     out.print(
         f"{report.rows_accepted:,} of {report.rows_received:,} events applied "
@@ -609,8 +696,11 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the live bundle of WORKDIR (or a promoted model) over HTTP (BentoML)."""
+    import pandas as pd
+
     from dmp_ml.bundle import served_bundle_path
     from dmp_ml.service import serve as run_service
+    from dmp_ml.settings import load_settings
 
     settings = load_settings()
     port = port or settings.service.port
@@ -638,34 +728,147 @@ def serve(
     )
 
 
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
+class _Steps:
+    """A command's steps: a rich bar (step n of N, elapsed, ETA) on a terminal, log lines otherwise.
+
+    ``next()`` closes the running step and starts the next one. Nothing is shown with --quiet.
+    """
+
+    def __init__(self, command: str, names: Sequence[str]) -> None:
+        self.command = command
+        self.names = list(names)
+        self.done = -1
+        self.started = time.monotonic()
+        self._progress: Progress | None = None
+        self._task: int | None = None
+
+    def __enter__(self) -> _Steps:
+        if err.is_terminal and logger.isEnabledFor(logging.INFO):
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.command, total=len(self.names))
+        return self
+
+    def next(self) -> None:
+        """Finish the running step (if any) and start the next one."""
+        self.done += 1
+        if self.done >= len(self.names):
+            return
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, completed=self.done, description=self.names[self.done]
+            )
+        else:
+            logger.info(
+                "%s: step %d/%d: %s",
+                self.command,
+                self.done + 1,
+                len(self.names),
+                self.names[self.done],
+            )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            while self.done < len(self.names):
+                self.next()
+            if self._progress is None:
+                logger.info("%s: done in %.1f s", self.command, time.monotonic() - self.started)
+        if self._progress is not None:
+            self._progress.stop()
 
 
-def main() -> None:
-    """Console entry point: user errors become one readable line and a non-zero exit."""
+def _error_line(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``path: reason`` for an OSError (both paths of a rename)."""
+    reason = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return reason
+    return f"{' -> '.join(os.fsdecode(p) for p in paths)}: {reason}"
+
+
+def _click_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage errors, other click errors) as typer raises them.
+
+    Typer >= 0.29 ships its own copy of click, so its errors are not ``click.ClickException``;
+    older typers re-export click's. ``typer.BadParameter`` derives from the right ones either way.
+    """
+    mro = typer.BadParameter.__mro__
+    usage = tuple(cls for cls in mro if cls.__name__ == "UsageError")
+    other = tuple(cls for cls in mro if cls.__name__ == "ClickException")
+    return usage, other
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: a user error is one line on stderr and exit code 2.
+
+    Usage errors, typed dmp-ml errors and OS errors (a missing file, a full disk, a read-only
+    folder) are reported that way; ``-v`` adds the traceback.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    args = list(sys.argv[1:] if argv is None else argv)
+    flags = args[: args.index("--")] if "--" in args else args
+    verbose = "-v" in flags or "--verbose" in flags
+    usage_errors, click_errors = _click_errors()
     try:
-        app(standalone_mode=False)
-    except DmpMlError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        code = app(args=args, prog_name="dmp-ml", standalone_mode=False)
+    except usage_errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(2) from None
+        if verbose:
+            traceback.print_exc()
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _error_line(f"{exc.format_message()}{hint}")  # type: ignore[attr-defined]
         raise SystemExit(2) from None
-    except click.exceptions.Abort:
+    except click_errors as exc:
+        if verbose:
+            traceback.print_exc()
+        _error_line(exc.format_message())  # type: ignore[attr-defined]
+        raise SystemExit(2) from None
+    except DmpMlError as exc:
+        if verbose:
+            traceback.print_exc()
+        _error_line(str(exc))
+        raise SystemExit(2) from None
+    except OSError as exc:
+        if verbose:
+            traceback.print_exc()
+        _error_line(_os_error_message(exc))
+        raise SystemExit(2) from None
+    except (KeyboardInterrupt, typer.Abort):
         err.print("aborted")
         raise SystemExit(130) from None
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except FileNotFoundError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

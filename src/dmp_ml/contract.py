@@ -110,8 +110,8 @@ def load_events(
     Parameters
     ----------
     path : path of the file.
-    mapping : a :class:`ColumnMapping` or the path of a mapping YAML file; None for a file that
-        already uses the contract's column names.
+    mapping : a :class:`ColumnMapping`, the path of a mapping YAML file or the name of a packaged
+        mapping (``online_retail``); None for a file that already uses the contract's column names.
     settings : batch size for reading large files.
 
     Returns

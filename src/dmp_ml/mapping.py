@@ -31,6 +31,7 @@ import pandas as pd
 import yaml
 
 from dmp_ml.errors import MappingError
+from dmp_ml.settings import MAPPINGS_DIR
 
 _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
@@ -121,11 +122,21 @@ def _integer_strings(col: pd.Series) -> pd.Series:
     return text.mask(whole, as_int)
 
 
+def packaged_mappings() -> dict[str, Path]:
+    """The mappings shipped with dmp-ml, by name (``online_retail`` -> its YAML file)."""
+    return {p.stem: p for p in sorted(MAPPINGS_DIR.glob("*.yaml"))}
+
+
 def load_mapping(path: str | Path) -> ColumnMapping:
-    """Parse and validate a mapping YAML file."""
+    """Parse and validate a mapping YAML file, or a packaged mapping by name (``online_retail``)."""
     path = Path(path)
     if not path.exists():
-        raise MappingError(f"mapping file not found: {path}")
+        packaged = packaged_mappings()
+        if path.name == str(path) and path.stem in packaged and path.suffix in ("", ".yaml"):
+            path = packaged[path.stem]
+        else:
+            known = ", ".join(packaged) or "none"
+            raise MappingError(f"mapping file not found: {path} (packaged mappings: {known})")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

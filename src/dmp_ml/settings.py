@@ -1,14 +1,15 @@
 """Settings: one object, read from a YAML file and ``DMP_ML_`` environment variables.
 
 Precedence (highest first): explicit keyword arguments, environment variables
-(``DMP_ML_PROPENSITY__HORIZON_DAYS=60``), the YAML file (``pipelines/default.yaml`` or the
-file named by ``DMP_ML_CONFIG``), then the defaults below. Each section mirrors one block of
-``pipelines/default.yaml``.
+(``DMP_ML_PROPENSITY__HORIZON_DAYS=60``), the YAML file (the packaged ``dmp_ml/config/default.yaml``
+or the file named by ``DMP_ML_CONFIG``), then the defaults below. Each section mirrors one block of
+``default.yaml``. The YAML ships inside the package so an installed wheel runs from any folder.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ from pydantic_settings import (
 
 from dmp_ml.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "default.yaml"
+CONFIG_DIR = Path(str(resources.files("dmp_ml") / "config"))
+"""The packaged configuration: ``default.yaml`` and ``mappings/*.yaml``."""
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+MAPPINGS_DIR = CONFIG_DIR / "mappings"
 
 
 class _Section(BaseModel):
@@ -303,7 +307,7 @@ class Settings(BaseSettings):
 
 
 class _YamlSource(PydanticBaseSettingsSource):
-    """Reads the YAML file named by ``DMP_ML_CONFIG`` (default ``pipelines/default.yaml``)."""
+    """Reads the YAML file named by ``DMP_ML_CONFIG`` (default: the packaged ``default.yaml``)."""
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)

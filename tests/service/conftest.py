@@ -2,8 +2,9 @@
 
 The session fixture trains a ~1500-profile demo world with :func:`dmp_ml.pipeline.train`,
 starts ``bentoml serve dmp_ml.service:DmpMlService`` in a subprocess (exactly what
-``dmp-ml serve`` runs) on a free port, waits for ``/readyz`` and stops the whole process
-group at the end. Caps are lowered so oversize requests stay small.
+``dmp-ml serve`` runs) on a free port (from ``DMP_ML_TEST_PORTS`` when set, see tests/ports.py),
+waits for ``/readyz`` and stops the whole process group at the end. Caps are lowered so
+oversize requests stay small.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from ports import free_port
 
 TOKEN = "test-token-3f9a"
 CAPS = {"max_score_ids": 50, "max_send_time_ids": 50, "max_seed_ids": 600}
@@ -39,12 +40,6 @@ class Server:
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _withdrawn(consent: pd.DataFrame, as_of: pd.Timestamp) -> list[str]:
@@ -85,7 +80,7 @@ def start_server(workdir: Path, **env_extra: str) -> tuple[subprocess.Popen, str
     """
     from dmp_ml.service import serve_command
 
-    port = _free_port()
+    port = free_port()
     argv, env = serve_command(workdir, port=port, host="127.0.0.1", workers=1)
     env.update({f"DMP_ML_SERVICE__{k.upper()}": str(v) for k, v in CAPS.items()})
     env["DMP_ML_API_TOKEN"] = TOKEN
