@@ -475,6 +475,12 @@ def _erasure_stamp(workdir: Path) -> tuple[int, int] | None:
 class DmpMlService:
     """One worker: the live bundle, request limiters, and a pointer watcher."""
 
+    if _SVC.bento_model:
+        # A model reference: `bentoml build` with DMP_ML_SERVICE__BENTO_MODEL set packs the
+        # promoted bundle into the Bento. Serving still resolves the tag on every poll
+        # (_pointer), so a new promote goes live without a restart.
+        bundle_model = bentoml.models.BentoModel(_SVC.bento_model)
+
     def __init__(self) -> None:
         logging.getLogger(__name__).setLevel(logging.INFO)  # BentoML's root level is WARNING
         self.settings = _SETTINGS
