@@ -68,3 +68,11 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# A Bento of the HTTP service (bentofile.yaml): the dmp-ml wheel into dist/, then `bentoml build`,
+# into the BentoML store of BENTOML_HOME (default ~/bentoml).
+.PHONY: bento
+bento: install
+	rm -f dist/dmp_ml-*.whl
+	$(BIN)/python -m pip wheel --no-deps --quiet -w dist .
+	$(BIN)/bentoml build .

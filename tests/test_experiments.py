@@ -128,7 +128,7 @@ def test_load_champion_scores_like_the_model_it_registered(runs, data, settings)
     _, table = data
     champion = experiments.load_champion(settings)
     assert champion.version == "1"
-    assert champion.model_uri == "models:/dmp-propensity-purchase@champion"
+    assert champion.model_uri == "models:/dmp-propensity-purchase-30d@champion"
     assert champion.run_id == runs["first"].run.run_id
     ids = [table.frame.index[5], "not-a-profile", table.frame.index[0]]
     scored = champion.score(table, ids, explain=True)
@@ -151,7 +151,7 @@ def test_load_champion_scores_like_the_model_it_registered(runs, data, settings)
 
 def test_load_champion_without_one(runs, settings) -> None:
     assert experiments.load_champion(settings, "email_click", missing_ok=True) is None
-    with pytest.raises(BundleError, match="no champion for dmp-propensity-email_click"):
+    with pytest.raises(BundleError, match="no champion for dmp-propensity-email_click-30d"):
         experiments.load_champion(settings, "email_click")
 
 

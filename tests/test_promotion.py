@@ -53,7 +53,7 @@ def test_promote_stores_the_champion_bundle_as_a_bento_model(trained: Trained) -
     live = load_bundle(trained.workdir)
     assert promotion.tag.startswith(f"{BENTO_MODEL_NAME}:")
     assert promotion.bundle_version == live.version == promotion.train_version
-    assert promotion.registered_model == "dmp-propensity-purchase"
+    assert promotion.registered_model == "dmp-propensity-purchase-30d"
     model = bentoml.models.get(promotion.tag)
     assert model.info.labels["model_version"] == promotion.model_version
     assert model.info.labels["run_id"] == promotion.run_id

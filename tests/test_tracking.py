@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,8 +21,11 @@ from synthetic import CUTOFFS, FAST, feature_table, labelled_frame
 from dmp_ml.propensity import PropensityResult, train_propensity
 from dmp_ml.settings import Settings
 from dmp_ml.tracking import (
+    TrainingData,
+    champion_version,
     decide_champion,
     experiment_name,
+    legacy_registered_model_name,
     log_metrics_run,
     log_propensity_run,
     pyfunc_input,
@@ -76,6 +84,7 @@ def test_log_metrics_run_records_params_metrics_and_artifacts(settings, tmp_path
     fig.add_subplot().plot([0, 1], [0, 1])
     before = mlflow.get_tracking_uri()
     env_before = dict(os.environ)
+    events = pd.DataFrame({"profile_id": ["a", "b"], "n": [1, 2]})
     run_id = log_metrics_run(
         "dmp-send-time",
         {"horizon": 7, "channels": ["email", "web"]},
@@ -83,6 +92,7 @@ def test_log_metrics_run_records_params_metrics_and_artifacts(settings, tmp_path
         {"plots/curve": fig, "summary": {"ok": True}},
         settings=settings,
         tags={"step": "send_time"},
+        dataset=TrainingData.from_frame(events, "events", "ab" * 32, "dataframe"),
     )
     assert mlflow.get_tracking_uri() == before  # global MLflow state restored
     assert dict(os.environ) == env_before
@@ -92,6 +102,11 @@ def test_log_metrics_run_records_params_metrics_and_artifacts(settings, tmp_path
     assert run.data.metrics == {"lift": 1.7}  # NaN is skipped, not an error
     assert run.data.params == {"horizon": "7", "channels": '["email", "web"]'}
     assert run.data.tags["step"] == "send_time"
+    # the training data as an input: digest, schema and row count, never the rows
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.name == "events" and given.dataset.digest == "ab" * 16
+    assert "profile_id" in given.dataset.schema and "'a'" not in given.dataset.schema
+    assert {t.key: t.value for t in given.tags}["rows"] == "2"
     names = {a.path for a in client.list_artifacts(run_id)} | {
         a.path for a in client.list_artifacts(run_id, "plots")
     }
@@ -105,7 +120,8 @@ def test_log_metrics_run_records_params_metrics_and_artifacts(settings, tmp_path
 def test_propensity_runs_log_everything_and_gate_the_champion(settings, results, tmp_path) -> None:
     uri = settings.tracking_uri()
     client = MlflowClient(uri, registry_uri=uri)
-    name = registered_model_name("purchase")
+    name = registered_model_name("purchase", 30)
+    assert name == "dmp-propensity-purchase-30d"
 
     # 1. first model: no champion yet, alias set
     first = log_propensity_run(results["weak"], settings)
@@ -140,10 +156,14 @@ def test_propensity_runs_log_everything_and_gate_the_champion(settings, results,
     # the logged model answers with probabilities through plain mlflow.pyfunc
     with use_tracking_uri(uri):
         loaded = mlflow.pyfunc.load_model(first.model_uri)
+        local = Path(
+            mlflow.artifacts.download_artifacts(first.model_uri, dst_path=str(tmp_path / "model"))
+        )
     X = results["weak"].validation.X.head(50)
     p = loaded.predict(pyfunc_input(results["weak"].model, X))
     np.testing.assert_allclose(np.asarray(p), results["weak"].model.predict_proba(X))
     assert loaded.metadata.get_input_schema().input_names() == list(X.columns)
+    _assert_installable(local, X.head(20), results["weak"].model)
 
     # 2. a worse model (trained on shuffled labels): champion stays, the run says why
     second = log_propensity_run(results["noise"], settings)
@@ -163,7 +183,105 @@ def test_propensity_runs_log_everything_and_gate_the_champion(settings, results,
     assert third.decision.reason.startswith("new model is better")
     assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
     assert third.champion_version == "3" and second.champion_version == "1"
-    assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # only the download asked for
+
+
+def _closure(names: set[str]) -> set[str]:
+    """``names`` and every distribution they may import (their requirements and extras:
+    e.g. scikit-learn imports rich when present), normalised."""
+    norm = {n.lower().replace("_", "-") for n in names}
+    todo = list(norm)
+    while todo:
+        try:
+            requires = metadata.requires(todo.pop()) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for req in requires:
+            name = req.split(";")[0].split("[")[0]
+            for sep in "<>=!~ (":
+                name = name.split(sep)[0]
+            name = name.strip().lower().replace("_", "-")
+            if name and name not in norm:
+                norm.add(name)
+                todo.append(name)
+    return norm
+
+
+def _assert_installable(model_dir: Path, X: pd.DataFrame, model) -> None:
+    """The logged requirements install from an index and cover what loading the model imports.
+
+    No ``dmp-ml`` pin (no index has it): its code travels in the model. A fresh interpreter
+    that cannot see this checkout's ``dmp_ml`` loads the model from its own copy, predicts,
+    and every distribution it imported is a requirement or one of their dependencies.
+    """
+    lines = (model_dir / "requirements.txt").read_text().split()
+    names = {line.split("==")[0] for line in lines}
+    assert not any(n.replace("_", "-").lower() == "dmp-ml" for n in names), lines
+    for line in lines:
+        name, _, version = line.partition("==")
+        assert version == metadata.version(name), line  # pinned to what was trained with
+    assert (model_dir / "code" / "dmp_ml" / "propensity.py").is_file()
+    pyfunc_input(model, X).to_parquet(model_dir / "X.parquet")
+    script = f"""
+import sys
+sys.path = [p for p in sys.path if not (p.endswith("src") or "__editable__" in p)]
+for finder in list(sys.meta_path):
+    if "editable" in type(finder).__name__.lower():
+        sys.meta_path.remove(finder)
+import importlib.metadata as md, json, mlflow, numpy as np, pandas as pd
+before = set(sys.modules)
+model = mlflow.pyfunc.load_model({str(model_dir)!r})
+import dmp_ml
+p = model.predict(pd.read_parquet({str(model_dir / "X.parquet")!r}))
+dists = md.packages_distributions()
+used = {{d for m in set(sys.modules) - before for d in dists.get(m.split(".")[0], [])}}
+print(json.dumps({{"file": dmp_ml.__file__, "p": np.asarray(p).tolist(), "used": sorted(used)}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["file"].startswith(str(model_dir)), found["file"]
+    np.testing.assert_allclose(found["p"], model.predict_proba(X))
+    used = {d.lower().replace("_", "-") for d in found["used"]} - {"dmp-ml"}
+    assert used <= _closure(names), sorted(used - _closure(names))
+
+
+def test_registry_names_carry_the_horizon_and_old_champions_keep_working(
+    settings, results, tmp_path
+) -> None:
+    """A 30-day model never competes with a 90-day one; a pre-horizon champion of the same
+    horizon stays champion until beaten."""
+    s = settings.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{tmp_path.parent / 'legacy.db'}"}
+    )
+    uri = s.tracking_uri()
+    client = MlflowClient(uri, registry_uri=uri)
+    strong, weak = results["strong"], results["weak"]
+    # a registry from before: the strong 30-day model as champion of the old name
+    old = log_propensity_run(strong, s)
+    old_name = legacy_registered_model_name("purchase")
+    client.copy_model_version(f"models:/{old.registered_model}/{old.version}", old_name)
+    client.set_registered_model_alias(old_name, "champion", "1")
+    client.delete_registered_model(old.registered_model)
+    assert champion_version(client, "purchase", 30).name == old_name
+    assert champion_version(client, "purchase", 90) is None  # its run says 30 days
+
+    # a weaker 30-day model meets the old champion and loses: the old one stays in charge
+    kept = log_propensity_run(weak, s)
+    assert not kept.promoted and f"1 of {old_name}" in kept.reason
+    assert champion_version(client, "purchase", 30).name == old_name
+
+    # a 90-day model (same data, other horizon) has no champion to beat: it starts its own line
+    ninety = dataclasses.replace(weak, horizon_days=90)
+    other = log_propensity_run(ninety, s)
+    assert other.registered_model == "dmp-propensity-purchase-90d"
+    assert other.promoted and other.reason == "no champion yet"
+    assert champion_version(client, "purchase", 30).name == old_name  # untouched
 
 
 def test_decide_champion_ties_and_time_overlap(results) -> None:

@@ -208,7 +208,7 @@ def compare_runs(
         No such experiment in the store.
     """
     # dmp_ml.tracking first: it turns MLflow's telemetry off before mlflow is imported
-    from dmp_ml.tracking import CHAMPION_ALIAS, experiment_name, registered_model_name
+    from dmp_ml.tracking import champion_version, experiment_name, legacy_registered_model_name
 
     from mlflow import MlflowClient  # isort: skip
     from mlflow.exceptions import MlflowException  # isort: skip
@@ -226,29 +226,37 @@ def compare_runs(
     if run_ids is not None:
         wanted = set(run_ids)
         runs = [r for r in runs if r.info.run_id in wanted]
-    champions: dict[str, str | None] = {}
+    champions: dict[tuple[str, str], tuple[str, str] | None] = {}
 
-    def champion_of(target: str) -> str | None:
-        if target not in champions:
+    def champion_of(target: str, horizon: str) -> tuple[str, str] | None:
+        """(registered name, version) of the champion of ``target`` in ``horizon`` days."""
+        if (target, horizon) not in champions:
             try:
-                mv = client.get_model_version_by_alias(
-                    registered_model_name(target), CHAMPION_ALIAS
-                )
-                champions[target] = str(mv.version)
+                mv = champion_version(client, target, int(horizon))
             except MlflowException:
-                champions[target] = None
-        return champions[target]
+                mv = None
+            champions[target, horizon] = (mv.name, str(mv.version)) if mv else None
+        return champions[target, horizon]
 
     rows = []
     for run in runs:
         tags, params, values = run.data.tags, run.data.params, run.data.metrics
         version = tags.get("registered_model_version")
         target = tags.get("target_event")
+        horizon = tags.get("horizon_days")
+        registered = tags.get("registered_model") or (
+            legacy_registered_model_name(target) if target else None
+        )
         row: dict[str, Any] = {
             "run_name": run.info.run_name,
             "run_id": run.info.run_id,
             "version": version,
-            "champion": bool(version and target and champion_of(target) == version),
+            "champion": bool(
+                version
+                and target
+                and horizon
+                and champion_of(target, horizon) == (registered, version)
+            ),
             "decision": tags.get("champion_decision"),
         }
         row.update({k: v for k, v in params.items() if k.startswith("propensity.")})
@@ -390,38 +398,53 @@ def load_champion(
     settings: Settings | None = None,
     target_event: str | None = None,
     *,
+    horizon_days: int | None = None,
     tracking_uri: str | None = None,
     missing_ok: bool = False,
 ) -> Champion | None:
-    """Load ``dmp-propensity-<target>@champion`` from the registry of the settings' store.
+    """Load ``dmp-propensity-<target>-<horizon>d@champion`` from the settings' store.
 
+    ``target_event`` and ``horizon_days`` default to the settings' ``propensity`` values; a
+    registry from before the horizon was in the name answers with its old name's champion when
+    that was trained for the same horizon (:func:`dmp_ml.tracking.champion_version`).
     Returns None when no version holds the alias and ``missing_ok``.
 
     Raises
     ------
     BundleError
-        No version of the target holds the ``champion`` alias (and not ``missing_ok``).
+        No version of the target and horizon holds the ``champion`` alias (and not
+        ``missing_ok``).
     """
     # dmp_ml.tracking first: it turns MLflow's telemetry off before mlflow is imported
-    from dmp_ml.tracking import CHAMPION_ALIAS, registered_model_name, use_tracking_uri
+    from dmp_ml.tracking import (
+        CHAMPION_ALIAS,
+        champion_version,
+        registered_model_name,
+        use_tracking_uri,
+    )
 
     import mlflow  # isort: skip
     from mlflow import MlflowClient  # isort: skip
     from mlflow.exceptions import MlflowException  # isort: skip
 
     uri = _uri(settings, tracking_uri)
-    name = registered_model_name(_target(settings, target_event))
+    target = _target(settings, target_event)
+    if horizon_days is None:
+        horizon_days = (settings or load_settings()).propensity.horizon_days
+    name = registered_model_name(target, horizon_days)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        mv = champion_version(client, target, horizon_days)
     except MlflowException as exc:
+        raise BundleError(f"cannot read the MLflow registry at {uri}: {exc.message}") from exc
+    if mv is None:
         if missing_ok:
             return None
-        raise BundleError(f"no {CHAMPION_ALIAS} for {name} in {uri}: train a model first") from exc
-    model_uri = f"models:/{name}@{CHAMPION_ALIAS}"
+        raise BundleError(f"no {CHAMPION_ALIAS} for {name} in {uri}: train a model first")
     with use_tracking_uri(uri):
-        wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}").unwrap_python_model()
-    return Champion(name, str(mv.version), mv.run_id, model_uri, wrapper.model)
+        wrapper = mlflow.pyfunc.load_model(f"models:/{mv.name}/{mv.version}").unwrap_python_model()
+    model_uri = f"models:/{mv.name}@{CHAMPION_ALIAS}"
+    return Champion(mv.name, str(mv.version), mv.run_id, model_uri, wrapper.model)
 
 
 # ---------------------------------------------------------------------------------- seeds

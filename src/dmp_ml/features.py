@@ -322,7 +322,8 @@ class FeatureParams:
 _INTERNAL = ["_email_sends", "_email_opens", "_email_clicks"]
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as a column-safe name part (ASCII, lower case, ``_`` between words)."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return re.sub(r"[^a-z0-9]+", "_", ascii_text.lower()).strip("_")
 
@@ -332,12 +333,12 @@ def _slugs(names: Sequence[str], fallback: str, taken: Iterable[str] = ()) -> tu
     used = set(taken)
     out = []
     for i, name in enumerate(names):
-        base = _slug(name) or f"{fallback}{i}"
-        slug, k = base, 2
-        while slug in used:
-            slug, k = f"{base}_{k}", k + 1
-        used.add(slug)
-        out.append(slug)
+        base = slug(name) or f"{fallback}{i}"
+        name_slug, k = base, 2
+        while name_slug in used:
+            name_slug, k = f"{base}_{k}", k + 1
+        used.add(name_slug)
+        out.append(name_slug)
     return tuple(out)
 
 

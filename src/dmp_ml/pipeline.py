@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from dmp_ml import bundle as bundle_io
@@ -30,7 +31,17 @@ from dmp_ml.refresh import write_consent_state
 from dmp_ml.settings import Settings, load_settings
 from dmp_ml.store import merge_incoming, record_training_events
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from dmp_ml.expansion import LookalikeModel
+    from dmp_ml.send_time import SendTimeModel
+    from dmp_ml.tracking import TrainingData
+
 logger = logging.getLogger(__name__)
+
+LOOKALIKE_CHART_SEED = 200
+"""Profiles in the seed whose held-out recall the lookalike run charts."""
 
 _LIBRARIES = ("dmp-ml", "pandas", "numpy", "scikit-learn", "lightgbm", "faiss-cpu", "mlflow")
 
@@ -68,11 +79,23 @@ class TrainContext:
     bundle_dir: Path
     version: str  # the bundle being built: names every MLflow run of this train
     builder: FeatureBuilder  # the event log encoded once, for every cutoff any step needs
+    fingerprint: str = ""  # sha256 of the whole event log (``_fingerprint``)
+    events_source: str = "dataframe"  # the events file, or how the frame was given
     features: FeatureTable | None = None
 
     def run_labels(self) -> dict[str, Any]:
-        """MLflow run name and tags tying a run to this bundle (``dmp-ml promote`` reads them)."""
-        return {"run_name": f"bundle-{self.version}", "tags": {"bundle_version": self.version}}
+        """MLflow run name and tags tying a run to this bundle (``dmp-ml promote`` reads them),
+        and the event log it was trained on (logged as the run's input: digest and schema)."""
+        from dmp_ml.tracking import TrainingData
+
+        dataset: TrainingData = TrainingData.from_frame(
+            self.events, "events", self.fingerprint, self.events_source
+        )
+        return {
+            "run_name": f"bundle-{self.version}",
+            "tags": {"bundle_version": self.version},
+            "dataset": dataset,
+        }
 
 
 @dataclass(frozen=True)
@@ -151,19 +174,20 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
     resolved = ctx.builder.resolve(ctx.as_of).events
     resolved = resolved[resolved["profile_id"].isin(eligible)]
     train_part = resolved[resolved["event_time"] < cutoff]
+    before = SendTimeModel.from_settings(st).fit(train_part, cutoff, timezones)
     evaluation = evaluate_send_time(
-        SendTimeModel.from_settings(st).fit(train_part, cutoff, timezones),
-        resolved,
-        timezones=timezones,
-        training_events=train_part,
+        before, resolved, timezones=timezones, training_events=train_part
     )
     model = SendTimeModel.from_settings(st).fit(resolved, ctx.as_of, timezones)
     model.save(ctx.bundle_dir / "send_time")
     metrics = _flat_metrics(evaluation)
+    charts, chart_metrics = _send_time_charts(before, resolved, st.evaluation_days)
+    metrics.update(chart_metrics)
     run_id = log_metrics_run(
         "dmp-send-time",
         params={"as_of": ctx.as_of.isoformat(), "evaluation_days": st.evaluation_days},
         metrics=metrics,
+        artifacts=charts,
         settings=ctx.settings,
         **ctx.run_labels(),
     )
@@ -178,19 +202,118 @@ def _lookalike_step(ctx: TrainContext) -> StepOutcome:
     model = LookalikeModel(ctx.settings.lookalike).fit(ctx.features)
     model.save(ctx.bundle_dir / "lookalike")
     report = {k: v for k, v in model.build_report_.items() if isinstance(v, int | float)}
+    charts, chart_metrics, seed_text = _lookalike_charts(
+        model, ctx.features, ctx.settings.propensity.target_event
+    )
     run_id = log_metrics_run(
         "dmp-lookalike",
         params={
             "as_of": ctx.as_of.isoformat(),
             "index": str(model.build_report_.get("index_type")),
+            "chart_seed": seed_text,
         },
-        metrics=report,
+        metrics={**report, **chart_metrics},
+        artifacts=charts,
         settings=ctx.settings,
         **ctx.run_labels(),
     )
     return StepOutcome(
         "trained", metrics=report, mlflow_run_id=run_id, details={"build": model.build_report_}
     )
+
+
+def _send_time_charts(
+    model: SendTimeModel, events: pd.DataFrame, days: int
+) -> tuple[dict[str, Figure], dict[str, float]]:
+    """Heat map (population curve vs held-out engagement) and reliability on held-out sends.
+
+    ``model`` was fitted before the last ``days`` days of ``events``; both charts judge it on
+    them. The reliability diagram needs held-out sends with both outcomes; without them only
+    the heat map is drawn.
+    """
+    from dmp_ml import metrics
+    from dmp_ml.experiments import plot_hour_of_week
+    from dmp_ml.send_time import held_out
+
+    held = held_out(model, events)
+    charts: dict[str, Figure] = {
+        "plots/send_time_heatmap": plot_hour_of_week(
+            {
+                "model: mean P(engage | send)": model.local_curve_.mean(axis=0),
+                f"held-out engagement share ({days} d)": held.engagement,
+            },
+            title="Send time by local hour of week",
+            label="probability / share",
+        )
+    }
+    sends = held.sends
+    found: dict[str, float] = {"heldout_sends": float(len(sends))}
+    if len(sends) and sends["responded"].nunique() == 2:
+        y, p = sends["responded"].to_numpy(), sends["probability"].to_numpy()
+        charts["plots/send_time_reliability"] = metrics.plot_calibration(
+            y,
+            {"model (held-out sends)": p},
+            title=f"Send time reliability: email response, last {days} d",
+        )
+        found["heldout_ece"] = metrics.expected_calibration_error(y, p)
+        found["heldout_brier"] = metrics.brier(y, p)
+    else:
+        logger.info("send time: no held-out sends with both outcomes, no reliability diagram")
+    return charts, found
+
+
+def _lookalike_charts(
+    model: LookalikeModel, table: FeatureTable, target_event: str
+) -> tuple[dict[str, Figure], dict[str, float], str]:
+    """Held-out recall against audience size, and the score distribution, for one seed.
+
+    The seed: up to :data:`LOOKALIKE_CHART_SEED` random profiles that did the propensity
+    target event (``<target>_count_total > 0``), the everyday "find more like my buyers". No
+    such profiles (or too few to hold some out): no charts, and the run says why.
+    """
+    from matplotlib.figure import Figure
+
+    from dmp_ml.experiments import feature_seed, plot_quality_curve
+    from dmp_ml.features import slug
+
+    column = f"{slug(target_event)}_count_total"
+    try:
+        seed = feature_seed(table, column, n=LOOKALIKE_CHART_SEED, seed=0)
+    except ValueError as exc:
+        logger.info("lookalike: no chart seed (%s)", exc)
+        return {}, {}, f"none: {exc}"
+    n_seed = len(seed.ids)
+    room = len(table) - n_seed
+    if n_seed < 10 or room < 10:
+        return {}, {}, f"none: {seed.description} (too few)"
+    top = max(1, min(room, int(model.settings.max_reach * len(table))))
+    sizes = sorted({int(v) for v in np.geomspace(min(n_seed, top), top, 6)})
+    curve = model.quality_curve(seed.ids, sizes)
+    charts: dict[str, Figure] = {
+        "plots/lookalike_recall": plot_quality_curve(
+            curve, title=f"Lookalike held-out recall: {seed.description}"
+        )
+    }
+    audience = model.expand(seed.ids, size=top)
+    scores = pd.to_numeric(audience.frame["score"], errors="coerce").dropna().to_numpy()
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.add_subplot()
+    ax.hist(scores, bins=40, color="C0")
+    if len(scores) >= n_seed:
+        ax.axvline(scores[n_seed - 1], color="C1", linestyle="--", label=f"top {n_seed}")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("lookalike score")
+    ax.set_ylabel("profiles")
+    ax.set_title(f"Scores of the {len(scores)} best profiles for the seed")
+    fig.tight_layout()
+    charts["plots/lookalike_scores"] = fig
+    first = curve.iloc[0]
+    found = {
+        "chart_seed_size": float(n_seed),
+        "heldout_recall_at_seed_size": float(first["expected_recall"]),
+        "heldout_lift_at_seed_size": float(first["lift"]),
+    }
+    return charts, found, seed.description
 
 
 STEPS: tuple[tuple[str, Step], ...] = (
@@ -245,6 +368,8 @@ def train(
             bundle_dir=tmp,
             version=version,
             builder=FeatureBuilder(events_df, profiles_df, consent_df, settings, erased=erased),
+            fingerprint=fingerprint,
+            events_source=str(events) if not isinstance(events, pd.DataFrame) else "dataframe",
         )
         for name, step in STEPS:
             if on_step:

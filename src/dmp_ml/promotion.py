@@ -2,12 +2,13 @@
 
 ``train`` always publishes its bundle as the workdir's live bundle, even when the champion
 gate kept the previous propensity model. :func:`promote` finds the registry's ``champion`` of
-``dmp-propensity-<target>``, the bundle that run was trained in (its ``bundle_version`` tag; a
-bundle re-published by ``forget`` or a refresh counts as the same training, the newest one is
-taken), verifies it and stores it as a BentoML model ``dmp-ml-bundle:<version>`` in the local
-model store (``BENTOML_HOME``). The service serves it with
-``DMP_ML_SERVICE__BENTO_MODEL=dmp-ml-bundle:latest``; the workdir stays the home of the erasure
-list.
+``dmp-propensity-<target>-<horizon>d`` (the settings' target and horizon; see
+:func:`dmp_ml.tracking.champion_version` for registries from before the horizon), the bundle
+that run was trained in (its ``bundle_version`` tag; a bundle re-published by ``forget`` or a
+refresh counts as the same training, the newest one is taken), verifies it and stores it as a
+BentoML model ``dmp-ml-bundle:<version>`` in the local model store (``BENTOML_HOME``). The
+service serves it with ``DMP_ML_SERVICE__BENTO_MODEL=dmp-ml-bundle:latest``; the workdir stays
+the home of the erasure list.
 
 Privacy: a bundle that still holds an erased profile is refused, and
 :func:`dmp_ml.erasure.forget` replaces every stored model holding a forgotten profile by a
@@ -52,25 +53,32 @@ class Promotion:
 
 def champion_bundle(workdir: str | Path, settings: Settings) -> tuple[Path, dict[str, str]]:
     """The newest bundle of ``workdir`` trained in the champion's run, and the champion's ids."""
-    from mlflow.exceptions import MlflowException
-
     from dmp_ml.store import training_version
-    from dmp_ml.tracking import CHAMPION_ALIAS, registered_model_name, use_tracking_uri
+    from dmp_ml.tracking import CHAMPION_ALIAS, champion_version, registered_model_name
+
+    from mlflow import MlflowClient  # isort: skip (after dmp_ml.tracking: telemetry off)
+    from mlflow.exceptions import MlflowException  # isort: skip
 
     versions = Path(workdir) / VERSIONS_DIR
-    name = registered_model_name(settings.propensity.target_event)
+    target, horizon = settings.propensity.target_event, settings.propensity.horizon_days
+    name = registered_model_name(target, horizon)
     uri = settings.tracking_uri()
-    with use_tracking_uri(uri) as client:
-        try:
-            version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-            tags = client.get_run(version.run_id).data.tags
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise BundleError(
-                    f"{name} has no {CHAMPION_ALIAS} (or its run is gone) in {uri}: "
-                    "train a propensity model first"
-                ) from exc
-            raise BundleError(f"cannot read the MLflow registry at {uri}: {exc.message}") from exc
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = champion_version(client, target, horizon)
+        if version is None:
+            raise BundleError(
+                f"{name} has no {CHAMPION_ALIAS} in {uri}: train a propensity model with "
+                f"target {target!r} and horizon {horizon} d first"
+            )
+        name = version.name  # the legacy name when its champion is the one of this horizon
+        tags = client.get_run(version.run_id).data.tags
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise BundleError(
+                f"the run of {name} v{version.version} is gone from {uri}: retrain to promote"
+            ) from exc
+        raise BundleError(f"cannot read the MLflow registry at {uri}: {exc.message}") from exc
     train_version = tags.get("bundle_version")
     if not train_version:
         raise BundleError(

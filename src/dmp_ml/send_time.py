@@ -1337,6 +1337,54 @@ def evaluate_send_time(
     return result
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """The period after a model's ``as_of`` as its charts need it (see :func:`held_out`).
+
+    ``sends``: one row per email send after ``as_of`` that had ``_CALIBRATION_LAG`` to be
+    answered, with ``profile_id``, ``local_hour_of_week``, the model's ``probability`` for that
+    hour and ``responded`` (a human open or click). ``engagement``: the share of held-out
+    engagement hours per local hour of week (168 values; zeros when there are none).
+    """
+
+    sends: pd.DataFrame
+    engagement: np.ndarray
+
+
+def held_out(model: SendTimeModel, events: pd.DataFrame) -> HeldOut:
+    """Predicted against observed on the events after ``model.as_of_`` (reliability, heat map).
+
+    ``events`` are resolved canonical events; rows before ``as_of`` only link machine opens
+    to their sends. Hours are read in the model's own zone of each profile.
+    """
+    model._check_fitted()
+    as_of_sec = int(model.as_of_.value // 1_000_000_000)
+    index = model.profile_ids_
+    raw = _extract(events, None, model.non_engagement_events)
+    codes = index.get_indexer(raw["profile_id"])
+    end_sec = _max_sec(raw) + 1
+    machine = (model.machine_open_seconds, model.machine_open_weight)
+    ev = _evidence(raw, codes, end_sec, *machine, start_sec=as_of_sec)
+    conv = _ZoneConverter(model.zones_)
+    keep = (ev.send_sec >= as_of_sec) & (ev.send_sec < end_sec - _CALIBRATION_LAG)
+    sp, ssec = ev.send_p[keep], ev.send_sec[keep]
+    how = conv.local_how(ssec, model.zone_code_[sp])
+    probability = model._probability(sp, how[:, None])[0][:, 0] if len(sp) else np.zeros(0)
+    sends = pd.DataFrame(
+        {
+            "profile_id": index[sp].astype(str),
+            "local_hour_of_week": how.astype(np.int64),
+            "probability": probability.astype(np.float64),
+            "responded": ev.send_resp[keep] >= 1,
+        }
+    )
+    hours = np.bincount(
+        conv.local_how(ev.act_sec, model.zone_code_[ev.act_p]), minlength=HOURS_PER_WEEK
+    ).astype(np.float64)
+    engagement = hours / hours.sum() if hours.sum() > 0 else hours
+    return HeldOut(sends, engagement)
+
+
 def _circular_hits(a: np.ndarray, b: np.ndarray, tolerance: int = 1) -> np.ndarray:
     """Whether hours of day ``a`` and ``b`` are within ``tolerance`` hours (circularly)."""
     d = np.abs(a - b) % 24

@@ -8,11 +8,14 @@ Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once (or, with
 - ``POST /send_time``  best send hour in a window, respecting quiet hours
 - ``GET  /info``       the live bundle: version, path, as_of, manifest (versions, metrics)
 - ``POST /reload``     load the bundle the ``bundle`` pointer names now; a corrupt one is refused
-- ``GET  /livez``, ``/readyz``, ``/healthz``, ``/metrics`` (BentoML; never need the token)
+- ``GET  /livez``, ``/readyz``, ``/healthz``, ``/metrics`` (BentoML; never need the token);
+  ``/metrics`` adds the service's own (:mod:`dmp_ml.service_metrics`)
+- ``GET  /`` the API page, ``/openapi.json`` and ``/docs.json`` one schema (never need the token:
+  they describe the API, every route of which still needs it)
 
 Routes are FastAPI views on the BentoML service class (``@bentoml.asgi_app``): that gives
-``GET /info``, full control of error bodies and an OpenAPI schema merged into BentoML's
-``/docs.json``. Every client error is a 4xx JSON ``{"error": ..., "field": ...}`` naming the
+``GET /info``, full control of error bodies and the OpenAPI schema, served at both schema
+paths. Every client error is a 4xx JSON ``{"error": ..., "field": ...}`` naming the
 offending field; request bodies are never logged (counts only), nor echoed in logs.
 
 Swapping bundles is one reference assignment: a request reads ``self._bundle`` once and
@@ -74,6 +77,7 @@ from dmp_ml.errors import (  # noqa: E402
     RequestError,
     UnknownProfileError,
 )
+from dmp_ml.service_metrics import RequestMetricsMiddleware, service_metrics  # noqa: E402
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -82,6 +86,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_IMPORT = "dmp_ml.service:DmpMlService"
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+DOC_PATHS = frozenset({"/", "/docs.json", "/openapi.json"})
+DOC_ASSETS = "/static_content/"  # the API page's scripts and styles (BentoML's Swagger UI)
 HEAVY_NICENESS = 10  # added to lookalike threads' nice value
 _SVC = _SETTINGS.service
 _MAX_REACH = float(getattr(_SETTINGS.lookalike, "max_reach", 0.5))
@@ -328,15 +334,20 @@ def _log_failure(what: str, exc: BaseException) -> None:
 # ------------------------------------------------------------------------------------ auth
 
 
+def _open_path(path: str) -> bool:
+    """Health, metrics and the API's documentation: answered without the token."""
+    return path in OPEN_PATHS or path in DOC_PATHS or path.startswith(DOC_ASSETS)
+
+
 class BearerTokenMiddleware:
-    """Require ``Authorization: Bearer <token>`` on every path but health and metrics."""
+    """Require ``Authorization: Bearer <token>`` on every path but health, metrics and docs."""
 
     def __init__(self, app: ASGIApp, token: str | None = None) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if self.expected is None or scope["type"] != "http" or _open_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -351,13 +362,41 @@ class BearerTokenMiddleware:
         await response(scope, receive, send)
 
 
+class OpenApiMiddleware:
+    """Answer ``GET /docs.json`` (BentoML's schema path, which its API page at ``/`` reads) with
+    the FastAPI schema of ``/openapi.json``: one description of the API, not two."""
+
+    def __init__(self, app: ASGIApp, schema: Callable[[], dict[str, Any]]) -> None:
+        self.app = app
+        self.schema = schema
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/docs.json":
+            await JSONResponse(self.schema())(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------------- the app
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dmp-ml")
+    except PackageNotFoundError:  # running from a source tree
+        import dmp_ml
+
+        return dmp_ml.__version__
+
 
 # Documents the bearer scheme in the OpenAPI schema; BearerTokenMiddleware enforces it.
 _bearer = HTTPBearer(auto_error=False, description="Required when DMP_ML_API_TOKEN is set.")
 
 app = FastAPI(
     title="dmp-ml",
+    version=_package_version(),
     summary="Propensity scores, lookalike audiences and send times from the live model bundle.",
     docs_url=None,
     redoc_url=None,
@@ -442,6 +481,12 @@ def _erasure_stamp(workdir: Path) -> tuple[int, int] | None:
 class DmpMlService:
     """One worker: the live bundle, request limiters, and a pointer watcher."""
 
+    if _SVC.bento_model:
+        # A model reference: `bentoml build` with DMP_ML_SERVICE__BENTO_MODEL set packs the
+        # promoted bundle into the Bento. Serving still resolves the tag on every poll
+        # (_pointer), so a new promote goes live without a restart.
+        bundle_model = bentoml.models.BentoModel(_SVC.bento_model)
+
     def __init__(self) -> None:
         logging.getLogger(__name__).setLevel(logging.INFO)  # BentoML's root level is WARNING
         self.settings = _SETTINGS
@@ -500,7 +545,11 @@ class DmpMlService:
         if erased:
             bundle.forget(erased)  # the bundle may predate later erasures
         self._erasure_stamp = _erasure_stamp(self.workdir)
+        first = self._bundle is None
         self._bundle = bundle  # the swap: one reference assignment
+        service_metrics().bundle_loaded(
+            str(bundle.version), dict(bundle.manifest).get("created_at"), first=first
+        )
         self._loaded_at = _iso(pd.Timestamp.now(tz="UTC"))
         self._failed_path = None
         logger.info(
@@ -528,6 +577,7 @@ class DmpMlService:
             except BundleError as exc:
                 self._failed_path = target
                 self._last_error = str(exc)
+                service_metrics().reload_failed()
                 logger.warning("bundle refused, %s stays live: %s", previous.version, exc)
                 raise
             self._last_error = None
@@ -537,6 +587,7 @@ class DmpMlService:
         """Poll the pointer; load a new target once (a refused one is retried only by /reload)."""
         interval = self.settings.service.reload_poll_seconds
         while not self._stop.wait(interval):
+            service_metrics().refresh_age()
             try:
                 target = self._pointer()
             except BundleError as exc:  # e.g. a pinned model a forget replaced: say so once
@@ -881,7 +932,12 @@ class DmpMlService:
         )
 
 
+# outermost first: requests are counted (401s included) before the token is checked
+DmpMlService.add_asgi_middleware(
+    RequestMetricsMiddleware, routes=lambda: [*app.openapi()["paths"], *DOC_PATHS]
+)
 DmpMlService.add_asgi_middleware(BearerTokenMiddleware, token=_SETTINGS.api_token or None)
+DmpMlService.add_asgi_middleware(OpenApiMiddleware, schema=app.openapi)
 
 
 # ---------------------------------------------------------------------------- starting it

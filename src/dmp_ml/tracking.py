@@ -2,9 +2,16 @@
 
 Everything goes to a real MLflow store (``Settings.tracking_uri()``: ``MLFLOW_TRACKING_URI`` or
 SQLite at ``<workdir>/mlflow.db``); with a SQLite store the artifacts live next to the database
-in ``mlartifacts/``. Each propensity target has its own experiment and registered model
-(``dmp-propensity-<target>``). The ``champion`` alias only moves when the new model beats the
-current champion on the new run's validation snapshot; otherwise the run is tagged with why.
+in ``mlartifacts/``. Each propensity target has its own experiment (``dmp-propensity-<target>``);
+each target *and horizon* its own registered model (``dmp-propensity-<target>-<horizon>d``), so
+a 30-day model never competes with a 90-day one. The ``champion`` alias only moves when the new
+model beats the current champion on the new run's validation snapshot; otherwise the run is
+tagged with why. Registries written before horizons were in the name keep working: the
+``champion`` of the old ``dmp-propensity-<target>`` counts as the champion of its own horizon
+(read from its run's ``horizon_days`` tag) until a new model of that horizon beats it.
+
+Every run records the events it was trained on as an MLflow input (``log_input``): the digest of
+the whole log and its schema, never its contents.
 
 How the champion comparison stays fair: both models are scored with their *holdout* booster
 (trained without their own validation snapshot), so neither has seen the new validation
@@ -21,6 +28,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +44,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types import ColSpec, Schema, TensorSpec  # noqa: E402
@@ -53,13 +62,16 @@ __all__ = [
     "ChampionDecision",
     "PropensityPyfunc",
     "PropensityRun",
+    "TrainingData",
+    "champion_version",
     "decide_champion",
-    "use_tracking_uri",
     "experiment_name",
+    "legacy_registered_model_name",
     "log_metrics_run",
     "log_propensity_run",
     "pyfunc_input",
     "registered_model_name",
+    "use_tracking_uri",
 ]
 
 CHAMPION_ALIAS = "champion"
@@ -80,9 +92,51 @@ def experiment_name(target_event: str) -> str:
     return f"dmp-propensity-{target_event}"
 
 
-def registered_model_name(target_event: str) -> str:
-    """The registry name of a propensity target."""
+def registered_model_name(target_event: str, horizon_days: int) -> str:
+    """The registry name of a propensity target and horizon, e.g. ``dmp-propensity-purchase-90d``.
+
+    The champion gate only compares versions of one name, hence models of one horizon.
+    """
+    return f"dmp-propensity-{target_event}-{int(horizon_days)}d"
+
+
+# what the registry answers for a missing model (RESOURCE_...) or alias (INVALID_...)
+_ABSENT = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def legacy_registered_model_name(target_event: str) -> str:
+    """The registry name used before the horizon was part of it (read, never written)."""
     return f"dmp-propensity-{target_event}"
+
+
+def champion_version(
+    client: MlflowClient, target_event: str, horizon_days: int
+) -> ModelVersion | None:
+    """The model version holding the ``champion`` alias for ``target_event`` in ``horizon_days``.
+
+    The champion of :func:`registered_model_name`; when that name has none yet, the champion of
+    the legacy name if its run was trained for the same horizon (its ``horizon_days`` tag).
+    None when neither exists.
+    """
+    try:
+        return client.get_model_version_by_alias(
+            registered_model_name(target_event, horizon_days), CHAMPION_ALIAS
+        )
+    except MlflowException as exc:
+        if exc.error_code not in _ABSENT:
+            raise
+    try:
+        legacy = client.get_model_version_by_alias(
+            legacy_registered_model_name(target_event), CHAMPION_ALIAS
+        )
+        tags = client.get_run(legacy.run_id).data.tags
+    except MlflowException as exc:
+        if exc.error_code not in _ABSENT:
+            raise
+        return None
+    if tags.get("horizon_days") != str(int(horizon_days)):
+        return None
+    return legacy
 
 
 # ---------------------------------------------------------------------------------- plumbing
@@ -90,19 +144,17 @@ def registered_model_name(target_event: str) -> str:
 
 @contextmanager
 def use_tracking_uri(uri: str) -> Iterator[MlflowClient]:
-    """Point MLflow's fluent API at ``uri`` for the duration, then restore the previous state.
+    """Point MLflow's fluent API (runs, ``log_model``, ``load_model``) at ``uri`` for a while.
 
-    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into
-    the environment; both the module state and those variables are put back afterwards, so the
-    caller's settings (and ``Settings.tracking_uri()``) are unaffected.
+    Uses only MLflow's public setters: on leaving, the tracking and registry URIs the caller
+    saw before (``mlflow.get_tracking_uri()``/``get_registry_uri()``) are set again and the
+    ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` variables, which the setters write, are put
+    back as they were. Yields a client bound to ``uri`` for everything the fluent API lacks.
     """
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
     env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved_env = {k: os.environ.get(k) for k in env_keys}
-    prev_tracking = getattr(tracking_utils, "_tracking_uri", None)
-    prev_registry = getattr(registry_utils, "_registry_uri", None)
+    prev_tracking = mlflow.get_tracking_uri()
+    prev_registry = mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
@@ -115,6 +167,55 @@ def use_tracking_uri(uri: str) -> Iterator[MlflowClient]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run was trained on, for ``mlflow.log_input``: a digest, never the rows.
+
+    ``digest`` is a hash of the whole frame (``dmp_ml.pipeline`` computes it once per train);
+    ``source`` the file it was read from (or a description of an in-memory frame).
+    """
+
+    name: str
+    digest: str
+    source: str
+    rows: int
+    columns: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, name: str, digest: str, source: str) -> TrainingData:
+        """Describe ``frame`` (schema from its dtypes; the digest is the caller's)."""
+        return cls(name, digest, source, len(frame), {c: str(t) for c, t in frame.dtypes.items()})
+
+    def log(self, context: str = "training") -> None:
+        """Log as an input of the active run (a digest-only MLflow dataset, with its schema)."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        if Path(self.source).exists():
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a file
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(str(Path(self.source).resolve()))
+        else:
+            source = CodeDatasetSource({"mlflow.source.name": self.source})
+        schema = Schema([ColSpec(_mlflow_type(t), c) for c, t in self.columns.items()])
+        # the dataset table keeps 36 characters of digest: 32 hex digits are 128 bits
+        dataset = MetaDataset(source, name=self.name, digest=self.digest[:32], schema=schema)
+        mlflow.log_input(dataset, context=context, tags={"rows": str(self.rows)})
+
+
+def _mlflow_type(dtype: str) -> str:
+    if dtype.startswith(("int", "Int", "uint", "UInt")):
+        return "long"
+    if dtype.startswith(("float", "Float")):
+        return "double"
+    if dtype.startswith(("bool", "boolean")):
+        return "boolean"
+    if dtype.startswith("datetime"):
+        return "datetime"
+    return "string"
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -182,13 +283,14 @@ def log_metrics_run(
     tracking_uri: str | None = None,
     tags: Mapping[str, str] | None = None,
     run_name: str | None = None,
+    dataset: TrainingData | None = None,
 ) -> str:
-    """Log one run (params, metrics, artifacts) to ``experiment``; returns the run id.
+    """Log one run (params, metrics, artifacts, input data) to ``experiment``; returns its id.
 
     For steps without a registered model (send time, lookalike). ``artifacts`` maps a name to a
     matplotlib Figure (PNG), a dict/list (JSON) or a file/directory path. Non-finite metrics
-    are skipped. The store is ``tracking_uri``, else ``settings.tracking_uri()``, else MLflow's
-    current tracking URI.
+    are skipped. ``dataset`` is logged as the run's training input. The store is
+    ``tracking_uri``, else ``settings.tracking_uri()``, else MLflow's current tracking URI.
     """
     uri = tracking_uri or (settings.tracking_uri() if settings is not None else None)
     if uri is None:
@@ -199,20 +301,21 @@ def log_metrics_run(
             experiment,
             uri,
         )
-    with use_tracking_uri(uri) as client:
-        exp_id = _experiment_id(client, uri, experiment)
-        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    with (
+        use_tracking_uri(uri) as client,
+        mlflow.start_run(
+            experiment_id=_experiment_id(client, uri, experiment),
+            run_name=run_name,
+            tags=dict(tags or {}),
+        ) as run,
+    ):
         run_id = run.info.run_id
-        try:
-            for k, v in params.items():
-                client.log_param(run_id, k, _param(v))
-            for k, v in _finite(metrics).items():
-                client.log_metric(run_id, k, v)
-            _log_artifacts(client, run_id, artifacts or {})
-        except Exception:
-            client.set_terminated(run_id, status="FAILED")
-            raise
-        client.set_terminated(run_id, status="FINISHED")
+        for k, v in params.items():
+            client.log_param(run_id, k, _param(v))
+        mlflow.log_metrics(_finite(metrics))
+        _log_artifacts(client, run_id, artifacts or {})
+        if dataset is not None:
+            dataset.log()
     return run_id
 
 
@@ -257,14 +360,45 @@ def _signature(model: PropensityModel) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _requirements() -> list[str]:
+# What loading the pyfunc imports (dmp_ml.tracking -> dmp_ml.propensity and its helpers). The
+# dmp_ml code travels inside the model (``code_paths``): no index has this project's wheel.
+PYFUNC_DISTRIBUTIONS = (
+    "mlflow",
+    "lightgbm",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scikit-learn",
+    "scipy",
+    "threadpoolctl",
+    "matplotlib",
+    "pydantic",
+    "pydantic-settings",
+    "pyyaml",
+)
+
+
+def pyfunc_requirements() -> list[str]:
+    """``name==version`` of each distribution the pyfunc imports, as installed here."""
     reqs = []
-    for dist in ("dmp-ml", "lightgbm", "numpy", "pandas", "scikit-learn", "scipy", "mlflow"):
+    for dist in PYFUNC_DISTRIBUTIONS:
         try:
             reqs.append(f"{dist}=={importlib_metadata.version(dist)}")
         except importlib_metadata.PackageNotFoundError:
             reqs.append(dist)
     return reqs
+
+
+def _package_copy(target: Path) -> Path:
+    """A copy of the ``dmp_ml`` package (sources and data, no bytecode) for ``code_paths``."""
+    import shutil
+
+    import dmp_ml
+
+    source = Path(dmp_ml.__file__).resolve().parent
+    dest = target / "dmp_ml"
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
 
 
 # ---------------------------------------------------------------------------------- champion
@@ -372,14 +506,6 @@ def decide_champion(
     return ChampionDecision(promoted, reason + note, champion_version, clean, scores)
 
 
-def _current_champion(client: MlflowClient, name: str) -> tuple[str | None, str | None]:
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException:
-        return None, None
-    return str(mv.version), f"models:/{name}/{mv.version}"
-
-
 def _load_registered(uri: str) -> PropensityModel:
     wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     return wrapper.model
@@ -426,6 +552,7 @@ def log_propensity_run(
     register: bool = True,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    dataset: TrainingData | None = None,
 ) -> PropensityRun:
     """Log a propensity training to MLflow and apply the champion gate.
 
@@ -433,15 +560,18 @@ def log_propensity_run(
     cross-fitted, ``model_uncalibrated_*``, ``baseline_rf_logreg_*``, ``baseline_single_*``,
     ``ece_before_calibration``/``ece_after_calibration``, counts), PNG charts under ``plots/``,
     ``feature_spec.json``, ``feature_importance.json``, and the model as an MLflow pyfunc
-    (``mlflow.pyfunc.load_model(uri).predict(df)`` returns probabilities). With ``register`` the
-    model becomes a new version of ``dmp-propensity-<target>``; the ``champion`` alias moves to
-    it only if it beats the current champion (see :func:`decide_champion`). The decision is
-    recorded as run tags ``champion_decision`` (promoted|kept) and ``champion_reason``.
+    (``mlflow.pyfunc.load_model(uri).predict(df)`` returns probabilities; the ``dmp_ml`` code
+    travels inside it, its requirements are the pinned third-party libraries only), and
+    ``dataset`` as the run's input. With ``register`` the model becomes a new version of
+    ``dmp-propensity-<target>-<horizon>d``; the ``champion`` alias moves to it only if it beats
+    the current champion of that target and horizon (see :func:`champion_version` and
+    :func:`decide_champion`). The decision is recorded as run tags ``champion_decision``
+    (promoted|kept) and ``champion_reason``.
     """
     uri = tracking_uri or settings.tracking_uri()
     target = result.target_event
     exp_name = experiment_name(target)
-    reg_name = registered_model_name(target) if register else None
+    reg_name = registered_model_name(target, result.horizon_days) if register else None
     with use_tracking_uri(uri) as client:
         exp_id = _experiment_id(client, uri, exp_name, {"target_event": target})
         run_tags = {
@@ -468,6 +598,8 @@ def log_propensity_run(
                     "validation_metrics": result.metrics,
                 },
             )
+            if dataset is not None:
+                dataset.log()
             with tempfile.TemporaryDirectory(prefix="dmp-propensity-") as tmp:
                 model_dir = result.model.save(Path(tmp) / _MODEL_ARTIFACT)
                 code = Path(tmp) / "propensity_pyfunc.py"
@@ -479,7 +611,8 @@ def log_propensity_run(
                     artifacts={_MODEL_ARTIFACT: str(model_dir)},
                     signature=_signature(result.model),
                     input_example=example,
-                    pip_requirements=_requirements(),
+                    pip_requirements=pyfunc_requirements(),
+                    code_paths=[str(_package_copy(Path(tmp) / "code"))],
                     registered_model_name=reg_name,
                 )
             version = (
@@ -495,6 +628,7 @@ def log_propensity_run(
                         "champion_decision": "promoted" if decision.promoted else "kept",
                         "champion_reason": decision.reason,
                         "champion_comparison_clean": str(decision.comparison_clean).lower(),
+                        "registered_model": reg_name,
                         "registered_model_version": version,
                     }
                 )
@@ -514,13 +648,18 @@ def log_propensity_run(
 def _gate(
     client: MlflowClient, name: str, version: str, result: PropensityResult
 ) -> ChampionDecision:
-    champ_version, champ_uri = _current_champion(client, name)
+    current = champion_version(client, result.target_event, result.horizon_days)
+    champ_version = None
     champion = None
-    if champ_uri is not None and champ_version != version:
+    if current is not None and not (current.name == name and str(current.version) == version):
+        # a legacy-name champion is shown with its name: "v3" alone would be ambiguous
+        champ_version = (
+            str(current.version) if current.name == name else f"{current.version} of {current.name}"
+        )
         try:
-            champion = _load_registered(champ_uri)
+            champion = _load_registered(f"models:/{current.name}/{current.version}")
         except Exception as exc:
-            logger.warning("cannot load champion %s: %s", champ_uri, exc)
+            logger.warning("cannot load champion %s v%s: %s", current.name, current.version, exc)
             decision = ChampionDecision(
                 True, f"champion v{champ_version} could not be loaded: {exc}", champ_version
             )
@@ -533,4 +672,5 @@ def _gate(
     client.set_model_version_tag(
         name, version, "validation_cutoff", result.validation.cutoff.isoformat()
     )
+    client.set_model_version_tag(name, version, "horizon_days", str(result.horizon_days))
     return decision

@@ -52,3 +52,44 @@ def test_a_promoted_model_is_served_and_forgetting_reaches_it(
             assert source == f"bento model {scrubbed} (configured {latest})"
     finally:
         stop_server(proc)
+
+
+def test_a_bento_built_for_a_promoted_model_carries_it(
+    trained: tuple[Path, Path, pd.Timestamp, dict],
+    tmp_path: Path,
+    copy_workdir: Callable[[Path, Path], Path],
+) -> None:
+    """The promoted bundle is a model reference of the service: `bentoml build` packs it."""
+    import os
+    import subprocess
+    import sys
+
+    import bentoml
+
+    workdir = copy_workdir(trained[0], tmp_path / "W")
+    promotion = promote(workdir, settings=load_settings().model_copy(update={"workdir": workdir}))
+    context = tmp_path / "ctx"
+    context.mkdir()
+    # the repository's bentofile installs the dmp-ml wheel (`make bento`); this one needs none
+    (context / "bentofile.yaml").write_text(
+        'service: "dmp_ml.service:DmpMlService"\nname: dmp-ml-promoted-test\n'
+        "python:\n  packages: []\n  lock_packages: false\n"
+    )
+    env = {
+        **os.environ,
+        "DMP_ML_WORKDIR": str(workdir),
+        "DMP_ML_SERVICE__BENTO_MODEL": f"{BENTO_MODEL_NAME}:latest",
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    build = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"],
+        cwd=context,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    bento = bentoml.bentos.get("dmp-ml-promoted-test:latest")
+    (service,) = bento.info.services  # BentoML 1.4 records models per service
+    assert [str(m.tag) for m in service.models] == [promotion.tag]  # `latest`, resolved
