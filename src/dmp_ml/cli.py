@@ -38,6 +38,14 @@ err = Console(stderr=True)
 MappingOpt = Annotated[
     Path | None, typer.Option("--mapping", help="YAML column mapping for a foreign log.")
 ]
+ProfilesMappingOpt = Annotated[
+    Path | None,
+    typer.Option("--profiles-mapping", help="YAML column mapping for the profiles file."),
+]
+ConsentMappingOpt = Annotated[
+    Path | None,
+    typer.Option("--consent-mapping", help="YAML column mapping for the consent file."),
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Settings YAML (default pipelines/default.yaml).")
 ]
@@ -76,7 +84,7 @@ def validate(
     """Load an event log against the data contract and report what was loaded and quarantined."""
     from dmp_ml.contract import load_events
 
-    result = load_events(events, mapping=mapping)
+    result = load_events(events, mapping=mapping, settings=_settings(None).contract)
     if quarantine is not None:
         result.write_quarantine(quarantine)
     report = result.report
@@ -147,8 +155,10 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    from dmp_ml.csv_output import write_csv
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    write_csv(frame, path)
 
 
 def _report_unknown(unknown: list[str], what: str = "ids") -> None:
@@ -165,6 +175,8 @@ def features(
     profiles: ProfilesOpt = None,
     consent: ConsentOpt = None,
     mapping: MappingOpt = None,
+    profiles_mapping: ProfilesMappingOpt = None,
+    consent_mapping: ConsentMappingOpt = None,
     engine: Annotated[str | None, typer.Option("--engine", help="pandas or dask.")] = None,
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Dask scheduler address.")
@@ -185,8 +197,12 @@ def features(
     with _progress() as progress:
         task = progress.add_task("loading events", total=None)
         loaded = load_events(events, mapping=mapping, settings=settings.contract)
-        prof = load_profiles(profiles, settings=settings.contract).frame if profiles else None
-        cons = load_consent(consent, settings=settings.contract).frame if consent else None
+        prof = None
+        if profiles:
+            prof = load_profiles(profiles, profiles_mapping, settings=settings.contract).frame
+        cons = None
+        if consent:
+            cons = load_consent(consent, consent_mapping, settings=settings.contract).frame
         progress.update(task, description=f"building features ({settings.features.engine})")
         table = build_features(loaded.frame, as_of, prof, cons, settings)
         progress.update(task, description="writing")
@@ -207,6 +223,8 @@ def train(
     profiles: ProfilesOpt = None,
     consent: ConsentOpt = None,
     mapping: MappingOpt = None,
+    profiles_mapping: ProfilesMappingOpt = None,
+    consent_mapping: ConsentMappingOpt = None,
     target_event: Annotated[str | None, typer.Option("--target-event")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days", min=1)] = None,
     config: ConfigOpt = None,
@@ -234,6 +252,8 @@ def train(
             profiles=profiles,
             consent=consent,
             mapping=mapping,
+            profiles_mapping=profiles_mapping,
+            consent_mapping=consent_mapping,
             settings=settings,
             on_step=on_step,
         )
@@ -568,7 +588,7 @@ def events(
     """Apply a batch of new events to the live bundle without retraining."""
     from dmp_ml.refresh import apply_events
 
-    report = apply_events(workdir, batch, mapping=mapping)
+    report = apply_events(workdir, batch, mapping=mapping, contract=_settings(None).contract)
     out.print(
         f"{report.rows_accepted:,} of {report.rows_received:,} events applied "
         f"({report.rows_quarantined:,} quarantined, {report.rows_erased:,} of erased profiles); "
