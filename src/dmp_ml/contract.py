@@ -369,7 +369,8 @@ def parse_times(
         times = values if values.dt.tz is not None else _localize(values, mapping.timezone)
         parsed = times.dt.tz_convert("UTC")
     elif mapping.time_unit is not None:
-        parsed = _from_epoch(values, mapping.time_unit)
+        parsed, early, late = _from_epoch(values, mapping.time_unit)
+        problem = problem.mask(early, "out_of_range").mask(late, "future")
     elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         parsed = pd.Series(pd.NaT, index=index, dtype="datetime64[us, UTC]")
         problem = problem.mask(values.notna().to_numpy(bool), "needs_time_unit")
@@ -384,7 +385,7 @@ def parse_times(
             if failed.any():
                 number = text[failed].str.fullmatch(_NUMBER).fillna(False).astype(bool)
                 problem[number[number].index] = "needs_time_unit"
-    problem = problem.mask(problem.isna() & parsed.isna().to_numpy(bool), "invalid")
+    problem = problem.mask(problem.isna().to_numpy(bool) & parsed.isna().to_numpy(bool), "invalid")
     early = (parsed < EARLIEST_TIME).fillna(False).to_numpy(bool)
     late = (parsed > latest).fillna(False).to_numpy(bool)
     problem = problem.mask(early, "out_of_range").mask(late, "future")
@@ -392,14 +393,14 @@ def parse_times(
     return parsed.astype("datetime64[ns, UTC]"), problem
 
 
-def _from_epoch(values: pd.Series, unit: str) -> pd.Series:
-    """Epoch numbers (or their text) in ``unit`` to UTC; out-of-range numbers become NaT."""
+def _from_epoch(values: pd.Series, unit: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Epoch numbers (or their text) in ``unit`` to UTC, and masks of numbers out of range."""
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
     per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[unit]
-    low = (EARLIEST_TIME - pd.Timedelta(days=1)).timestamp() * per_second
-    high = (LATEST_TIME + pd.Timedelta(days=1)).timestamp() * per_second
-    inside = numbers.between(low, high)
-    return pd.to_datetime(numbers.where(inside), unit=unit, utc=True).astype("datetime64[us, UTC]")
+    early = (numbers < EARLIEST_TIME.timestamp() * per_second).to_numpy(bool)
+    late = (numbers > LATEST_TIME.timestamp() * per_second).to_numpy(bool)
+    parsed = pd.to_datetime(numbers.mask(early | late), unit=unit, utc=True)
+    return parsed.astype("datetime64[us, UTC]"), early, late
 
 
 def _with_format(text: pd.Series, time_format: str, timezone: str) -> pd.Series:
