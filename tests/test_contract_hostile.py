@@ -115,9 +115,9 @@ def test_the_feature_clock_never_passes_the_wall_clock() -> None:
     )
     limit = clock_limit(ContractSettings(future_tolerance_minutes=60), now=NOW)
     assert limit == pd.Timestamp("2026-06-02", tz="UTC")
-    assert data_end(frame, limit) == limit
-    past = frame.iloc[:1]
-    assert data_end(past, limit) == pd.Timestamp("2026-06-01", tz="UTC")
+    assert data_end(frame, limit) == pd.Timestamp("2026-06-01", tz="UTC")  # 2200 left out
+    with pytest.raises(DataContractError, match="every event is later"):
+        data_end(frame.iloc[1:], limit)
 
 
 # ------------------------------------------------------------------ broken files

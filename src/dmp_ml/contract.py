@@ -309,14 +309,19 @@ def _text(frame: pd.DataFrame, column: str) -> pd.Series:
 def data_end(events: pd.DataFrame, limit: pd.Timestamp | None = None) -> pd.Timestamp:
     """The UTC midnight after the last event: the cutoff ``train(as_of="end")`` and a refresh use.
 
-    Never later than ``limit`` (default :func:`clock_limit` of the current time): an event that
-    did not go through the loader (a frame handed to ``train``, a batch stored by an older
-    version) cannot move the feature clock into the future either.
+    Events at or after ``limit`` (default :func:`clock_limit` of the current time) are left out,
+    so an event that did not go through the loader (a frame handed to ``train``, a batch stored
+    by an older version) cannot move the feature clock into the future either; the result is
+    never later than ``limit``. Raises DataContractError when no event is before it.
     """
     if events.empty:
         raise DataContractError("no events loaded: nothing to train on")
-    end = events["event_time"].max().floor("D") + pd.Timedelta(days=1)
-    return min(end, clock_limit() if limit is None else limit)
+    limit = clock_limit() if limit is None else limit
+    times = events["event_time"]
+    last = times[times < limit].max()
+    if pd.isna(last):
+        raise DataContractError(f"every event is later than the wall clock allows ({limit})")
+    return min(last.floor("D") + pd.Timedelta(days=1), limit)
 
 
 def clock_limit(

@@ -52,7 +52,11 @@ def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path, date_format: str | None = None) -> Path:
-    """Write ``frame`` as CSV without its index, text cells escaped (:func:`escape_formulas`)."""
+    """Write ``frame`` as CSV without its index, text cells escaped (:func:`escape_formulas`).
+
+    Lines end in CRLF (RFC 4180), so a cell holding a carriage return is quoted too.
+    """
     path = Path(path)
-    escape_formulas(frame).to_csv(path, index=False, date_format=date_format)
+    escaped = escape_formulas(frame)
+    escaped.to_csv(path, index=False, date_format=date_format, lineterminator="\r\n")
     return path

@@ -634,8 +634,10 @@ class Refresher:
         # features of the affected profiles as of the new cutoff
         refresh_meta = dict(bundle.manifest.get("refresh", {}))
         previous = pd.Timestamp(refresh_meta.get("features_as_of", bundle.as_of))
-        # never past the wall clock's next midnight, even for events stored by older versions
-        as_of = max(previous, data_end(work, clock_limit(self.contract)))
+        # events past the wall clock (stored by older versions) never move the clock
+        limit = clock_limit(self.contract)
+        current = work.loc[(work["event_time"] < limit).to_numpy(bool)]
+        as_of = max(previous, data_end(current, limit)) if len(current) else previous
         subset = pd.concat([past, batch], ignore_index=True)
         consent = _consent_records(bundle, subset, settings)
         frame_b = bundle.features.frame
