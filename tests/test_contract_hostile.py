@@ -357,3 +357,44 @@ def test_profiles_and_consent_take_a_mapping(tmp_path: Path) -> None:
     records = load_consent(consent, mapping=stated).frame.set_index("profile_id")
     assert records.loc["17850", "updated_at"] == pd.Timestamp("2010-12-01 10:00", tz="UTC")
     assert not records.loc["13047", "granted"]
+
+
+def test_the_cli_reads_profiles_and_consent_through_their_mappings(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    events = write(
+        tmp_path,
+        "When,Customer,What\n"
+        + "".join(f"0{d}/12/2025 10:00,{c},purchase\n" for d in (1, 2, 3) for c in ("A1", "B2"))
+        + "13/12/2025 10:00,A1,page_view\n",
+        "events.csv",
+    )
+    (tmp_path / "events.yaml").write_text(
+        "rename: {When: event_time, Customer: profile_id, What: event_type}\n"
+    )
+    profiles = write(tmp_path, "Customer,Zone,Tier\nA1,Europe/Paris,gold\nB2,,silver\n", "p.csv")
+    (tmp_path / "profiles.yaml").write_text("rename: {Customer: profile_id, Zone: timezone}\n")
+    consent = write(tmp_path, "Customer,Why,Ok,At\nB2,marketing,no,01/11/2025 09:00\n", "c.csv")
+    (tmp_path / "consent.yaml").write_text(
+        "rename: {Customer: profile_id, Why: purpose, Ok: granted, At: updated_at}\n"
+        "time_format: '%d/%m/%Y %H:%M'\n"
+    )
+    out = tmp_path / "features.parquet"
+    result = subprocess.run(
+        [sys.executable, "-m", "dmp_ml.cli", "features", "--events", str(events)]
+        + ["--mapping", str(tmp_path / "events.yaml"), "--as-of", "2025-12-20"]
+        + ["--profiles", str(profiles), "--profiles-mapping", str(tmp_path / "profiles.yaml")]
+        + ["--consent", str(consent), "--consent-mapping", str(tmp_path / "consent.yaml")]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_parquet(out)
+    ids = set(table["profile_id"] if "profile_id" in table.columns else table.index)
+    assert ids == {"A1"}  # B2 withdrew consent (a day-first date, stated in its mapping)
+    assert table["timezone"].tolist() == ["Europe/Paris"]  # Zone, renamed by its mapping
+    assert table["Tier"].tolist() == ["gold"]
+    assert table["event_count_total"].tolist() == [4]  # 13/12: the events column is day first
