@@ -62,8 +62,10 @@ CONSENT_COLUMNS = ["profile_id", "cookie_id", "purpose", "granted", "updated_at"
 _OFFSET = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 # day and month first, year last: 01/12/2010, 1.12.10, 01-12-2010 08:26
-_NUMERIC_DATE = r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](?:\d{4}|\d{2})(?:$|[ T])"
-_IS_NUMERIC_DATE = re.compile(_NUMERIC_DATE.replace("(\\d{1,2})", "(?:\\d{1,2})"))
+_NUMERIC_DATE = re.compile(r"^\d{1,2}[/.\-]\d{1,2}[/.\-](?:\d{4}|\d{2})(?:$|[ T])")
+# a first number that can only be a day (13..31) before one that can be a month, and the reverse
+_DAY_FIRST = re.compile(r"^(?:1[3-9]|2\d|3[01])[/.\-](?:0?[1-9]|1[0-2])[/.\-]")
+_MONTH_FIRST = re.compile(r"^(?:0?[1-9]|1[0-2])[/.\-](?:1[3-9]|2\d|3[01])[/.\-]")
 # nanosecond timestamps hold 1677-09-21 .. 2262-04-11; keep a day inside either end
 EARLIEST_TIME = pd.Timestamp("1677-09-22", tz="UTC")
 LATEST_TIME = pd.Timestamp("2262-04-10", tz="UTC")
@@ -430,7 +432,7 @@ def _guess(
     if left.any():
         rest = text[naive][left]
         parsed = pd.Series(pd.NaT, index=rest.index, dtype="datetime64[us]")
-        numeric = rest.str.contains(_IS_NUMERIC_DATE, na=False).to_numpy(bool)
+        numeric = rest.str.contains(_NUMERIC_DATE, na=False).to_numpy(bool)
         if numeric.any():
             first = _day_order(rest[numeric], mapping, column, day_first)
             parsed[numeric] = _by_formats(rest[numeric], first)
@@ -461,9 +463,8 @@ def _day_order(
         return mapping.dayfirst
     if column in day_first:
         return day_first[column]
-    parts = text.str.extract(_NUMERIC_DATE).astype("int64")
-    days = text[(parts[0] > 12) & (parts[1] <= 12)]
-    months = text[(parts[1] > 12) & (parts[0] <= 12)]
+    days = text[text.str.contains(_DAY_FIRST, na=False).to_numpy(bool)]
+    months = text[text.str.contains(_MONTH_FIRST, na=False).to_numpy(bool)]
     name = _source_name(mapping, column)
     if len(days) and len(months):
         raise DataContractError(
