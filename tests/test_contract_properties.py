@@ -90,9 +90,11 @@ def feeds(draw: st.DrawFn) -> tuple[list[str], list[dict[str, str]]]:
     return columns, rows
 
 
-def _csv_bytes(columns: list[str], rows: list[dict[str, str]], latin1_rows: set[int]) -> bytes:
+def _csv_bytes(
+    columns: list[str], rows: list[dict[str, str]], latin1_rows: set[int], bom: bool
+) -> bytes:
     out = io.BytesIO()
-    out.write(",".join(columns).encode() + b"\n")
+    out.write((b"\xef\xbb\xbf" if bom else b"") + ",".join(columns).encode() + b"\n")
     for i, row in enumerate(rows):
         line = io.StringIO()
         csv.writer(line, lineterminator="").writerow([row[c] for c in columns])
@@ -113,12 +115,14 @@ def _csv_bytes(columns: list[str], rows: list[dict[str, str]], latin1_rows: set[
     as_parquet=st.booleans(),
     dayfirst=st.booleans(),
     latin1=st.sets(st.integers(0, 24), max_size=3),
+    bom=st.booleans(),
 )
 def test_every_row_is_loaded_or_quarantined_with_a_reason(
     feed: tuple[list[str], list[dict[str, str]]],
     as_parquet: bool,
     dayfirst: bool,
     latin1: set[int],
+    bom: bool,
 ) -> None:
     columns, rows = feed
     mapping = parse_mapping({"dayfirst": True}) if dayfirst else None
@@ -129,7 +133,7 @@ def test_every_row_is_loaded_or_quarantined_with_a_reason(
             pq.write_table(pa.table(table), path)
         else:
             path = Path(tmp) / "events.csv"
-            path.write_bytes(_csv_bytes(columns, rows, latin1))
+            path.write_bytes(_csv_bytes(columns, rows, latin1, bom))
         try:
             result = load_events(path, mapping=mapping, now=NOW)
         except DataContractError as exc:
