@@ -4,6 +4,9 @@ CSV records are one per physical line (quoted fields may not hold newlines): a s
 damages only its own line, which is reported as malformed instead of swallowing the lines after it.
 Every batch is a DataFrame of the file's columns as strings (Parquet keeps its types) plus
 ``_row_number`` (1-based data row) and ``_raw_text`` (the line text of a malformed CSV record).
+Flag columns (:data:`FLAGS`) mark records that cannot be used as read: a malformed CSV line, a
+line that is not UTF-8, a text field longer than the limit. They appear only in batches that
+hold such a record.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -24,6 +29,14 @@ ROW_NUMBER = "_row_number"
 RAW_TEXT = "_raw_text"
 MALFORMED = "_malformed"
 BAD_ENCODING = "_bad_encoding"
+TOO_LARGE = "_too_large"
+FLAGS = (MALFORMED, TOO_LARGE, BAD_ENCODING)
+# the quarantine reason of each flag, the first that applies wins
+FLAG_REASONS = (
+    (MALFORMED, "malformed_row"),
+    (TOO_LARGE, "field_too_large"),
+    (BAD_ENCODING, "invalid_encoding"),
+)
 
 _CSV_BLOCK_BYTES = 64 << 20
 
@@ -38,8 +51,13 @@ def file_format(path: Path) -> str:
     raise DataContractError(f"{path}: unknown file type (expected .csv or .parquet)")
 
 
-def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """Yield the file's records in batches; raise DataContractError when it is unusable."""
+def iter_batches(
+    path: str | Path, batch_rows: int, max_field_bytes: int = 128 * 1024
+) -> Iterator[pd.DataFrame]:
+    """Yield the file's records in batches; raise DataContractError when it is unusable.
+
+    A record with a text field longer than ``max_field_bytes`` (UTF-8) is flagged ``TOO_LARGE``.
+    """
     path = Path(path)
     if not path.exists():
         raise DataContractError(f"{path}: file not found")
@@ -48,22 +66,51 @@ def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pd.DataFrame]:
     if path.stat().st_size == 0:
         raise DataContractError(f"{path}: file is empty")
     if file_format(path) == "parquet":
-        yield from _parquet_batches(path, batch_rows)
+        yield from _parquet_batches(path, batch_rows, max_field_bytes)
     else:
-        yield from _csv_batches(path)
+        yield from _csv_batches(path, max_field_bytes)
 
 
-def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
+def _duplicates(path: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataContractError(
+                f"{path}: column {name!r} appears more than once; give each column its own name"
+            )
+        seen.add(name)
+
+
+def _oversized(columns: list[pa.Array | pa.ChunkedArray], limit: int) -> np.ndarray | None:
+    """Rows with a text field longer than ``limit`` bytes (None when there are none)."""
+    mask = None
+    for col in columns:
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        lengths = pc.binary_length(col)
+        longest = pc.max(lengths).as_py()
+        if longest is None or longest <= limit:
+            continue
+        over = pc.fill_null(pc.greater(lengths, limit), False).to_numpy(zero_copy_only=False)
+        mask = over if mask is None else mask | over
+    return mask
+
+
+def _parquet_batches(path: Path, batch_rows: int, max_field_bytes: int) -> Iterator[pd.DataFrame]:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataContractError(f"{path}: not a readable Parquet file ({exc})") from exc
     start = 1
     columns = parquet.schema_arrow.names
+    _duplicates(path, columns)
     empty = True
     for batch in parquet.iter_batches(batch_size=batch_rows):
+        too_large = _oversized(batch.columns, max_field_bytes)
         frame = batch.to_pandas()
         frame[ROW_NUMBER] = range(start, start + len(frame))
+        if too_large is not None:
+            frame[TOO_LARGE] = too_large
         start += len(frame)
         empty = False
         yield frame
@@ -77,15 +124,14 @@ def _empty_frame(columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _csv_batches(path: Path) -> Iterator[pd.DataFrame]:
+def _csv_batches(path: Path, max_field_bytes: int) -> Iterator[pd.DataFrame]:
     with path.open("rb") as handle:
         header_line = handle.readline()
         header = _split_line(header_line.decode("utf-8", errors="replace").rstrip("\r\n"))
         header = [h.strip().lstrip("\ufeff") for h in header]
         if not any(header):
             raise DataContractError(f"{path}: no header line")
-        if len(set(header)) != len(header):
-            raise DataContractError(f"{path}: duplicate column names in header {header}")
+        _duplicates(path, header)
         start = 1
         empty = True
         while True:
@@ -94,7 +140,7 @@ def _csv_batches(path: Path) -> Iterator[pd.DataFrame]:
                 break
             if not block.endswith(b"\n"):
                 block += handle.readline()
-            frame = _parse_block(block, header, start)
+            frame = _parse_block(block, header, start, max_field_bytes)
             start += len(frame)
             empty = False
             yield frame
@@ -102,7 +148,7 @@ def _csv_batches(path: Path) -> Iterator[pd.DataFrame]:
             yield _empty_frame(header)
 
 
-def _parse_block(block: bytes, header: list[str], start: int) -> pd.DataFrame:
+def _parse_block(block: bytes, header: list[str], start: int, limit: int) -> pd.DataFrame:
     lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
     try:
         table = pacsv.read_csv(
@@ -119,18 +165,24 @@ def _parse_block(block: bytes, header: list[str], start: int) -> pd.DataFrame:
     except (pa.ArrowInvalid, UnicodeDecodeError):
         fast = False
     if fast:
+        too_large = _oversized(table.columns, limit)
         frame = table.to_pandas(types_mapper=lambda _: pd.StringDtype())
         frame[ROW_NUMBER] = range(start, start + len(frame))
+        if too_large is not None:
+            frame[TOO_LARGE] = too_large
         return frame
-    return _parse_block_slowly(block, header, start)
+    return _parse_block_slowly(block, header, start, limit)
 
 
 def _split_line(text: str) -> list[str]:
     return next(csv.reader([text], strict=False), [])
 
 
-def _parse_block_slowly(block: bytes, header: list[str], start: int) -> pd.DataFrame:
-    """Line-by-line parsing: each malformed or badly encoded record is kept and flagged."""
+def _parse_block_slowly(block: bytes, header: list[str], start: int, limit: int) -> pd.DataFrame:
+    """Line-by-line parsing: each malformed, oversized or badly encoded record is kept, flagged.
+
+    Only blocks the fast reader refused come here (a malformed line or bad bytes in them).
+    """
     raw_lines = block.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
@@ -138,6 +190,7 @@ def _parse_block_slowly(block: bytes, header: list[str], start: int) -> pd.DataF
     rows: list[list[str | None]] = []
     texts: list[str | None] = []
     malformed: list[bool] = []
+    too_large: list[bool] = []
     bad_encoding: list[bool] = []
     for raw in raw_lines:
         raw = raw.rstrip(b"\r")
@@ -147,19 +200,27 @@ def _parse_block_slowly(block: bytes, header: list[str], start: int) -> pd.DataF
         except UnicodeDecodeError:
             text = raw.decode("utf-8", errors="backslashreplace")
             encoding_ok = False
-        fields = _split_line(text)
+        large = len(raw) > limit
+        try:
+            fields = _split_line(text)
+        except csv.Error:  # a field over the csv module's own limit: too large, or broken
+            fields = []
+        if large and len(fields) == width:
+            large = any(len(f.encode("utf-8")) > limit for f in fields)
         ok = len(fields) == width and text.count('"') % 2 == 0
-        if ok:
+        if ok and not large:
             rows.append([f if f != "" else None for f in fields])
             texts.append(None if encoding_ok else text)
         else:
             rows.append([None] * width)
             texts.append(text)
-        malformed.append(not ok)
+        malformed.append(not ok and not large)
+        too_large.append(large)
         bad_encoding.append(not encoding_ok)
     frame = pd.DataFrame(rows, columns=header, dtype="string")
     frame[ROW_NUMBER] = range(start, start + len(frame))
     frame[RAW_TEXT] = pd.array(texts, dtype="string")
     frame[MALFORMED] = malformed
+    frame[TOO_LARGE] = too_large
     frame[BAD_ENCODING] = bad_encoding
     return frame

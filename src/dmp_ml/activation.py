@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmp_ml.csv_output import write_csv
 from dmp_ml.errors import RequestError
 
 if TYPE_CHECKING:
@@ -363,7 +364,7 @@ def write_export(frame: pd.DataFrame, path: str | Path, format: str | None = Non
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         if fmt == "csv":
-            frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
+            write_csv(frame, tmp, date_format="%Y-%m-%dT%H:%M:%SZ")
         else:
             frame.to_parquet(tmp, index=False)
         os.replace(tmp, path)

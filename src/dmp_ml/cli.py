@@ -53,6 +53,14 @@ MappingOpt = Annotated[
         help="YAML column mapping for a foreign log, or a packaged mapping's name (online_retail).",
     ),
 ]
+ProfilesMappingOpt = Annotated[
+    Path | None,
+    typer.Option("--profiles-mapping", help="YAML column mapping for the profiles file."),
+]
+ConsentMappingOpt = Annotated[
+    Path | None,
+    typer.Option("--consent-mapping", help="YAML column mapping for the consent file."),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Settings YAML (default: the packaged config/default.yaml)."),
@@ -135,7 +143,7 @@ def validate(
     from dmp_ml.contract import load_events
 
     events = _input_file(events, legacy_events, "validate")
-    result = load_events(events, mapping=mapping)
+    result = load_events(events, mapping=mapping, settings=_settings(None).contract)
     if quarantine is not None:
         result.write_quarantine(quarantine)
     report = result.report
@@ -224,8 +232,10 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    from dmp_ml.csv_output import write_csv
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    write_csv(frame, path)
 
 
 def _report_unknown(unknown: list[str], what: str = "ids") -> None:
@@ -242,6 +252,8 @@ def features(
     profiles: ProfilesOpt = None,
     consent: ConsentOpt = None,
     mapping: MappingOpt = None,
+    profiles_mapping: ProfilesMappingOpt = None,
+    consent_mapping: ConsentMappingOpt = None,
     engine: Annotated[str | None, typer.Option("--engine", help="pandas or dask.")] = None,
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="Dask scheduler address.")
@@ -265,8 +277,12 @@ def features(
         steps.next()
         loaded = load_events(events, mapping=mapping, settings=settings.contract)
         steps.next()
-        prof = load_profiles(profiles, settings=settings.contract).frame if profiles else None
-        cons = load_consent(consent, settings=settings.contract).frame if consent else None
+        prof = None
+        if profiles:
+            prof = load_profiles(profiles, profiles_mapping, settings=settings.contract).frame
+        cons = None
+        if consent:
+            cons = load_consent(consent, consent_mapping, settings=settings.contract).frame
         steps.next()
         table = build_features(loaded.frame, as_of, prof, cons, settings)
         steps.next()
@@ -289,6 +305,8 @@ def train(
     profiles: ProfilesOpt = None,
     consent: ConsentOpt = None,
     mapping: MappingOpt = None,
+    profiles_mapping: ProfilesMappingOpt = None,
+    consent_mapping: ConsentMappingOpt = None,
     target_event: Annotated[str | None, typer.Option("--target-event")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days", min=1)] = None,
     config: ConfigOpt = None,
@@ -321,6 +339,8 @@ def train(
             profiles=profiles,
             consent=consent,
             mapping=mapping,
+            profiles_mapping=profiles_mapping,
+            consent_mapping=consent_mapping,
             settings=settings,
             on_step=on_step,
         )
@@ -669,7 +689,7 @@ def events(
     from dmp_ml.refresh import apply_events
 
     batch = _input_file(batch, legacy_batch, "events")
-    report = apply_events(workdir, batch, mapping=mapping)
+    report = apply_events(workdir, batch, mapping=mapping, contract=_settings(None).contract)
     out.print(
         f"{report.rows_accepted:,} of {report.rows_received:,} events applied "
         f"({report.rows_quarantined:,} quarantined, {report.rows_erased:,} of erased profiles); "

@@ -4,6 +4,12 @@ Nothing is silently lost: for every load, ``rows_read == rows_loaded + rows_quar
 Each quarantined row keeps its original values (as text), its 1-based ``row_number`` in the
 file, and a ``reason``. Exact duplicate events are collapsed: the extra copies are quarantined
 with reason ``duplicate_event``.
+
+Times are read the way the mapping states (``time_format``, ``dayfirst``, ``time_unit``,
+``timezone``); without a statement, a column of numeric dates that reads both day-first and
+month-first (``01/12/2010``) is refused, never read one way for some rows and the other way for
+others. An event later than now plus ``contract.future_tolerance_minutes`` is quarantined
+(``future_time``), so no event moves the feature clock past the wall clock (:func:`data_end`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from zoneinfo import available_timezones
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from dmp_ml import _readers
 from dmp_ml.errors import DataContractError
@@ -53,6 +60,16 @@ WELL_KNOWN_EVENT_TYPES = (
 CONSENT_COLUMNS = ["profile_id", "cookie_id", "purpose", "granted", "updated_at"]
 
 _OFFSET = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+# day and month first, year last: 01/12/2010, 1.12.10, 01-12-2010 08:26
+_NUMERIC_DATE = re.compile(r"^\d{1,2}[/.\-]\d{1,2}[/.\-](?:\d{4}|\d{2})(?:$|[ T])")
+# a first number that can only be a day (13..31) before one that can be a month, and the reverse
+_DAY_FIRST = re.compile(r"^(?:1[3-9]|2\d|3[01])[/.\-](?:0?[1-9]|1[0-2])[/.\-]")
+_MONTH_FIRST = re.compile(r"^(?:0?[1-9]|1[0-2])[/.\-](?:1[3-9]|2\d|3[01])[/.\-]")
+# nanosecond timestamps hold 1677-09-21 .. 2262-04-11; keep a day inside either end
+EARLIEST_TIME = pd.Timestamp("1677-09-22", tz="UTC")
+LATEST_TIME = pd.Timestamp("2262-04-10", tz="UTC")
+_MAX_FORMATS = 8  # distinct formats tried per batch before the per-value parser
 _TRUE = {"true", "1", "yes", "y", "t", "granted", "opt_in", "opt-in"}
 _FALSE = {"false", "0", "no", "n", "f", "withdrawn", "denied", "opt_out", "opt-out"}
 
@@ -104,6 +121,7 @@ def load_events(
     path: str | Path,
     mapping: ColumnMapping | str | Path | None = None,
     settings: ContractSettings | None = None,
+    now: pd.Timestamp | None = None,
 ) -> LoadResult:
     """Load an event log (CSV or Parquet) into the canonical event frame.
 
@@ -112,37 +130,59 @@ def load_events(
     path : path of the file.
     mapping : a :class:`ColumnMapping`, the path of a mapping YAML file or the name of a packaged
         mapping (``online_retail``); None for a file that already uses the contract's column names.
-    settings : batch size for reading large files.
+    settings : batch size, field and value limits, the future tolerance.
+    now : the wall clock events may not pass (plus the tolerance); default the current time.
 
     Returns
     -------
     LoadResult
         ``frame`` has the columns :data:`EVENT_COLUMNS` (UTC ``event_time``), sorted by time.
     """
-    return _load(path, "events", _validate_events, mapping, settings, dedupe=True)
+    return _load(path, "events", _validate_events, mapping, settings, dedupe=True, now=now)
 
 
 def load_profiles(
     path: str | Path,
     mapping: ColumnMapping | str | Path | None = None,
     settings: ContractSettings | None = None,
+    now: pd.Timestamp | None = None,
 ) -> LoadResult:
     """Load a profiles table: ``profile_id`` plus attributes, optional ``timezone``, ``email``."""
-    return _load(path, "profiles", _validate_profiles, mapping, settings, dedupe=False)
+    return _load(path, "profiles", _validate_profiles, mapping, settings, dedupe=False, now=now)
 
 
 def load_consent(
     path: str | Path,
     mapping: ColumnMapping | str | Path | None = None,
     settings: ContractSettings | None = None,
+    now: pd.Timestamp | None = None,
 ) -> LoadResult:
     """Load consent records: ``profile_id`` or ``cookie_id``, purpose, granted, updated_at."""
-    return _load(path, "consent", _validate_consent, mapping, settings, dedupe=False)
+    return _load(path, "consent", _validate_consent, mapping, settings, dedupe=False, now=now)
 
 
 # --------------------------------------------------------------------------- machinery
 
-_Validator = Callable[[pd.DataFrame, ColumnMapping, pd.Series, dict[str, int]], pd.DataFrame]
+
+@dataclass
+class _Context:
+    """What one load's validators need; ``day_first`` remembers a column's day order."""
+
+    kind: str
+    mapping: ColumnMapping
+    settings: ContractSettings
+    now: pd.Timestamp
+    warnings: dict[str, int] = field(default_factory=dict)
+    day_first: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def latest_event(self) -> pd.Timestamp:
+        """The latest event time accepted: now plus the configured tolerance."""
+        tolerance = pd.Timedelta(minutes=self.settings.future_tolerance_minutes)
+        return min(self.now + tolerance, LATEST_TIME)
+
+
+_Validator = Callable[[pd.DataFrame, _Context, pd.Series], pd.DataFrame]
 
 
 def _load(
@@ -152,29 +192,27 @@ def _load(
     mapping: ColumnMapping | str | Path | None,
     settings: ContractSettings | None,
     dedupe: bool,
+    now: pd.Timestamp | None,
 ) -> LoadResult:
     settings = settings or ContractSettings()
     if mapping is None:
         mapping = ColumnMapping()
     elif not isinstance(mapping, ColumnMapping):
         mapping = load_mapping(mapping)
+    ctx = _Context(kind, mapping, settings, _utc_now(now))
     good: list[pd.DataFrame] = []
     bad: list[pd.DataFrame] = []
-    warnings: dict[str, int] = {}
     rows_read = 0
-    for raw in _readers.iter_batches(path, settings.chunk_rows):
+    for raw in _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes):
         rows_read += len(raw)
         reason = pd.Series(pd.NA, index=raw.index, dtype="string")
-        if _readers.MALFORMED in raw.columns:
-            reason = reason.mask(raw[_readers.MALFORMED], "malformed_row")
-            reason = reason.mask(reason.isna() & raw[_readers.BAD_ENCODING], "invalid_encoding")
-        source = raw.drop(
-            columns=[_readers.MALFORMED, _readers.BAD_ENCODING, _readers.RAW_TEXT],
-            errors="ignore",
-        )
-        mapped, dropped = mapping.apply(source)
+        for flag, label in _readers.FLAG_REASONS:
+            if flag in raw.columns:
+                reason = reason.mask(reason.isna() & raw[flag].to_numpy(bool), label)
+        source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
+        mapped, dropped = ctx.mapping.apply(source)
         reason = reason.fillna(dropped)
-        valid = validate(mapped, mapping, reason, warnings)
+        valid = validate(mapped, ctx, reason)
         reason = valid.pop("_reason")
         keep = reason.isna()
         good.append(valid.loc[keep])
@@ -198,7 +236,7 @@ def _load(
         rows_loaded=len(frame),
         rows_quarantined=len(quarantine),
         quarantined_by_reason={str(k): int(v) for k, v in by_reason.items()},
-        warnings=warnings,
+        warnings=ctx.warnings,
     )
     if report.rows_read != report.rows_loaded + report.rows_quarantined:
         raise AssertionError(
@@ -215,10 +253,17 @@ def _load(
     return LoadResult(frame=frame, quarantine=quarantine, report=report)
 
 
+def _utc_now(now: pd.Timestamp | str | None) -> pd.Timestamp:
+    if now is None:
+        return pd.Timestamp.now(tz="UTC")
+    ts = pd.Timestamp(now)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def _quarantine_rows(raw: pd.DataFrame, reason: pd.Series) -> pd.DataFrame:
     out = pd.DataFrame(index=raw.index)
     for column in raw.columns:
-        if column in (_readers.MALFORMED, _readers.BAD_ENCODING, _readers.ROW_NUMBER):
+        if column in (*_readers.FLAGS, _readers.ROW_NUMBER):
             continue
         out[str(column)] = _as_text(raw[column])
     out["row_number"] = raw[_readers.ROW_NUMBER].astype("int64")
@@ -260,43 +305,240 @@ def _text(frame: pd.DataFrame, column: str) -> pd.Series:
     return col.mask(col == "")
 
 
-def parse_times(values: pd.Series, timezone: str = "UTC") -> pd.Series:
-    """Parse timestamps to UTC: offsets are honoured, naive values are local time in ``timezone``.
+# --------------------------------------------------------------------------- times
 
-    Unparseable or non-existent local times become NaT.
+
+def data_end(events: pd.DataFrame, limit: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The UTC midnight after the last event: the cutoff ``train(as_of="end")`` and a refresh use.
+
+    Events at or after ``limit`` (default :func:`clock_limit` of the current time) are left out,
+    so an event that did not go through the loader (a frame handed to ``train``, a batch stored
+    by an older version) cannot move the feature clock into the future either; the result is
+    never later than ``limit``. Raises DataContractError when no event is before it.
     """
+    if events.empty:
+        raise DataContractError("no events loaded: nothing to train on")
+    limit = clock_limit() if limit is None else limit
+    times = events["event_time"]
+    last = times[times < limit].max()
+    if pd.isna(last):
+        raise DataContractError(f"every event is later than the wall clock allows ({limit})")
+    return min(last.floor("D") + pd.Timedelta(days=1), limit)
+
+
+def clock_limit(
+    settings: ContractSettings | None = None, now: pd.Timestamp | None = None
+) -> pd.Timestamp:
+    """The latest feature clock events can set: the UTC midnight after now plus the tolerance.
+
+    The loader accepts no event later than now plus ``future_tolerance_minutes``, and the
+    clock is the midnight after the last event.
+    """
+    settings = settings or ContractSettings()
+    tolerance = pd.Timedelta(minutes=settings.future_tolerance_minutes)
+    return min(_utc_now(now) + tolerance, LATEST_TIME).floor("D") + pd.Timedelta(days=1)
+
+
+def parse_times(
+    values: pd.Series,
+    mapping: ColumnMapping,
+    column: str,
+    latest: pd.Timestamp = LATEST_TIME,
+    day_first: dict[str, bool] | None = None,
+) -> tuple[pd.Series, pd.Series]:
+    """Parse a time column to UTC the way ``mapping`` states, and say why a value failed.
+
+    Parameters
+    ----------
+    values : the column as read (text, numbers or timestamps).
+    mapping : its ``time_format``, ``dayfirst``, ``time_unit`` and ``timezone``.
+    column : the contract's name of the column, for errors.
+    latest : later times are refused as ``future``.
+    day_first : the day order decided for numeric dates of this column in earlier batches of
+        the same file; updated when this batch decides it.
+
+    Returns
+    -------
+    times : ``datetime64[ns, UTC]``, NaT where the value failed.
+    problem : NA where parsed, else ``invalid`` (missing, unparseable, a non-existent local
+        time), ``out_of_range`` (before 1677-09-22), ``future`` (after ``latest``) or
+        ``needs_time_unit`` (a number, and the mapping states no ``time_unit``).
+
+    Raises
+    ------
+    DataContractError
+        Numeric dates that read both day-first and month-first, with no order stated.
+    """
+    day_first = {} if day_first is None else day_first
+    index = values.index
+    problem = pd.Series(pd.NA, index=index, dtype="string")
     if pd.api.types.is_datetime64_any_dtype(values):
-        if values.dt.tz is None:
-            return _localize(values, timezone)
-        return values.dt.tz_convert("UTC")
-    if pd.api.types.is_numeric_dtype(values):
-        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
-    text = values.astype("string").str.strip()
-    has_offset = text.str.contains(_OFFSET, na=False)
-    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+        times = values if values.dt.tz is not None else _localize(values, mapping.timezone)
+        parsed = times.dt.tz_convert("UTC")
+    elif mapping.time_unit is not None:
+        parsed, early, late = _from_epoch(values, mapping.time_unit)
+        problem = problem.mask(early, "out_of_range").mask(late, "future")
+    elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        parsed = pd.Series(pd.NaT, index=index, dtype="datetime64[us, UTC]")
+        problem = problem.mask(values.notna().to_numpy(bool), "needs_time_unit")
+    else:
+        text = values.astype("string").str.strip()
+        text = text.mask(text == "")
+        if mapping.time_format is not None:
+            parsed = _with_format(text, mapping.time_format, mapping.timezone)
+        else:
+            parsed = _guess(text, mapping, column, day_first)
+            failed = parsed.isna() & text.notna()
+            if failed.any():
+                number = text[failed].str.fullmatch(_NUMBER).fillna(False).astype(bool)
+                problem[number[number].index] = "needs_time_unit"
+    problem = problem.mask(problem.isna().to_numpy(bool) & parsed.isna().to_numpy(bool), "invalid")
+    early = (parsed < EARLIEST_TIME).fillna(False).to_numpy(bool)
+    late = (parsed > latest).fillna(False).to_numpy(bool)
+    problem = problem.mask(early, "out_of_range").mask(late, "future")
+    parsed = parsed.mask(early | late)
+    return parsed.astype("datetime64[ns, UTC]"), problem
+
+
+def _from_epoch(values: pd.Series, unit: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Epoch numbers (or their text) in ``unit`` to UTC, and masks of numbers out of range."""
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[unit]
+    early = (numbers < EARLIEST_TIME.timestamp() * per_second).to_numpy(bool)
+    late = (numbers > LATEST_TIME.timestamp() * per_second).to_numpy(bool)
+    parsed = pd.to_datetime(numbers.mask(early | late), unit=unit, utc=True)
+    return parsed.astype("datetime64[us, UTC]"), early, late
+
+
+def _with_format(text: pd.Series, time_format: str, timezone: str) -> pd.Series:
+    aware = "%z" in time_format or "%Z" in time_format
+    parsed = pd.to_datetime(text, format=time_format, errors="coerce", utc=aware)
+    return parsed if aware else _localize(parsed, timezone)
+
+
+def _guess(
+    text: pd.Series, mapping: ColumnMapping, column: str, day_first: dict[str, bool]
+) -> pd.Series:
+    """ISO-8601 first; then numeric dates in one stated or evident day order; then the rest."""
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    has_offset = text.str.contains(_OFFSET, na=False).to_numpy(bool)
     if has_offset.any():
-        out[has_offset] = _to_datetime(text[has_offset], utc=True)
-    naive = ~has_offset & text.notna()
-    if naive.any():
-        out[naive] = _localize(_to_datetime(text[naive], utc=False), timezone)
+        out[has_offset] = _iso_or_mixed(text[has_offset], utc=True)
+    naive = ~has_offset & text.notna().to_numpy(bool)
+    if not naive.any():
+        return out
+    local = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
+    left = local.isna()
+    if left.any():
+        rest = text[naive][left]
+        parsed = pd.Series(pd.NaT, index=rest.index, dtype="datetime64[us]")
+        numeric = rest.str.contains(_NUMERIC_DATE, na=False).to_numpy(bool)
+        if numeric.any():
+            first = _day_order(rest[numeric], mapping, column, day_first)
+            parsed[numeric] = _by_formats(rest[numeric], first)
+        # epoch numbers are not guessed at: they need the mapping's time_unit
+        other = ~numeric & ~rest.str.fullmatch(_NUMBER).fillna(False).to_numpy(bool)
+        if other.any():
+            parsed[other] = _by_formats(rest[other], None, mixed=True)
+        local = local.astype("datetime64[us]")
+        local[left[left].index] = parsed
+    out[naive] = _localize(local, mapping.timezone)
     return out
 
 
-def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
+def _iso_or_mixed(text: pd.Series, utc: bool) -> pd.Series:
     parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=utc)
     retry = parsed.isna() & text.notna()
     if retry.any():
-        parsed = parsed.astype("datetime64[ns, UTC]" if utc else "datetime64[ns]")
+        parsed = parsed.astype("datetime64[us, UTC]" if utc else "datetime64[us]")
         parsed[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=utc)
     return parsed
 
 
+def _day_order(
+    text: pd.Series, mapping: ColumnMapping, column: str, day_first: dict[str, bool]
+) -> bool:
+    """Whether numeric dates read day first: stated, decided earlier, or evident from values."""
+    if mapping.dayfirst is not None:
+        return mapping.dayfirst
+    if column in day_first:
+        return day_first[column]
+    days = text[text.str.contains(_DAY_FIRST, na=False).to_numpy(bool)]
+    months = text[text.str.contains(_MONTH_FIRST, na=False).to_numpy(bool)]
+    name = _source_name(mapping, column)
+    if len(days) and len(months):
+        raise DataContractError(
+            f"{name}: dates are written day first in some rows ({days.iloc[0]!r}) and month "
+            f"first in others ({months.iloc[0]!r}); state the format in the mapping, e.g. "
+            "time_format: '%d/%m/%Y %H:%M'"
+        )
+    if not len(days) and not len(months):
+        sample = text.iloc[0]
+        raise DataContractError(
+            f"{name}: dates like {sample!r} read both day first and month first; state which "
+            "in the mapping: 'dayfirst: true' (or false), or time_format: '%d/%m/%Y %H:%M'"
+        )
+    day_first[column] = bool(len(days))
+    return day_first[column]
+
+
+def _source_name(mapping: ColumnMapping, column: str) -> str:
+    source = [k for k, v in mapping.rename.items() if v == column]
+    return f"column '{source[0]}' ({column})" if source else f"column '{column}'"
+
+
+def _by_formats(text: pd.Series, day_first: bool | None, mixed: bool = False) -> pd.Series:
+    """Parse with the format guessed from a value, again for what is left, a few times.
+
+    With ``day_first`` set, every guessed format puts the day where it says; ``mixed`` lets
+    pandas read what no guessed format fits, value by value (slow; only unusual texts).
+    """
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us]")
+    left = text.notna().to_numpy(bool).copy()
+    tried: set[str] = set()
+    for _ in range(_MAX_FORMATS):
+        if not left.any():
+            break
+        fmt = _guess_format(text[left].iloc[0], day_first)
+        if fmt is None or fmt in tried:
+            break
+        tried.add(fmt)
+        got = pd.to_datetime(text[left], format=fmt, errors="coerce").astype("datetime64[us]")
+        hit = got.notna().to_numpy(bool)
+        if not hit.any():
+            break
+        out[got.index[hit]] = got[hit]
+        left[left] = ~hit
+    if mixed and left.any():
+        got = pd.to_datetime(text[left], format="mixed", errors="coerce")
+        out[left] = got.astype("datetime64[us]")
+    return out
+
+
+def _guess_format(value: str, day_first: bool | None) -> str | None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fmt = guess_datetime_format(value, dayfirst=bool(day_first))
+    if fmt is None or day_first is None:
+        return fmt
+    d, m = fmt.find("%d"), fmt.find("%m")
+    if d >= 0 and m >= 0 and (d < m) != day_first:
+        fmt = fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
+    return fmt
+
+
 def _localize(values: pd.Series, timezone: str) -> pd.Series:
-    values = values.astype("datetime64[ns]")
+    if values.dt.tz is not None:
+        return values.dt.tz_convert("UTC")
     if timezone == "UTC":
         return values.dt.tz_localize("UTC")
     local = values.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
     return local.dt.tz_convert("UTC")
+
+
+# --------------------------------------------------------------------------- validators
 
 
 def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
@@ -311,13 +553,26 @@ def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
     return numbers, text.notna() & numbers.isna()
 
 
-def _mark(reason: pd.Series, mask: pd.Series, label: str) -> pd.Series:
-    return reason.mask(reason.isna() & mask.fillna(False).astype(bool), label)
+def _mark(reason: pd.Series, mask: pd.Series | np.ndarray, label: str) -> pd.Series:
+    if isinstance(mask, pd.Series):
+        mask = mask.fillna(False).to_numpy(bool)
+    return reason.mask(reason.isna() & mask, label)
 
 
-def _validate_events(
-    frame: pd.DataFrame, mapping: ColumnMapping, reason: pd.Series, warnings: dict[str, int]
-) -> pd.DataFrame:
+def _mark_times(reason: pd.Series, problem: pd.Series, column: str) -> pd.Series:
+    """Reasons of a time column: ``invalid_<column>``, ``<column>_out_of_range``, ..."""
+    labels = {
+        "invalid": f"invalid_{column}",
+        "out_of_range": f"{column}_out_of_range",
+        "future": "future_time" if column == "event_time" else f"{column}_out_of_range",
+        "needs_time_unit": f"{column}_needs_time_unit",
+    }
+    for key, label in labels.items():
+        reason = _mark(reason, (problem == key).fillna(False).to_numpy(bool), label)
+    return reason
+
+
+def _validate_events(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> pd.DataFrame:
     _require(frame, "events", REQUIRED_EVENT_COLUMNS, EVENT_COLUMNS)
     if "cookie_id" not in frame.columns and "profile_id" not in frame.columns:
         found = sorted(str(c) for c in frame.columns if not str(c).startswith("_"))
@@ -326,26 +581,32 @@ def _validate_events(
             f"found {found}"
         )
     out = pd.DataFrame(index=frame.index)
-    out["event_time"] = parse_times(frame["event_time"], mapping.timezone)
+    out["event_time"], time_problem = parse_times(
+        frame["event_time"], ctx.mapping, "event_time", ctx.latest_event, ctx.day_first
+    )
     for column in ("cookie_id", "profile_id", "event_type", "channel", "source", "campaign_id"):
         out[column] = _text(frame, column)
     out["category"] = _text(frame, "category")
     out["source"] = out["source"].str.lower().fillna("first_party")
-    out["value"], bad_value = _numbers(frame, "value")
+    value, bad_value = _numbers(frame, "value")
+    present = value.notna().to_numpy(bool)
+    infinite = present & ~np.isfinite(value.to_numpy(np.float64, na_value=np.nan))
+    huge = present & ~infinite & (value.abs() > ctx.settings.max_abs_value).to_numpy(bool)
+    out["value"] = value.mask(infinite | huge)
     out = out[EVENT_COLUMNS]
-    reason = _mark(reason, out["event_time"].isna(), "invalid_event_time")
+    reason = _mark_times(reason, time_problem, "event_time")
     reason = _mark(reason, out["cookie_id"].isna() & out["profile_id"].isna(), "missing_id")
     reason = _mark(reason, out["event_type"].isna(), "missing_event_type")
     reason = _mark(reason, ~out["source"].isin(SOURCES), "unknown_source")
     reason = _mark(reason, bad_value, "non_numeric_value")
+    reason = _mark(reason, infinite, "non_finite_value")
+    reason = _mark(reason, huge, "value_out_of_range")
     out["_row_number"] = frame[_readers.ROW_NUMBER].to_numpy()
     out["_reason"] = reason
     return out
 
 
-def _validate_profiles(
-    frame: pd.DataFrame, mapping: ColumnMapping, reason: pd.Series, warnings: dict[str, int]
-) -> pd.DataFrame:
+def _validate_profiles(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> pd.DataFrame:
     _require(frame, "profiles", ["profile_id"], ["profile_id", "timezone", "email", "..."])
     out = pd.DataFrame(index=frame.index)
     out["profile_id"] = _text(frame, "profile_id")
@@ -358,14 +619,18 @@ def _validate_profiles(
             continue
         numbers, not_numbers = _numbers(frame, name)
         if pd.api.types.is_numeric_dtype(frame[column]) or not not_numbers.any():
-            out[name] = numbers
+            finite = np.isfinite(numbers.to_numpy(np.float64, na_value=np.nan))
+            unusable = numbers.notna().to_numpy(bool) & ~finite
+            if unusable.any():
+                ctx.warnings[f"non_finite_{name}_set_to_missing"] = int(unusable.sum())
+            out[name] = numbers.mask(unusable)
         else:
             out[name] = _text(frame, name)
     if "timezone" in out.columns:
         zones = available_timezones() | {"UTC"}
         invalid = out["timezone"].notna() & ~out["timezone"].isin(sorted(zones))
         if invalid.any():
-            warnings["invalid_timezone_set_to_unknown"] = int(invalid.sum())
+            ctx.warnings["invalid_timezone_set_to_unknown"] = int(invalid.sum())
             out["timezone"] = out["timezone"].mask(invalid)
     reason = _mark(reason, out["profile_id"].isna(), "missing_profile_id")
     repeated = out["profile_id"].notna() & out["profile_id"].duplicated(keep="first")
@@ -374,9 +639,7 @@ def _validate_profiles(
     return out
 
 
-def _validate_consent(
-    frame: pd.DataFrame, mapping: ColumnMapping, reason: pd.Series, warnings: dict[str, int]
-) -> pd.DataFrame:
+def _validate_consent(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> pd.DataFrame:
     _require(frame, "consent", ["purpose", "granted", "updated_at"], CONSENT_COLUMNS)
     out = pd.DataFrame(index=frame.index)
     out["profile_id"] = _text(frame, "profile_id")
@@ -390,11 +653,14 @@ def _validate_consent(
         out["granted"] = pd.Series(pd.NA, index=frame.index, dtype="boolean")
         out.loc[text.isin(sorted(_TRUE)), "granted"] = True
         out.loc[text.isin(sorted(_FALSE)), "granted"] = False
-    out["updated_at"] = parse_times(frame["updated_at"], mapping.timezone)
+    # a consent record dated in the future is kept: a withdrawal must never be dropped
+    out["updated_at"], time_problem = parse_times(
+        frame["updated_at"], ctx.mapping, "updated_at", LATEST_TIME, ctx.day_first
+    )
     reason = _mark(reason, out["profile_id"].isna() & out["cookie_id"].isna(), "missing_id")
     reason = _mark(reason, out["purpose"].isna(), "missing_purpose")
     reason = _mark(reason, out["granted"].isna(), "invalid_granted")
-    reason = _mark(reason, out["updated_at"].isna(), "invalid_updated_at")
+    reason = _mark_times(reason, time_problem, "updated_at")
     out["granted"] = out["granted"].fillna(False).astype(bool)
     out["_reason"] = reason
     return out

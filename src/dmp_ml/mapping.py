@@ -4,6 +4,7 @@ A mapping file looks like::
 
     name: online_retail
     timezone: Europe/London        # naive timestamps are local time there (default UTC)
+    time_format: "%m/%d/%Y %H:%M"  # how the time column is written (strptime codes)
     rename: {InvoiceDate: event_time, CustomerID: profile_id}
     integer_ids: [profile_id]      # "17850.0" -> "17850"
     constants: {event_type: purchase, source: first_party}
@@ -15,6 +16,14 @@ A mapping file looks like::
 
 ``drop`` and ``derive`` name the file's own columns; ``rename`` happens after them.
 Operators: ``== != < <= > >= startswith in missing``.
+
+How the time column (``event_time`` of events, ``updated_at`` of consent) is written:
+``time_format`` (strptime codes; a value not in that format is quarantined), or ``dayfirst``
+(``true``: 01/12/2010 is 1 December; ``false``: 12 January) for numeric dates, or
+``time_unit`` (``s``, ``ms``, ``us``, ``ns``) for epoch numbers. Without any of them, ISO-8601
+and other unambiguous texts are read, and a column of numeric dates that reads both day-first
+and month-first is refused (see :mod:`dmp_ml.contract`). A time column that is already a
+timestamp (Parquet) needs none; a stated format is then checked but not needed.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -42,6 +52,7 @@ _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
 }
 OPERATORS = (*_COMPARISONS, "startswith", "in", "missing")
+TIME_UNITS = ("s", "ms", "us", "ns")
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,9 @@ class ColumnMapping:
 
     name: str = "identity"
     timezone: str = "UTC"
+    time_format: str | None = None
+    dayfirst: bool | None = None
+    time_unit: str | None = None
     rename: dict[str, str] = field(default_factory=dict)
     integer_ids: tuple[str, ...] = ()
     constants: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +119,13 @@ class ColumnMapping:
             )
             out[target] = product.astype("float64")
         out = out.rename(columns=self.rename)
+        names = pd.Index([str(c) for c in out.columns])
+        if names.has_duplicates:
+            twice = sorted(set(names[names.duplicated()]))
+            raise MappingError(
+                f"mapping '{self.name}' gives two columns the name {twice[0]!r}: the file "
+                f"already has a column {twice[0]!r}; rename or drop one of them"
+            )
         for target, value in self.constants.items():
             out[target] = value
         for column in self.integer_ids:
@@ -149,7 +170,7 @@ def load_mapping(path: str | Path) -> ColumnMapping:
 def parse_mapping(data: dict[str, Any], source: str = "<mapping>") -> ColumnMapping:
     """Build a :class:`ColumnMapping` from its dictionary form, naming any bad key."""
     known = {"name", "description", "timezone", "rename", "integer_ids", "constants", "derive"}
-    known.add("drop")
+    known.update({"drop", "time_format", "dayfirst", "time_unit"})
     unknown = sorted(set(data) - known)
     if unknown:
         raise MappingError(f"{source}: unknown keys {unknown}; allowed {sorted(known)}")
@@ -158,6 +179,7 @@ def parse_mapping(data: dict[str, Any], source: str = "<mapping>") -> ColumnMapp
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise MappingError(f"{source}: timezone '{timezone}' is not an IANA time zone") from exc
+    time_format, dayfirst, time_unit = _time_keys(data, source)
     derive: dict[str, tuple[str, ...]] = {}
     for target, spec in (data.get("derive") or {}).items():
         if not isinstance(spec, dict) or set(spec) != {"multiply"} or len(spec["multiply"]) != 2:
@@ -175,9 +197,48 @@ def parse_mapping(data: dict[str, Any], source: str = "<mapping>") -> ColumnMapp
     return ColumnMapping(
         name=str(data.get("name", Path(source).stem)),
         timezone=timezone,
+        time_format=time_format,
+        dayfirst=dayfirst,
+        time_unit=time_unit,
         rename={str(k): str(v) for k, v in (data.get("rename") or {}).items()},
         integer_ids=tuple(str(c) for c in data.get("integer_ids") or ()),
         constants=dict(data.get("constants") or {}),
         derive=derive,
         drop=tuple(rules),
     )
+
+
+def _time_keys(data: dict[str, Any], source: str) -> tuple[str | None, bool | None, str | None]:
+    """``time_format``, ``dayfirst``, ``time_unit``: checked, at most one of them stated."""
+    stated = [k for k in ("time_format", "dayfirst", "time_unit") if data.get(k) is not None]
+    if len(stated) > 1:
+        raise MappingError(f"{source}: state only one of {stated}")
+    time_format = data.get("time_format")
+    if time_format is not None:
+        time_format = str(time_format)
+        sample = datetime(2011, 12, 9, 12, 50, 7)
+        try:
+            datetime.strptime(sample.strftime(time_format), time_format)
+        except ValueError as exc:
+            raise MappingError(
+                f"{source}: time_format {time_format!r} is not a strptime format ({exc}); "
+                "e.g. '%d/%m/%Y %H:%M'"
+            ) from exc
+        if "%" not in time_format or not ({"%Y", "%y"} & _directives(time_format)):
+            raise MappingError(
+                f"{source}: time_format {time_format!r} needs at least the year (%Y or %y), "
+                "e.g. '%d/%m/%Y %H:%M'"
+            )
+    dayfirst = data.get("dayfirst")
+    if dayfirst is not None and not isinstance(dayfirst, bool):
+        raise MappingError(f"{source}: dayfirst must be true or false, got {dayfirst!r}")
+    time_unit = data.get("time_unit")
+    if time_unit is not None and time_unit not in TIME_UNITS:
+        raise MappingError(
+            f"{source}: time_unit must be one of {list(TIME_UNITS)}, got {time_unit!r}"
+        )
+    return time_format, dayfirst, time_unit
+
+
+def _directives(fmt: str) -> set[str]:
+    return {fmt[i : i + 2] for i in range(len(fmt) - 1) if fmt[i] == "%"}

@@ -22,9 +22,16 @@ import pandas as pd
 
 from dmp_ml import bundle as bundle_io
 from dmp_ml.activation import write_contacts
-from dmp_ml.contract import LoadResult, load_consent, load_events, load_profiles
+from dmp_ml.contract import (
+    LoadResult,
+    clock_limit,
+    data_end,
+    load_consent,
+    load_events,
+    load_profiles,
+)
 from dmp_ml.erasure import apply_erasure_list, read_erasure_list
-from dmp_ml.errors import DataContractError, InsufficientDataError
+from dmp_ml.errors import InsufficientDataError
 from dmp_ml.features import FeatureBuilder, FeatureTable
 from dmp_ml.mapping import ColumnMapping
 from dmp_ml.refresh import write_consent_state
@@ -332,6 +339,8 @@ def train(
     profiles: str | Path | pd.DataFrame | None = None,
     consent: str | Path | pd.DataFrame | None = None,
     mapping: ColumnMapping | str | Path | None = None,
+    profiles_mapping: ColumnMapping | str | Path | None = None,
+    consent_mapping: ColumnMapping | str | Path | None = None,
     settings: Settings | None = None,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
@@ -339,7 +348,8 @@ def train(
 
     ``as_of`` is a timestamp, or ``"end"`` for the midnight after the last event.
     ``events``, ``profiles`` and ``consent`` are file paths (validated against the contract,
-    bad rows quarantined under ``<workdir>/quarantine/``) or frames already in contract form.
+    bad rows quarantined under ``<workdir>/quarantine/``) or frames already in contract form;
+    ``mapping``, ``profiles_mapping`` and ``consent_mapping`` map each file's columns.
     """
     settings = settings or load_settings()
     workdir = Path(workdir if workdir is not None else settings.workdir)
@@ -350,9 +360,12 @@ def train(
     events_df = _input(events, "events", load_events, mapping, settings, workdir, loads)
     assert events_df is not None
     events_df = merge_incoming(events_df, workdir)  # batches applied by near-real-time refresh
-    as_of_ts = data_end(events_df) if str(as_of) == "end" else _utc(as_of)
-    profiles_df = _input(profiles, "profiles", load_profiles, None, settings, workdir, loads)
-    consent_df = _input(consent, "consent", load_consent, None, settings, workdir, loads)
+    limit = clock_limit(settings.contract)
+    as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else _utc(as_of)
+    profiles_df = _input(
+        profiles, "profiles", load_profiles, profiles_mapping, settings, workdir, loads
+    )
+    consent_df = _input(consent, "consent", load_consent, consent_mapping, settings, workdir, loads)
     fingerprint = _fingerprint(events_df)
     version = f"{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}"
     outcomes: dict[str, StepOutcome] = {}
@@ -455,13 +468,6 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def data_end(events: pd.DataFrame) -> pd.Timestamp:
-    """The UTC midnight after the last event: the natural cutoff to score "now" on a log."""
-    if events.empty:
-        raise DataContractError("no events loaded: nothing to train on")
-    return events["event_time"].max().floor("D") + pd.Timedelta(days=1)
 
 
 def _utc(value: str | pd.Timestamp) -> pd.Timestamp:

@@ -13,7 +13,9 @@ is stored in the workdir's event store (``W/events/incoming/<batch>.parquet``, w
   profile, a cookie now shared stops counting for its former owner.
 * **Features, as of when.** Refreshed features are point-in-time features as of
   ``features_as_of = max(previous features_as_of, data_end(batch))``, where ``data_end`` is the
-  UTC midnight after the batch's last event, the cutoff ``train(..., as_of="end")`` uses. So a
+  UTC midnight after the batch's last event, the cutoff ``train(..., as_of="end")`` uses (an
+  event later than now plus ``contract.future_tolerance_minutes`` is quarantined as
+  ``future_time``, and ``data_end`` never passes :func:`dmp_ml.contract.clock_limit`). So a
   full ``train`` with ``as_of="end"`` on the same events (the training events plus the
   refreshed batches) gives the refreshed profiles the same features, bit for bit except the
   two population-smoothed e-mail rates: the refresh keeps the bundle's population prior (and
@@ -51,12 +53,12 @@ import pandas as pd
 
 from dmp_ml import store
 from dmp_ml.bundle import live_bundle_path, load_bundle
-from dmp_ml.contract import LoadResult, load_events
+from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
 from dmp_ml.erasure import ERASURE_FILE, read_erasure_list
-from dmp_ml.errors import DataContractError, RequestError
+from dmp_ml.errors import RequestError
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
-from dmp_ml.settings import Settings
+from dmp_ml.settings import ContractSettings, Settings
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -132,6 +134,7 @@ def _missing(value: Any) -> bool:
 def validate_events(
     events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
     mapping: ColumnMapping | str | Path | None = None,
+    settings: ContractSettings | None = None,
 ) -> LoadResult:
     """Run a batch through the data contract: a file, a frame or a list of records.
 
@@ -139,7 +142,7 @@ def validate_events(
     and a file get the same reasons; ``row_number`` in the quarantine is 1-based in the batch.
     """
     if isinstance(events, str | Path):
-        return load_events(events, mapping=mapping)
+        return load_events(events, mapping=mapping, settings=settings)
     if not isinstance(events, pd.DataFrame):
         if isinstance(events, Mapping) or not isinstance(events, Sequence):
             raise RequestError("events", "expected a list of event records")
@@ -154,15 +157,8 @@ def validate_events(
     with tempfile.TemporaryDirectory(prefix="dmp-batch-") as tmp:
         path = Path(tmp) / "batch.parquet"
         _as_text_frame(events).to_parquet(path, index=False)
-        result = load_events(path, mapping=mapping)
+        result = load_events(path, mapping=mapping, settings=settings)
     return replace(result, report=replace(result.report, path="<batch>"))
-
-
-def data_end(events: pd.DataFrame) -> pd.Timestamp:
-    """The UTC midnight after the last event (``train``'s ``as_of="end"``)."""
-    if events.empty:
-        raise DataContractError("no events: nothing to refresh")
-    return events["event_time"].max().floor("D") + _DAY
 
 
 # --------------------------------------------------------------------------- consent state
@@ -412,9 +408,15 @@ class Refresher:
     whenever another writer (train, forget, another refresher) published since.
     """
 
-    def __init__(self, workdir: str | Path, n_threads: int | None = 1) -> None:
+    def __init__(
+        self,
+        workdir: str | Path,
+        n_threads: int | None = 1,
+        contract: ContractSettings | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.n_threads = n_threads
+        self.contract = contract or ContractSettings()
         self._bundle: ModelBundle | None = None
         self._history: pd.DataFrame | None = None
         self._raw_scores: pd.Series | None = None
@@ -489,7 +491,7 @@ class Refresher:
             seconds[name] = round(now - clock, 4)
             clock = now
 
-        loaded = validate_events(events, mapping)
+        loaded = validate_events(events, mapping, self.contract)
         lap("validate")
         with store.workdir_lock(self.workdir):
             bundle = self._sync()
@@ -632,7 +634,10 @@ class Refresher:
         # features of the affected profiles as of the new cutoff
         refresh_meta = dict(bundle.manifest.get("refresh", {}))
         previous = pd.Timestamp(refresh_meta.get("features_as_of", bundle.as_of))
-        as_of = max(previous, data_end(work))
+        # events past the wall clock (stored by older versions) never move the clock
+        limit = clock_limit(self.contract)
+        current = work.loc[(work["event_time"] < limit).to_numpy(bool)]
+        as_of = max(previous, data_end(current, limit)) if len(current) else previous
         subset = pd.concat([past, batch], ignore_index=True)
         consent = _consent_records(bundle, subset, settings)
         frame_b = bundle.features.frame
@@ -746,6 +751,7 @@ def apply_events(
     *,
     mapping: ColumnMapping | str | Path | None = None,
     profiles: pd.DataFrame | None = None,
+    contract: ContractSettings | None = None,
 ) -> RefreshReport:
     """Apply one batch to the live bundle of a workdir (or of a loaded bundle's workdir).
 
@@ -753,7 +759,7 @@ def apply_events(
     to see the new version named in the report.
     """
     workdir = target if isinstance(target, str | Path) else store.bundle_workdir(target)
-    return Refresher(workdir).apply(events, mapping=mapping, profiles=profiles)
+    return Refresher(workdir, contract=contract).apply(events, mapping=mapping, profiles=profiles)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -848,7 +848,9 @@ class DmpMlService:
 
             with self._refresh_lock:
                 if self._refresher is None:
-                    self._refresher = Refresher(self.workdir, n_threads=self._threads)
+                    self._refresher = Refresher(
+                        self.workdir, n_threads=self._threads, contract=self.settings.contract
+                    )
                 report = self._refresher.apply(body.events)  # quarantines bad rows, never raises
             with contextlib.suppress(BundleError):
                 self.reload_bundle()  # visible here now; other workers via the pointer poll

@@ -37,6 +37,18 @@ class ContractSettings(_Section):
     """Loading input files."""
 
     chunk_rows: int = Field(500_000, gt=0, description="Rows per batch when reading large files.")
+    future_tolerance_minutes: float = Field(
+        60.0,
+        ge=0,
+        description="Events later than now plus this are quarantined as future_time "
+        "(clock skew between systems); they never move the feature clock.",
+    )
+    max_field_bytes: int = Field(
+        128 * 1024, gt=0, description="A text field longer than this quarantines its row."
+    )
+    max_abs_value: float = Field(
+        1e15, gt=0, description="A |value| above this is quarantined as value_out_of_range."
+    )
 
 
 class FeatureSettings(_Section):
