@@ -152,3 +152,23 @@ def test_validate_reports_counts(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["rows_read"] == report["rows_loaded"] + report["rows_quarantined"]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"[]", "a JSON object was expected"), (b"\xff\xfe{", "not UTF-8"), (b"{", "not JSON")],
+)
+def test_a_corrupt_manifest_is_one_line_and_exit_2(
+    workdir: Path, tmp_path: Path, content: bytes, words: str
+) -> None:
+    import shutil
+
+    broken = tmp_path / "W"
+    shutil.copytree(workdir / "W", broken, symlinks=True)
+    (live_bundle_path(broken) / "manifest.json").write_bytes(content)
+    for args in (("score", "--workdir", broken), ("serve", "--workdir", broken)):
+        result = dmp_ml(*args)
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr and "manifest.json" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

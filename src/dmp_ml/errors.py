@@ -38,3 +38,19 @@ class RequestError(DmpMlError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class StorageError(DmpMlError):
+    """A workdir file cannot be written or read back (read-only, not a directory, corrupt).
+
+    ``path`` names the file or directory, ``cause`` says why; nothing half-written is published.
+    """
+
+    def __init__(self, path: object, cause: str) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path = str(path)
+        self.cause = cause
+
+
+class StorageFullError(StorageError):
+    """The disk (or quota) holding the workdir is full."""

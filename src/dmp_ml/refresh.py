@@ -52,7 +52,7 @@ import pandas as pd
 from dmp_ml import store
 from dmp_ml.bundle import live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, load_events
-from dmp_ml.erasure import ERASURE_FILE, read_erasure_list
+from dmp_ml.erasure import erasure_stamp, read_erasure_list
 from dmp_ml.errors import DataContractError, RequestError
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
@@ -418,16 +418,12 @@ class Refresher:
         self._bundle: ModelBundle | None = None
         self._history: pd.DataFrame | None = None
         self._raw_scores: pd.Series | None = None
-        self._erasure_stamp: tuple[float, int] | None = None
+        self._erasure_stamp: tuple[int, int, int] | None = None
         self._pending: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ state
-    def _stamp(self) -> tuple[float, int] | None:
-        path = self.workdir / ERASURE_FILE
-        if not path.exists():
-            return None
-        stat = path.stat()
-        return (stat.st_mtime, stat.st_size)
+    def _stamp(self) -> tuple[int, int, int] | None:
+        return erasure_stamp(self.workdir)
 
     def _sync(self) -> ModelBundle:
         live = live_bundle_path(self.workdir)

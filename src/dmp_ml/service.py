@@ -345,6 +345,69 @@ class BearerTokenMiddleware:
         await response(scope, receive, send)
 
 
+class BodyLimitMiddleware:
+    """Refuse a request body over ``limit`` bytes with 413, declared or streamed (chunked).
+
+    The body is read here (up to the limit) and handed on in one piece; a declared
+    ``Content-Length`` over the limit is refused before anything is read.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        logger.info("%s rejected: body over %d bytes", scope.get("path"), self.limit)
+        response = JSONResponse(
+            {
+                "error": f"request body larger than {self.limit} bytes "
+                "(service.max_request_bytes); send smaller batches",
+                "field": "body",
+            },
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[dict[str, Any]], receive: Receive) -> Receive:
+    """A ``receive`` that returns ``messages`` first, then defers to the real one."""
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
 # ---------------------------------------------------------------------------------- the app
 
 # Documents the bearer scheme in the OpenAPI schema; BearerTokenMiddleware enforces it.
@@ -415,15 +478,11 @@ def _source(bento_model: str | None, path: Path) -> str:
     return f"bento model {model_dir.parent.name}:{model_dir.name} (configured {bento_model})"
 
 
-def _erasure_stamp(workdir: Path) -> tuple[int, int] | None:
-    """(mtime_ns, size) of the erasure list: changes whenever any worker forgets someone."""
-    from dmp_ml.erasure import ERASURE_FILE
+def _erasure_stamp(workdir: Path) -> tuple[int, int, int] | None:
+    """Changes whenever any worker forgets someone (see :func:`dmp_ml.erasure.erasure_stamp`)."""
+    from dmp_ml.erasure import erasure_stamp
 
-    try:
-        stat = (workdir / ERASURE_FILE).stat()
-    except FileNotFoundError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size)
+    return erasure_stamp(workdir)
 
 
 @bentoml.service(
@@ -456,7 +515,8 @@ class DmpMlService:
         self._loaded_at: str | None = None
         self._refresher: Any = None  # dmp_ml.refresh.Refresher, created on the first batch
         self._refresh_lock = threading.Lock()  # one batch at a time per worker
-        self._erasure_stamp: tuple[int, int] | None = None
+        self._erasure_stamp: tuple[int, int, int] | None = None
+        self._scrub_pending = False  # a forget could not rewrite the live bundle on disk
         self._load(self._pointer())
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -481,7 +541,7 @@ class DmpMlService:
     def _load(self, path: Path) -> Any:
         """Load ``path`` and make it live; raise BundleError (old bundle stays) if it is bad."""
         from dmp_ml.bundle import load_bundle
-        from dmp_ml.erasure import read_erasure_list
+        from dmp_ml.erasure import erased_in, read_erasure_list
 
         started = time.perf_counter()
         try:
@@ -495,6 +555,9 @@ class DmpMlService:
             bundle.forget(erased)  # the bundle may predate later erasures
         self._erasure_stamp = _erasure_stamp(self.workdir)
         self._bundle = bundle  # the swap: one reference assignment
+        if erased and not self.settings.service.bento_model and erased_in(bundle, erased):
+            # its files still hold listed ids (e.g. a forget found it unreadable): scrub now
+            self._scrub()
         self._loaded_at = _iso(pd.Timestamp.now(tz="UTC"))
         self._failed_path = None
         logger.info(
@@ -527,10 +590,35 @@ class DmpMlService:
             self._last_error = None
             return True, previous, current
 
+    def _scrub(self) -> None:
+        """Rewrite the live bundle without every listed id it still holds (if it is readable)."""
+        from dmp_ml.erasure import apply_erasure_list
+        from dmp_ml.errors import DmpMlError
+
+        try:
+            report = apply_erasure_list(self.workdir)
+        except (DmpMlError, OSError) as exc:
+            logger.warning("scrubbing the live bundle failed, retried later: %s", exc)
+            return
+        self._scrub_pending = False
+        if report is not None:
+            logger.info("live bundle scrubbed of listed ids: %s", report.bundle_version)
+
     def _watch(self) -> None:
-        """Poll the pointer; load a new target once (a refused one is retried only by /reload)."""
+        """Poll the pointer; load a new target once (a refused one is retried only by /reload).
+
+        While a forget could not scrub the live bundle, retry each poll once it reads again."""
+        from dmp_ml.bundle import read_manifest
+
         interval = self.settings.service.reload_poll_seconds
         while not self._stop.wait(interval):
+            if self._scrub_pending:
+                try:
+                    read_manifest(self._pointer(), verify=True)
+                except BundleError:
+                    pass
+                else:
+                    self._scrub()
             try:
                 target = self._pointer()
             except BundleError as exc:  # e.g. a pinned model a forget replaced: say so once
@@ -755,12 +843,24 @@ class DmpMlService:
             with contextlib.suppress(BundleError):
                 self.reload_bundle()
             logger.info(
-                "forget: %d ids, %d new on the erasure list, bundle %s",
+                "forget: %d ids, %d new on the erasure list, bundle %s, %s",
                 report.requested,
                 report.newly_erased,
                 report.bundle_version,
+                "complete" if report.complete else f"not scrubbed: {list(report.not_scrubbed)}",
             )
-            return _json(_plain(report.to_dict()))  # counts only, never the ids
+            payload = _plain(report.to_dict())  # counts and paths only, never the ids
+            if not report.complete:
+                # on the erasure list and out of every answer, but bytes remain: say so
+                self._scrub_pending = True
+                stores = ", ".join(report.not_scrubbed)
+                payload["error"] = (
+                    f"erasure recorded and applied to every answer, but {stores} could not "
+                    "be scrubbed; it is scrubbed at the next successful load"
+                )
+                payload["field"] = "bundle"
+                return _json(payload, status=503)
+            return _json(payload)
 
         return await self._run("forget", work)
 
@@ -840,6 +940,7 @@ class DmpMlService:
                     "max_send_time_ids": svc.max_send_time_ids,
                     "max_seed_ids": svc.max_seed_ids,
                     "max_reach": _MAX_REACH,
+                    "max_request_bytes": svc.max_request_bytes,
                 },
             }
             return _json(payload)
@@ -874,6 +975,7 @@ class DmpMlService:
         )
 
 
+DmpMlService.add_asgi_middleware(BodyLimitMiddleware, limit=_SVC.max_request_bytes)
 DmpMlService.add_asgi_middleware(BearerTokenMiddleware, token=_SETTINGS.api_token or None)
 
 

@@ -206,13 +206,32 @@ def record_training_events(
     """
     frame = purge_events(_contract_frame(events), erased)
     keys = row_keys(frame)
-    merged = []
-    for batch in incoming_batches(workdir):
-        if np.isin(row_keys(read_events_file(batch)), keys).all():
-            merged.append(batch.name)
-    path = write_parquet_atomic(frame, events_dir(workdir) / BASE_EVENTS)
-    _write_state(workdir, {"merged": merged, "bundle_version": bundle_version})
+    with workdir_lock(workdir):  # forget and refresh rewrite these files under it too
+        merged = []
+        for batch in incoming_batches(workdir):
+            if np.isin(row_keys(read_events_file(batch)), keys).all():
+                merged.append(batch.name)
+        path = write_parquet_atomic(frame, events_dir(workdir) / BASE_EVENTS)
+        _write_state(workdir, {"merged": merged, "bundle_version": bundle_version})
     return path
+
+
+def remove_stale_temp_files(workdir: str | Path) -> list[str]:
+    """Delete half-written files a killed writer left in the event store; call under the lock.
+
+    Every writer of ``W/events`` holds :func:`workdir_lock`, so under it any ``.*.tmp`` or
+    ``.state.json.*`` file there belongs to a writer that died: it may hold events of a
+    profile (even an erased one) and is never read. Returns the paths removed.
+    """
+    root = events_dir(workdir)
+    if not root.exists():
+        return []
+    stale = [p for p in root.rglob(".*") if p.is_file() and not p.is_symlink()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.warning("removed %d half-written files under %s", len(stale), root)
+    return [str(p.relative_to(workdir)) for p in stale]
 
 
 def training_version(manifest: Mapping[str, Any]) -> str:
@@ -300,13 +319,14 @@ def purge_events(events: pd.DataFrame, erased: Iterable[str]) -> pd.DataFrame:
 
 def purge_event_files(
     workdir: str | Path, profile_ids: Iterable[str], cookies: Iterable[str] = ()
-) -> tuple[dict[str, int], set[str]]:
+) -> tuple[dict[str, int], set[str], dict[str, str]]:
     """Remove the profiles' rows from every event file of the workdir.
 
     Covers the event store (base, incoming batches, their quarantine) and the training
     quarantine files ``W/quarantine/*.parquet`` (text columns; matched the same way).
-    Returns the rows removed per file and every cookie linked to the profiles (``cookies``
-    plus those found in the files).
+    Returns the rows removed per file, every cookie linked to the profiles (``cookies``
+    plus those found in the files), and the files that could not be read (so not scrubbed),
+    with why.
     """
     workdir = Path(workdir)
     ids = [str(p) for p in profile_ids]
@@ -321,8 +341,13 @@ def purge_event_files(
     # cookies linked to the profiles anywhere in the store
     found = {p[len(ANON_PREFIX) :] for p in ids if p.startswith(ANON_PREFIX)} | set(cookies)
     frames: dict[Path, pd.DataFrame] = {}
+    unreadable: dict[str, str] = {}
     for path in files:
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # e.g. truncated by a killed writer
+            unreadable[str(path.relative_to(workdir))] = f"{type(exc).__name__}: {exc}"[:300]
+            continue
         frames[path] = frame
         found |= linked_cookies(frame, ids)
     removed: dict[str, int] = {}
@@ -331,7 +356,7 @@ def purge_event_files(
         if mask.any():
             write_parquet_atomic(frame.loc[~mask].reset_index(drop=True), path)
             removed[str(path.relative_to(workdir))] = int(mask.sum())
-    return removed, found
+    return removed, found, unreadable
 
 
 # --------------------------------------------------------------------------- re-publishing

@@ -11,6 +11,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from dmp_ml.erasure import read_erasure_list
+
 from .conftest import Server
 
 
@@ -81,4 +83,4 @@ def test_forgotten_profiles_vanish_from_every_answer(server: Server, http: httpx
     everyone = {"all": [{"feature": "event_count_total", "op": ">=", "value": 0}]}
     preview = ok(http.post("/segments/preview", json={"rule": everyone, "sample": 1000}))
     assert not set(preview["sample_ids"]) & set(gone)
-    assert set(gone) <= set((server.workdir / "erasure.txt").read_text().split())
+    assert set(gone) <= read_erasure_list(server.workdir)
