@@ -40,7 +40,7 @@ from dmp_ml.bundle import (
     read_features_index,
     read_manifest,
 )
-from dmp_ml.errors import BundleError, RequestError, StorageError
+from dmp_ml.errors import BundleError, RequestError, StorageError, storage_errors
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -317,6 +317,7 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
     return removed
 
 
+@storage_errors()  # a full or read-only disk: one typed error naming the path
 def forget(
     workdir: str | Path, profile_ids: Iterable[str], bundle: ModelBundle | None = None
 ) -> ForgetReport:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class DmpMlError(Exception):
     """Base class of every error dmp-ml raises on purpose."""
@@ -54,3 +58,33 @@ class StorageError(DmpMlError):
 
 class StorageFullError(StorageError):
     """The disk (or quota) holding the workdir is full."""
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_CAUSES = {
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "a file is in the way of a directory",
+    errno.EISDIR: "a directory is in the way of a file",
+}
+
+
+def storage_error(exc: OSError, path: object = None) -> StorageError:
+    """The typed error for an ``OSError`` met while writing (or reading) the workdir."""
+    where = exc.filename or path or "the workdir"
+    if exc.errno in _FULL:
+        return StorageFullError(where, "no space left on the device (or quota exceeded)")
+    return StorageError(where, _CAUSES.get(exc.errno or 0, exc.strerror or type(exc).__name__))
+
+
+@contextmanager
+def storage_errors(path: object = None) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block into :func:`storage_error`'s typed error."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, path) from exc

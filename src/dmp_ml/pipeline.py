@@ -23,7 +23,7 @@ from dmp_ml import bundle as bundle_io
 from dmp_ml.activation import write_contacts
 from dmp_ml.contract import LoadResult, load_consent, load_events, load_profiles
 from dmp_ml.erasure import apply_erasure_list, read_erasure_list
-from dmp_ml.errors import DataContractError, InsufficientDataError
+from dmp_ml.errors import DataContractError, InsufficientDataError, storage_errors
 from dmp_ml.features import FeatureBuilder, FeatureTable
 from dmp_ml.mapping import ColumnMapping
 from dmp_ml.refresh import write_consent_state
@@ -69,6 +69,9 @@ class TrainContext:
     version: str  # the bundle being built: names every MLflow run of this train
     builder: FeatureBuilder  # the event log encoded once, for every cutoff any step needs
     features: FeatureTable | None = None
+    # (step, action) run once the bundle is published, e.g. MLflow model registration;
+    # each returns details added to the step's outcome
+    after_publish: list[tuple[str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
 
     def run_labels(self) -> dict[str, Any]:
         """MLflow run name and tags tying a run to this bundle (``dmp-ml promote`` reads them)."""
@@ -102,7 +105,7 @@ def _features_step(ctx: TrainContext) -> StepOutcome:
 
 def _propensity_step(ctx: TrainContext) -> StepOutcome:
     from dmp_ml.propensity import build_snapshots, train_propensity
-    from dmp_ml.tracking import log_propensity_run
+    from dmp_ml.tracking import log_propensity_run, register_propensity_run
 
     assert ctx.features is not None
     snapshots, _ = build_snapshots(
@@ -119,7 +122,22 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
     out = ctx.bundle_dir / "propensity"
     result.model.save(out)
     result.scores.to_parquet(out / "scores.parquet", index=False)
-    logged = log_propensity_run(result, ctx.settings, **ctx.run_labels())
+    logged = log_propensity_run(result, ctx.settings, register=False, **ctx.run_labels())
+
+    def register() -> dict[str, Any]:
+        try:
+            done = register_propensity_run(logged, result, ctx.settings)
+        except Exception as exc:  # the bundle is live; the registry can be fixed later
+            logger.error("MLflow registration of run %s failed: %s", logged.run_id, exc)
+            return {"registration_error": f"{type(exc).__name__}: {exc}"[:500]}
+        return {
+            "champion": done.champion_version,
+            "promoted": done.promoted,
+            "champion_reason": done.reason,
+            "model_version": done.model_version,
+        }
+
+    ctx.after_publish.append(("propensity", register))
     return StepOutcome(
         "trained",
         metrics=result.summary(),
@@ -127,10 +145,9 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
         details={
             "target_event": result.target_event,
             "horizon_days": result.horizon_days,
-            "champion": logged.champion_version,
-            "promoted": logged.promoted,
-            "champion_reason": logged.reason,
-            "model_version": logged.model_version,
+            # the registry version and champion decision come after publishing: see the
+            # run's tags in MLflow (registered_model_version, champion_decision)
+            "registration": "after publish",
         },
     )
 
@@ -220,9 +237,23 @@ def train(
     """
     settings = settings or load_settings()
     workdir = Path(workdir if workdir is not None else settings.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     if settings.workdir != workdir:
         settings = settings.model_copy(update={"workdir": workdir})
+    with storage_errors(workdir):  # a full or read-only disk: one typed error naming the path
+        return _train(events, as_of, workdir, profiles, consent, mapping, settings, on_step)
+
+
+def _train(
+    events: str | Path | pd.DataFrame,
+    as_of: str | pd.Timestamp,
+    workdir: Path,
+    profiles: str | Path | pd.DataFrame | None,
+    consent: str | Path | pd.DataFrame | None,
+    mapping: ColumnMapping | str | Path | None,
+    settings: Settings,
+    on_step: StepCallback | None,
+) -> TrainResult:
+    workdir.mkdir(parents=True, exist_ok=True)
     loads: dict[str, dict[str, Any]] = {}
     events_df = _input(events, "events", load_events, mapping, settings, workdir, loads)
     assert events_df is not None
@@ -272,6 +303,9 @@ def train(
                 "mlflow_tracking_uri": settings.tracking_uri(),
             },
         )
+    # only now that the bundle is live: a registry version never names an unpublished bundle
+    for name, register in ctx.after_publish:
+        outcomes[name].details.update(register())
     apply_erasure_list(workdir)  # an erasure that landed while this run trained
     return TrainResult(bundle_io.live_bundle_path(workdir), version, manifest, outcomes, loads)
 

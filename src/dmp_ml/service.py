@@ -72,7 +72,10 @@ from dmp_ml.errors import (  # noqa: E402
     BundleError,
     DataContractError,
     RequestError,
+    StorageError,
+    StorageFullError,
     UnknownProfileError,
+    storage_error,
 )
 
 if TYPE_CHECKING:
@@ -242,7 +245,13 @@ class ReloadResponse(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
+    413: {"model": ErrorResponse, "description": "Body over `service.max_request_bytes`."},
     422: {"model": ErrorResponse, "description": "Invalid request; `field` names the field."},
+}
+_WRITES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "No API token set."},
+    503: {"model": ErrorResponse, "description": "The workdir cannot be written (read-only)."},
+    507: {"model": ErrorResponse, "description": "No space left where the workdir is."},
 }
 
 # -------------------------------------------------------------------------------- JSON shaping
@@ -311,6 +320,14 @@ def _json(payload: dict[str, Any], status: int = 200) -> JSONResponse:
 
 def _error(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, "field": field, **extra}, status_code=status)
+
+
+def _storage_failure(what: str, exc: StorageError | OSError) -> JSONResponse:
+    """507 when the workdir's disk is full, 503 when it cannot be written (read-only, ...)."""
+    error = exc if isinstance(exc, StorageError) else storage_error(exc)
+    status = 507 if isinstance(error, StorageFullError) else 503
+    logger.error("%s: the workdir cannot be written: %s", what, error)
+    return _error(status, f"the workdir cannot be written: {error}", "workdir")
 
 
 def _log_failure(what: str, exc: BaseException) -> None:
@@ -658,6 +675,8 @@ class DmpMlService:
         except BundleError as exc:
             logger.error("%s: the live bundle cannot answer: %s", what, exc)
             return _error(503, str(exc))
+        except (StorageError, OSError) as exc:
+            return _storage_failure(what, exc)
         except Exception as exc:
             _log_failure(what, exc)
             return _error(500, "internal error; see the server log")
@@ -824,7 +843,7 @@ class DmpMlService:
 
     @app.post(
         "/forget",
-        responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "No API token set."}},
+        responses={**_ERRORS, **_WRITES},
         summary="Forget profiles everywhere: erasure list, live bundle (re-published), events.",
     )
     async def forget(self, body: ForgetRequest) -> Any:
