@@ -40,7 +40,7 @@ from dmp_ml.bundle import (
     read_features_index,
     read_manifest,
 )
-from dmp_ml.errors import BundleError, RequestError, StorageError, storage_errors
+from dmp_ml.errors import BundleError, RequestError, StorageError, storage_errors_in
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -155,11 +155,28 @@ def add_to_erasure_list(workdir: str | Path, profile_ids: Iterable[str]) -> int:
             logger.info("erasure list migrated to %s (%d ids)", path.name, len(known))
         new = sorted({str(p).strip() for p in profile_ids if str(p).strip()} - known)
         if new:
+            _drop_torn_tail(path)
             with path.open("a", encoding="ascii") as handle:
                 handle.write("".join(_line(p) for p in new))
                 handle.flush()
                 os.fsync(handle.fileno())
     return len(new)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unfinished last line (an append that failed, e.g. on a full disk) before the next.
+
+    Such a line was never acknowledged; appending after it would glue two ids together.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -317,7 +334,7 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
     return removed
 
 
-@storage_errors()  # a full or read-only disk: one typed error naming the path
+@storage_errors_in(lambda workdir, *_, **__: workdir)  # a full or read-only disk: one typed error
 def forget(
     workdir: str | Path, profile_ids: Iterable[str], bundle: ModelBundle | None = None
 ) -> ForgetReport:

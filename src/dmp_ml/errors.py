@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class DmpMlError(Exception):
@@ -88,3 +92,22 @@ def storage_errors(path: object = None) -> Iterator[None]:
         raise
     except OSError as exc:
         raise storage_error(exc, path) from exc
+
+
+def storage_errors_in(where: Callable[..., object]) -> Callable[[F], F]:
+    """Decorator form of :func:`storage_errors`; ``where(*args, **kwargs)`` names the path
+    (the workdir) when the ``OSError`` names none (e.g. a Parquet writer's)."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except StorageError:
+                raise
+            except OSError as exc:
+                raise storage_error(exc, where(*args, **kwargs)) from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

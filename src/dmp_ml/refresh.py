@@ -53,7 +53,7 @@ from dmp_ml import store
 from dmp_ml.bundle import live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, load_events
 from dmp_ml.erasure import erasure_stamp, read_erasure_list
-from dmp_ml.errors import DataContractError, RequestError, storage_errors
+from dmp_ml.errors import DataContractError, RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
 from dmp_ml.settings import Settings
@@ -464,7 +464,7 @@ class Refresher:
         return self._raw_scores
 
     # ------------------------------------------------------------------ apply
-    @storage_errors()
+    @storage_errors_in(lambda self, *_, **__: self.workdir)
     def apply(
         self,
         events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
@@ -499,7 +499,7 @@ class Refresher:
                 self._bundle = None  # half-edited: reload from disk next time
                 raise
 
-    @storage_errors()
+    @storage_errors_in(lambda self, *_, **__: self.workdir)
     def catch_up(self) -> RefreshReport | None:
         """Re-apply the stored batches a bundle fresh from ``train`` does not reflect yet.
 

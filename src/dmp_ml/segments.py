@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmp_ml.errors import RequestError, storage_errors
+from dmp_ml.errors import RequestError, storage_errors_in
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -763,7 +763,7 @@ def _cycle(workdir: str | Path, name: str, rule: Rule) -> list[str] | None:
     return None
 
 
-@storage_errors()
+@storage_errors_in(lambda workdir, *_, **__: workdir)
 def save_segment(
     workdir: str | Path,
     name: str,

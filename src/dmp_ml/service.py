@@ -531,7 +531,7 @@ class DmpMlService:
         self._bundle: Any = None
         self._loaded_at: str | None = None
         self._refresher: Any = None  # dmp_ml.refresh.Refresher, created on the first batch
-        self._refresh_lock = threading.Lock()  # one batch at a time per worker
+        self._spooled = threading.Event()  # set when this worker spools a batch
         self._erasure_stamp: tuple[int, int, int] | None = None
         self._scrub_pending = False  # a forget could not rewrite the live bundle on disk
         self._load(self._pointer())
@@ -540,6 +540,12 @@ class DmpMlService:
         if self.settings.service.reload_poll_seconds > 0:
             self._watcher = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
             self._watcher.start()
+        self._applier: threading.Thread | None = None
+        if not self.settings.service.bento_model:
+            self._applier = threading.Thread(
+                target=self._apply_spool, name="events-apply", daemon=True
+            )
+            self._applier.start()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -655,6 +661,7 @@ class DmpMlService:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        self._spooled.set()
         self._heavy.shutdown(wait=False, cancel_futures=True)
 
     def __is_ready__(self) -> bool:
@@ -885,14 +892,17 @@ class DmpMlService:
 
     @app.post(
         "/events",
+        status_code=202,
         responses={
             **_ERRORS,
-            403: {"model": ErrorResponse, "description": "No API token set."},
+            **_WRITES,
             409: {"model": ErrorResponse, "description": "A promoted model is served."},
         },
-        summary="Apply new events (data contract) to the live bundle without retraining.",
+        summary="Accept new events (data contract): stored durably now, applied in the background.",
     )
     async def events(self, body: EventsRequest) -> Any:
+        """202 once the batch is on disk (fsynced); ``GET /events/{batch}`` says when it is
+        visible. Batches queued together are applied as one refresh (one re-publish)."""
         refused = self._require_token("POST /events")
         if refused is not None:
             return refused
@@ -905,25 +915,65 @@ class DmpMlService:
             )
 
         def work() -> JSONResponse:
-            from dmp_ml.refresh import Refresher
+            from dmp_ml.spool import accept
 
-            with self._refresh_lock:
+            receipt = accept(self.workdir, body.events)  # durable before the answer
+            self._spooled.set()  # wake this worker's applier
+            logger.info(
+                "events: batch of %d accepted (%d valid), %d queued",
+                receipt.rows_received,
+                receipt.rows_valid,
+                receipt.queued_batches,
+            )
+            payload = receipt.to_dict()
+            payload["status_url"] = f"/events/{receipt.batch}"
+            return _json(_plain(payload), status=202)
+
+        return await self._run("events", work)
+
+    @app.get(
+        "/events/{batch}",
+        responses={
+            401: _ERRORS[401],
+            404: {"model": ErrorResponse, "description": "No such batch."},
+            422: _ERRORS[422],
+        },
+        summary="Where an accepted batch is: queued (with an estimate) or applied (visible).",
+    )
+    async def event_batch(self, batch: str) -> Any:
+        def work() -> JSONResponse:
+            from dmp_ml.spool import batch_status
+
+            status = batch_status(self.workdir, batch)
+            if status["status"] == "unknown":
+                return _error(404, f"no batch {batch} (unknown, or older than a week)", "batch")
+            return _json(_plain(status))
+
+        return await self._run("event_batch", work)
+
+    def _apply_spool(self) -> None:
+        """Background applier: apply spooled batches together; one process at a time."""
+        from dmp_ml.refresh import Refresher
+        from dmp_ml.spool import drain, pending
+
+        interval = max(0.2, min(self.settings.service.reload_poll_seconds or 1.0, 1.0))
+        while not self._stop.is_set():
+            self._spooled.wait(interval)
+            self._spooled.clear()
+            if not pending(self.workdir):
+                continue
+            try:
                 if self._refresher is None:
                     self._refresher = Refresher(self.workdir, n_threads=self._threads)
-                report = self._refresher.apply(body.events)  # quarantines bad rows, never raises
-            with contextlib.suppress(BundleError):
-                self.reload_bundle()  # visible here now; other workers via the pointer poll
-            payload = {k: v for k, v in report.to_dict().items() if not k.endswith("_path")}
-            logger.info(
-                "events: %d received, %d applied, %d quarantined, bundle %s",
-                report.rows_received,
-                report.rows_accepted,
-                report.rows_quarantined,
-                report.bundle_version,
-            )
-            return _json(_plain(payload))
+                # loaded here before any batch is reported applied; other workers: the poll
+                drain(self.workdir, self._refresher, on_applied=self._reload_quietly)
+            except Exception as exc:  # kept spooled; retried after a pause
+                logger.error("applying spooled events failed (retried): %s", exc)
+                self._stop.wait(5.0)
 
-        return await self._run("events", work, heavy=True)
+    def _reload_quietly(self, *_: Any) -> None:
+        with contextlib.suppress(BundleError):
+            self.reload_bundle()
 
     @app.get("/info", responses={401: _ERRORS[401]}, summary="The live bundle and its manifest.")
     async def info(self) -> Any:

@@ -7,6 +7,8 @@ Layout under a workdir ``W`` (next to ``W/bundles`` and ``W/bundle``)::
     W/events/state.json               which incoming batches base.parquet already holds
     W/events/incoming/<batch>.parquet validated event batches applied since (near-real-time refresh)
     W/events/quarantine/<batch>.parquet  rows of those batches that failed the contract
+    W/events/spool/<batch>.parquet    batches accepted by POST /events, not applied yet
+    W/events/batches/<batch>.json     the outcome of each applied batch (counts, no ids)
 
 The event store holds contract frames; it is what a refresh recomputes profiles from and what
 the next ``train`` adds to its input (:func:`merge_incoming`), so no event applied to the live
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -50,6 +53,8 @@ BASE_EVENTS = "base.parquet"
 STATE_FILE = "state.json"
 INCOMING_DIR = "incoming"
 QUARANTINE_DIR = "quarantine"
+SPOOL_DIR = "spool"  # see dmp_ml.spool
+_YOUNG_SECONDS = 120.0  # a spool file this new may be mid-write (accepting takes no lock)
 ANON_PREFIX = "anon:"
 # components a re-publish writes from the loaded objects (everything else is copied as is)
 _REWRITTEN = ("features", "send_time", "lookalike", "propensity/scores.parquet")
@@ -219,14 +224,23 @@ def record_training_events(
 def remove_stale_temp_files(workdir: str | Path) -> list[str]:
     """Delete half-written files a killed writer left in the event store; call under the lock.
 
-    Every writer of ``W/events`` holds :func:`workdir_lock`, so under it any ``.*.tmp`` or
-    ``.state.json.*`` file there belongs to a writer that died: it may hold events of a
-    profile (even an erased one) and is never read. Returns the paths removed.
+    Every writer of ``W/events`` holds :func:`workdir_lock` (but accepting a batch into the
+    spool, whose temporary files are left alone for two minutes), so under it any ``.*``
+    file there belongs to a writer that died: it may hold events of a profile (even an
+    erased one) and is never read. Returns the paths removed.
     """
     root = events_dir(workdir)
     if not root.exists():
         return []
-    stale = [p for p in root.rglob(".*") if p.is_file() and not p.is_symlink()]
+    spool = root / SPOOL_DIR
+    now = time.time()
+    stale = [
+        p
+        for p in root.rglob(".*")
+        if p.is_file()
+        and not p.is_symlink()
+        and not (p.parent == spool and now - p.stat().st_mtime < _YOUNG_SECONDS)
+    ]
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
@@ -322,8 +336,9 @@ def purge_event_files(
 ) -> tuple[dict[str, int], set[str], dict[str, str]]:
     """Remove the profiles' rows from every event file of the workdir.
 
-    Covers the event store (base, incoming batches, their quarantine) and the training
-    quarantine files ``W/quarantine/*.parquet`` (text columns; matched the same way).
+    Covers the event store (base, incoming batches, spooled batches, their quarantine) and
+    the training quarantine files ``W/quarantine/*.parquet`` (text columns; matched the same
+    way).
     Returns the rows removed per file, every cookie linked to the profiles (``cookies``
     plus those found in the files), and the files that could not be read (so not scrubbed),
     with why.
@@ -335,7 +350,11 @@ def purge_event_files(
     if base.exists():
         files.append(base)
     files += incoming_batches(workdir)
-    for folder in (events_dir(workdir) / QUARANTINE_DIR, workdir / "quarantine"):
+    for folder in (
+        events_dir(workdir) / SPOOL_DIR,
+        events_dir(workdir) / QUARANTINE_DIR,
+        workdir / "quarantine",
+    ):
         if folder.exists():
             files += sorted(folder.glob("*.parquet"))
     # cookies linked to the profiles anywhere in the store

@@ -23,7 +23,12 @@ import pandas as pd
 import pytest
 
 TOKEN = "test-token-3f9a"
-CAPS = {"max_score_ids": 50, "max_send_time_ids": 50, "max_seed_ids": 600}
+CAPS = {
+    "max_score_ids": 50,
+    "max_send_time_ids": 50,
+    "max_seed_ids": 600,
+    "max_request_bytes": 200_000,
+}
 
 
 @dataclass(frozen=True)

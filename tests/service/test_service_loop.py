@@ -5,6 +5,7 @@ Runs after the other service modules (it forgets profiles on the shared server).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -25,6 +26,18 @@ def http(server: Server) -> httpx.Client:
 def ok(response: httpx.Response) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def wait_applied(http: httpx.Client, status_url: str, timeout: float = 120) -> dict[str, Any]:
+    """Poll an accepted batch until it is applied (visible to /score on this worker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = ok(http.get(status_url))
+        if status["status"] == "applied":
+            return status
+        assert status["status"] == "queued", status
+        assert time.monotonic() < deadline, f"batch not applied after {timeout} s: {status}"
+        time.sleep(0.2)
 
 
 def test_segment_preview_sizes_a_rule(http: httpx.Client) -> None:
@@ -50,10 +63,16 @@ def test_fresh_events_count_before_the_next_retrain(server: Server, http: httpx.
         {"event_time": when, "cookie_id": "ck-fresh-visitor", "event_type": "product_view"},
         {"event_time": when, "event_type": "page_view"},  # neither id: quarantined
     ]
-    report = ok(http.post("/events", json={"events": events}))
-    assert report["rows_received"] == 2
-    assert report["rows_accepted"] == 1
-    assert report["quarantined_by_reason"] == {"missing_id": 1}
+    response = http.post("/events", json={"events": events})
+    assert response.status_code == 202, response.text
+    receipt = response.json()
+    assert receipt["status"] == "accepted"
+    assert receipt["rows_received"] == 2 and receipt["rows_valid"] == 1
+    assert receipt["quarantined_by_reason"] == {"missing_id": 1}
+    applied = wait_applied(http, receipt["status_url"])
+    assert applied["bundle_version"] and applied["seconds_to_visible"] >= 0
+    assert applied["refresh"]["rows_accepted"] == 1
+    assert applied["refresh"]["quarantined_by_reason"] == {"missing_id": 1}
     scored = ok(http.post("/score", json={"profile_ids": ["anon:ck-fresh-visitor"]}))
     assert [r["profile_id"] for r in scored["results"]] == ["anon:ck-fresh-visitor"]
 
