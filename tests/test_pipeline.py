@@ -8,7 +8,7 @@ import pytest
 
 from dmp_ml.bundle import load_bundle
 from dmp_ml.demo import generate_demo_world, write_demo_world
-from dmp_ml.errors import BundleError
+from dmp_ml.errors import BundleError, StorageError
 from dmp_ml.pipeline import train
 
 
@@ -54,3 +54,47 @@ def test_withdrawn_profiles_are_in_no_part_of_the_bundle(tiny) -> None:
     assert not withdrawn & set(bundle.lookalike_model.profile_ids_)
     if bundle.send_time_model is not None:
         assert not withdrawn & set(bundle.send_time_model.profile_ids_)
+
+
+def _versions(settings) -> int:
+    from mlflow import MlflowClient
+
+    from dmp_ml.tracking import registered_model_name, use_tracking_uri
+
+    with use_tracking_uri(settings.tracking_uri()) as client:
+        assert isinstance(client, MlflowClient)
+        name = registered_model_name(settings.propensity.target_event)
+        return len(client.search_model_versions(f"name='{name}'"))
+
+
+def test_a_train_that_cannot_publish_registers_no_model_version(
+    trained_workdir: Path, copy_workdir, demo_world, train_settings, tmp_path: Path
+) -> None:
+    import shutil
+
+    workdir = copy_workdir(trained_workdir, tmp_path / "w")
+    before = _versions(train_settings)
+    live = (workdir / "bundle").resolve()
+    (workdir / "bundle").unlink()
+    shutil.copytree(live, workdir / "bundle")  # a directory where the pointer should be
+    with pytest.raises(BundleError, match="not a bundle pointer"):
+        train(demo_world.events, "end", workdir, settings=train_settings)
+    assert _versions(train_settings) == before  # every step ran; nothing was published
+    (workdir / "bundle").rename(tmp_path / "moved")
+    result = train(demo_world.events, "end", workdir, settings=train_settings)
+    assert _versions(train_settings) == before + 1  # registered once published
+    assert result.steps["propensity"].details["model_version"] == str(before + 1)
+
+
+def test_an_unwritable_workdir_is_one_typed_error_naming_the_path(
+    demo_world, train_settings, tmp_path: Path
+) -> None:
+    # root writes through chmod, so the failure is made real another way: the bundles
+    # directory's path is taken by a regular file (mkdir fails for root too)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "bundles").write_text("not a directory")
+    with pytest.raises(StorageError) as caught:
+        train(demo_world.events, "end", workdir, settings=train_settings)
+    assert str(workdir / "bundles") in str(caught.value)
+    assert "in the way" in caught.value.cause or "not a directory" in caught.value.cause

@@ -8,12 +8,16 @@ Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once (or, with
 - ``POST /send_time``  best send hour in a window, respecting quiet hours
 - ``GET  /info``       the live bundle: version, path, as_of, manifest (versions, metrics)
 - ``POST /reload``     load the bundle the ``bundle`` pointer names now; a corrupt one is refused
+- ``POST /events``     accept fresh events (202 once spooled durably; applied in the background)
+- ``GET  /events/{batch}``  queued (with an estimate) or applied (visible, and after how long)
+- ``POST /forget``     erasure everywhere; 503 ``status: incomplete`` if a store is not scrubbed
 - ``GET  /livez``, ``/readyz``, ``/healthz``, ``/metrics`` (BentoML; never need the token)
 
 Routes are FastAPI views on the BentoML service class (``@bentoml.asgi_app``): that gives
 ``GET /info``, full control of error bodies and an OpenAPI schema merged into BentoML's
 ``/docs.json``. Every client error is a 4xx JSON ``{"error": ..., "field": ...}`` naming the
-offending field; request bodies are never logged (counts only), nor echoed in logs.
+offending field; request bodies are never logged (counts only), nor echoed in logs. Bodies
+over ``service.max_request_bytes`` get 413; a full workdir disk 507, an unwritable one 503.
 
 Swapping bundles is one reference assignment: a request reads ``self._bundle`` once and
 finishes on that object even if a reload lands meanwhile. Every worker also polls the pointer
