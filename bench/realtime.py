@@ -15,8 +15,15 @@ one long-lived :class:`dmp_ml.refresh.Refresher`:
 Batches resemble live traffic: events of existing profiles and cookies (resampled from the
 log, moved to the hours after the bundle's ``as_of``) plus a share of new cookies.
 
+Over HTTP (``--http-seconds``), a real server (``dmp-ml serve``) takes ``POST /events`` from
+``--events-clients`` threads (batches of ``--http-batch`` events) while ``--score-clients``
+threads call ``POST /score``; it prints p50/p99 of each endpoint, then waits until every
+accepted batch is visible and prints the delay to visibility the service reported per batch,
+and checks that nothing was lost (every event accepted is in the event store).
+
     python bench/realtime.py                       # 5,000 profiles x 90 days
     python bench/realtime.py --profiles 20000 --batches 100,1000,10000 --repeats 3
+    python bench/realtime.py --profiles 2000 --batches "" --http-seconds 30   # 5 + 5 threads
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-share", type=float, default=0.05, help="share of new cookies")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workdir here")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--http-seconds", type=float, default=0, help="HTTP load; 0: skip")
+    parser.add_argument("--events-clients", type=int, default=5)
+    parser.add_argument("--score-clients", type=int, default=5)
+    parser.add_argument("--http-batch", type=int, default=50, help="events per POST /events")
+    parser.add_argument("--workers", type=int, default=1, help="server workers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'visible s':>9}  stages (median s)"
         )
         print(header)
-        for size in [int(s) for s in args.batches.split(",")]:
+        for size in [int(s) for s in args.batches.split(",") if s.strip()]:
             runs = []
             for _ in range(args.repeats):
                 batch = make_batch(world.events, as_of, size, rng, args.new_share)
@@ -159,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{size:>7} {profiles:>8} {apply_s:>8.2f} {size / apply_s:>9.0f} "
                 f"{visible_s:>9.2f}  {stage_text}"
             )
+        http = None
+        if args.http_seconds > 0:
+            http = http_bench(workdir, world.events, bundle, args)
         summary = {
+            "http": http,
             "profiles": args.profiles,
             "days": args.days,
             "events": len(world.events),
@@ -173,6 +191,139 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _records(batch: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for row in batch.to_dict("records"):
+        record = {}
+        for key, value in row.items():
+            if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+                continue
+            record[key] = value.isoformat() if isinstance(value, pd.Timestamp) else value
+        out.append(record)
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def http_bench(
+    workdir: Path, events: pd.DataFrame, bundle: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``POST /events`` and ``POST /score`` threads against a real server; see the module doc."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from load import start_server, stop_server
+
+    token = "bench-token"
+    proc, url = start_server(workdir, args.workers, token, workdir.parent / "server.log")
+    headers = {"Authorization": f"Bearer {token}"}
+    known = bundle.scores.index.astype(str).tolist()
+    stop = time.monotonic() + args.http_seconds
+    lat: dict[str, list[float]] = {"events": [], "score": []}
+    errors: list[str] = []
+    accepted: list[dict[str, Any]] = []
+    rows_sent = [0]
+    lock = threading.Lock()
+
+    def events_client(seed: int) -> None:
+        rng = np.random.default_rng(1000 + seed)
+        with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+            while time.monotonic() < stop:
+                body = {
+                    "events": _records(make_batch(events, bundle.as_of, args.http_batch, rng, 0.05))
+                }
+                t0 = time.perf_counter()
+                r = client.post("/events", json=body)
+                took = time.perf_counter() - t0
+                with lock:
+                    lat["events"].append(took)
+                    if r.status_code in (200, 202):
+                        accepted.append(r.json())
+                        rows_sent[0] += len(body["events"])
+                    else:
+                        errors.append(f"events {r.status_code}: {r.text[:200]}")
+
+    def score_client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+            while time.monotonic() < stop:
+                ids = [known[i] for i in rng.integers(0, len(known), 20)]
+                t0 = time.perf_counter()
+                r = client.post("/score", json={"profile_ids": ids})
+                took = time.perf_counter() - t0
+                with lock:
+                    lat["score"].append(took)
+                    if r.status_code != 200:
+                        errors.append(f"score {r.status_code}: {r.text[:200]}")
+
+    threads = [
+        threading.Thread(target=events_client, args=(i,)) for i in range(args.events_clients)
+    ] + [threading.Thread(target=score_client, args=(i,)) for i in range(args.score_clients)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # until every accepted batch is visible (a synchronous service: already)
+        visible: list[float] = []
+        deadline = time.monotonic() + 600
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            for answer in accepted:
+                if answer.get("status") != "accepted":
+                    continue
+                while True:
+                    state = client.get(f"/events/{answer['batch']}").json()
+                    if state.get("status") == "applied":
+                        visible.append(float(state["seconds_to_visible"]))
+                        break
+                    if time.monotonic() > deadline:
+                        errors.append(f"batch {answer['batch']} not visible after 600 s")
+                        break
+                    time.sleep(0.2)
+    finally:
+        stop_server(proc)
+    stored = sum(len(store.read_events_file(p)) for p in store.incoming_batches(workdir))
+    quarantined = [store.events_dir(workdir) / store.QUARANTINE_DIR]
+    q_rows = sum(
+        len(pd.read_parquet(p)) for d in quarantined if d.exists() for p in d.glob("*.parquet")
+    )
+    result = {
+        "seconds": args.http_seconds,
+        "events_clients": args.events_clients,
+        "score_clients": args.score_clients,
+        "batch_events": args.http_batch,
+        "workers": args.workers,
+        "events_requests": len(lat["events"]),
+        "score_requests": len(lat["score"]),
+        "events_p50_s": round(_pct(lat["events"], 50), 3),
+        "events_p99_s": round(_pct(lat["events"], 99), 3),
+        "score_p50_s": round(_pct(lat["score"], 50), 3),
+        "score_p99_s": round(_pct(lat["score"], 99), 3),
+        "visible_p50_s": round(_pct(visible, 50), 3) if visible else None,
+        "visible_p99_s": round(_pct(visible, 99), 3) if visible else None,
+        "rows_sent": rows_sent[0],
+        "rows_stored": stored,
+        "rows_quarantined": q_rows,
+        "errors": errors[:10],
+        "n_errors": len(errors),
+    }
+    print(
+        f"HTTP {args.http_seconds:.0f} s, {args.events_clients} /events + {args.score_clients} "
+        f"/score threads, {args.workers} worker(s), {args.http_batch} events per batch:\n"
+        f"  /events  n={result['events_requests']:>5}  p50 {result['events_p50_s']:.3f} s  "
+        f"p99 {result['events_p99_s']:.3f} s\n"
+        f"  /score   n={result['score_requests']:>5}  p50 {result['score_p50_s']:.3f} s  "
+        f"p99 {result['score_p99_s']:.3f} s\n"
+        f"  visible after accept: p50 {result['visible_p50_s']} s, "
+        f"p99 {result['visible_p99_s']} s\n"
+        f"  events sent {rows_sent[0]:,}, stored {stored:,} + quarantined {q_rows:,}; "
+        f"errors {len(errors)}"
+    )
+    return result
 
 
 if __name__ == "__main__":

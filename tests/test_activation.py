@@ -19,7 +19,7 @@ from dmp_ml.activation import (
 )
 from dmp_ml.bundle import ModelBundle, load_bundle
 from dmp_ml.demo import DemoWorld
-from dmp_ml.erasure import add_to_erasure_list
+from dmp_ml.erasure import ERASURE_FILE, add_to_erasure_list
 from dmp_ml.errors import RequestError
 from dmp_ml.identity import _latest_consent
 
@@ -154,4 +154,4 @@ def test_exports_never_hold_non_consented_unknown_or_erased_profiles(
         assert list(frame["profile_id"]) == live[1:]
         assert frame["email_sha256"].notna().all()
     finally:
-        (workdir / "erasure.txt").unlink()
+        (workdir / ERASURE_FILE).unlink()

@@ -157,3 +157,43 @@ def test_validate_reports_counts(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["rows_read"] == report["rows_loaded"] + report["rows_quarantined"]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"[]", "a JSON object was expected"), (b"\xff\xfe{", "not UTF-8"), (b"{", "not JSON")],
+)
+def test_a_corrupt_manifest_is_one_line_and_exit_2(
+    workdir: Path, tmp_path: Path, content: bytes, words: str
+) -> None:
+    import shutil
+
+    broken = tmp_path / "W"
+    shutil.copytree(workdir / "W", broken, symlinks=True)
+    (live_bundle_path(broken) / "manifest.json").write_bytes(content)
+    for args in (("score", "--workdir", broken), ("serve", "--workdir", broken)):
+        result = dmp_ml(*args)
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr and "manifest.json" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_hostile_ids_and_numbers_are_one_line_and_exit_2(workdir: Path) -> None:
+    from dmp_ml.erasure import read_erasure_list
+
+    ids = workdir / "odd-ids.txt"
+    ids.write_text("nobody\u2028p000020\n", encoding="utf-8")
+    before = read_erasure_list(workdir / "W")
+    result = dmp_ml("forget", "--workdir", workdir / "W", "--ids", ids)
+    assert result.returncode == 2, result.stderr
+    assert "profile_ids[0]" in result.stderr and "U+2028" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert read_erasure_list(workdir / "W") == before
+
+    rule = workdir / "huge.json"
+    rule.write_text('{"feature": "purchase_count_90d", "op": "<", "value": 1' + "0" * 400 + "}")
+    result = dmp_ml("segment", "--workdir", workdir / "W", "--rule", rule)
+    assert result.returncode == 2, result.stderr
+    assert "value" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +18,8 @@ from dmp_ml import activation, store
 from dmp_ml.bundle import ModelBundle, load_bundle
 from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import (
+    ERASURE_FILE,
+    LEGACY_ERASURE_FILE,
     ForgetReport,
     add_to_erasure_list,
     apply_erasure_list,
@@ -65,7 +72,7 @@ def assert_gone_everywhere(bundle: ModelBundle, victims: list[str], seeds: list[
     assert sorted(bundle.send_time(victims + seeds[1:3]).unknown_ids) == sorted(victims)
     everyone = bundle.send_time(None).frame["profile_id"]
     assert not set(victims) & set(everyone)
-    audience = bundle.lookalike(seeds, size=len(bundle.features.frame) // 2)
+    audience = bundle.lookalike(seeds, reach=0.5)  # the largest audience a request may ask
     assert not set(victims) & set(audience.frame["profile_id"])
     assert audience.diagnostics["seeds_matched"] == len(seeds) - len(set(seeds) & set(victims))
     with pytest.raises((UnknownProfileError, RequestError)):  # unknown, or an empty seed
@@ -173,3 +180,130 @@ def test_forget_without_a_bundle_still_records_the_erasure(tmp_path: Path) -> No
     report = forget(tmp_path, ["p1", " p1 ", "p2"])
     assert report.requested == 2 and report.bundle_version is None
     assert read_erasure_list(tmp_path) == {"p1", "p2"}
+
+
+# ------------------------------------------------------------------ hostile ids, killed writers
+
+
+def holders(workdir: Path, profile_id: str) -> list[str]:
+    """Every file under ``workdir`` (but the erasure list) that holds ``profile_id``.
+
+    Parquet files are read (any column or the index); every other file is searched for the
+    id's bytes as UTF-8 and as UTF-32 (NumPy text arrays).
+    """
+    needles = [profile_id.encode("utf-8"), profile_id.encode("utf-32-le")]
+    found = []
+    for path in sorted(p for p in workdir.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.name in (ERASURE_FILE, LEGACY_ERASURE_FILE):
+            continue
+        if path.suffix == ".parquet":
+            try:
+                frame = pd.read_parquet(path)
+            except Exception:  # a half-written file: search its bytes
+                frame = None
+            if frame is not None:
+                cells = frame.reset_index().astype("string")
+                if cells.isin([profile_id]).to_numpy().any():
+                    found.append(str(path.relative_to(workdir)))
+                continue
+        data = path.read_bytes()
+        if any(n in data for n in needles):
+            found.append(str(path.relative_to(workdir)))
+    return found
+
+
+@pytest.mark.parametrize(
+    "bad", ["nobody\u2028p000020", "a\nb", "a\rb", "a\u2029b", "a\x85b", "a\x00b", "a\x1bb", "a\tb"]
+)
+def test_ids_holding_a_separator_or_control_character_are_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        forget(tmp_path, ["fine", bad])
+    assert caught.value.field == "profile_ids[1]"
+    assert "U+" in caught.value.message
+    assert read_erasure_list(tmp_path) == frozenset()  # nothing half-recorded
+
+
+def test_the_erasure_list_round_trips_any_id_and_migrates_the_old_format(tmp_path: Path) -> None:
+    odd = ['quote"d', "back\\slash", "é-ü", "emoji-\U0001f600", "sp ace", "x\u2028y"]
+    add_to_erasure_list(tmp_path, odd)  # the library stores whatever it is given, exactly
+    assert read_erasure_list(tmp_path) == frozenset(odd)
+    assert (tmp_path / ERASURE_FILE).read_bytes().isascii()  # one line per id, always
+
+    old = tmp_path / "old"
+    old.mkdir()
+    # the old one-id-per-line list, holding a line that the old reader split in two
+    (old / LEGACY_ERASURE_FILE).write_text("p1\np2\nnobody\u2028p3\n", encoding="utf-8")
+    before = read_erasure_list(old)
+    assert {"p1", "p2", "p3", "nobody", "nobody\u2028p3"} <= before  # nothing erased is lost
+    assert add_to_erasure_list(old, ["p4"]) == 1
+    assert not (old / LEGACY_ERASURE_FILE).exists()
+    assert read_erasure_list(old) == before | {"p4"}
+
+
+def test_forget_of_an_unreadable_live_bundle_says_so_and_the_next_readable_load_scrubs(
+    trained_workdir: Path, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    workdir = copy_workdir(trained_workdir, tmp_path / "w")
+    bundle = load_bundle(workdir)
+    victim, other = [p for p in bundle.features.frame.index if not p.startswith("anon:")][:2]
+    features = bundle.path / "features" / "features.parquet"
+    intact = features.read_bytes()
+    features.write_bytes(intact[: len(intact) // 2])  # truncated on disk
+
+    report = forget(workdir, [victim], bundle=bundle)
+    assert not report.complete
+    assert report.to_dict()["status"] == "incomplete"
+    assert list(report.not_scrubbed) == [f"bundles/{bundle.path.name}"]
+    assert report.bundle_version is None
+    assert bundle.score([victim]).unknown_ids == [victim]  # the loaded copy stops at once
+
+    features.write_bytes(intact)  # repaired (or restored from a backup)
+    again = forget(workdir, [other])
+    assert again.complete and again.in_bundle == 2  # the earlier victim goes too
+    assert holders(workdir, victim) == []
+
+
+def test_a_train_killed_mid_write_leaves_nothing_after_forget_or_the_next_train(
+    trained_workdir: Path,
+    copy_workdir: CopyWorkdir,
+    demo_world: DemoWorld,
+    train_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    killed = copy_workdir(trained_workdir, tmp_path / "killed")
+    events = tmp_path / "events.parquet"
+    demo_world.events.to_parquet(events, index=False)
+    script = (
+        "import sys\n"
+        "from dmp_ml.pipeline import train\n"
+        "from dmp_ml.settings import Settings\n"
+        "settings = Settings.model_validate_json(sys.argv[3])\n"
+        "train(sys.argv[1], 'end', sys.argv[2], settings=settings)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(events), str(killed), train_settings.model_dump_json()],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((killed / "bundles").glob(".tmp-*/features/features.parquet")):
+            assert proc.poll() is None, "the train finished before it could be killed"
+            assert time.monotonic() < deadline, "no temporary bundle appeared"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the feature table be written whole
+    finally:
+        proc.send_signal(signal.SIGKILL)  # this test's own child, by its id
+        proc.wait(timeout=30)
+    temporary = list((killed / "bundles").glob(".tmp-*"))
+    assert len(temporary) == 1
+    victim = str(load_bundle(killed).features.frame.index[0])
+    assert any(h.startswith("bundles/.tmp-") for h in holders(killed, victim))
+
+    by_train = copy_workdir(killed, tmp_path / "by_train")
+    report = forget(killed, [victim])
+    assert report.temporary_removed == [temporary[0].name]
+    assert not list((killed / "bundles").glob(".tmp-*"))
+    assert holders(killed, victim) == []
+
+    train(demo_world.events, "end", by_train, settings=train_settings)
+    assert not list((by_train / "bundles").glob(".tmp-*"))

@@ -8,7 +8,7 @@ import pytest
 
 from dmp_ml.bundle import load_bundle
 from dmp_ml.demo import generate_demo_world, write_demo_world
-from dmp_ml.errors import BundleError
+from dmp_ml.errors import BundleError, StorageError
 from dmp_ml.pipeline import train
 
 pytestmark = pytest.mark.slow  # every test trains (the later ones read the first one's bundle)
@@ -88,3 +88,49 @@ def test_every_model_run_logs_its_charts_and_the_events_it_saw(
     lookalike = client.get_run(manifest["steps"]["lookalike"]["mlflow_run_id"]).data.metrics
     # held-out seeds are found far more often than a random audience would find them
     assert lookalike["heldout_lift_at_seed_size"] > 1.5
+
+
+def _versions(settings) -> int:
+    from mlflow import MlflowClient
+
+    from dmp_ml.tracking import registered_model_name, use_tracking_uri
+
+    with use_tracking_uri(settings.tracking_uri()) as client:
+        assert isinstance(client, MlflowClient)
+        name = registered_model_name(
+            settings.propensity.target_event, settings.propensity.horizon_days
+        )
+        return len(client.search_model_versions(f"name='{name}'"))
+
+
+def test_a_train_that_cannot_publish_registers_no_model_version(
+    trained_workdir: Path, copy_workdir, demo_world, train_settings, tmp_path: Path
+) -> None:
+    import shutil
+
+    workdir = copy_workdir(trained_workdir, tmp_path / "w")
+    before = _versions(train_settings)
+    live = (workdir / "bundle").resolve()
+    (workdir / "bundle").unlink()
+    shutil.copytree(live, workdir / "bundle")  # a directory where the pointer should be
+    with pytest.raises(BundleError, match="not a bundle pointer"):
+        train(demo_world.events, "end", workdir, settings=train_settings)
+    assert _versions(train_settings) == before  # every step ran; nothing was published
+    (workdir / "bundle").rename(tmp_path / "moved")
+    result = train(demo_world.events, "end", workdir, settings=train_settings)
+    assert _versions(train_settings) == before + 1  # registered once published
+    assert result.steps["propensity"].details["model_version"] == str(before + 1)
+
+
+def test_an_unwritable_workdir_is_one_typed_error_naming_the_path(
+    demo_world, train_settings, tmp_path: Path
+) -> None:
+    # root writes through chmod, so the failure is made real another way: the bundles
+    # directory's path is taken by a regular file (mkdir fails for root too)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "bundles").write_text("not a directory")
+    with pytest.raises(StorageError) as caught:
+        train(demo_world.events, "end", workdir, settings=train_settings)
+    assert str(workdir / "bundles") in str(caught.value)
+    assert "in the way" in caught.value.cause or "not a directory" in caught.value.cause

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dmp_ml.bundle import ModelBundle, load_bundle
-from dmp_ml.erasure import add_to_erasure_list
+from dmp_ml.erasure import ERASURE_FILE, add_to_erasure_list
 from dmp_ml.segments import (
     SegmentError,
     delete_segment,
@@ -174,7 +174,7 @@ def test_forgotten_and_erased_profiles_never_match(bundle: ModelBundle, workdir:
         assert len(after) == len(before) - 2
         assert gone_on_list not in preview(everyone, copy, sample=len(before))["sample_ids"]
     finally:
-        (workdir / "erasure.txt").unlink()
+        (workdir / ERASURE_FILE).unlink()
 
 
 # ------------------------------------------------------------------ saved segments
@@ -244,3 +244,21 @@ def test_preview_reports_size_sample_and_distributions(bundle: ModelBundle) -> N
     empty = preview({"feature": "purchase_count_30d", "op": "<", "value": 0}, bundle)
     assert empty["size"] == 0 and empty["sample_ids"] == []
     assert np.isclose(empty["share"], 0.0)
+
+
+@pytest.mark.parametrize(
+    ("clause", "field"),
+    [
+        ({"feature": "purchase_count_30d", "op": ">=", "value": 10**400}, "any[1].value"),
+        ({"feature": "purchase_count_30d", "op": "between", "value": [0, 10**400]}, "any[1].value"),
+        ({"feature": "purchase_count_30d", "op": "in", "value": [1, -(10**400)]}, "any[1].value"),
+        ({"feature": "purchase_count_30d", "op": "==", "value": 10**400}, "any[1].value"),
+        ({"score": "propensity", "op": "<", "value": 10**400}, "any[1].value"),
+    ],
+)
+def test_a_number_beyond_float_range_is_refused_by_clause(clause: dict, field: str) -> None:
+    rule = {"any": [{"feature": "purchase_count_30d", "op": ">=", "value": 1}, clause]}
+    with pytest.raises(SegmentError) as caught:
+        parse_rule(rule)
+    assert caught.value.field == field
+    assert len(caught.value.message) < 200  # the 401-digit number is not echoed whole

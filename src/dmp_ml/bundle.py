@@ -14,6 +14,7 @@ refused with :class:`~dmp_ml.errors.BundleError`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -122,15 +123,25 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     if not manifest_path.exists():
         raise BundleError(f"{path} is not a complete bundle: {MANIFEST} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path} is corrupt: {exc}") from exc
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{manifest_path} is corrupt: not UTF-8 text ({exc.reason})") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise BundleError(f"{manifest_path} is corrupt: not JSON ({exc})") from exc
+    except OSError as exc:
+        raise BundleError(f"{manifest_path} cannot be read: {exc.strerror or exc}") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(
+            f"{manifest_path} is corrupt: a JSON object was expected, got {type(manifest).__name__}"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"{path}: bundle format {manifest.get('format_version')} is not {FORMAT_VERSION}"
         )
     if verify:
         expected = manifest.get("files", {})
+        if not isinstance(expected, dict):
+            raise BundleError(f"{manifest_path} is corrupt: files is not a JSON object")
         actual = _checksums(path)
         missing = sorted(set(expected) - set(actual))
         changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
@@ -141,32 +152,77 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
+TEMP_PREFIX = ".tmp-"
+"""Bundles being written live in ``bundles/.tmp-*`` until they are published."""
+
+
 @contextmanager
 def write_bundle(workdir: str | Path, version: str) -> Iterator[Path]:
     """Yield a temporary directory to fill; on success publish it as the live bundle.
 
     The caller writes its files and a ``manifest`` dict into ``<tmp>/manifest.json`` via
     :func:`finish_manifest` before leaving the block. On any exception the temporary directory
-    is removed and the live bundle is untouched.
+    is removed and the live bundle is untouched. The writer holds a lock on the temporary
+    directory, so one a killed writer left behind is told apart from one being written:
+    abandoned ones are removed here first (and by ``forget``, see :func:`remove_abandoned`).
     """
     workdir = Path(workdir)
     versions = workdir / VERSIONS_DIR
     versions.mkdir(parents=True, exist_ok=True)
-    tmp = versions / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    remove_abandoned(workdir)
+    tmp = versions / f"{TEMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    fd = os.open(tmp, os.O_RDONLY)
     try:
-        yield tmp
-        read_manifest(tmp, verify=True)
-        final = versions / version
-        if final.exists():
-            raise BundleError(f"bundle version {version} already exists in {versions}")
-        os.replace(tmp, final)
-        _point_to(workdir, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        try:
+            yield tmp
+            read_manifest(tmp, verify=True)
+            final = versions / version
+            if final.exists():
+                raise BundleError(f"bundle version {version} already exists in {versions}")
+            os.replace(tmp, final)
+            _point_to(workdir, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        os.close(fd)
     _prune(versions, keep=KEEP_VERSIONS, live=final)
     logger.info("published bundle %s", final)
+
+
+def remove_abandoned(workdir: str | Path) -> list[str]:
+    """Delete the temporary bundles of writers that died (``kill -9``, power loss).
+
+    They hold whole feature tables, scores and hashed e-mails, so they must not outlive
+    their writer (nor an erasure). One still being written is locked by its writer and kept.
+    Returns the names removed.
+    """
+    versions = Path(workdir) / VERSIONS_DIR
+    if not versions.is_dir():
+        return []
+    removed = []
+    for path in sorted(versions.glob(f"{TEMP_PREFIX}*")):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # published or removed meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live writer
+        try:
+            shutil.rmtree(path)
+            removed.append(path.name)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.warning("removed %d abandoned temporary bundles in %s", len(removed), versions)
+    return removed
 
 
 def finish_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -224,7 +224,10 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
 def _read_ids(path: Path) -> list[str]:
     if not path.exists():
         raise DataContractError(f"{path}: file not found")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    # lines end at \n only: an id holding another separator (U+2028, \x85, ...) stays one id,
+    # which the library then refuses by name instead of acting on its fragments
+    text = path.read_text(encoding="utf-8")
+    ids = [line.strip(" \r\t") for line in text.split("\n")]
     ids = [i for i in ids if i and i != "profile_id"]
     if not ids:
         raise DataContractError(f"{path}: no ids in the file")
@@ -655,8 +658,15 @@ def forget(
     out.print(f"events removed: {sum(report.events_removed.values()):,}")
     for old, new in report.bento_models_replaced.items():
         out.print(f"promoted model {old} replaced by {new}", highlight=False)
+    if report.temporary_removed:
+        out.print(f"abandoned temporary files removed: {len(report.temporary_removed)}")
     for line in report.remains:
         err.print(f"remains: {line}", highlight=False)
+    if not report.complete:
+        for store, why in report.not_scrubbed.items():
+            err.print(f"[red]not scrubbed:[/red] {store}: {why}", highlight=False, soft_wrap=True)
+        err.print("the erasure is recorded; run forget again once the store is repaired")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """The right to be forgotten: the erasure list and :func:`forget` across every store.
 
-The erasure list lives in ``<workdir>/erasure.txt``, one id per line, append-only, applied by
-every later train (and refresh). It holds the ids themselves (a suppression list cannot work
-without them): the profile ids, and ``anon:<cookie_id>`` for the devices linked to them, and
-nothing else about the person.
+The erasure list lives in ``<workdir>/erasure.jsonl``, one JSON string per line (so an id
+round-trips whatever it holds), append-only, applied by every later train (and refresh); an
+old ``erasure.txt`` is read too and migrated on the next write. It holds the ids themselves
+(a suppression list cannot work without them): the profile ids, and ``anon:<cookie_id>`` for
+the devices linked to them, and nothing else about the person.
 
 :func:`forget` puts ids on the list (durable first), removes the profiles from a loaded bundle
 at once, rewrites and re-publishes the live bundle without them (deleting older versions),
@@ -14,9 +15,14 @@ Bentos already built) is listed in :data:`REMAINS`.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
-from collections.abc import Iterable
+import unicodedata
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmp_ml import bundle as bundle_io
 from dmp_ml.bundle import (
     BENTO_BUNDLE_DIR,
     BENTO_MODEL_NAME,
@@ -33,43 +40,158 @@ from dmp_ml.bundle import (
     read_features_index,
     read_manifest,
 )
-from dmp_ml.errors import BundleError, RequestError
+from dmp_ml.errors import BundleError, RequestError, StorageError, storage_errors_in
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
 
-ERASURE_FILE = "erasure.txt"
+ERASURE_FILE = "erasure.jsonl"
+"""The erasure list: one JSON string per line (ASCII, so any id round-trips, separators too)."""
+LEGACY_ERASURE_FILE = "erasure.txt"
+"""The list's former format (one id per line); read, then migrated on the next write."""
+_ERASURE_LOCK = ".erasure.lock"
+
+
+def _read_legacy(path: Path) -> set[str]:
+    """Ids of an old ``erasure.txt``: each line whole *and* split at every Unicode line break.
+
+    The old reader split at ``\u2028``/``\x85``/...: the fragments were honoured as erased
+    ids, so they stay erased; the whole line is kept too (what was asked to be forgotten).
+    """
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    ids = {line.strip() for line in text.split("\n")}
+    ids |= {line.strip() for line in text.splitlines()}
+    return {i for i in ids if i}
+
+
+def _read_jsonl(path: Path) -> set[str]:
+    text = path.read_text(encoding="ascii", errors="replace")
+    lines = text.split("\n")
+    ids = set()
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if n == len(lines):  # a torn last append (no newline): never acknowledged
+                logger.warning("%s: ignoring an unfinished last line", path)
+                continue
+            raise StorageError(path, f"line {n} is not a JSON string ({exc.msg})") from exc
+        ids.add(str(value))
+    return ids
 
 
 def read_erasure_list(workdir: str | Path) -> frozenset[str]:
-    """Every id on the workdir's erasure list (empty when there is none)."""
-    path = Path(workdir) / ERASURE_FILE
-    if not path.exists():
-        return frozenset()
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return frozenset(line.strip() for line in lines if line.strip())
+    """Every id on the workdir's erasure list (empty when there is none).
+
+    Reads ``erasure.jsonl`` and, until it is migrated, the old ``erasure.txt``.
+    """
+    workdir = Path(workdir)
+    ids: set[str] = set()
+    path = workdir / ERASURE_FILE
+    if path.exists():
+        ids |= _read_jsonl(path)
+    legacy = workdir / LEGACY_ERASURE_FILE
+    if legacy.exists():
+        ids |= _read_legacy(legacy)
+    return frozenset(ids)
+
+
+def erasure_stamp(workdir: str | Path) -> tuple[int, int, int] | None:
+    """(mtime_ns, size, legacy size) of the erasure list: changes whenever anyone forgets."""
+    workdir = Path(workdir)
+    try:
+        stat = (workdir / ERASURE_FILE).stat()
+        current = (stat.st_mtime_ns, stat.st_size)
+    except FileNotFoundError:
+        current = (0, 0)
+    try:
+        legacy = (workdir / LEGACY_ERASURE_FILE).stat().st_size
+    except FileNotFoundError:
+        legacy = -1
+    if current == (0, 0) and legacy < 0:
+        return None
+    return (*current, legacy)
+
+
+def _line(profile_id: str) -> str:
+    return json.dumps(profile_id, ensure_ascii=True) + "\n"
+
+
+@contextmanager
+def _erasure_lock(workdir: Path) -> Iterator[None]:
+    with (workdir / _ERASURE_LOCK).open("a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def add_to_erasure_list(workdir: str | Path, profile_ids: Iterable[str]) -> int:
-    """Append ids not yet on the list; return how many were new. Durable before it returns."""
-    path = Path(workdir) / ERASURE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    known = read_erasure_list(workdir)
-    new = sorted({str(p).strip() for p in profile_ids if str(p).strip()} - known)
-    if new:
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(f"{p}\n" for p in new))
-            handle.flush()
-            os.fsync(handle.fileno())
+    """Append ids not yet on the list; return how many were new. Durable before it returns.
+
+    An old ``erasure.txt`` is first migrated into ``erasure.jsonl`` (written and fsynced
+    before the old file is removed, so no erased id is ever lost).
+    """
+    workdir = Path(workdir)
+    path = workdir / ERASURE_FILE
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _erasure_lock(workdir):
+        known = read_erasure_list(workdir)
+        legacy = workdir / LEGACY_ERASURE_FILE
+        if legacy.exists():
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+            with tmp.open("w", encoding="ascii") as handle:
+                handle.write("".join(_line(p) for p in sorted(known)))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(workdir)
+            legacy.unlink()
+            logger.info("erasure list migrated to %s (%d ids)", path.name, len(known))
+        new = sorted({str(p).strip() for p in profile_ids if str(p).strip()} - known)
+        if new:
+            _drop_torn_tail(path)
+            with path.open("a", encoding="ascii") as handle:
+                handle.write("".join(_line(p) for p in new))
+                handle.flush()
+                os.fsync(handle.fileno())
     return len(new)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unfinished last line (an append that failed, e.g. on a full disk) before the next.
+
+    Such a line was never acknowledged; appending after it would glue two ids together.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- forgetting
 # (below: the right to be forgotten across every store; see forget())
 
 MAX_ID_LENGTH = 256
+_REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})  # controls (\n \r \t \x85 ...), U+2028/9
 
 
 @dataclass(frozen=True)
@@ -83,7 +205,12 @@ class ForgetReport:
     taken out of each event-store and quarantine file; ``cookies_erased`` the devices of the
     profiles put on the erasure list as ``anon:<cookie>`` (so they never return as anonymous
     profiles once the links are purged); ``bento_models_replaced`` maps each promoted BentoML
-    model that held them to its scrubbed replacement.
+    model that held them to its scrubbed replacement; ``temporary_removed`` the half-written
+    bundles and files of killed writers deleted. ``not_scrubbed`` maps each store that may
+    still hold them but could not be rewritten (an unreadable live bundle, an unreadable
+    event file, a promoted model that cannot be read) to why: the erasure list still applies
+    to it (every answer, every later load, train and forget), but the bytes are still there
+    until it is repaired (see ``complete``).
     """
 
     requested: int
@@ -96,9 +223,18 @@ class ForgetReport:
     cookies_erased: int = 0
     bento_models_replaced: dict[str, str] = field(default_factory=dict)
     remains: list[str] = field(default_factory=list)
+    temporary_removed: list[str] = field(default_factory=list)
+    not_scrubbed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """False when some store that may hold the profiles could not be scrubbed."""
+        return not self.not_scrubbed
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "status": "complete" if self.complete else "incomplete",
+            "not_scrubbed": dict(self.not_scrubbed),
             "requested": self.requested,
             "newly_erased": self.newly_erased,
             "in_bundle": self.in_bundle,
@@ -109,6 +245,7 @@ class ForgetReport:
             "cookies_erased": self.cookies_erased,
             "bento_models_replaced": dict(self.bento_models_replaced),
             "remains": list(self.remains),
+            "temporary_removed": list(self.temporary_removed),
         }
 
 
@@ -125,19 +262,28 @@ REMAINS = [
 
 
 def clean_ids(profile_ids: Iterable[object], field_name: str = "profile_ids") -> list[str]:
-    """Distinct, stripped, non-empty ids in the order given; RequestError on a bad one."""
+    """Distinct, non-empty ids (outer spaces stripped) in the order given.
+
+    RequestError (naming the item) for an id that is not text, too long, or holds a control
+    or line/paragraph separator character: such an id would read back as several elsewhere.
+    """
     if isinstance(profile_ids, str | bytes):
         raise RequestError(field_name, "expected a list of ids, got one string")
     out: dict[str, None] = {}
     for i, value in enumerate(profile_ids):
         if not isinstance(value, str | int) or isinstance(value, bool):
             raise RequestError(f"{field_name}[{i}]", f"must be text, got {type(value).__name__}")
-        text = str(value).strip()
+        text = str(value).strip(" ")
         if not text:
             continue
-        if len(text) > MAX_ID_LENGTH or "\n" in text or "\r" in text:
+        if len(text) > MAX_ID_LENGTH:
+            raise RequestError(f"{field_name}[{i}]", f"longer than {MAX_ID_LENGTH} characters")
+        bad = next((c for c in text if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+        if bad is not None:
             raise RequestError(
-                f"{field_name}[{i}]", f"must be one line of at most {MAX_ID_LENGTH} characters"
+                f"{field_name}[{i}]",
+                f"contains the control or line-separator character U+{ord(bad):04X}; "
+                "an id is one line of printable text",
             )
         out[text] = None
     return list(out)
@@ -188,6 +334,7 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
     return removed
 
 
+@storage_errors_in(lambda workdir, *_, **__: workdir)  # a full or read-only disk: one typed error
 def forget(
     workdir: str | Path, profile_ids: Iterable[str], bundle: ModelBundle | None = None
 ) -> ForgetReport:
@@ -204,7 +351,11 @@ def forget(
     5. Every promoted BentoML model holding them is replaced by a scrubbed version
        (:func:`scrub_bento_models`).
 
-    What remains outside the workdir's bundles and event store is listed in ``remains``.
+    Temporary bundles and half-written event files left by killed writers are deleted first.
+    A store that cannot be rewritten (an unreadable live bundle, ...) is named in
+    ``not_scrubbed`` (the report is then not ``complete``); the next forget or train that can
+    read the live bundle removes every listed id it still holds. What remains outside the
+    workdir's bundles and event store is listed in ``remains``.
     """
     from dmp_ml import store
 
@@ -219,23 +370,35 @@ def forget(
     version = None
     deleted: list[str] = []
     cookies: set[str] = set()
+    not_scrubbed: dict[str, str] = {}
     with store.workdir_lock(workdir):
+        temporary = bundle_io.remove_abandoned(workdir)
+        temporary += store.remove_stale_temp_files(workdir)
         try:
             private = load_bundle(workdir)
-        except BundleError:
+        except BundleError as exc:
             private = None
+            live = _live_path_or_none(workdir)
+            if live is not None:  # a bundle is there, but unreadable: it may hold them
+                not_scrubbed[_rel(live, workdir)] = str(exc)
+                logger.error("forget: the live bundle cannot be scrubbed: %s", exc)
+                if live.is_dir():  # older versions hold them too, and they are readable
+                    deleted = store.delete_other_versions(workdir, keep=live)
         if private is not None:
+            # with the ids, any listed id the bundle still holds (an earlier forget that
+            # found it unreadable): the first readable load scrubs it
+            drop = sorted(set(ids) | set(erased_in(private, read_erasure_list(workdir))))
             cookie_map = private.features.cookie_map
             if cookie_map is not None:
-                cookies |= set(cookie_map.index[cookie_map.isin(ids).to_numpy(bool)].astype(str))
-            removed = remove_profiles(private, ids)
+                cookies |= set(cookie_map.index[cookie_map.isin(drop).to_numpy(bool)].astype(str))
+            removed = remove_profiles(private, drop)
             if any(removed.values()):
                 erasures = int(private.manifest.get("erasure", {}).get("profiles_removed", 0))
                 path = store.republish(
                     private,
                     workdir,
                     tag="forget",
-                    drop_ids=ids,
+                    drop_ids=drop,
                     manifest_update={
                         "erasure": {
                             "profiles_removed": erasures + removed.get("features", 0),
@@ -248,17 +411,18 @@ def forget(
                 path = private.path
                 version = private.version
             deleted = store.delete_other_versions(workdir, keep=path)
-        events_removed, cookies = store.purge_event_files(workdir, ids, cookies)
+        events_removed, cookies, unreadable = store.purge_event_files(workdir, ids, cookies)
+        for rel, why in unreadable.items():
+            not_scrubbed[rel] = f"unreadable: {why}"
         # their devices too: with the links purged, a later cookie-only event must not come
         # back as an anonymous profile (identity treats ``anon:<cookie>`` as erased)
         anon = [f"{store.ANON_PREFIX}{c}" for c in sorted(cookies)]
         cookies_erased = add_to_erasure_list(workdir, anon) if anon else 0
         replaced, unchecked = scrub_bento_models([*ids, *anon])
     remains = list(REMAINS)
-    if unchecked:
-        remains.append(
-            f"Promoted BentoML models that could not be read ({', '.join(unchecked)}) may still "
-            "hold them: delete them with `bentoml models delete`."
+    for tag in unchecked:
+        not_scrubbed[f"bentoml model {tag}"] = (
+            "cannot be read; delete it with bentoml models delete"
         )
     report = ForgetReport(
         requested=len(ids),
@@ -271,15 +435,44 @@ def forget(
         cookies_erased=cookies_erased,
         bento_models_replaced=replaced,
         remains=remains,
+        temporary_removed=temporary,
+        not_scrubbed=not_scrubbed,
     )
     logger.info(
-        "forgot %d profiles (%d new on the erasure list, %d in the bundle); bundle %s",
+        "forgot %d profiles (%d new on the erasure list, %d in the bundle); bundle %s%s",
         len(ids),
         newly,
         report.in_bundle,
         version,
+        "" if report.complete else f"; NOT scrubbed: {', '.join(not_scrubbed)}",
     )
     return report
+
+
+def _live_path_or_none(workdir: Path) -> Path | None:
+    try:
+        return bundle_io.live_bundle_path(workdir)
+    except BundleError:
+        return None
+
+
+def _rel(path: Path, workdir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(workdir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def erased_in(bundle: ModelBundle, erased: Iterable[str]) -> list[str]:
+    """The ids of ``erased`` that ``bundle``'s files still hold (features or scores)."""
+    erased = list(erased)
+    if not erased:
+        return []
+    index = bundle.features.frame.index
+    present = set(index[index.isin(erased)])
+    if bundle.scores is not None:
+        present |= set(bundle.scores.index[bundle.scores.index.isin(erased)])
+    return sorted(present)
 
 
 def scrub_bento_models(
@@ -359,9 +552,7 @@ def apply_erasure_list(workdir: str | Path) -> ForgetReport | None:
         live = load_bundle(workdir)
     except BundleError:
         return None
-    present = set(live.features.frame.index[live.features.frame.index.isin(list(erased))])
-    if live.scores is not None:
-        present |= set(live.scores.index[live.scores.index.isin(list(erased))])
+    present = erased_in(live, erased)
     if not present:
         return None
-    return forget(workdir, sorted(present))
+    return forget(workdir, present)

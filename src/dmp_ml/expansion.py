@@ -960,6 +960,15 @@ class LookalikeModel:
                 raise RequestError("size", f"must be a whole number, got {size!r}")
             if size <= 0:
                 raise RequestError("size", f"must be positive, got {size}")
+            # the same ceiling as reach: a size cannot ask for more of the population
+            population = len(self.profile_ids_) - int(self.removed_.sum())
+            cap = max(1, int(self.settings.max_reach * population))
+            if size > cap:
+                raise RequestError(
+                    "size",
+                    f"must be at most {cap} (max_reach {self.settings.max_reach} of "
+                    f"{population} profiles), got {size}",
+                )
             return int(size), None
         try:
             reach_f = float(reach)

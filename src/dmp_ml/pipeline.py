@@ -31,7 +31,7 @@ from dmp_ml.contract import (
     load_profiles,
 )
 from dmp_ml.erasure import apply_erasure_list, read_erasure_list
-from dmp_ml.errors import InsufficientDataError
+from dmp_ml.errors import InsufficientDataError, storage_errors
 from dmp_ml.features import FeatureBuilder, FeatureTable
 from dmp_ml.mapping import ColumnMapping
 from dmp_ml.refresh import write_consent_state
@@ -89,6 +89,9 @@ class TrainContext:
     fingerprint: str = ""  # sha256 of the whole event log (``_fingerprint``)
     events_source: str = "dataframe"  # the events file, or how the frame was given
     features: FeatureTable | None = None
+    # (step, action) run once the bundle is published, e.g. MLflow model registration;
+    # each returns details added to the step's outcome
+    after_publish: list[tuple[str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
 
     def run_labels(self) -> dict[str, Any]:
         """MLflow run name and tags tying a run to this bundle (``dmp-ml promote`` reads them),
@@ -132,7 +135,7 @@ def _features_step(ctx: TrainContext) -> StepOutcome:
 
 def _propensity_step(ctx: TrainContext) -> StepOutcome:
     from dmp_ml.propensity import build_snapshots, train_propensity
-    from dmp_ml.tracking import log_propensity_run
+    from dmp_ml.tracking import log_propensity_run, register_propensity_run
 
     assert ctx.features is not None
     snapshots, _ = build_snapshots(
@@ -149,7 +152,22 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
     out = ctx.bundle_dir / "propensity"
     result.model.save(out)
     result.scores.to_parquet(out / "scores.parquet", index=False)
-    logged = log_propensity_run(result, ctx.settings, **ctx.run_labels())
+    logged = log_propensity_run(result, ctx.settings, register=False, **ctx.run_labels())
+
+    def register() -> dict[str, Any]:
+        try:
+            done = register_propensity_run(logged, result, ctx.settings)
+        except Exception as exc:  # the bundle is live; the registry can be fixed later
+            logger.error("MLflow registration of run %s failed: %s", logged.run_id, exc)
+            return {"registration_error": f"{type(exc).__name__}: {exc}"[:500]}
+        return {
+            "champion": done.champion_version,
+            "promoted": done.promoted,
+            "champion_reason": done.reason,
+            "model_version": done.model_version,
+        }
+
+    ctx.after_publish.append(("propensity", register))
     return StepOutcome(
         "trained",
         metrics=result.summary(),
@@ -157,10 +175,9 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
         details={
             "target_event": result.target_event,
             "horizon_days": result.horizon_days,
-            "champion": logged.champion_version,
-            "promoted": logged.promoted,
-            "champion_reason": logged.reason,
-            "model_version": logged.model_version,
+            # the registry version and champion decision come after publishing: see the
+            # run's tags in MLflow (registered_model_version, champion_decision)
+            "registration": "after publish",
         },
     )
 
@@ -353,9 +370,32 @@ def train(
     """
     settings = settings or load_settings()
     workdir = Path(workdir if workdir is not None else settings.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     if settings.workdir != workdir:
         settings = settings.model_copy(update={"workdir": workdir})
+    with storage_errors(workdir):  # a full or read-only disk: one typed error naming the path
+        return _train(
+            events,
+            as_of,
+            workdir,
+            (profiles, consent),
+            (mapping, profiles_mapping, consent_mapping),
+            settings,
+            on_step,
+        )
+
+
+def _train(
+    events: str | Path | pd.DataFrame,
+    as_of: str | pd.Timestamp,
+    workdir: Path,
+    people: tuple[str | Path | pd.DataFrame | None, str | Path | pd.DataFrame | None],
+    mappings: tuple[ColumnMapping | str | Path | None, ...],
+    settings: Settings,
+    on_step: StepCallback | None,
+) -> TrainResult:
+    profiles, consent = people
+    mapping, profiles_mapping, consent_mapping = mappings
+    workdir.mkdir(parents=True, exist_ok=True)
     loads: dict[str, dict[str, Any]] = {}
     events_df = _input(events, "events", load_events, mapping, settings, workdir, loads)
     assert events_df is not None
@@ -410,6 +450,9 @@ def train(
                 "mlflow_tracking_uri": settings.tracking_uri(),
             },
         )
+    # only now that the bundle is live: a registry version never names an unpublished bundle
+    for name, register in ctx.after_publish:
+        outcomes[name].details.update(register())
     apply_erasure_list(workdir)  # an erasure that landed while this run trained
     return TrainResult(bundle_io.live_bundle_path(workdir), version, manifest, outcomes, loads)
 

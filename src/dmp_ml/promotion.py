@@ -32,7 +32,7 @@ from dmp_ml.bundle import (
     read_features_index,
     read_manifest,
 )
-from dmp_ml.errors import BundleError
+from dmp_ml.errors import BundleError, storage_errors_in
 from dmp_ml.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def champion_bundle(workdir: str | Path, settings: Settings) -> tuple[Path, dict
     return candidates[-1], champion
 
 
+@storage_errors_in(lambda workdir, *_, **__: workdir)
 def promote(
     workdir: str | Path, *, settings: Settings | None = None, name: str = BENTO_MODEL_NAME
 ) -> Promotion:

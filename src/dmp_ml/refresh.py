@@ -54,8 +54,8 @@ import pandas as pd
 from dmp_ml import store
 from dmp_ml.bundle import live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
-from dmp_ml.erasure import ERASURE_FILE, read_erasure_list
-from dmp_ml.errors import RequestError
+from dmp_ml.erasure import erasure_stamp, read_erasure_list
+from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
 from dmp_ml.settings import ContractSettings, Settings
@@ -420,16 +420,12 @@ class Refresher:
         self._bundle: ModelBundle | None = None
         self._history: pd.DataFrame | None = None
         self._raw_scores: pd.Series | None = None
-        self._erasure_stamp: tuple[float, int] | None = None
+        self._erasure_stamp: tuple[int, int, int] | None = None
         self._pending: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ state
-    def _stamp(self) -> tuple[float, int] | None:
-        path = self.workdir / ERASURE_FILE
-        if not path.exists():
-            return None
-        stat = path.stat()
-        return (stat.st_mtime, stat.st_size)
+    def _stamp(self) -> tuple[int, int, int] | None:
+        return erasure_stamp(self.workdir)
 
     def _sync(self) -> ModelBundle:
         live = live_bundle_path(self.workdir)
@@ -470,6 +466,7 @@ class Refresher:
         return self._raw_scores
 
     # ------------------------------------------------------------------ apply
+    @storage_errors_in(lambda self, *_, **__: self.workdir)
     def apply(
         self,
         events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
@@ -504,6 +501,7 @@ class Refresher:
                 self._bundle = None  # half-edited: reload from disk next time
                 raise
 
+    @storage_errors_in(lambda self, *_, **__: self.workdir)
     def catch_up(self) -> RefreshReport | None:
         """Re-apply the stored batches a bundle fresh from ``train`` does not reflect yet.
 

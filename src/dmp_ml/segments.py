@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmp_ml.errors import RequestError
+from dmp_ml.errors import RequestError, storage_errors_in
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -277,48 +277,65 @@ def _parse(data: Any, path: str, depth: int, counter: list[int]) -> Rule:
     return Clause(path=path, kind=kind, name=name, op=op, value=value)
 
 
+def _finite(value: int | float) -> bool:
+    """True for a number a float holds: not inf/NaN, and no integer beyond float range."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # e.g. 10**400
+        return False
+
+
 def _scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool) and not (
-        isinstance(value, float) and not math.isfinite(value)
-    )
+    return isinstance(value, str | bool) or (isinstance(value, int | float) and _finite(value))
 
 
 def _number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 400-digit number stays readable)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too large to print"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _parse_value(op: str, data: Mapping[str, Any], where: str) -> Any:
     if op == "exists":
         value = data.get("value", True)
         if not isinstance(value, bool):
-            raise SegmentError(where, f"exists takes true or false, got {value!r}")
+            raise SegmentError(where, f"exists takes true or false, got {_show(value)}")
         return value
     if "value" not in data:
         raise SegmentError(where, f"missing: {op} needs a value")
     value = data["value"]
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value:
-            raise SegmentError(where, f"{op} needs a non-empty list, got {value!r}")
+            raise SegmentError(where, f"{op} needs a non-empty list, got {_show(value)}")
         bad = [v for v in value if not _scalar(v)]
         if bad:
-            raise SegmentError(where, f"{op} list items must be numbers or text, got {bad[0]!r}")
+            raise SegmentError(
+                where, f"{op} list items must be numbers or text, got {_show(bad[0])}"
+            )
         return tuple(value)
     if op == "between":
         if not isinstance(value, list) or len(value) != 2 or not all(map(_number, value)):
-            raise SegmentError(where, f"between needs [low, high] (two numbers), got {value!r}")
+            raise SegmentError(
+                where, f"between needs [low, high] (two numbers), got {_show(value)}"
+            )
         if value[0] > value[1]:
             raise SegmentError(where, f"between: low {value[0]} is above high {value[1]}")
         return (float(value[0]), float(value[1]))
     if op in ORDER_OPS:
         if not _number(value):
-            raise SegmentError(where, f"{op} needs a number, got {value!r}")
+            raise SegmentError(
+                where, f"{op} needs a finite number within float range, got {_show(value)}"
+            )
         return float(value)
     if not _scalar(value):
-        raise SegmentError(where, f"{op} needs a number or text, got {value!r}")
+        raise SegmentError(where, f"{op} needs a number or text, got {_show(value)}")
     return value
 
 
@@ -746,6 +763,7 @@ def _cycle(workdir: str | Path, name: str, rule: Rule) -> list[str] | None:
     return None
 
 
+@storage_errors_in(lambda workdir, *_, **__: workdir)
 def save_segment(
     workdir: str | Path,
     name: str,

@@ -8,6 +8,9 @@ Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once (or, with
 - ``POST /send_time``  best send hour in a window, respecting quiet hours
 - ``GET  /info``       the live bundle: version, path, as_of, manifest (versions, metrics)
 - ``POST /reload``     load the bundle the ``bundle`` pointer names now; a corrupt one is refused
+- ``POST /events``     accept fresh events (202 once spooled durably; applied in the background)
+- ``GET  /events/{batch}``  queued (with an estimate) or applied (visible, and after how long)
+- ``POST /forget``     erasure everywhere; 503 ``status: incomplete`` if a store is not scrubbed
 - ``GET  /livez``, ``/readyz``, ``/healthz``, ``/metrics`` (BentoML; never need the token);
   ``/metrics`` adds the service's own (:mod:`dmp_ml.service_metrics`)
 - ``GET  /`` the API page, ``/openapi.json`` and ``/docs.json`` one schema (never need the token:
@@ -16,7 +19,8 @@ Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once (or, with
 Routes are FastAPI views on the BentoML service class (``@bentoml.asgi_app``): that gives
 ``GET /info``, full control of error bodies and the OpenAPI schema, served at both schema
 paths. Every client error is a 4xx JSON ``{"error": ..., "field": ...}`` naming the
-offending field; request bodies are never logged (counts only), nor echoed in logs.
+offending field; request bodies are never logged (counts only), nor echoed in logs. Bodies
+over ``service.max_request_bytes`` get 413; a full workdir disk 507, an unwritable one 503.
 
 Swapping bundles is one reference assignment: a request reads ``self._bundle`` once and
 finishes on that object even if a reload lands meanwhile. Every worker also polls the pointer
@@ -75,7 +79,10 @@ from dmp_ml.errors import (  # noqa: E402
     BundleError,
     DataContractError,
     RequestError,
+    StorageError,
+    StorageFullError,
     UnknownProfileError,
+    storage_error,
 )
 from dmp_ml.service_metrics import RequestMetricsMiddleware, service_metrics  # noqa: E402
 
@@ -254,7 +261,13 @@ class ReloadResponse(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
+    413: {"model": ErrorResponse, "description": "Body over `service.max_request_bytes`."},
     422: {"model": ErrorResponse, "description": "Invalid request; `field` names the field."},
+}
+_WRITES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "No API token set."},
+    503: {"model": ErrorResponse, "description": "The workdir cannot be written (read-only)."},
+    507: {"model": ErrorResponse, "description": "No space left where the workdir is."},
 }
 
 # -------------------------------------------------------------------------------- JSON shaping
@@ -325,6 +338,14 @@ def _error(status: int, message: str, field: str | None = None, **extra: Any) ->
     return JSONResponse({"error": message, "field": field, **extra}, status_code=status)
 
 
+def _storage_failure(what: str, exc: StorageError | OSError) -> JSONResponse:
+    """507 when the workdir's disk is full, 503 when it cannot be written (read-only, ...)."""
+    error = exc if isinstance(exc, StorageError) else storage_error(exc)
+    status = 507 if isinstance(error, StorageFullError) else 503
+    logger.error("%s: the workdir cannot be written: %s", what, error)
+    return _error(status, f"the workdir cannot be written: {error}", "workdir")
+
+
 def _log_failure(what: str, exc: BaseException) -> None:
     """Log an unexpected failure without its message (it may quote profile ids)."""
     frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -375,6 +396,69 @@ class OpenApiMiddleware:
             await JSONResponse(self.schema())(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse a request body over ``limit`` bytes with 413, declared or streamed (chunked).
+
+    The body is read here (up to the limit) and handed on in one piece; a declared
+    ``Content-Length`` over the limit is refused before anything is read.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        logger.info("%s rejected: body over %d bytes", scope.get("path"), self.limit)
+        response = JSONResponse(
+            {
+                "error": f"request body larger than {self.limit} bytes "
+                "(service.max_request_bytes); send smaller batches",
+                "field": "body",
+            },
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[dict[str, Any]], receive: Receive) -> Receive:
+    """A ``receive`` that returns ``messages`` first, then defers to the real one."""
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
 
 
 # ---------------------------------------------------------------------------------- the app
@@ -460,15 +544,11 @@ def _source(bento_model: str | None, path: Path) -> str:
     return f"bento model {model_dir.parent.name}:{model_dir.name} (configured {bento_model})"
 
 
-def _erasure_stamp(workdir: Path) -> tuple[int, int] | None:
-    """(mtime_ns, size) of the erasure list: changes whenever any worker forgets someone."""
-    from dmp_ml.erasure import ERASURE_FILE
+def _erasure_stamp(workdir: Path) -> tuple[int, int, int] | None:
+    """Changes whenever any worker forgets someone (see :func:`dmp_ml.erasure.erasure_stamp`)."""
+    from dmp_ml.erasure import erasure_stamp
 
-    try:
-        stat = (workdir / ERASURE_FILE).stat()
-    except FileNotFoundError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size)
+    return erasure_stamp(workdir)
 
 
 @bentoml.service(
@@ -506,14 +586,21 @@ class DmpMlService:
         self._bundle: Any = None
         self._loaded_at: str | None = None
         self._refresher: Any = None  # dmp_ml.refresh.Refresher, created on the first batch
-        self._refresh_lock = threading.Lock()  # one batch at a time per worker
-        self._erasure_stamp: tuple[int, int] | None = None
+        self._spooled = threading.Event()  # set when this worker spools a batch
+        self._erasure_stamp: tuple[int, int, int] | None = None
+        self._scrub_pending = False  # a forget could not rewrite the live bundle on disk
         self._load(self._pointer())
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         if self.settings.service.reload_poll_seconds > 0:
             self._watcher = threading.Thread(target=self._watch, name="bundle-watch", daemon=True)
             self._watcher.start()
+        self._applier: threading.Thread | None = None
+        if not self.settings.service.bento_model:
+            self._applier = threading.Thread(
+                target=self._apply_spool, name="events-apply", daemon=True
+            )
+            self._applier.start()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -532,7 +619,7 @@ class DmpMlService:
     def _load(self, path: Path) -> Any:
         """Load ``path`` and make it live; raise BundleError (old bundle stays) if it is bad."""
         from dmp_ml.bundle import load_bundle
-        from dmp_ml.erasure import read_erasure_list
+        from dmp_ml.erasure import erased_in, read_erasure_list
 
         started = time.perf_counter()
         try:
@@ -550,6 +637,9 @@ class DmpMlService:
         service_metrics().bundle_loaded(
             str(bundle.version), dict(bundle.manifest).get("created_at"), first=first
         )
+        if erased and not self.settings.service.bento_model and erased_in(bundle, erased):
+            # its files still hold listed ids (e.g. a forget found it unreadable): scrub now
+            self._scrub()
         self._loaded_at = _iso(pd.Timestamp.now(tz="UTC"))
         self._failed_path = None
         logger.info(
@@ -583,11 +673,36 @@ class DmpMlService:
             self._last_error = None
             return True, previous, current
 
+    def _scrub(self) -> None:
+        """Rewrite the live bundle without every listed id it still holds (if it is readable)."""
+        from dmp_ml.erasure import apply_erasure_list
+        from dmp_ml.errors import DmpMlError
+
+        try:
+            report = apply_erasure_list(self.workdir)
+        except (DmpMlError, OSError) as exc:
+            logger.warning("scrubbing the live bundle failed, retried later: %s", exc)
+            return
+        self._scrub_pending = False
+        if report is not None:
+            logger.info("live bundle scrubbed of listed ids: %s", report.bundle_version)
+
     def _watch(self) -> None:
-        """Poll the pointer; load a new target once (a refused one is retried only by /reload)."""
+        """Poll the pointer; load a new target once (a refused one is retried only by /reload).
+
+        While a forget could not scrub the live bundle, retry each poll once it reads again."""
+        from dmp_ml.bundle import read_manifest
+
         interval = self.settings.service.reload_poll_seconds
         while not self._stop.wait(interval):
             service_metrics().refresh_age()
+            if self._scrub_pending:
+                try:
+                    read_manifest(self._pointer(), verify=True)
+                except BundleError:
+                    pass
+                else:
+                    self._scrub()
             try:
                 target = self._pointer()
             except BundleError as exc:  # e.g. a pinned model a forget replaced: say so once
@@ -607,6 +722,7 @@ class DmpMlService:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        self._spooled.set()
         self._heavy.shutdown(wait=False, cancel_futures=True)
 
     def __is_ready__(self) -> bool:
@@ -627,6 +743,8 @@ class DmpMlService:
         except BundleError as exc:
             logger.error("%s: the live bundle cannot answer: %s", what, exc)
             return _error(503, str(exc))
+        except (StorageError, OSError) as exc:
+            return _storage_failure(what, exc)
         except Exception as exc:
             _log_failure(what, exc)
             return _error(500, "internal error; see the server log")
@@ -794,7 +912,7 @@ class DmpMlService:
 
     @app.post(
         "/forget",
-        responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "No API token set."}},
+        responses={**_ERRORS, **_WRITES},
         summary="Forget profiles everywhere: erasure list, live bundle (re-published), events.",
     )
     async def forget(self, body: ForgetRequest) -> Any:
@@ -813,25 +931,40 @@ class DmpMlService:
             with contextlib.suppress(BundleError):
                 self.reload_bundle()
             logger.info(
-                "forget: %d ids, %d new on the erasure list, bundle %s",
+                "forget: %d ids, %d new on the erasure list, bundle %s, %s",
                 report.requested,
                 report.newly_erased,
                 report.bundle_version,
+                "complete" if report.complete else f"not scrubbed: {list(report.not_scrubbed)}",
             )
-            return _json(_plain(report.to_dict()))  # counts only, never the ids
+            payload = _plain(report.to_dict())  # counts and paths only, never the ids
+            if not report.complete:
+                # on the erasure list and out of every answer, but bytes remain: say so
+                self._scrub_pending = True
+                stores = ", ".join(report.not_scrubbed)
+                payload["error"] = (
+                    f"erasure recorded and applied to every answer, but {stores} could not "
+                    "be scrubbed; it is scrubbed at the next successful load"
+                )
+                payload["field"] = "bundle"
+                return _json(payload, status=503)
+            return _json(payload)
 
         return await self._run("forget", work)
 
     @app.post(
         "/events",
+        status_code=202,
         responses={
             **_ERRORS,
-            403: {"model": ErrorResponse, "description": "No API token set."},
+            **_WRITES,
             409: {"model": ErrorResponse, "description": "A promoted model is served."},
         },
-        summary="Apply new events (data contract) to the live bundle without retraining.",
+        summary="Accept new events (data contract): stored durably now, applied in the background.",
     )
     async def events(self, body: EventsRequest) -> Any:
+        """202 once the batch is on disk (fsynced); ``GET /events/{batch}`` says when it is
+        visible. Batches queued together are applied as one refresh (one re-publish)."""
         refused = self._require_token("POST /events")
         if refused is not None:
             return refused
@@ -844,27 +977,67 @@ class DmpMlService:
             )
 
         def work() -> JSONResponse:
-            from dmp_ml.refresh import Refresher
+            from dmp_ml.spool import accept
 
-            with self._refresh_lock:
+            receipt = accept(self.workdir, body.events)  # durable before the answer
+            self._spooled.set()  # wake this worker's applier
+            logger.info(
+                "events: batch of %d accepted (%d valid), %d queued",
+                receipt.rows_received,
+                receipt.rows_valid,
+                receipt.queued_batches,
+            )
+            payload = receipt.to_dict()
+            payload["status_url"] = f"/events/{receipt.batch}"
+            return _json(_plain(payload), status=202)
+
+        return await self._run("events", work)
+
+    @app.get(
+        "/events/{batch}",
+        responses={
+            401: _ERRORS[401],
+            404: {"model": ErrorResponse, "description": "No such batch."},
+            422: _ERRORS[422],
+        },
+        summary="Where an accepted batch is: queued (with an estimate) or applied (visible).",
+    )
+    async def event_batch(self, batch: str) -> Any:
+        def work() -> JSONResponse:
+            from dmp_ml.spool import batch_status
+
+            status = batch_status(self.workdir, batch)
+            if status["status"] == "unknown":
+                return _error(404, f"no batch {batch} (unknown, or older than a week)", "batch")
+            return _json(_plain(status))
+
+        return await self._run("event_batch", work)
+
+    def _apply_spool(self) -> None:
+        """Background applier: apply spooled batches together; one process at a time."""
+        from dmp_ml.refresh import Refresher
+        from dmp_ml.spool import drain, pending
+
+        interval = max(0.2, min(self.settings.service.reload_poll_seconds or 1.0, 1.0))
+        while not self._stop.is_set():
+            self._spooled.wait(interval)
+            self._spooled.clear()
+            if not pending(self.workdir):
+                continue
+            try:
                 if self._refresher is None:
                     self._refresher = Refresher(
                         self.workdir, n_threads=self._threads, contract=self.settings.contract
                     )
-                report = self._refresher.apply(body.events)  # quarantines bad rows, never raises
-            with contextlib.suppress(BundleError):
-                self.reload_bundle()  # visible here now; other workers via the pointer poll
-            payload = {k: v for k, v in report.to_dict().items() if not k.endswith("_path")}
-            logger.info(
-                "events: %d received, %d applied, %d quarantined, bundle %s",
-                report.rows_received,
-                report.rows_accepted,
-                report.rows_quarantined,
-                report.bundle_version,
-            )
-            return _json(_plain(payload))
+                # loaded here before any batch is reported applied; other workers: the poll
+                drain(self.workdir, self._refresher, on_applied=self._reload_quietly)
+            except Exception as exc:  # kept spooled; retried after a pause
+                logger.error("applying spooled events failed (retried): %s", exc)
+                self._stop.wait(5.0)
 
-        return await self._run("events", work, heavy=True)
+    def _reload_quietly(self, *_: Any) -> None:
+        with contextlib.suppress(BundleError):
+            self.reload_bundle()
 
     @app.get("/info", responses={401: _ERRORS[401]}, summary="The live bundle and its manifest.")
     async def info(self) -> Any:
@@ -900,6 +1073,7 @@ class DmpMlService:
                     "max_send_time_ids": svc.max_send_time_ids,
                     "max_seed_ids": svc.max_seed_ids,
                     "max_reach": _MAX_REACH,
+                    "max_request_bytes": svc.max_request_bytes,
                 },
             }
             return _json(payload)
@@ -934,10 +1108,11 @@ class DmpMlService:
         )
 
 
-# outermost first: requests are counted (401s included) before the token is checked
+# outermost first: requests are counted (401s and 413s included) before anything refuses them
 DmpMlService.add_asgi_middleware(
     RequestMetricsMiddleware, routes=lambda: [*app.openapi()["paths"], *DOC_PATHS]
 )
+DmpMlService.add_asgi_middleware(BodyLimitMiddleware, limit=_SVC.max_request_bytes)
 DmpMlService.add_asgi_middleware(BearerTokenMiddleware, token=_SETTINGS.api_token or None)
 DmpMlService.add_asgi_middleware(OpenApiMiddleware, schema=app.openapi)
 

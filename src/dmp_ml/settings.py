@@ -263,6 +263,9 @@ class ServiceSettings(_Section):
     max_score_ids: int = Field(10_000, gt=0)
     max_send_time_ids: int = Field(10_000, gt=0)
     max_seed_ids: int = Field(1_000_000, gt=0)
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Largest request body; a larger one is refused (413)."
+    )
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in a container.")
     max_concurrent_lookalikes: int = Field(
         1, ge=1, description="Lookalike expansions run at once per worker; others queue."

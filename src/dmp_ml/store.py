@@ -7,6 +7,8 @@ Layout under a workdir ``W`` (next to ``W/bundles`` and ``W/bundle``)::
     W/events/state.json               which incoming batches base.parquet already holds
     W/events/incoming/<batch>.parquet validated event batches applied since (near-real-time refresh)
     W/events/quarantine/<batch>.parquet  rows of those batches that failed the contract
+    W/events/spool/<batch>.parquet    batches accepted by POST /events, not applied yet
+    W/events/batches/<batch>.json     the outcome of each applied batch (counts, no ids)
 
 The event store holds contract frames; it is what a refresh recomputes profiles from and what
 the next ``train`` adds to its input (:func:`merge_incoming`), so no event applied to the live
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -50,6 +53,8 @@ BASE_EVENTS = "base.parquet"
 STATE_FILE = "state.json"
 INCOMING_DIR = "incoming"
 QUARANTINE_DIR = "quarantine"
+SPOOL_DIR = "spool"  # see dmp_ml.spool
+_YOUNG_SECONDS = 120.0  # a spool file this new may be mid-write (accepting takes no lock)
 ANON_PREFIX = "anon:"
 # components a re-publish writes from the loaded objects (everything else is copied as is)
 _REWRITTEN = ("features", "send_time", "lookalike", "propensity/scores.parquet")
@@ -206,13 +211,41 @@ def record_training_events(
     """
     frame = purge_events(_contract_frame(events), erased)
     keys = row_keys(frame)
-    merged = []
-    for batch in incoming_batches(workdir):
-        if np.isin(row_keys(read_events_file(batch)), keys).all():
-            merged.append(batch.name)
-    path = write_parquet_atomic(frame, events_dir(workdir) / BASE_EVENTS)
-    _write_state(workdir, {"merged": merged, "bundle_version": bundle_version})
+    with workdir_lock(workdir):  # forget and refresh rewrite these files under it too
+        merged = []
+        for batch in incoming_batches(workdir):
+            if np.isin(row_keys(read_events_file(batch)), keys).all():
+                merged.append(batch.name)
+        path = write_parquet_atomic(frame, events_dir(workdir) / BASE_EVENTS)
+        _write_state(workdir, {"merged": merged, "bundle_version": bundle_version})
     return path
+
+
+def remove_stale_temp_files(workdir: str | Path) -> list[str]:
+    """Delete half-written files a killed writer left in the event store; call under the lock.
+
+    Every writer of ``W/events`` holds :func:`workdir_lock` (but accepting a batch into the
+    spool, whose temporary files are left alone for two minutes), so under it any ``.*``
+    file there belongs to a writer that died: it may hold events of a profile (even an
+    erased one) and is never read. Returns the paths removed.
+    """
+    root = events_dir(workdir)
+    if not root.exists():
+        return []
+    spool = root / SPOOL_DIR
+    now = time.time()
+    stale = [
+        p
+        for p in root.rglob(".*")
+        if p.is_file()
+        and not p.is_symlink()
+        and not (p.parent == spool and now - p.stat().st_mtime < _YOUNG_SECONDS)
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.warning("removed %d half-written files under %s", len(stale), root)
+    return [str(p.relative_to(workdir)) for p in stale]
 
 
 def training_version(manifest: Mapping[str, Any]) -> str:
@@ -300,13 +333,15 @@ def purge_events(events: pd.DataFrame, erased: Iterable[str]) -> pd.DataFrame:
 
 def purge_event_files(
     workdir: str | Path, profile_ids: Iterable[str], cookies: Iterable[str] = ()
-) -> tuple[dict[str, int], set[str]]:
+) -> tuple[dict[str, int], set[str], dict[str, str]]:
     """Remove the profiles' rows from every event file of the workdir.
 
-    Covers the event store (base, incoming batches, their quarantine) and the training
-    quarantine files ``W/quarantine/*.parquet`` (text columns; matched the same way).
-    Returns the rows removed per file and every cookie linked to the profiles (``cookies``
-    plus those found in the files).
+    Covers the event store (base, incoming batches, spooled batches, their quarantine) and
+    the training quarantine files ``W/quarantine/*.parquet`` (text columns; matched the same
+    way).
+    Returns the rows removed per file, every cookie linked to the profiles (``cookies``
+    plus those found in the files), and the files that could not be read (so not scrubbed),
+    with why.
     """
     workdir = Path(workdir)
     ids = [str(p) for p in profile_ids]
@@ -315,14 +350,23 @@ def purge_event_files(
     if base.exists():
         files.append(base)
     files += incoming_batches(workdir)
-    for folder in (events_dir(workdir) / QUARANTINE_DIR, workdir / "quarantine"):
+    for folder in (
+        events_dir(workdir) / SPOOL_DIR,
+        events_dir(workdir) / QUARANTINE_DIR,
+        workdir / "quarantine",
+    ):
         if folder.exists():
             files += sorted(folder.glob("*.parquet"))
     # cookies linked to the profiles anywhere in the store
     found = {p[len(ANON_PREFIX) :] for p in ids if p.startswith(ANON_PREFIX)} | set(cookies)
     frames: dict[Path, pd.DataFrame] = {}
+    unreadable: dict[str, str] = {}
     for path in files:
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # e.g. truncated by a killed writer
+            unreadable[str(path.relative_to(workdir))] = f"{type(exc).__name__}: {exc}"[:300]
+            continue
         frames[path] = frame
         found |= linked_cookies(frame, ids)
     removed: dict[str, int] = {}
@@ -331,7 +375,7 @@ def purge_event_files(
         if mask.any():
             write_parquet_atomic(frame.loc[~mask].reset_index(drop=True), path)
             removed[str(path.relative_to(workdir))] = int(mask.sum())
-    return removed, found
+    return removed, found, unreadable
 
 
 # --------------------------------------------------------------------------- re-publishing

@@ -31,7 +31,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -563,15 +563,12 @@ def log_propensity_run(
     (``mlflow.pyfunc.load_model(uri).predict(df)`` returns probabilities; the ``dmp_ml`` code
     travels inside it, its requirements are the pinned third-party libraries only), and
     ``dataset`` as the run's input. With ``register`` the model becomes a new version of
-    ``dmp-propensity-<target>-<horizon>d``; the ``champion`` alias moves to it only if it beats
-    the current champion of that target and horizon (see :func:`champion_version` and
-    :func:`decide_champion`). The decision is recorded as run tags ``champion_decision``
-    (promoted|kept) and ``champion_reason``.
+    ``dmp-propensity-<target>-<horizon>d`` at once; without it, call
+    :func:`register_propensity_run` later (``train`` does, once its bundle is published).
     """
     uri = tracking_uri or settings.tracking_uri()
     target = result.target_event
     exp_name = experiment_name(target)
-    reg_name = registered_model_name(target, result.horizon_days) if register else None
     with use_tracking_uri(uri) as client:
         exp_id = _experiment_id(client, uri, exp_name, {"target_event": target})
         run_tags = {
@@ -613,36 +610,56 @@ def log_propensity_run(
                     input_example=example,
                     pip_requirements=pyfunc_requirements(),
                     code_paths=[str(_package_copy(Path(tmp) / "code"))],
-                    registered_model_name=reg_name,
                 )
-            version = (
-                str(info.registered_model_version)
-                if reg_name and info.registered_model_version is not None
-                else None
-            )
-            decision = None
-            if reg_name and version is not None:
-                decision = _gate(client, reg_name, version, result)
-                mlflow.set_tags(
-                    {
-                        "champion_decision": "promoted" if decision.promoted else "kept",
-                        "champion_reason": decision.reason,
-                        "champion_comparison_clean": str(decision.comparison_clean).lower(),
-                        "registered_model": reg_name,
-                        "registered_model_version": version,
-                    }
-                )
-                if decision.scores:
-                    mlflow.log_metrics(_finite(decision.scores))
-    logger.info("logged propensity run %s (%s)", run_id, decision.reason if decision else "")
-    return PropensityRun(
+    run = PropensityRun(
         run_id=run_id,
         experiment_id=exp_id,
         model_uri=info.model_uri,
-        registered_model=reg_name,
-        version=version,
-        decision=decision,
+        registered_model=None,
+        version=None,
+        decision=None,
     )
+    if register:
+        return register_propensity_run(run, result, settings, tracking_uri=uri)
+    logger.info("logged propensity run %s (not registered)", run_id)
+    return run
+
+
+def register_propensity_run(
+    run: PropensityRun,
+    result: PropensityResult,
+    settings: Settings,
+    *,
+    tracking_uri: str | None = None,
+) -> PropensityRun:
+    """Register a logged run's model as a new version of ``dmp-propensity-<target>-<horizon>d``.
+
+    The ``champion`` alias moves to it only if it beats the current champion of that target and
+    horizon (see :func:`champion_version` and :func:`decide_champion`). ``train`` calls it only
+    once its bundle is published, so no registry version (and no ``champion``) ever names a
+    bundle that a failed run never made live. The decision is recorded as run tags
+    ``champion_decision`` (promoted|kept), ``champion_reason``, ``registered_model`` and
+    ``registered_model_version``; the gate's scores as run metrics.
+    """
+    uri = tracking_uri or settings.tracking_uri()
+    reg_name = registered_model_name(result.target_event, result.horizon_days)
+    with use_tracking_uri(uri) as client:
+        registered = mlflow.register_model(run.model_uri, reg_name)
+        version = str(registered.version)
+        decision = _gate(client, reg_name, version, result)
+        tags = {
+            "champion_decision": "promoted" if decision.promoted else "kept",
+            "champion_reason": decision.reason,
+            "champion_comparison_clean": str(decision.comparison_clean).lower(),
+            "registered_model": reg_name,
+            "registered_model_version": version,
+        }
+        for key, value in tags.items():
+            client.set_tag(run.run_id, key, value)
+        for key, value in _finite(decision.scores).items():
+            client.log_metric(run.run_id, key, value)
+    logger.info("registered propensity run %s as v%s (%s)", run.run_id, version, decision.reason)
+    return replace(run, registered_model=reg_name, version=version, decision=decision)
 
 
 def _gate(

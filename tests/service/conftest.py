@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -24,7 +25,12 @@ import pytest
 from ports import free_port
 
 TOKEN = "test-token-3f9a"
-CAPS = {"max_score_ids": 50, "max_send_time_ids": 50, "max_seed_ids": 600}
+CAPS = {
+    "max_score_ids": 50,
+    "max_send_time_ids": 50,
+    "max_seed_ids": 600,
+    "max_request_bytes": 200_000,
+}
 
 
 @dataclass(frozen=True)
@@ -153,3 +159,17 @@ def point_to(workdir: Path, target: Path) -> None:
         tmp.unlink()
     os.symlink(Path("bundles") / target.name, tmp)
     os.replace(tmp, workdir / "bundle")
+
+
+def wait_applied(http: httpx.Client, status_url: str, timeout: float = 120) -> dict[str, Any]:
+    """Poll an accepted batch until it is applied (visible to /score on this worker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = http.get(status_url)
+        assert response.status_code == 200, response.text
+        status = response.json()
+        if status["status"] == "applied":
+            return status
+        assert status["status"] == "queued", status
+        assert time.monotonic() < deadline, f"batch not applied after {timeout} s: {status}"
+        time.sleep(0.2)

@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 
-from .conftest import Server
+from .conftest import Server, wait_applied
 
 
 def test_out_of_bounds_future_and_non_finite_events_are_quarantined(server: Server) -> None:
@@ -28,15 +28,20 @@ def test_out_of_bounds_future_and_non_finite_events_are_quarantined(server: Serv
     body = json.dumps({"events": [*events, inf]}).replace('"value": 0}', '"value": 1e400}')
     with server.client() as http:
         response = http.post("/events", content=body, headers={"Content-Type": "application/json"})
-        assert response.status_code == 200, response.text
-        report = response.json()
-        assert report["quarantined_by_reason"] == {
+        assert response.status_code == 202, response.text
+        receipt = response.json()
+        expected = {
             "future_time": 2,
             "event_time_out_of_range": 2,
             "event_time_needs_time_unit": 1,
             "value_out_of_range": 1,
             "non_finite_value": 1,
         }
+        # the receipt counts what the contract refuses; applying confirms it
+        assert receipt["quarantined_by_reason"] == expected
+        assert receipt["rows_received"] == 8 and receipt["rows_valid"] == 1
+        report = wait_applied(http, receipt["status_url"])["refresh"]
+        assert report["quarantined_by_reason"] == expected
         assert report["rows_received"] == 8 and report["rows_accepted"] == 1
         midnight_after = (server.as_of + pd.Timedelta(hours=2)).floor("D") + pd.Timedelta(days=1)
         assert pd.Timestamp(report["features_as_of"]) == midnight_after

@@ -11,7 +11,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from .conftest import Server
+from dmp_ml.erasure import read_erasure_list
+
+from .conftest import Server, wait_applied
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +50,16 @@ def test_fresh_events_count_before_the_next_retrain(server: Server, http: httpx.
         {"event_time": when, "cookie_id": "ck-fresh-visitor", "event_type": "product_view"},
         {"event_time": when, "event_type": "page_view"},  # neither id: quarantined
     ]
-    report = ok(http.post("/events", json={"events": events}))
-    assert report["rows_received"] == 2
-    assert report["rows_accepted"] == 1
-    assert report["quarantined_by_reason"] == {"missing_id": 1}
+    response = http.post("/events", json={"events": events})
+    assert response.status_code == 202, response.text
+    receipt = response.json()
+    assert receipt["status"] == "accepted"
+    assert receipt["rows_received"] == 2 and receipt["rows_valid"] == 1
+    assert receipt["quarantined_by_reason"] == {"missing_id": 1}
+    applied = wait_applied(http, receipt["status_url"])
+    assert applied["bundle_version"] and applied["seconds_to_visible"] >= 0
+    assert applied["refresh"]["rows_accepted"] == 1
+    assert applied["refresh"]["quarantined_by_reason"] == {"missing_id": 1}
     scored = ok(http.post("/score", json={"profile_ids": ["anon:ck-fresh-visitor"]}))
     assert [r["profile_id"] for r in scored["results"]] == ["anon:ck-fresh-visitor"]
 
@@ -81,4 +89,4 @@ def test_forgotten_profiles_vanish_from_every_answer(server: Server, http: httpx
     everyone = {"all": [{"feature": "event_count_total", "op": ">=", "value": 0}]}
     preview = ok(http.post("/segments/preview", json={"rule": everyone, "sample": 1000}))
     assert not set(preview["sample_ids"]) & set(gone)
-    assert set(gone) <= set((server.workdir / "erasure.txt").read_text().split())
+    assert set(gone) <= read_erasure_list(server.workdir)
