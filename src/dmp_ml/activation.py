@@ -245,6 +245,7 @@ def export_frame(
     *,
     send_time: SendTimeOptions | bool = False,
     require_email: bool = False,
+    affinity: bool = False,
 ) -> tuple[pd.DataFrame, ExportReport]:
     """The export table of ``audience`` (see the module doc) and its report.
 
@@ -254,6 +255,8 @@ def export_frame(
         an iterable of ids.
     send_time : add ``send_at``; True uses a 24-hour window from the bundle's ``as_of``.
     require_email : drop profiles without a hashed e-mail (for e-mail and CRM destinations).
+    affinity : add ``top_categories`` (``|``-joined) and ``preferred_channel`` for display
+        platforms (see :mod:`dmp_ml.affinity`).
     """
     from dmp_ml.segments import excluded_ids
 
@@ -319,6 +322,12 @@ def export_frame(
             warnings.append("the bundle has no send-time model: send_at is empty")
         out["send_at"] = send_at
         send_missing = int(send_at.isna().sum())
+    if affinity:
+        from dmp_ml.affinity import affinity_columns
+
+        extra = affinity_columns(bundle, out["profile_id"].tolist())
+        for column in extra.columns:
+            out[column] = extra[column].reindex(out["profile_id"]).to_numpy()
     dropped_without_email = 0
     if require_email and "email_sha256" in out.columns:
         has = out["email_sha256"].notna().to_numpy(dtype=bool)
@@ -380,11 +389,14 @@ def export_audience(
     format: str | None = None,
     send_time: SendTimeOptions | bool = False,
     require_email: bool = False,
+    affinity: bool = False,
 ) -> ExportReport:
     """Write ``audience`` to ``path`` (CSV or Parquet by suffix or ``format``); see export_frame."""
     path = Path(path)
     fmt = _format_of(path, format)
-    frame, report = export_frame(bundle, audience, send_time=send_time, require_email=require_email)
+    frame, report = export_frame(
+        bundle, audience, send_time=send_time, require_email=require_email, affinity=affinity
+    )
     write_export(frame, path, fmt)
     logger.info(
         "exported %d profiles to %s (%d not eligible, %d erased left out)",
