@@ -96,6 +96,7 @@ class ForgetReport:
     cookies_erased: int = 0
     bento_models_replaced: dict[str, str] = field(default_factory=dict)
     remains: list[str] = field(default_factory=list)
+    campaign_members_removed: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +110,7 @@ class ForgetReport:
             "cookies_erased": self.cookies_erased,
             "bento_models_replaced": dict(self.bento_models_replaced),
             "remains": list(self.remains),
+            "campaign_members_removed": dict(self.campaign_members_removed),
         }
 
 
@@ -200,7 +202,8 @@ def forget(
        send-time curves, lookalike vectors and index) and re-published as a new version;
        every older version is deleted, since it still holds them. Other service workers pick
        the new version up through the ``bundle`` pointer.
-    4. Their events are removed from the workdir's event store and quarantine files.
+    4. Their events are removed from the workdir's event store and quarantine files, and they
+       leave every stored campaign (:mod:`dmp_ml.campaigns`).
     5. Every promoted BentoML model holding them is replaced by a scrubbed version
        (:func:`scrub_bento_models`).
 
@@ -254,6 +257,9 @@ def forget(
         anon = [f"{store.ANON_PREFIX}{c}" for c in sorted(cookies)]
         cookies_erased = add_to_erasure_list(workdir, anon) if anon else 0
         replaced, unchecked = scrub_bento_models([*ids, *anon])
+        from dmp_ml.campaigns import forget_in_campaigns
+
+        in_campaigns = forget_in_campaigns(workdir, [*ids, *anon])
     remains = list(REMAINS)
     if unchecked:
         remains.append(
@@ -271,6 +277,7 @@ def forget(
         cookies_erased=cookies_erased,
         bento_models_replaced=replaced,
         remains=remains,
+        campaign_members_removed=in_campaigns,
     )
     logger.info(
         "forgot %d profiles (%d new on the erasure list, %d in the bundle); bundle %s",
