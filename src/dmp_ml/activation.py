@@ -442,3 +442,42 @@ def resolve_audience(
     if profile_ids is not None:
         return _as_frame(profile_ids)
     return score_audience(bundle, min_score=min_score, min_percentile=min_percentile, top=top)
+
+
+AUDIENCE_KEYS = ("rule", "segment", "seed_ids", "profile_ids", "retarget")
+
+
+def audience_from_spec(bundle: ModelBundle, spec: Mapping[str, Any]) -> pd.DataFrame:
+    """An audience from a JSON-style spec with exactly one of ``rule`` (a segment rule),
+    ``segment`` (a saved name), ``seed_ids`` (lookalike, with ``size`` or ``reach``),
+    ``profile_ids`` or ``retarget`` (a template name, with ``params``), for the service and
+    campaigns. Returns at least ``profile_id``."""
+    if not isinstance(spec, Mapping):
+        raise RequestError("audience", "expected an object")
+    given = [k for k in AUDIENCE_KEYS if spec.get(k) is not None]
+    if len(given) != 1:
+        raise RequestError(
+            "audience", f"give exactly one of {', '.join(AUDIENCE_KEYS)}; got {given or 'none'}"
+        )
+    key = given[0]
+    if key == "rule":
+        return segment_audience(bundle, spec["rule"])
+    if key == "segment":
+        from dmp_ml.segments import _workdir, load_segment
+
+        if not isinstance(spec["segment"], str):
+            raise RequestError("segment", "must be a saved segment's name")
+        return segment_audience(bundle, load_segment(_workdir(bundle), spec["segment"]))
+    if key == "retarget":
+        from dmp_ml.retargeting import retarget
+
+        return retarget(bundle, spec["retarget"], spec.get("params"))
+    if key == "seed_ids":
+        size, reach = spec.get("size"), spec.get("reach")
+        if size is None and reach is None:
+            size = 1000
+        return lookalike_audience(bundle.lookalike(list(spec["seed_ids"]), size=size, reach=reach))
+    ids = spec["profile_ids"]
+    if isinstance(ids, str) or not isinstance(ids, list):
+        raise RequestError("profile_ids", "expected a list of ids")
+    return _as_frame(ids)
