@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -537,3 +537,47 @@ def affinity_columns(bundle: ModelBundle, profile_ids: Sequence[str], top: int =
         },
         index=pd.Index(frame["profile_id"], name="profile_id"),
     )
+
+
+def plot_segment_affinity(
+    summaries: Mapping[str, Mapping[str, Any]], title: str = "Segment affinity"
+) -> Any:
+    """One panel per segment with its top categories' lift over the population (members
+    behind each in the label), and a last panel with every segment's channel mix."""
+    from matplotlib.figure import Figure
+
+    names = list(summaries)
+    fig = Figure(figsize=(3.2 * (len(names) + 1), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(names) + 1))
+    for ax, name in zip(axes, names, strict=False):
+        cats = list(summaries[name]["top_categories"])[::-1]
+        ax.barh(
+            [f"{c['category']} ({c['profiles']})" for c in cats],
+            [c["lift"] for c in cats],
+            color="C0",
+        )
+        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{name} ({summaries[name]['size']:,} profiles)", fontsize=9)
+        ax.set_xlabel("lift over population")
+        ax.tick_params(labelsize=8)
+    mix_ax = axes[-1]
+    channels = [c["channel"] for c in next(iter(summaries.values()))["channels"]]
+    rows = {
+        "population": {
+            c["channel"]: c["population_share"] for c in next(iter(summaries.values()))["channels"]
+        }
+    }
+    rows.update({n: {c["channel"]: c["share"] for c in summaries[n]["channels"]} for n in names})
+    left = np.zeros(len(rows))
+    for i, channel in enumerate(channels):
+        width = np.array([rows[r].get(channel) or 0.0 for r in rows])
+        mix_ax.barh(list(rows), width, left=left, label=channel, color=f"C{i}")
+        left += width
+    mix_ax.set_xlim(0, 1)
+    mix_ax.set_xlabel("share of engagement")
+    mix_ax.set_title("Channel mix", fontsize=9)
+    mix_ax.legend(fontsize=7, loc="lower right")
+    mix_ax.tick_params(labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -472,3 +472,53 @@ def export_campaign(
 
     campaign = load_campaign(workdir, name)
     return export_audience(bundle, campaign.treated_ids, path, **options)
+
+
+def plot_readout(
+    readouts: Mapping[str, Mapping[str, Any]],
+    truths: Mapping[str, float] | None = None,
+    title: str = "Campaign readout",
+) -> Any:
+    """Treated and holdout conversion (95% Wilson intervals) and the absolute lift with its
+    95% interval, one row per readout (e.g. ``{"planted +x": report, "no effect": report}``);
+    ``truths`` marks a known true lift per readout (simulations)."""
+    from matplotlib.figure import Figure
+
+    truths = dict(truths or {})
+    names = list(readouts)
+    fig = Figure(figsize=(9, 1.2 + 0.9 * len(names)))
+    rates_ax, lift_ax = fig.subplots(1, 2)
+    y = np.arange(len(names))[::-1].astype(float)
+    for offset, arm, color in ((0.15, TREATED, "C0"), (-0.15, HOLDOUT, "C7")):
+        rate = [readouts[n][arm]["rate"] for n in names]
+        low = [readouts[n][arm]["interval_95"][0] for n in names]
+        high = [readouts[n][arm]["interval_95"][1] for n in names]
+        err = [np.subtract(rate, low), np.subtract(high, rate)]
+        rates_ax.errorbar(rate, y + offset, xerr=err, fmt="o", color=color, capsize=3, label=arm)
+    rates_ax.set_yticks(y, names)
+    rates_ax.set_xlabel("conversion rate")
+    rates_ax.set_title("Treated vs holdout (95% intervals)")
+    rates_ax.legend(fontsize=8, loc="lower right")
+    for yi, name in zip(y, names, strict=True):
+        lift = readouts[name]["absolute_lift"]
+        low, high = lift["interval_95"]
+        est = lift["estimate"]
+        lift_ax.errorbar(
+            [est], [yi], xerr=[[est - low], [high - est]], fmt="o", color="C0", capsize=3
+        )
+        lift_ax.annotate(readouts[name]["verdict"], (high, yi), xytext=(6, -3),
+                         textcoords="offset points", fontsize=7)  # fmt: skip
+        if name in truths:
+            lift_ax.scatter([truths[name]], [yi], marker="x", color="C3", s=60, zorder=3)
+    if truths:
+        lift_ax.scatter([], [], marker="x", color="C3", label="planted true lift")
+        lift_ax.legend(fontsize=8, loc="lower left")
+    lift_ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    lift_ax.set_yticks(y, [""] * len(names))
+    lift_ax.set_xlabel("absolute lift (treated - holdout)")
+    lift_ax.set_title("Lift, 95% Newcombe interval")
+    lo, hi = lift_ax.get_xlim()
+    lift_ax.set_xlim(lo, hi + 0.6 * (hi - lo))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
