@@ -547,7 +547,7 @@ def plot_segment_affinity(
     from matplotlib.figure import Figure
 
     names = list(summaries)
-    fig = Figure(figsize=(3.2 * (len(names) + 1), 3.4))
+    fig = Figure(figsize=(3.2 * (len(names) + 1), 3.8))
     axes = np.atleast_1d(fig.subplots(1, len(names) + 1))
     for ax, name in zip(axes, names, strict=False):
         cats = list(summaries[name]["top_categories"])[::-1]
@@ -576,7 +576,7 @@ def plot_segment_affinity(
     mix_ax.set_xlim(0, 1)
     mix_ax.set_xlabel("share of engagement")
     mix_ax.set_title("Channel mix", fontsize=9)
-    mix_ax.legend(fontsize=7, loc="lower right")
+    mix_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     mix_ax.tick_params(labelsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

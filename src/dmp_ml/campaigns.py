@@ -486,7 +486,7 @@ def plot_readout(
 
     truths = dict(truths or {})
     names = list(readouts)
-    fig = Figure(figsize=(9, 1.2 + 0.9 * len(names)))
+    fig = Figure(figsize=(9, 1.4 + 0.9 * len(names)))
     rates_ax, lift_ax = fig.subplots(1, 2)
     y = np.arange(len(names))[::-1].astype(float)
     for offset, arm, color in ((0.15, TREATED, "C0"), (-0.15, HOLDOUT, "C7")):
@@ -495,10 +495,12 @@ def plot_readout(
         high = [readouts[n][arm]["interval_95"][1] for n in names]
         err = [np.subtract(rate, low), np.subtract(high, rate)]
         rates_ax.errorbar(rate, y + offset, xerr=err, fmt="o", color=color, capsize=3, label=arm)
+    for ax in (rates_ax, lift_ax):
+        ax.set_ylim(-0.6, len(names) - 0.4)
     rates_ax.set_yticks(y, names)
     rates_ax.set_xlabel("conversion rate")
     rates_ax.set_title("Treated vs holdout (95% intervals)")
-    rates_ax.legend(fontsize=8, loc="lower right")
+    rates_ax.legend(fontsize=8, loc="upper left")
     for yi, name in zip(y, names, strict=True):
         lift = readouts[name]["absolute_lift"]
         low, high = lift["interval_95"]
@@ -512,7 +514,7 @@ def plot_readout(
             lift_ax.scatter([truths[name]], [yi], marker="x", color="C3", s=60, zorder=3)
     if truths:
         lift_ax.scatter([], [], marker="x", color="C3", label="planted true lift")
-        lift_ax.legend(fontsize=8, loc="lower left")
+        lift_ax.legend(fontsize=8, loc="upper left")
     lift_ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
     lift_ax.set_yticks(y, [""] * len(names))
     lift_ax.set_xlabel("absolute lift (treated - holdout)")
