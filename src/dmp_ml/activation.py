@@ -476,7 +476,13 @@ def audience_from_spec(bundle: ModelBundle, spec: Mapping[str, Any]) -> pd.DataF
         size, reach = spec.get("size"), spec.get("reach")
         if size is None and reach is None:
             size = 1000
-        return lookalike_audience(bundle.lookalike(list(spec["seed_ids"]), size=size, reach=reach))
+        from dmp_ml.errors import UnknownProfileError
+
+        try:
+            audience = bundle.lookalike(list(spec["seed_ids"]), size=size, reach=reach)
+        except UnknownProfileError as exc:
+            raise RequestError("seed_ids", str(exc)) from exc
+        return lookalike_audience(audience)
     ids = spec["profile_ids"]
     if isinstance(ids, str) or not isinstance(ids, list):
         raise RequestError("profile_ids", "expected a list of ids")

@@ -241,16 +241,23 @@ class AffinityModel:
         total = float(counts.sum())
         a = self.category_prior_strength
         score = (counts + a) / (total * self.category_share_[cols] + a)
-        order = np.lexsort((self.categories_[cols].to_numpy(dtype=object), -score))[:top]
+        order = np.lexsort((cols, -score))[:top]  # the vocabulary is sorted: ties by name
+        names = self._category_names()
         return [
             {
-                "category": str(self.categories_[cols[i]]),
+                "category": names[cols[i]],
                 "score": round(float(score[i]), 4),
                 "share": round(float(counts[i] / total), 4),
                 "events": int(counts[i]),
             }
             for i in order
         ]
+
+    def _category_names(self) -> list[str]:
+        if getattr(self, "_names_of", None) is not self.categories_:
+            self._names = [str(c) for c in self.categories_]
+            self._names_of = self.categories_
+        return self._names
 
     def profile_frame(self, profile_ids: Iterable[str], top: int = 3) -> pd.DataFrame:
         """One row per known profile: ``profile_id``, ``preferred_channel``, ``channels``
@@ -495,13 +502,11 @@ def profile_affinity(
 
     top = _check_top(top)
     model = _model(bundle)
-    ids = list(dict.fromkeys(str(p) for p in profile_ids))
-    gone = excluded_ids(bundle)
-    eligible = bundle.features.frame.index
-    ok = [p for p in ids if p not in gone and eligible.get_indexer([p])[0] >= 0]
+    ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
+    ok = ids[ids.isin(bundle.features.frame.index) & ~ids.isin(list(excluded_ids(bundle)))]
     frame = model.profile_frame(ok, top=top)
     known = set(frame["profile_id"].astype(str))
-    return frame, [p for p in ids if p not in known]
+    return frame, [str(p) for p in ids if p not in known]
 
 
 def segment_affinity(

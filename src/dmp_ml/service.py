@@ -348,6 +348,24 @@ class BearerTokenMiddleware:
         await response(scope, receive, send)
 
 
+class NameInPathMiddleware:
+    """A campaign name in the path with a line break never reaches the router (BentoML's outer
+    mount does not match it and answers a plain-text 404): answer the 422 naming the field."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/campaigns/") and ("\n" in path or "\r" in path):
+            response = JSONResponse(
+                {"error": "a campaign name has no line breaks", "field": "name"}, status_code=422
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------------- the app
 
 # Documents the bearer scheme in the OpenAPI schema; BearerTokenMiddleware enforces it.
@@ -1037,7 +1055,7 @@ class DmpMlService:
 
     @app.get(
         "/campaigns/{name}",
-        responses=_ERRORS,
+        responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No such campaign."}},
         summary="Readout: treated vs holdout conversion, lift with 95% intervals, MDE.",
     )
     async def campaign_report(self, name: str) -> Any:
@@ -1055,6 +1073,7 @@ class DmpMlService:
 
 
 DmpMlService.add_asgi_middleware(BearerTokenMiddleware, token=_SETTINGS.api_token or None)
+DmpMlService.add_asgi_middleware(NameInPathMiddleware)
 
 
 # ---------------------------------------------------------------------------- starting it

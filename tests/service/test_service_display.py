@@ -55,6 +55,8 @@ def test_segment_affinity_from_a_rule_and_from_seeds(server: Server, http: httpx
         http.post("/segments/affinity", json={"seed_ids": server.consented[:60], "size": 200})
     )
     assert seeds["size"] == 200
+    nobody = http.post("/segments/affinity", json={"seed_ids": ["nobody", "no-one"]})
+    assert nobody.status_code == 422 and nobody.json()["field"] == "seed_ids"
     both = http.post("/segments/affinity", json={"rule": rule, "segment": "x"})
     assert both.status_code == 422 and both.json()["field"] == "audience"
 
@@ -101,3 +103,5 @@ def test_campaign_create_and_readout(server: Server, http: httpx.Client) -> None
     assert low <= report["absolute_lift"]["estimate"] <= high
     assert report["minimum_detectable_effect"]["absolute"] > 0
     assert http.get("/campaigns/nothing-here").status_code == 404
+    broken = http.get("/campaigns/a%0Ab")  # never reaches the router: still JSON naming the field
+    assert broken.status_code == 422 and broken.json()["field"] == "name"
