@@ -6,26 +6,37 @@ Every number drawn comes from the library trained on the synthetic demo world wi
 - ``propensity_gains.png``: cumulative gains and lift by decile of the propensity model against
   its baselines on the validation snapshot (the most recent labelled period, never trained on);
 - ``lookalike_quality.png``: held-out seed recall and true precision against audience size for
-  a seed drawn from one planted interest group.
+  a seed drawn from one planted interest group;
+- ``affinity_segments.png``: top categories (lift over the population, members behind each) and
+  channel mix of three planted interest groups;
+- ``campaign_readout.png``: a campaign simulated on the demo world (trained before launch, 30%
+  holdout, a planted extra-purchase effect) read out with and without the effect.
 
-Usage: ``python docs/make_figures.py [--out docs] [--profiles 3000] [--days 150] [--seed 0]``.
+Usage: ``python docs/make_figures.py [--out docs] [--profiles 3000] [--days 150] [--seed 0]
+[--only affinity campaign ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from dmp_ml import experiments, metrics
-from dmp_ml.demo import DemoWorld, generate_demo_world
+from dmp_ml.affinity import AffinityModel, plot_segment_affinity
+from dmp_ml.bundle import load_bundle
+from dmp_ml.campaigns import campaign_report, create_campaign, plot_readout
+from dmp_ml.demo import DemoWorld, generate_demo_world, plant_uplift
 from dmp_ml.expansion import LookalikeModel
 from dmp_ml.features import FeatureTable
 from dmp_ml.identity import resolve_identity
+from dmp_ml.pipeline import train
 from dmp_ml.propensity import build_snapshots, train_propensity
 from dmp_ml.send_time import SendTimeModel
 from dmp_ml.settings import Settings, load_settings
@@ -122,12 +133,73 @@ def lookalike_figure(world: DemoWorld, table: FeatureTable, settings: Settings, 
     return _save(fig, out / "lookalike_quality.png")
 
 
+def affinity_figure(world: DemoWorld, settings: Settings, out: Path) -> Path:
+    """Segment affinity of three planted interest groups (consented profiles at the end)."""
+    resolved = resolve_identity(
+        world.events, world.end, settings.features, consent=world.consent
+    ).events
+    eligible = resolved["profile_id"].astype("string").unique()
+    model = AffinityModel.from_settings(settings).fit(resolved, eligible, world.end)
+    truth = world.truth
+    summaries = {
+        group: model.segment_summary(
+            truth.loc[truth["interest_group"] == group, "profile_id"], top=5
+        )
+        for group in ("outdoor", "tech", "beauty")
+    }
+    fig = plot_segment_affinity(
+        summaries, title="Affinity of three planted interest groups (demo world)"
+    )
+    return _save(fig, out / "affinity_segments.png")
+
+
+def campaign_figure(world: DemoWorld, settings: Settings, out: Path) -> Path:
+    """A campaign launched 30 days before the end of the log, trained on the days before."""
+    launch = world.end - pd.Timedelta(days=30)
+    with tempfile.TemporaryDirectory() as tmp:
+        quick = settings.model_copy(
+            update={
+                "workdir": Path(tmp) / "w",
+                "mlflow_tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+                "propensity": settings.propensity.model_copy(
+                    update={"n_snapshots": 2, "n_estimators": 150}
+                ),
+            }
+        )
+        before = world.events[world.events["event_time"] < launch]
+        train(before, launch, quick.workdir, profiles=world.profiles, consent=world.consent,
+              settings=quick)  # fmt: skip
+        bundle = load_bundle(quick.workdir)
+        frame = bundle.features.frame
+        audience = frame.index[(frame["event_count_90d"] >= 1) & (frame["is_anonymous"] == 0)]
+        campaign = create_campaign(
+            bundle, "spring", audience, workdir=quick.workdir, holdout=0.3, launch=launch
+        )
+        planted = plant_uplift(world, campaign.treated_ids, launch, 30, probability=0.1)
+        name = f"planted +{planted.true_absolute_lift:.3f}"
+        readouts = {
+            name: campaign_report(quick.workdir, "spring", events=planted.world.events),
+            "no effect": campaign_report(quick.workdir, "spring", events=world.events),
+        }
+    fig = plot_readout(
+        readouts,
+        truths={name: planted.true_absolute_lift, "no effect": 0.0},
+        title=f"Simulated campaign: purchase within 30 days, {len(campaign.members):,} "
+        "profiles, 30% holdout",
+    )
+    return _save(fig, out / "campaign_readout.png")
+
+
+FIGURES = ("send_time", "propensity", "lookalike", "affinity", "campaign")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--profiles", type=int, default=3000)
     parser.add_argument("--days", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("dmp_ml", "lightgbm"):
@@ -139,9 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     logger.info(
         "demo world: %d profiles, %d days, %d events", args.profiles, args.days, len(world.events)
     )
-    send_time_figure(world, settings, args.out)
-    _, table = gains_figure(world, settings, args.out)
-    lookalike_figure(world, table, settings, args.out)
+    if "send_time" in args.only:
+        send_time_figure(world, settings, args.out)
+    if {"propensity", "lookalike"} & set(args.only):
+        _, table = gains_figure(world, settings, args.out)
+        if "lookalike" in args.only:
+            lookalike_figure(world, table, settings, args.out)
+    if "affinity" in args.only:
+        affinity_figure(world, settings, args.out)
+    if "campaign" in args.only:
+        campaign_figure(world, settings, args.out)
     logger.info("done in %.0f s", time.perf_counter() - started)
     return 0
 

@@ -55,7 +55,7 @@ def test_every_customer_with_an_event_before_the_cutoff_is_answered(
 ) -> None:
     result, bundle = retail_bundle
     assert {name: s.status for name, s in result.steps.items()} == dict.fromkeys(
-        ("features", "propensity", "send_time", "lookalike"), "trained"
+        ("features", "propensity", "send_time", "lookalike", "affinity"), "trained"
     )
     before = retail.events[retail.events["event_time"] < AS_OF]
     withdrawn = set(retail.truth.loc[retail.truth["consent_withdrawn"], "profile_id"])

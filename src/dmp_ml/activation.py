@@ -246,6 +246,7 @@ def export_frame(
     *,
     send_time: SendTimeOptions | bool = False,
     require_email: bool = False,
+    affinity: bool = False,
 ) -> tuple[pd.DataFrame, ExportReport]:
     """The export table of ``audience`` (see the module doc) and its report.
 
@@ -255,6 +256,8 @@ def export_frame(
         an iterable of ids.
     send_time : add ``send_at``; True uses a 24-hour window from the bundle's ``as_of``.
     require_email : drop profiles without a hashed e-mail (for e-mail and CRM destinations).
+    affinity : add ``top_categories`` (``|``-joined) and ``preferred_channel`` for display
+        platforms (see :mod:`dmp_ml.affinity`).
     """
     from dmp_ml.segments import excluded_ids
 
@@ -320,6 +323,12 @@ def export_frame(
             warnings.append("the bundle has no send-time model: send_at is empty")
         out["send_at"] = send_at
         send_missing = int(send_at.isna().sum())
+    if affinity:
+        from dmp_ml.affinity import affinity_columns
+
+        extra = affinity_columns(bundle, out["profile_id"].tolist())
+        for column in extra.columns:
+            out[column] = extra[column].reindex(out["profile_id"]).to_numpy()
     dropped_without_email = 0
     if require_email and "email_sha256" in out.columns:
         has = out["email_sha256"].notna().to_numpy(dtype=bool)
@@ -381,11 +390,14 @@ def export_audience(
     format: str | None = None,
     send_time: SendTimeOptions | bool = False,
     require_email: bool = False,
+    affinity: bool = False,
 ) -> ExportReport:
     """Write ``audience`` to ``path`` (CSV or Parquet by suffix or ``format``); see export_frame."""
     path = Path(path)
     fmt = _format_of(path, format)
-    frame, report = export_frame(bundle, audience, send_time=send_time, require_email=require_email)
+    frame, report = export_frame(
+        bundle, audience, send_time=send_time, require_email=require_email, affinity=affinity
+    )
     write_export(frame, path, fmt)
     logger.info(
         "exported %d profiles to %s (%d not eligible, %d erased left out)",
@@ -431,3 +443,48 @@ def resolve_audience(
     if profile_ids is not None:
         return _as_frame(profile_ids)
     return score_audience(bundle, min_score=min_score, min_percentile=min_percentile, top=top)
+
+
+AUDIENCE_KEYS = ("rule", "segment", "seed_ids", "profile_ids", "retarget")
+
+
+def audience_from_spec(bundle: ModelBundle, spec: Mapping[str, Any]) -> pd.DataFrame:
+    """An audience from a JSON-style spec with exactly one of ``rule`` (a segment rule),
+    ``segment`` (a saved name), ``seed_ids`` (lookalike, with ``size`` or ``reach``),
+    ``profile_ids`` or ``retarget`` (a template name, with ``params``), for the service and
+    campaigns. Returns at least ``profile_id``."""
+    if not isinstance(spec, Mapping):
+        raise RequestError("audience", "expected an object")
+    given = [k for k in AUDIENCE_KEYS if spec.get(k) is not None]
+    if len(given) != 1:
+        raise RequestError(
+            "audience", f"give exactly one of {', '.join(AUDIENCE_KEYS)}; got {given or 'none'}"
+        )
+    key = given[0]
+    if key == "rule":
+        return segment_audience(bundle, spec["rule"])
+    if key == "segment":
+        from dmp_ml.segments import _workdir, load_segment
+
+        if not isinstance(spec["segment"], str):
+            raise RequestError("segment", "must be a saved segment's name")
+        return segment_audience(bundle, load_segment(_workdir(bundle), spec["segment"]))
+    if key == "retarget":
+        from dmp_ml.retargeting import retarget
+
+        return retarget(bundle, spec["retarget"], spec.get("params"))
+    if key == "seed_ids":
+        size, reach = spec.get("size"), spec.get("reach")
+        if size is None and reach is None:
+            size = 1000
+        from dmp_ml.errors import UnknownProfileError
+
+        try:
+            audience = bundle.lookalike(list(spec["seed_ids"]), size=size, reach=reach)
+        except UnknownProfileError as exc:
+            raise RequestError("seed_ids", str(exc)) from exc
+        return lookalike_audience(audience)
+    ids = spec["profile_ids"]
+    if isinstance(ids, str) or not isinstance(ids, list):
+        raise RequestError("profile_ids", "expected a list of ids")
+    return _as_frame(ids)

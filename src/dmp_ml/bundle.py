@@ -303,6 +303,7 @@ class ModelBundle:
             if trained("lookalike")
             else None
         )
+        self.affinity_model = _load_affinity(path) if trained("affinity") else None
         self._forgotten: set[str] = set()
 
     # -- questions ------------------------------------------------------------------------
@@ -425,6 +426,12 @@ class ModelBundle:
     def _why(self, step: str) -> str:
         outcome = self.manifest.get("steps", {}).get(step, {})
         return outcome.get("reason") or "the step did not run"
+
+
+def _load_affinity(path: Path) -> Any:
+    from dmp_ml.affinity import AFFINITY_DIR, AffinityModel
+
+    return AffinityModel.load(path / AFFINITY_DIR)
 
 
 def lookalike(

@@ -223,6 +223,7 @@ class ForgetReport:
     cookies_erased: int = 0
     bento_models_replaced: dict[str, str] = field(default_factory=dict)
     remains: list[str] = field(default_factory=list)
+    campaign_members_removed: dict[str, int] = field(default_factory=dict)
     temporary_removed: list[str] = field(default_factory=list)
     not_scrubbed: dict[str, str] = field(default_factory=dict)
 
@@ -245,6 +246,7 @@ class ForgetReport:
             "cookies_erased": self.cookies_erased,
             "bento_models_replaced": dict(self.bento_models_replaced),
             "remains": list(self.remains),
+            "campaign_members_removed": dict(self.campaign_members_removed),
             "temporary_removed": list(self.temporary_removed),
         }
 
@@ -347,7 +349,8 @@ def forget(
        send-time curves, lookalike vectors and index) and re-published as a new version;
        every older version is deleted, since it still holds them. Other service workers pick
        the new version up through the ``bundle`` pointer.
-    4. Their events are removed from the workdir's event store and quarantine files.
+    4. Their events are removed from the workdir's event store and quarantine files, and they
+       leave every stored campaign (:mod:`dmp_ml.campaigns`).
     5. Every promoted BentoML model holding them is replaced by a scrubbed version
        (:func:`scrub_bento_models`).
 
@@ -419,6 +422,9 @@ def forget(
         anon = [f"{store.ANON_PREFIX}{c}" for c in sorted(cookies)]
         cookies_erased = add_to_erasure_list(workdir, anon) if anon else 0
         replaced, unchecked = scrub_bento_models([*ids, *anon])
+        from dmp_ml.campaigns import forget_in_campaigns
+
+        in_campaigns = forget_in_campaigns(workdir, [*ids, *anon])
     remains = list(REMAINS)
     for tag in unchecked:
         not_scrubbed[f"bentoml model {tag}"] = (
@@ -435,6 +441,7 @@ def forget(
         cookies_erased=cookies_erased,
         bento_models_replaced=replaced,
         remains=remains,
+        campaign_members_removed=in_campaigns,
         temporary_removed=temporary,
         not_scrubbed=not_scrubbed,
     )

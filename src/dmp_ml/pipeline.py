@@ -340,11 +340,23 @@ def _lookalike_charts(
     return charts, found, seed.description
 
 
+def _affinity_step(ctx: TrainContext) -> StepOutcome:
+    from dmp_ml.affinity import AFFINITY_DIR, AffinityModel
+
+    assert ctx.features is not None
+    resolved = ctx.builder.resolve(ctx.as_of).events
+    model = AffinityModel.from_settings(ctx.settings)
+    model.fit(resolved, ctx.features.frame.index, ctx.as_of)
+    model.save(ctx.bundle_dir / AFFINITY_DIR)
+    return StepOutcome("trained", metrics=model.summary())
+
+
 STEPS: tuple[tuple[str, Step], ...] = (
     ("features", _features_step),
     ("propensity", _propensity_step),
     ("send_time", _send_time_step),
     ("lookalike", _lookalike_step),
+    ("affinity", _affinity_step),
 )
 
 

@@ -705,6 +705,17 @@ class Refresher:
             refresh_lookalike(bundle.lookalike_model, rows.frame, remove_ids=removed)
         lap("lookalike")
 
+        # channel and content affinity: the affected profiles recounted from their history
+        extra_files: dict[str, Any] = {}
+        if getattr(bundle, "affinity_model", None) is not None:
+            from dmp_ml.affinity import AFFINITY_DIR
+
+            mine_events = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
+            bundle.affinity_model.update(mine_events, out, remove_ids=removed, as_of=as_of)
+            for file_name, writer in bundle.affinity_model.writers().items():
+                extra_files[f"{AFFINITY_DIR}/{file_name}"] = writer
+        lap("affinity")
+
         # publish
         refreshed = _refreshed_frame(bundle, out, removed, as_of)
         refresh_meta.update(
@@ -719,7 +730,10 @@ class Refresher:
             self.workdir,
             tag="refresh",
             manifest_update={"refresh": refresh_meta},
-            extra_files={REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False)},
+            extra_files={
+                REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False),
+                **extra_files,
+            },
             drop_ids=removed,
         )
         lap("publish")

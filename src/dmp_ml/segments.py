@@ -15,7 +15,10 @@ The rule language (JSON or YAML; the same structure either way)::
     ``days_since_last_event``, ``loyalty_tier``, ...);
   - ``score``: ``propensity`` (the calibrated probability, 0..1) or ``propensity_percentile``
     (0..100, 100 = most likely);
-  - ``segment``: membership of a saved segment (``{"segment": "recent_buyers"}``, no ``op``).
+  - ``segment``: membership of a saved segment (``{"segment": "recent_buyers"}``, no ``op``);
+  - ``retarget``: a retargeting template over the event history, with ``params`` and no
+    ``op`` (``{"retarget": "cart_abandoners", "params": {"days": 7}}``; see
+    :mod:`dmp_ml.retargeting`).
 
   with ``op`` one of ``== != < <= > >=`` (a number, or text for ``==``/``!=`` on a text
   feature), ``in`` / ``not_in`` (a non-empty list), ``between`` (``[low, high]``, both
@@ -73,8 +76,8 @@ MAX_DEPTH = 12
 MAX_CLAUSES = 500
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _GROUP_KEYS = ("all", "any", "none")
-_CLAUSE_KINDS = ("feature", "score", "segment")
-_CLAUSE_KEYS = (*_CLAUSE_KINDS, "op", "value")
+_CLAUSE_KINDS = ("feature", "score", "segment", "retarget")
+_CLAUSE_KEYS = (*_CLAUSE_KINDS, "op", "value", "params")
 
 
 class SegmentError(RequestError):
@@ -98,13 +101,15 @@ class Clause:
     """One test: ``kind`` is feature / score / segment, ``name`` what it tests."""
 
     path: str
-    kind: Literal["feature", "score", "segment"]
+    kind: Literal["feature", "score", "segment", "retarget"]
     name: str
     op: str | None = None
     value: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {self.kind: self.name}
+        if self.kind == "retarget":
+            return {**out, "params": dict(self.value)}
         if self.op is not None:
             out["op"] = self.op
             if self.op != "exists" or self.value is not True:
@@ -208,7 +213,9 @@ def _parse(data: Any, path: str, depth: int, counter: list[int]) -> Rule:
         )
     keys = [str(k) for k in data]
     if not keys:
-        raise SegmentError(where, "empty rule: give all/any/none or a feature/score/segment")
+        raise SegmentError(
+            where, "empty rule: give all/any/none or a feature/score/segment/retarget"
+        )
     group_keys = [k for k in keys if k in _GROUP_KEYS]
     kinds = [k for k in keys if k in _CLAUSE_KINDS]
     if group_keys and (kinds or set(keys) - set(_GROUP_KEYS)):
@@ -239,7 +246,7 @@ def _parse(data: Any, path: str, depth: int, counter: list[int]) -> Rule:
     if len(kinds) != 1:
         raise SegmentError(
             where,
-            "a clause tests exactly one of feature, score, segment"
+            "a clause tests exactly one of feature, score, segment, retarget"
             + (f"; got {kinds}" if kinds else ""),
         )
     counter[0] += 1
@@ -250,6 +257,22 @@ def _parse(data: Any, path: str, depth: int, counter: list[int]) -> Rule:
     if not isinstance(name, str) or not name.strip():
         raise SegmentError(_at(path, kind), f"must be a non-empty name, got {name!r}")
     name = name.strip()
+    if kind == "retarget":  # a retargeting template (dmp_ml.retargeting)
+        from dmp_ml.retargeting import check_template, parse_params
+
+        if "op" in data or "value" in data:
+            raise SegmentError(
+                _at(path, "op" if "op" in data else "value"),
+                "a retarget clause takes params, no op or value",
+            )
+        try:  # checked here, kept as given
+            check_template(name, _at(path, "retarget"))
+            parse_params(name, data.get("params"), _at(path, "params"))
+        except RequestError as exc:
+            raise SegmentError(exc.field, exc.message) from None
+        return Clause(path=path, kind="retarget", name=name, value=dict(data.get("params") or {}))
+    if "params" in data:
+        raise SegmentError(_at(path, "params"), "only a retarget clause takes params")
     if kind == "segment":
         if "op" in data or "value" in data:
             raise SegmentError(
@@ -396,7 +419,7 @@ def check_rule(
                 raise SegmentError(
                     where, f"bundle {bundle.version} has no propensity scores to test"
                 )
-        else:
+        elif clause.kind == "segment":
             _check_segment_ref(clause, workdir, bundle, _stack)
 
 
@@ -509,6 +532,10 @@ def _mask(
         if rule.name not in memo:
             memo[rule.name] = _mask(load_segment(workdir, rule.name), bundle, workdir, memo)
         return memo[rule.name]
+    if rule.kind == "retarget":
+        from dmp_ml.retargeting import ids_for_rule
+
+        return bundle.features.frame.index.isin(ids_for_rule(bundle, rule.name, rule.value))
     if rule.kind == "score":
         assert bundle.scores is not None
         column = bundle.scores[SCORES[rule.name]].reindex(bundle.features.frame.index)

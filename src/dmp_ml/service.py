@@ -6,6 +6,9 @@ Each worker loads the live model bundle of ``DMP_ML_WORKDIR`` once (or, with
 - ``POST /score``      propensity scores (and reasons) for up to ``max_score_ids`` profiles
 - ``POST /lookalike``  seed expansion by ``size`` or ``reach``
 - ``POST /send_time``  best send hour in a window, respecting quiet hours
+- ``POST /affinity``, ``POST /segments/affinity``  channel and content affinity, per profile
+  and per segment; ``POST /retarget`` retargeting templates; ``POST /campaigns``,
+  ``GET /campaigns/{name}`` campaigns with a holdout and their lift readout
 - ``GET  /info``       the live bundle: version, path, as_of, manifest (versions, metrics)
 - ``POST /reload``     load the bundle the ``bundle`` pointer names now; a corrupt one is refused
 - ``POST /events``     accept fresh events (202 once spooled durably; applied in the background)
@@ -398,6 +401,24 @@ class OpenApiMiddleware:
         await self.app(scope, receive, send)
 
 
+class NameInPathMiddleware:
+    """A campaign name in the path with a line break never reaches the router (BentoML's outer
+    mount does not match it and answers a plain-text 404): answer the 422 naming the field."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/campaigns/") and ("\n" in path or "\r" in path):
+            response = JSONResponse(
+                {"error": "a campaign name has no line breaks", "field": "name"}, status_code=422
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Refuse a request body over ``limit`` bytes with 413, declared or streamed (chunked).
 
@@ -549,6 +570,62 @@ def _erasure_stamp(workdir: Path) -> tuple[int, int, int] | None:
     from dmp_ml.erasure import erasure_stamp
 
     return erasure_stamp(workdir)
+
+
+# ---------------------------------------------- display, retargeting and campaigns: requests
+
+
+class AffinityRequest(_Body):
+    profile_ids: list[ProfileId] = Field(min_length=1, max_length=_SVC.max_score_ids)
+    top: WholeNumber = Field(3, ge=1, le=50, description="Top categories per profile.")
+
+
+class AudienceSpec(_Body):
+    """Exactly one of rule, segment, seed_ids (+ size / reach), profile_ids, retarget."""
+
+    rule: dict[str, Any] | None = Field(None, description="A segment rule.")
+    segment: str | None = Field(None, description="A saved segment's name.")
+    seed_ids: list[ProfileId] | None = Field(
+        None, max_length=_SVC.max_seed_ids, description="Lookalike seed ids."
+    )
+    size: WholeNumber | None = Field(None, gt=0, description="Lookalike size (default 1000).")
+    reach: float | None = Field(None, gt=0, le=_MAX_REACH)
+    profile_ids: list[ProfileId] | None = Field(None, max_length=_SVC.max_seed_ids)
+    retarget: str | None = Field(None, description="A retargeting template's name.")
+    params: dict[str, Any] | None = Field(None, description="The template's parameters.")
+
+
+class SegmentAffinityRequest(AudienceSpec):
+    top: WholeNumber = Field(5, ge=1, le=50, description="Top categories of the segment.")
+
+
+class RetargetRequest(_Body):
+    template: str = Field(description="viewed_not_bought, cart_abandoners, lapsed_buyers, ...")
+    params: dict[str, Any] | None = None
+    rank_by_propensity: bool = False
+    limit: WholeNumber = Field(1000, ge=0, le=100_000, description="Profiles returned at most.")
+
+
+class CampaignRequest(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    audience: AudienceSpec
+    holdout: float | None = Field(None, gt=0, lt=1)
+    target_event: str | None = None
+    horizon_days: WholeNumber | None = Field(None, ge=1, le=3650)
+    launch: datetime | None = Field(
+        None, strict=False, description="ISO 8601; naive means UTC; null: the data cutoff."
+    )
+
+    @field_validator("launch")
+    @classmethod
+    def _plausible(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not 2000 <= value.year <= 2100:
+            raise ValueError("must be between the years 2000 and 2100")
+        return value
+
+
+def _spec(body: AudienceSpec) -> dict[str, Any]:
+    return {k: v for k, v in body.model_dump(exclude={"top"}).items() if v is not None}
 
 
 @bentoml.service(
@@ -1107,6 +1184,127 @@ class DmpMlService:
             }
         )
 
+    # ------------------------------------------ display, retargeting and campaigns: endpoints
+
+    @app.post(
+        "/affinity",
+        responses=_ERRORS,
+        summary="Preferred channels and top content categories per profile.",
+    )
+    async def affinity(self, body: AffinityRequest) -> Any:
+        bundle = self._honour_erasures()
+
+        def work() -> JSONResponse:
+            from dmp_ml.affinity import profile_affinity
+
+            frame, unknown = profile_affinity(bundle, body.profile_ids, top=body.top)
+            columns = ["profile_id", "preferred_channel", "channels", "top_categories"]
+            payload = {
+                "model_version": str(bundle.version),
+                "results": _records(frame, columns),
+                "unknown_ids": unknown,
+            }
+            return _json(_plain(payload))
+
+        return await self._run("affinity", work)
+
+    @app.post(
+        "/segments/affinity",
+        responses=_ERRORS,
+        summary="A segment's channel mix, top categories (lift) and best display hours.",
+    )
+    async def segments_affinity(self, body: SegmentAffinityRequest) -> Any:
+        bundle = self._honour_erasures()
+
+        def work() -> JSONResponse:
+            from dmp_ml.activation import audience_from_spec
+            from dmp_ml.affinity import segment_affinity
+
+            audience = audience_from_spec(bundle, _spec(body))
+            summary = segment_affinity(bundle, audience["profile_id"], top=body.top)
+            return _json(_plain({"model_version": str(bundle.version), **summary}))
+
+        return await self._run("segments_affinity", work, heavy=body.seed_ids is not None)
+
+    @app.post(
+        "/retarget",
+        responses=_ERRORS,
+        summary="A retargeting audience from a template (size and profile ids).",
+    )
+    async def retarget(self, body: RetargetRequest) -> Any:
+        bundle = self._honour_erasures()
+
+        def work() -> JSONResponse:
+            from dmp_ml.retargeting import retarget
+
+            frame = retarget(
+                bundle, body.template, body.params, rank_by_propensity=body.rank_by_propensity
+            )
+            columns = [c for c in ("profile_id", "propensity_score", "rank") if c in frame]
+            payload = {
+                "model_version": str(bundle.version),
+                "template": body.template,
+                "size": len(frame),
+                "results": _records(frame.head(body.limit), columns),
+            }
+            return _json(_plain(payload))
+
+        return await self._run("retarget", work)
+
+    @app.post(
+        "/campaigns",
+        responses={**_ERRORS, 403: {"model": ErrorResponse, "description": "No API token set."}},
+        summary="Store a campaign: its audience now and a reproducible holdout.",
+    )
+    async def create_campaign(self, body: CampaignRequest) -> Any:
+        refused = self._require_token("POST /campaigns")
+        if refused is not None:
+            return refused
+        bundle = self._honour_erasures()
+
+        def work() -> JSONResponse:
+            from dmp_ml.activation import audience_from_spec
+            from dmp_ml.campaigns import create_campaign
+
+            spec = _spec(body.audience)
+            source = {k: v for k, v in spec.items() if k not in ("profile_ids", "seed_ids")}
+            for key in ("profile_ids", "seed_ids"):
+                if key in spec:
+                    source[key] = len(spec[key])  # counts only: ids stay in members.parquet
+            campaign = create_campaign(
+                bundle,
+                body.name,
+                audience_from_spec(bundle, spec),
+                workdir=self.workdir,
+                settings=self.settings,
+                holdout=body.holdout,
+                target_event=body.target_event,
+                horizon_days=body.horizon_days,
+                launch=body.launch,
+                source=source,
+            )
+            return _json(_plain(campaign.to_dict()), status=201)
+
+        return await self._run("create_campaign", work)
+
+    @app.get(
+        "/campaigns/{name}",
+        responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "No such campaign."}},
+        summary="Readout: treated vs holdout conversion, lift with 95% intervals, MDE.",
+    )
+    async def campaign_report(self, name: str) -> Any:
+        bundle = self._honour_erasures()
+
+        def work() -> JSONResponse:
+            from dmp_ml.campaigns import campaign_report, check_name, list_campaigns
+
+            if check_name(name) not in list_campaigns(self.workdir):
+                return _error(404, f"unknown campaign {name!r}", "name")
+            report = campaign_report(self.workdir, name, bundle=bundle, settings=self.settings)
+            return _json(_plain(report))
+
+        return await self._run("campaign_report", work)
+
 
 # outermost first: requests are counted (401s and 413s included) before anything refuses them
 DmpMlService.add_asgi_middleware(
@@ -1115,6 +1313,7 @@ DmpMlService.add_asgi_middleware(
 DmpMlService.add_asgi_middleware(BodyLimitMiddleware, limit=_SVC.max_request_bytes)
 DmpMlService.add_asgi_middleware(BearerTokenMiddleware, token=_SETTINGS.api_token or None)
 DmpMlService.add_asgi_middleware(OpenApiMiddleware, schema=app.openapi)
+DmpMlService.add_asgi_middleware(NameInPathMiddleware)
 
 
 # ---------------------------------------------------------------------------- starting it

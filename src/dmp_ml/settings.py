@@ -254,6 +254,31 @@ class LookalikeSettings(_Section):
     seed: int = 0
 
 
+class AffinitySettings(_Section):
+    """Channel and content affinity (see :mod:`dmp_ml.affinity`)."""
+
+    category_prior_strength: float = Field(
+        2.0, gt=0, description="Pseudo-events shrinking a category score toward the population."
+    )
+    channel_prior_strength: float = Field(
+        5.0, gt=0, description="Pseudo-events shrinking a channel mix toward the population."
+    )
+    max_channels: int = Field(20, ge=1, description="Channels kept by name; the rest: other.")
+    segment_min_profiles: int = Field(5, ge=1, description="Members behind a segment category.")
+    top_categories: int = Field(3, ge=1, le=50, description="Categories per profile by default.")
+
+
+class CampaignSettings(_Section):
+    """Campaign holdouts and readouts (see :mod:`dmp_ml.campaigns`)."""
+
+    holdout: float = Field(0.1, gt=0, lt=1, description="Share of the audience held out.")
+    target_event: str = "purchase"
+    horizon_days: int = Field(30, gt=0)
+    min_per_bin: int = Field(
+        30, ge=5, description="Holdout profiles needed per propensity bin for uplift by decile."
+    )
+
+
 class ServiceSettings(_Section):
     """The HTTP service."""
 
@@ -299,6 +324,8 @@ class Settings(BaseSettings):
     send_time: SendTimeSettings = SendTimeSettings()
     lookalike: LookalikeSettings = LookalikeSettings()
     service: ServiceSettings = ServiceSettings()
+    affinity: AffinitySettings = AffinitySettings()
+    campaigns: CampaignSettings = CampaignSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -5,8 +5,8 @@ number of examples per operation and a fixed seed, so it stays a few seconds in 
 ``positive_data_acceptance`` is left out on purpose: requests the schema cannot rule out are
 refused by design (every seed unknown, quiet hours start == end, a window_start outside
 2000-2100), each with a 422 naming the field. ``ignored_auth`` checks that the token is
-enforced on every operation. ``/forget`` and ``/events`` change data and are left to
-``test_service_loop.py``.
+enforced on every operation. ``/forget``, ``/events`` and ``POST /campaigns`` change data and
+are left to ``test_service_loop.py`` and ``test_service_display.py``.
 """
 
 from __future__ import annotations
@@ -39,22 +39,27 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(server, tmp_path: Path
         str(MAX_EXAMPLES),
         "--seed",
         "20260406",
+        # one worker: on CPython 3.11 before 3.11.8, ast.parse (used by hypothesis to describe
+        # strategies) is not thread-safe and two workers crash schemathesis itself
         "--workers",
-        "2",
+        "1",
         "--generation-database",
         "none",
         "--request-timeout",
         "30",
         "--no-color",
-        # these two change data (erasure list, event store): covered by test_service_loop.py
+        # these change data (erasure list, event store, stored campaigns): covered by
+        # test_service_loop.py and test_service_display.py
         "--exclude-path",
         "/forget",
         "--exclude-path",
         "/events",
+        "--exclude-path",
+        "/campaigns",
     ]
     result = subprocess.run(
         command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
     )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-6000:]
-    assert "7/7" in report or "Tested: 7" in report, report[-2000:]
+    assert "Tested: 11" in report, report[-2000:]

@@ -1,0 +1,588 @@
+"""Channel and content affinity: what each profile engages through and with, per profile and
+per segment, for display and retargeting buyers.
+
+Only engagement counts: events of ``features.passive_event_types`` (e-mail sends, ad
+impressions) are pushed by the marketer and say nothing of the person's interest. From the
+point-in-time events of the eligible profiles (identity resolved at ``as_of``, consent and
+erasure applied) the model keeps, per profile, the engagement counts per channel and per
+content category, and the population's shares.
+
+* **Channel mix** (a probability distribution): ``(n_ch + k * p_ch) / (N + k)``, the profile's
+  channel counts shrunk toward the population's channel shares ``p`` with ``k =
+  channel_prior_strength`` pseudo-events (Dirichlet posterior mean). A profile with no
+  engagement gets the population's mix.
+* **Category affinity** (share of interest relative to the population): ``score = (n_c + a) /
+  (N * p_c + a)``, the observed over the expected number of events in category ``c`` (``N``
+  categorised engagement events, ``p_c`` the population's share), both shrunk by ``a =
+  category_prior_strength`` pseudo-events (a Gamma-Poisson posterior mean of the rate ratio).
+  A score of 1 is "like everyone"; one page view of a rare category gives a score near 1,
+  not a passion, because shrinkage scales with the expected count rather than the share.
+  A profile's top categories are the ones it engaged with, by score.
+
+A segment's channel mix is the mean of its members' mixes (people-weighted); its categories are
+scored the same way on the members' pooled counts, with the number of members behind each;
+its best display hours aggregate the members' send-time timing curves (local time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from dmp_ml.errors import BundleError, RequestError
+
+if TYPE_CHECKING:
+    from dmp_ml.bundle import ModelBundle
+    from dmp_ml.send_time import SendTimeModel
+    from dmp_ml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+AFFINITY_DIR = "affinity"
+CHANNELS_FILE = "channels.parquet"
+CATEGORIES_FILE = "categories.parquet"
+POPULATION_FILE = "population.json"
+PROFILES_FILE = "profiles.parquet"
+OTHER_CHANNEL = "other"
+MAX_TOP = 50
+
+
+class AffinityModel:
+    """Per-profile engagement counts by channel and category, and the population's shares.
+
+    Parameters
+    ----------
+    category_prior_strength : float
+        ``a``: pseudo-events shrinking a category score toward 1 (the population).
+    channel_prior_strength : float
+        ``k``: pseudo-events shrinking a channel mix toward the population's mix.
+    passive_event_types : sequence of str
+        Event types that are not engagement (left out).
+    max_channels : int
+        Most frequent channels kept by name; the rest count as ``other``.
+    segment_min_profiles : int
+        A segment's category needs this many members behind it to be listed.
+
+    Attributes
+    ----------
+    profile_ids_ : Index
+        Profiles with counts (every eligible profile at fit, sorted).
+    channels_, categories_ : Index
+        The channel and category vocabularies (columns of the count matrices).
+    channel_counts_ : ndarray (n_profiles, n_channels)
+    category_counts_ : csr_matrix (n_profiles, n_categories)
+    channel_share_, category_share_ : ndarray
+        Population shares of engagement events (pooled over every profile at fit).
+    as_of_ : Timestamp
+    """
+
+    def __init__(
+        self,
+        category_prior_strength: float = 2.0,
+        channel_prior_strength: float = 5.0,
+        passive_event_types: Sequence[str] = ("email_send", "ad_impression"),
+        max_channels: int = 20,
+        segment_min_profiles: int = 5,
+    ) -> None:
+        self.category_prior_strength = category_prior_strength
+        self.channel_prior_strength = channel_prior_strength
+        self.passive_event_types = tuple(passive_event_types)
+        self.max_channels = max_channels
+        self.segment_min_profiles = segment_min_profiles
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AffinityModel:
+        a = settings.affinity
+        return cls(
+            category_prior_strength=a.category_prior_strength,
+            channel_prior_strength=a.channel_prior_strength,
+            passive_event_types=settings.features.passive_event_types,
+            max_channels=a.max_channels,
+            segment_min_profiles=a.segment_min_profiles,
+        )
+
+    # ------------------------------------------------------------------ fitting
+
+    def _engagement(self, events: pd.DataFrame, ids: pd.Index) -> pd.DataFrame:
+        """Engagement rows of ``ids``: profile_id, channel, category (text, may be missing)."""
+        pid = events["profile_id"].astype("string")
+        passive = events["event_type"].astype("string").isin(self.passive_event_types)
+        keep = pid.isin(ids).to_numpy(bool, na_value=False) & ~passive.to_numpy(bool, na_value=True)
+        out = pd.DataFrame(
+            {
+                "profile_id": pid[keep].to_numpy(dtype=object),
+                "channel": events["channel"].astype("string")[keep].to_numpy(dtype=object),
+                "category": events["category"].astype("string")[keep].to_numpy(dtype=object),
+            }
+        )
+        return out
+
+    def _matrices(self, rows: pd.DataFrame, ids: pd.Index) -> tuple[np.ndarray, sparse.csr_matrix]:
+        n = len(ids)
+        row_of = ids.get_indexer(rows["profile_id"])
+        ch = rows["channel"].where(rows["channel"].notna() & rows["channel"].isin(self.channels_))
+        ch = ch.fillna(OTHER_CHANNEL).where(rows["channel"].notna())
+        has_ch = ch.notna().to_numpy(bool)
+        ch_col = self.channels_.get_indexer(ch[has_ch])
+        channel = np.zeros((n, len(self.channels_)))
+        np.add.at(channel, (row_of[has_ch], ch_col), 1.0)
+        cat_col = self.categories_.get_indexer(rows["category"].fillna(""))
+        has_cat = (cat_col >= 0) & rows["category"].notna().to_numpy(bool)
+        category = sparse.csr_matrix(
+            (np.ones(int(has_cat.sum())), (row_of[has_cat], cat_col[has_cat])),
+            shape=(n, len(self.categories_)),
+        )
+        category.sum_duplicates()
+        return channel, category
+
+    def fit(
+        self, events: pd.DataFrame, profile_ids: Iterable[str], as_of: pd.Timestamp | str
+    ) -> AffinityModel:
+        """Count each profile's engagement by channel and category.
+
+        ``events`` are identity-resolved (``profile_id`` set on every row, see
+        :meth:`dmp_ml.features.FeatureBuilder.resolve`) and before ``as_of``;
+        ``profile_ids`` the eligible profiles (rows of other profiles are ignored).
+        """
+        ids = pd.Index(sorted({str(p) for p in profile_ids}), dtype="string")
+        rows = self._engagement(events, ids)
+        counts = rows["channel"].dropna().value_counts()
+        named = [str(c) for c in counts.index[: self.max_channels]]
+        extra = [OTHER_CHANNEL] if len(counts) > len(named) and OTHER_CHANNEL not in named else []
+        self.channels_ = pd.Index(named + extra, dtype="string")
+        cats = rows["category"].dropna().value_counts()
+        self.categories_ = pd.Index(sorted(str(c) for c in cats.index), dtype="string")
+        self.profile_ids_ = ids
+        self.channel_counts_, self.category_counts_ = self._matrices(rows, ids)
+        self.channel_share_ = _shares(self.channel_counts_.sum(axis=0))
+        self.category_share_ = _shares(np.asarray(self.category_counts_.sum(axis=0)).ravel())
+        self.as_of_ = pd.Timestamp(as_of)
+        logger.info(
+            "affinity: %d profiles, %d channels, %d categories",
+            len(ids),
+            len(self.channels_),
+            len(self.categories_),
+        )
+        return self
+
+    def update(
+        self,
+        events: pd.DataFrame,
+        profile_ids: Iterable[str],
+        remove_ids: Iterable[str] = (),
+        as_of: pd.Timestamp | str | None = None,
+    ) -> AffinityModel:
+        """Recount ``profile_ids`` from ``events`` (their full resolved history); drop
+        ``remove_ids``. Population shares and vocabularies stay as trained (new channels count
+        as ``other`` when the model has one, new categories are ignored until the next train)."""
+        self._check_fitted()
+        changed = pd.Index(sorted({str(p) for p in profile_ids}), dtype="string")
+        gone = pd.Index([str(p) for p in remove_ids], dtype="string").union(changed)
+        keep = ~self.profile_ids_.isin(gone)
+        ch_keep, cat_keep = self.channel_counts_[keep], self.category_counts_[keep]
+        rows = self._engagement(events, changed)
+        ch_new, cat_new = self._matrices(rows, changed)
+        ids = self.profile_ids_[keep].append(changed)
+        order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
+        self.profile_ids_ = pd.Index(ids.to_numpy(dtype=object)[order], dtype="string")
+        self.channel_counts_ = np.vstack([ch_keep, ch_new])[order]
+        self.category_counts_ = sparse.vstack([cat_keep, cat_new]).tocsr()[order]
+        if as_of is not None:
+            self.as_of_ = max(self.as_of_, pd.Timestamp(as_of))
+        return self
+
+    def forget(self, profile_ids: Iterable[str]) -> int:
+        """Remove profiles' counts; returns how many were held."""
+        self._check_fitted()
+        hit = self.profile_ids_.isin([str(p) for p in profile_ids])
+        if hit.any():
+            self.profile_ids_ = self.profile_ids_[~hit]
+            self.channel_counts_ = self.channel_counts_[~hit]
+            self.category_counts_ = self.category_counts_[~hit]
+        return int(hit.sum())
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "profile_ids_"):
+            raise BundleError("this AffinityModel is not fitted; call fit() or load()")
+
+    # ------------------------------------------------------------------ answers
+
+    def rows(self, profile_ids: Iterable[str]) -> tuple[np.ndarray, list[str]]:
+        """Row positions of the known ids (in the order given) and the unknown ids."""
+        ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
+        pos = self.profile_ids_.get_indexer(ids)
+        return pos[pos >= 0], ids[pos < 0].tolist()
+
+    def channel_mix(self, rows: np.ndarray) -> np.ndarray:
+        """Shrunk channel distributions of ``rows``, shape (len(rows), n_channels)."""
+        counts = self.channel_counts_[rows]
+        k = self.channel_prior_strength
+        total = counts.sum(axis=1, keepdims=True)
+        return (counts + k * self.channel_share_[None, :]) / (total + k)
+
+    def _scores(self, counts: np.ndarray, total: float) -> np.ndarray:
+        a = self.category_prior_strength
+        return (counts + a) / (total * self.category_share_ + a)
+
+    def top_categories(self, row: int, top: int) -> list[dict[str, Any]]:
+        """The profile's engaged categories by affinity score, best first (at most ``top``)."""
+        start, end = self.category_counts_.indptr[row], self.category_counts_.indptr[row + 1]
+        cols = self.category_counts_.indices[start:end]
+        counts = self.category_counts_.data[start:end]
+        if not len(cols):
+            return []
+        total = float(counts.sum())
+        a = self.category_prior_strength
+        score = (counts + a) / (total * self.category_share_[cols] + a)
+        order = np.lexsort((cols, -score))[:top]  # the vocabulary is sorted: ties by name
+        names = self._category_names()
+        return [
+            {
+                "category": names[cols[i]],
+                "score": round(float(score[i]), 4),
+                "share": round(float(counts[i] / total), 4),
+                "events": int(counts[i]),
+            }
+            for i in order
+        ]
+
+    def _category_names(self) -> list[str]:
+        if getattr(self, "_names_of", None) is not self.categories_:
+            self._names = [str(c) for c in self.categories_]
+            self._names_of = self.categories_
+        return self._names
+
+    def profile_frame(self, profile_ids: Iterable[str], top: int = 3) -> pd.DataFrame:
+        """One row per known profile: ``profile_id``, ``preferred_channel``, ``channels``
+        (channel -> probability), ``top_categories`` (list of dicts), ``engagement_events``."""
+        rows, _ = self.rows(profile_ids)
+        mix = self.channel_mix(rows)
+        names = [str(c) for c in self.channels_]
+        best = mix.argmax(axis=1) if len(names) else np.zeros(len(rows), dtype=int)
+        return pd.DataFrame(
+            {
+                "profile_id": pd.array(self.profile_ids_[rows].to_numpy(), dtype="string"),
+                "preferred_channel": [names[b] if names else None for b in best],
+                "channels": [
+                    {n: round(float(v), 4) for n, v in zip(names, m, strict=True)} for m in mix
+                ],
+                "top_categories": [self.top_categories(int(r), top) for r in rows],
+                "engagement_events": self.channel_counts_[rows].sum(axis=1).astype(np.int64),
+            }
+        )
+
+    def segment_summary(
+        self,
+        profile_ids: Iterable[str],
+        top: int = 5,
+        send_time: SendTimeModel | None = None,
+        hours: int = 3,
+    ) -> dict[str, Any]:
+        """A segment's channel mix and top categories against the population, and its best
+        display hours (see the module doc). Ids the model does not hold are left out."""
+        rows, unknown = self.rows(profile_ids)
+        n = len(rows)
+        names = [str(c) for c in self.channels_]
+        population_mix = self.channel_mix(np.arange(len(self.profile_ids_))).mean(axis=0)
+        mix = self.channel_mix(rows).mean(axis=0) if n else np.full(len(names), np.nan)
+        channels = [
+            {
+                "channel": name,
+                "share": _round(mix[i]),
+                "population_share": _round(population_mix[i]),
+                "lift": _round(mix[i] / population_mix[i]) if population_mix[i] > 0 else None,
+            }
+            for i, name in enumerate(names)
+        ]
+        channels.sort(key=lambda c: -(c["share"] or 0.0))
+        categories: list[dict[str, Any]] = []
+        if n:
+            sub = self.category_counts_[rows]
+            counts = np.asarray(sub.sum(axis=0)).ravel()
+            behind = np.asarray((sub > 0).sum(axis=0)).ravel()
+            total = float(counts.sum())
+            score = self._scores(counts, total)
+            ok = np.flatnonzero((behind >= self.segment_min_profiles) & (counts > 0))
+            order = ok[np.lexsort((self.categories_[ok].to_numpy(dtype=object), -score[ok]))]
+            categories = [
+                {
+                    "category": str(self.categories_[c]),
+                    "lift": round(float(score[c]), 4),
+                    "share": round(float(counts[c] / total), 4),
+                    "population_share": round(float(self.category_share_[c]), 4),
+                    "profiles": int(behind[c]),
+                }
+                for c in order[:top]
+            ]
+        out: dict[str, Any] = {
+            "size": n,
+            "unknown_ids": len(unknown),
+            "channels": channels,
+            "top_categories": categories,
+            "min_profiles_per_category": self.segment_min_profiles,
+        }
+        out["best_hours"] = display_hours(send_time, self.profile_ids_[rows], hours)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """The profile list and the counts as Parquet tables with a ``profile_id`` column (a
+        re-publish after an erasure drops their rows), vocabularies, shares and parameters as
+        JSON (no ids)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, writer in self.writers().items():
+            writer(directory / name)
+        return directory
+
+    def writers(self) -> dict[str, Any]:
+        """``file name -> writer(path)`` for each file of :meth:`save` (a refresh re-publishes
+        the bundle with these in place of the trained files)."""
+        self._check_fitted()
+
+        def profiles(path: Path) -> None:
+            frame = {"profile_id": pd.array(self.profile_ids_.to_numpy(), dtype="string")}
+            pd.DataFrame(frame).to_parquet(path, index=False)
+
+        def channels(path: Path) -> None:
+            r, c = np.nonzero(self.channel_counts_)
+            pd.DataFrame(
+                {
+                    "profile_id": pd.array(self.profile_ids_[r].to_numpy(), dtype="string"),
+                    "channel": pd.array(self.channels_[c].to_numpy(), dtype="string"),
+                    "events": self.channel_counts_[r, c].astype(np.int64),
+                }
+            ).to_parquet(path, index=False)
+
+        def categories(path: Path) -> None:
+            coo = self.category_counts_.tocoo()
+            pd.DataFrame(
+                {
+                    "profile_id": pd.array(self.profile_ids_[coo.row].to_numpy(), dtype="string"),
+                    "category": pd.array(self.categories_[coo.col].to_numpy(), dtype="string"),
+                    "events": coo.data.astype(np.int64),
+                }
+            ).to_parquet(path, index=False)
+
+        def population(path: Path) -> None:
+            meta = {
+                "params": {
+                    "category_prior_strength": self.category_prior_strength,
+                    "channel_prior_strength": self.channel_prior_strength,
+                    "passive_event_types": list(self.passive_event_types),
+                    "max_channels": self.max_channels,
+                    "segment_min_profiles": self.segment_min_profiles,
+                },
+                "as_of": self.as_of_.isoformat(),
+                "channels": [str(c) for c in self.channels_],
+                "channel_share": self.channel_share_.tolist(),
+                "categories": [str(c) for c in self.categories_],
+                "category_share": self.category_share_.tolist(),
+            }
+            path.write_text(json.dumps(meta), encoding="utf-8")
+
+        return {
+            PROFILES_FILE: profiles,
+            CHANNELS_FILE: channels,
+            CATEGORIES_FILE: categories,
+            POPULATION_FILE: population,
+        }
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AffinityModel:
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / POPULATION_FILE).read_text(encoding="utf-8"))
+            profiles = pd.read_parquet(directory / PROFILES_FILE)
+            channels = pd.read_parquet(directory / CHANNELS_FILE)
+            categories = pd.read_parquet(directory / CATEGORIES_FILE)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"affinity model in {directory} cannot be read: {exc}") from exc
+        model = cls(**meta["params"])
+        model.as_of_ = pd.Timestamp(meta["as_of"])
+        model.channels_ = pd.Index(meta["channels"], dtype="string")
+        model.categories_ = pd.Index(meta["categories"], dtype="string")
+        model.channel_share_ = np.asarray(meta["channel_share"], dtype=np.float64)
+        model.category_share_ = np.asarray(meta["category_share"], dtype=np.float64)
+        # every file has a profile_id column: a re-publish after an erasure drops their rows
+        ids = pd.Index(profiles["profile_id"].astype("string"))
+        model.profile_ids_ = ids
+        n = len(ids)
+        channel = np.zeros((n, len(model.channels_)))
+        r = ids.get_indexer(channels["profile_id"].astype("string"))
+        ok = r >= 0
+        c = model.channels_.get_indexer(channels["channel"].astype("string"))
+        channel[r[ok], c[ok]] = channels["events"].to_numpy(dtype=np.float64)[ok]
+        model.channel_counts_ = channel
+        r = ids.get_indexer(categories["profile_id"].astype("string"))
+        ok = r >= 0
+        c = model.categories_.get_indexer(categories["category"].astype("string"))
+        model.category_counts_ = sparse.csr_matrix(
+            (categories["events"].to_numpy(dtype=np.float64)[ok], (r[ok], c[ok])),
+            shape=(n, len(model.categories_)),
+        )
+        return model
+
+    def summary(self) -> dict[str, float]:
+        self._check_fitted()
+        engaged = self.channel_counts_.sum(axis=1) > 0
+        return {
+            "profiles": float(len(self.profile_ids_)),
+            "profiles_engaged": float(engaged.sum()),
+            "channels": float(len(self.channels_)),
+            "categories": float(len(self.categories_)),
+        }
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    return counts / total if total > 0 else counts
+
+
+def _round(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 4)
+
+
+def display_hours(
+    send_time: SendTimeModel | None, profile_ids: Iterable[str], hours: int = 3
+) -> dict[str, Any] | None:
+    """The best local hours of day for display: the members' send-time timing curves (when
+    each engages, normalised over the week) averaged, summed over the days of the week."""
+    if send_time is None:
+        return None
+    ids = pd.Index([str(p) for p in profile_ids], dtype="string")
+    pos = send_time.profile_ids_.get_indexer(ids)
+    pos = pos[pos >= 0]
+    if not len(pos):
+        return {"profiles": 0, "hours": []}
+    shape = np.maximum(send_time.local_shape_[pos].astype(np.float64), 1e-12)
+    timing = shape / shape.sum(axis=1, keepdims=True)
+    by_hour = timing.mean(axis=0).reshape(7, 24).sum(axis=0)
+    order = np.argsort(-by_hour, kind="stable")[:hours]
+    return {
+        "profiles": int(len(pos)),
+        "time": "local",
+        "hours": [{"hour": int(h), "share": round(float(by_hour[h]), 4)} for h in order],
+    }
+
+
+# --------------------------------------------------------------------------- bundle answers
+
+
+def _model(bundle: ModelBundle) -> AffinityModel:
+    model = getattr(bundle, "affinity_model", None)
+    if model is None:
+        raise BundleError(
+            f"bundle {bundle.version} has no affinity model: retrain with this version"
+        )
+    return model
+
+
+def _check_top(top: object) -> int:
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
+        raise RequestError("top", f"must be a whole number in [1, {MAX_TOP}], got {top!r}")
+    return top
+
+
+def profile_affinity(
+    bundle: ModelBundle, profile_ids: Iterable[str], top: int = 3
+) -> tuple[pd.DataFrame, list[str]]:
+    """Affinity of eligible profiles (see :meth:`AffinityModel.profile_frame`) and the ids
+    unknown to the bundle (never eligible, withdrawn, erased or forgotten)."""
+    from dmp_ml.segments import excluded_ids
+
+    top = _check_top(top)
+    model = _model(bundle)
+    ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
+    ok = ids[ids.isin(bundle.features.frame.index) & ~ids.isin(list(excluded_ids(bundle)))]
+    frame = model.profile_frame(ok, top=top)
+    known = set(frame["profile_id"].astype(str))
+    return frame, [str(p) for p in ids if p not in known]
+
+
+def segment_affinity(
+    bundle: ModelBundle,
+    profile_ids: Iterable[str],
+    top: int = 5,
+    hours: int = 3,
+) -> dict[str, Any]:
+    """Channel mix, top categories (lift, members behind each) and best display hours of the
+    eligible members of ``profile_ids``."""
+    from dmp_ml.segments import excluded_ids
+
+    top = _check_top(top)
+    model = _model(bundle)
+    ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
+    gone = excluded_ids(bundle)
+    ok = ids[ids.isin(bundle.features.frame.index) & ~ids.isin(list(gone))]
+    out = model.segment_summary(ok, top=top, send_time=bundle.send_time_model, hours=hours)
+    out["requested"] = int(len(ids))
+    out["not_eligible"] = int(len(ids) - len(ok))
+    return out
+
+
+def affinity_columns(bundle: ModelBundle, profile_ids: Sequence[str], top: int = 3) -> pd.DataFrame:
+    """Export columns for display platforms: ``top_categories`` (``|``-joined, best first)
+    and ``preferred_channel``, indexed by ``profile_id`` (missing for unknown ids)."""
+    frame, _ = profile_affinity(bundle, profile_ids, top=top)
+    cats = ["|".join(c["category"] for c in cs) for cs in frame["top_categories"]]
+    return pd.DataFrame(
+        {
+            "top_categories": pd.array(cats, dtype="string"),
+            "preferred_channel": pd.array(frame["preferred_channel"].tolist(), dtype="string"),
+        },
+        index=pd.Index(frame["profile_id"], name="profile_id"),
+    )
+
+
+def plot_segment_affinity(
+    summaries: Mapping[str, Mapping[str, Any]], title: str = "Segment affinity"
+) -> Any:
+    """One panel per segment with its top categories' lift over the population (members
+    behind each in the label), and a last panel with every segment's channel mix."""
+    from matplotlib.figure import Figure
+
+    names = list(summaries)
+    fig = Figure(figsize=(3.2 * (len(names) + 1), 3.8))
+    axes = np.atleast_1d(fig.subplots(1, len(names) + 1))
+    for ax, name in zip(axes, names, strict=False):
+        cats = list(summaries[name]["top_categories"])[::-1]
+        ax.barh(
+            [f"{c['category']} ({c['profiles']})" for c in cats],
+            [c["lift"] for c in cats],
+            color="C0",
+        )
+        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{name} ({summaries[name]['size']:,} profiles)", fontsize=9)
+        ax.set_xlabel("lift over population")
+        ax.tick_params(labelsize=8)
+    mix_ax = axes[-1]
+    channels = [c["channel"] for c in next(iter(summaries.values()))["channels"]]
+    rows = {
+        "population": {
+            c["channel"]: c["population_share"] for c in next(iter(summaries.values()))["channels"]
+        }
+    }
+    rows.update({n: {c["channel"]: c["share"] for c in summaries[n]["channels"]} for n in names})
+    left = np.zeros(len(rows))
+    for i, channel in enumerate(channels):
+        width = np.array([rows[r].get(channel) or 0.0 for r in rows])
+        mix_ax.barh(list(rows), width, left=left, label=channel, color=f"C{i}")
+        left += width
+    mix_ax.set_xlim(0, 1)
+    mix_ax.set_xlabel("share of engagement")
+    mix_ax.set_title("Channel mix", fontsize=9)
+    mix_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
+    mix_ax.tick_params(labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,150 @@
+"""Channel and content affinity on the demo world: planted interests, shrinkage, privacy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dmp_ml.activation import export_frame
+from dmp_ml.affinity import AFFINITY_DIR, AffinityModel, profile_affinity, segment_affinity
+from dmp_ml.bundle import load_bundle
+from dmp_ml.demo import _GROUP_CORE, DemoWorld
+from dmp_ml.erasure import forget
+from dmp_ml.errors import RequestError
+from dmp_ml.refresh import apply_events
+
+CopyWorkdir = Callable[[Path, Path], Path]
+
+
+def _core(truth: pd.DataFrame) -> dict[str, set[str]]:
+    """Each person's planted main categories: their interest group's and secondary group's."""
+    out = {}
+    for row in truth.itertuples():
+        cats = set(_GROUP_CORE[row.interest_group])
+        if pd.notna(row.secondary_interest_group):
+            cats |= set(_GROUP_CORE[row.secondary_interest_group])
+        out[row.profile_id] = cats
+    return out
+
+
+def test_top_category_names_the_planted_interest_far_more_often_than_the_population_top(
+    trained_workdir: Path, demo_world: DemoWorld
+) -> None:
+    bundle = load_bundle(trained_workdir)
+    model = bundle.affinity_model
+    assert model is not None
+    core = _core(demo_world.truth)
+    ids = [p for p in bundle.features.frame.index if p in core]
+    frame, _ = profile_affinity(bundle, ids, top=1)
+    frame = frame[frame["top_categories"].map(len) > 0]
+    assert len(frame) > 300
+    pairs = zip(frame["profile_id"], frame["top_categories"], strict=True)
+    hits = [cats[0]["category"] in core[p] for p, cats in pairs]
+    population_top = str(model.categories_[model.category_share_.argmax()])
+    baseline = [population_top in core[p] for p in frame.profile_id]
+    rate, base = sum(hits) / len(hits), sum(baseline) / len(baseline)
+    assert rate > 0.8, rate
+    assert rate > base + 0.4, (rate, base)
+
+
+def test_passive_pushes_are_not_engagement_and_mixes_are_distributions(
+    trained_workdir: Path,
+) -> None:
+    bundle = load_bundle(trained_workdir)
+    model = bundle.affinity_model
+    assert model is not None and "email" in set(model.channels_)
+    frame, _ = profile_affinity(bundle, bundle.features.frame.index[:50], top=3)
+    for mix in frame["channels"]:
+        assert sum(mix.values()) == pytest.approx(1.0, abs=1e-3)
+    # engagement counts equal the profile's non-passive events with a channel (sends excluded)
+    f = bundle.features.frame
+    pid = frame.loc[frame["engagement_events"].idxmax(), "profile_id"]
+    passive = f.loc[pid, "email_send_count_total"] + f.loc[pid, "ad_impression_count_total"]
+    assert model.channel_counts_[model.profile_ids_.get_loc(pid)].sum() <= (
+        f.loc[pid, "event_count_total"] - passive
+    )
+    assert model.channel_counts_[model.profile_ids_.get_loc(pid)].sum() > 0
+
+
+def test_one_view_of_a_rare_category_is_not_a_passion() -> None:
+    events = pd.DataFrame(
+        {
+            "profile_id": ["fan"] * 40 + ["once"] + ["crowd"] * 200,
+            "event_type": ["product_view"] * 241,
+            "channel": ["web"] * 241,
+            "category": ["hiking"] * 30
+            + ["shoes"] * 10
+            + ["rare"]
+            + ["shoes"] * 198
+            + ["rare"] * 2,
+        }
+    )
+    model = AffinityModel().fit(events, ["fan", "once", "crowd"], "2026-01-01")
+    once = model.top_categories(model.profile_ids_.get_loc("once"), 3)[0]
+    fan = model.top_categories(model.profile_ids_.get_loc("fan"), 3)[0]
+    assert once["category"] == "rare" and once["score"] < 2.0  # raw share ratio would be ~80
+    assert fan["category"] == "hiking" and fan["score"] > 3.0
+
+
+def test_segment_affinity_of_a_planted_group(trained_workdir: Path, demo_world: DemoWorld) -> None:
+    bundle = load_bundle(trained_workdir)
+    truth = demo_world.truth
+    outdoor = truth.loc[truth["interest_group"] == "outdoor", "profile_id"].tolist()
+    out = segment_affinity(bundle, outdoor, top=4)
+    names = [c["category"] for c in out["top_categories"]]
+    assert set(names) == {"hiking", "camping", "cycling", "running"}
+    assert all(c["lift"] > 2 and c["profiles"] >= 5 for c in out["top_categories"])
+    assert sum(c["share"] for c in out["channels"]) == pytest.approx(1.0, abs=1e-3)
+    assert len(out["best_hours"]["hours"]) == 3
+    assert out["size"] + out["not_eligible"] == out["requested"]
+    with pytest.raises(RequestError, match="top"):
+        segment_affinity(bundle, outdoor, top=0)
+
+
+def test_exports_gain_display_columns(trained_workdir: Path) -> None:
+    bundle = load_bundle(trained_workdir)
+    ids = bundle.features.frame.index[:20].tolist()
+    frame, _ = export_frame(bundle, ids, affinity=True)
+    assert {"top_categories", "preferred_channel"} <= set(frame.columns)
+    assert frame["preferred_channel"].notna().all()
+    plain, _ = export_frame(bundle, ids)
+    assert "top_categories" not in plain.columns
+
+
+def test_forget_removes_affinity_rows_and_refresh_recounts(
+    trained_workdir: Path, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    workdir = copy_workdir(trained_workdir, tmp_path / "w")
+    bundle = load_bundle(workdir)
+    known = [p for p in bundle.features.frame.index if not p.startswith("anon:")]
+    victim, fan = known[0], known[1]
+    forget(workdir, [victim])
+    after = load_bundle(workdir)
+    for name in ("profiles", "channels", "categories"):
+        held = pd.read_parquet(after.path / AFFINITY_DIR / f"{name}.parquet")["profile_id"]
+        assert victim not in set(held.astype(str)), name
+    _, unknown = profile_affinity(after, [victim, fan])
+    assert unknown == [victim]
+
+    before = after.affinity_model.category_counts_[after.affinity_model.profile_ids_.get_loc(fan)]
+    t0 = after.as_of + pd.Timedelta(hours=1)
+    batch = [
+        {
+            "event_time": (t0 + pd.Timedelta(minutes=i)).isoformat(),
+            "profile_id": fan,
+            "event_type": "product_view",
+            "channel": "app",
+            "category": "gaming",
+        }
+        for i in range(5)
+    ]
+    apply_events(workdir, batch)
+    refreshed = load_bundle(workdir)
+    model = refreshed.affinity_model
+    row = model.profile_ids_.get_loc(fan)
+    gaming = model.categories_.get_loc("gaming")
+    assert model.category_counts_[row, gaming] == before[0, gaming] + 5
+    assert victim not in set(model.profile_ids_)
