@@ -1,0 +1,78 @@
+"""The contract every model of a bundle keeps, so the bundle codec, training, refresh and erasure
+can treat them alike.
+
+A model package (``dmp_ml.models.<name>``) owns its whole lifecycle: it is built from its own
+settings section, fitted (``fit(...)`` returns ``self``; what it learnt ends in ``_``), saved to
+and loaded from one directory of the bundle, updated for the profiles a batch of fresh events
+touched, and made to forget erased profiles. What ``fit`` takes differs by model (snapshots,
+events, a feature table), so it is not part of the protocol; everything the codec and the
+refresher call is.
+
+Adding a model: write the package, give its class a ``name``, and register it in
+:data:`dmp_ml.models.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self, runtime_checkable
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from dmp_ml.settings import Settings
+
+
+@dataclass(frozen=True)
+class ProfileUpdate:
+    """What near-real-time refresh hands every model: the profiles a batch of events touched.
+
+    Attributes
+    ----------
+    as_of : the new feature clock of the touched profiles.
+    profile_ids : the touched profiles that are still (or newly) profiles, shape (n,).
+    removed : profiles that are gone (folded into another, or no longer eligible), shape (m,).
+    features : their new feature rows as of ``as_of``, indexed by ``profile_id``, shape (n, f).
+    events : the complete resolved history of ``profile_ids`` (identity applied), contract
+        columns with ``profile_id`` as text.
+    timezones : IANA zone per profile id where known (profile attributes), else None.
+    """
+
+    as_of: pd.Timestamp
+    profile_ids: pd.Index
+    removed: pd.Index
+    features: pd.DataFrame
+    events: pd.DataFrame
+    timezones: pd.Series | None = None
+
+
+@runtime_checkable
+class BundleModel(Protocol):
+    """A model the bundle codec saves, loads, refreshes and scrubs."""
+
+    name: ClassVar[str]
+    """The model's directory in a bundle and its step in the manifest."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """An unfitted model configured from its section of ``settings``."""
+        ...
+
+    def save(self, directory: Path) -> Path:
+        """Write the fitted model into ``directory`` (created); returns it."""
+        ...
+
+    @classmethod
+    def load(cls, directory: Path, n_threads: int | None = None) -> Self:
+        """Read a model :meth:`save` wrote; ``n_threads`` bounds its native thread pools."""
+        ...
+
+    def update(self, change: ProfileUpdate) -> Self:
+        """Bring the touched profiles up to date in place, population parts frozen."""
+        ...
+
+    def forget(self, profile_ids: Iterable[str]) -> int:
+        """Drop every trace of ``profile_ids``; returns how many were held."""
+        ...
