@@ -10,7 +10,8 @@ import sys
 CHECK = """
 import importlib, pkgutil
 import dmp_ml
-names = [m.name for m in pkgutil.walk_packages(dmp_ml.__path__, "dmp_ml.")]
+walk = pkgutil.walk_packages(dmp_ml.__path__, "dmp_ml.")
+names = [m.name for m in walk if not m.name.endswith("__main__")]  # __main__ runs the CLI
 for name in names:
     importlib.import_module(name)
 import dmp_ml.service as service

@@ -41,12 +41,25 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
-from dmp_ml.service.launch import SERVICE_IMPORT, serve, serve_command, thread_environment
+from dmp_ml.service.launch import (
+    SERVICE_IMPORT,
+    example_profile_ids,
+    serve,
+    serve_command,
+    thread_environment,
+)
 
 if TYPE_CHECKING:
     import bentoml
 
-__all__ = ["SERVICE_IMPORT", "DmpMlService", "build_service", "serve", "serve_command"]
+__all__ = [
+    "SERVICE_IMPORT",
+    "DmpMlService",
+    "build_service",
+    "example_profile_ids",
+    "serve",
+    "serve_command",
+]
 
 
 @functools.cache

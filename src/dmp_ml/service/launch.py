@@ -27,6 +27,16 @@ def thread_environment(settings: Settings) -> dict[str, str]:
     return dict.fromkeys(THREAD_VARIABLES, threads)
 
 
+def example_profile_ids(bundle_dir: Path, n: int = 2) -> list[str]:
+    """A few profile ids of the bundle in ``bundle_dir`` for example requests: known profiles
+    before anonymous devices (``anon:...``), without loading the bundle."""
+    from dmp_ml.bundle import read_features_index
+
+    index = read_features_index(bundle_dir)
+    known = index[~index.str.startswith("anon:")]
+    return [str(i) for i in (known if len(known) >= n else index)[:n]]
+
+
 def serve_command(
     workdir: str | Path,
     *,
