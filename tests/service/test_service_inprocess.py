@@ -1,7 +1,9 @@
 """The service built from a settings object, served in this process over real HTTP.
 
 No environment variables: :func:`dmp_ml.service.app.build_service` gets a token, caps and a
-body limit of its own (different from the subprocess server's) and must enforce those.
+body limit of its own (different from the subprocess server's) and must enforce those. Its
+pointer check period is a minute, so a bundle swap seen within seconds was seen by watching
+the workdir, not by the timed check.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import httpx
 import pandas as pd
 import pytest
 import uvicorn
+from conftest import CopyWorkdir
 from ports import free_port
 
 from dmp_ml.service.app import build_service
 from dmp_ml.settings import load_settings
+
+from .conftest import copy_bundle, point_to
 
 TOKEN = "in-process-7c1e"
 MAX_SCORE_IDS = 7
@@ -26,9 +31,18 @@ MAX_REQUEST_BYTES = 4_000
 
 
 @pytest.fixture(scope="module")
-def served(trained: tuple[Path, Path, pd.Timestamp, dict]) -> Iterator[str]:
+def workdir(
+    trained: tuple[Path, Path, pd.Timestamp, dict],
+    tmp_path_factory: pytest.TempPathFactory,
+    copy_workdir: CopyWorkdir,
+) -> Path:
+    """A copy of the trained workdir: this module swaps its bundle."""
+    return copy_workdir(trained[0], tmp_path_factory.mktemp("inprocess") / "W")
+
+
+@pytest.fixture(scope="module")
+def served(workdir: Path) -> Iterator[str]:
     """The service of a settings object, under uvicorn in a thread of this process."""
-    workdir = trained[0]
     base = load_settings()
     settings = base.model_copy(
         update={
@@ -38,7 +52,7 @@ def served(trained: tuple[Path, Path, pd.Timestamp, dict]) -> Iterator[str]:
                 update={
                     "max_score_ids": MAX_SCORE_IDS,
                     "max_request_bytes": MAX_REQUEST_BYTES,
-                    "reload_poll_seconds": 0.0,
+                    "reload_poll_seconds": 60.0,
                 }
             ),
         }
@@ -96,3 +110,21 @@ def test_caps_and_body_limit_come_from_the_settings_object(served: str) -> None:
     info = httpx.get(f"{served}/info", headers=auth).json()
     assert info["limits"]["max_score_ids"] == MAX_SCORE_IDS
     assert info["limits"]["max_request_bytes"] == MAX_REQUEST_BYTES
+
+
+def test_a_swapped_pointer_is_served_without_waiting_for_the_period(
+    served: str, workdir: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    before = httpx.get(f"{served}/info", headers=auth).json()["live"]["version"]
+    point_to(workdir, copy_bundle(workdir, "watched-swap"))
+    deadline = time.monotonic() + 10  # the timed check would come after 60 s
+    while True:
+        live = httpx.get(f"{served}/info", headers=auth).json()["live"]
+        if live["version"] == "watched-swap":
+            break
+        assert live["version"] == before
+        assert time.monotonic() < deadline, "the swap was not seen within 10 s"
+        time.sleep(0.1)
+    scored = httpx.post(f"{served}/score", json={"profile_ids": ["p-unknown"]}, headers=auth)
+    assert scored.json()["model_version"] == "watched-swap"

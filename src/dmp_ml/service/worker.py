@@ -2,9 +2,9 @@
 
 Swapping bundles is one reference assignment: a request takes the live bundle once
 (:meth:`ServiceWorker.current_bundle`) and finishes on that object even if a reload lands
-meanwhile. Every worker also polls the pointer (``service.reload_poll_seconds``), so all
-workers converge on a new bundle without a restart; a second thread applies spooled event
-batches (``POST /events``).
+meanwhile. Every worker also watches the pointer (at once on a local disk, and at least every
+``service.reload_poll_seconds``), so all workers converge on a new bundle without a restart;
+a second thread applies spooled event batches (``POST /events``).
 
 Thread counts: the loaded models and this process's OpenMP/BLAS pools get
 ``service.threads_per_worker`` threads, so ``workers x threads_per_worker`` threads share the
@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -193,22 +193,60 @@ class ServiceWorker:
         if report is not None:
             logger.info("live bundle scrubbed of listed ids: %s", report.bundle_version)
 
-    def _watch(self) -> None:
-        """Poll the pointer; load a new target once (a refused one is retried only by /reload).
+    def _wakeups(self, interval: float) -> Iterator[bool]:
+        """Yield True soon after an entry of the workdir changes (the ``bundle`` pointer swapped
+        by ``train``, ``events`` or ``forget``), False after ``interval`` seconds without one.
 
-        While a forget could not scrub the live bundle, retry each poll once it reads again."""
+        The timed wake-ups stay: a volume mounted from another host reports no changes, and a
+        promoted model's tag moves in BentoML's store, not in the workdir. Without a workdir
+        to watch (or if watching fails) it only waits.
+        """
+        if self.workdir.is_dir():
+            import watchfiles
+
+            try:
+                for changes in watchfiles.watch(
+                    self.workdir,
+                    watch_filter=None,  # a filtered-out change would restart the timeout
+                    recursive=False,
+                    debounce=50,
+                    step=50,
+                    rust_timeout=max(1, int(interval * 1000)),
+                    yield_on_timeout=True,
+                    stop_event=self._stop,
+                    raise_interrupt=False,
+                ):
+                    yield bool(changes)
+            except Exception as exc:  # e.g. the workdir was removed: keep the timed checks
+                logger.warning(
+                    "watching %s failed (%s); checking every %g s",
+                    self.workdir,
+                    type(exc).__name__,
+                    interval,
+                )
+        while not self._stop.wait(interval):
+            yield False
+
+    def _watch(self) -> None:
+        """Check the pointer whenever the workdir changes and at least every
+        ``reload_poll_seconds``; load a new target once (a refused one is retried only by
+        /reload). While a forget could not scrub the live bundle, retry each period once it
+        reads again."""
         from dmp_ml.bundle import read_manifest
 
         interval = self.settings.service.reload_poll_seconds
-        while not self._stop.wait(interval):
-            service_metrics().refresh_age()
-            if self._scrub_pending:
-                try:
-                    read_manifest(self._pointer(), verify=True)
-                except BundleError:
-                    pass
-                else:
-                    self._scrub()
+        next_period = time.monotonic() + interval
+        for _ in self._wakeups(interval):
+            if time.monotonic() >= next_period:
+                next_period = time.monotonic() + interval
+                service_metrics().refresh_age()
+                if self._scrub_pending:
+                    try:
+                        read_manifest(self._pointer(), verify=True)
+                    except BundleError:
+                        pass
+                    else:
+                        self._scrub()
             try:
                 target = self._pointer()
             except BundleError as exc:  # e.g. a pinned model a forget replaced: say so once
