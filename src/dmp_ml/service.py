@@ -1195,7 +1195,7 @@ class DmpMlService:
         bundle = self._honour_erasures()
 
         def work() -> JSONResponse:
-            from dmp_ml.affinity import profile_affinity
+            from dmp_ml.models.affinity import profile_affinity
 
             frame, unknown = profile_affinity(bundle, body.profile_ids, top=body.top)
             columns = ["profile_id", "preferred_channel", "channels", "top_categories"]
@@ -1218,7 +1218,7 @@ class DmpMlService:
 
         def work() -> JSONResponse:
             from dmp_ml.activation import audience_from_spec
-            from dmp_ml.affinity import segment_affinity
+            from dmp_ml.models.affinity import segment_affinity
 
             audience = audience_from_spec(bundle, _spec(body))
             summary = segment_affinity(bundle, audience["profile_id"], top=body.top)
