@@ -6,8 +6,8 @@
 
 On the demo world (identity resolved at the end of the log, consent applied):
 
-- affinity: fit time of :class:`dmp_ml.affinity.AffinityModel` for every eligible profile, the
-  per-profile answer for 1,000 ids (top 3), and a segment summary of one planted group;
+- affinity: fit time of :class:`dmp_ml.models.affinity.AffinityModel` for every eligible
+  profile, the per-profile answer for 1,000 ids (top 3), and a segment summary of one planted group;
 - retargeting: each template (:func:`dmp_ml.retargeting.template_ids`) on the attributed log;
 - campaigns: the readout's conversion counting and statistics for an audience of every known
   profile (:func:`dmp_ml.campaigns.conversions` and :func:`dmp_ml.campaigns.lift`).
@@ -28,10 +28,10 @@ from typing import Any
 
 import pandas as pd
 
-from dmp_ml.affinity import AffinityModel
 from dmp_ml.campaigns import Campaign, conversions, holdout_draw, lift
 from dmp_ml.demo import generate_demo_world
 from dmp_ml.identity import resolve_identity
+from dmp_ml.models.affinity import AffinityModel
 from dmp_ml.retargeting import TEMPLATES, attribute, parse_params, template_ids
 from dmp_ml.settings import load_settings
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from dmp_ml import metrics
-from dmp_ml.propensity import build_snapshots, make_labels, train_propensity
+from dmp_ml.models.propensity import build_snapshots, make_labels, train_propensity
 from dmp_ml.settings import MAPPINGS_DIR, Settings
 
 ROOT = Path(__file__).resolve().parents[1]

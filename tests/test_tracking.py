@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from synthetic import CUTOFFS, FAST, feature_table, labelled_frame
 
-from dmp_ml.propensity import PropensityResult, train_propensity
+from dmp_ml.models.propensity import PropensityResult, train_propensity
 from dmp_ml.settings import Settings
 from dmp_ml.tracking import (
     TrainingData,
@@ -220,7 +220,7 @@ def _assert_installable(model_dir: Path, X: pd.DataFrame, model) -> None:
     for line in lines:
         name, _, version = line.partition("==")
         assert version == metadata.version(name), line  # pinned to what was trained with
-    assert (model_dir / "code" / "dmp_ml" / "propensity.py").is_file()
+    assert (model_dir / "code" / "dmp_ml" / "models" / "propensity" / "model.py").is_file()
     pyfunc_input(model, X).to_parquet(model_dir / "X.parquet")
     script = f"""
 import sys

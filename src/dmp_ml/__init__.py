@@ -40,11 +40,11 @@ _LAZY = {
     "FeatureSpec": "dmp_ml.features",
     "FeatureTable": "dmp_ml.features",
     "build_features": "dmp_ml.features",
-    "PropensityModel": "dmp_ml.propensity",
-    "PropensityResult": "dmp_ml.propensity",
-    "build_snapshots": "dmp_ml.propensity",
-    "make_labels": "dmp_ml.propensity",
-    "train_propensity": "dmp_ml.propensity",
+    "PropensityModel": "dmp_ml.models.propensity",
+    "PropensityResult": "dmp_ml.models.propensity",
+    "build_snapshots": "dmp_ml.models.propensity",
+    "make_labels": "dmp_ml.models.propensity",
+    "train_propensity": "dmp_ml.models.propensity",
     "SendTimeDecision": "dmp_ml.send_time",
     "SendTimeModel": "dmp_ml.send_time",
     "best_send_time": "dmp_ml.send_time",
@@ -68,15 +68,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from dmp_ml.features import FeatureSpec, FeatureTable, build_features
     from dmp_ml.identity import Resolution, resolve_identity
     from dmp_ml.mapping import ColumnMapping, load_mapping
-    from dmp_ml.pipeline import TrainResult, train
-    from dmp_ml.promotion import Promotion, promote
-    from dmp_ml.propensity import (
+    from dmp_ml.models.propensity import (
         PropensityModel,
         PropensityResult,
         build_snapshots,
         make_labels,
         train_propensity,
     )
+    from dmp_ml.pipeline import TrainResult, train
+    from dmp_ml.promotion import Promotion, promote
     from dmp_ml.send_time import (
         SendTimeDecision,
         SendTimeModel,

@@ -257,7 +257,7 @@ def export_frame(
     send_time : add ``send_at``; True uses a 24-hour window from the bundle's ``as_of``.
     require_email : drop profiles without a hashed e-mail (for e-mail and CRM destinations).
     affinity : add ``top_categories`` (``|``-joined) and ``preferred_channel`` for display
-        platforms (see :mod:`dmp_ml.affinity`).
+        platforms (see :mod:`dmp_ml.models.affinity`).
     """
     from dmp_ml.segments import excluded_ids
 
@@ -324,7 +324,7 @@ def export_frame(
         out["send_at"] = send_at
         send_missing = int(send_at.isna().sum())
     if affinity:
-        from dmp_ml.affinity import affinity_columns
+        from dmp_ml.models.affinity import affinity_columns
 
         extra = affinity_columns(bundle, out["profile_id"].tolist())
         for column in extra.columns:

@@ -272,7 +272,7 @@ class ModelBundle:
     def __init__(self, path: Path, manifest: dict[str, Any], n_threads: int | None = None) -> None:
         from dmp_ml.expansion import LookalikeModel
         from dmp_ml.features import FeatureTable
-        from dmp_ml.propensity import PropensityModel
+        from dmp_ml.models.propensity import PropensityModel
         from dmp_ml.send_time import SendTimeModel
 
         self.path = path
@@ -429,7 +429,7 @@ class ModelBundle:
 
 
 def _load_affinity(path: Path) -> Any:
-    from dmp_ml.affinity import AFFINITY_DIR, AffinityModel
+    from dmp_ml.models.affinity import AFFINITY_DIR, AffinityModel
 
     return AffinityModel.load(path / AFFINITY_DIR)
 

@@ -2,7 +2,7 @@
 
 The notebooks under ``notebooks/`` and ``docs/make_figures.py`` call these so that they hold no
 logic of their own. Nothing here trains differently from the pipeline: a challenger is
-:func:`dmp_ml.propensity.train_propensity` with changed ``propensity`` settings, logged by
+:func:`dmp_ml.models.propensity.train_propensity` with changed ``propensity`` settings, logged by
 :func:`dmp_ml.tracking.log_propensity_run`, whose champion gate decides whether it is promoted.
 
 - :func:`train_challenger` trains and logs a challenger on given snapshots;
@@ -35,12 +35,12 @@ from sklearn.model_selection import StratifiedKFold
 
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError, ConfigError
-from dmp_ml.propensity import Calibrator, PropensityModel, score_profiles
+from dmp_ml.models.propensity import Calibrator, PropensityModel, score_profiles
 from dmp_ml.settings import PropensitySettings, Settings, load_settings
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureTable
-    from dmp_ml.propensity import PropensityResult
+    from dmp_ml.models.propensity import PropensityResult
     from dmp_ml.tracking import PropensityRun
 
 logger = logging.getLogger(__name__)
@@ -154,13 +154,13 @@ def train_challenger(
 ) -> Challenger:
     """Train on ``snapshots`` with ``propensity`` settings ``changes``, log it, apply the gate.
 
-    Reuse the snapshots of the champion (:func:`dmp_ml.propensity.build_snapshots`) so that only
-    the hyper-parameters differ. The run is named ``name`` and tagged with the changes; with
-    ``register`` it becomes a new registry version, and the ``champion`` alias moves to it only
+    Reuse the snapshots of the champion (:func:`dmp_ml.models.propensity.build_snapshots`) so
+    that only the hyper-parameters differ. The run is named ``name`` and tagged with the changes;
+    with ``register`` it becomes a new registry version, and the ``champion`` alias moves to it only
     if it beats the current champion on its validation snapshot (the first model of a target
     always becomes champion).
     """
-    from dmp_ml.propensity import train_propensity
+    from dmp_ml.models.propensity import train_propensity
     from dmp_ml.tracking import log_propensity_run
 
     changes = dict(changes or {})

@@ -15,8 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy.stats import rankdata
-from sklearn import metrics as _skm
+from sklearn import metrics as skm
 
 __all__ = [
     "TOP_FRACTION",
@@ -38,8 +37,6 @@ __all__ = [
 TOP_FRACTION = 0.1
 """The "top decile" used by :func:`lift_at` and :func:`capture_rate_at` in reports."""
 
-_EPS = 1e-15
-
 
 def _arrays(y: object, p: object) -> tuple[np.ndarray, np.ndarray]:
     y_arr = np.asarray(y, dtype=np.float64).ravel()
@@ -56,18 +53,11 @@ def _two_classes(y: np.ndarray) -> bool:
 
 
 def roc_auc(y: object, p: object) -> float:
-    """Area under the ROC curve (ties count half); NaN when only one class is present.
-
-    Computed as the Mann-Whitney statistic from average ranks: exact, and one sort.
-    """
+    """Area under the ROC curve (ties count half); NaN when only one class is present."""
     y_arr, p_arr = _arrays(y, p)
     if not _two_classes(y_arr):
         return math.nan
-    pos = y_arr > 0
-    n_pos = float(pos.sum())
-    n_neg = float(y_arr.size - n_pos)
-    ranks = rankdata(p_arr, method="average")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y_arr, p_arr))
 
 
 def pr_auc(y: object, p: object) -> float:
@@ -75,16 +65,16 @@ def pr_auc(y: object, p: object) -> float:
     y_arr, p_arr = _arrays(y, p)
     if y_arr.size == 0 or y_arr.sum() == 0:
         return math.nan
-    return float(_skm.average_precision_score(y_arr, p_arr))
+    return float(skm.average_precision_score(y_arr, p_arr))
 
 
 def log_loss(y: object, p: object) -> float:
-    """Mean negative log-likelihood, probabilities clipped to [1e-15, 1 - 1e-15]."""
+    """Mean negative log-likelihood; probabilities of exactly 0 or 1 are clipped by one float
+    epsilon, so a certain and wrong score is large but finite."""
     y_arr, p_arr = _arrays(y, p)
     if y_arr.size == 0:
         return math.nan
-    q = np.clip(p_arr, _EPS, 1 - _EPS)
-    return float(-np.mean(y_arr * np.log(q) + (1 - y_arr) * np.log1p(-q)))
+    return float(skm.log_loss(y_arr, p_arr, labels=[0, 1]))
 
 
 def brier(y: object, p: object) -> float:
@@ -92,7 +82,7 @@ def brier(y: object, p: object) -> float:
     y_arr, p_arr = _arrays(y, p)
     if y_arr.size == 0:
         return math.nan
-    return float(np.mean((p_arr - y_arr) ** 2))
+    return float(skm.brier_score_loss(y_arr, p_arr, pos_label=1))
 
 
 def _equal_mass_bins(p: np.ndarray, n_bins: int) -> list[np.ndarray]:

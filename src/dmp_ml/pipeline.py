@@ -134,7 +134,7 @@ def _features_step(ctx: TrainContext) -> StepOutcome:
 
 
 def _propensity_step(ctx: TrainContext) -> StepOutcome:
-    from dmp_ml.propensity import build_snapshots, train_propensity
+    from dmp_ml.models.propensity import build_snapshots, train_propensity
     from dmp_ml.tracking import log_propensity_run, register_propensity_run
 
     assert ctx.features is not None
@@ -341,7 +341,7 @@ def _lookalike_charts(
 
 
 def _affinity_step(ctx: TrainContext) -> StepOutcome:
-    from dmp_ml.affinity import AFFINITY_DIR, AffinityModel
+    from dmp_ml.models.affinity import AFFINITY_DIR, AffinityModel
 
     assert ctx.features is not None
     resolved = ctx.builder.resolve(ctx.as_of).events

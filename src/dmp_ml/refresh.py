@@ -58,6 +58,7 @@ from dmp_ml.erasure import erasure_stamp, read_erasure_list
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
+from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.settings import ContractSettings, Settings
 
 if TYPE_CHECKING:
@@ -671,21 +672,25 @@ class Refresher:
         updated = out[out.isin(frame_b.index)]
         bundle.features = _merge_table(bundle.features, rows, removed, table, affected, cookies)
 
+        # what every model is handed: the touched profiles, their features and history
+        resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
+        touched = resolved["profile_id"].astype("string").isin(out).to_numpy(bool)
+        change = ProfileUpdate(
+            as_of=as_of,
+            profile_ids=out,
+            removed=removed,
+            features=rows.frame,
+            events=resolved.loc[touched].assign(
+                profile_id=resolved.loc[touched, "profile_id"].astype("string")
+            ),
+            timezones=timezones,
+        )
+
         # scores
         if bundle.scores is not None and bundle.propensity is not None:
-            population = self._population_raw(bundle)
-            others = population.drop(index=out.union(removed), errors="ignore")
-            raw = bundle.propensity.predict_raw(rows.frame) if len(rows.frame) else np.zeros(0)
-            score = bundle.propensity.calibrator_.predict(raw) if len(raw) else raw
-            ranked = np.sort(others.to_numpy())
-            pct = 100.0 * (np.searchsorted(ranked, raw, side="right") + 1) / (len(ranked) + 1)
-            fresh = pd.DataFrame(
-                {"score": np.asarray(score, dtype=np.float64), "percentile": pct},
-                index=pd.Index(rows.frame.index, name="profile_id"),
+            bundle.scores, self._raw_scores = bundle.propensity.rescore(
+                bundle.scores, self._population_raw(bundle), change
             )
-            kept = bundle.scores.drop(index=out.union(removed), errors="ignore")
-            bundle.scores = pd.concat([kept, fresh])
-            self._raw_scores = pd.concat([others, pd.Series(raw, index=rows.frame.index)])
         lap("scores")
 
         # send-time curves
@@ -708,12 +713,9 @@ class Refresher:
         # channel and content affinity: the affected profiles recounted from their history
         extra_files: dict[str, Any] = {}
         if getattr(bundle, "affinity_model", None) is not None:
-            from dmp_ml.affinity import AFFINITY_DIR
-
-            mine_events = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
-            bundle.affinity_model.update(mine_events, out, remove_ids=removed, as_of=as_of)
+            bundle.affinity_model.update(change)
             for file_name, writer in bundle.affinity_model.writers().items():
-                extra_files[f"{AFFINITY_DIR}/{file_name}"] = writer
+                extra_files[f"{bundle.affinity_model.name}/{file_name}"] = writer
         lap("affinity")
 
         # publish

@@ -255,7 +255,7 @@ class LookalikeSettings(_Section):
 
 
 class AffinitySettings(_Section):
-    """Channel and content affinity (see :mod:`dmp_ml.affinity`)."""
+    """Channel and content affinity (see :mod:`dmp_ml.models.affinity`)."""
 
     category_prior_strength: float = Field(
         2.0, gt=0, description="Pseudo-events shrinking a category score toward the population."

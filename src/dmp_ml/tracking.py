@@ -50,7 +50,7 @@ from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types import ColSpec, Schema, TensorSpec  # noqa: E402
 
 from dmp_ml import metrics  # noqa: E402
-from dmp_ml.propensity import PropensityModel, PropensityResult  # noqa: E402
+from dmp_ml.models.propensity import PropensityModel, PropensityResult  # noqa: E402
 
 if TYPE_CHECKING:
     from dmp_ml.settings import Settings
@@ -360,7 +360,7 @@ def _signature(model: PropensityModel) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-# What loading the pyfunc imports (dmp_ml.tracking -> dmp_ml.propensity and its helpers). The
+# What loading the pyfunc imports (dmp_ml.tracking -> dmp_ml.models.propensity and helpers). The
 # dmp_ml code travels inside the model (``code_paths``): no index has this project's wheel.
 PYFUNC_DISTRIBUTIONS = (
     "mlflow",

@@ -8,9 +8,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from dmp_ml.affinity import profile_affinity
 from dmp_ml.bundle import load_bundle
 from dmp_ml.campaigns import campaign_report, load_campaign
+from dmp_ml.models.affinity import profile_affinity
 from dmp_ml.retargeting import retarget
 
 from .conftest import Server

@@ -242,7 +242,7 @@ def affinity(
     import pandas as pd
 
     from dmp_ml import activation
-    from dmp_ml import affinity as aff
+    from dmp_ml.models import affinity as aff
     from dmp_ml.bundle import load_bundle
 
     bundle = load_bundle(workdir)

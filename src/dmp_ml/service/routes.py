@@ -395,7 +395,7 @@ def add_routes(app: FastAPI, requests: RequestModels) -> None:
         bundle = worker.current_bundle()
 
         def work() -> JSONResponse:
-            from dmp_ml.affinity import profile_affinity
+            from dmp_ml.models.affinity import profile_affinity
 
             frame, unknown = profile_affinity(bundle, body.profile_ids, top=body.top)
             columns = ["profile_id", "preferred_channel", "channels", "top_categories"]
@@ -418,7 +418,7 @@ def add_routes(app: FastAPI, requests: RequestModels) -> None:
 
         def work() -> JSONResponse:
             from dmp_ml.activation import audience_from_spec
-            from dmp_ml.affinity import segment_affinity
+            from dmp_ml.models.affinity import segment_affinity
 
             audience = audience_from_spec(bundle, audience_spec(body))
             summary = segment_affinity(bundle, audience["profile_id"], top=body.top)

@@ -1,5 +1,5 @@
-"""Channel and content affinity: what each profile engages through and with, per profile and
-per segment, for display and retargeting buyers.
+"""The channel and content affinity model: what each profile engages through and with, per
+profile and per segment, for display and retargeting buyers.
 
 Only engagement counts: events of ``features.passive_event_types`` (e-mail sends, ad
 impressions) are pushed by the marketer and say nothing of the person's interest. From the
@@ -28,30 +28,32 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from dmp_ml.errors import BundleError, RequestError
+from dmp_ml.errors import BundleError
 
 if TYPE_CHECKING:
-    from dmp_ml.bundle import ModelBundle
-    from dmp_ml.send_time import SendTimeModel
+    from dmp_ml.models.base import ProfileUpdate
+    from dmp_ml.models.send_time import SendTimeModel
     from dmp_ml.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["AFFINITY_DIR", "AffinityModel", "display_hours"]
+
 AFFINITY_DIR = "affinity"
+"""The model's directory in a bundle (its :attr:`AffinityModel.name`)."""
 CHANNELS_FILE = "channels.parquet"
 CATEGORIES_FILE = "categories.parquet"
 POPULATION_FILE = "population.json"
 PROFILES_FILE = "profiles.parquet"
 OTHER_CHANNEL = "other"
-MAX_TOP = 50
 
 
 class AffinityModel:
@@ -82,6 +84,9 @@ class AffinityModel:
         Population shares of engagement events (pooled over every profile at fit).
     as_of_ : Timestamp
     """
+
+    name: ClassVar[str] = AFFINITY_DIR
+    """The model's directory in a bundle and its step in the manifest."""
 
     def __init__(
         self,
@@ -172,30 +177,24 @@ class AffinityModel:
         )
         return self
 
-    def update(
-        self,
-        events: pd.DataFrame,
-        profile_ids: Iterable[str],
-        remove_ids: Iterable[str] = (),
-        as_of: pd.Timestamp | str | None = None,
-    ) -> AffinityModel:
-        """Recount ``profile_ids`` from ``events`` (their full resolved history); drop
-        ``remove_ids``. Population shares and vocabularies stay as trained (new channels count
-        as ``other`` when the model has one, new categories are ignored until the next train)."""
+    def update(self, change: ProfileUpdate) -> AffinityModel:
+        """Recount the touched profiles from ``change.events`` (their full resolved history)
+        and drop ``change.removed``. Population shares and vocabularies stay as trained (new
+        channels count as ``other`` when the model has one, new categories are ignored until
+        the next train)."""
         self._check_fitted()
-        changed = pd.Index(sorted({str(p) for p in profile_ids}), dtype="string")
-        gone = pd.Index([str(p) for p in remove_ids], dtype="string").union(changed)
+        changed = pd.Index(sorted({str(p) for p in change.profile_ids}), dtype="string")
+        gone = pd.Index([str(p) for p in change.removed], dtype="string").union(changed)
         keep = ~self.profile_ids_.isin(gone)
         ch_keep, cat_keep = self.channel_counts_[keep], self.category_counts_[keep]
-        rows = self._engagement(events, changed)
+        rows = self._engagement(change.events, changed)
         ch_new, cat_new = self._matrices(rows, changed)
         ids = self.profile_ids_[keep].append(changed)
         order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
         self.profile_ids_ = pd.Index(ids.to_numpy(dtype=object)[order], dtype="string")
         self.channel_counts_ = np.vstack([ch_keep, ch_new])[order]
         self.category_counts_ = sparse.vstack([cat_keep, cat_new]).tocsr()[order]
-        if as_of is not None:
-            self.as_of_ = max(self.as_of_, pd.Timestamp(as_of))
+        self.as_of_ = max(self.as_of_, pd.Timestamp(change.as_of))
         return self
 
     def forget(self, profile_ids: Iterable[str]) -> int:
@@ -397,7 +396,9 @@ class AffinityModel:
         }
 
     @classmethod
-    def load(cls, directory: str | Path) -> AffinityModel:
+    def load(cls, directory: str | Path, n_threads: int | None = None) -> AffinityModel:
+        """Read a model :meth:`save` wrote (``n_threads`` is unused: plain NumPy/SciPy);
+        raises :class:`BundleError` when a file is missing or unreadable."""
         directory = Path(directory)
         try:
             meta = json.loads((directory / POPULATION_FILE).read_text(encoding="utf-8"))
@@ -473,116 +474,3 @@ def display_hours(
         "time": "local",
         "hours": [{"hour": int(h), "share": round(float(by_hour[h]), 4)} for h in order],
     }
-
-
-# --------------------------------------------------------------------------- bundle answers
-
-
-def _model(bundle: ModelBundle) -> AffinityModel:
-    model = getattr(bundle, "affinity_model", None)
-    if model is None:
-        raise BundleError(
-            f"bundle {bundle.version} has no affinity model: retrain with this version"
-        )
-    return model
-
-
-def _check_top(top: object) -> int:
-    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
-        raise RequestError("top", f"must be a whole number in [1, {MAX_TOP}], got {top!r}")
-    return top
-
-
-def profile_affinity(
-    bundle: ModelBundle, profile_ids: Iterable[str], top: int = 3
-) -> tuple[pd.DataFrame, list[str]]:
-    """Affinity of eligible profiles (see :meth:`AffinityModel.profile_frame`) and the ids
-    unknown to the bundle (never eligible, withdrawn, erased or forgotten)."""
-    from dmp_ml.segments import excluded_ids
-
-    top = _check_top(top)
-    model = _model(bundle)
-    ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
-    ok = ids[ids.isin(bundle.features.frame.index) & ~ids.isin(list(excluded_ids(bundle)))]
-    frame = model.profile_frame(ok, top=top)
-    known = set(frame["profile_id"].astype(str))
-    return frame, [str(p) for p in ids if p not in known]
-
-
-def segment_affinity(
-    bundle: ModelBundle,
-    profile_ids: Iterable[str],
-    top: int = 5,
-    hours: int = 3,
-) -> dict[str, Any]:
-    """Channel mix, top categories (lift, members behind each) and best display hours of the
-    eligible members of ``profile_ids``."""
-    from dmp_ml.segments import excluded_ids
-
-    top = _check_top(top)
-    model = _model(bundle)
-    ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
-    gone = excluded_ids(bundle)
-    ok = ids[ids.isin(bundle.features.frame.index) & ~ids.isin(list(gone))]
-    out = model.segment_summary(ok, top=top, send_time=bundle.send_time_model, hours=hours)
-    out["requested"] = int(len(ids))
-    out["not_eligible"] = int(len(ids) - len(ok))
-    return out
-
-
-def affinity_columns(bundle: ModelBundle, profile_ids: Sequence[str], top: int = 3) -> pd.DataFrame:
-    """Export columns for display platforms: ``top_categories`` (``|``-joined, best first)
-    and ``preferred_channel``, indexed by ``profile_id`` (missing for unknown ids)."""
-    frame, _ = profile_affinity(bundle, profile_ids, top=top)
-    cats = ["|".join(c["category"] for c in cs) for cs in frame["top_categories"]]
-    return pd.DataFrame(
-        {
-            "top_categories": pd.array(cats, dtype="string"),
-            "preferred_channel": pd.array(frame["preferred_channel"].tolist(), dtype="string"),
-        },
-        index=pd.Index(frame["profile_id"], name="profile_id"),
-    )
-
-
-def plot_segment_affinity(
-    summaries: Mapping[str, Mapping[str, Any]], title: str = "Segment affinity"
-) -> Any:
-    """One panel per segment with its top categories' lift over the population (members
-    behind each in the label), and a last panel with every segment's channel mix."""
-    from matplotlib.figure import Figure
-
-    names = list(summaries)
-    fig = Figure(figsize=(3.2 * (len(names) + 1), 3.8))
-    axes = np.atleast_1d(fig.subplots(1, len(names) + 1))
-    for ax, name in zip(axes, names, strict=False):
-        cats = list(summaries[name]["top_categories"])[::-1]
-        ax.barh(
-            [f"{c['category']} ({c['profiles']})" for c in cats],
-            [c["lift"] for c in cats],
-            color="C0",
-        )
-        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(f"{name} ({summaries[name]['size']:,} profiles)", fontsize=9)
-        ax.set_xlabel("lift over population")
-        ax.tick_params(labelsize=8)
-    mix_ax = axes[-1]
-    channels = [c["channel"] for c in next(iter(summaries.values()))["channels"]]
-    rows = {
-        "population": {
-            c["channel"]: c["population_share"] for c in next(iter(summaries.values()))["channels"]
-        }
-    }
-    rows.update({n: {c["channel"]: c["share"] for c in summaries[n]["channels"]} for n in names})
-    left = np.zeros(len(rows))
-    for i, channel in enumerate(channels):
-        width = np.array([rows[r].get(channel) or 0.0 for r in rows])
-        mix_ax.barh(list(rows), width, left=left, label=channel, color=f"C{i}")
-        left += width
-    mix_ax.set_xlim(0, 1)
-    mix_ax.set_xlabel("share of engagement")
-    mix_ax.set_title("Channel mix", fontsize=9)
-    mix_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
-    mix_ax.tick_params(labelsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig

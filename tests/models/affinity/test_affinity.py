@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from dmp_ml.activation import export_frame
-from dmp_ml.affinity import AFFINITY_DIR, AffinityModel, profile_affinity, segment_affinity
 from dmp_ml.bundle import load_bundle
 from dmp_ml.demo import _GROUP_CORE, DemoWorld
 from dmp_ml.erasure import forget
 from dmp_ml.errors import RequestError
+from dmp_ml.models.affinity import AFFINITY_DIR, AffinityModel, profile_affinity, segment_affinity
 from dmp_ml.refresh import apply_events
 
 CopyWorkdir = Callable[[Path, Path], Path]
@@ -148,3 +148,47 @@ def test_forget_removes_affinity_rows_and_refresh_recounts(
     gaming = model.categories_.get_loc("gaming")
     assert model.category_counts_[row, gaming] == before[0, gaming] + 5
     assert victim not in set(model.profile_ids_)
+
+
+def test_affinity_model_keeps_the_bundle_protocol(tmp_path: Path) -> None:
+    from dmp_ml.models import BundleModel, ProfileUpdate, model_class
+    from dmp_ml.settings import Settings
+
+    assert model_class("affinity") is AffinityModel and AffinityModel.name == AFFINITY_DIR
+    settings = Settings(affinity={"category_prior_strength": 4.0})
+    model = AffinityModel.from_settings(settings)
+    assert isinstance(model, BundleModel) and model.category_prior_strength == 4.0
+
+    def events(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "profile_id": pd.array([r[0] for r in rows], dtype="string"),
+                "event_type": ["product_view"] * len(rows),
+                "channel": [r[1] for r in rows],
+                "category": [r[2] for r in rows],
+            }
+        )
+
+    model.fit(
+        events([("a", "web", "shoes"), ("b", "app", "hiking"), ("c", "web", "shoes")]),
+        ["a", "b", "c"],
+        pd.Timestamp("2026-01-01", tz="UTC"),
+    )
+    # a's full history now has two hiking views in the app; b is gone (e.g. erased); d is new
+    change = ProfileUpdate(
+        as_of=pd.Timestamp("2026-01-02", tz="UTC"),
+        profile_ids=pd.Index(["a", "d"], dtype="string"),
+        removed=pd.Index(["b"], dtype="string"),
+        features=pd.DataFrame(index=pd.Index(["a", "d"], dtype="string", name="profile_id")),
+        events=events([("a", "app", "hiking"), ("a", "app", "hiking"), ("d", "web", "shoes")]),
+    )
+    assert model.update(change) is model
+    assert model.profile_ids_.tolist() == ["a", "c", "d"]
+    a = model.profile_ids_.get_loc("a")
+    assert model.channel_counts_[a].tolist() == [0.0, 2.0]  # web, app (vocabulary as trained)
+    top = model.top_categories(a, 3)
+    assert [(t["category"], t["events"], t["share"]) for t in top] == [("hiking", 2, 1.0)]
+    assert model.as_of_ == pd.Timestamp("2026-01-02", tz="UTC")
+    loaded = AffinityModel.load(model.save(tmp_path / model.name), n_threads=1)
+    assert loaded.profile_ids_.tolist() == ["a", "c", "d"]
+    assert loaded.forget(["c", "x"]) == 1 and loaded.profile_ids_.tolist() == ["a", "d"]

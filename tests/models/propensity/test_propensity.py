@@ -12,7 +12,7 @@ from scipy.special import expit
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError, InsufficientDataError
 from dmp_ml.features import FeatureSpec, FeatureTable
-from dmp_ml.propensity import (
+from dmp_ml.models.propensity import (
     Calibrator,
     PropensityModel,
     RecencyFrequencyBaseline,
@@ -22,7 +22,7 @@ from dmp_ml.propensity import (
     recency_frequency_columns,
     train_propensity,
 )
-from dmp_ml.settings import PropensitySettings
+from dmp_ml.settings import PropensitySettings, Settings
 
 FAST = {"n_estimators": 150, "early_stopping_rounds": 15, "min_child_samples": 20, "n_threads": 1}
 
@@ -191,7 +191,7 @@ def test_predict_handles_reordered_columns_new_categories_and_plain_strings(fitt
 
 def test_missing_column_is_treated_as_unknown_with_a_warning(fitted, data, caplog) -> None:
     X, _, _ = data["test"]
-    with caplog.at_level(logging.WARNING, logger="dmp_ml.propensity"):
+    with caplog.at_level(logging.WARNING, logger="dmp_ml.models.propensity.model"):
         p = fitted.predict_proba(X.drop(columns=["purchase_count_90d"]))
     assert "purchase_count_90d" in caplog.text
     assert p.shape == (len(X),) and np.isfinite(p).all()
@@ -329,8 +329,8 @@ def _snapshots(shift_last: float = 0.0, n: int = 2500):
     return out
 
 
-def _settings(**kw) -> PropensitySettings:
-    return PropensitySettings(**{**FAST, "horizon_days": 30, **kw})
+def _settings(**kw) -> Settings:
+    return Settings(propensity=PropensitySettings(**{**FAST, "horizon_days": 30, **kw}))
 
 
 def test_train_propensity_validates_on_the_latest_snapshot_and_scores_as_of() -> None:
@@ -423,7 +423,7 @@ def _contract_events(rows: list[tuple[str, str | None, str | None, str]]) -> pd.
 
 
 def test_build_snapshots_labels_point_in_time_and_follow_cookies_to_profiles() -> None:
-    from dmp_ml.propensity import build_snapshots
+    from dmp_ml.models.propensity import build_snapshots
     from dmp_ml.settings import Settings
 
     events = _contract_events(
@@ -460,7 +460,7 @@ def test_build_snapshots_labels_point_in_time_and_follow_cookies_to_profiles() -
 @pytest.mark.slow
 def test_demo_world_end_to_end_beats_the_baselines() -> None:
     from dmp_ml.demo import generate_demo_world
-    from dmp_ml.propensity import build_snapshots
+    from dmp_ml.models.propensity import build_snapshots
     from dmp_ml.settings import Settings
 
     world = generate_demo_world(1500, 75, seed=3)
@@ -474,3 +474,68 @@ def test_demo_world_end_to_end_beats_the_baselines() -> None:
     assert result.scores["profile_id"].tolist() == score.frame.index.tolist()
     reasons = result.model.explain(score.frame.head(20))
     assert all(1 <= len(r) <= 3 for r in reasons)
+
+
+# ------------------------------------------------------------------------- bundle protocol
+
+
+def test_propensity_model_keeps_the_bundle_protocol(fitted, data, tmp_path) -> None:
+    from dmp_ml.models import BundleModel, model_class
+
+    assert model_class("propensity") is PropensityModel and PropensityModel.name == "propensity"
+    assert isinstance(fitted, BundleModel)
+    settings = Settings(propensity={"num_leaves": 15, "n_threads": 2, "calibration": "sigmoid"})
+    built = PropensityModel.from_settings(settings)
+    assert (built.num_leaves, built.n_threads, built.calibration) == (15, 2, "sigmoid")
+    assert built.learning_rate == settings.propensity.learning_rate
+    X = data["test"][0]
+    loaded = PropensityModel.load(fitted.save(tmp_path / "m"), n_threads=2)
+    assert loaded.n_threads == 2
+    np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+
+
+def test_forget_drops_the_validation_rows_it_holds(fitted) -> None:
+    import copy
+
+    model = copy.deepcopy(fitted)
+    ids = model.validation_predictions_.index[:3].tolist()
+    assert model.forget([*ids, "never-seen"]) == 3
+    assert not model.validation_predictions_.index.isin(ids).any()
+    assert model.forget(ids) == 0
+
+
+def test_rescore_scores_touched_profiles_and_ranks_them_among_the_others(fitted, data) -> None:
+    from dmp_ml.models import ProfileUpdate
+
+    X = data["test"][0].iloc[:200]
+    raw = pd.Series(fitted.predict_raw(X), index=X.index)
+    scores = pd.DataFrame(
+        {"score": fitted.calibrator_.predict(raw.to_numpy()), "percentile": 50.0},
+        index=pd.Index(X.index, name="profile_id"),
+    )
+    touched, removed = X.index[:5], X.index[5:7]
+    new_rows = X.loc[touched].assign(purchase_count_90d=40.0)  # bought a lot since
+    new_rows.loc[touched[0], "days_since_last_purchase"] = 0.0
+    new = pd.Index(["brand-new"], dtype="string", name="profile_id")
+    features = pd.concat([new_rows, X.iloc[[10]].set_axis(new)])
+    change = ProfileUpdate(
+        as_of=pd.Timestamp("2026-04-02", tz="UTC"),
+        profile_ids=touched.append(new),
+        removed=removed,
+        features=features,
+        events=pd.DataFrame(),
+    )
+    assert fitted.update(change) is fitted
+    after, raw_after = fitted.rescore(scores, raw, change)
+    assert len(after) == 200 - 2 + 1 and not after.index.isin(removed).any()
+    expected = fitted.predict_proba(features)
+    np.testing.assert_allclose(after.loc[features.index, "score"], expected)
+    # untouched profiles keep their row; touched ones rank among the untouched raw scores
+    untouched = X.index[7:]
+    pd.testing.assert_frame_equal(after.loc[untouched], scores.loc[untouched])
+    others = np.sort(raw.loc[untouched].to_numpy())
+    fresh_raw = fitted.predict_raw(features)
+    want = 100.0 * (np.searchsorted(others, fresh_raw, side="right") + 1) / (len(others) + 1)
+    np.testing.assert_allclose(after.loc[features.index, "percentile"], want)
+    assert after.loc[touched[0], "score"] > scores.loc[touched[0], "score"]
+    assert raw_after.index.sort_values().equals(after.index.sort_values())

@@ -1,0 +1,147 @@
+"""Plain baselines a propensity model must beat on the same held-out snapshot.
+
+Both read only recency and frequency columns, chosen by name so they work with whatever subset
+the feature table has: :class:`RecencyFrequencyBaseline` (a logistic regression on all of them)
+and :class:`SingleFeatureBaseline` (the best one alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from dmp_ml import metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FREQUENCY_PATTERN",
+    "RECENCY_PATTERN",
+    "RecencyFrequencyBaseline",
+    "SingleFeatureBaseline",
+    "recency_frequency_columns",
+]
+
+# Baseline inputs: recency columns are days since something happened (larger = longer ago),
+# frequency columns count events. Matching is by name so the baselines work with whatever subset
+# the feature table has; per-category columns (``...__<category>``) are excluded on purpose.
+RECENCY_PATTERN = re.compile(r"^(days_since|recency)")
+FREQUENCY_PATTERN = re.compile(r"(^|_)(count|counts|frequency)(_|$)|^active_days_")
+
+
+def recency_frequency_columns(columns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split column names into (recency, frequency) baseline inputs by name.
+
+    Recency: names starting with ``days_since`` or ``recency`` (``days_since_last_event``,
+    ``days_since_purchase``). Frequency: names with a ``count``/``frequency`` token or starting
+    with ``active_days_`` (``purchase_count_30d``, ``event_count_total``, ``active_days_7d``).
+    Names containing ``__`` (per-category expansions) are left out.
+    """
+    recency, frequency = [], []
+    for c in map(str, columns):
+        if "__" in c:
+            continue
+        if RECENCY_PATTERN.search(c):
+            recency.append(c)
+        elif FREQUENCY_PATTERN.search(c):
+            frequency.append(c)
+    return recency, frequency
+
+
+class _RFTransform:
+    """log1p of recency (missing = never: 10 years / longest seen) and frequency (missing = 0)."""
+
+    def fit(self, X: pd.DataFrame) -> _RFTransform:
+        self.recency_, self.frequency_ = recency_frequency_columns(
+            c for c in X.columns if pd.api.types.is_numeric_dtype(X[c].dtype)
+        )
+        self.fill_ = {}
+        for c in self.recency_:
+            seen = pd.to_numeric(X[c], errors="coerce").astype("float64")
+            top = float(seen.max()) if seen.notna().any() else 0.0
+            self.fill_[c] = max(3650.0, top)
+        return self
+
+    @property
+    def columns_(self) -> list[str]:
+        return self.recency_ + self.frequency_
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        cols = []
+        for c in self.columns_:
+            v = (
+                pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+                if c in X.columns
+                else np.full(len(X), np.nan)
+            )
+            fill = self.fill_.get(c, 0.0)
+            cols.append(np.log1p(np.clip(np.where(np.isnan(v), fill, v), 0, None)))
+        return np.column_stack(cols) if cols else np.empty((len(X), 0))
+
+
+class RecencyFrequencyBaseline:
+    """Logistic regression on log-transformed recency and frequency columns.
+
+    The columns are chosen by :func:`recency_frequency_columns`; with none available it
+    predicts the training base rate (and logs a warning).
+    """
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray | pd.Series) -> RecencyFrequencyBaseline:
+        y = np.asarray(y, dtype=np.int64)
+        self.transform_ = _RFTransform().fit(X)
+        self.columns_ = self.transform_.columns_
+        self.base_rate_ = float(y.mean())
+        self.model_: LogisticRegression | None = None
+        if not self.columns_:
+            logger.warning("no recency/frequency columns: RF baseline predicts the base rate")
+            return self
+        Z = self.transform_.transform(X)
+        self.mean_, self.scale_ = Z.mean(axis=0), Z.std(axis=0) + 1e-9
+        self.model_ = LogisticRegression(C=1.0, solver="newton-cholesky", max_iter=200)
+        self.model_.fit((Z - self.mean_) / self.scale_, y)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        if self.model_ is None:
+            return np.full(len(X), self.base_rate_)
+        Z = (self.transform_.transform(X) - self.mean_) / self.scale_
+        return self.model_.predict_proba(Z)[:, 1]
+
+
+class SingleFeatureBaseline:
+    """The best single recency or frequency column (by training ROC-AUC), as a 1-D logistic fit.
+
+    The logistic map is monotone, so its ranking is the feature's ranking; it only turns the
+    feature into probabilities for log-loss/Brier/ECE.
+    """
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray | pd.Series) -> SingleFeatureBaseline:
+        y = np.asarray(y, dtype=np.int64)
+        self.transform_ = _RFTransform().fit(X)
+        self.base_rate_ = float(y.mean())
+        self.feature_: str | None = None
+        self.train_auc_ = math.nan
+        self.model_: LogisticRegression | None = None
+        Z = self.transform_.transform(X)
+        best = -1.0
+        for j, name in enumerate(self.transform_.columns_):
+            auc = metrics.roc_auc(y, Z[:, j])
+            if not math.isnan(auc) and max(auc, 1 - auc) > best:
+                best, self.feature_, self._j, self.train_auc_ = max(auc, 1 - auc), name, j, auc
+        if self.feature_ is None:
+            logger.warning("no usable recency/frequency column: single baseline = base rate")
+            return self
+        self.model_ = LogisticRegression(C=1e6, solver="newton-cholesky", max_iter=200)
+        self.model_.fit(Z[:, [self._j]], y)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        if self.model_ is None:
+            return np.full(len(X), self.base_rate_)
+        return self.model_.predict_proba(self.transform_.transform(X)[:, [self._j]])[:, 1]

@@ -1,0 +1,495 @@
+"""The propensity estimator: how likely a profile is to do ``target_event`` in ``horizon_days``.
+
+A calibrated LightGBM binary classifier. ``fit`` stops early on the later (validation) data,
+fits a :class:`~.calibration.Calibrator` on it (evaluated by cross-fitting, so the "after
+calibration" figures come from data each calibrator did not see), and refits the booster on all
+data with the early-stopped number of trees.
+
+No class weights are used: LightGBM's binary log-loss is a proper scoring rule, so the raw
+probabilities stay meaningful with imbalanced targets and the calibrator only corrects residual
+bias.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import StratifiedKFold
+
+from dmp_ml import metrics
+from dmp_ml.errors import BundleError
+from dmp_ml.models.propensity.calibration import Calibrator
+
+if TYPE_CHECKING:
+    from dmp_ml.models.base import ProfileUpdate
+    from dmp_ml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODEL_FORMAT_VERSION", "PropensityModel", "is_categorical"]
+
+MODEL_FORMAT_VERSION = 1
+_MODEL_FILE = "model.txt"
+_HOLDOUT_FILE = "holdout_model.txt"
+_META_FILE = "propensity.json"
+
+
+_DEFAULT_LGBM = {
+    "feature_fraction": 0.9,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "cat_smooth": 10.0,
+    "cat_l2": 10.0,
+    "max_bin": 255,
+}
+
+
+def is_categorical(s: pd.Series) -> bool:
+    """Whether LightGBM treats ``s`` as categorical (category, string or object dtype)."""
+    return isinstance(s.dtype, pd.CategoricalDtype) or not (
+        pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)
+    )
+
+
+def _json_value(v: object) -> object:
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, float | np.floating):
+        return None if math.isnan(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return str(v)
+
+
+class PropensityModel(BaseEstimator):
+    """Calibrated LightGBM binary classifier with per-profile reasons; a bundle model.
+
+    Parameters
+    ----------
+    learning_rate, num_leaves, min_child_samples, n_estimators, early_stopping_rounds
+        LightGBM settings; ``n_estimators`` is the cap that early stopping works under.
+    calibration : {"isotonic", "sigmoid"}
+    calibration_folds : int
+        Cross-fitting folds used to report calibrated metrics on data the calibrator did not see.
+    n_reasons : int
+        Default number of reasons returned by :meth:`explain`.
+    seed : int
+    n_threads : int
+        LightGBM threads; 0 lets LightGBM/OpenMP decide.
+    refit : bool
+        Refit on train + validation with the early-stopped tree count (default True).
+    lgbm_params : dict, optional
+        Extra LightGBM parameters overriding the defaults.
+
+    Fitted attributes
+    -----------------
+    booster_ (final, refit), holdout_booster_ (trained without the validation data),
+    calibrator_, best_iteration_, feature_names_, categories_ (column -> categories),
+    feature_importance_ (gain of ``booster_``), validation_ (metrics before/after calibration),
+    validation_predictions_ (DataFrame: y, raw, p_uncalibrated, p_calibrated), info_ (free-form
+    metadata saved with the model, e.g. cutoffs).
+    """
+
+    name: ClassVar[str] = "propensity"
+    """The model's directory in a bundle and its step in the manifest."""
+
+    def __init__(
+        self,
+        learning_rate: float = 0.05,
+        num_leaves: int = 7,
+        min_child_samples: int = 100,
+        n_estimators: int = 600,
+        early_stopping_rounds: int = 50,
+        calibration: str = "isotonic",
+        calibration_folds: int = 5,
+        n_reasons: int = 3,
+        seed: int = 0,
+        n_threads: int = 1,
+        refit: bool = True,
+        lgbm_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.n_estimators = n_estimators
+        self.early_stopping_rounds = early_stopping_rounds
+        self.calibration = calibration
+        self.calibration_folds = calibration_folds
+        self.n_reasons = n_reasons
+        self.seed = seed
+        self.n_threads = n_threads
+        self.refit = refit
+        self.lgbm_params = lgbm_params
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PropensityModel:
+        """An unfitted model configured from the ``propensity`` section of ``settings``."""
+        ps = settings.propensity
+        return cls(
+            learning_rate=ps.learning_rate,
+            num_leaves=ps.num_leaves,
+            min_child_samples=ps.min_child_samples,
+            n_estimators=ps.n_estimators,
+            early_stopping_rounds=ps.early_stopping_rounds,
+            calibration=ps.calibration,
+            calibration_folds=ps.calibration_folds,
+            n_reasons=ps.n_reasons,
+            seed=ps.seed,
+            n_threads=ps.n_threads,
+        )
+
+    # -------------------------------------------------------------------------- internals
+
+    def _lgb_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_child_samples,
+            "min_data_per_group": self.min_child_samples,
+            "seed": self.seed,
+            "num_threads": self.n_threads,
+            "verbosity": -1,
+            "force_col_wise": True,
+            "deterministic": True,
+            **_DEFAULT_LGBM,
+        }
+        params.update(self.lgbm_params or {})
+        return params
+
+    def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Reindex to the training columns, fix dtypes and categories, rename to f0..fN."""
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            logger.warning(
+                "%d feature column(s) missing at prediction, treated as unknown: %s",
+                len(missing),
+                missing[:5],
+            )
+        out: dict[str, Any] = {}
+        for i, name in enumerate(self.feature_names_):
+            key = f"f{i}"
+            col = X[name] if name in X.columns else None
+            if name in self.categories_:
+                cats = self.categories_[name]
+                values = (
+                    col.astype("string").to_numpy(dtype=object, na_value=None)
+                    if col is not None
+                    else [None] * len(X)
+                )
+                out[key] = pd.Categorical(values, categories=cats)
+            elif col is None:
+                out[key] = np.full(len(X), np.nan)
+            else:
+                out[key] = (
+                    pd.to_numeric(col, errors="coerce")
+                    .astype("float64")
+                    .to_numpy(dtype=np.float64, na_value=np.nan)
+                )
+        return pd.DataFrame(out, index=pd.RangeIndex(len(X)))
+
+    def _learn_schema(self, X_train: pd.DataFrame, X_valid: pd.DataFrame) -> None:
+        self.feature_names_ = [str(c) for c in X_train.columns]
+        if len(set(self.feature_names_)) != len(self.feature_names_):
+            raise ValueError("feature columns must be unique")
+        self.categories_: dict[str, list[str]] = {}
+        for name in self.feature_names_:
+            if is_categorical(X_train[name]):
+                seen = pd.concat([X_train[name], X_valid[name]]).dropna().astype(str)
+                self.categories_[name] = sorted(seen.unique().tolist())
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("PropensityModel is not fitted")
+
+    # ------------------------------------------------------------------------------ fit
+
+    def fit(
+        self,
+        X_train: pd.DataFrame,
+        y_train: Sequence[int] | np.ndarray | pd.Series,
+        X_valid: pd.DataFrame,
+        y_valid: Sequence[int] | np.ndarray | pd.Series,
+    ) -> PropensityModel:
+        """Train with early stopping on the (later) validation data, calibrate, then refit.
+
+        Parameters
+        ----------
+        X_train, X_valid : DataFrame, shape (n, n_features)
+            Same columns (``X_valid`` is reindexed to ``X_train``'s columns); numeric or
+            categorical (pandas ``category``/string columns are treated as categorical).
+        y_train, y_valid : array-like of 0/1, shape (n,)
+        """
+        yt = np.asarray(y_train, dtype=np.float64)
+        yv = np.asarray(y_valid, dtype=np.float64)
+        if len(yt) != len(X_train) or len(yv) != len(X_valid):
+            raise ValueError("X and y differ in length")
+        X_valid = X_valid.reindex(columns=X_train.columns)
+        self._learn_schema(X_train, X_valid)
+        Xt, Xv = self._prepare(X_train), self._prepare(X_valid)
+        cat_cols = [f"f{i}" for i, n in enumerate(self.feature_names_) if n in self.categories_]
+        params = self._lgb_params()
+
+        train_set = lgb.Dataset(Xt, yt, categorical_feature=cat_cols, free_raw_data=False)
+        valid_set = lgb.Dataset(Xv, yv, reference=train_set, categorical_feature=cat_cols)
+        booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=self.n_estimators,
+            valid_sets=[valid_set],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+        best = int(booster.best_iteration or booster.current_iteration())
+        self.best_iteration_ = max(best, 1)
+        self.holdout_booster_ = lgb.Booster(
+            model_str=booster.model_to_string(num_iteration=self.best_iteration_)
+        )
+
+        raw_valid = self.holdout_booster_.predict(Xv, raw_score=True, num_threads=self.n_threads)
+        p_before = expit(raw_valid)
+        p_after = self._cross_fitted_calibration(raw_valid, yv)
+        self.calibrator_ = Calibrator.fit(raw_valid, yv, self.calibration)
+        self.validation_ = {
+            "uncalibrated": metrics.classification_report(yv, p_before),
+            "calibrated": metrics.classification_report(yv, p_after),
+        }
+        self.validation_predictions_ = pd.DataFrame(
+            {"y": yv.astype(np.int64), "raw": raw_valid, "p_uncalibrated": p_before},
+            index=X_valid.index,
+        ).assign(p_calibrated=p_after)
+
+        if self.refit:
+            full = lgb.Dataset(
+                pd.concat([Xt, Xv], ignore_index=True),
+                np.concatenate([yt, yv]),
+                categorical_feature=cat_cols,
+            )
+            self.booster_ = lgb.train(params, full, num_boost_round=self.best_iteration_)
+        else:
+            self.booster_ = self.holdout_booster_
+        self.feature_importance_ = pd.Series(
+            self.booster_.feature_importance("gain"), index=self.feature_names_, name="gain"
+        )
+        if not hasattr(self, "info_"):
+            self.info_: dict[str, Any] = {}
+        logger.info(
+            "propensity model: %d trees, validation ROC-AUC %.4f, ECE %.4f -> %.4f",
+            self.best_iteration_,
+            self.validation_["calibrated"]["roc_auc"],
+            self.validation_["uncalibrated"]["ece"],
+            self.validation_["calibrated"]["ece"],
+        )
+        return self
+
+    def _cross_fitted_calibration(self, raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Out-of-fold calibrated probabilities: no row is scored by a calibrator fitted on it."""
+        n_pos = int(y.sum())
+        folds = min(self.calibration_folds, n_pos, len(y) - n_pos)
+        if folds < 2:
+            logger.warning("too few positives/negatives to cross-fit calibration; uncalibrated")
+            return expit(raw)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.seed)
+        out = np.empty_like(raw)
+        for fit_idx, eval_idx in splitter.split(raw.reshape(-1, 1), y):
+            cal = Calibrator.fit(raw[fit_idx], y[fit_idx], self.calibration)
+            out[eval_idx] = cal.predict(raw[eval_idx])
+        return out
+
+    # -------------------------------------------------------------------------- predict
+
+    def _booster(self, which: str) -> lgb.Booster:
+        self._check_fitted()
+        if which == "final":
+            return self.booster_
+        if which == "holdout":
+            return self.holdout_booster_
+        raise ValueError(f"which must be 'final' or 'holdout', got {which!r}")
+
+    def predict_raw(self, X: pd.DataFrame, which: str = "final") -> np.ndarray:
+        """Uncalibrated LightGBM log-odds, shape (n,)."""
+        if len(X) == 0:
+            return np.empty(0)
+        booster = self._booster(which)
+        return np.asarray(
+            booster.predict(self._prepare(X), raw_score=True, num_threads=self.n_threads)
+        )
+
+    def predict_proba(self, X: pd.DataFrame, which: str = "final") -> np.ndarray:
+        """Calibrated probabilities of the target event, shape (n,).
+
+        ``which="holdout"`` uses the booster trained without the validation snapshot (used to
+        compare models on data none of them was trained on).
+        """
+        raw = self.predict_raw(X, which)
+        return self.calibrator_.predict(raw)
+
+    def explain(self, X: pd.DataFrame, n: int | None = None) -> list[list[dict[str, Any]]]:
+        """Top ``n`` reasons per row from LightGBM SHAP contributions (``pred_contrib``).
+
+        Returns
+        -------
+        One list per row of X, each holding up to ``n`` dicts ``{"feature", "value",
+        "direction" ("+" raises the score, "-" lowers it), "contribution" (log-odds)}``,
+        largest absolute contribution first. Features contributing exactly 0 are left out.
+        """
+        self._check_fitted()
+        n = self.n_reasons if n is None else n
+        if len(X) == 0 or n <= 0:
+            return [[] for _ in range(len(X))]
+        prepared = self._prepare(X)
+        contrib = self.booster_.predict(prepared, pred_contrib=True, num_threads=self.n_threads)
+        contrib = np.asarray(contrib)[:, :-1]
+        k = min(n, contrib.shape[1])
+        top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
+        values = {
+            i: (
+                prepared[f"f{i}"].astype("object").tolist()
+                if self.feature_names_[i] in self.categories_
+                else prepared[f"f{i}"].tolist()
+            )
+            for i in np.unique(top)
+        }
+        out: list[list[dict[str, Any]]] = []
+        for row, idx in enumerate(top):
+            reasons = []
+            for i in idx:
+                c = float(contrib[row, i])
+                if c == 0.0:
+                    continue
+                reasons.append(
+                    {
+                        "feature": self.feature_names_[i],
+                        "value": _json_value(values[i][row]),
+                        "direction": "+" if c > 0 else "-",
+                        "contribution": c,
+                    }
+                )
+            out.append(reasons)
+        return out
+
+    # ---------------------------------------------------------------------------- persist
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.txt``, ``holdout_model.txt`` and ``propensity.json`` into ``directory``."""
+        self._check_fitted()
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(path / _MODEL_FILE))
+        self.holdout_booster_.save_model(str(path / _HOLDOUT_FILE))
+        meta = {
+            "format_version": MODEL_FORMAT_VERSION,
+            "params": {k: v for k, v in self.get_params().items()},
+            "feature_names": self.feature_names_,
+            "categories": self.categories_,
+            "best_iteration": self.best_iteration_,
+            "calibrator": self.calibrator_.to_dict(),
+            "validation": self.validation_,
+            "feature_importance": self.feature_importance_.to_dict(),
+            "info": self.info_,
+        }
+        (path / _META_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, n_threads: int | None = None) -> PropensityModel:
+        """Read a model written by :meth:`save`; raises :class:`BundleError` when incomplete.
+
+        ``n_threads`` (when given) replaces the trained thread count for predictions.
+        """
+        path = Path(directory)
+        try:
+            meta = json.loads((path / _META_FILE).read_text(encoding="utf-8"))
+            booster = lgb.Booster(model_file=str(path / _MODEL_FILE))
+            holdout_file = path / _HOLDOUT_FILE
+            holdout = lgb.Booster(model_file=str(holdout_file)) if holdout_file.exists() else None
+        except (OSError, ValueError, lgb.basic.LightGBMError) as exc:
+            raise BundleError(f"cannot load propensity model from {path}: {exc}") from exc
+        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+            raise BundleError(
+                f"propensity model in {path} has format {meta.get('format_version')}, "
+                f"expected {MODEL_FORMAT_VERSION}"
+            )
+        params = dict(meta["params"])
+        if n_threads is not None:
+            params["n_threads"] = n_threads
+        model = cls(**params)
+        model.booster_ = booster
+        model.holdout_booster_ = holdout if holdout is not None else booster
+        model.feature_names_ = list(meta["feature_names"])
+        model.categories_ = {k: list(v) for k, v in meta["categories"].items()}
+        model.best_iteration_ = int(meta["best_iteration"])
+        model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
+        model.validation_ = meta.get("validation", {})
+        model.feature_importance_ = pd.Series(
+            meta.get("feature_importance", {}), name="gain", dtype="float64"
+        ).reindex(model.feature_names_, fill_value=0.0)
+        model.info_ = dict(meta.get("info", {}))
+        return model
+
+    # ---------------------------------------------------------------------------- refresh
+
+    def update(self, change: ProfileUpdate) -> PropensityModel:
+        """Nothing to learn between trains: the booster and calibrator stay as fitted.
+
+        The touched profiles' scores change with their features; :meth:`rescore` computes them.
+        """
+        self._check_fitted()
+        return self
+
+    def rescore(
+        self, scores: pd.DataFrame, population_raw: pd.Series, change: ProfileUpdate
+    ) -> tuple[pd.DataFrame, pd.Series]:
+        """The score table with the profiles ``change`` touched scored on their new features.
+
+        Parameters
+        ----------
+        scores : DataFrame
+            ``score, percentile`` indexed by ``profile_id`` (the bundle's scores).
+        population_raw : Series
+            Raw score (log-odds) of every scored profile, indexed by ``profile_id``.
+        change : ProfileUpdate
+            ``features`` are scored; ``profile_ids`` and ``removed`` leave the old rows.
+
+        Returns
+        -------
+        (scores, population_raw) with the touched profiles replaced and the removed ones gone.
+        A new percentile ranks the new raw score among the other profiles' (theirs are not
+        re-ranked until the next train).
+        """
+        self._check_fitted()
+        touched = change.profile_ids.union(change.removed)
+        others = population_raw.drop(index=touched, errors="ignore")
+        frame = change.features
+        raw = self.predict_raw(frame)
+        score = self.calibrator_.predict(raw) if len(raw) else raw
+        ranked = np.sort(others.to_numpy())
+        pct = 100.0 * (np.searchsorted(ranked, raw, side="right") + 1) / (len(ranked) + 1)
+        fresh = pd.DataFrame(
+            {"score": np.asarray(score, dtype=np.float64), "percentile": pct},
+            index=pd.Index(frame.index, name="profile_id"),
+        )
+        kept = scores.drop(index=touched, errors="ignore")
+        raw_after = pd.concat([others, pd.Series(raw, index=frame.index)])
+        return pd.concat([kept, fresh]), raw_after
+
+    def forget(self, profile_ids: Iterable[str]) -> int:
+        """Drop the profiles' rows from the in-memory validation predictions (the only
+        per-profile data the model holds; none is saved); returns how many were held."""
+        held = getattr(self, "validation_predictions_", None)
+        if held is None:
+            return 0
+        hit = held.index.astype(str).isin([str(p) for p in profile_ids])
+        self.validation_predictions_ = held.loc[~hit]
+        return int(hit.sum())

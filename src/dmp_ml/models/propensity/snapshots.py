@@ -1,0 +1,149 @@
+"""Labelled snapshots: point-in-time features at past cutoffs and what happened next.
+
+Training data are features computed at cutoffs ``as_of - k * horizon`` (k = 1..n) with a label
+saying whether the profile did the target event in ``[cutoff, cutoff + horizon)``; every table is
+aligned to the columns of the score table (features as of ``as_of``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from dmp_ml.features import FeatureBuilder, FeatureTable
+from dmp_ml.models.propensity.model import is_categorical
+
+if TYPE_CHECKING:
+    from dmp_ml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["align_features", "build_snapshots", "make_labels"]
+
+
+def _utc(ts: object) -> pd.Timestamp:
+    t = pd.Timestamp(ts)  # type: ignore[arg-type]
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def make_labels(
+    events: pd.DataFrame,
+    cutoff: object,
+    horizon_days: int,
+    target_event: str,
+    profile_ids: Iterable[str],
+) -> pd.Series:
+    """1 when the profile has at least one ``target_event`` in ``[cutoff, cutoff + horizon)``.
+
+    Parameters
+    ----------
+    events : DataFrame
+        Resolved events (``profile_id`` filled by identity resolution); rows without a
+        profile id are ignored.
+    profile_ids : iterable of str
+        The profiles to label (e.g. the index of the snapshot's feature table).
+
+    Returns
+    -------
+    Series of int (0/1), indexed by ``profile_id`` in the order given, named ``label``.
+    """
+    start = _utc(cutoff)
+    end = start + pd.Timedelta(days=horizon_days)
+    times = events["event_time"]
+    mask = (
+        events["event_type"].isin([target_event]).to_numpy(dtype=bool)
+        & (times >= start).to_numpy(dtype=bool)
+        & (times < end).to_numpy(dtype=bool)
+        & events["profile_id"].notna().to_numpy(dtype=bool)
+    )
+    positives = pd.Index(events.loc[mask, "profile_id"].astype("string").unique())
+    ids = pd.Index(list(profile_ids), dtype="string", name="profile_id")
+    return pd.Series(ids.isin(positives).astype(np.int64), index=ids, name="label")
+
+
+def align_features(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with exactly ``reference``'s columns (order and kind).
+
+    Columns absent from ``frame`` (e.g. a top-K category that was not top-K at an older cutoff)
+    become missing: NaN for numeric columns, a missing category for categorical ones; LightGBM
+    treats them as unknown rather than as zero. Extra columns are dropped.
+    """
+    out = {}
+    for name in reference.columns:
+        if name in frame.columns:
+            out[name] = frame[name]
+        elif is_categorical(reference[name]):
+            out[name] = pd.Series(pd.Categorical([None] * len(frame)), index=frame.index)
+        else:
+            out[name] = pd.Series(np.nan, index=frame.index, dtype="float64")
+    return pd.DataFrame(out, index=frame.index)
+
+
+def build_snapshots(
+    events: pd.DataFrame,
+    as_of: object,
+    settings: Settings,
+    profiles: pd.DataFrame | None = None,
+    consent: pd.DataFrame | None = None,
+    erased: Iterable[str] = (),
+    *,
+    links: pd.DataFrame | None = None,
+    score_table: FeatureTable | None = None,
+    builder: FeatureBuilder | None = None,
+) -> tuple[list[tuple[FeatureTable, pd.Series]], FeatureTable]:
+    """Labelled snapshots at ``as_of - k * horizon`` (k = 1..n_snapshots) and the score table.
+
+    The score table is built first (features as of ``as_of``); every snapshot is built with it
+    as ``reference`` so all tables share its vocabularies and columns. Features are point in
+    time (only events before each cutoff). Labels come from the events in ``[cutoff, cutoff +
+    horizon)`` after identity resolution as of ``cutoff + horizon``; an anonymous profile
+    (``anon:<cookie>``) whose cookie has been linked to a known profile by then is labelled with
+    that profile's events. Snapshots without eligible profiles are skipped.
+
+    Pass ``score_table`` (the features as of ``as_of``, built with the same inputs) to reuse it
+    instead of building it again; it is returned unchanged. Pass ``builder`` (a
+    :class:`~dmp_ml.features.FeatureBuilder` over the same inputs) to reuse its encoded log.
+    """
+    from dmp_ml.identity import ANON_PREFIX
+
+    ps = settings.propensity
+    as_of_ts = _utc(as_of)
+    horizon = pd.Timedelta(days=ps.horizon_days)
+    if builder is None:
+        builder = FeatureBuilder(events, profiles, consent, settings, links=links, erased=erased)
+    if score_table is None:
+        score_table = builder.build(as_of_ts)
+    elif score_table.spec.as_of != as_of_ts:
+        raise ValueError(
+            f"score_table is as of {score_table.spec.as_of}, not {as_of_ts}: build it at as_of"
+        )
+    snapshots: list[tuple[FeatureTable, pd.Series]] = []
+    for k in range(ps.n_snapshots, 0, -1):
+        cutoff = as_of_ts - k * horizon
+        table = builder.build(cutoff, reference=score_table.spec)
+        if len(table) == 0:
+            logger.info("snapshot at %s has no eligible profiles; skipped", cutoff)
+            continue
+        resolved = builder.resolve(cutoff + horizon)
+        ids = pd.Index(table.frame.index.astype("string"))
+        label_ids = ids.to_series(index=ids)
+        anon = ids.str.startswith(ANON_PREFIX)
+        if anon.any():
+            later = resolved.cookie_map.astype("string")
+            cookies = ids[anon].str.slice(len(ANON_PREFIX))
+            mapped = later.reindex(cookies).to_numpy(dtype=object, na_value=None)
+            label_ids[anon] = [
+                m if m is not None else i for m, i in zip(mapped, ids[anon], strict=True)
+            ]
+        labels = make_labels(
+            resolved.events, cutoff, ps.horizon_days, ps.target_event, label_ids.to_numpy()
+        )
+        snapshots.append((table, pd.Series(labels.to_numpy(), index=ids, name="label")))
+        logger.info(
+            "snapshot %s: %d profiles, %d positive", cutoff.date(), len(ids), int(labels.sum())
+        )
+    return snapshots, score_table

@@ -1,0 +1,250 @@
+"""Training orchestration: validate on the latest snapshot, compare with baselines, score.
+
+The most recent labelled snapshot is the validation set (a time split): LightGBM stops early on
+it, a calibrator is fitted on it (and evaluated by cross-fitting), the baselines of
+:mod:`.baselines` are scored on it, and the booster is refit on all snapshots. Scores are
+produced for the feature table at ``as_of``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from dmp_ml import metrics
+from dmp_ml.errors import InsufficientDataError
+from dmp_ml.features import FeatureSpec, FeatureTable
+from dmp_ml.models.propensity.baselines import RecencyFrequencyBaseline, SingleFeatureBaseline
+from dmp_ml.models.propensity.model import PropensityModel
+from dmp_ml.models.propensity.snapshots import align_features
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from dmp_ml.settings import PropensitySettings, Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PropensityResult", "ValidationSet", "score_profiles", "train_propensity"]
+
+
+@dataclass
+class ValidationSet:
+    """The validation snapshot and every model's predictions on it (row-aligned)."""
+
+    cutoff: pd.Timestamp
+    X: pd.DataFrame
+    y: np.ndarray
+    predictions: pd.DataFrame  # p_model_uncalibrated, p_model, p_baseline_rf_logreg, ...
+
+
+@dataclass
+class PropensityResult:
+    """Everything one propensity training produced.
+
+    ``metrics`` maps ``model`` (calibrated, cross-fitted), ``model_uncalibrated``,
+    ``baseline_rf_logreg`` and ``baseline_single`` to :func:`dmp_ml.metrics.classification_report`
+    dicts computed on the validation snapshot. ``scores`` has ``profile_id, score, percentile`` for
+    every profile of the score table (percentile in (0, 100], 100 = most likely).
+    """
+
+    model: PropensityModel
+    target_event: str
+    horizon_days: int
+    as_of: pd.Timestamp
+    metrics: dict[str, dict[str, float]]
+    validation: ValidationSet
+    scores: pd.DataFrame
+    feature_spec: FeatureSpec
+    train_cutoffs: list[pd.Timestamp]
+    counts: dict[str, int]
+    baseline_single_feature: str | None = None
+    baseline_rf_features: list[str] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Figure]:
+        """PNG-ready charts: ``calibration``, ``gains``, ``feature_importance``."""
+        pred = self.validation.predictions
+        y = self.validation.y
+        return {
+            "calibration": metrics.plot_calibration(
+                y,
+                {
+                    "before calibration": pred["p_model_uncalibrated"],
+                    "after calibration (cross-fitted)": pred["p_model"],
+                },
+                title=f"Calibration: {self.target_event} in {self.horizon_days} d (validation)",
+            ),
+            "gains": metrics.plot_gains(
+                y,
+                {
+                    "model": pred["p_model"],
+                    "RF logistic baseline": pred["p_baseline_rf_logreg"],
+                    f"single: {self.baseline_single_feature}": pred["p_baseline_single"],
+                },
+                title=f"Cumulative gains: {self.target_event} in {self.horizon_days} d",
+            ),
+            "feature_importance": metrics.plot_feature_importance(self.model.feature_importance_),
+        }
+
+    def summary(self) -> dict[str, float]:
+        """Flat headline figures (ROC-AUC of model and baselines, ECE before/after)."""
+        m = self.metrics
+        return {
+            "model_roc_auc": m["model"]["roc_auc"],
+            "baseline_rf_logreg_roc_auc": m["baseline_rf_logreg"]["roc_auc"],
+            "baseline_single_roc_auc": m["baseline_single"]["roc_auc"],
+            "ece_before_calibration": m["model_uncalibrated"]["ece"],
+            "ece_after_calibration": m["model"]["ece"],
+            **{f"n_{k}": float(v) for k, v in self.counts.items()},
+        }
+
+
+def _check_counts(what: str, y: np.ndarray, ps: PropensitySettings, target: str) -> None:
+    pos = int(y.sum())
+    neg = int(len(y) - pos)
+    if pos < ps.min_positives or neg < ps.min_negatives:
+        raise InsufficientDataError(
+            f"not enough labelled data to train the '{target}' propensity model: the {what} has "
+            f"{pos} positive and {neg} negative profiles (minimum {ps.min_positives} and "
+            f"{ps.min_negatives}; settings propensity.min_positives/min_negatives). Provide more "
+            "history, a shorter horizon_days or a more frequent target_event."
+        )
+
+
+def train_propensity(
+    snapshots: Sequence[tuple[FeatureTable, pd.Series]],
+    score_table: FeatureTable,
+    settings: Settings,
+) -> PropensityResult:
+    """Train, validate and score a propensity model from labelled snapshots.
+
+    Parameters
+    ----------
+    snapshots : list of (FeatureTable, labels)
+        Feature tables at past cutoffs with their 0/1 labels (Series indexed by profile_id,
+        see :func:`make_labels`). The one with the latest ``spec.as_of`` is the validation set.
+    score_table : FeatureTable
+        Features as of ``as_of``; its columns are the model's columns (snapshots are aligned to
+        them with :func:`align_features`) and its profiles are scored.
+    settings : Settings
+        Its ``propensity`` section configures the model and the minimum counts.
+
+    Raises
+    ------
+    InsufficientDataError
+        Fewer than two snapshots, or too few positives/negatives in train or validation.
+    """
+    ps = settings.propensity
+    target = ps.target_event
+    if len(snapshots) < 2:
+        raise InsufficientDataError(
+            f"the '{target}' propensity model needs at least 2 labelled snapshots (one to train, "
+            f"one to validate), got {len(snapshots)}: the event history is probably shorter "
+            f"than the first cutoff (as_of - n_snapshots x horizon_days = {ps.n_snapshots} x "
+            f"{ps.horizon_days} days); use a shorter horizon_days or a later as_of"
+        )
+    ordered = sorted(snapshots, key=lambda s: s[0].spec.as_of)
+    reference = score_table.frame
+
+    def labelled(table: FeatureTable, labels: pd.Series) -> tuple[pd.DataFrame, np.ndarray]:
+        X = align_features(table.frame, reference)
+        y = labels.reindex(X.index).fillna(0).astype(np.int64).to_numpy()
+        return X, y
+
+    parts = [labelled(t, lab) for t, lab in ordered[:-1]]
+    X_train = pd.concat([p[0] for p in parts])
+    y_train = np.concatenate([p[1] for p in parts])
+    X_valid, y_valid = labelled(*ordered[-1])
+    _check_counts("training data (all snapshots but the last)", y_train, ps, target)
+    _check_counts("validation snapshot (the most recent labelled one)", y_valid, ps, target)
+
+    train_cutoffs = [t.spec.as_of for t, _ in ordered[:-1]]
+    valid_cutoff = ordered[-1][0].spec.as_of
+    model = PropensityModel.from_settings(settings)
+    model.info_ = {
+        "target_event": target,
+        "horizon_days": ps.horizon_days,
+        "as_of": score_table.spec.as_of.isoformat(),
+        "validation_cutoff": valid_cutoff.isoformat(),
+        "train_cutoffs": [c.isoformat() for c in train_cutoffs],
+        "feature_version": score_table.spec.version,
+    }
+    model.fit(X_train, y_train, X_valid, y_valid)
+
+    rf = RecencyFrequencyBaseline().fit(X_train, y_train)
+    single = SingleFeatureBaseline().fit(X_train, y_train)
+    predictions = pd.DataFrame(
+        {
+            "p_model_uncalibrated": model.validation_predictions_["p_uncalibrated"].to_numpy(),
+            "p_model": model.validation_predictions_["p_calibrated"].to_numpy(),
+            "p_baseline_rf_logreg": rf.predict_proba(X_valid),
+            "p_baseline_single": single.predict_proba(X_valid),
+        },
+        index=X_valid.index,
+    )
+    report = {
+        "model": model.validation_["calibrated"],
+        "model_uncalibrated": model.validation_["uncalibrated"],
+        "baseline_rf_logreg": metrics.classification_report(
+            y_valid, predictions["p_baseline_rf_logreg"]
+        ),
+        "baseline_single": metrics.classification_report(y_valid, predictions["p_baseline_single"]),
+    }
+    scores = score_profiles(model, score_table)
+    counts = {
+        "train_rows": len(y_train),
+        "train_positives": int(y_train.sum()),
+        "validation_rows": len(y_valid),
+        "validation_positives": int(y_valid.sum()),
+        "scored_profiles": len(scores),
+        "snapshots": len(ordered),
+        "best_iteration": model.best_iteration_,
+    }
+    logger.info(
+        "propensity '%s': ROC-AUC model %.4f, RF baseline %.4f, single (%s) %.4f",
+        target,
+        report["model"]["roc_auc"],
+        report["baseline_rf_logreg"]["roc_auc"],
+        single.feature_,
+        report["baseline_single"]["roc_auc"],
+    )
+    return PropensityResult(
+        model=model,
+        target_event=target,
+        horizon_days=ps.horizon_days,
+        as_of=score_table.spec.as_of,
+        metrics=report,
+        validation=ValidationSet(
+            cutoff=valid_cutoff, X=X_valid, y=y_valid, predictions=predictions
+        ),
+        scores=scores,
+        feature_spec=score_table.spec,
+        train_cutoffs=train_cutoffs,
+        counts=counts,
+        baseline_single_feature=single.feature_,
+        baseline_rf_features=rf.columns_,
+    )
+
+
+def score_profiles(model: PropensityModel, table: FeatureTable) -> pd.DataFrame:
+    """``profile_id, score, percentile`` for every profile of ``table``.
+
+    ``score`` is the calibrated probability; ``percentile`` in (0, 100] ranks by the model's raw
+    score (same order as ``score``, but without the ties calibration can introduce).
+    """
+    X = table.frame
+    raw = model.predict_raw(X)
+    score = model.calibrator_.predict(raw)
+    pct = pd.Series(raw).rank(method="max", pct=True).to_numpy() * 100 if len(raw) else raw
+    return pd.DataFrame(
+        {
+            "profile_id": pd.array(X.index.astype(str), dtype="string"),
+            "score": score.astype(np.float64),
+            "percentile": np.asarray(pct, dtype=np.float64),
+        }
+    )
