@@ -40,7 +40,7 @@ from dmp_ml.errors import BundleError, RequestError
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
-    from dmp_ml.send_time import SendTimeModel
+    from dmp_ml.models.send_time import SendTimeModel
     from dmp_ml.settings import Settings
 
 logger = logging.getLogger(__name__)

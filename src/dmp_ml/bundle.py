@@ -272,8 +272,8 @@ class ModelBundle:
     def __init__(self, path: Path, manifest: dict[str, Any], n_threads: int | None = None) -> None:
         from dmp_ml.expansion import LookalikeModel
         from dmp_ml.features import FeatureTable
+        from dmp_ml.models.send_time import SendTimeModel
         from dmp_ml.propensity import PropensityModel
-        from dmp_ml.send_time import SendTimeModel
 
         self.path = path
         self.manifest = manifest
