@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from dmp_ml.errors import DataContractError
 
@@ -214,25 +216,21 @@ def fit_calibration(raw: np.ndarray, outcome: np.ndarray) -> dict[str, float] | 
 
     The posterior curve is built from engagement *shape* times an average response rate, so its
     level drifts with time and its contrast follows activity more than responses; two
-    parameters fitted on the held-out sends fix both without changing any ranking. None when
-    there are too few sends or responses, or the fit is not increasing.
+    parameters fitted on the held-out sends fix both without changing any ranking (a logistic
+    regression of the outcome on ``logit raw``). None when there are too few sends or
+    responses, every send was answered, or the fit is not increasing.
     """
     y = outcome.astype(float)
-    if len(y) < _CALIBRATION_MIN_SENDS or y.sum() < _CALIBRATION_MIN_POSITIVES:
+    if len(y) < _CALIBRATION_MIN_SENDS or y.sum() < _CALIBRATION_MIN_POSITIVES or y.all():
         return None
     clipped = np.clip(raw, _P_EPS, 1.0 - _P_EPS)
     x = np.log(clipped / (1.0 - clipped))
-    beta = np.array([0.0, 1.0])
-    for _ in range(50):  # Newton-Raphson on the logistic log-likelihood (tiny ridge)
-        p = 1.0 / (1.0 + np.exp(-(beta[0] + beta[1] * x)))
-        r, w = y - p, p * (1.0 - p)
-        grad = np.array([r.sum(), (r * x).sum()]) - 1e-6 * beta
-        sw, swx, swxx = w.sum(), (w * x).sum(), (w * x * x).sum()
-        hess = np.array([[sw, swx], [swx, swxx]]) + 1e-6 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        beta = beta + step
-        if np.abs(step).max() < 1e-8:
-            break
+    # maximum likelihood (C large: a negligible ridge on the slope); a two-parameter fit gains
+    # nothing from threads, which only spin on a busy machine
+    platt = LogisticRegression(C=1e6, solver="newton-cholesky", tol=1e-10, max_iter=100)
+    with threadpool_limits(limits=1):
+        platt.fit(x[:, None], y)
+    beta = np.array([platt.intercept_[0], platt.coef_[0, 0]])
     if not np.all(np.isfinite(beta)) or beta[1] <= 0:
         return None
     return {
