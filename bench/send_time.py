@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from dmp_ml.send_time import SendTimeModel, evaluate_send_time
+from dmp_ml.models.send_time import SendTimeModel, evaluate_send_time
 from dmp_ml.settings import MAPPINGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,8 +37,8 @@ from dmp_ml.features import FeatureTable
 from dmp_ml.identity import resolve_identity
 from dmp_ml.models.affinity import AffinityModel, plot_segment_affinity
 from dmp_ml.models.propensity import build_snapshots, train_propensity
+from dmp_ml.models.send_time import SendTimeModel
 from dmp_ml.pipeline import train
-from dmp_ml.send_time import SendTimeModel
 from dmp_ml.settings import Settings, load_settings
 
 logger = logging.getLogger("make_figures")
@@ -60,7 +60,7 @@ def send_time_figure(world: DemoWorld, settings: Settings, out: Path) -> Path:
         world.events, world.end, settings.features, consent=world.consent
     ).events
     timezones = world.profiles.set_index("profile_id")["timezone"]
-    model = SendTimeModel.from_settings(settings.send_time).fit(resolved, world.end, timezones)
+    model = SendTimeModel.from_settings(settings).fit(resolved, world.end, timezones)
     curves = model.local_curve_
     known = np.flatnonzero(model.basis_ == "profile")
     one = known[np.argmax(model.data_weight_[known])] if len(known) else 0

@@ -45,10 +45,10 @@ _LAZY = {
     "build_snapshots": "dmp_ml.models.propensity",
     "make_labels": "dmp_ml.models.propensity",
     "train_propensity": "dmp_ml.models.propensity",
-    "SendTimeDecision": "dmp_ml.send_time",
-    "SendTimeModel": "dmp_ml.send_time",
-    "best_send_time": "dmp_ml.send_time",
-    "evaluate_send_time": "dmp_ml.send_time",
+    "SendTimeDecision": "dmp_ml.models.send_time",
+    "SendTimeModel": "dmp_ml.models.send_time",
+    "best_send_time": "dmp_ml.models.send_time",
+    "evaluate_send_time": "dmp_ml.models.send_time",
     "Audience": "dmp_ml.expansion",
     "LookalikeModel": "dmp_ml.expansion",
     "ModelBundle": "dmp_ml.bundle",
@@ -75,14 +75,14 @@ if TYPE_CHECKING:  # pragma: no cover
         make_labels,
         train_propensity,
     )
-    from dmp_ml.pipeline import TrainResult, train
-    from dmp_ml.promotion import Promotion, promote
-    from dmp_ml.send_time import (
+    from dmp_ml.models.send_time import (
         SendTimeDecision,
         SendTimeModel,
         best_send_time,
         evaluate_send_time,
     )
+    from dmp_ml.pipeline import TrainResult, train
+    from dmp_ml.promotion import Promotion, promote
     from dmp_ml.settings import Settings, load_settings
 
 

@@ -273,7 +273,7 @@ class ModelBundle:
         from dmp_ml.expansion import LookalikeModel
         from dmp_ml.features import FeatureTable
         from dmp_ml.models.propensity import PropensityModel
-        from dmp_ml.send_time import SendTimeModel
+        from dmp_ml.models.send_time import SendTimeModel
 
         self.path = path
         self.manifest = manifest

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from dmp_ml.expansion import LookalikeModel
-    from dmp_ml.send_time import SendTimeModel
+    from dmp_ml.models.send_time import SendTimeModel
     from dmp_ml.tracking import TrainingData
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
 
 
 def _send_time_step(ctx: TrainContext) -> StepOutcome:
-    from dmp_ml.send_time import SendTimeModel, evaluate_send_time
+    from dmp_ml.models.send_time import SendTimeModel, evaluate_send_time
     from dmp_ml.tracking import log_metrics_run
 
     st = ctx.settings.send_time
@@ -198,11 +198,11 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
     resolved = ctx.builder.resolve(ctx.as_of).events
     resolved = resolved[resolved["profile_id"].isin(eligible)]
     train_part = resolved[resolved["event_time"] < cutoff]
-    before = SendTimeModel.from_settings(st).fit(train_part, cutoff, timezones)
+    before = SendTimeModel.from_settings(ctx.settings).fit(train_part, cutoff, timezones)
     evaluation = evaluate_send_time(
         before, resolved, timezones=timezones, training_events=train_part
     )
-    model = SendTimeModel.from_settings(st).fit(resolved, ctx.as_of, timezones)
+    model = SendTimeModel.from_settings(ctx.settings).fit(resolved, ctx.as_of, timezones)
     model.save(ctx.bundle_dir / "send_time")
     metrics = _flat_metrics(evaluation)
     charts, chart_metrics = _send_time_charts(before, resolved, st.evaluation_days)
@@ -257,7 +257,7 @@ def _send_time_charts(
     """
     from dmp_ml import metrics
     from dmp_ml.experiments import plot_hour_of_week
-    from dmp_ml.send_time import held_out
+    from dmp_ml.models.send_time import held_out
 
     held = held_out(model, events)
     charts: dict[str, Figure] = {

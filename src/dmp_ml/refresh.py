@@ -65,7 +65,6 @@ if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
     from dmp_ml.expansion import LookalikeModel
     from dmp_ml.mapping import ColumnMapping
-    from dmp_ml.send_time import SendTimeModel
 
 logger = logging.getLogger(__name__)
 
@@ -211,139 +210,6 @@ def _consent_records(
 
 
 # --------------------------------------------------------------------------- model edits
-
-
-def _span_hours(model: SendTimeModel) -> float:
-    """The activity-rate span of the fit, recovered from any profile's rate (activity kind)."""
-    s = float(model.rate_prior_strength)
-    g = max(float(model.global_rate_), 1e-12)
-    i = int(np.argmax(model.n_engagement_hours_)) if len(model.rate_) else 0
-    if not len(model.rate_) or model.rate_[i] <= 0:
-        return 1.0
-    return float((model.n_engagement_hours_[i] + s) / model.rate_[i] - s / g)
-
-
-def refresh_send_time(
-    model: SendTimeModel,
-    events: pd.DataFrame,
-    as_of: pd.Timestamp,
-    profile_ids: pd.Index,
-    timezones: pd.Series | None = None,
-    remove_ids: Iterable[str] = (),
-) -> int:
-    """Recompute the curves of ``profile_ids`` from their resolved ``events`` (in place).
-
-    The population parts of the fit stay as they are (see the module doc). New profiles are
-    added (zone from ``timezones`` when known, else UTC with the unknown-zone cohort);
-    ``remove_ids`` are dropped. Returns the number of curves written.
-    """
-    from dmp_ml import send_time as st
-
-    remove = pd.Index(list(remove_ids), dtype="string")
-    if len(remove):
-        hit = model.profile_ids_.isin(remove)
-        if hit.any():
-            model.take_profiles(np.flatnonzero(~hit))
-    ids = pd.Index(profile_ids, dtype="string")
-    if len(ids) == 0:
-        return 0
-    raw = st._extract(events, as_of, model.non_engagement_events)
-    codes = ids.get_indexer(pd.Index(raw["profile_id"], dtype="string"))
-    as_of_sec = int(as_of.value // 1_000_000_000)
-    ev = st._evidence(raw, codes, as_of_sec, model.machine_open_seconds, model.machine_open_weight)
-    n = len(ids)
-    existing = model.profile_ids_.get_indexer(ids)
-    old = existing >= 0
-    zones = list(model.zones_)
-    cohorts = list(model.cohorts_)
-    cohort_shapes = np.asarray(model.cohort_shapes_, dtype=np.float64)
-
-    def zone(name: str) -> int:
-        if name not in zones:
-            zones.append(name)
-        return zones.index(name)
-
-    def cohort(name: str) -> int:
-        nonlocal cohort_shapes
-        if name not in cohorts:
-            cohorts.append(name)
-            cohort_shapes = np.vstack([cohort_shapes, np.asarray(model.global_shape_)[None, :]])
-        return cohorts.index(name)
-
-    zone_code = np.zeros(n, dtype=np.int64)
-    source = np.zeros(n, dtype=np.int64)
-    cohort_code = np.zeros(n, dtype=np.int64)
-    zone_code[old] = model.zone_code_[existing[old]]
-    source[old] = model.timezone_source_code_[existing[old]]
-    cohort_code[old] = model.cohort_code_[existing[old]]
-    for i in np.flatnonzero(~old):
-        tz = None
-        if timezones is not None and ids[i] in timezones.index:
-            value = timezones.loc[ids[i]]
-            tz = str(value) if not _missing(value) and st._valid_zone(value) else None
-        if tz is None:
-            zone_code[i], source[i], cohort_code[i] = zone("UTC"), 2, cohort(st._UNKNOWN_COHORT)
-        else:
-            zone_code[i], source[i], cohort_code[i] = zone(tz), 0, cohort(tz)
-    counts = st._count(ev, n, zone_code, st._ZoneConverter(zones))
-    s = float(model.rate_prior_strength)
-    sends_tot = counts.sends.sum(axis=1)
-    resp_tot = counts.responses.sum(axis=1)
-    act_tot = counts.activity.sum(axis=1)
-    if model.probability_kind_ == "rate":
-        g = float(model.global_rate_)
-        rate = (resp_tot + s * g) / (sends_tot + s)
-        expo = rate[:, None] * counts.sends
-    else:
-        g = max(float(model.global_rate_), 1e-12)
-        hours = _span_hours(model) + (as_of - model.as_of_).total_seconds() / 3600.0
-        rate = (act_tot + s) / (max(hours, 1.0) + s / g)
-        expo = np.zeros_like(counts.sends)
-    kernel = st._kernel(model.bandwidth_, model.day_pooling_)
-    w = float(model.activity_weight_)
-    ys = np.maximum(
-        st._smooth(counts.responses, kernel) + w * st._smooth(counts.activity, kernel), 0
-    )
-    es = np.maximum(st._smooth(expo, kernel), 0.0) + w * (act_tot / st.HOURS_PER_WEEK)[:, None]
-    a_bin = float(model.prior_strength_) / st.HOURS_PER_WEEK
-    prior = cohort_shapes[cohort_code]
-    a = a_bin * prior + ys
-    b = a_bin + es
-    shape = a / b
-    shape_sd = np.sqrt(a) / b
-    sharp = float(model.sharpness_)
-    if sharp != 1.0:
-        powered = shape**sharp
-        scale = powered.mean(axis=1, keepdims=True)
-        shape_sd = sharp * shape ** (sharp - 1.0) * shape_sd / scale
-        shape = powered / scale
-    weight = es.sum(axis=1) / b.sum(axis=1)
-    basis = np.where(
-        weight >= model.basis_profile_min_weight, 0, np.where(source == 2, 2, 1)
-    ).astype(np.int8)
-    rows = {
-        "zone_code_": zone_code,
-        "timezone_source_code_": source.astype(np.int8),
-        "cohort_code_": cohort_code,
-        "basis_code_": basis,
-        "rate_": rate,
-        "data_weight_": weight,
-        "n_engagement_hours_": act_tot,
-        "n_sends_": sends_tot,
-        "local_shape_": shape.astype(np.float32),
-        "local_shape_sd_": shape_sd.astype(np.float32),
-    }
-    model.zones_ = zones
-    model.cohorts_ = cohorts
-    model.cohort_shapes_ = cohort_shapes
-    for name, values in rows.items():
-        current = np.array(getattr(model, name), copy=True)
-        current[existing[old]] = values[old].astype(current.dtype, copy=False)
-        setattr(model, name, np.concatenate([current, values[~old].astype(current.dtype)]))
-    all_ids = model.profile_ids_.append(pd.Index(ids[~old], dtype="string"))
-    model.profile_ids_ = pd.Index(all_ids, name="profile_id")
-    model.take_profiles(np.argsort(model.profile_ids_.to_numpy(dtype=object), kind="stable"))
-    return n
 
 
 def refresh_lookalike(
@@ -695,14 +561,7 @@ class Refresher:
 
         # send-time curves
         if bundle.send_time_model is not None:
-            resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
-            mine = resolved["profile_id"].astype("string").isin(out).to_numpy(bool)
-            picked = resolved.loc[mine].assign(
-                profile_id=resolved.loc[mine, "profile_id"].astype("string")
-            )
-            refresh_send_time(
-                bundle.send_time_model, picked, as_of, out, timezones, remove_ids=removed
-            )
+            bundle.send_time_model.update(change)
         lap("send_time")
 
         # lookalike vectors

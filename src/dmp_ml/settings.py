@@ -99,7 +99,7 @@ class PropensitySettings(_Section):
 
 
 class SendTimeSettings(_Section):
-    """Send-time curves (see dmp_ml.send_time.SendTimeModel for the meaning of each)."""
+    """Send-time curves (see dmp_ml.models.send_time.SendTimeModel for the meaning of each)."""
 
     # candidates searched on the internal held-out period (a one-element list fixes the value)
     prior_strength_candidates: list[float] = Field(

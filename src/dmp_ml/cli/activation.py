@@ -242,8 +242,8 @@ def affinity(
     import pandas as pd
 
     from dmp_ml import activation
-    from dmp_ml.models import affinity as aff
     from dmp_ml.bundle import load_bundle
+    from dmp_ml.models import affinity as aff
 
     bundle = load_bundle(workdir)
     if ids is not None:

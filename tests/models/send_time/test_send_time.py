@@ -15,7 +15,7 @@ from dmp_ml.errors import (
     RequestError,
     UnknownProfileError,
 )
-from dmp_ml.send_time import SendTimeDecision, SendTimeModel, evaluate_send_time
+from dmp_ml.models.send_time import SendTimeDecision, SendTimeModel, evaluate_send_time
 from dmp_ml.settings import Settings
 
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday
@@ -390,7 +390,7 @@ def test_save_load_round_trip(world: dict, tmp_path) -> None:
 
 def test_from_settings_and_default_quiet_hours(world: dict) -> None:
     settings = Settings(send_time={"default_quiet_hours": [18, 21], "n_alternatives": 1})
-    model = SendTimeModel.from_settings(settings.send_time)
+    model = SendTimeModel.from_settings(settings)
     assert model.default_quiet_hours == (18, 21) and model.n_alternatives == 1
     fitted = copy.deepcopy(world["model"]).set_params(default_quiet_hours=(18, 21))
     frame = fitted.best_send_time(["alice"], window_start="2026-03-02T12:00:00Z").frame
@@ -443,6 +443,4 @@ def test_evaluation_beats_baselines_on_planted_world() -> None:
 
 
 def test_settings_defaults_match_model_defaults() -> None:
-    assert SendTimeModel.from_settings(Settings().send_time).get_params() == (
-        SendTimeModel().get_params()
-    )
+    assert SendTimeModel.from_settings(Settings()).get_params() == (SendTimeModel().get_params())

@@ -1,0 +1,432 @@
+"""The evidence behind a send-time curve and the curve's posterior.
+
+From resolved events to per-profile counts in local hour of week (email sends with their
+response weight, engagement hours), the circular smoothing kernel (Gaussian over hours plus day
+pooling), pooling per cohort and over the population, the Gamma-Poisson posterior of the
+relative intensity, the response / activity rates, and the probability with its calibration.
+Everything here is plain arrays; :class:`~dmp_ml.models.send_time.model.SendTimeModel` holds
+the fitted state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+from dmp_ml.errors import DataContractError
+
+if TYPE_CHECKING:
+    from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
+
+HOURS_PER_WEEK = 168
+BASES = ("profile", "cohort", "global")
+"""What a profile's curve rests on: its own data, its zone cohort, or the population."""
+CALIBRATION_LAG = 2 * 86_400
+"""Calibration uses held-out sends at least this old (seconds), so they could be answered."""
+_EMAIL_SEND = "email_send"
+_EMAIL_RESPONSES = ("email_open", "email_click")
+_REQUIRED_COLUMNS = ("event_time", "profile_id", "event_type", "campaign_id")
+_P_EPS = 1e-4
+_CALIBRATION_MIN_SENDS = 200
+_CALIBRATION_MIN_POSITIVES = 20
+
+
+@dataclass
+class Evidence:
+    """Raw per-profile evidence before local-time conversion (seconds since the epoch)."""
+
+    send_p: np.ndarray
+    send_sec: np.ndarray
+    send_resp: np.ndarray  # response weight per send: 0, machine weight or 1
+    act_p: np.ndarray
+    act_sec: np.ndarray  # one row per profile and clock hour with engagement
+
+
+@dataclass
+class Counts:
+    """Per-profile counts in local hour of week, shape (n_profiles, 168)."""
+
+    sends: np.ndarray
+    responses: np.ndarray
+    activity: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# evidence
+
+
+def extract(
+    events: pd.DataFrame, as_of: pd.Timestamp | None, non_engagement: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Numpy arrays of the rows that matter (profile set, before ``as_of`` when given)."""
+    missing = [c for c in _REQUIRED_COLUMNS if c not in events.columns]
+    if missing:
+        raise DataContractError(f"events lack column(s) {', '.join(missing)}")
+    times = events["event_time"]
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):
+        raise DataContractError("events.event_time must be a tz-aware datetime column")
+    keep = events["profile_id"].notna().to_numpy() & times.notna().to_numpy()
+    sec = times[keep].dt.tz_convert("UTC").dt.as_unit("s").astype("int64").to_numpy()
+    if as_of is not None:
+        before = sec < int(as_of.value // 1_000_000_000)
+        keep[np.flatnonzero(keep)[~before]] = False
+        sec = sec[before]
+    frame = events.loc[keep, ["profile_id", "event_type", "campaign_id"]]
+    etype = frame["event_type"].astype("string")
+    is_send = (etype == _EMAIL_SEND).fillna(False).to_numpy(bool)
+    is_resp = etype.isin(_EMAIL_RESPONSES).fillna(False).to_numpy(bool)
+    is_other = ~(is_send | is_resp) & ~etype.isin(list(non_engagement)).fillna(True).to_numpy(bool)
+    campaign = frame["campaign_id"].astype("string")
+    camp_codes, _ = pd.factorize(campaign, use_na_sentinel=True)
+    return {
+        "profile_id": frame["profile_id"].astype("string").to_numpy(dtype=object),
+        "sec": sec,
+        "is_send": is_send,
+        "is_resp": is_resp,
+        "is_other": is_other,
+        "campaign": camp_codes.astype(np.int64),
+    }
+
+
+def max_sec(raw: dict[str, np.ndarray]) -> int:
+    return int(raw["sec"].max()) if len(raw["sec"]) else 0
+
+
+def evidence(
+    raw: dict[str, np.ndarray],
+    codes: np.ndarray,
+    end_sec: int,
+    machine_seconds: float,
+    machine_weight: float,
+    start_sec: int | None = None,
+) -> Evidence:
+    """Sends with response weights, and engagement hours, for rows with time < ``end_sec``.
+
+    With ``start_sec``, engagement hours are restricted to ``[start_sec, end_sec)`` while sends
+    from any earlier time are still used to recognise machine opens.
+    """
+    sec = raw["sec"]
+    ok = (codes >= 0) & (sec < end_sec)
+    n_camp = int(raw["campaign"].max()) + 2 if len(raw["campaign"]) else 1
+    # sends: first send per (profile, campaign)
+    s = ok & raw["is_send"] & (raw["campaign"] >= 0)
+    sp, ssec, sc = codes[s], sec[s], raw["campaign"][s]
+    skey = sp * n_camp + sc
+    order = np.lexsort((ssec, skey))
+    skey, sp, ssec = skey[order], sp[order], ssec[order]
+    first = np.r_[True, skey[1:] != skey[:-1]] if len(skey) else np.zeros(0, bool)
+    skey, sp, ssec = skey[first], sp[first], ssec[first]
+    # responses linked to their send
+    r = ok & raw["is_resp"]
+    rp, rsec, rc = codes[r], sec[r], raw["campaign"][r]
+    rkey = rp * n_camp + np.where(rc >= 0, rc, n_camp - 1)
+    idx = np.searchsorted(skey, rkey)
+    idx_c = np.minimum(idx, max(len(skey) - 1, 0))
+    matched = (len(skey) > 0) & (rc >= 0)
+    if len(skey):
+        matched = matched & (skey[idx_c] == rkey) & (rsec >= ssec[idx_c])
+    else:
+        matched = np.zeros(len(rkey), bool)
+    delay = np.where(matched, rsec - (ssec[idx_c] if len(skey) else 0), np.inf)
+    human = delay >= machine_seconds  # unmatched responses count as human activity
+    weight = np.where(human, 1.0, machine_weight)
+    resp = np.zeros(len(skey))
+    if matched.any():
+        np.maximum.at(resp, idx_c[matched], weight[matched])
+    # engagement hours: other engagement events and human responses at their own hour
+    a = ok & raw["is_other"]
+    act_p = np.concatenate([codes[a], rp[human]])
+    act_sec = np.concatenate([sec[a], rsec[human]])
+    if start_sec is not None:
+        keep = act_sec >= start_sec
+        act_p, act_sec = act_p[keep], act_sec[keep]
+    if len(act_p):
+        hour = act_sec // 3600
+        key = act_p * (int(hour.max() - hour.min()) + 1) + (hour - hour.min())
+        _, first_idx = np.unique(key, return_index=True)
+        act_p, act_sec = act_p[first_idx], act_sec[first_idx]
+    return Evidence(sp, ssec, resp, act_p.astype(np.int64), act_sec.astype(np.int64))
+
+
+def count_hours(ev: Evidence, n: int, zone_code: np.ndarray, conv: ZoneConverter) -> Counts:
+    size = n * HOURS_PER_WEEK
+    sh = conv.local_how(ev.send_sec, zone_code[ev.send_p])
+    ah = conv.local_how(ev.act_sec, zone_code[ev.act_p])
+    skey = ev.send_p * HOURS_PER_WEEK + sh
+    sends = np.bincount(skey, minlength=size).astype(float).reshape(n, HOURS_PER_WEEK)
+    resp = np.bincount(skey, weights=ev.send_resp, minlength=size).reshape(n, HOURS_PER_WEEK)
+    act = np.bincount(ev.act_p * HOURS_PER_WEEK + ah, minlength=size).astype(float)
+    return Counts(sends, resp, act.reshape(n, HOURS_PER_WEEK))
+
+
+def rates(
+    counts: Counts, kind: str, strength: float, span_hours: float
+) -> tuple[np.ndarray, float]:
+    """Per-profile response rate per send (``rate``) or activity rate per hour (``activity``)."""
+    if kind == "rate":
+        sends = counts.sends.sum(axis=1)
+        resp = counts.responses.sum(axis=1)
+        g = resp.sum() / sends.sum()
+        return (resp + strength * g) / (sends + strength), float(g)
+    act = counts.activity.sum(axis=1)
+    hours = max(span_hours, 1.0)
+    g = act.sum() / (len(act) * hours)
+    return (act + strength) / (hours + strength / max(g, 1e-12)), float(g)
+
+
+def span_hours(raw: dict[str, np.ndarray], as_of_sec: int) -> float:
+    if not len(raw["sec"]):
+        return 1.0
+    return (as_of_sec - int(raw["sec"].min())) / 3600.0
+
+
+def probability(
+    shape: np.ndarray,
+    shape_sd: np.ndarray,
+    rate: np.ndarray,
+    kind: str,
+    calibration: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The curve and its sd from the intensity posterior; see the module doc."""
+    # (a probability's sd never exceeds 0.5: the delta method can, with very little data)
+    if kind == "rate":
+        p = rate[:, None] * shape
+        sd = rate[:, None] * shape_sd
+        if calibration is None:
+            return np.clip(p, 0.0, 1.0), np.minimum(sd, 0.5)
+        raw = np.clip(p, _P_EPS, 1.0 - _P_EPS)
+        z = calibration["intercept"] + calibration["slope"] * np.log(raw / (1.0 - raw))
+        cal = 1.0 / (1.0 + np.exp(-z))
+        # delta method through the monotone calibration map
+        sd = sd * calibration["slope"] * cal * (1.0 - cal) / (raw * (1.0 - raw))
+        return cal, np.minimum(sd, 0.5)
+    lam = rate[:, None] * shape
+    p = 1.0 - np.exp(-lam)
+    return p, np.minimum(rate[:, None] * np.exp(-lam) * shape_sd, 0.5)
+
+
+def fit_calibration(raw: np.ndarray, outcome: np.ndarray) -> dict[str, float] | None:
+    """Platt scaling of P(human response | send): ``logit p = a + b * logit raw`` (b > 0).
+
+    The posterior curve is built from engagement *shape* times an average response rate, so its
+    level drifts with time and its contrast follows activity more than responses; two
+    parameters fitted on the held-out sends fix both without changing any ranking (a logistic
+    regression of the outcome on ``logit raw``). None when there are too few sends or
+    responses, every send was answered, or the fit is not increasing.
+    """
+    y = outcome.astype(float)
+    if len(y) < _CALIBRATION_MIN_SENDS or y.sum() < _CALIBRATION_MIN_POSITIVES or y.all():
+        return None
+    clipped = np.clip(raw, _P_EPS, 1.0 - _P_EPS)
+    x = np.log(clipped / (1.0 - clipped))
+    # maximum likelihood (C large: a negligible ridge on the slope); a two-parameter fit gains
+    # nothing from threads, which only spin on a busy machine
+    platt = LogisticRegression(C=1e6, solver="newton-cholesky", tol=1e-10, max_iter=100)
+    with threadpool_limits(limits=1):
+        platt.fit(x[:, None], y)
+    beta = np.array([platt.intercept_[0], platt.coef_[0, 0]])
+    if not np.all(np.isfinite(beta)) or beta[1] <= 0:
+        return None
+    return {
+        "intercept": float(beta[0]),
+        "slope": float(beta[1]),
+        "n_sends": int(len(y)),
+        "responses": int(y.sum()),
+        "mean_raw": float(raw.mean()),
+        "mean_observed": float(y.mean()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# shrinkage
+
+
+def kernel(bandwidth: float, day_pooling: float) -> np.ndarray:
+    """Circular smoothing kernel over the 168 hours (sums to 1)."""
+    d = np.arange(HOURS_PER_WEEK)
+    d = np.minimum(d, HOURS_PER_WEEK - d).astype(float)
+    base = (d == 0).astype(float) if bandwidth <= 0 else np.exp(-0.5 * (d / bandwidth) ** 2)
+    base /= base.sum()
+    k = base.copy()
+    for day in range(1, 7):
+        k += day_pooling * np.roll(base, 24 * day)
+    return k / k.sum()
+
+
+def smooth(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Circular convolution of each row of ``x`` with ``kernel`` (FFT)."""
+    fk = np.fft.rfft(kernel)
+    return np.fft.irfft(np.fft.rfft(x, axis=1) * fk[None, :], n=HOURS_PER_WEEK, axis=1)
+
+
+@dataclass
+class Pooled:
+    """Unsmoothed evidence per profile, summed per cohort and over the global pool.
+
+    ``resp``: weighted responses at send hour; ``act``: engagement hours; ``expo``: sends times
+    the profile's response rate (expected responses if the intensity were flat); ``mu``: mean
+    engagement hours per hour-of-week bin.
+    """
+
+    resp: np.ndarray
+    act: np.ndarray
+    expo: np.ndarray
+    mu: np.ndarray
+    cohort: dict[str, np.ndarray]
+    pool: dict[str, np.ndarray]
+
+
+def pool_counts(
+    counts: Counts,
+    cohort_code: np.ndarray,
+    n_cohorts: int,
+    source: np.ndarray,
+    rate_strength: float,
+) -> Pooled:
+    sends_tot = counts.sends.sum(axis=1)
+    resp_tot = counts.responses.sum(axis=1)
+    g = resp_tot.sum() / sends_tot.sum() if sends_tot.sum() > 0 else 0.0
+    rate = (resp_tot + rate_strength * g) / (sends_tot + rate_strength)
+    expo = rate[:, None] * counts.sends
+    mu = counts.activity.sum(axis=1) / HOURS_PER_WEEK
+    # the global pool: profiles whose zone is known or inferred (their local time is
+    # meaningful) when there are any
+    located = source != 2
+    if counts.activity[located].sum() + counts.responses[located].sum() <= 0:
+        located = np.ones(len(source), bool)
+    parts = {"resp": counts.responses, "act": counts.activity, "expo": expo}
+    cohort = {key: group_sum(value, cohort_code, n_cohorts) for key, value in parts.items()}
+    cohort["mu"] = np.bincount(cohort_code, weights=mu, minlength=n_cohorts)
+    pool = {key: value[located].sum(axis=0) for key, value in parts.items()}
+    pool["mu"] = np.array(mu[located].sum())
+    return Pooled(counts.responses, counts.activity, expo, mu, cohort, pool)
+
+
+def smooth_parts(
+    pooled: Pooled, rows: np.ndarray | None, rho: float, bandwidth: float
+) -> dict[str, dict[str, np.ndarray]]:
+    """Circularly smoothed responses, engagement hours and exposures (linear, so cohort and
+    pool sums are smoothed after summing, over hours only: a population has data enough for its
+    own day-of-week pattern)."""
+    k = kernel(bandwidth, rho)
+    k_pop = kernel(bandwidth, 0.0)
+    take = (lambda x: x) if rows is None else (lambda x: x[rows])
+
+    def parts(
+        kernel: np.ndarray, resp: np.ndarray, act: np.ndarray, expo: np.ndarray, mu: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        return {
+            "resp": smooth(np.atleast_2d(resp), kernel),
+            "act": smooth(np.atleast_2d(act), kernel),
+            "expo": smooth(np.atleast_2d(expo), kernel),
+            "mu": np.reshape(mu, (-1, 1)),
+        }
+
+    return {
+        "rows": parts(k, take(pooled.resp), take(pooled.act), take(pooled.expo), take(pooled.mu)),
+        "cohort": parts(k_pop, **pooled.cohort),
+        "pool": parts(k_pop, **pooled.pool),
+    }
+
+
+def smoothed(parts: dict[str, dict[str, np.ndarray]], activity_weight: float) -> dict:
+    """Smoothed successes Y and exposures E for the rows, the cohorts and the global pool.
+
+    Y = responses + w * engagement hours, E = rate * sends + w * mean engagement per bin, so
+    that Y / E estimates the relative intensity s(h) (mean 1).
+    """
+    w = activity_weight
+
+    def ye(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        y = np.maximum(p["resp"] + w * p["act"], 0.0)
+        e = np.maximum(p["expo"], 0.0) + w * p["mu"]
+        return y, e
+
+    ys, es = ye(parts["rows"])
+    cy, ce = ye(parts["cohort"])
+    gy, ge = ye(parts["pool"])
+    glob = np.where(ge[0] > 0, gy[0] / np.where(ge[0] > 0, ge[0], 1.0), 0.0)
+    if glob.mean() > 0:
+        glob = unit_mean(np.maximum(glob, 1e-3 * glob.mean()))
+    else:
+        glob = np.ones(HOURS_PER_WEEK)
+    return {"y": ys, "e": es, "cohort_y": cy, "cohort_e": ce, "global": glob}
+
+
+def shapes(
+    sm: dict[str, np.ndarray],
+    cohort_code: np.ndarray,
+    alpha: float,
+    beta: float,
+    mixture: ZoneMixture | None = None,
+    source: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+    sharpness: float = 1.0,
+    with_sd: bool = True,
+) -> dict[str, np.ndarray]:
+    """Gamma-Poisson posterior of the relative intensity, profile -> cohort -> global.
+
+    ``sm`` holds the smoothed evidence of the profiles at hand (``cohort_code`` and ``source``
+    row-aligned with it; ``rows`` their positions among all profiles, for the zone mixture).
+    ``alpha`` and ``beta`` are prior strengths in pseudo engagement events per week, spread
+    over the 168 hours. Profiles left in UTC take the zone ``mixture`` prior when given.
+    ``sharpness`` raises the posterior mean curve to a power (1: unchanged; ranking kept).
+    Without ``with_sd`` only the (unnormalised, when sharpened) ``shape`` is returned.
+    """
+    a_bin, b_bin = alpha / HOURS_PER_WEEK, beta / HOURS_PER_WEEK
+    cohort = unit_mean((b_bin * sm["global"][None, :] + sm["cohort_y"]) / (b_bin + sm["cohort_e"]))
+    ys, es = sm["y"], sm["e"]
+    prior = cohort[cohort_code]
+    if mixture is not None and source is not None:
+        utc = np.flatnonzero(source == 2)
+        if len(utc):
+            where = utc if rows is None else rows[utc]
+            mixed = mixture.prior(cohort, sm["global"], where)
+            prior[utc] = unit_mean(np.maximum(mixed, 1e-12))
+    a = a_bin * prior + ys
+    b = a_bin + es
+    shape = a / b
+    if not with_sd:
+        return {"shape": shape if sharpness == 1.0 else shape**sharpness}
+    shape_sd = np.sqrt(a) / b
+    if sharpness != 1.0:
+        # calibration of the curve's contrast (smoothing flattens peaks; little data may
+        # over-sharpen them): s -> s**tau, back to mean 1; sd by the delta method
+        powered = shape**sharpness
+        scale = powered.mean(axis=1, keepdims=True)
+        shape_sd = sharpness * shape ** (sharpness - 1.0) * shape_sd / scale
+        shape = powered / scale
+    return {
+        "shape": shape,
+        "shape_sd": shape_sd,
+        "global_shape": sm["global"],
+        "cohort_shapes": cohort,
+        "data_weight": es.sum(axis=1) / b.sum(axis=1),
+    }
+
+
+def group_sum(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum the rows of ``values`` (n, k) per group code: (n_groups, k). No BLAS (threads spin)."""
+    order = np.argsort(group, kind="stable")
+    counts = np.bincount(group, minlength=n_groups)
+    out = np.zeros((n_groups, values.shape[1]))
+    present = counts > 0
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
+    out[present] = np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
+def unit_mean(x: np.ndarray) -> np.ndarray:
+    m = x.mean(axis=-1, keepdims=True)
+    return x / np.where(m > 0, m, 1.0)
+
+
+def daily(q: np.ndarray) -> np.ndarray:
+    """Sum a (n, 168) curve over the seven days: (n, 24) by hour of day."""
+    return q.reshape(q.shape[0], 7, 24).sum(axis=1)

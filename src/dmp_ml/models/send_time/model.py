@@ -1,0 +1,786 @@
+"""The send-time estimator: per-profile 168-hour engagement curves, fitted, saved, refreshed.
+
+:class:`SendTimeModel` owns the lifecycle (``from_settings``, ``fit``, ``save`` / ``load``,
+``update`` for near-real-time refresh, ``forget`` for erasure); the maths lives in
+:mod:`.curves` (evidence, smoothing, shrinkage), :mod:`.zones` (time zones),
+:mod:`.selection` (hyper-parameters and calibration on an internal time split) and
+:mod:`.decision` (the serving decision). See the package documentation for the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+
+from dmp_ml.errors import BundleError, DataContractError, InsufficientDataError, RequestError
+from dmp_ml.models.send_time import curves
+from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
+from dmp_ml.models.send_time.decision import (
+    SendTimeDecision,
+    best_send_time,
+    check_quiet_hours,
+    utc_timestamp,
+)
+from dmp_ml.models.send_time.selection import select
+from dmp_ml.models.send_time.zones import (
+    TIMEZONE_SOURCES,
+    ZoneConverter,
+    assign_zones,
+    known_zones,
+    profile_universe,
+    valid_zone,
+)
+
+if TYPE_CHECKING:
+    from dmp_ml.models.base import ProfileUpdate
+    from dmp_ml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+_UNKNOWN_COHORT = "__unknown__"
+_FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
+
+
+class SendTimeModel(BaseEstimator):
+    """Per-profile 168-hour send-time curves with hierarchical shrinkage.
+
+    Parameters
+    ----------
+    prior_strength_candidates : sequence of float
+        Candidate profile -> cohort shrinkage strengths, in pseudo engagement events per week
+        (spread over the 168 hours like the prior curve).
+    cohort_strength_candidates : sequence of float
+        Candidate cohort -> global shrinkage strengths, same unit.
+    day_pooling_candidates : sequence of float
+        Candidate weights in [0, 1] of the same hour on the other six days when smoothing.
+    bandwidth_candidates : sequence of float
+        Candidate standard deviations (hours) of the circular Gaussian smoothing.
+    machine_open_seconds : float
+        A response this soon after its send is treated as a likely machine open.
+    machine_open_weight : float
+        Weight of such a response (a human response weighs 1).
+    activity_weight_candidates : sequence of float
+        Candidate weights of one engagement hour relative to one email response.
+    sharpness_candidates : sequence of float
+        Candidate powers applied to the posterior curve (contrast calibration; 1 = none).
+    rate_prior_strength : float
+        Pseudo-sends shrinking a profile's response rate to the population's.
+    n_alternatives : int
+        Next-best send times returned by :meth:`best_send_time`.
+    default_quiet_hours : (int, int) or None
+        Local quiet hours used when the caller gives none, ``[start, end)``; may wrap midnight.
+    holdout_days : float
+        Length of the internal held-out period (end of the training data) for model selection.
+    basis_profile_min_weight : float
+        Minimum share of a profile's curve that comes from its own data for ``basis="profile"``.
+    tz_min_events : int
+        Minimum engagement hours before a time zone is inferred from behaviour.
+    tz_min_posterior : float
+        Minimum posterior of the best UTC offset (uniform prior over candidates) to infer a zone.
+    tz_candidates : sequence of str or None
+        Zones considered for inference; None means every known zone of the training profiles.
+    non_engagement_events : sequence of str
+        Event types that are not engagement (besides email sends, handled as exposure).
+
+    Attributes
+    ----------
+    as_of_ : Timestamp
+        Training cutoff (UTC).
+    profile_ids_ : Index
+        Profiles with a curve (sorted): every profile with events before ``as_of``, plus the
+        profiles listed in ``timezones``.
+    local_shape_, local_shape_sd_ : ndarray (n_profiles, 168), float32
+        Posterior relative intensity (mean 1) per local hour of week, and its sd.
+    local_curve_, local_curve_sd_ : ndarray (n_profiles, 168)
+        Calibrated P(engage | send at local hour of week h) and its sd (derived).
+    curve_, curve_sd_ : ndarray (n_profiles, 168)
+        The same in UTC hour of week (hour 0 = Monday 00:00 UTC), zone offsets at ``as_of``.
+    timing_ : ndarray (n_profiles, 168)
+        ``local_shape_`` normalised over the week: when the profile engages.
+    best_hour_, best_local_hour_ : ndarray (n_profiles,)
+        Best UTC / local hour of week.
+    timezone_, timezone_source_, basis_ : ndarray of str (n_profiles,)
+        Zone used; ``known`` / ``inferred`` / ``utc``; ``profile`` / ``cohort`` / ``global``.
+    data_weight_ : ndarray (n_profiles,)
+        Share of the curve that comes from the profile's own evidence (drives ``basis``).
+    rate_, global_rate_ : per-profile and population response rate per send (or activity rate
+        per hour when ``probability_kind_ == "activity"``).
+    calibration_ : dict or None
+        Platt parameters of the probability, fitted on the internal held-out sends.
+    prior_strength_, cohort_strength_, day_pooling_, bandwidth_, activity_weight_, sharpness_
+        The selected hyper-parameters; ``selection_`` holds the held-out scores of every
+        combination tried.
+    """
+
+    name: ClassVar[str] = "send_time"
+    """The model's directory in a bundle and its step in the manifest."""
+
+    def __init__(
+        self,
+        prior_strength_candidates: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
+        cohort_strength_candidates: Sequence[float] = (30.0, 300.0, 3000.0),
+        day_pooling_candidates: Sequence[float] = (0.1, 0.3, 1.0),
+        bandwidth_candidates: Sequence[float] = (1.0, 1.5, 2.5),
+        machine_open_seconds: float = 120.0,
+        machine_open_weight: float = 0.1,
+        activity_weight_candidates: Sequence[float] = (0.5, 1.0, 2.0, 4.0, 8.0),
+        sharpness_candidates: Sequence[float] = (0.8, 1.0, 1.25, 1.5, 2.0),
+        rate_prior_strength: float = 5.0,
+        n_alternatives: int = 3,
+        default_quiet_hours: tuple[int, int] | None = None,
+        holdout_days: float = 21.0,
+        basis_profile_min_weight: float = 0.3,
+        tz_min_events: int = 8,
+        tz_min_posterior: float = 0.8,
+        tz_candidates: Sequence[str] | None = None,
+        non_engagement_events: Sequence[str] = (
+            "ad_impression",
+            "email_bounce",
+            "email_unsubscribe",
+            "email_delivered",
+        ),
+    ) -> None:
+        self.prior_strength_candidates = prior_strength_candidates
+        self.cohort_strength_candidates = cohort_strength_candidates
+        self.day_pooling_candidates = day_pooling_candidates
+        self.bandwidth_candidates = bandwidth_candidates
+        self.machine_open_seconds = machine_open_seconds
+        self.machine_open_weight = machine_open_weight
+        self.activity_weight_candidates = activity_weight_candidates
+        self.sharpness_candidates = sharpness_candidates
+        self.rate_prior_strength = rate_prior_strength
+        self.n_alternatives = n_alternatives
+        self.default_quiet_hours = default_quiet_hours
+        self.holdout_days = holdout_days
+        self.basis_profile_min_weight = basis_profile_min_weight
+        self.tz_min_events = tz_min_events
+        self.tz_min_posterior = tz_min_posterior
+        self.tz_candidates = tz_candidates
+        self.non_engagement_events = non_engagement_events
+
+    # ---------------------------------------------------------------- construction helpers
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendTimeModel:
+        """An unfitted model configured from ``settings.send_time``."""
+        st = settings.send_time
+        quiet = st.default_quiet_hours
+        return cls(
+            prior_strength_candidates=tuple(st.prior_strength_candidates),
+            cohort_strength_candidates=tuple(st.cohort_strength_candidates),
+            day_pooling_candidates=tuple(st.day_pooling_candidates),
+            bandwidth_candidates=tuple(st.bandwidth_candidates),
+            machine_open_seconds=st.machine_open_seconds,
+            machine_open_weight=st.machine_open_weight,
+            activity_weight_candidates=tuple(st.activity_weight_candidates),
+            sharpness_candidates=tuple(st.sharpness_candidates),
+            rate_prior_strength=st.rate_prior_strength,
+            n_alternatives=st.n_alternatives,
+            default_quiet_hours=tuple(quiet) if quiet is not None else None,
+            holdout_days=st.holdout_days,
+            basis_profile_min_weight=st.basis_profile_min_weight,
+            tz_min_events=st.tz_min_events,
+            tz_min_posterior=st.tz_min_posterior,
+            tz_candidates=tuple(st.tz_candidates) if st.tz_candidates else None,
+            non_engagement_events=tuple(st.non_engagement_events),
+        )
+
+    def fit(
+        self,
+        events: pd.DataFrame,
+        as_of: pd.Timestamp | str,
+        timezones: pd.Series | None = None,
+    ) -> SendTimeModel:
+        """Fit the curves from resolved events strictly before ``as_of``.
+
+        Parameters
+        ----------
+        events : DataFrame
+            Canonical events whose ``profile_id`` is the resolved profile (rows with a missing
+            ``profile_id`` are ignored), restricted to eligible profiles.
+        as_of : Timestamp
+            Training cutoff (UTC; a naive value is read as UTC). Only events before it are used.
+        timezones : Series, optional
+            IANA time zone per profile (index ``profile_id``); NA or invalid names count as
+            unknown. Profiles listed here without events still get a (cohort) curve.
+        """
+        self._check_params()
+        as_of_ts = utc_timestamp(as_of, "as_of", DataContractError)
+        raw = curves.extract(events, as_of_ts, self.non_engagement_events)
+        profile_index = profile_universe(raw["profile_id"], timezones)
+        if len(profile_index) == 0:
+            raise InsufficientDataError("send time: no profile has events before as_of")
+        codes = profile_index.get_indexer(raw["profile_id"])
+        as_of_sec = int(as_of_ts.value // 1_000_000_000)
+        full = curves.evidence(
+            raw, codes, as_of_sec, self.machine_open_seconds, self.machine_open_weight
+        )
+        if len(full.act_p) == 0 and len(full.send_p) == 0:
+            raise InsufficientDataError("send time: no engagement events before as_of")
+        n = len(profile_index)
+
+        # ---- time zones: known, inferred from behaviour, else UTC
+        known = known_zones(profile_index, timezones)
+        zone_of, source, mixture = assign_zones(
+            known, full, as_of_sec, self.tz_candidates, self.tz_min_events, self.tz_min_posterior
+        )
+        zones, zone_code = np.unique(zone_of, return_inverse=True)
+        zones = [str(z) for z in zones]
+        zone_code = zone_code.astype(np.int64)
+        # cohorts are zones; profiles of unknown zone form a cohort of their own
+        cohort_key = np.where(source == 2, _UNKNOWN_COHORT, zone_of)
+        cohort_names, cohort_code = np.unique(cohort_key, return_inverse=True)
+        cohort_names = [str(c) for c in cohort_names]
+        converter = ZoneConverter(zones)
+        if mixture is not None:
+            mixture.link(cohort_names)
+
+        # ---- model selection on an internal time split
+        split_sec = as_of_sec - int(self.holdout_days * 86400)
+        selection = select(
+            self,
+            raw,
+            codes,
+            n,
+            zone_code,
+            cohort_code,
+            len(cohort_names),
+            source,
+            converter,
+            split_sec,
+            mixture,
+            full,
+            as_of_sec,
+        )
+        alpha = selection["prior_strength"]
+        beta = selection["cohort_strength"]
+        rho = selection["day_pooling"]
+        bandwidth = selection["bandwidth"]
+        activity_weight = selection["activity_weight"]
+        sharpness = selection["sharpness"]
+
+        # ---- final fit on everything before as_of
+        counts = curves.count_hours(full, n, zone_code, converter)
+        kind = "rate" if counts.sends.sum() > 0 and counts.responses.sum() > 0 else "activity"
+        pooled = curves.pool_counts(
+            counts, cohort_code, len(cohort_names), source, self.rate_prior_strength
+        )
+        smoothed = curves.smoothed(
+            curves.smooth_parts(pooled, None, rho, bandwidth), activity_weight
+        )
+        fitted = curves.shapes(
+            smoothed,
+            cohort_code,
+            alpha,
+            beta,
+            mixture=mixture,
+            source=source,
+            sharpness=sharpness,
+        )
+        rate, rate_global = curves.rates(
+            counts, kind, self.rate_prior_strength, curves.span_hours(raw, as_of_sec)
+        )
+        calibration = selection.get("calibration") if kind == "rate" else None
+
+        weight = fitted["data_weight"]
+        basis = np.where(
+            weight >= self.basis_profile_min_weight,
+            0,
+            np.where(source == 2, 2, 1),
+        ).astype(np.int8)
+
+        self.as_of_ = as_of_ts
+        self.profile_ids_ = profile_index
+        self.zones_ = zones
+        self.zone_code_ = zone_code
+        self.timezone_source_code_ = source.astype(np.int8)
+        self.cohorts_ = cohort_names
+        self.cohort_code_ = cohort_code.astype(np.int64)
+        self.local_shape_ = fitted["shape"].astype(np.float32)
+        self.local_shape_sd_ = fitted["shape_sd"].astype(np.float32)
+        self.calibration_ = calibration
+        self.global_shape_ = fitted["global_shape"]
+        self.cohort_shapes_ = fitted["cohort_shapes"]
+        self.rate_ = rate
+        self.global_rate_ = float(rate_global)
+        self.data_weight_ = weight
+        self.basis_code_ = basis
+        self.n_engagement_hours_ = counts.activity.sum(axis=1)
+        self.n_sends_ = counts.sends.sum(axis=1)
+        self.probability_kind_ = kind
+        self.prior_strength_ = float(alpha)
+        self.cohort_strength_ = float(beta)
+        self.bandwidth_ = float(bandwidth)
+        self.activity_weight_ = float(activity_weight)
+        self.sharpness_ = float(sharpness)
+        self.day_pooling_ = float(rho)
+        self.selection_ = selection
+        self.n_events_used_ = int(len(full.act_p) + len(full.send_p))
+        logger.info(
+            "send time: %d profiles, %d zones; selected prior %.3g, cohort %.3g, day pooling "
+            "%.2g, bandwidth %.2g h, activity weight %.2g, sharpness %.2g",
+            n,
+            len(zones),
+            alpha,
+            beta,
+            rho,
+            bandwidth,
+            activity_weight,
+            sharpness,
+        )
+        return self
+
+    def _check_params(self) -> None:
+        for name in ("prior_strength_candidates", "cohort_strength_candidates"):
+            values = list(getattr(self, name))
+            if not values or any(v <= 0 for v in values):
+                raise ValueError(f"{name} must be non-empty and positive")
+        pools = list(self.day_pooling_candidates)
+        if not pools or any(not 0 <= v <= 1 for v in pools):
+            raise ValueError("day_pooling_candidates must be non-empty and within [0, 1]")
+        for name in ("bandwidth_candidates", "activity_weight_candidates"):
+            values = list(getattr(self, name))
+            if not values or any(v < 0 for v in values):
+                raise ValueError(f"{name} must be non-empty and >= 0")
+        sharp = list(self.sharpness_candidates)
+        if not sharp or any(v <= 0 for v in sharp):
+            raise ValueError("sharpness_candidates must be non-empty and positive")
+        if self.default_quiet_hours is not None:
+            try:
+                check_quiet_hours(self.default_quiet_hours)
+            except RequestError as exc:
+                raise ValueError(f"default_quiet_hours: {exc.message}") from exc
+
+    # ---------------------------------------------------------------- fitted views
+
+    def check_fitted(self) -> None:
+        """Raise :class:`~sklearn.exceptions.NotFittedError` unless fitted or loaded."""
+        if not hasattr(self, "local_shape_"):
+            raise NotFittedError("this SendTimeModel is not fitted yet; call fit() or load()")
+
+    @property
+    def timezone_(self) -> np.ndarray:
+        """Time zone used per profile (known, inferred or UTC)."""
+        self.check_fitted()
+        return np.asarray(self.zones_, dtype=object)[self.zone_code_]
+
+    @property
+    def timezone_source_(self) -> np.ndarray:
+        """``known`` / ``inferred`` / ``utc`` per profile."""
+        self.check_fitted()
+        return np.asarray(TIMEZONE_SOURCES, dtype=object)[self.timezone_source_code_]
+
+    @property
+    def basis_(self) -> np.ndarray:
+        """``profile`` / ``cohort`` / ``global`` per profile: how much was learned from it."""
+        self.check_fitted()
+        return np.asarray(BASES, dtype=object)[self.basis_code_]
+
+    def _utc_index(self) -> np.ndarray:
+        """For each profile and UTC hour of week, the local hour of week at ``as_of``."""
+        conv = ZoneConverter(self.zones_)
+        ref = int(self.as_of_.value // 1_000_000_000)
+        offset_h = np.floor(conv.offsets_at(ref) / 3600).astype(np.int64)
+        utc_how = np.arange(HOURS_PER_WEEK)
+        return (utc_how[None, :] + offset_h[self.zone_code_][:, None]) % HOURS_PER_WEEK
+
+    def probability(
+        self, codes: np.ndarray, how: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probability and its sd for profiles ``codes`` (row positions) at local hours ``how``.
+
+        ``how`` has one row of local hours of week per code (None: all 168 hours).
+        """
+        shape, sd = self.local_shape_[codes], self.local_shape_sd_[codes]
+        if how is not None:
+            shape = np.take_along_axis(shape, how, axis=1)
+            sd = np.take_along_axis(sd, how, axis=1)
+        return curves.probability(
+            shape.astype(np.float64),
+            sd.astype(np.float64),
+            self.rate_[codes],
+            self.probability_kind_,
+            self.calibration_,
+        )
+
+    @property
+    def local_curve_(self) -> np.ndarray:
+        """P(engage | send at local hour of week h), shape (n_profiles, 168)."""
+        self.check_fitted()
+        return self.probability(np.arange(len(self.profile_ids_)))[0]
+
+    @property
+    def local_curve_sd_(self) -> np.ndarray:
+        """Posterior sd of :attr:`local_curve_`, shape (n_profiles, 168)."""
+        self.check_fitted()
+        return self.probability(np.arange(len(self.profile_ids_)))[1]
+
+    @property
+    def timing_(self) -> np.ndarray:
+        """When each profile engages: the intensity normalised over the 168 local hours."""
+        self.check_fitted()
+        shape = np.maximum(self.local_shape_.astype(np.float64), 1e-12)
+        return shape / shape.sum(axis=1, keepdims=True)
+
+    @property
+    def curve_(self) -> np.ndarray:
+        """P(engage | send at UTC hour of week h), shape (n_profiles, 168), offsets at as_of."""
+        self.check_fitted()
+        return np.take_along_axis(self.local_curve_, self._utc_index(), axis=1)
+
+    @property
+    def curve_sd_(self) -> np.ndarray:
+        """Posterior standard deviation of :attr:`curve_`, shape (n_profiles, 168)."""
+        self.check_fitted()
+        return np.take_along_axis(self.local_curve_sd_, self._utc_index(), axis=1)
+
+    @property
+    def best_local_hour_(self) -> np.ndarray:
+        """Best local hour of week per profile (0 = local Monday 00:00)."""
+        self.check_fitted()
+        return self.local_shape_.argmax(axis=1)
+
+    @property
+    def best_hour_(self) -> np.ndarray:
+        """Best UTC hour of week per profile, using each zone's UTC offset at ``as_of``."""
+        self.check_fitted()
+        return np.take_along_axis(self.local_shape_, self._utc_index(), axis=1).argmax(axis=1)
+
+    def profiles_frame(self) -> pd.DataFrame:
+        """One row per profile: zone, basis, best hour, its probability and posterior sd."""
+        self.check_fitted()
+        best = self.best_local_hour_
+        prob, prob_sd = self.probability(np.arange(len(best)), best[:, None])
+        return pd.DataFrame(
+            {
+                "profile_id": pd.array(self.profile_ids_, dtype="string"),
+                "timezone": pd.array(self.timezone_, dtype="string"),
+                "timezone_source": pd.array(self.timezone_source_, dtype="string"),
+                "basis": pd.array(self.basis_, dtype="string"),
+                "best_hour_of_week": self.best_hour_,
+                "best_local_hour_of_week": best,
+                "probability": prob[:, 0],
+                "probability_sd": prob_sd[:, 0],
+                "data_weight": self.data_weight_,
+                "engagement_hours": self.n_engagement_hours_,
+                "email_sends": self.n_sends_,
+            }
+        )
+
+    # ---------------------------------------------------------------- decision
+    def best_send_time(
+        self,
+        profile_ids: Iterable[str] | None = None,
+        window_start: pd.Timestamp | str | None = None,
+        window_hours: int = 24,
+        quiet_hours: tuple[int, int] | None = None,
+        timezone: str | None = None,
+    ) -> SendTimeDecision:
+        """The best allowed send hour per profile in a window.
+
+        See :func:`dmp_ml.models.send_time.decision.best_send_time` for the arguments.
+        """
+        return best_send_time(
+            self,
+            profile_ids,
+            window_start=window_start,
+            window_hours=window_hours,
+            quiet_hours=quiet_hours,
+            timezone=timezone,
+        )
+
+    # per-profile fitted attributes, row-aligned with ``profile_ids_``
+    _PROFILE_ROWS = (
+        "zone_code_",
+        "timezone_source_code_",
+        "cohort_code_",
+        "basis_code_",
+        "rate_",
+        "data_weight_",
+        "n_engagement_hours_",
+        "n_sends_",
+        "local_shape_",
+        "local_shape_sd_",
+    )
+
+    def take_profiles(self, rows: np.ndarray) -> SendTimeModel:
+        """Keep only the profiles at positions ``rows`` (in place; erasure and refresh)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.profile_ids_ = pd.Index(self.profile_ids_[rows], name="profile_id")
+        for name in self._PROFILE_ROWS:
+            setattr(self, name, np.asarray(getattr(self, name))[rows])
+        return self
+
+    def forget(self, profile_ids: Iterable[str]) -> int:
+        """Drop the curves of ``profile_ids`` (erasure); returns how many the model held."""
+        self.check_fitted()
+        gone = pd.Index([str(p) for p in profile_ids], dtype="string")
+        hit = self.profile_ids_.isin(gone)
+        if hit.any():
+            self.take_profiles(np.flatnonzero(~hit))
+        return int(hit.sum())
+
+    # ---------------------------------------------------------------- near-real-time refresh
+
+    def update(self, change: ProfileUpdate) -> SendTimeModel:
+        """Recompute the curves of the touched profiles from their resolved events (in place).
+
+        The population parts of the fit stay as they are: the selected hyper-parameters, the
+        cohort and global curves, the response rate and the calibration; only a retrain
+        re-selects them. ``change.removed`` are dropped first. A new profile takes its zone
+        from ``change.timezones`` when known (its zone's cohort curve as prior), else UTC with
+        the unknown-zone cohort (a full fit mixes zones for it). Evidence is read from
+        ``change.events`` before ``change.as_of``.
+        """
+        self.check_fitted()
+        self.forget(change.removed)
+        ids = pd.Index(change.profile_ids, dtype="string")
+        if len(ids) == 0:
+            return self
+        as_of = change.as_of
+        timezones = change.timezones
+        raw = curves.extract(change.events, as_of, self.non_engagement_events)
+        codes = ids.get_indexer(pd.Index(raw["profile_id"], dtype="string"))
+        as_of_sec = int(as_of.value // 1_000_000_000)
+        ev = curves.evidence(
+            raw, codes, as_of_sec, self.machine_open_seconds, self.machine_open_weight
+        )
+        n = len(ids)
+        existing = self.profile_ids_.get_indexer(ids)
+        old = existing >= 0
+        zones = list(self.zones_)
+        cohorts = list(self.cohorts_)
+        cohort_shapes = np.asarray(self.cohort_shapes_, dtype=np.float64)
+
+        def zone(name: str) -> int:
+            if name not in zones:
+                zones.append(name)
+            return zones.index(name)
+
+        def cohort(name: str) -> int:
+            nonlocal cohort_shapes
+            if name not in cohorts:
+                cohorts.append(name)
+                cohort_shapes = np.vstack([cohort_shapes, np.asarray(self.global_shape_)[None, :]])
+            return cohorts.index(name)
+
+        zone_code = np.zeros(n, dtype=np.int64)
+        source = np.zeros(n, dtype=np.int64)
+        cohort_code = np.zeros(n, dtype=np.int64)
+        zone_code[old] = self.zone_code_[existing[old]]
+        source[old] = self.timezone_source_code_[existing[old]]
+        cohort_code[old] = self.cohort_code_[existing[old]]
+        for i in np.flatnonzero(~old):
+            tz = None
+            if timezones is not None and ids[i] in timezones.index:
+                value = timezones.loc[ids[i]]
+                tz = str(value) if valid_zone(value) else None
+            if tz is None:
+                zone_code[i], source[i], cohort_code[i] = zone("UTC"), 2, cohort(_UNKNOWN_COHORT)
+            else:
+                zone_code[i], source[i], cohort_code[i] = zone(tz), 0, cohort(tz)
+        counts = curves.count_hours(ev, n, zone_code, ZoneConverter(zones))
+        s = float(self.rate_prior_strength)
+        sends_tot = counts.sends.sum(axis=1)
+        resp_tot = counts.responses.sum(axis=1)
+        act_tot = counts.activity.sum(axis=1)
+        if self.probability_kind_ == "rate":
+            g = float(self.global_rate_)
+            rate = (resp_tot + s * g) / (sends_tot + s)
+            expo = rate[:, None] * counts.sends
+        else:
+            g = max(float(self.global_rate_), 1e-12)
+            hours = self._fit_span_hours() + (as_of - self.as_of_).total_seconds() / 3600.0
+            rate = (act_tot + s) / (max(hours, 1.0) + s / g)
+            expo = np.zeros_like(counts.sends)
+        kernel = curves.kernel(self.bandwidth_, self.day_pooling_)
+        w = float(self.activity_weight_)
+        ys = np.maximum(
+            curves.smooth(counts.responses, kernel) + w * curves.smooth(counts.activity, kernel), 0
+        )
+        es = np.maximum(curves.smooth(expo, kernel), 0.0) + w * (act_tot / HOURS_PER_WEEK)[:, None]
+        a_bin = float(self.prior_strength_) / HOURS_PER_WEEK
+        prior = cohort_shapes[cohort_code]
+        a = a_bin * prior + ys
+        b = a_bin + es
+        shape = a / b
+        shape_sd = np.sqrt(a) / b
+        sharp = float(self.sharpness_)
+        if sharp != 1.0:
+            powered = shape**sharp
+            scale = powered.mean(axis=1, keepdims=True)
+            shape_sd = sharp * shape ** (sharp - 1.0) * shape_sd / scale
+            shape = powered / scale
+        weight = es.sum(axis=1) / b.sum(axis=1)
+        basis = np.where(
+            weight >= self.basis_profile_min_weight, 0, np.where(source == 2, 2, 1)
+        ).astype(np.int8)
+        rows = {
+            "zone_code_": zone_code,
+            "timezone_source_code_": source.astype(np.int8),
+            "cohort_code_": cohort_code,
+            "basis_code_": basis,
+            "rate_": rate,
+            "data_weight_": weight,
+            "n_engagement_hours_": act_tot,
+            "n_sends_": sends_tot,
+            "local_shape_": shape.astype(np.float32),
+            "local_shape_sd_": shape_sd.astype(np.float32),
+        }
+        self.zones_ = zones
+        self.cohorts_ = cohorts
+        self.cohort_shapes_ = cohort_shapes
+        for name, values in rows.items():
+            current = np.array(getattr(self, name), copy=True)
+            current[existing[old]] = values[old].astype(current.dtype, copy=False)
+            setattr(self, name, np.concatenate([current, values[~old].astype(current.dtype)]))
+        all_ids = self.profile_ids_.append(pd.Index(ids[~old], dtype="string"))
+        self.profile_ids_ = pd.Index(all_ids, name="profile_id")
+        self.take_profiles(np.argsort(self.profile_ids_.to_numpy(dtype=object), kind="stable"))
+        logger.debug("send time: %d curves refreshed", n)
+        return self
+
+    def _fit_span_hours(self) -> float:
+        """The activity-rate span of the fit, recovered from any profile's rate (activity kind)."""
+        s = float(self.rate_prior_strength)
+        g = max(float(self.global_rate_), 1e-12)
+        i = int(np.argmax(self.n_engagement_hours_)) if len(self.rate_) else 0
+        if not len(self.rate_) or self.rate_[i] <= 0:
+            return 1.0
+        return float((self.n_engagement_hours_[i] + s) / self.rate_[i] - s / g)
+
+    # ---------------------------------------------------------------- persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the fitted model to ``directory`` (JSON + Parquet + NPZ; no pickle)."""
+        self.check_fitted()
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "params": _jsonable(self.get_params()),
+            "as_of": self.as_of_.isoformat(),
+            "zones": list(self.zones_),
+            "cohorts": list(self.cohorts_),
+            "probability_kind": self.probability_kind_,
+            "global_rate": self.global_rate_,
+            "prior_strength": self.prior_strength_,
+            "cohort_strength": self.cohort_strength_,
+            "bandwidth": self.bandwidth_,
+            "activity_weight": self.activity_weight_,
+            "sharpness": self.sharpness_,
+            "calibration": self.calibration_,
+            "day_pooling": self.day_pooling_,
+            "selection": _jsonable(self.selection_),
+            "n_events_used": self.n_events_used_,
+        }
+        profiles = pd.DataFrame(
+            {
+                "profile_id": pd.array(self.profile_ids_, dtype="string"),
+                "zone_code": self.zone_code_.astype(np.int32),
+                "timezone_source_code": self.timezone_source_code_.astype(np.int8),
+                "cohort_code": self.cohort_code_.astype(np.int32),
+                "basis_code": self.basis_code_.astype(np.int8),
+                "rate": self.rate_.astype(np.float64),
+                "data_weight": self.data_weight_.astype(np.float64),
+                "engagement_hours": self.n_engagement_hours_.astype(np.float64),
+                "email_sends": self.n_sends_.astype(np.float64),
+            }
+        )
+        profiles.to_parquet(path / _FILES[1], index=False)
+        np.savez(
+            path / _FILES[2],
+            local_shape=self.local_shape_,
+            local_shape_sd=self.local_shape_sd_,
+            global_shape=self.global_shape_,
+            cohort_shapes=self.cohort_shapes_,
+        )
+        (path / _FILES[0]).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, n_threads: int | None = None) -> SendTimeModel:
+        """Read a model written by :meth:`save`; raises BundleError when files are missing.
+
+        ``n_threads`` is accepted for the bundle protocol; the model runs no thread pools.
+        """
+        path = Path(directory)
+        missing = [name for name in _FILES if not (path / name).exists()]
+        if missing:
+            raise BundleError(f"send-time model in {path} is missing {', '.join(missing)}")
+        try:
+            meta = json.loads((path / _FILES[0]).read_text(encoding="utf-8"))
+            profiles = pd.read_parquet(path / _FILES[1])
+            with np.load(path / _FILES[2], allow_pickle=False) as arrays:
+                stored = {key: arrays[key] for key in arrays.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise BundleError(f"send-time model in {path} is unreadable: {exc}") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"send-time model format {meta.get('format_version')!r} unsupported")
+        params = dict(meta["params"])
+        for key in (
+            "prior_strength_candidates",
+            "cohort_strength_candidates",
+            "day_pooling_candidates",
+            "bandwidth_candidates",
+            "activity_weight_candidates",
+            "sharpness_candidates",
+            "non_engagement_events",
+        ):
+            params[key] = tuple(params[key])
+        if params.get("default_quiet_hours") is not None:
+            params["default_quiet_hours"] = tuple(params["default_quiet_hours"])
+        if params.get("tz_candidates") is not None:
+            params["tz_candidates"] = tuple(params["tz_candidates"])
+        model = cls(**params)
+        model.as_of_ = pd.Timestamp(meta["as_of"])
+        model.profile_ids_ = pd.Index(profiles["profile_id"].astype("string"), name="profile_id")
+        model.zones_ = list(meta["zones"])
+        model.zone_code_ = profiles["zone_code"].to_numpy(np.int64)
+        model.timezone_source_code_ = profiles["timezone_source_code"].to_numpy(np.int8)
+        model.cohorts_ = list(meta["cohorts"])
+        model.cohort_code_ = profiles["cohort_code"].to_numpy(np.int64)
+        model.basis_code_ = profiles["basis_code"].to_numpy(np.int8)
+        model.rate_ = profiles["rate"].to_numpy(np.float64)
+        model.data_weight_ = profiles["data_weight"].to_numpy(np.float64)
+        model.n_engagement_hours_ = profiles["engagement_hours"].to_numpy(np.float64)
+        model.n_sends_ = profiles["email_sends"].to_numpy(np.float64)
+        model.local_shape_ = stored["local_shape"]
+        model.local_shape_sd_ = stored["local_shape_sd"]
+        model.global_shape_ = stored["global_shape"]
+        model.cohort_shapes_ = stored["cohort_shapes"]
+        model.probability_kind_ = meta["probability_kind"]
+        model.global_rate_ = float(meta["global_rate"])
+        model.prior_strength_ = float(meta["prior_strength"])
+        model.cohort_strength_ = float(meta["cohort_strength"])
+        model.bandwidth_ = float(meta["bandwidth"])
+        model.activity_weight_ = float(meta["activity_weight"])
+        model.sharpness_ = float(meta["sharpness"])
+        model.calibration_ = meta["calibration"]
+        model.day_pooling_ = float(meta["day_pooling"])
+        model.selection_ = meta["selection"]
+        model.n_events_used_ = int(meta["n_events_used"])
+        if model.local_shape_.shape != (len(model.profile_ids_), HOURS_PER_WEEK):
+            raise BundleError("send-time model curves do not match its profile list")
+        return model
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value

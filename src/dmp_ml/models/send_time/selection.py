@@ -1,0 +1,154 @@
+"""Hyper-parameter selection of a send-time model on an internal time split, and the
+calibration of its probability on the held-out email sends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dmp_ml.models.send_time import curves
+from dmp_ml.models.send_time.curves import CALIBRATION_LAG, Evidence
+
+if TYPE_CHECKING:
+    from dmp_ml.models.send_time.model import SendTimeModel
+    from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
+
+logger = logging.getLogger(__name__)
+
+_SELECTION_MAX_PROFILES = 5000
+_SELECTION_MAX_ROUNDS = 4
+
+
+def select(
+    model: SendTimeModel,
+    raw: dict[str, np.ndarray],
+    codes: np.ndarray,
+    n: int,
+    zone_code: np.ndarray,
+    cohort_code: np.ndarray,
+    n_cohorts: int,
+    source: np.ndarray,
+    converter: ZoneConverter,
+    split_sec: int,
+    mixture: ZoneMixture | None,
+    full: Evidence,
+    as_of_sec: int,
+) -> dict[str, Any]:
+    """Choose the hyper-parameters by held-out log-likelihood of engagement hours.
+
+    The model is fitted on events before ``split_sec`` and scored on the engagement hours in
+    ``[split_sec, as_of)`` (profiles with held-out engagement; at most 5,000, an evenly spread
+    subset). The search is coordinate ascent over the candidate lists, starting from the
+    middle candidates, until no single change improves the score. With the chosen values,
+    the response probability is then calibrated on the held-out email sends (see
+    :func:`~dmp_ml.models.send_time.curves.fit_calibration`).
+    """
+    space = {
+        "prior_strength": sorted(float(v) for v in model.prior_strength_candidates),
+        "cohort_strength": sorted(float(v) for v in model.cohort_strength_candidates),
+        "day_pooling": sorted(float(v) for v in model.day_pooling_candidates),
+        "bandwidth": sorted(float(v) for v in model.bandwidth_candidates),
+        "activity_weight": sorted(float(v) for v in model.activity_weight_candidates),
+        "sharpness": sorted(float(v) for v in model.sharpness_candidates),
+    }
+    current = {name: values[len(values) // 2] for name, values in space.items()}
+    if all(len(values) == 1 for values in space.values()):
+        return {**current, "heldout_loglik": None, "calibration": None, "evaluated": []}
+    train = curves.evidence(
+        raw, codes, split_sec, model.machine_open_seconds, model.machine_open_weight
+    )
+    after = curves.evidence(
+        raw,
+        codes,
+        curves.max_sec(raw) + 1,
+        model.machine_open_seconds,
+        model.machine_open_weight,
+        start_sec=split_sec,
+    )
+    if len(after.act_p) == 0 or len(train.act_p) + len(train.send_p) == 0:
+        logger.warning("send time: no held-out engagement; using middle candidates")
+        return {**current, "heldout_loglik": None, "calibration": None, "evaluated": []}
+    counts = curves.count_hours(train, n, zone_code, converter)
+    pooled = curves.pool_counts(counts, cohort_code, n_cohorts, source, model.rate_prior_strength)
+    hp = after.act_p
+    hh = converter.local_how(after.act_sec, zone_code[hp])
+    per_profile = np.bincount(hp, minlength=n)
+    rows = np.flatnonzero(per_profile > 0)
+    if len(rows) > _SELECTION_MAX_PROFILES:
+        rows = rows[np.linspace(0, len(rows) - 1, _SELECTION_MAX_PROFILES).astype(np.int64)]
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[rows] = np.arange(len(rows))
+    sel = pos[hp] >= 0
+    hrow, hhow = pos[hp[sel]], hh[sel]
+    n_rows = per_profile[rows]
+    part_cache: dict[tuple[float, float], dict[str, dict[str, np.ndarray]]] = {}
+    scores: dict[tuple[float, ...], float] = {}
+
+    def score(params: dict[str, float]) -> float:
+        key = tuple(params[name] for name in space)
+        if key not in scores:
+            pkey = (params["day_pooling"], params["bandwidth"])
+            if pkey not in part_cache:
+                if len(part_cache) >= 4:  # bounded memory: drop the oldest
+                    part_cache.pop(next(iter(part_cache)))
+                part_cache[pkey] = curves.smooth_parts(pooled, rows, *pkey)
+            shape = curves.shapes(
+                curves.smoothed(part_cache[pkey], params["activity_weight"]),
+                cohort_code[rows],
+                params["prior_strength"],
+                params["cohort_strength"],
+                mixture=mixture,
+                source=source[rows],
+                rows=rows,
+                sharpness=params["sharpness"],
+                with_sd=False,
+            )["shape"]
+            log_total = np.log(shape.sum(axis=1))
+            ll = np.bincount(hrow, weights=np.log(shape[hrow, hhow]), minlength=len(rows))
+            scores[key] = float((ll / n_rows - log_total).mean())
+        return scores[key]
+
+    best = score(current)
+    for _ in range(_SELECTION_MAX_ROUNDS):
+        improved = False
+        for name, values in space.items():
+            for value in values:
+                trial = {**current, name: value}
+                value_score = score(trial)
+                if value_score > best + 1e-9:
+                    best, current, improved = value_score, trial, True
+        if not improved:
+            break
+    evaluated = [
+        {**dict(zip(space, key, strict=True)), "heldout_loglik": value}
+        for key, value in scores.items()
+    ]
+    # calibrate P(response | send at h) on the held-out sends (old enough to be answered)
+    calibration = None
+    if counts.sends.sum() > 0 and counts.responses.sum() > 0:
+        parts = curves.smooth_parts(pooled, None, current["day_pooling"], current["bandwidth"])
+        sm = curves.smoothed(parts, current["activity_weight"])
+        shape = curves.shapes(
+            sm,
+            cohort_code,
+            current["prior_strength"],
+            current["cohort_strength"],
+            mixture=mixture,
+            source=source,
+            sharpness=current["sharpness"],
+        )["shape"]
+        rate, _ = curves.rates(counts, "rate", model.rate_prior_strength, 1.0)
+        late = (full.send_sec >= split_sec) & (full.send_sec < as_of_sec - CALIBRATION_LAG)
+        sp = full.send_p[late]
+        show = converter.local_how(full.send_sec[late], zone_code[sp])
+        calibration = curves.fit_calibration(rate[sp] * shape[sp, show], full.send_resp[late] >= 1)
+    return {
+        **current,
+        "heldout_loglik": best,
+        "heldout_profiles": int(len(rows)),
+        "calibration": calibration,
+        "evaluated": evaluated,
+    }
