@@ -58,11 +58,11 @@ from dmp_ml.erasure import erasure_stamp, read_erasure_list
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
+from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.settings import ContractSettings, Settings
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
-    from dmp_ml.expansion import LookalikeModel
     from dmp_ml.mapping import ColumnMapping
     from dmp_ml.send_time import SendTimeModel
 
@@ -343,52 +343,6 @@ def refresh_send_time(
     model.profile_ids_ = pd.Index(all_ids, name="profile_id")
     model.take_profiles(np.argsort(model.profile_ids_.to_numpy(dtype=object), kind="stable"))
     return n
-
-
-def refresh_lookalike(
-    model: LookalikeModel, frame: pd.DataFrame, remove_ids: Iterable[str] = ()
-) -> int:
-    """Re-embed the profiles of ``frame`` and put their vectors in the index (in place).
-
-    Existing rows are replaced (``remove_ids`` + ``add_with_ids`` on the IDMap2) where the
-    index supports removal, else masked and appended; new profiles are appended. The
-    population statistics of the fit are kept. Returns the number of vectors written.
-    """
-    remove = [str(r) for r in remove_ids]
-    if remove:
-        model.forget(remove)
-    if len(frame) == 0:
-        return 0
-    raw, codes = model.embedder_.arrays(frame)
-    vectors = model.embedder_.embed(raw, codes)
-    ids = pd.Index(frame.index.astype("string"))
-    pos = model.profile_ids_.get_indexer(ids)
-    live = pos >= 0
-    live[live] = ~model.removed_[pos[live]]
-    in_place = model.index_.kind_ in ("flat", "ivf")
-    index = model.index_.index_
-    if live.any() and in_place:
-        p = pos[live].astype(np.int64)
-        index.remove_ids(p)
-        model._raw[p] = raw[live]
-        model._codes[p] = codes[live]
-        model.vectors_[p] = vectors[live]
-        index.add_with_ids(np.ascontiguousarray(vectors[live]), p)
-    append = ~live if in_place else np.ones(len(ids), dtype=bool)
-    if (live & append).any():  # masked index types: retire the old row, append a new one
-        model.forget(ids[live & append])
-    if append.any():
-        start = len(model.profile_ids_)
-        new_pos = np.arange(start, start + int(append.sum()), dtype=np.int64)
-        model._raw = np.vstack([model._raw, raw[append]])
-        model._codes = np.vstack([model._codes, codes[append]])
-        model.vectors_ = np.vstack([model.vectors_, vectors[append]])
-        model.removed_ = np.concatenate([model.removed_, np.zeros(len(new_pos), dtype=bool)])
-        model.profile_ids_ = pd.Index(
-            model.profile_ids_.append(pd.Index(ids[append], dtype="string")), name="profile_id"
-        )
-        index.add_with_ids(np.ascontiguousarray(vectors[append]), new_pos)
-    return len(ids)
 
 
 # --------------------------------------------------------------------------- the refresher
@@ -688,13 +642,23 @@ class Refresher:
             self._raw_scores = pd.concat([others, pd.Series(raw, index=rows.frame.index)])
         lap("scores")
 
+        # what every model's update gets: the touched profiles, their features and history
+        resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
+        mine = resolved["profile_id"].astype("string").isin(out).to_numpy(bool)
+        picked = resolved.loc[mine].assign(
+            profile_id=resolved.loc[mine, "profile_id"].astype("string")
+        )
+        change = ProfileUpdate(
+            as_of=as_of,
+            profile_ids=out,
+            removed=removed,
+            features=rows.frame,
+            events=picked,
+            timezones=timezones,
+        )
+
         # send-time curves
         if bundle.send_time_model is not None:
-            resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
-            mine = resolved["profile_id"].astype("string").isin(out).to_numpy(bool)
-            picked = resolved.loc[mine].assign(
-                profile_id=resolved.loc[mine, "profile_id"].astype("string")
-            )
             refresh_send_time(
                 bundle.send_time_model, picked, as_of, out, timezones, remove_ids=removed
             )
@@ -702,7 +666,7 @@ class Refresher:
 
         # lookalike vectors
         if bundle.lookalike_model is not None:
-            refresh_lookalike(bundle.lookalike_model, rows.frame, remove_ids=removed)
+            bundle.lookalike_model.update(change)
         lap("lookalike")
 
         # channel and content affinity: the affected profiles recounted from their history
