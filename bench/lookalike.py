@@ -42,6 +42,7 @@ import pandas as pd
 
 from dmp_ml.features import FeatureSpec, FeatureTable
 from dmp_ml.models.lookalike import LookalikeModel, brute_force_search
+from dmp_ml.models.lookalike.audience import fit_ranker, rank
 from dmp_ml.settings import LookalikeSettings
 
 TARGET_SPEEDUP = 10.0
@@ -241,19 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # 4. the model's similarity ranking: index retrieval vs exact scoring of everyone, for a
-    # small audience and the full one (private helpers: this times the retrieval step alone)
+    # small audience and the full one (the ranking step alone, without the classifier)
     excluded = np.asarray(seed_pos, dtype=np.int64)
-    ranker = model._ranker(excluded, rerank=False, weight=0.0, excluded=excluded, salt=0)
+    ranker = fit_ranker(model, excluded, rerank=False, weight=0.0, excluded=excluded, salt=0)
     keep = np.ones(len(model.profile_ids_), dtype=bool)
     keep[excluded] = False
     everyone = np.flatnonzero(keep)
 
     def top(rows: np.ndarray, size: int) -> np.ndarray:
-        sims = model._similarity(ranker, rows)
+        sims = ranker.similarity(rows)
         return rows[np.argpartition(-sims, size - 1)[:size]]
 
     def by_model(size: int) -> tuple[np.ndarray, str]:
-        ranked, _, path = model._rank(ranker, size, excluded)
+        ranked, _, path = rank(model, ranker, size, excluded)
         return ranked, path
 
     auto_settings = model.settings
