@@ -13,7 +13,13 @@ import pytest
 from dmp_ml.errors import ConfigError, RequestError, UnknownProfileError
 from dmp_ml.features import FeatureSpec, FeatureTable
 from dmp_ml.models import BundleModel, ProfileUpdate, model_class
-from dmp_ml.models.lookalike import Audience, Embedder, LookalikeIndex, LookalikeModel
+from dmp_ml.models.lookalike import (
+    Audience,
+    Embedder,
+    LookalikeIndex,
+    LookalikeModel,
+    brute_force_search,
+)
 from dmp_ml.settings import LookalikeSettings, Settings
 
 N_GROUPS = 4
@@ -98,6 +104,12 @@ def test_embedder_scales_robustly_and_returns_unit_float32_vectors() -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     reduced = Embedder(n_components=2, min_level_count=2).fit(frame)
     assert reduced.transform(frame).shape == (10, 2)
+    # fit_arrays fits and hands back the inputs it read, as arrays() would
+    again = Embedder(clip=3.0, min_level_count=2)
+    raw, codes = again.fit_arrays(frame)
+    np.testing.assert_array_equal(raw, emb.arrays(frame)[0])
+    np.testing.assert_array_equal(codes, emb.arrays(frame)[1])
+    np.testing.assert_array_equal(again.transform(frame), vectors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +143,17 @@ def test_approximate_index_is_tuned_to_the_recall_target(factory: str) -> None:
     _, found = index.search(x[500:600], 10)
     assert not np.isin(found, ids[500:600]).any()
     assert index.ntotal == 20_000 - 100
+
+
+def test_brute_force_search_is_exact_and_pads_short_results() -> None:
+    x = _clustered_vectors(500, 8)
+    sims, ids = brute_force_search(x, x[:5], 10)
+    full = x[:5] @ x.T
+    np.testing.assert_array_equal(ids[:, 0], np.arange(5))  # each vector is its own best
+    np.testing.assert_allclose(sims, -np.sort(-full, axis=1)[:, :10], atol=1e-5)
+    sims, ids = brute_force_search(x[:3], x[:1], 5)
+    assert ids[0, :3].tolist() == np.argsort(-full[0, :3]).tolist()
+    assert ids[0, 3:].tolist() == [-1, -1] and np.isneginf(sims[0, 3:]).all()
 
 
 def test_small_population_gets_an_exact_flat_index() -> None:
