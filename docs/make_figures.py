@@ -32,10 +32,10 @@ from dmp_ml import experiments, metrics
 from dmp_ml.bundle import load_bundle
 from dmp_ml.campaigns import campaign_report, create_campaign, plot_readout
 from dmp_ml.demo import DemoWorld, generate_demo_world, plant_uplift
-from dmp_ml.expansion import LookalikeModel
 from dmp_ml.features import FeatureTable
 from dmp_ml.identity import resolve_identity
 from dmp_ml.models.affinity import AffinityModel, plot_segment_affinity
+from dmp_ml.models.lookalike import LookalikeModel
 from dmp_ml.models.propensity import build_snapshots, train_propensity
 from dmp_ml.models.send_time import SendTimeModel
 from dmp_ml.pipeline import train

@@ -17,6 +17,7 @@ from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget, read_erasure_list
 from dmp_ml.errors import RequestError
 from dmp_ml.identity import _latest_consent
+from dmp_ml.models.lookalike import LookalikeModel
 from dmp_ml.refresh import Refresher, RefreshReport, apply_events
 from dmp_ml.segments import evaluate
 from dmp_ml.settings import Settings
@@ -368,7 +369,7 @@ def test_a_refresh_that_failed_midway_is_repaired_by_the_next_one(
     def broken(*args: object, **kwargs: object) -> int:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(refresh, "refresh_lookalike", broken)
+    monkeypatch.setattr(LookalikeModel, "update", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         refresher.apply([{"event_time": _iso(t), "profile_id": "p-new-2", "event_type": "x"}])
     assert load_bundle(workdir).version == applied.after.version  # nothing half-published

@@ -49,8 +49,8 @@ _LAZY = {
     "SendTimeModel": "dmp_ml.models.send_time",
     "best_send_time": "dmp_ml.models.send_time",
     "evaluate_send_time": "dmp_ml.models.send_time",
-    "Audience": "dmp_ml.expansion",
-    "LookalikeModel": "dmp_ml.expansion",
+    "Audience": "dmp_ml.models.lookalike",
+    "LookalikeModel": "dmp_ml.models.lookalike",
     "ModelBundle": "dmp_ml.bundle",
     "load_bundle": "dmp_ml.bundle",
     "lookalike": "dmp_ml.bundle",
@@ -64,7 +64,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from dmp_ml.bundle import ModelBundle, load_bundle, lookalike
     from dmp_ml.contract import LoadReport, LoadResult, load_consent, load_events, load_profiles
     from dmp_ml.demo import DemoWorld, generate_demo_world, write_demo_world
-    from dmp_ml.expansion import Audience, LookalikeModel
     from dmp_ml.features import FeatureSpec, FeatureTable, build_features
     from dmp_ml.identity import Resolution, resolve_identity
     from dmp_ml.mapping import ColumnMapping, load_mapping

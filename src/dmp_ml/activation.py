@@ -169,7 +169,7 @@ def score_audience(
 
 
 def lookalike_audience(audience: Any) -> pd.DataFrame:
-    """A :class:`dmp_ml.expansion.Audience` as ``profile_id, lookalike_score, rank``."""
+    """A :class:`dmp_ml.models.lookalike.Audience` as ``profile_id, lookalike_score, rank``."""
     frame = audience.frame if hasattr(audience, "frame") else audience
     return pd.DataFrame(
         {

@@ -34,7 +34,7 @@ import pandas as pd
 from dmp_ml.errors import BundleError
 
 if TYPE_CHECKING:
-    from dmp_ml.expansion import Audience
+    from dmp_ml.models.lookalike import Audience
 
 logger = logging.getLogger(__name__)
 
@@ -270,8 +270,8 @@ class ModelBundle:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], n_threads: int | None = None) -> None:
-        from dmp_ml.expansion import LookalikeModel
         from dmp_ml.features import FeatureTable
+        from dmp_ml.models.lookalike import LookalikeModel
         from dmp_ml.models.propensity import PropensityModel
         from dmp_ml.models.send_time import SendTimeModel
 
@@ -357,7 +357,7 @@ class ModelBundle:
         reach: float | None = None,
         exclude_ids: Iterable[str] = (),
     ) -> Audience:
-        """More profiles like the seed; see :meth:`dmp_ml.expansion.LookalikeModel.expand`."""
+        """More profiles like the seed; see :meth:`.models.lookalike.LookalikeModel.expand`."""
         if self.lookalike_model is None:
             raise BundleError(
                 f"bundle {self.version} has no lookalike model: {self._why('lookalike')}"

@@ -328,11 +328,7 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
         if hit.any():
             model.take_profiles(np.flatnonzero(~hit))
     if bundle.lookalike_model is not None:
-        model = bundle.lookalike_model
-        removed["lookalike"] = int(model.forget(ids))
-        if len(model.index_.removed_):  # an index type that only masks: rebuild without them
-            live = np.flatnonzero(~model.removed_)
-            model.index_ = model._new_index().fit(model.vectors_[live], ids=live)
+        removed["lookalike"] = int(bundle.lookalike_model.forget(ids))
     return removed
 
 

@@ -470,7 +470,7 @@ def truth_seed(
 
     ``truth`` is :attr:`dmp_ml.demo.DemoWorld.truth`; ``group`` defaults to the largest group
     among the profiles of ``table``. ``truth_ids`` are all its eligible members, the reference
-    for true precision (:meth:`dmp_ml.expansion.LookalikeModel.quality_curve`).
+    for true precision (:meth:`dmp_ml.models.lookalike.LookalikeModel.quality_curve`).
     """
     groups = truth.set_index("profile_id")["interest_group"].astype("string")
     groups = groups.reindex(pd.Index(table.frame.index.astype(str))).dropna()
@@ -520,7 +520,7 @@ def plot_quality_curve(
 ) -> Figure:
     """Recall and precision (or lift) against audience size.
 
-    ``curve`` is :meth:`dmp_ml.expansion.LookalikeModel.quality_curve` output. Left: the
+    ``curve`` is :meth:`dmp_ml.models.lookalike.LookalikeModel.quality_curve` output. Left: the
     expected recall (share of held-out seeds found), random targeting and, with planted truth,
     the true recall. Right: the true precision when the curve has it, with the precision of a
     random audience (``base_rate``; by default estimated from the curve as

@@ -41,7 +41,7 @@ from dmp_ml.store import merge_incoming, record_training_events
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from dmp_ml.expansion import LookalikeModel
+    from dmp_ml.models.lookalike import LookalikeModel
     from dmp_ml.models.send_time import SendTimeModel
     from dmp_ml.tracking import TrainingData
 
@@ -219,7 +219,7 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
 
 
 def _lookalike_step(ctx: TrainContext) -> StepOutcome:
-    from dmp_ml.expansion import LookalikeModel
+    from dmp_ml.models.lookalike import LookalikeModel
     from dmp_ml.tracking import log_metrics_run
 
     assert ctx.features is not None

@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +63,6 @@ from dmp_ml.settings import ContractSettings, Settings
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
-    from dmp_ml.expansion import LookalikeModel
     from dmp_ml.mapping import ColumnMapping
 
 logger = logging.getLogger(__name__)
@@ -210,52 +209,6 @@ def _consent_records(
 
 
 # --------------------------------------------------------------------------- model edits
-
-
-def refresh_lookalike(
-    model: LookalikeModel, frame: pd.DataFrame, remove_ids: Iterable[str] = ()
-) -> int:
-    """Re-embed the profiles of ``frame`` and put their vectors in the index (in place).
-
-    Existing rows are replaced (``remove_ids`` + ``add_with_ids`` on the IDMap2) where the
-    index supports removal, else masked and appended; new profiles are appended. The
-    population statistics of the fit are kept. Returns the number of vectors written.
-    """
-    remove = [str(r) for r in remove_ids]
-    if remove:
-        model.forget(remove)
-    if len(frame) == 0:
-        return 0
-    raw, codes = model.embedder_.arrays(frame)
-    vectors = model.embedder_.embed(raw, codes)
-    ids = pd.Index(frame.index.astype("string"))
-    pos = model.profile_ids_.get_indexer(ids)
-    live = pos >= 0
-    live[live] = ~model.removed_[pos[live]]
-    in_place = model.index_.kind_ in ("flat", "ivf")
-    index = model.index_.index_
-    if live.any() and in_place:
-        p = pos[live].astype(np.int64)
-        index.remove_ids(p)
-        model._raw[p] = raw[live]
-        model._codes[p] = codes[live]
-        model.vectors_[p] = vectors[live]
-        index.add_with_ids(np.ascontiguousarray(vectors[live]), p)
-    append = ~live if in_place else np.ones(len(ids), dtype=bool)
-    if (live & append).any():  # masked index types: retire the old row, append a new one
-        model.forget(ids[live & append])
-    if append.any():
-        start = len(model.profile_ids_)
-        new_pos = np.arange(start, start + int(append.sum()), dtype=np.int64)
-        model._raw = np.vstack([model._raw, raw[append]])
-        model._codes = np.vstack([model._codes, codes[append]])
-        model.vectors_ = np.vstack([model.vectors_, vectors[append]])
-        model.removed_ = np.concatenate([model.removed_, np.zeros(len(new_pos), dtype=bool)])
-        model.profile_ids_ = pd.Index(
-            model.profile_ids_.append(pd.Index(ids[append], dtype="string")), name="profile_id"
-        )
-        index.add_with_ids(np.ascontiguousarray(vectors[append]), new_pos)
-    return len(ids)
 
 
 # --------------------------------------------------------------------------- the refresher
@@ -566,7 +519,7 @@ class Refresher:
 
         # lookalike vectors
         if bundle.lookalike_model is not None:
-            refresh_lookalike(bundle.lookalike_model, rows.frame, remove_ids=removed)
+            bundle.lookalike_model.update(change)
         lap("lookalike")
 
         # channel and content affinity: the affected profiles recounted from their history

@@ -1,4 +1,4 @@
-"""Lookalike expansion: embedding, FAISS index, expansion, diagnostics (real FAISS, LightGBM)."""
+"""Lookalike model: embedding, index, expansion, diagnostics, update (real FAISS and LightGBM)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ import pandas as pd
 import pytest
 
 from dmp_ml.errors import ConfigError, RequestError, UnknownProfileError
-from dmp_ml.expansion import Audience, Embedder, LookalikeIndex, LookalikeModel
 from dmp_ml.features import FeatureSpec, FeatureTable
-from dmp_ml.settings import LookalikeSettings
+from dmp_ml.models import BundleModel, ProfileUpdate, model_class
+from dmp_ml.models.lookalike import (
+    Audience,
+    Embedder,
+    LookalikeIndex,
+    LookalikeModel,
+    brute_force_search,
+)
+from dmp_ml.settings import LookalikeSettings, Settings
 
 N_GROUPS = 4
 
@@ -97,6 +104,12 @@ def test_embedder_scales_robustly_and_returns_unit_float32_vectors() -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     reduced = Embedder(n_components=2, min_level_count=2).fit(frame)
     assert reduced.transform(frame).shape == (10, 2)
+    # fit_arrays fits and hands back the inputs it read, as arrays() would
+    again = Embedder(clip=3.0, min_level_count=2)
+    raw, codes = again.fit_arrays(frame)
+    np.testing.assert_array_equal(raw, emb.arrays(frame)[0])
+    np.testing.assert_array_equal(codes, emb.arrays(frame)[1])
+    np.testing.assert_array_equal(again.transform(frame), vectors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +143,17 @@ def test_approximate_index_is_tuned_to_the_recall_target(factory: str) -> None:
     _, found = index.search(x[500:600], 10)
     assert not np.isin(found, ids[500:600]).any()
     assert index.ntotal == 20_000 - 100
+
+
+def test_brute_force_search_is_exact_and_pads_short_results() -> None:
+    x = _clustered_vectors(500, 8)
+    sims, ids = brute_force_search(x, x[:5], 10)
+    full = x[:5] @ x.T
+    np.testing.assert_array_equal(ids[:, 0], np.arange(5))  # each vector is its own best
+    np.testing.assert_allclose(sims, -np.sort(-full, axis=1)[:, :10], atol=1e-5)
+    sims, ids = brute_force_search(x[:3], x[:1], 5)
+    assert ids[0, :3].tolist() == np.argsort(-full[0, :3]).tolist()
+    assert ids[0, 3:].tolist() == [-1, -1] and np.isneginf(sims[0, 3:]).all()
 
 
 def test_small_population_gets_an_exact_flat_index() -> None:
@@ -384,3 +408,87 @@ def test_bad_factory_string_is_a_config_error() -> None:
         LookalikeIndex(exact_max_profiles=10, factory="NotAnIndex{nlist}").fit(
             _clustered_vectors(100, 8)
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle: the bundle-model protocol, near-real-time update, forgetting
+
+
+def test_lookalike_keeps_the_bundle_model_protocol() -> None:
+    assert model_class("lookalike") is LookalikeModel and LookalikeModel.name == "lookalike"
+    settings = Settings(lookalike={"max_reach": 0.3, "seed": 7})
+    model = LookalikeModel.from_settings(settings)
+    assert isinstance(model, BundleModel)
+    assert model.settings == settings.lookalike and model.settings.max_reach == 0.3
+
+
+def _change(table: FeatureTable, groups: pd.Series) -> tuple[ProfileUpdate, dict[str, list[str]]]:
+    """Two profiles move to group 1's behaviour, two new ones behave like it, two are removed."""
+    frame = table.frame
+    moved, removed = list(frame.index[:2]), list(frame.index[2:4])
+    outside_seed = _members(groups, 1).difference(pd.Index(_seed(groups, 1, 120)))
+    donors = frame.loc[outside_seed[:2]]
+    features = pd.concat(
+        [
+            donors.set_axis(pd.Index(moved, dtype="string", name="profile_id")),
+            donors.set_axis(pd.Index(["p-new-1", "p-new-2"], dtype="string", name="profile_id")),
+        ]
+    )
+    features.loc["p-new-2", "noise0"] += 0.5  # not an exact copy of its donor
+    change = ProfileUpdate(
+        as_of=table.spec.as_of,
+        profile_ids=pd.Index([*moved, "p-new-1", "p-new-2"], dtype="string"),
+        removed=pd.Index(removed, dtype="string"),
+        features=features,
+        events=pd.DataFrame({"profile_id": pd.array([], dtype="string")}),
+    )
+    return change, {"moved": moved, "removed": removed, "new": ["p-new-1", "p-new-2"]}
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16,Flat"])  # replaced in place / masked
+def test_update_reembeds_touched_profiles_and_forgets_removed_ones(world, factory, tmp_path):
+    table, groups = world
+    settings = FAST.model_copy(update={"exact_max_profiles": 1000, "index_factory": factory})
+    model = LookalikeModel(settings, n_threads=1).fit(table)
+    change, ids = _change(table, groups)
+    assert model.update(change) is model
+
+    # the touched profiles hold the embedding of their new rows, and the index finds them
+    touched = ids["moved"] + ids["new"]
+    pos = model.profile_ids_.get_indexer(pd.Index(touched, dtype="string"))
+    assert (pos >= 0).all() and not model.removed_[pos].any()
+    expected = model.embedder_.transform(change.features.loc[touched])
+    np.testing.assert_allclose(model.vectors_[pos], expected, atol=1e-6)
+    _, found = model.index_.search(expected[3:], 1)
+    assert found[0, 0] == pos[3]  # the new, distinct profile is its own nearest neighbour
+    live = len(table) - len(ids["removed"]) + len(ids["new"])
+    assert model.index_.ntotal == live == int((~model.removed_).sum())
+
+    # removed profiles are gone; new ones can be returned and seeded from
+    seed = _seed(groups, 1, 120)
+    audience = model.expand([*seed, *ids["removed"]], reach=0.5)
+    returned = set(audience.frame["profile_id"])
+    assert not returned & set(ids["removed"])
+    assert audience.diagnostics["unknown_seed_ids"] == sorted(ids["removed"])
+    assert set(ids["new"]) <= returned
+    assert model.forget(ids["removed"]) == 0  # already forgotten
+
+    loaded = LookalikeModel.load(model.save(tmp_path / "m"), n_threads=1)
+    np.testing.assert_array_equal(loaded.vectors_, model.vectors_)
+    assert loaded.index_.ntotal == live
+    again = set(loaded.expand([*seed, *ids["removed"]], reach=0.5).frame["profile_id"])
+    assert set(ids["new"]) <= again and not again & set(ids["removed"])
+
+
+def test_forget_leaves_no_vector_in_an_index_that_cannot_remove(world) -> None:
+    table, groups = world
+    settings = FAST.model_copy(update={"exact_max_profiles": 1000, "index_factory": "HNSW16,Flat"})
+    model = LookalikeModel(settings, n_threads=1).fit(table)
+    model.update(_change(table, groups)[0])  # HNSW masks the retired rows of the moved profiles
+    assert len(model.index_.removed_) > 0
+    gone = list(table.frame.index[100:130])
+    assert model.forget(gone) == 30
+    live = int((~model.removed_).sum())
+    assert len(model.index_.removed_) == 0 and model.index_.index_.ntotal == live
+    audience = model.expand(_seed(groups, 0, 100), reach=0.5)
+    assert not set(audience.frame["profile_id"]) & set(gone)

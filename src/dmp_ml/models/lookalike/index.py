@@ -1,0 +1,322 @@
+"""The lookalike model's FAISS index: exact when small, tuned to a recall target when not.
+
+A FAISS ``IndexIDMap2`` over unit vectors, searched by inner product (cosine): exact flat
+search for small populations, a factory index (IVF or HNSW) beyond, with ``nprobe`` or
+``efSearch`` tuned at build time until recall@100 against exact search reaches the target.
+Search excludes ids on request; ``remove_ids`` removes where the index type can and masks
+where it cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from dmp_ml.errors import BundleError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+# nprobe / efSearch are tuned for k = recall_k; a query for k >> recall_k must visit more of the
+# index, so the tuned value is scaled by (k / recall_k) ** _LARGE_K_EXPONENT (a heuristic; the
+# model's certified retrieval asks for more when a round falls short).
+_LARGE_K_EXPONENT = 0.75
+
+
+def resolve_threads(n_threads: int) -> int:
+    """``n_threads``, with 0 meaning every core."""
+    return n_threads if n_threads > 0 else max(1, os.cpu_count() or 1)
+
+
+def brute_force_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product search (``faiss.knn``), the reference for recall.
+
+    Parameters
+    ----------
+    vectors : (n, d) float32
+    queries : (q, d) float32
+    k : int
+
+    Returns
+    -------
+    sims, ids : (q, k) arrays, best first; ids are row positions (-1 where fewer than k rows).
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(vectors) == 0 or k <= 0:
+        return (
+            np.full((len(queries), max(0, k)), -np.inf, dtype=np.float32),
+            np.full((len(queries), max(0, k)), -1, dtype=np.int64),
+        )
+    sims, ids = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    sims[ids < 0] = -np.inf
+    return sims, ids.astype(np.int64, copy=False)
+
+
+def _recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = [
+        len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, int((t >= 0).sum()))
+        for f, t in zip(found, truth, strict=True)
+    ]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+class LookalikeIndex:
+    """FAISS inner-product index over unit vectors, exact when small, tuned when approximate.
+
+    Parameters
+    ----------
+    exact_max_profiles : int
+        Populations up to this size get ``IDMap2`` over ``IndexFlatIP`` (exact).
+    factory : str
+        FAISS factory string beyond that; ``{nlist}`` is replaced by ``round(sqrt(n))``.
+        IVF (``nprobe``) and HNSW (``efSearch``) are tuned; other types are used as they are.
+    recall_target, recall_k, tune_queries : float, int, int
+        Tuning: the smallest ``nprobe``/``efSearch`` whose recall@``recall_k`` against exact
+        search, over ``tune_queries`` sampled profiles, reaches ``recall_target``.
+    nprobe, ef_search : int or None
+        Fixed values instead of tuning.
+    n_threads : int
+        FAISS OpenMP threads (``faiss.omp_set_num_threads``); 0 means every core.
+    seed : int
+        Sampling seed (tuning queries, training sample).
+    """
+
+    def __init__(
+        self,
+        exact_max_profiles: int = 200_000,
+        factory: str = "IVF{nlist},Flat",
+        recall_target: float = 0.95,
+        recall_k: int = 100,
+        tune_queries: int = 200,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        n_threads: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.exact_max_profiles = exact_max_profiles
+        self.factory = factory
+        self.recall_target = recall_target
+        self.recall_k = recall_k
+        self.tune_queries = tune_queries
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.n_threads = n_threads
+        self.seed = seed
+
+    def _set_threads(self) -> None:
+        faiss.omp_set_num_threads(resolve_threads(self.n_threads))
+
+    def fit(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> LookalikeIndex:
+        """Build the index over ``vectors`` (n, d) float32 with int64 ``ids`` (default 0..n-1)."""
+        started = time.perf_counter()
+        self._set_threads()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, dim = vectors.shape
+        ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        rng = np.random.default_rng(self.seed)
+        factory = "Flat"
+        if n > self.exact_max_profiles:
+            factory = self.factory.replace("{nlist}", str(max(1, round(math.sqrt(n)))))
+        try:
+            index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"lookalike index_factory {self.factory!r} is not a FAISS factory string"
+            ) from exc
+        if not index.is_trained:
+            train_rows = np.arange(n)
+            if n > 256 * 1024:
+                train_rows = np.sort(rng.choice(n, 256 * 1024, replace=False))
+            index.train(vectors[train_rows])
+        index.add_with_ids(vectors, ids)
+        self.index_ = index
+        sub = faiss.downcast_index(index.index)
+        self.kind_ = "flat"
+        self.param_name_: str | None = None
+        self.param_value_: int | None = None
+        self.nlist_: int | None = None
+        if isinstance(sub, faiss.IndexFlat):
+            self.kind_ = "flat"
+        elif isinstance(sub, faiss.IndexHNSW):
+            self.kind_, self.param_name_ = "hnsw", "efSearch"
+        elif faiss.try_extract_index_ivf(sub) is not None:
+            self.kind_, self.param_name_ = "ivf", "nprobe"
+            self.nlist_ = int(faiss.extract_index_ivf(sub).nlist)
+        else:
+            self.kind_ = "other"
+        self.removed_ = np.zeros(0, dtype=np.int64)
+        recall = 1.0
+        if self.kind_ != "flat" and n > 0:
+            recall = self._tune(vectors, ids, rng)
+        self.build_report_ = {
+            "n": int(n),
+            "dim": int(dim),
+            "index_type": f"IDMap2,{factory}",
+            "kind": self.kind_,
+            "tuned_param": self.param_name_,
+            "tuned_value": self.param_value_,
+            "recall_at_k": self.recall_k,
+            "recall_at_100": recall,
+            "recall_target": self.recall_target,
+            "recall_target_met": bool(recall >= self.recall_target),
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "n_threads": resolve_threads(self.n_threads),
+        }
+        logger.info("lookalike index built: %s", self.build_report_)
+        return self
+
+    def _tune(self, vectors: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> float:
+        n = len(vectors)
+        rows = np.sort(rng.choice(n, min(self.tune_queries, n), replace=False))
+        queries = vectors[rows]
+        k = min(self.recall_k, n)
+        _, exact_rows = brute_force_search(vectors, queries, k)
+        truth = np.where(exact_rows >= 0, ids[np.maximum(exact_rows, 0)], -1)
+        fixed = self.nprobe if self.kind_ == "ivf" else self.ef_search
+        if self.kind_ == "ivf":
+            grid = [p for p in _doubling(1, self.nlist_ or 1)]
+        elif self.kind_ == "hnsw":
+            grid = [e for e in _doubling(16, 8192)]
+        else:
+            _, found = self.index_.search(queries, k)
+            return _recall_at(found, truth)
+        if fixed is not None:
+            grid = [int(fixed)]
+        recall = 0.0
+        for value in grid:
+            self.param_value_ = int(value)
+            _, found = self.index_.search(queries, k, params=self._params(k, None))
+            recall = _recall_at(found, truth)
+            if recall >= self.recall_target:
+                break
+        if recall < self.recall_target:
+            logger.warning(
+                "lookalike index recall@%d is %.3f at %s=%s, below the target %.2f",
+                k,
+                recall,
+                self.param_name_,
+                self.param_value_,
+                self.recall_target,
+            )
+        return round(recall, 4)
+
+    def _params(self, k: int, sel: Any) -> Any:
+        scale = max(1.0, k / self.recall_k) ** _LARGE_K_EXPONENT
+        if self.kind_ == "ivf":
+            nprobe = min(self.nlist_ or 1, math.ceil((self.param_value_ or 1) * scale))
+            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        if self.kind_ == "hnsw":
+            ef = max(k, math.ceil((self.param_value_ or 16) * scale))
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+        return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors the index answers with (masked ones not counted)."""
+        return int(self.index_.ntotal) - len(self.removed_)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ids by inner product for each query, never returning ``exclude_ids``.
+
+        Returns ``(sims, ids)`` of shape (q, k); ids are -1 where fewer results exist.
+        """
+        self._set_threads()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        excluded = self.removed_
+        if exclude_ids is not None and len(exclude_ids):
+            excluded = np.union1d(excluded, np.asarray(exclude_ids, dtype=np.int64))
+        batch = selector = None
+        if len(excluded):
+            batch = faiss.IDSelectorBatch(excluded)
+            selector = faiss.IDSelectorNot(batch)
+        k = max(1, min(int(k), int(self.index_.ntotal)))
+        params = self._params(k, selector)
+        if params is None:
+            sims, ids = self.index_.search(queries, k)
+        else:
+            sims, ids = self.index_.search(queries, k, params=params)
+        del batch, selector
+        return sims, ids
+
+    def remove_ids(self, ids: Iterable[int]) -> int:
+        """Remove ``ids`` from the index; where the index type cannot, they are masked instead."""
+        arr = np.unique(np.asarray(list(ids), dtype=np.int64))
+        if arr.size == 0:
+            return 0
+        try:
+            return int(self.index_.remove_ids(arr))
+        except RuntimeError:
+            before = len(self.removed_)
+            self.removed_ = np.union1d(self.removed_, arr)
+            return len(self.removed_) - before
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``index.faiss`` and ``index.json`` into ``directory``; returns it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index_, str(directory / "index.faiss"))
+        meta = {
+            "params": {
+                "exact_max_profiles": self.exact_max_profiles,
+                "factory": self.factory,
+                "recall_target": self.recall_target,
+                "recall_k": self.recall_k,
+                "tune_queries": self.tune_queries,
+                "nprobe": self.nprobe,
+                "ef_search": self.ef_search,
+                "n_threads": self.n_threads,
+                "seed": self.seed,
+            },
+            "kind": self.kind_,
+            "param_name": self.param_name_,
+            "param_value": self.param_value_,
+            "nlist": self.nlist_,
+            "removed": self.removed_.tolist(),
+            "build_report": self.build_report_,
+        }
+        (directory / "index.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, n_threads: int | None = None) -> LookalikeIndex:
+        """Read an index :meth:`save` wrote; ``n_threads`` overrides the saved thread count."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "index.json").read_text(encoding="utf-8"))
+            index = faiss.read_index(str(directory / "index.faiss"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BundleError(f"lookalike index in {directory} is unreadable: {exc}") from exc
+        params = dict(meta["params"])
+        if n_threads is not None:
+            params["n_threads"] = n_threads
+        self = cls(**params)
+        self.index_ = index
+        self.kind_ = meta["kind"]
+        self.param_name_ = meta["param_name"]
+        self.param_value_ = meta["param_value"]
+        self.nlist_ = meta["nlist"]
+        self.removed_ = np.asarray(meta["removed"], dtype=np.int64)
+        self.build_report_ = meta["build_report"]
+        return self
+
+
+def _doubling(start: int, stop: int) -> list[int]:
+    values, v = [], start
+    while v < stop:
+        values.append(v)
+        v *= 2
+    values.append(stop)
+    return values

@@ -1,0 +1,173 @@
+"""What a lookalike audience is likely worth, and why the seed is a seed.
+
+- Expected quality: expand from part of the seed and count how much of the held-out rest comes
+  back within the audience size (recall, lift over random, AUC against the population).
+- Distinguishing features: the features whose seed distribution differs significantly from
+  the population's, in words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dmp_ml.models.lookalike.audience import SeedPlan, fit_ranker, seeded_rng
+
+if TYPE_CHECKING:
+    from dmp_ml.models.lookalike.model import LookalikeModel
+
+
+def holdout_quality(
+    model: LookalikeModel, plan: SeedPlan, sizes: list[int], rerank: bool, weight: float
+) -> list[dict[str, Any]]:
+    """Expand from part of the seed and count how much of the held-out rest comes back.
+
+    A held-out seed counts as recovered at size v when fewer than v available profiles
+    score above it. Up to ``holdout_sample`` available profiles that count is exact;
+    beyond, it is estimated from a uniform sample of ``holdout_sample`` of them (no full
+    ranking needed). The sample starts from the ranker's reference sample (itself uniform
+    over the same profiles, and already scored), topped up with uniform draws of the rest.
+    """
+    s = model.settings
+    seeds = plan.seeds
+    n_hold = int(math.floor(len(seeds) * s.holdout_fraction))
+    n_hold = max(1, min(n_hold, len(seeds) - 1)) if len(seeds) > 1 else 0
+    if n_hold == 0:
+        return [
+            {
+                "size": v,
+                "holdout_seeds": 0,
+                "recall": None,
+                "random_recall": None,
+                "lift": None,
+                "auc": None,
+            }
+            for v in sizes
+        ]
+    perm = seeded_rng(s.seed, 1).permutation(seeds)
+    held, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+    excluded = np.union1d(train, plan.exclude)
+    ranker = fit_ranker(model, train, rerank, weight, excluded, salt=1)
+    keep = np.ones(len(model.profile_ids_), dtype=bool)
+    keep[excluded] = False
+    available = np.flatnonzero(keep)
+    n_avail = len(available)
+    sample = available
+    if n_avail > s.holdout_sample:
+        rng = seeded_rng(s.seed, 2)
+        base = np.intersect1d(ranker.reference_rows, available, assume_unique=True)
+        if len(base) > s.holdout_sample:
+            base = rng.choice(base, s.holdout_sample, replace=False)
+        rest = np.setdiff1d(available, base, assume_unique=True)
+        extra = rng.choice(rest, min(len(rest), s.holdout_sample - len(base)), replace=False)
+        sample = np.sort(np.concatenate([base, extra]).astype(np.int64))
+    sample_values = np.sort(ranker.blend(ranker.similarity(sample), sample))
+    held_values = ranker.blend(ranker.similarity(held), held)
+    above = len(sample) - np.searchsorted(sample_values, held_values, side="right")
+    held_rank = above * (n_avail / max(1, len(sample)))
+    auc = _auc(held_values, ranker.reference)
+    rows = []
+    for v in sizes:
+        recall = float(np.mean(held_rank < v))
+        random_recall = min(1.0, v / max(1, n_avail))
+        rows.append(
+            {
+                "size": int(v),
+                "holdout_seeds": int(n_hold),
+                "recall": round(recall, 4),
+                "random_recall": round(random_recall, 4),
+                "lift": round(recall / random_recall, 3) if random_recall > 0 else None,
+                "auc": round(auc, 4),
+            }
+        )
+    return rows
+
+
+def distinguishing(model: LookalikeModel, seeds: np.ndarray) -> list[dict[str, Any]]:
+    """Features whose seed distribution differs from the population's, largest effect first.
+
+    Effect = standardized mean difference of the scaled (clipped) feature; significant when
+    it is at least ``min_effect_size`` and its z statistic passes a Bonferroni-corrected 1%
+    two-sided test over all features.
+    """
+    s = model.settings
+    emb = model.embedder_
+    pre = emb.pre(model.raw_[seeds], model.codes_[seeds]).astype(np.float64)
+    pop = model.population_
+    std = np.where(pop["std"] > 0, pop["std"], np.inf)
+    effect = (pre.mean(axis=0) - pop["mean"]) / std
+    z_stat = np.abs(effect) * math.sqrt(len(seeds))
+    z_crit = NormalDist().inv_cdf(1 - 0.005 / max(1, len(effect)))
+    significant = (np.abs(effect) >= s.min_effect_size) & (z_stat >= z_crit)
+    n_num = len(emb.numeric_columns_)
+    with np.errstate(all="ignore"), quiet_nan_warnings():
+        seed_raw = model.raw_[seeds].astype(np.float64)
+        seed_median = np.nanmedian(seed_raw, axis=0) if len(seeds) else np.array([])
+        seed_mean = np.nanmean(seed_raw, axis=0) if len(seeds) else np.array([])
+    out = []
+    for j in np.argsort(-np.abs(effect), kind="stable"):
+        name = emb.feature_names_[j]
+        if j < n_num:
+            sm, pm = float(seed_median[j]), float(pop["median"][j])
+            sa, pa = float(seed_mean[j]), float(pop["raw_mean"][j])
+            text = f"{name}: seed median {_fmt(sm)} vs population {_fmt(pm)}"
+            if _fmt(sm) == _fmt(pm):
+                text += f" (average {_fmt(sa)} vs {_fmt(pa)})"
+            item = {
+                "feature": name,
+                "seed_median": _json_float(sm),
+                "population_median": _json_float(pm),
+                "seed_mean": _json_float(sa),
+                "population_mean": _json_float(pa),
+            }
+        else:
+            col, _, level = name.partition("=")
+            ss, ps = float(pre[:, j].mean()), float(pop["mean"][j])
+            text = f"{col} = {level}: {ss:.0%} of seed vs {ps:.0%} of population"
+            item = {
+                "feature": name,
+                "seed_median": None,
+                "population_median": None,
+                "seed_share": round(ss, 4),
+                "population_share": round(ps, 4),
+            }
+        item["effect_size"] = round(float(effect[j]), 3)
+        item["text"] = text
+        item["significant"] = bool(significant[j])
+        out.append(item)
+    return out
+
+
+def _auc(positive: np.ndarray, reference_sorted: np.ndarray) -> float:
+    """P(positive > reference) with ties counted half; ``reference_sorted`` ascending."""
+    if len(positive) == 0 or len(reference_sorted) == 0:
+        return 0.5
+    lo = np.searchsorted(reference_sorted, positive, side="left")
+    hi = np.searchsorted(reference_sorted, positive, side="right")
+    return float(np.mean((lo + hi) / 2.0) / len(reference_sorted))
+
+
+def _fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    if abs(x - round(x)) < 1e-9:
+        return str(int(round(x)))
+    return f"{x:.3g}"
+
+
+def _json_float(x: float) -> float | None:
+    return round(x, 6) if math.isfinite(x) else None
+
+
+@contextlib.contextmanager
+def quiet_nan_warnings() -> Iterator[None]:
+    """Silence numpy's all-NaN-slice RuntimeWarnings inside a block."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
