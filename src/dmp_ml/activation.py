@@ -117,10 +117,10 @@ def segment_audience(bundle: ModelBundle, rule: Any) -> pd.DataFrame:
 
     A plain string that names a saved segment of the bundle's workdir is that segment.
     """
-    from dmp_ml.segments import Clause, Group, _saved_names, _workdir, evaluate, load_segment
+    from dmp_ml.segments import Clause, Group, evaluate, load_segment, saved_names, workdir_of
 
-    if isinstance(rule, str) and rule.strip() in _saved_names(_workdir(bundle)):
-        rule = load_segment(_workdir(bundle), rule.strip())
+    if isinstance(rule, str) and rule.strip() in saved_names(workdir_of(bundle)):
+        rule = load_segment(workdir_of(bundle), rule.strip())
     elif not isinstance(rule, Clause | Group | Mapping | str | bytes):
         raise RequestError("rule", f"expected a rule or a segment name, got {type(rule).__name__}")
     ids = evaluate(rule, bundle)
@@ -464,11 +464,11 @@ def audience_from_spec(bundle: ModelBundle, spec: Mapping[str, Any]) -> pd.DataF
     if key == "rule":
         return segment_audience(bundle, spec["rule"])
     if key == "segment":
-        from dmp_ml.segments import _workdir, load_segment
+        from dmp_ml.segments import load_segment, workdir_of
 
         if not isinstance(spec["segment"], str):
             raise RequestError("segment", "must be a saved segment's name")
-        return segment_audience(bundle, load_segment(_workdir(bundle), spec["segment"]))
+        return segment_audience(bundle, load_segment(workdir_of(bundle), spec["segment"]))
     if key == "retarget":
         from dmp_ml.retargeting import retarget
 

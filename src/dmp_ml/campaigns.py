@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmp_ml import layout
 from dmp_ml.errors import RequestError
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CAMPAIGNS_DIR = "campaigns"
 META_FILE = "campaign.json"
 MEMBERS_FILE = "members.parquet"
 TREATED, HOLDOUT = "treated", "holdout"
@@ -106,7 +106,7 @@ def holdout_draw(name: str, profile_ids: Iterable[str]) -> np.ndarray:
 
 
 def campaign_dir(workdir: str | Path, name: str) -> Path:
-    return Path(workdir) / CAMPAIGNS_DIR / check_name(name)
+    return layout.campaigns_dir(workdir) / check_name(name)
 
 
 def create_campaign(
@@ -219,7 +219,7 @@ def load_campaign(workdir: str | Path, name: str) -> Campaign:
 
 
 def list_campaigns(workdir: str | Path) -> list[str]:
-    folder = Path(workdir) / CAMPAIGNS_DIR
+    folder = layout.campaigns_dir(workdir)
     if not folder.exists():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name))

@@ -731,9 +731,8 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the live bundle of WORKDIR (or a promoted model) over HTTP (BentoML)."""
-    import pandas as pd
 
-    from dmp_ml.bundle import served_bundle_path
+    from dmp_ml.bundle import read_features_index, served_bundle_path
     from dmp_ml.service import serve as run_service
     from dmp_ml.settings import load_settings
 
@@ -741,8 +740,7 @@ def serve(
     port = port or settings.service.port
     model = model or settings.service.bento_model
     bundle_path = served_bundle_path(workdir, model)
-    features = pd.read_parquet(bundle_path / "features" / "features.parquet", columns=[])
-    index = features.index.astype(str)
+    index = read_features_index(bundle_path).astype(str)
     known = index[~index.str.startswith("anon:")]
     sample = (known if len(known) >= 2 else index)[:2]
     ids = json.dumps([str(i) for i in sample])

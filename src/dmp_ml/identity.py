@@ -327,7 +327,7 @@ class Resolved:
         return pd.Series(pd.array(owners, dtype="string"), index=index, name="profile_id")
 
 
-def _latest_consent(consent: pd.DataFrame | None, purpose: str) -> tuple[list[str], list[str]]:
+def latest_consent(consent: pd.DataFrame | None, purpose: str) -> tuple[list[str], list[str]]:
     """Profile ids and cookie ids whose latest record for ``purpose`` is a withdrawal."""
     if consent is None or len(consent) == 0:
         return [], []
@@ -442,7 +442,7 @@ def resolve_codes(
     big = np.iinfo(np.int64).max
 
     # per-id flags, each with a trailing False "null" slot so that code -1 indexes it
-    withdrawn_p_ids, withdrawn_c_ids = _latest_consent(consent, settings.consent_purpose)
+    withdrawn_p_ids, withdrawn_c_ids = latest_consent(consent, settings.consent_purpose)
     withdrawn_p = np.zeros(n_p + 1, dtype=bool)
     withdrawn_c = np.zeros(n_c + 1, dtype=bool)
     withdrawn_p[lookup(withdrawn_p_ids, profile_vocab)] = True

@@ -250,10 +250,10 @@ def default_as_of(bundle: ModelBundle) -> pd.Timestamp:
 
 def bundle_events(bundle: ModelBundle) -> pd.DataFrame:
     """The event history of the bundle's workdir (training events plus stored batches)."""
-    from dmp_ml.segments import _workdir
+    from dmp_ml.segments import workdir_of
     from dmp_ml.store import history_events
 
-    workdir: Path = _workdir(bundle)
+    workdir: Path = workdir_of(bundle)
     return history_events(workdir)
 
 
