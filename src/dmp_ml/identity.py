@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 
 from dmp_ml.errors import DataContractError
 from dmp_ml.settings import FeatureSettings
+from dmp_ml.times import utc
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +148,6 @@ def resolution_from(events: pd.DataFrame, res: Resolved) -> Resolution:
 
 
 # --------------------------------------------------------------------------- encoding helpers
-
-
-def as_utc(ts: pd.Timestamp | str) -> pd.Timestamp:
-    """A cutoff as a tz-aware UTC timestamp (naive values are UTC)."""
-    ts = pd.Timestamp(ts)
-    if ts is pd.NaT:
-        raise DataContractError("as_of must be a valid timestamp")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def time_ns(col: pd.Series) -> np.ndarray:
@@ -431,7 +424,7 @@ def resolve_codes(
     which attribution and eligibility follow without touching the rows; the second lists the
     eligible rows with their output profile row.
     """
-    as_of = as_utc(as_of)
+    as_of = utc(as_of, "as_of")
     as_of_ns = int(as_of.value)
     horizon = as_of_ns - int(settings.cookie_ttl_days) * _DAY_NS
     t = codes.t

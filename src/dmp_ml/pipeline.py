@@ -41,6 +41,7 @@ from dmp_ml.models import BundleModel
 from dmp_ml.refresh import write_consent_state
 from dmp_ml.settings import Settings, load_settings
 from dmp_ml.store import merge_incoming, record_training_events
+from dmp_ml.times import utc
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -417,7 +418,7 @@ def _train(
     assert events_df is not None
     events_df = merge_incoming(events_df, workdir)  # batches applied by near-real-time refresh
     limit = clock_limit(settings.contract)
-    as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else _utc(as_of)
+    as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else utc(as_of, "as_of")
     profiles_df = _input(
         profiles, "profiles", load_profiles, profiles_mapping, settings, workdir, loads
     )
@@ -531,8 +532,3 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def _utc(value: str | pd.Timestamp) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

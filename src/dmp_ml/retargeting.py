@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml.errors import BundleError, RequestError
+from dmp_ml.times import utc
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -275,7 +276,7 @@ def retarget(
 
     template = check_template(template)
     checked = params if isinstance(params, TemplateParams) else parse_params(template, params)
-    cutoff = _utc(as_of) if as_of is not None else default_as_of(bundle)
+    cutoff = utc(as_of, "as_of") if as_of is not None else default_as_of(bundle)
     if events is None:
         events = bundle_events(bundle)
     eligible = bundle.features.frame.index
@@ -308,14 +309,6 @@ def describe() -> list[dict[str, Any]]:
         }
         for name, text in TEMPLATES.items()
     ]
-
-
-def _utc(value: pd.Timestamp | str) -> pd.Timestamp:
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise RequestError("as_of", f"not a time: {value!r}") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def ids_for_rule(bundle: ModelBundle, template: str, params: Mapping[str, Any]) -> pd.Index:
