@@ -18,7 +18,6 @@ the :class:`ExportReport`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
@@ -32,6 +31,7 @@ import pandas as pd
 
 from dmp_ml.csv_output import write_csv
 from dmp_ml.errors import RequestError
+from dmp_ml.hashing import sha256_text
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -71,11 +71,10 @@ def hash_emails(profiles: pd.DataFrame, email_column: str = "email") -> pd.DataF
         }
     )
     frame = frame.dropna().drop_duplicates("profile_id", keep="first")
-    digests = [hashlib.sha256(e.encode("utf-8")).hexdigest() for e in frame["email"].tolist()]
     return pd.DataFrame(
         {
             "profile_id": pd.array(frame["profile_id"].to_numpy(), dtype="string"),
-            "email_sha256": pd.array(digests, dtype="string"),
+            "email_sha256": pd.array(sha256_text(frame["email"]).to_numpy(), dtype="string"),
         }
     )
 

@@ -421,32 +421,23 @@ class ModelBundle:
             basis[name] = pd.array(np.round(values), dtype="Int64")
         return basis
 
-    def lookalike(
-        self,
-        seed_ids: Iterable[str],
-        size: int | None = None,
-        reach: float | None = None,
-        exclude_ids: Iterable[str] = (),
-    ) -> Audience:
-        """More profiles like the seed; see :meth:`dmp_ml.expansion.LookalikeModel.expand`."""
+    def lookalike(self, seed_ids: Iterable[str], **request: Any) -> Audience:
+        """More profiles like the seed; ``request`` (``size``, ``reach``, ``exclude_ids``) as
+        in :meth:`dmp_ml.expansion.LookalikeModel.expand`."""
         if self.lookalike_model is None:
             raise BundleError(
                 f"bundle {self.version} has no lookalike model: {self._why('lookalike')}"
             )
         # forgotten seeds are no longer in the index: the model reports them as unknown
-        return self.lookalike_model.expand(
-            [str(s) for s in seed_ids], size=size, reach=reach, exclude_ids=exclude_ids
-        )
+        return self.lookalike_model.expand([str(s) for s in seed_ids], **request)
 
-    def send_time(
-        self,
-        profile_ids: Iterable[str] | None = None,
-        window_start: pd.Timestamp | str | None = None,
-        window_hours: int = 24,
-        quiet_hours: tuple[int, int] | None = None,
-        timezone: str | None = None,
-    ) -> Any:
-        """Best send time per profile inside a window (see ``SendTimeModel.best_send_time``)."""
+    def send_time(self, profile_ids: Iterable[str] | None = None, **request: Any) -> Any:
+        """Best send time per profile (every eligible one when ``profile_ids`` is None).
+
+        ``request`` (``window_start``, ``window_hours``, ``quiet_hours``, ``timezone``) as in
+        ``SendTimeModel.best_send_time``; the window starts at the bundle's ``as_of`` unless
+        ``window_start`` says otherwise.
+        """
         if self.send_time_model is None:
             raise BundleError(
                 f"bundle {self.version} has no send-time model: {self._why('send_time')}"
@@ -455,13 +446,9 @@ class ModelBundle:
             ids = self.features.frame.index.astype(str).tolist()
         else:
             ids = [str(p) for p in profile_ids]
-        decision = self.send_time_model.best_send_time(
-            ids,
-            window_start=window_start if window_start is not None else self.as_of,
-            window_hours=window_hours,
-            quiet_hours=quiet_hours,
-            timezone=timezone,
-        )
+        if request.get("window_start") is None:
+            request["window_start"] = self.as_of
+        decision = self.send_time_model.best_send_time(ids, **request)
         # only eligible (consented, unexpired, not forgotten) profiles ever get an answer; the
         # lookup goes through the feature index's hash table (built once, then cached by pandas)
         # rather than ``Series.isin(index)``, which walks the whole population on every call
@@ -499,15 +486,10 @@ class ModelBundle:
         return outcome.get("reason") or "the step did not run"
 
 
-def lookalike(
-    bundle: ModelBundle,
-    seed_ids: Iterable[str],
-    size: int | None = None,
-    reach: float | None = None,
-    exclude_ids: Iterable[str] = (),
-) -> Audience:
-    """More profiles like ``seed_ids`` from ``bundle``: the library form of ``POST /lookalike``."""
-    return bundle.lookalike(seed_ids, size=size, reach=reach, exclude_ids=exclude_ids)
+def lookalike(bundle: ModelBundle, seed_ids: Iterable[str], **request: Any) -> Audience:
+    """More profiles like ``seed_ids`` from ``bundle``: the library form of ``POST /lookalike``
+    (``request`` as in :meth:`ModelBundle.lookalike`)."""
+    return bundle.lookalike(seed_ids, **request)
 
 
 def load_bundle(location: str | Path, n_threads: int | None = None) -> ModelBundle:
