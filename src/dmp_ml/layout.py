@@ -45,6 +45,7 @@ SPOOL_STATUS_DIR = "batches"
 SPOOL_STATE_FILE = "spool.json"
 SEGMENTS_DIR = "segments"
 CAMPAIGNS_DIR = "campaigns"
+MLFLOW_DB = "mlflow.db"
 CONSENT_STATE_FILE = "consent_state.parquet"
 """Inside a bundle directory: the hashed ids whose consent was withdrawn."""
 
@@ -124,3 +125,8 @@ def segments_dir(workdir: str | Path) -> Path:
 
 def campaigns_dir(workdir: str | Path) -> Path:
     return Path(workdir) / CAMPAIGNS_DIR
+
+
+def mlflow_db(workdir: str | Path) -> Path:
+    """The default MLflow tracking store (SQLite) of a workdir."""
+    return Path(workdir) / MLFLOW_DB
