@@ -12,12 +12,10 @@ from importlib import import_module
 from dmp_ml.models.base import BundleModel, ProfileUpdate
 
 REGISTRY: dict[str, str] = {
-    # TEMP: the current locations until the model packages land (the lead reverts this);
-    # dmp_ml.models._pre_move gives the classes whose load lacks n_threads that argument
-    "propensity": "dmp_ml.models._pre_move:PropensityModel",
-    "send_time": "dmp_ml.models._pre_move:SendTimeModel",
-    "lookalike": "dmp_ml.expansion:LookalikeModel",
-    "affinity": "dmp_ml.models._pre_move:AffinityModel",
+    "propensity": "dmp_ml.models.propensity:PropensityModel",
+    "send_time": "dmp_ml.models.send_time:SendTimeModel",
+    "lookalike": "dmp_ml.models.lookalike:LookalikeModel",
+    "affinity": "dmp_ml.models.affinity:AffinityModel",
 }
 """Model name (its bundle directory and manifest step) -> ``module:Class``."""
 
