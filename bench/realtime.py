@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dmp_ml import store
+from dmp_ml import layout, store
 from dmp_ml.bundle import load_bundle
 from dmp_ml.demo import generate_demo_world
 from dmp_ml.pipeline import train
@@ -287,7 +287,7 @@ def http_bench(
     finally:
         stop_server(proc)
     stored = sum(len(store.read_events_file(p)) for p in store.incoming_batches(workdir))
-    quarantined = [store.events_dir(workdir) / store.QUARANTINE_DIR]
+    quarantined = [layout.events_quarantine_dir(workdir)]
     q_rows = sum(
         len(pd.read_parquet(p)) for d in quarantined if d.exists() for p in d.glob("*.parquet")
     )

@@ -21,7 +21,7 @@ from dmp_ml.bundle import ModelBundle, load_bundle
 from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import ERASURE_FILE, add_to_erasure_list
 from dmp_ml.errors import RequestError
-from dmp_ml.identity import _latest_consent
+from dmp_ml.identity import latest_consent
 
 # ------------------------------------------------------------------ fixtures
 # (demo_world, trained_workdir and copy_workdir are shared: tests/conftest.py)
@@ -134,7 +134,7 @@ def test_score_threshold_audience_is_best_first(bundle: ModelBundle) -> None:
 def test_exports_never_hold_non_consented_unknown_or_erased_profiles(
     bundle: ModelBundle, demo_world: DemoWorld, workdir: Path, tmp_path: Path
 ) -> None:
-    withdrawn, _ = _latest_consent(demo_world.consent, "marketing")
+    withdrawn, _ = latest_consent(demo_world.consent, "marketing")
     withdrawn = [p for p in withdrawn if p in set(demo_world.events["profile_id"].dropna())]
     assert withdrawn, "the demo world should have a withdrawn profile with events"
     with_email = set(demo_world.profiles.loc[demo_world.profiles["email"].notna(), "profile_id"])

@@ -273,30 +273,41 @@ def test_a_train_killed_mid_write_leaves_nothing_after_forget_or_the_next_train(
     killed = copy_workdir(trained_workdir, tmp_path / "killed")
     events = tmp_path / "events.parquet"
     demo_world.events.to_parquet(events, index=False)
+    profiles = tmp_path / "profiles.parquet"
+    demo_world.profiles.to_parquet(profiles, index=False)
     script = (
         "import sys\n"
         "from dmp_ml.pipeline import train\n"
         "from dmp_ml.settings import Settings\n"
         "settings = Settings.model_validate_json(sys.argv[3])\n"
-        "train(sys.argv[1], 'end', sys.argv[2], settings=settings)\n"
+        "train(sys.argv[1], 'end', sys.argv[2], profiles=sys.argv[4], settings=settings)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(events), str(killed), train_settings.model_dump_json()],
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(events),
+            str(killed),
+            train_settings.model_dump_json(),
+            str(profiles),
+        ],
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     try:
         deadline = time.monotonic() + 120
-        while not list((killed / "bundles").glob(".tmp-*/features/features.parquet")):
+        # the features step writes the hashed contacts; the codec writes the rest at the end
+        while not list((killed / "bundles").glob(".tmp-*/contacts.parquet")):
             assert proc.poll() is None, "the train finished before it could be killed"
             assert time.monotonic() < deadline, "no temporary bundle appeared"
             time.sleep(0.05)
-        time.sleep(0.3)  # let the feature table be written whole
+        time.sleep(0.3)  # let the contacts be written whole
     finally:
         proc.send_signal(signal.SIGKILL)  # this test's own child, by its id
         proc.wait(timeout=30)
     temporary = list((killed / "bundles").glob(".tmp-*"))
     assert len(temporary) == 1
-    victim = str(load_bundle(killed).features.frame.index[0])
+    victim = str(pd.read_parquet(temporary[0] / "contacts.parquet")["profile_id"].iloc[0])
     assert any(h.startswith("bundles/.tmp-") for h in holders(killed, victim))
 
     by_train = copy_workdir(killed, tmp_path / "by_train")

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmp_ml import activation, pipeline, refresh, store
+from dmp_ml import activation, layout, pipeline, refresh, store
 from dmp_ml.bundle import ModelBundle, load_bundle
 from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget, read_erasure_list
 from dmp_ml.errors import RequestError
-from dmp_ml.identity import _latest_consent
+from dmp_ml.identity import latest_consent
 from dmp_ml.models.lookalike import LookalikeModel
 from dmp_ml.refresh import Refresher, RefreshReport, apply_events
 from dmp_ml.segments import evaluate
@@ -159,7 +159,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_never_lost(applied: Applied) 
     stored = pd.read_parquet(r.stored_path)
     assert len(stored) == 6
     history = store.history_events(applied.workdir)
-    base = pd.read_parquet(applied.workdir / "events" / store.BASE_EVENTS)
+    base = pd.read_parquet(layout.base_events(applied.workdir))
     assert len(history) == len(base) + 6
     assert r.bundle_version == applied.after.version
 
@@ -281,7 +281,7 @@ def test_forgotten_and_withdrawn_profiles_stay_out(
 ) -> None:
     workdir = copy_workdir(applied.workdir, tmp_path / "w")
     forget(workdir, [applied.known])
-    withdrawn, _ = _latest_consent(demo_world.consent, "marketing")
+    withdrawn, _ = latest_consent(demo_world.consent, "marketing")
     withdrawn = [p for p in withdrawn if p in set(demo_world.events["profile_id"].dropna())][:1]
     assert withdrawn
     t = applied.before.as_of + pd.Timedelta(hours=8)

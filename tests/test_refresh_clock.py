@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmp_ml import store
+from dmp_ml import layout, store
 from dmp_ml.bundle import load_bundle
 from dmp_ml.refresh import Refresher
 
@@ -58,8 +58,8 @@ def test_a_stored_future_batch_cannot_move_the_clock_either(
     )
     name = store.new_batch_name(pd.Timestamp.now(tz="UTC"))
     store.write_parquet_atomic(
-        store._contract_frame(old),
-        store.events_dir(workdir) / store.INCOMING_DIR / f"{name}.parquet",
+        store.contract_frame(old),
+        layout.incoming_dir(workdir) / f"{name}.parquet",
     )
     report = Refresher(workdir).catch_up()
     assert report is not None

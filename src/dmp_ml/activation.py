@@ -18,7 +18,6 @@ the :class:`ExportReport`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
@@ -32,6 +31,7 @@ import pandas as pd
 
 from dmp_ml.csv_output import write_csv
 from dmp_ml.errors import RequestError
+from dmp_ml.hashing import sha256_text
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -71,11 +71,10 @@ def hash_emails(profiles: pd.DataFrame, email_column: str = "email") -> pd.DataF
         }
     )
     frame = frame.dropna().drop_duplicates("profile_id", keep="first")
-    digests = [hashlib.sha256(e.encode("utf-8")).hexdigest() for e in frame["email"].tolist()]
     return pd.DataFrame(
         {
             "profile_id": pd.array(frame["profile_id"].to_numpy(), dtype="string"),
-            "email_sha256": pd.array(digests, dtype="string"),
+            "email_sha256": pd.array(sha256_text(frame["email"]).to_numpy(), dtype="string"),
         }
     )
 
@@ -117,10 +116,10 @@ def segment_audience(bundle: ModelBundle, rule: Any) -> pd.DataFrame:
 
     A plain string that names a saved segment of the bundle's workdir is that segment.
     """
-    from dmp_ml.segments import Clause, Group, _saved_names, _workdir, evaluate, load_segment
+    from dmp_ml.segments import Clause, Group, evaluate, load_segment, saved_names, workdir_of
 
-    if isinstance(rule, str) and rule.strip() in _saved_names(_workdir(bundle)):
-        rule = load_segment(_workdir(bundle), rule.strip())
+    if isinstance(rule, str) and rule.strip() in saved_names(workdir_of(bundle)):
+        rule = load_segment(workdir_of(bundle), rule.strip())
     elif not isinstance(rule, Clause | Group | Mapping | str | bytes):
         raise RequestError("rule", f"expected a rule or a segment name, got {type(rule).__name__}")
     ids = evaluate(rule, bundle)
@@ -464,11 +463,11 @@ def audience_from_spec(bundle: ModelBundle, spec: Mapping[str, Any]) -> pd.DataF
     if key == "rule":
         return segment_audience(bundle, spec["rule"])
     if key == "segment":
-        from dmp_ml.segments import _workdir, load_segment
+        from dmp_ml.segments import load_segment, workdir_of
 
         if not isinstance(spec["segment"], str):
             raise RequestError("segment", "must be a saved segment's name")
-        return segment_audience(bundle, load_segment(_workdir(bundle), spec["segment"]))
+        return segment_audience(bundle, load_segment(workdir_of(bundle), spec["segment"]))
     if key == "retarget":
         from dmp_ml.retargeting import retarget
 

@@ -1,27 +1,32 @@
-"""The model bundle: one versioned, self-contained directory that serving needs.
+"""The model bundle: one versioned, self-contained directory that serving needs, and its codec.
 
-Layout under a workdir::
+Layout of a bundle directory (the workdir's layout is in :mod:`dmp_ml.layout`)::
 
-    bundles/<version>/manifest.json   versions, as_of, data fingerprint, metrics, run ids, checksums
-    bundles/<version>/...             feature table, models, precomputed scores
-    bundle -> bundles/<version>       the live pointer, swapped atomically
+    manifest.json               versions, as_of, data fingerprint, steps, run ids, checksums
+    features/                   the feature table
+    <model>/                    one directory per registered model that trained (its ``name``)
+    propensity/scores.parquet   precomputed propensity scores
+    ...                         what steps add (hashed contacts, consent state, refresh records)
+
+:func:`save_bundle` writes a bundle's features, models and scores and its manifest;
+:class:`ModelBundle` reads them back, both by iterating :data:`dmp_ml.models.REGISTRY`, so a
+registered model needs no code here. A model is in a bundle when its step's status in the
+manifest's ``steps`` is ``trained``.
 
 A bundle is written into a temporary directory, checked, then published by renaming it into
-``bundles/`` and atomically replacing the ``bundle`` symlink: a run that fails leaves the previous
-bundle live and intact. Loading verifies every file's checksum, so a partial or corrupt bundle is
-refused with :class:`~dmp_ml.errors.BundleError`.
+``bundles/`` and atomically replacing the ``bundle`` pointer: a run that fails leaves the
+previous bundle live and intact. Loading verifies every file's checksum, so a partial or
+corrupt bundle is refused with :class:`~dmp_ml.errors.BundleError`.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,18 +35,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
+from dmp_ml import layout
 from dmp_ml.errors import BundleError
+from dmp_ml.hashing import sha256_file
+from dmp_ml.models import REGISTRY, BundleModel, model_class
 
 if TYPE_CHECKING:
-    from dmp_ml.models.lookalike import Audience
+    from dmp_ml.features import FeatureTable
+    from dmp_ml.models.affinity import AffinityModel
+    from dmp_ml.models.lookalike import Audience, LookalikeModel
+    from dmp_ml.models.propensity import PropensityModel
+    from dmp_ml.models.send_time import SendTimeModel
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-POINTER = "bundle"
-VERSIONS_DIR = "bundles"
+FEATURES_DIR = "features"
+SCORES_FILE = "propensity/scores.parquet"
+"""The precomputed propensity scores, relative to the bundle directory."""
+TRAINED = "trained"
+"""The status in the manifest's ``steps`` of a model that is in the bundle."""
 KEEP_VERSIONS = 3
 BENTO_MODEL_NAME = "dmp-ml-bundle"
 """The BentoML model that ``dmp-ml promote`` stores bundles as."""
@@ -51,7 +67,7 @@ BENTO_BUNDLE_DIR = "bundle"
 
 def live_bundle_path(workdir: str | Path) -> Path:
     """The directory the ``bundle`` pointer of ``workdir`` names (resolved)."""
-    pointer = Path(workdir) / POINTER
+    pointer = layout.pointer(workdir)
     if not pointer.exists():
         raise BundleError(f"no model bundle in {workdir}: run `dmp-ml train` first")
     return pointer.resolve()
@@ -94,23 +110,15 @@ def bentoml_quiet() -> ModuleType:
 
 def read_features_index(bundle_dir: Path) -> Any:
     """The profile ids of a bundle's feature table, without loading the bundle."""
-    path = bundle_dir / "features" / "features.parquet"
+    path = bundle_dir / FEATURES_DIR / "features.parquet"
     if not path.exists():
         raise BundleError(f"{bundle_dir} has no feature table")
     return pd.read_parquet(path, columns=[]).index.astype("string")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checksums(root: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(root)): sha256_of(p)
+        str(p.relative_to(root)): sha256_file(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -154,6 +162,8 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
 
 TEMP_PREFIX = ".tmp-"
 """Bundles being written live in ``bundles/.tmp-*`` until they are published."""
+LOCK_PREFIX = ".lock"
+"""The writer of ``bundles/.tmp-x`` holds ``bundles/.lock.tmp-x`` while it writes."""
 
 
 @contextmanager
@@ -162,32 +172,33 @@ def write_bundle(workdir: str | Path, version: str) -> Iterator[Path]:
 
     The caller writes its files and a ``manifest`` dict into ``<tmp>/manifest.json`` via
     :func:`finish_manifest` before leaving the block. On any exception the temporary directory
-    is removed and the live bundle is untouched. The writer holds a lock on the temporary
-    directory, so one a killed writer left behind is told apart from one being written:
-    abandoned ones are removed here first (and by ``forget``, see :func:`remove_abandoned`).
+    is removed and the live bundle is untouched. The writer holds the temporary directory's
+    lock file (:data:`LOCK_PREFIX`, released by the system if the process dies), so one a killed
+    writer left behind is told apart from one being written: abandoned ones are removed here
+    first (and by ``forget``, see :func:`remove_abandoned`).
     """
     workdir = Path(workdir)
-    versions = workdir / VERSIONS_DIR
+    versions = layout.versions_dir(workdir)
     versions.mkdir(parents=True, exist_ok=True)
     remove_abandoned(workdir)
     tmp = versions / f"{TEMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    fd = os.open(tmp, os.O_RDONLY)
+    lock = _writer_lock(tmp)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        try:
-            yield tmp
-            read_manifest(tmp, verify=True)
-            final = versions / version
-            if final.exists():
-                raise BundleError(f"bundle version {version} already exists in {versions}")
-            os.replace(tmp, final)
-            _point_to(workdir, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with lock:
+            tmp.mkdir()
+            try:
+                yield tmp
+                read_manifest(tmp, verify=True)
+                final = versions / version
+                if final.exists():
+                    raise BundleError(f"bundle version {version} already exists in {versions}")
+                os.replace(tmp, final)
+                _point_to(workdir, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
     finally:
-        os.close(fd)
+        Path(lock.lock_file).unlink(missing_ok=True)
     _prune(versions, keep=KEEP_VERSIONS, live=final)
     logger.info("published bundle %s", final)
 
@@ -199,30 +210,43 @@ def remove_abandoned(workdir: str | Path) -> list[str]:
     their writer (nor an erasure). One still being written is locked by its writer and kept.
     Returns the names removed.
     """
-    versions = Path(workdir) / VERSIONS_DIR
+    versions = layout.versions_dir(workdir)
     if not versions.is_dir():
         return []
     removed = []
     for path in sorted(versions.glob(f"{TEMP_PREFIX}*")):
         if not path.is_dir() or path.is_symlink():
             continue
+        lock = _writer_lock(path)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # published or removed meanwhile
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire(timeout=0)
+        except Timeout:
             continue  # a live writer
         try:
-            shutil.rmtree(path)
-            removed.append(path.name)
+            if path.is_dir():  # not published or removed meanwhile
+                shutil.rmtree(path)
+                removed.append(path.name)
         finally:
-            os.close(fd)
+            lock.release()
+            Path(lock.lock_file).unlink(missing_ok=True)
+    for lock_path in versions.glob(f"{LOCK_PREFIX}{TEMP_PREFIX}*"):  # died before mkdir
+        if (versions / lock_path.name.removeprefix(LOCK_PREFIX)).exists():
+            continue
+        lock = FileLock(lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        lock.release()
+        lock_path.unlink(missing_ok=True)
     if removed:
         logger.warning("removed %d abandoned temporary bundles in %s", len(removed), versions)
     return removed
+
+
+def _writer_lock(tmp: Path) -> FileLock:
+    """The lock a writer of the temporary bundle ``tmp`` holds while it writes."""
+    return FileLock(tmp.with_name(f"{LOCK_PREFIX}{tmp.name}"))
 
 
 def finish_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -234,11 +258,11 @@ def finish_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any
 
 
 def _point_to(workdir: Path, target: Path) -> None:
-    pointer = workdir / POINTER
+    pointer = layout.pointer(workdir)
     if pointer.exists() and not pointer.is_symlink():
         raise BundleError(f"{pointer} exists and is not a bundle pointer; move it away")
-    tmp_link = workdir / f".{POINTER}-{uuid.uuid4().hex[:8]}"
-    os.symlink(Path(VERSIONS_DIR) / target.name, tmp_link)
+    tmp_link = workdir / f".{layout.POINTER}-{uuid.uuid4().hex[:8]}"
+    os.symlink(Path(layout.VERSIONS_DIR) / target.name, tmp_link)
     os.replace(tmp_link, pointer)
 
 
@@ -248,6 +272,60 @@ def _prune(versions: Path, keep: int, live: Path) -> None:
     for old in done[:-keep]:
         if old != live:
             shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def trained_models(manifest: Mapping[str, Any]) -> list[str]:
+    """The registered models a bundle holds: those whose step in ``steps`` trained."""
+    steps = manifest.get("steps", {})
+    return [name for name in REGISTRY if steps.get(name, {}).get("status") == TRAINED]
+
+
+def load_models(
+    path: Path, manifest: Mapping[str, Any], n_threads: int | None = None
+) -> dict[str, BundleModel]:
+    """Every model of the bundle at ``path``, by name (each from its directory ``<name>/``)."""
+    return {
+        name: model_class(name).load(path / name, n_threads=n_threads)
+        for name in trained_models(manifest)
+    }
+
+
+def read_scores(path: Path) -> pd.DataFrame:
+    """The precomputed propensity scores of the bundle at ``path``, indexed by ``profile_id``."""
+    return pd.read_parquet(path / SCORES_FILE).set_index("profile_id")
+
+
+def save_bundle(
+    directory: Path,
+    *,
+    features: FeatureTable,
+    models: Mapping[str, BundleModel],
+    scores: pd.DataFrame | None,
+    manifest: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Write a bundle's features, models and scores into ``directory``, then its manifest.
+
+    Each model goes into ``<name>/`` (``models`` maps registered names to fitted models; the
+    manifest's ``steps`` must say ``trained`` for each, or loading leaves it out). ``scores``
+    are indexed by ``profile_id``. Other files already in ``directory`` are kept and covered by
+    the checksums; the manifest is written last (:func:`finish_manifest`). Returns it.
+    """
+    unknown = sorted(set(models) - set(REGISTRY))
+    if unknown:
+        raise KeyError(f"no model registered as {unknown}; known: {sorted(REGISTRY)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    features.write(directory / FEATURES_DIR)
+    for name, model in models.items():
+        model.save(directory / name)
+    if scores is not None:
+        frame = scores.reset_index()
+        frame["profile_id"] = frame["profile_id"].astype("string")
+        (directory / SCORES_FILE).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(directory / SCORES_FILE, index=False)
+    return finish_manifest(directory, manifest)
 
 
 # --------------------------------------------------------------------------- loaded bundle
@@ -264,47 +342,40 @@ class ScoreResult:
 class ModelBundle:
     """A loaded, verified bundle: the feature table, the models and the precomputed scores.
 
-    Every question a campaign tool asks goes through one of its methods, so the CLI, the
-    service and notebooks give the same answers. Forgotten profiles (see :meth:`forget`)
-    disappear from every answer at once.
+    ``models`` maps each registered model the bundle holds to it (see :func:`load_models`);
+    ``propensity``, ``send_time_model``, ``lookalike_model`` and ``affinity_model`` name them
+    (None when the bundle has none). Every question a campaign tool asks goes through one of
+    its methods, so the CLI, the service and notebooks give the same answers. Forgotten
+    profiles (see :meth:`forget`) disappear from every answer at once.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], n_threads: int | None = None) -> None:
         from dmp_ml.features import FeatureTable
-        from dmp_ml.models.lookalike import LookalikeModel
-        from dmp_ml.models.propensity import PropensityModel
-        from dmp_ml.models.send_time import SendTimeModel
 
         self.path = path
         self.manifest = manifest
         self.version: str = manifest["bundle_version"]
         self.as_of = pd.Timestamp(manifest["as_of"])
-        self.features = FeatureTable.read(path / "features")
-        steps = manifest.get("steps", {})
-
-        def trained(name: str) -> bool:
-            return steps.get(name, {}).get("status") == "trained"
-
-        self.propensity = (
-            PropensityModel.load(path / "propensity") if trained("propensity") else None
-        )
-        if self.propensity is not None and n_threads is not None:
-            self.propensity.n_threads = n_threads
-        self.scores = (
-            pd.read_parquet(path / "propensity" / "scores.parquet").set_index("profile_id")
-            if self.propensity is not None
-            else None
-        )
-        self.send_time_model = (
-            SendTimeModel.load(path / "send_time") if trained("send_time") else None
-        )
-        self.lookalike_model = (
-            LookalikeModel.load(path / "lookalike", n_threads=n_threads)
-            if trained("lookalike")
-            else None
-        )
-        self.affinity_model = _load_affinity(path) if trained("affinity") else None
+        self.features = FeatureTable.read(path / FEATURES_DIR)
+        self.models: dict[str, BundleModel] = load_models(path, manifest, n_threads)
+        self.scores = read_scores(path) if "propensity" in self.models else None
         self._forgotten: set[str] = set()
+
+    @property
+    def propensity(self) -> PropensityModel | None:
+        return self.models.get("propensity")  # type: ignore[return-value]
+
+    @property
+    def send_time_model(self) -> SendTimeModel | None:
+        return self.models.get("send_time")  # type: ignore[return-value]
+
+    @property
+    def lookalike_model(self) -> LookalikeModel | None:
+        return self.models.get("lookalike")  # type: ignore[return-value]
+
+    @property
+    def affinity_model(self) -> AffinityModel | None:
+        return self.models.get("affinity")  # type: ignore[return-value]
 
     # -- questions ------------------------------------------------------------------------
     def score(self, profile_ids: Iterable[str] | None = None, explain: bool = False) -> ScoreResult:
@@ -350,32 +421,23 @@ class ModelBundle:
             basis[name] = pd.array(np.round(values), dtype="Int64")
         return basis
 
-    def lookalike(
-        self,
-        seed_ids: Iterable[str],
-        size: int | None = None,
-        reach: float | None = None,
-        exclude_ids: Iterable[str] = (),
-    ) -> Audience:
-        """More profiles like the seed; see :meth:`.models.lookalike.LookalikeModel.expand`."""
+    def lookalike(self, seed_ids: Iterable[str], **request: Any) -> Audience:
+        """More profiles like the seed; ``request`` (``size``, ``reach``, ``exclude_ids``) as
+        in :meth:`dmp_ml.models.lookalike.LookalikeModel.expand`."""
         if self.lookalike_model is None:
             raise BundleError(
                 f"bundle {self.version} has no lookalike model: {self._why('lookalike')}"
             )
         # forgotten seeds are no longer in the index: the model reports them as unknown
-        return self.lookalike_model.expand(
-            [str(s) for s in seed_ids], size=size, reach=reach, exclude_ids=exclude_ids
-        )
+        return self.lookalike_model.expand([str(s) for s in seed_ids], **request)
 
-    def send_time(
-        self,
-        profile_ids: Iterable[str] | None = None,
-        window_start: pd.Timestamp | str | None = None,
-        window_hours: int = 24,
-        quiet_hours: tuple[int, int] | None = None,
-        timezone: str | None = None,
-    ) -> Any:
-        """Best send time per profile inside a window (see ``SendTimeModel.best_send_time``)."""
+    def send_time(self, profile_ids: Iterable[str] | None = None, **request: Any) -> Any:
+        """Best send time per profile (every eligible one when ``profile_ids`` is None).
+
+        ``request`` (``window_start``, ``window_hours``, ``quiet_hours``, ``timezone``) as in
+        ``SendTimeModel.best_send_time``; the window starts at the bundle's ``as_of`` unless
+        ``window_start`` says otherwise.
+        """
         if self.send_time_model is None:
             raise BundleError(
                 f"bundle {self.version} has no send-time model: {self._why('send_time')}"
@@ -384,13 +446,9 @@ class ModelBundle:
             ids = self.features.frame.index.astype(str).tolist()
         else:
             ids = [str(p) for p in profile_ids]
-        decision = self.send_time_model.best_send_time(
-            ids,
-            window_start=window_start if window_start is not None else self.as_of,
-            window_hours=window_hours,
-            quiet_hours=quiet_hours,
-            timezone=timezone,
-        )
+        if request.get("window_start") is None:
+            request["window_start"] = self.as_of
+        decision = self.send_time_model.best_send_time(ids, **request)
         # only eligible (consented, unexpired, not forgotten) profiles ever get an answer; the
         # lookup goes through the feature index's hash table (built once, then cached by pandas)
         # rather than ``Series.isin(index)``, which walks the whole population on every call
@@ -428,21 +486,10 @@ class ModelBundle:
         return outcome.get("reason") or "the step did not run"
 
 
-def _load_affinity(path: Path) -> Any:
-    from dmp_ml.models.affinity import AFFINITY_DIR, AffinityModel
-
-    return AffinityModel.load(path / AFFINITY_DIR)
-
-
-def lookalike(
-    bundle: ModelBundle,
-    seed_ids: Iterable[str],
-    size: int | None = None,
-    reach: float | None = None,
-    exclude_ids: Iterable[str] = (),
-) -> Audience:
-    """More profiles like ``seed_ids`` from ``bundle``: the library form of ``POST /lookalike``."""
-    return bundle.lookalike(seed_ids, size=size, reach=reach, exclude_ids=exclude_ids)
+def lookalike(bundle: ModelBundle, seed_ids: Iterable[str], **request: Any) -> Audience:
+    """More profiles like ``seed_ids`` from ``bundle``: the library form of ``POST /lookalike``
+    (``request`` as in :meth:`ModelBundle.lookalike`)."""
+    return bundle.lookalike(seed_ids, **request)
 
 
 def load_bundle(location: str | Path, n_threads: int | None = None) -> ModelBundle:

@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmp_ml import layout
 from dmp_ml.errors import RequestError
+from dmp_ml.times import utc
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CAMPAIGNS_DIR = "campaigns"
 META_FILE = "campaign.json"
 MEMBERS_FILE = "members.parquet"
 TREATED, HOLDOUT = "treated", "holdout"
@@ -106,7 +107,7 @@ def holdout_draw(name: str, profile_ids: Iterable[str]) -> np.ndarray:
 
 
 def campaign_dir(workdir: str | Path, name: str) -> Path:
-    return Path(workdir) / CAMPAIGNS_DIR / check_name(name)
+    return layout.campaigns_dir(workdir) / check_name(name)
 
 
 def create_campaign(
@@ -143,7 +144,7 @@ def create_campaign(
     target = cfg.target_event if target_event is None else target_event
     if not isinstance(target, str) or not target.strip():
         raise RequestError("target_event", f"must be an event type, got {target!r}")
-    start = default_as_of(bundle) if launch is None else _utc(launch, "launch")
+    start = default_as_of(bundle) if launch is None else utc(launch, "launch")
     folder = campaign_dir(workdir, name)
     if folder.exists():
         raise RequestError("name", f"campaign {name!r} exists; pick another name")
@@ -219,7 +220,7 @@ def load_campaign(workdir: str | Path, name: str) -> Campaign:
 
 
 def list_campaigns(workdir: str | Path) -> list[str]:
-    folder = Path(workdir) / CAMPAIGNS_DIR
+    folder = layout.campaigns_dir(workdir)
     if not folder.exists():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and _NAME.match(p.name))
@@ -369,6 +370,7 @@ def campaign_report(
     ``as_of`` (how far the data goes) to the UTC midnight after the last event; ``bundle``
     (for cookie-only events) to none.
     """
+    from dmp_ml.contract import data_end
     from dmp_ml.settings import load_settings
     from dmp_ml.store import history_events
 
@@ -377,10 +379,10 @@ def campaign_report(
     if events is None:
         events = history_events(workdir)
     if as_of is None:
-        seen = pd.Timestamp(events["event_time"].max()) if len(events) else campaign.launch
-        until = seen.floor("D") + _DAY  # the midnight after the last event, like train's "end"
+        # the midnight after the last event, like train's "end"
+        until = data_end(events) if len(events) else campaign.launch.floor("D") + _DAY
     else:
-        until = _utc(as_of, "as_of")
+        until = utc(as_of, "as_of")
     horizon = int(campaign.meta["horizon_days"])
     cookie_map = bundle.features.cookie_map if bundle is not None else None
     converted = conversions(campaign, events, until, cookie_map)
@@ -452,16 +454,6 @@ def _by_propensity(members: pd.DataFrame, min_per_bin: int) -> dict[str, Any]:
             row["interval_95"] = [_r(low), _r(high)]
         out.append(row)
     return {"available": True, "bins": bins, "rows": out}
-
-
-def _utc(value: Any, field: str) -> pd.Timestamp:
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(field, f"not a time: {value!r}") from exc
-    if ts is pd.NaT:
-        raise RequestError(field, f"not a time: {value!r}")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def export_campaign(

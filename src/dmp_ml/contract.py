@@ -30,6 +30,7 @@ from dmp_ml import _readers
 from dmp_ml.errors import DataContractError
 from dmp_ml.mapping import ColumnMapping, load_mapping
 from dmp_ml.settings import ContractSettings
+from dmp_ml.times import utc
 
 logger = logging.getLogger(__name__)
 
@@ -254,10 +255,7 @@ def _load(
 
 
 def _utc_now(now: pd.Timestamp | str | None) -> pd.Timestamp:
-    if now is None:
-        return pd.Timestamp.now(tz="UTC")
-    ts = pd.Timestamp(now)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return pd.Timestamp.now(tz="UTC") if now is None else utc(now, "now")
 
 
 def _quarantine_rows(raw: pd.DataFrame, reason: pd.Series) -> pd.DataFrame:

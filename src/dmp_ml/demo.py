@@ -38,6 +38,7 @@ import pandas as pd
 from dmp_ml.contract import EVENT_COLUMNS as CONTRACT_EVENT_COLUMNS
 from dmp_ml.contract import WELL_KNOWN_EVENT_TYPES
 from dmp_ml.errors import DataContractError
+from dmp_ml.times import utc
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def generate_demo_world(
     if days < 14:
         raise ValueError(f"days must be at least 14 (two weekly campaigns), got {days}")
     n, days = int(n_profiles), int(days)
-    start_ts = _to_utc(start).normalize()
+    start_ts = utc(start, "start").normalize()
     rng = np.random.default_rng(seed)
     offsets = _utc_offsets(start_ts, days)
 
@@ -341,7 +342,7 @@ def true_purchase_probability(
     missing = [c for c in need if c not in truth.columns]
     if missing:
         raise DataContractError(f"truth frame lacks columns {missing}")
-    w0 = _to_utc(as_of)
+    w0 = utc(as_of, "as_of")
     w1 = w0 + pd.Timedelta(days=horizon_days)
     lo = pd.to_datetime(truth["active_from"], utc=True).clip(lower=w0)
     hi = pd.to_datetime(truth["active_until"], utc=True).fillna(w1).clip(upper=w1)
@@ -518,13 +519,6 @@ def _pick_device(
 
 
 # --------------------------------------------------------------------------- time helpers
-
-
-def _to_utc(value: str | pd.Timestamp) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    if ts is pd.NaT:
-        raise ValueError(f"not a timestamp: {value!r}")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _utc_offsets(start: pd.Timestamp, days: int) -> np.ndarray:
@@ -1087,7 +1081,7 @@ def plant_uplift(
         raise ValueError(f"probability must be within [0, 1], got {probability}")
     if days <= 0:
         raise ValueError(f"days must be positive, got {days}")
-    w0 = _to_utc(start)
+    w0 = utc(start, "start")
     w1 = w0 + pd.Timedelta(days=days)
     if w0 < world.start or w1 > world.end:
         raise ValueError(f"the window {w0}..{w1} must lie inside the world {world.start}..")

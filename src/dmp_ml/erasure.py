@@ -15,22 +15,22 @@ Bentos already built) is listed in :data:`REMAINS`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from dmp_ml import bundle as bundle_io
+from dmp_ml import layout
 from dmp_ml.bundle import (
     BENTO_BUNDLE_DIR,
     BENTO_MODEL_NAME,
@@ -41,17 +41,17 @@ from dmp_ml.bundle import (
     read_manifest,
 )
 from dmp_ml.errors import BundleError, RequestError, StorageError, storage_errors_in
+from dmp_ml.files import fsync_dir
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
 
-ERASURE_FILE = "erasure.jsonl"
+ERASURE_FILE = layout.ERASURE_FILE
 """The erasure list: one JSON string per line (ASCII, so any id round-trips, separators too)."""
-LEGACY_ERASURE_FILE = "erasure.txt"
+LEGACY_ERASURE_FILE = layout.LEGACY_ERASURE_FILE
 """The list's former format (one id per line); read, then migrated on the next write."""
-_ERASURE_LOCK = ".erasure.lock"
 
 
 def _read_legacy(path: Path) -> set[str]:
@@ -91,10 +91,10 @@ def read_erasure_list(workdir: str | Path) -> frozenset[str]:
     """
     workdir = Path(workdir)
     ids: set[str] = set()
-    path = workdir / ERASURE_FILE
+    path = layout.erasure_file(workdir)
     if path.exists():
         ids |= _read_jsonl(path)
-    legacy = workdir / LEGACY_ERASURE_FILE
+    legacy = layout.legacy_erasure_file(workdir)
     if legacy.exists():
         ids |= _read_legacy(legacy)
     return frozenset(ids)
@@ -104,12 +104,12 @@ def erasure_stamp(workdir: str | Path) -> tuple[int, int, int] | None:
     """(mtime_ns, size, legacy size) of the erasure list: changes whenever anyone forgets."""
     workdir = Path(workdir)
     try:
-        stat = (workdir / ERASURE_FILE).stat()
+        stat = layout.erasure_file(workdir).stat()
         current = (stat.st_mtime_ns, stat.st_size)
     except FileNotFoundError:
         current = (0, 0)
     try:
-        legacy = (workdir / LEGACY_ERASURE_FILE).stat().st_size
+        legacy = layout.legacy_erasure_file(workdir).stat().st_size
     except FileNotFoundError:
         legacy = -1
     if current == (0, 0) and legacy < 0:
@@ -121,16 +121,6 @@ def _line(profile_id: str) -> str:
     return json.dumps(profile_id, ensure_ascii=True) + "\n"
 
 
-@contextmanager
-def _erasure_lock(workdir: Path) -> Iterator[None]:
-    with (workdir / _ERASURE_LOCK).open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def add_to_erasure_list(workdir: str | Path, profile_ids: Iterable[str]) -> int:
     """Append ids not yet on the list; return how many were new. Durable before it returns.
 
@@ -138,11 +128,11 @@ def add_to_erasure_list(workdir: str | Path, profile_ids: Iterable[str]) -> int:
     before the old file is removed, so no erased id is ever lost).
     """
     workdir = Path(workdir)
-    path = workdir / ERASURE_FILE
+    path = layout.erasure_file(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    with _erasure_lock(workdir):
+    with FileLock(layout.erasure_lock(workdir)):
         known = read_erasure_list(workdir)
-        legacy = workdir / LEGACY_ERASURE_FILE
+        legacy = layout.legacy_erasure_file(workdir)
         if legacy.exists():
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
             with tmp.open("w", encoding="ascii") as handle:
@@ -150,7 +140,7 @@ def add_to_erasure_list(workdir: str | Path, profile_ids: Iterable[str]) -> int:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-            _fsync_dir(workdir)
+            fsync_dir(workdir)
             legacy.unlink()
             logger.info("erasure list migrated to %s (%d ids)", path.name, len(known))
         new = sorted({str(p).strip() for p in profile_ids if str(p).strip()} - known)
@@ -177,14 +167,6 @@ def _drop_torn_tail(path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- forgetting
@@ -329,6 +311,8 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
             model.take_profiles(np.flatnonzero(~hit))
     if bundle.lookalike_model is not None:
         removed["lookalike"] = int(bundle.lookalike_model.forget(ids))
+    if bundle.affinity_model is not None:  # re-published from memory (see write_bundle_files)
+        removed["affinity"] = int(bundle.affinity_model.forget(ids))
     return removed
 
 

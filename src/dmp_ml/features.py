@@ -68,6 +68,7 @@ except ImportError:  # pragma: no cover - numpy < 2
 from dmp_ml.contract import SOURCES, WELL_KNOWN_EVENT_TYPES
 from dmp_ml.errors import DataContractError, UnknownProfileError
 from dmp_ml.settings import FeatureSettings, Settings
+from dmp_ml.times import utc
 
 logger = logging.getLogger(__name__)
 
@@ -921,7 +922,7 @@ def build_features(
             codes,
             extra,
             helper,
-            _id.as_utc(as_of),
+            utc(as_of, "as_of"),
             profiles,
             consent,
             fs,
@@ -1032,7 +1033,7 @@ class FeatureBuilder:
                 self._codes,
                 None,
                 helper,
-                _id.as_utc(as_of),
+                utc(as_of, "as_of"),
                 self.profiles,
                 self.consent,
                 self._fs,

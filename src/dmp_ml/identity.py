@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 
 from dmp_ml.errors import DataContractError
 from dmp_ml.settings import FeatureSettings
+from dmp_ml.times import utc
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +148,6 @@ def resolution_from(events: pd.DataFrame, res: Resolved) -> Resolution:
 
 
 # --------------------------------------------------------------------------- encoding helpers
-
-
-def as_utc(ts: pd.Timestamp | str) -> pd.Timestamp:
-    """A cutoff as a tz-aware UTC timestamp (naive values are UTC)."""
-    ts = pd.Timestamp(ts)
-    if ts is pd.NaT:
-        raise DataContractError("as_of must be a valid timestamp")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def time_ns(col: pd.Series) -> np.ndarray:
@@ -327,7 +320,7 @@ class Resolved:
         return pd.Series(pd.array(owners, dtype="string"), index=index, name="profile_id")
 
 
-def _latest_consent(consent: pd.DataFrame | None, purpose: str) -> tuple[list[str], list[str]]:
+def latest_consent(consent: pd.DataFrame | None, purpose: str) -> tuple[list[str], list[str]]:
     """Profile ids and cookie ids whose latest record for ``purpose`` is a withdrawal."""
     if consent is None or len(consent) == 0:
         return [], []
@@ -431,7 +424,7 @@ def resolve_codes(
     which attribution and eligibility follow without touching the rows; the second lists the
     eligible rows with their output profile row.
     """
-    as_of = as_utc(as_of)
+    as_of = utc(as_of, "as_of")
     as_of_ns = int(as_of.value)
     horizon = as_of_ns - int(settings.cookie_ttl_days) * _DAY_NS
     t = codes.t
@@ -442,7 +435,7 @@ def resolve_codes(
     big = np.iinfo(np.int64).max
 
     # per-id flags, each with a trailing False "null" slot so that code -1 indexes it
-    withdrawn_p_ids, withdrawn_c_ids = _latest_consent(consent, settings.consent_purpose)
+    withdrawn_p_ids, withdrawn_c_ids = latest_consent(consent, settings.consent_purpose)
     withdrawn_p = np.zeros(n_p + 1, dtype=bool)
     withdrawn_c = np.zeros(n_c + 1, dtype=bool)
     withdrawn_p[lookup(withdrawn_p_ids, profile_vocab)] = True

@@ -1,9 +1,11 @@
 """``train()``: the steps from event files to a published model bundle, declared in order.
 
-Each step is a function ``(TrainContext) -> StepOutcome`` that writes its artefacts into the
-bundle being built. A step that lacks data (too few positives, no email history) is *skipped*
-with its reason and the pipeline goes on; any other failure aborts the run and the previous
-bundle stays live.
+Each step is a function ``(TrainContext) -> StepOutcome``: the features step builds the
+feature table, each model step puts its fitted model in ``ctx.models`` under its registered
+name (the bundle codec, :func:`dmp_ml.bundle.save_bundle`, writes them all at the end) and
+may write other artefacts into the bundle being built. A step that lacks data (too few
+positives, no email history) is *skipped* with its reason and the pipeline goes on; any other
+failure aborts the run and the previous bundle stays live.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml import bundle as bundle_io
+from dmp_ml import layout
 from dmp_ml.activation import write_contacts
 from dmp_ml.contract import (
     LoadResult,
@@ -34,9 +37,11 @@ from dmp_ml.erasure import apply_erasure_list, read_erasure_list
 from dmp_ml.errors import InsufficientDataError, storage_errors
 from dmp_ml.features import FeatureBuilder, FeatureTable
 from dmp_ml.mapping import ColumnMapping
+from dmp_ml.models import BundleModel
 from dmp_ml.refresh import write_consent_state
 from dmp_ml.settings import Settings, load_settings
 from dmp_ml.store import merge_incoming, record_training_events
+from dmp_ml.times import utc
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -89,6 +94,8 @@ class TrainContext:
     fingerprint: str = ""  # sha256 of the whole event log (``_fingerprint``)
     events_source: str = "dataframe"  # the events file, or how the frame was given
     features: FeatureTable | None = None
+    models: dict[str, BundleModel] = field(default_factory=dict)  # registered name -> fitted
+    scores: pd.DataFrame | None = None  # propensity scores, indexed by profile_id
     # (step, action) run once the bundle is published, e.g. MLflow model registration;
     # each returns details added to the step's outcome
     after_publish: list[tuple[str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
@@ -125,7 +132,6 @@ StepCallback = Callable[[str, str], None]
 
 def _features_step(ctx: TrainContext) -> StepOutcome:
     table = ctx.builder.build(ctx.as_of)
-    table.write(ctx.bundle_dir / "features")
     # what activation and refresh need later: hashed e-mails only, hashed withdrawals only
     write_contacts(ctx.bundle_dir, ctx.profiles, table.frame.index)
     write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
@@ -149,9 +155,8 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
         builder=ctx.builder,
     )
     result = train_propensity(snapshots, ctx.features, ctx.settings)
-    out = ctx.bundle_dir / "propensity"
-    result.model.save(out)
-    result.scores.to_parquet(out / "scores.parquet", index=False)
+    ctx.models["propensity"] = result.model
+    ctx.scores = result.scores.set_index("profile_id")
     logged = log_propensity_run(result, ctx.settings, register=False, **ctx.run_labels())
 
     def register() -> dict[str, Any]:
@@ -203,7 +208,7 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
         before, resolved, timezones=timezones, training_events=train_part
     )
     model = SendTimeModel.from_settings(ctx.settings).fit(resolved, ctx.as_of, timezones)
-    model.save(ctx.bundle_dir / "send_time")
+    ctx.models["send_time"] = model
     metrics = _flat_metrics(evaluation)
     charts, chart_metrics = _send_time_charts(before, resolved, st.evaluation_days)
     metrics.update(chart_metrics)
@@ -224,7 +229,7 @@ def _lookalike_step(ctx: TrainContext) -> StepOutcome:
 
     assert ctx.features is not None
     model = LookalikeModel(ctx.settings.lookalike).fit(ctx.features)
-    model.save(ctx.bundle_dir / "lookalike")
+    ctx.models["lookalike"] = model
     report = {k: v for k, v in model.build_report_.items() if isinstance(v, int | float)}
     charts, chart_metrics, seed_text = _lookalike_charts(
         model, ctx.features, ctx.settings.propensity.target_event
@@ -341,13 +346,13 @@ def _lookalike_charts(
 
 
 def _affinity_step(ctx: TrainContext) -> StepOutcome:
-    from dmp_ml.models.affinity import AFFINITY_DIR, AffinityModel
+    from dmp_ml.models.affinity import AffinityModel
 
     assert ctx.features is not None
     resolved = ctx.builder.resolve(ctx.as_of).events
     model = AffinityModel.from_settings(ctx.settings)
     model.fit(resolved, ctx.features.frame.index, ctx.as_of)
-    model.save(ctx.bundle_dir / AFFINITY_DIR)
+    ctx.models["affinity"] = model
     return StepOutcome("trained", metrics=model.summary())
 
 
@@ -413,7 +418,7 @@ def _train(
     assert events_df is not None
     events_df = merge_incoming(events_df, workdir)  # batches applied by near-real-time refresh
     limit = clock_limit(settings.contract)
-    as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else _utc(as_of)
+    as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else utc(as_of, "as_of")
     profiles_df = _input(
         profiles, "profiles", load_profiles, profiles_mapping, settings, workdir, loads
     )
@@ -447,9 +452,13 @@ def _train(
             if on_step:
                 on_step(name, outcomes[name].status)
         record_training_events(workdir, events_df, ctx.erased, bundle_version=version)
-        manifest = bundle_io.finish_manifest(
+        assert ctx.features is not None
+        manifest = bundle_io.save_bundle(
             tmp,
-            {
+            features=ctx.features,
+            models=ctx.models,
+            scores=ctx.scores,
+            manifest={
                 "bundle_version": version,
                 "as_of": as_of_ts.isoformat(),
                 "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
@@ -487,7 +496,7 @@ def _input(
     report = result.report.to_dict()
     if len(result.quarantine):
         report["quarantine"] = str(
-            result.write_quarantine(workdir / "quarantine" / f"{kind}.parquet")
+            result.write_quarantine(layout.quarantine_dir(workdir) / f"{kind}.parquet")
         )
     loads[kind] = report
     return result.frame
@@ -523,8 +532,3 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def _utc(value: str | pd.Timestamp) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -23,10 +23,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmp_ml import layout
 from dmp_ml.bundle import (
     BENTO_BUNDLE_DIR,
     BENTO_MODEL_NAME,
-    VERSIONS_DIR,
     bento_bundle_path,
     bentoml_quiet,
     read_features_index,
@@ -59,7 +59,7 @@ def champion_bundle(workdir: str | Path, settings: Settings) -> tuple[Path, dict
     from mlflow import MlflowClient  # isort: skip (after dmp_ml.tracking: telemetry off)
     from mlflow.exceptions import MlflowException  # isort: skip
 
-    versions = Path(workdir) / VERSIONS_DIR
+    versions = layout.versions_dir(workdir)
     target, horizon = settings.propensity.target_event, settings.propensity.horizon_days
     name = registered_model_name(target, horizon)
     uri = settings.tracking_uri()
@@ -127,7 +127,7 @@ def promote(
     settings = settings or load_settings()
     if Path(settings.workdir) != Path(workdir):
         settings = settings.model_copy(update={"workdir": Path(workdir)})
-    if not (Path(workdir) / VERSIONS_DIR).is_dir():
+    if not layout.versions_dir(workdir).is_dir():
         raise BundleError(f"no bundles in {workdir}: run `dmp-ml train` first")
     # under the workdir lock: a forget cannot land between the erasure check and the save
     # (nor delete the bundle while it is copied; a train pruning old bundles still can)

@@ -51,12 +51,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from dmp_ml import store
+from dmp_ml import layout, store
 from dmp_ml.bundle import live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
 from dmp_ml.erasure import erasure_stamp, read_erasure_list
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
+from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.settings import ContractSettings, Settings
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CONSENT_STATE_FILE = "consent_state.parquet"
 REFRESHED_FILE = "refresh/refreshed.parquet"
 MAX_BATCH_ROWS = 1_000_000
 _DAY = pd.Timedelta(days=1)
@@ -105,7 +105,7 @@ class RefreshReport:
 # --------------------------------------------------------------------------- validation
 
 
-def _as_text_frame(events: pd.DataFrame) -> pd.DataFrame:
+def as_text_frame(events: pd.DataFrame) -> pd.DataFrame:
     """A frame whose columns the contract parses like a file's (times as ISO text)."""
     out = pd.DataFrame(index=range(len(events)))
     for column in events.columns:
@@ -155,7 +155,7 @@ def validate_events(
         raise RequestError("events", f"at most {MAX_BATCH_ROWS} events per batch")
     with tempfile.TemporaryDirectory(prefix="dmp-batch-") as tmp:
         path = Path(tmp) / "batch.parquet"
-        _as_text_frame(events).to_parquet(path, index=False)
+        as_text_frame(events).to_parquet(path, index=False)
         result = load_events(path, mapping=mapping, settings=settings)
     return replace(result, report=replace(result.report, path="<batch>"))
 
@@ -171,14 +171,14 @@ def write_consent_state(
     For the pipeline's features step, so that a refresh never brings back a profile or cookie
     whose consent was withdrawn. Only hashes are stored. None without consent records.
     """
-    from dmp_ml.identity import _latest_consent
+    from dmp_ml.identity import latest_consent
 
     if consent is None:
         return None
-    profiles, cookies = _latest_consent(consent, settings.features.consent_purpose)
+    profiles, cookies = latest_consent(consent, settings.features.consent_purpose)
     keys = pd.Series([f"p:{p}" for p in profiles] + [f"c:{c}" for c in cookies], dtype="string")
-    frame = pd.DataFrame({"key_sha256": store.sha256_text(keys)})
-    path = Path(bundle_dir) / CONSENT_STATE_FILE
+    frame = pd.DataFrame({"key_sha256": sha256_text(keys)})
+    path = Path(bundle_dir) / layout.CONSENT_STATE_FILE
     frame.to_parquet(path, index=False)
     return path
 
@@ -186,7 +186,7 @@ def write_consent_state(
 def _consent_records(
     bundle: ModelBundle, subset: pd.DataFrame, settings: Settings
 ) -> pd.DataFrame | None:
-    path = Path(bundle.path) / CONSENT_STATE_FILE
+    path = Path(bundle.path) / layout.CONSENT_STATE_FILE
     if not path.exists():
         return None
     withdrawn = set(pd.read_parquet(path)["key_sha256"].astype(str))
@@ -194,8 +194,8 @@ def _consent_records(
         return None
     profiles = pd.Series(subset["profile_id"].dropna().unique(), dtype="string")
     cookies = pd.Series(subset["cookie_id"].dropna().unique(), dtype="string")
-    p_hit = profiles[store.sha256_text("p:" + profiles).isin(withdrawn).to_numpy(bool)]
-    c_hit = cookies[store.sha256_text("c:" + cookies).isin(withdrawn).to_numpy(bool)]
+    p_hit = profiles[sha256_text("p:" + profiles).isin(withdrawn).to_numpy(bool)]
+    c_hit = cookies[sha256_text("c:" + cookies).isin(withdrawn).to_numpy(bool)]
     n = len(p_hit) + len(c_hit)
     return pd.DataFrame(
         {
@@ -335,7 +335,7 @@ class Refresher:
             if self._pending is None:
                 return None
             empty = LoadResult(
-                frame=store._contract_frame(pd.DataFrame(columns=EVENT_COLUMNS)),
+                frame=store.contract_frame(pd.DataFrame(columns=EVENT_COLUMNS)),
                 quarantine=pd.DataFrame({"reason": pd.Series([], dtype="string")}),
                 report=LoadReport("<pending>", "events", 0, 0, 0, {}),
             )
@@ -366,7 +366,7 @@ class Refresher:
                 "events until the next train"
             )
         received = loaded.report.rows_read
-        batch = store._contract_frame(loaded.frame)
+        batch = store.contract_frame(loaded.frame)
         erased = read_erasure_list(self.workdir)
         erased_rows = store.purge_mask(batch, erased) if erased else np.zeros(len(batch), bool)
         batch = batch.loc[~erased_rows].reset_index(drop=True)
@@ -406,16 +406,15 @@ class Refresher:
             else {}
         )
         name = store.new_batch_name(pd.Timestamp.now(tz="UTC"))
-        root = store.events_dir(self.workdir)
         q_path = None
         if len(quarantine):
             q_path = store.write_parquet_atomic(
-                quarantine, root / store.QUARANTINE_DIR / f"{name}.parquet"
+                quarantine, layout.events_quarantine_dir(self.workdir) / f"{name}.parquet"
             )
         stored = None
         if len(batch):
             stored = store.write_parquet_atomic(
-                batch, root / store.INCOMING_DIR / f"{name}.parquet"
+                batch, layout.incoming_dir(self.workdir) / f"{name}.parquet"
             )
         lap("store")
 

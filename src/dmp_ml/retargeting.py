@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml.errors import BundleError, RequestError
+from dmp_ml.times import utc
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -250,10 +251,10 @@ def default_as_of(bundle: ModelBundle) -> pd.Timestamp:
 
 def bundle_events(bundle: ModelBundle) -> pd.DataFrame:
     """The event history of the bundle's workdir (training events plus stored batches)."""
-    from dmp_ml.segments import _workdir
+    from dmp_ml.segments import workdir_of
     from dmp_ml.store import history_events
 
-    workdir: Path = _workdir(bundle)
+    workdir: Path = workdir_of(bundle)
     return history_events(workdir)
 
 
@@ -275,7 +276,7 @@ def retarget(
 
     template = check_template(template)
     checked = params if isinstance(params, TemplateParams) else parse_params(template, params)
-    cutoff = _utc(as_of) if as_of is not None else default_as_of(bundle)
+    cutoff = utc(as_of, "as_of") if as_of is not None else default_as_of(bundle)
     if events is None:
         events = bundle_events(bundle)
     eligible = bundle.features.frame.index
@@ -308,14 +309,6 @@ def describe() -> list[dict[str, Any]]:
         }
         for name, text in TEMPLATES.items()
     ]
-
-
-def _utc(value: pd.Timestamp | str) -> pd.Timestamp:
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise RequestError("as_of", f"not a time: {value!r}") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def ids_for_rule(bundle: ModelBundle, template: str, params: Mapping[str, Any]) -> pd.Index:

@@ -30,6 +30,7 @@ from dmp_ml import features as _f
 from dmp_ml import identity as _id
 from dmp_ml.errors import ConfigError
 from dmp_ml.settings import FeatureSettings, Settings
+from dmp_ml.times import utc
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def _build(
     scheduler: Any,
     npartitions: int | None,
 ) -> _f.FeatureTable:
-    as_of_ts = _id.as_utc(as_of)
+    as_of_ts = utc(as_of, "as_of")
     codes = _id.encode_ids(events, extra=["event_type", "channel", "source", "category"])
     res = _id.resolve_codes(codes, as_of_ts, fs, consent=consent, links=links, erased=erased)
     params = _f.params_from_codes(codes, res.rows, as_of_ts, fs, categories, reference)

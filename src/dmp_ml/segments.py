@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dmp_ml import layout
 from dmp_ml.errors import RequestError, storage_errors_in
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SEGMENTS_DIR = "segments"
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "between", "exists")
 ORDER_OPS = ("<", "<=", ">", ">=")
 TEXT_OPS = ("==", "!=", "in", "not_in", "exists")
@@ -403,7 +403,7 @@ def check_rule(
     Raises SegmentError naming the clause, with the closest valid name.
     """
     frame = bundle.features.frame
-    workdir = _workdir(bundle) if workdir is None else Path(workdir)
+    workdir = workdir_of(bundle) if workdir is None else Path(workdir)
     for clause in clauses(rule):
         where = _at(clause.path, clause.kind)
         if clause.kind == "feature":
@@ -461,7 +461,7 @@ def _check_segment_ref(
     if clause.name in stack:
         cycle = " -> ".join([*stack[stack.index(clause.name) :], clause.name])
         raise SegmentError(where, f"segments reference each other in a cycle: {cycle}")
-    saved = _saved_names(workdir)
+    saved = saved_names(workdir)
     if clause.name not in saved:
         raise SegmentError(where, f"unknown segment {clause.name!r}{_closest(clause.name, saved)}")
     inner = load_segment(workdir, clause.name)
@@ -478,7 +478,9 @@ def _check_segment_ref(
 # --------------------------------------------------------------------------- evaluating
 
 
-def _workdir(bundle: ModelBundle) -> Path:
+def workdir_of(bundle: ModelBundle) -> Path:
+    """The workdir whose segments and erasure list apply to ``bundle`` (for a bundle outside
+    a workdir's versions, the directory it is in)."""
     from dmp_ml.store import bundle_workdir
 
     try:
@@ -493,7 +495,7 @@ def excluded_ids(bundle: ModelBundle) -> set[str]:
 
     gone = set(getattr(bundle, "_forgotten", set()))
     try:
-        gone |= set(read_erasure_list(_workdir(bundle)))
+        gone |= set(read_erasure_list(workdir_of(bundle)))
     except OSError:  # pragma: no cover - unreadable list: the in-memory one still applies
         logger.warning("erasure list of %s is unreadable", bundle.path)
     return gone
@@ -502,7 +504,7 @@ def excluded_ids(bundle: ModelBundle) -> set[str]:
 def evaluate(rule: Rule | Mapping[str, Any] | str, bundle: ModelBundle) -> pd.Index:
     """Profile ids matching ``rule`` (sorted as in the feature table), never a forgotten one."""
     rule = rule if isinstance(rule, Clause | Group) else parse_rule(rule)
-    workdir = _workdir(bundle)
+    workdir = workdir_of(bundle)
     check_rule(rule, bundle, workdir)
     mask = _mask(rule, bundle, workdir, {})
     index = bundle.features.frame.index
@@ -717,24 +719,21 @@ class SavedSegment:
         }
 
 
-def _segments_dir(workdir: str | Path) -> Path:
-    return Path(workdir) / SEGMENTS_DIR
-
-
-def _saved_names(workdir: str | Path) -> list[str]:
-    folder = _segments_dir(workdir)
+def saved_names(workdir: str | Path) -> list[str]:
+    """The names of the segments saved in ``workdir``, sorted."""
+    folder = layout.segments_dir(workdir)
     if not folder.exists():
         return []
     return sorted(p.stem for p in folder.glob("*.json") if _NAME.match(p.stem))
 
 
 def _read_segment_file(workdir: str | Path, name: str) -> dict[str, Any]:
-    path = _segments_dir(workdir) / f"{name}.json"
+    path = layout.segments_dir(workdir) / f"{name}.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SegmentError(
-            "segment", f"unknown segment {name!r}{_closest(name, _saved_names(workdir))}"
+            "segment", f"unknown segment {name!r}{_closest(name, saved_names(workdir))}"
         ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise SegmentError("segment", f"saved segment {name!r} is unreadable: {exc}") from exc
@@ -753,7 +752,7 @@ def load_segment(workdir: str | Path, name: str) -> Rule:
 def list_segments(workdir: str | Path) -> list[SavedSegment]:
     """Every saved segment of the workdir, by name."""
     out = []
-    for name in _saved_names(workdir):
+    for name in saved_names(workdir):
         data = _read_segment_file(workdir, name)
         rule = parse_rule(data.get("rule"))
         out.append(
@@ -773,7 +772,7 @@ def _cycle(workdir: str | Path, name: str, rule: Rule) -> list[str] | None:
     def refs(seg: str) -> list[str]:
         if seg == name:
             return referenced_segments(rule)
-        if seg not in _saved_names(workdir):
+        if seg not in saved_names(workdir):
             return []
         return referenced_segments(load_segment(workdir, seg))
 
@@ -804,7 +803,7 @@ def save_segment(
     """
     _check_name(name, "name")
     rule = rule if isinstance(rule, Clause | Group) else parse_rule(rule)
-    saved = _saved_names(workdir)
+    saved = saved_names(workdir)
     for clause in clauses(rule):
         if clause.kind == "segment" and clause.name not in saved and clause.name != name:
             raise SegmentError(
@@ -825,7 +824,7 @@ def save_segment(
         for clause in clauses(rule):
             if clause.kind != "segment":
                 check_rule(clause, bundle, workdir)
-    folder = _segments_dir(workdir)
+    folder = layout.segments_dir(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -842,9 +841,9 @@ def delete_segment(workdir: str | Path, name: str) -> None:
     users = [s.name for s in list_segments(workdir) if name in s.references and s.name != name]
     if users:
         raise SegmentError("name", f"segment {name!r} is used by {', '.join(users)}")
-    path = _segments_dir(workdir) / f"{name}.json"
+    path = layout.segments_dir(workdir) / f"{name}.json"
     if not path.exists():
         raise SegmentError(
-            "name", f"unknown segment {name!r}{_closest(name, _saved_names(workdir))}"
+            "name", f"unknown segment {name!r}{_closest(name, saved_names(workdir))}"
         )
     path.unlink()

@@ -21,6 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from dmp_ml import layout
 from dmp_ml.errors import ConfigError
 
 CONFIG_DIR = Path(str(resources.files("dmp_ml") / "config"))
@@ -345,7 +346,7 @@ class Settings(BaseSettings):
         env = os.environ.get("MLFLOW_TRACKING_URI")
         if env:
             return env
-        return f"sqlite:///{(Path(self.workdir) / 'mlflow.db').resolve()}"
+        return f"sqlite:///{layout.mlflow_db(self.workdir).resolve()}"
 
 
 class _YamlSource(PydanticBaseSettingsSource):

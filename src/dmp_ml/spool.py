@@ -22,7 +22,6 @@ applying and deleting re-applies the batches; the refresh quarantines exact re-s
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -36,30 +35,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
-from dmp_ml import store
+from dmp_ml import layout, store
 from dmp_ml.errors import RequestError, storage_errors, storage_errors_in
+from dmp_ml.files import fsync_dir, write_json_atomic
 
 if TYPE_CHECKING:
     from dmp_ml.refresh import Refresher, RefreshReport
 
 logger = logging.getLogger(__name__)
 
-SPOOL_DIR = store.SPOOL_DIR
-STATUS_DIR = "batches"
-APPLIER_LOCK = ".dmp-ml-applier.lock"
-STATE_FILE = "spool.json"
 _BATCH = re.compile(r"^[0-9]{8}T[0-9]{12}-[0-9a-f]{8}$")
 STATUS_KEEP_SECONDS = 7 * 24 * 3600
 """How long the outcome of an applied batch stays queryable."""
 
 
 def spool_dir(workdir: str | Path) -> Path:
-    return store.events_dir(workdir) / SPOOL_DIR
+    return layout.spool_dir(workdir)
 
 
 def status_dir(workdir: str | Path) -> Path:
-    return store.events_dir(workdir) / STATUS_DIR
+    return layout.spool_status_dir(workdir)
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,7 @@ def accept(workdir: str | Path, events: Sequence[Mapping[str, Any]] | pd.DataFra
     contract refuses are counted here and quarantined with their reason when the batch is
     applied (the same check runs again there), never dropped silently.
     """
-    from dmp_ml.refresh import _as_text_frame, validate_events
+    from dmp_ml.refresh import as_text_frame, validate_events
 
     checked = validate_events(events)  # RequestError for a malformed body
     frame = events if isinstance(events, pd.DataFrame) else pd.DataFrame.from_records(events)
@@ -105,13 +102,13 @@ def accept(workdir: str | Path, events: Sequence[Mapping[str, Any]] | pd.DataFra
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{batch}.{uuid.uuid4().hex[:6]}.tmp"
     try:
-        text = _as_text_frame(frame)
+        text = as_text_frame(frame)
         text.attrs = {}
         text.to_parquet(tmp, index=False)
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, folder / f"{batch}.parquet")
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         tmp.unlink(missing_ok=True)
     report = checked.report
@@ -158,17 +155,16 @@ def batch_status(workdir: str | Path, batch: str) -> dict[str, Any]:
 @contextmanager
 def applier_lock(workdir: str | Path) -> Iterator[bool]:
     """Yield True when this process is now the workdir's one applier, False if another is."""
-    path = Path(workdir) / APPLIER_LOCK
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(layout.applier_lock(workdir))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True)
@@ -239,7 +235,7 @@ def drain(
                     "applied_with": len(taken),
                     "refresh": refresh,  # the counts of the whole application (no ids)
                 }
-                _write_json(status_dir(workdir) / f"{path.stem}.json", status)
+                write_json_atomic(status_dir(workdir) / f"{path.stem}.json", status)
             for path in taken:
                 path.unlink(missing_ok=True)
             _write_state(workdir, {"last_error": None, "last_apply_seconds": round(seconds, 3)})
@@ -272,7 +268,7 @@ def _estimate(workdir: str | Path, applications: int) -> float | None:
 
 
 def _read_state(workdir: str | Path) -> dict[str, Any]:
-    path = store.events_dir(workdir) / STATE_FILE
+    path = layout.spool_state(workdir)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -281,14 +277,7 @@ def _read_state(workdir: str | Path) -> dict[str, Any]:
 
 def _write_state(workdir: str | Path, update: Mapping[str, Any]) -> None:
     state = {**_read_state(workdir), **dict(update)}
-    _write_json(store.events_dir(workdir) / STATE_FILE, state)
-
-
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(dict(payload), sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(layout.spool_state(workdir), state)
 
 
 def _prune_statuses(workdir: str | Path, now: pd.Timestamp) -> None:
@@ -297,11 +286,3 @@ def _prune_statuses(workdir: str | Path, now: pd.Timestamp) -> None:
     for path in folder.glob("*.json"):
         if path.stat().st_mtime < limit:
             path.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,14 +1,9 @@
 """Workdir state shared by erasure, refresh and activation: lock, event store, re-publishing.
 
-Layout under a workdir ``W`` (next to ``W/bundles`` and ``W/bundle``)::
-
-    W/.dmp-ml.lock                    writers (forget, refresh) serialise on this file
-    W/events/base.parquet             the events the live training used (see record_training_events)
-    W/events/state.json               which incoming batches base.parquet already holds
-    W/events/incoming/<batch>.parquet validated event batches applied since (near-real-time refresh)
-    W/events/quarantine/<batch>.parquet  rows of those batches that failed the contract
-    W/events/spool/<batch>.parquet    batches accepted by POST /events, not applied yet
-    W/events/batches/<batch>.json     the outcome of each applied batch (counts, no ids)
+The event store (``W/events``, see :mod:`dmp_ml.layout`) holds the events the live training
+used (``base.parquet``, see :func:`record_training_events`), which incoming batches it
+already holds, the validated batches applied since by near-real-time refresh and the rows of
+them that failed the contract. Writers (forget, refresh) serialise on :func:`workdir_lock`.
 
 The event store holds contract frames; it is what a refresh recomputes profiles from and what
 the next ``train`` adds to its input (:func:`merge_incoming`), so no event applied to the live
@@ -16,14 +11,13 @@ service is lost at the next retrain. Forgotten profiles are purged from every fi
 (:func:`purge_event_files`).
 
 :func:`republish` writes a loaded, edited :class:`~dmp_ml.bundle.ModelBundle` as a new bundle
-version through :func:`dmp_ml.bundle.write_bundle`: checksums stay valid, the pointer swap is
-atomic, and a failure leaves the previous bundle live.
+version through :func:`dmp_ml.bundle.write_bundle` and the bundle codec
+(:func:`dmp_ml.bundle.save_bundle`): checksums stay valid, the pointer swap is atomic, and a
+failure leaves the previous bundle live.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -37,27 +31,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from dmp_ml import bundle as bundle_io
+from dmp_ml import layout
 from dmp_ml.contract import EVENT_COLUMNS
 from dmp_ml.errors import BundleError
+from dmp_ml.files import write_json_atomic
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE = ".dmp-ml.lock"
-EVENTS_DIR = "events"
-BASE_EVENTS = "base.parquet"
-STATE_FILE = "state.json"
-INCOMING_DIR = "incoming"
-QUARANTINE_DIR = "quarantine"
-SPOOL_DIR = "spool"  # see dmp_ml.spool
 _YOUNG_SECONDS = 120.0  # a spool file this new may be mid-write (accepting takes no lock)
 ANON_PREFIX = "anon:"
-# components a re-publish writes from the loaded objects (everything else is copied as is)
-_REWRITTEN = ("features", "send_time", "lookalike", "propensity/scores.parquet")
 
 
 # --------------------------------------------------------------------------- workdir basics
@@ -66,24 +54,18 @@ _REWRITTEN = ("features", "send_time", "lookalike", "propensity/scores.parquet")
 def bundle_workdir(bundle: ModelBundle) -> Path:
     """The workdir a loaded bundle belongs to (``W`` of ``W/bundles/<version>``)."""
     path = Path(bundle.path).resolve()
-    if path.parent.name == bundle_io.VERSIONS_DIR:
+    if path.parent.name == layout.VERSIONS_DIR:
         return path.parent.parent
-    raise BundleError(
-        f"bundle {path} is not inside a workdir's {bundle_io.VERSIONS_DIR}/ directory"
-    )
+    raise BundleError(f"bundle {path} is not inside a workdir's {layout.VERSIONS_DIR}/ directory")
 
 
 @contextmanager
 def workdir_lock(workdir: str | Path) -> Iterator[None]:
     """Exclusive lock on the workdir for writers (forget, refresh); blocks until it is free."""
-    path = Path(workdir) / LOCK_FILE
+    path = layout.lock_file(workdir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
@@ -100,24 +82,10 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def sha256_text(values: pd.Series) -> pd.Series:
-    """SHA-256 hex digest of each non-missing string (NA stays NA)."""
-    out = pd.Series(pd.NA, index=values.index, dtype="string")
-    present = values.notna()
-    out[present] = [
-        hashlib.sha256(str(v).encode("utf-8")).hexdigest() for v in values[present].tolist()
-    ]
-    return out
-
-
 # --------------------------------------------------------------------------- event store
 
 
-def events_dir(workdir: str | Path) -> Path:
-    return Path(workdir) / EVENTS_DIR
-
-
-def _contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The contract's columns in order, with its dtypes (absent columns are all missing)."""
     out = pd.DataFrame(index=range(len(frame)))
     for column in EVENT_COLUMNS:
@@ -141,29 +109,21 @@ def _contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def row_keys(events: pd.DataFrame) -> np.ndarray:
     """One uint64 hash per event over the contract columns (exact-duplicate detection)."""
-    frame = _contract_frame(events)
+    frame = contract_frame(events)
     frame["event_time"] = frame["event_time"].dt.as_unit("ns")
     return pd.util.hash_pandas_object(frame, index=False).to_numpy()
 
 
 def _read_state(workdir: str | Path) -> dict[str, Any]:
-    path = events_dir(workdir) / STATE_FILE
+    path = layout.events_state(workdir)
     if not path.exists():
         return {"merged": []}
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write_state(workdir: str | Path, state: Mapping[str, Any]) -> None:
-    path = events_dir(workdir) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(dict(state), indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def incoming_batches(workdir: str | Path) -> list[Path]:
     """Every stored refresh batch, oldest first (names start with their UTC time)."""
-    folder = events_dir(workdir) / INCOMING_DIR
+    folder = layout.incoming_dir(workdir)
     if not folder.exists():
         return []
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
@@ -172,7 +132,7 @@ def incoming_batches(workdir: str | Path) -> list[Path]:
 def read_events_file(path: Path) -> pd.DataFrame:
     """A stored contract frame (string columns as pandas ``string``)."""
     frame = pd.read_parquet(path)
-    return _contract_frame(frame) if len(frame.columns) else _contract_frame(pd.DataFrame())
+    return contract_frame(frame) if len(frame.columns) else contract_frame(pd.DataFrame())
 
 
 def merge_incoming(events: pd.DataFrame, workdir: str | Path) -> pd.DataFrame:
@@ -191,7 +151,7 @@ def merge_incoming(events: pd.DataFrame, workdir: str | Path) -> pd.DataFrame:
     if extra.empty:
         return events
     logger.info("train: adding %d events from %d refresh batches", len(extra), len(batches))
-    merged = pd.concat([_contract_frame(events), extra], ignore_index=True)
+    merged = pd.concat([contract_frame(events), extra], ignore_index=True)
     return merged.sort_values("event_time", kind="stable", ignore_index=True)
 
 
@@ -209,15 +169,17 @@ def record_training_events(
     the steps, just before the bundle is published, with the version being published (a
     refresh warns when the live bundle comes from another training).
     """
-    frame = purge_events(_contract_frame(events), erased)
+    frame = purge_events(contract_frame(events), erased)
     keys = row_keys(frame)
     with workdir_lock(workdir):  # forget and refresh rewrite these files under it too
         merged = []
         for batch in incoming_batches(workdir):
             if np.isin(row_keys(read_events_file(batch)), keys).all():
                 merged.append(batch.name)
-        path = write_parquet_atomic(frame, events_dir(workdir) / BASE_EVENTS)
-        _write_state(workdir, {"merged": merged, "bundle_version": bundle_version})
+        path = write_parquet_atomic(frame, layout.base_events(workdir))
+        write_json_atomic(
+            layout.events_state(workdir), {"merged": merged, "bundle_version": bundle_version}
+        )
     return path
 
 
@@ -229,10 +191,10 @@ def remove_stale_temp_files(workdir: str | Path) -> list[str]:
     file there belongs to a writer that died: it may hold events of a profile (even an
     erased one) and is never read. Returns the paths removed.
     """
-    root = events_dir(workdir)
+    root = layout.events_dir(workdir)
     if not root.exists():
         return []
-    spool = root / SPOOL_DIR
+    spool = layout.spool_dir(workdir)
     now = time.time()
     stale = [
         p
@@ -266,10 +228,10 @@ def unmerged_batches(workdir: str | Path) -> list[Path]:
 
 def history_events(workdir: str | Path) -> pd.DataFrame:
     """The base events plus the refresh batches not yet merged into them."""
-    base = events_dir(workdir) / BASE_EVENTS
+    base = layout.base_events(workdir)
     if not base.exists():
         raise BundleError(
-            f"no event history in {events_dir(workdir)}: a near-real-time refresh needs the "
+            f"no event history in {layout.events_dir(workdir)}: a near-real-time refresh needs the "
             "training events (train records them with dmp_ml.store.record_training_events)"
         )
     parts = [read_events_file(base)]
@@ -346,14 +308,14 @@ def purge_event_files(
     workdir = Path(workdir)
     ids = [str(p) for p in profile_ids]
     files = []
-    base = events_dir(workdir) / BASE_EVENTS
+    base = layout.base_events(workdir)
     if base.exists():
         files.append(base)
     files += incoming_batches(workdir)
     for folder in (
-        events_dir(workdir) / SPOOL_DIR,
-        events_dir(workdir) / QUARANTINE_DIR,
-        workdir / "quarantine",
+        layout.spool_dir(workdir),
+        layout.events_quarantine_dir(workdir),
+        layout.quarantine_dir(workdir),
     ):
         if folder.exists():
             files += sorted(folder.glob("*.parquet"))
@@ -411,7 +373,7 @@ def republish(
             extra_files=extra_files,
             drop_ids=drop_ids,
         )
-    final = Path(workdir) / bundle_io.VERSIONS_DIR / version
+    final = layout.versions_dir(workdir) / version
     bundle.path = final
     bundle.version = version
     bundle.manifest = manifest
@@ -429,21 +391,23 @@ def write_bundle_files(
 ) -> dict[str, Any]:
     """Write the loaded (edited) ``bundle`` into the empty directory ``dest``; return its manifest.
 
-    Features, scores, the send-time and the lookalike models are written from the objects in
-    memory; every other file of the bundle directory (propensity model, contacts, ...) is
-    copied; copied Parquet files with a ``profile_id`` column lose the rows of ``drop_ids``
-    (hashed contacts, refresh records, ...). ``extra_files`` maps a relative path to a writer
-    called with its destination. The manifest (checksums included) is written last.
+    Features, models and scores are written from the objects in memory by the bundle codec
+    (:func:`dmp_ml.bundle.save_bundle`); every other file of the bundle directory (contacts,
+    consent state, ...) is copied; copied Parquet files with a ``profile_id`` column lose the
+    rows of ``drop_ids`` (hashed contacts, refresh records, ...). ``extra_files`` maps a
+    relative path to a writer called with its destination. The manifest (checksums
+    included) is written last.
     """
     source = Path(bundle.path)
     dest.mkdir(parents=True, exist_ok=True)
     extra_files = dict(extra_files or {})
     drop = pd.Index([str(p) for p in drop_ids], dtype="string")
+    rewritten = (bundle_io.FEATURES_DIR, bundle_io.SCORES_FILE, *bundle.models)
     for item in sorted(source.rglob("*")):
         rel = item.relative_to(source)
         if item.is_dir() or rel.name == bundle_io.MANIFEST:
             continue
-        if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in _REWRITTEN):
+        if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in rewritten):
             continue
         if str(rel) in extra_files:
             continue
@@ -457,24 +421,17 @@ def write_bundle_files(
                     frame.loc[~hit].reset_index(drop=True).to_parquet(target, index=False)
                     continue
         shutil.copy2(item, target)
-    bundle.features.write(dest / "features")
-    if bundle.scores is not None:
-        scores = bundle.scores.reset_index()
-        scores["profile_id"] = scores["profile_id"].astype("string")
-        (dest / "propensity").mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(dest / "propensity" / "scores.parquet", index=False)
-    if bundle.send_time_model is not None:
-        bundle.send_time_model.save(dest / "send_time")
-    if bundle.lookalike_model is not None:
-        bundle.lookalike_model.save(dest / "lookalike")
     for rel, writer in extra_files.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         writer(target)
     base = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
-    return bundle_io.finish_manifest(
+    return bundle_io.save_bundle(
         dest,
-        {
+        features=bundle.features,
+        models=bundle.models,
+        scores=bundle.scores,
+        manifest={
             **base,
             **dict(manifest_update),
             "train_version": training_version(bundle.manifest),
@@ -487,7 +444,7 @@ def write_bundle_files(
 
 def delete_other_versions(workdir: str | Path, keep: Path) -> list[str]:
     """Delete every bundle version but ``keep`` (after an erasure, old ones hold the data)."""
-    versions = Path(workdir) / bundle_io.VERSIONS_DIR
+    versions = layout.versions_dir(workdir)
     deleted = []
     for path in sorted(versions.iterdir()):
         if path.name.startswith("."):
