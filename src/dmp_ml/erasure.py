@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 from filelock import FileLock
 
@@ -303,16 +302,8 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
         removed["scores"] = int(hit.sum())
         if hit.any():
             bundle.scores = bundle.scores.loc[~hit]
-    if bundle.send_time_model is not None:
-        model = bundle.send_time_model
-        hit = model.profile_ids_.isin(ids)
-        removed["send_time"] = int(hit.sum())
-        if hit.any():
-            model.take_profiles(np.flatnonzero(~hit))
-    if bundle.lookalike_model is not None:
-        removed["lookalike"] = int(bundle.lookalike_model.forget(ids))
-    if bundle.affinity_model is not None:  # re-published from memory (see write_bundle_files)
-        removed["affinity"] = int(bundle.affinity_model.forget(ids))
+    for name, model in bundle.models.items():  # every model drops every trace it holds
+        removed[name] = int(model.forget(ids))
     return removed
 
 
