@@ -82,7 +82,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     events: Path | pd.DataFrame = args.events
     if args.retail_demo:
-        from dmp_ml.demo_retail import generate_retail_world
+        from dmp_ml.demo import generate_retail_world
 
         events = generate_retail_world(args.retail_demo, seed=args.seed).events
         args.mapping = None

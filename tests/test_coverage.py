@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 from dmp_ml.bundle import load_bundle
-from dmp_ml.demo import DemoWorld, true_purchase_probability
-from dmp_ml.demo_retail import generate_retail_world
+from dmp_ml.demo import DemoWorld, generate_retail_world, true_purchase_probability
 from dmp_ml.errors import BundleError
 from dmp_ml.pipeline import train
 from dmp_ml.settings import Settings

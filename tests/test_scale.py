@@ -10,8 +10,8 @@ pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
 from dmp_ml.demo import generate_demo_world  # noqa: E402
-from dmp_ml.features import FeatureTable, build_features  # noqa: E402
-from dmp_ml.scale import build_features_dask  # noqa: E402
+from dmp_ml.features import FeatureBuilder, FeatureTable, build_features  # noqa: E402
+from dmp_ml.scale import DaskEngine  # noqa: E402
 from dmp_ml.settings import FeatureSettings, Settings  # noqa: E402
 
 
@@ -43,14 +43,13 @@ def test_dask_engine_equals_pandas_engine_on_the_demo_world(world, client):
     as_of = world.end - pd.Timedelta(days=7)
     erased = [str(world.profiles["profile_id"].iloc[0])]
     expected = build_features(world.events, as_of, world.profiles, world.consent, erased=erased)
-    got = build_features_dask(
+    got = build_features(
         world.events,
         as_of,
         world.profiles,
         world.consent,
         erased=erased,
-        scheduler=client,
-        npartitions=5,
+        engine=DaskEngine(client, npartitions=5),
     )
     assert len(expected) > 100
     assert expected.summary["shared_devices"] > 0  # the demo world has households
@@ -65,5 +64,17 @@ def test_engine_setting_routes_build_features_to_dask(world, client):
         )
     )
     got = build_features(world.events, as_of, world.profiles, world.consent, settings)
+    expected = build_features(world.events, as_of, world.profiles, world.consent, Settings())
+    _assert_same(expected, got)
+
+
+def test_feature_builder_on_dask_reuses_its_encoded_log_and_equals_pandas(world, client):
+    settings = Settings(
+        features=FeatureSettings(
+            engine="dask", dask_scheduler=client.scheduler.address, dask_partitions=4
+        )
+    )
+    as_of = world.end - pd.Timedelta(days=14)
+    got = FeatureBuilder(world.events, world.profiles, world.consent, settings).build(as_of)
     expected = build_features(world.events, as_of, world.profiles, world.consent, Settings())
     _assert_same(expected, got)

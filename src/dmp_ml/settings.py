@@ -1,9 +1,12 @@
-"""Settings: one object, read from a YAML file and ``DMP_ML_`` environment variables.
+"""Settings: one object, read from YAML files and ``DMP_ML_`` environment variables.
 
-Precedence (highest first): explicit keyword arguments, environment variables
-(``DMP_ML_PROPENSITY__HORIZON_DAYS=60``), the YAML file (the packaged ``dmp_ml/config/default.yaml``
-or the file named by ``DMP_ML_CONFIG``), then the defaults below. Each section mirrors one block of
-``default.yaml``. The YAML ships inside the package so an installed wheel runs from any folder.
+Precedence (highest first): explicit keyword arguments (the CLI's options), environment
+variables (``DMP_ML_PROPENSITY__HORIZON_DAYS=60``), the YAML file named by ``config`` (the
+``--config`` option, or ``DMP_ML_CONFIG``), the packaged ``dmp_ml/config/default.yaml``, then
+the defaults below. Sections merge key by key across these sources, so a YAML file or a variable
+need only name what it changes. Each section mirrors one block of ``default.yaml``; an unknown
+key anywhere is an error. The YAML ships inside the package so an installed wheel runs from any
+folder.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    YamlConfigSettingsSource,
 )
 
 from dmp_ml import layout
@@ -99,39 +105,51 @@ class PropensitySettings(_Section):
     )
 
 
+def _candidates(*values: float, what: str) -> Any:
+    """A list field of values chosen from on held-out data (at least one)."""
+    return Field(default_factory=lambda: list(values), min_length=1, description=what)
+
+
 class SendTimeSettings(_Section):
     """Send-time curves (see dmp_ml.models.send_time.SendTimeModel for the meaning of each)."""
 
     # candidates searched on the internal held-out period (a one-element list fixes the value)
-    prior_strength_candidates: list[float] = Field(
-        default_factory=lambda: [1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
-        min_length=1,
-        description="Profile -> cohort shrinkage, in pseudo engagement events per week.",
+    prior_strength_candidates: list[float] = _candidates(
+        1.0,
+        3.0,
+        10.0,
+        30.0,
+        100.0,
+        300.0,
+        what="Profile -> cohort shrinkage, in pseudo engagement events per week.",
     )
-    cohort_strength_candidates: list[float] = Field(
-        default_factory=lambda: [30.0, 300.0, 3000.0],
-        min_length=1,
-        description="Cohort (time zone) -> global shrinkage, pseudo engagement events per week.",
+    cohort_strength_candidates: list[float] = _candidates(
+        30.0,
+        300.0,
+        3000.0,
+        what="Cohort (time zone) -> global shrinkage, pseudo engagement events per week.",
     )
-    day_pooling_candidates: list[float] = Field(
-        default_factory=lambda: [0.1, 0.3, 1.0],
-        min_length=1,
-        description="Weight of the same hour on the other six days when smoothing (0..1).",
+    day_pooling_candidates: list[float] = _candidates(
+        0.1, 0.3, 1.0, what="Weight of the same hour on the other six days when smoothing (0..1)."
     )
-    bandwidth_candidates: list[float] = Field(
-        default_factory=lambda: [1.0, 1.5, 2.5],
-        min_length=1,
-        description="Circular Gaussian smoothing over neighbouring hours: sd in hours.",
+    bandwidth_candidates: list[float] = _candidates(
+        1.0, 1.5, 2.5, what="Circular Gaussian smoothing over neighbouring hours: sd in hours."
     )
-    activity_weight_candidates: list[float] = Field(
-        default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0],
-        min_length=1,
-        description="Weight of one non-email engagement hour relative to one email response.",
+    activity_weight_candidates: list[float] = _candidates(
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        what="Weight of one non-email engagement hour relative to one email response.",
     )
-    sharpness_candidates: list[float] = Field(
-        default_factory=lambda: [0.8, 1.0, 1.25, 1.5, 2.0],
-        min_length=1,
-        description="Power applied to the posterior curve (contrast calibration; 1 = none).",
+    sharpness_candidates: list[float] = _candidates(
+        0.8,
+        1.0,
+        1.25,
+        1.5,
+        2.0,
+        what="Power applied to the posterior curve (contrast calibration; 1 = none).",
     )
     holdout_days: float = Field(21.0, gt=0, description="Internal held-out period for selection.")
     evaluation_days: int = Field(
@@ -307,12 +325,17 @@ class ServiceSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """Every tunable of dmp-ml, with its default."""
+    """Every tunable of dmp-ml, with its default (see the module doc for where values come from)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="DMP_ML_", env_nested_delimiter="__", extra="ignore", frozen=True
+        env_prefix="DMP_ML_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
+    config: Path | None = Field(
+        None,
+        description="YAML file read over the packaged default.yaml (--config, DMP_ML_CONFIG); "
+        "null: the packaged file alone.",
+    )
     workdir: Path = Path("models")
     mlflow_tracking_uri: str | None = Field(
         None, description="Defaults to MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db."
@@ -337,7 +360,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _YamlSource(settings_cls)
+        files = [DEFAULT_CONFIG]
+        config = _config_file(init_settings, env_settings)
+        if config is not None:
+            if not config.is_file():
+                raise ConfigError(f"config file not found: {config}")
+            files.append(config)
+        # later files win; nested sections merge key by key
+        return init_settings, env_settings, _YamlFiles(settings_cls, files)
 
     def tracking_uri(self) -> str:
         """The MLflow URI: the setting, else ``MLFLOW_TRACKING_URI``, else SQLite in workdir."""
@@ -349,49 +379,57 @@ class Settings(BaseSettings):
         return f"sqlite:///{layout.mlflow_db(self.workdir).resolve()}"
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """Reads the YAML file named by ``DMP_ML_CONFIG`` (default: the packaged ``default.yaml``)."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        path = os.environ.get("DMP_ML_CONFIG")
-        self._data = _read_yaml(Path(path)) if path else _read_yaml(DEFAULT_CONFIG, missing_ok=True)
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
+def _config_file(
+    init_settings: PydanticBaseSettingsSource, env_settings: PydanticBaseSettingsSource
+) -> Path | None:
+    """The ``config`` keyword argument, else ``DMP_ML_CONFIG`` (as the env source reads it)."""
+    given = None
+    if isinstance(init_settings, InitSettingsSource):
+        given = init_settings.init_kwargs.get("config")
+    if given is None and isinstance(env_settings, EnvSettingsSource):
+        given = env_settings.env_vars.get("dmp_ml_config")
+    return Path(given) if given else None
 
 
-def _read_yaml(path: Path, missing_ok: bool = False) -> dict[str, Any]:
-    if not path.exists():
-        if missing_ok:
-            return {}
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+class _YamlFiles(YamlConfigSettingsSource):
+    """The YAML files, later ones over earlier ones; a broken file is one :class:`ConfigError`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], files: list[Path]) -> None:
+        super().__init__(settings_cls, yaml_file=files, deep_merge=True)
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            raise ConfigError(
+                f"config file {file_path} is not valid YAML{where}: {problem}"
+            ) from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file_path} cannot be read: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping at the top level")
+        if "config" in data:
+            raise ConfigError(f"config file {file_path}: 'config' names a file; set it outside")
+        return data
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from ``config`` (a YAML path), the environment and ``overrides``."""
-    previous = os.environ.get("DMP_ML_CONFIG")
+    """Build the settings from ``config`` (a YAML path), the environment and ``overrides``.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not YAML, or a value is invalid or unknown (named in the
+        message, e.g. ``invalid setting propensity.horizon_days: ...``).
+    """
     try:
         if config is not None:
-            os.environ["DMP_ML_CONFIG"] = str(config)
+            return Settings(config=Path(config), **overrides)
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
-    finally:
-        if config is not None:
-            if previous is None:
-                os.environ.pop("DMP_ML_CONFIG", None)
-            else:
-                os.environ["DMP_ML_CONFIG"] = previous

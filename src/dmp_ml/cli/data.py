@@ -80,8 +80,7 @@ def demo_data(
     ] = "dmp",
 ) -> None:
     """Generate a synthetic demo world (events, profiles, consent, ground truth)."""
-    from dmp_ml.demo import generate_demo_world, write_demo_world
-    from dmp_ml.demo_retail import generate_retail_world
+    from dmp_ml.demo import generate_demo_world, generate_retail_world, write_demo_world
 
     if style not in ("dmp", "retail"):
         raise typer.BadParameter(f"--style must be dmp or retail, got {style!r}")

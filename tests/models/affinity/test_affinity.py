@@ -10,7 +10,7 @@ import pytest
 
 from dmp_ml.activation import export_frame
 from dmp_ml.bundle import load_bundle
-from dmp_ml.demo import _GROUP_CORE, DemoWorld
+from dmp_ml.demo import GROUP_CORE, DemoWorld
 from dmp_ml.erasure import forget
 from dmp_ml.errors import RequestError
 from dmp_ml.models.affinity import AFFINITY_DIR, AffinityModel, profile_affinity, segment_affinity
@@ -23,9 +23,9 @@ def _core(truth: pd.DataFrame) -> dict[str, set[str]]:
     """Each person's planted main categories: their interest group's and secondary group's."""
     out = {}
     for row in truth.itertuples():
-        cats = set(_GROUP_CORE[row.interest_group])
+        cats = set(GROUP_CORE[row.interest_group])
         if pd.notna(row.secondary_interest_group):
-            cats |= set(_GROUP_CORE[row.secondary_interest_group])
+            cats |= set(GROUP_CORE[row.secondary_interest_group])
         out[row.profile_id] = cats
     return out
 

@@ -24,7 +24,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from dmp_ml.demo import CATEGORIES, INTEREST_GROUPS, TIMEZONES, TRUTH_COLUMNS, DemoWorld
+from dmp_ml.demo.catalogue import CATEGORIES, INTEREST_GROUPS, TIMEZONES
+from dmp_ml.demo.truth import TRUTH_COLUMNS
+from dmp_ml.demo.world import DemoWorld
 
 logger = logging.getLogger(__name__)
 

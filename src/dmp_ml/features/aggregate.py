@@ -1,0 +1,289 @@
+"""The per-profile reductions: events as codes (:func:`gather`), then the block (:func:`aggregate`).
+
+Everything is computed with integer codes and ``numpy.bincount`` / ``ufunc.at`` reductions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from dmp_ml import identity
+from dmp_ml.contract import SOURCES
+from dmp_ml.features.clock import LocalClock, utc_hour_of_week
+from dmp_ml.features.params import DAY_NS, FeatureParams, vocab_lut
+from dmp_ml.features.table import HOURS_PER_WEEK
+
+ENCODED_COLUMNS = ["event_type", "channel", "source", "category"]
+"""The text columns :func:`gather` reads as integer codes (besides the ids)."""
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """The events of some profiles as integer codes against a :class:`FeatureParams`.
+
+    Rows are in input order. ``prof`` : profile row (0..n-1); ``t`` : int64 UTC nanoseconds;
+    ``etype`` : index in ``event_types`` (other -> last); ``channel`` : index in ``channels``
+    (-1 null, ``len(channels)`` other); ``source`` : index in SOURCES (-1 other/null);
+    ``category`` : index in ``categories`` (-1 null, ``len(categories)`` other).
+    Sparse columns: ``value`` at rows ``value_rows``; ``campaign`` (any int code per
+    campaign, -1 null) at ``campaign_rows``, the email open/click rows.
+    """
+
+    prof: np.ndarray
+    t: np.ndarray
+    etype: np.ndarray
+    channel: np.ndarray
+    source: np.ndarray
+    category: np.ndarray
+    value_rows: np.ndarray
+    value: np.ndarray
+    campaign_rows: np.ndarray
+    campaign: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.prof)
+
+
+def _small_dtype(limit: int) -> type[np.signedinteger]:
+    """The narrowest signed integer type holding -1..limit."""
+    return np.int8 if limit < 127 else np.int16 if limit < 32_767 else np.int32
+
+
+def _small_int(values: np.ndarray, limit: int) -> np.ndarray:
+    return values.astype(_small_dtype(limit), copy=False)
+
+
+def _unique_per_profile(prof: np.ndarray, campaign: np.ndarray, n: int) -> np.ndarray:
+    """Distinct campaigns per profile (rows without a campaign count once each)."""
+    has = campaign >= 0
+    out = np.bincount(prof[~has], minlength=n).astype(np.float64)
+    if has.any():
+        width = int(campaign[has].max()) + 1
+        keys = np.unique(prof[has] * width + campaign[has])
+        out += np.bincount(keys // width, minlength=n)
+    return out
+
+
+def aggregate(
+    a: EventArrays, n: int, p: FeatureParams, tz_codes: np.ndarray, tz_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-profile features of ``n`` profiles from their events.
+
+    Returns ``block`` of shape (n_columns, n) in :meth:`FeatureParams.columns` order (identity
+    columns, tenure and smoothed rates are left for :func:`finalize`) and ``how`` of shape
+    (n, 168).
+    Counts, sums, minima and maxima are scattered straight into the output (``ufunc.at``) in
+    chunks of rows, so memory stays at the output's size plus one chunk. Sums accumulate in
+    row order: any partition of the profiles that keeps each profile's rows in order gives
+    bit-identical values.
+    """
+    cols = p.columns()
+    pos = {c: i for i, c in enumerate(cols)}
+    block = np.zeros((len(cols), n))
+    flat = block.reshape(-1)
+    how = np.zeros((n, HOURS_PER_WEEK))
+    how_flat = how.reshape(-1)
+    slugs, windows = p.type_slugs, p.windows
+    n_w, span = len(windows), windows[-1]
+    bounds = np.array([d * DAY_NS for d in windows], dtype=np.int64)
+    count_rows = np.array(
+        [[pos[f"{s}_count_{d}d"] for d in windows] + [pos[f"{s}_count_total"]] for s in slugs],
+        dtype=np.int64,
+    )
+    since_rows = np.array([pos[f"days_since_{s}"] for s in slugs], dtype=np.int64)
+    decay_rows = np.array([pos[f"{s}_decayed"] for s in slugs], dtype=np.int64)
+    value_rows = np.array(
+        [pos[f"value_sum_{d}d"] for d in windows] + [pos["value_sum_total"]], dtype=np.int64
+    )
+    cat_rows = np.array(
+        [pos[f"category_share_{s}"] for s in p.category_slugs] + [pos["category_share_other"]],
+        dtype=np.int64,
+    )
+    ch_rows = np.array(
+        [pos[f"channel_share_{s}"] for s in p.channel_slugs] + [pos["channel_share_other"]],
+        dtype=np.int64,
+    )
+    src_rows = np.array([pos[f"source_share_{s}"] for s in SOURCES], dtype=np.int64)
+    engaged = ~np.asarray(p.passive, dtype=bool)
+    block[since_rows] = np.inf
+    bits = np.zeros(n * span, dtype=np.uint8)
+    clock = LocalClock(tz_names, a.t, tz_codes) if (tz_codes >= 0).any() else None
+
+    def timing() -> None:  # counts per window bin, recency, decay: their own rows of block
+        for sl in identity.chunks(len(a)):
+            prof = a.prof[sl].astype(np.int64)
+            et = a.etype[sl]
+            age_ns = p.as_of_ns - a.t[sl]  # > 0
+            wbin = np.searchsorted(bounds, age_ns, side="left")  # windows the event is outside
+            age = age_ns / DAY_NS
+            np.add.at(flat, count_rows[et, wbin] * n + prof, 1.0)
+            np.minimum.at(flat, since_rows[et] * n + prof, age)
+            np.add.at(flat, decay_rows[et] * n + prof, np.exp2(age / -p.half_life_days))
+
+    def mixes() -> None:  # active days, category/channel/source counts, hour of week
+        for sl in identity.chunks(len(a)):
+            prof = a.prof[sl].astype(np.int64)
+            t = a.t[sl]
+            day = (p.as_of_ns - t - 1) // DAY_NS  # period k: age in (k, k + 1] days
+            recent = day < span
+            bits[prof[recent] * span + day[recent]] = 1
+            for codes, rows in (
+                (a.category[sl], cat_rows),
+                (a.channel[sl], ch_rows),
+                (a.source[sl], src_rows),
+            ):
+                ok = codes >= 0
+                np.add.at(flat, rows[codes[ok]] * n + prof[ok], 1.0)
+            eng = engaged[a.etype[sl]]
+            if clock is None:
+                hours = utc_hour_of_week(t[eng])
+            else:
+                hours = clock.hour_of_week(t[eng], tz_codes[prof[eng]])
+            np.add.at(how_flat, prof[eng] * HOURS_PER_WEEK + hours, 1.0)
+
+    # the two halves write disjoint memory, so on a big log they run side by side (NumPy
+    # releases the GIL in these loops); each keeps row order, so sums are the same either way
+    if len(a) >= identity.PARALLEL_ROWS and (os.cpu_count() or 1) > 1:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            other = pool.submit(mixes)
+            timing()
+            other.result()
+    else:
+        timing()
+        mixes()
+
+    # windows are cumulative: bin b holds events in window b but not in window b-1
+    # (row-wise, in place: no copy of the block)
+    for row in count_rows:
+        for b in range(1, n_w + 1):
+            block[row[b]] += block[row[b - 1]]
+    for i, name in enumerate([*(f"event_count_{d}d" for d in windows), "event_count_total"]):
+        acc = block[pos[name]]
+        for row in count_rows[:, i]:
+            acc += block[row]
+    total = block[pos["event_count_total"]]
+    last = block[pos["days_since_last_event"]]
+    last[:] = np.inf
+    for r in since_rows:
+        np.fmin(last, block[r], out=last)
+        never = np.isinf(block[r])
+        block[r][never] = np.nan
+    activity = block[pos["activity_decayed"]]
+    for r in decay_rows[engaged]:
+        activity += block[r]
+    bitmap = bits.reshape(n, span)
+    for d in windows:
+        block[pos[f"active_days_{d}d"]] = bitmap[:, :d].sum(axis=1)
+    del bitmap
+
+    # value (sparse rows)
+    vprof = a.prof[a.value_rows].astype(np.int64)
+    vbin = np.searchsorted(bounds, p.as_of_ns - a.t[a.value_rows], side="left")
+    has = ~np.isnan(a.value)
+    np.add.at(flat, value_rows[vbin[has]] * n + vprof[has], a.value[has])
+    for b in range(1, n_w + 1):
+        block[value_rows[b]] += block[value_rows[b - 1]]
+    vcount = np.bincount(vprof[has], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        block[pos["value_mean"]] = np.where(vcount > 0, block[value_rows[n_w]] / vcount, np.nan)
+
+    # shares
+    den = np.zeros(n)
+    for r in cat_rows:
+        den += block[r]
+    for rows, denominator in ((cat_rows, den), (ch_rows, total), (src_rows, total)):
+        safe = np.where(denominator > 0, denominator, 1.0)
+        for r in rows:
+            block[r] /= safe
+
+    # email: distinct campaigns opened / clicked in the longest window, capped at sends
+    sends = block[count_rows[p.send_index, n_w - 1]]
+    cprof = a.prof[a.campaign_rows].astype(np.int64)
+    cet = a.etype[a.campaign_rows]
+    cin = p.as_of_ns - a.t[a.campaign_rows] <= bounds[-1]
+    for name, idx in (("_email_opens", p.open_index), ("_email_clicks", p.click_index)):
+        rows = cin & (cet == idx)
+        hits = _unique_per_profile(cprof[rows], a.campaign[rows], n)
+        block[pos[name]] = np.minimum(hits, sends)
+    block[pos["_email_sends"]] = sends
+    return block, how
+
+
+def _float_column(events: pd.DataFrame, name: str) -> np.ndarray | None:
+    if name not in events.columns:
+        return None
+    col = events[name]
+    if col.dtype == np.float64:
+        return col.to_numpy()  # a view
+    return col.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def gather(
+    events: pd.DataFrame,
+    codes: identity.IdCodes,
+    rows: np.ndarray,
+    prof: np.ndarray,
+    params: FeatureParams,
+) -> EventArrays:
+    """The eligible rows (positions ``rows`` of ``events``) as :class:`EventArrays`."""
+    m, n_types = len(rows), len(params.event_types)
+    n_ch, n_cat = len(params.channels), len(params.categories)
+    luts = {
+        "event_type": vocab_lut(
+            codes.columns["event_type"][1], params.event_types, n_types - 1, n_types - 1
+        ),
+        "channel": vocab_lut(codes.columns["channel"][1], params.channels, n_ch, -1),
+        "source": vocab_lut(codes.columns["source"][1], SOURCES, -1, -1),
+        "category": vocab_lut(codes.columns["category"][1], params.categories, n_cat, -1),
+    }
+    limits = {
+        "event_type": n_types,
+        "channel": n_ch + 1,
+        "source": len(SOURCES),
+        "category": n_cat + 1,
+    }
+    out = {k: np.empty(m, dtype=_small_dtype(limits[k])) for k in luts}
+    t = np.empty(m, dtype=np.int64)
+    values = _float_column(events, "value")
+
+    def fill(slices: list[slice]) -> list[tuple[np.ndarray, np.ndarray]]:
+        found = []
+        for sl in slices:
+            r = rows[sl]
+            t[sl] = codes.t[r]
+            for k, lut in luts.items():
+                out[k][sl] = lut[codes.columns[k][0][r]]
+            if values is not None:
+                v = values[r]
+                nz = np.flatnonzero(~np.isnan(v))
+                found.append((nz + sl.start, v[nz]))
+        return found
+
+    valued = [x for part in identity.in_two(fill, list(identity.chunks(m))) for x in part]
+    value_row_parts, value_parts = [x[0] for x in valued], [x[1] for x in valued]
+    etype = out["event_type"]
+    campaign_rows = np.flatnonzero((etype == params.open_index) | (etype == params.click_index))
+    campaign = np.full(len(campaign_rows), -1, dtype=np.int64)
+    if len(campaign_rows) and "campaign_id" in events.columns:
+        col = identity.arrow_strings(events["campaign_id"])
+        picked = col.take(pa.array(rows[campaign_rows]))
+        campaign = identity.encode(picked, len(campaign_rows))[0].astype(np.int64)
+    return EventArrays(
+        prof=_small_int(np.asarray(prof), 2**31),
+        t=t,
+        etype=etype,
+        channel=out["channel"],
+        source=out["source"],
+        category=out["category"],
+        value_rows=np.concatenate(value_row_parts) if value_row_parts else np.zeros(0, np.int64),
+        value=np.concatenate(value_parts) if value_parts else np.zeros(0),
+        campaign_rows=campaign_rows,
+        campaign=campaign,
+    )

@@ -1,0 +1,167 @@
+"""The feature table: what it holds (:class:`FeatureSpec`) and how it is stored (Parquet)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dmp_ml.errors import DataContractError, UnknownProfileError
+
+FEATURE_VERSION = "1"
+HOURS_PER_WEEK = 168
+HOW_PREFIX = "hour_of_week_"
+_META_KEY = b"dmp_ml.features"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a feature table holds: names, dtypes, version and the cutoff it describes.
+
+    ``event_types``, ``channels`` and ``categories`` are the vocabularies chosen at build time;
+    pass the spec as ``reference`` to :func:`build_features` to get the same columns at another
+    cutoff. ``params`` records the window lengths, half-life and population email rates.
+    """
+
+    version: str
+    as_of: pd.Timestamp
+    columns: dict[str, str]
+    categorical: list[str] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "as_of": self.as_of.isoformat(),
+            "columns": dict(self.columns),
+            "categorical": list(self.categorical),
+            "event_types": list(self.event_types),
+            "channels": list(self.channels),
+            "categories": list(self.categories),
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> FeatureSpec:
+        return cls(
+            version=str(data["version"]),
+            as_of=pd.Timestamp(str(data["as_of"])),
+            columns=dict(data["columns"]),  # type: ignore[arg-type]
+            categorical=list(data.get("categorical", [])),  # type: ignore[arg-type]
+            event_types=list(data.get("event_types", [])),  # type: ignore[arg-type]
+            channels=list(data.get("channels", [])),  # type: ignore[arg-type]
+            categories=list(data.get("categories", [])),  # type: ignore[arg-type]
+            params=dict(data.get("params", {})),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Features of every eligible profile as of ``spec.as_of``.
+
+    Attributes
+    ----------
+    frame : DataFrame, shape (n_profiles, n_features)
+        Indexed by ``profile_id``; numeric features as float64, string attributes as category.
+    hour_of_week : ndarray, shape (n_profiles, 168)
+        Engagement counts per local hour of week (hour 0 = Monday 00:00), row-aligned with frame.
+    spec : FeatureSpec
+    summary : dict
+        Counts describing the build (profiles known/anonymous, shared devices, exclusions, ...).
+    cookie_map : Series or None
+        ``cookie_id -> profile_id`` for cookies a request can be resolved through (see
+        :class:`dmp_ml.identity.Resolution`).
+    """
+
+    frame: pd.DataFrame
+    hour_of_week: np.ndarray
+    spec: FeatureSpec
+    summary: dict[str, int] = field(default_factory=dict)
+    cookie_map: pd.Series | None = None
+
+    @property
+    def profile_ids(self) -> pd.Index:
+        return self.frame.index
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def select(self, ids: Iterable[str]) -> FeatureTable:
+        """The rows of ``ids`` that are known, in the order given (unknown ids are skipped).
+
+        Raises UnknownProfileError when none is known.
+        """
+        wanted = pd.Index(pd.unique(pd.array([str(i) for i in ids], dtype="string")))
+        pos = self.frame.index.get_indexer(wanted)
+        pos = pos[pos >= 0]
+        if len(pos) == 0:
+            raise UnknownProfileError("none of the requested profile ids has features")
+        return replace(self, frame=self.frame.iloc[pos], hour_of_week=self.hour_of_week[pos])
+
+    # -- persistence ---------------------------------------------------------------------
+    def to_parquet(self, path: str | Path) -> Path:
+        """One Parquet file: the frame, ``hour_of_week_000..167`` columns, spec and summary."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        how = pd.DataFrame(
+            self.hour_of_week,
+            index=self.frame.index,
+            columns=[f"{HOW_PREFIX}{h:03d}" for h in range(HOURS_PER_WEEK)],
+        )
+        table = pa.Table.from_pandas(pd.concat([self.frame, how], axis=1), preserve_index=True)
+        meta = json.dumps({"spec": self.spec.to_dict(), "summary": self.summary}).encode()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: meta})
+        pq.write_table(table, path)
+        return path
+
+    @classmethod
+    def read_parquet(cls, path: str | Path) -> FeatureTable:
+        """Read a file written by :meth:`to_parquet`."""
+        path = Path(path)
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise DataContractError(f"{path}: not a readable feature table ({exc})") from exc
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        if raw is None:
+            raise DataContractError(f"{path}: not a dmp-ml feature table (no spec)")
+        meta = json.loads(raw)
+        spec = FeatureSpec.from_dict(meta["spec"])
+        frame = table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+        frame.index = pd.Index(frame.index.astype("string"), name="profile_id")
+        how_cols = [c for c in frame.columns if str(c).startswith(HOW_PREFIX)]
+        how = frame[how_cols].to_numpy(dtype=np.float64)
+        frame = frame[list(spec.columns)]
+        return cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
+
+    def write(self, directory: str | Path) -> Path:
+        """A directory: ``features.parquet`` (see :meth:`to_parquet`) and ``cookie_map.parquet``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.to_parquet(directory / "features.parquet")
+        if self.cookie_map is not None:
+            self.cookie_map.reset_index().to_parquet(directory / "cookie_map.parquet", index=False)
+        return directory
+
+    @classmethod
+    def read(cls, directory: str | Path) -> FeatureTable:
+        """Read a directory written by :meth:`write`."""
+        directory = Path(directory)
+        table = cls.read_parquet(directory / "features.parquet")
+        cookies = directory / "cookie_map.parquet"
+        if cookies.exists():
+            frame = pq.read_table(cookies).to_pandas(
+                types_mapper={pa.string(): pd.StringDtype()}.get
+            )
+            table = replace(table, cookie_map=frame.set_index("cookie_id")["profile_id"])
+        return table
