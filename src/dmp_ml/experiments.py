@@ -480,10 +480,9 @@ def truth_seed(
     members = groups.index[groups.to_numpy() == group]
     if len(members) == 0:
         raise ValueError(f"no eligible profile in interest group {group!r}")
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(np.asarray(members, dtype=object), min(n, len(members)), replace=False)
+    picked = _pick(members, n, seed)
     return SeedSample(
-        ids=sorted(str(p) for p in picked),
+        ids=picked,
         truth_ids=[str(p) for p in members],
         description=f"{len(picked)} of the {len(members)} eligible '{group}' profiles",
     )
@@ -503,10 +502,9 @@ def feature_seed(
     members = table.frame.index[(values > min_value).fillna(False).to_numpy(dtype=bool)]
     if len(members) == 0:
         raise ValueError(f"no profile has {column} > {min_value}")
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(np.asarray(members, dtype=object), min(n, len(members)), replace=False)
+    picked = _pick(members, n, seed)
     return SeedSample(
-        ids=sorted(str(p) for p in picked),
+        ids=picked,
         truth_ids=None,
         description=f"{len(picked)} of the {len(members)} profiles with {column} > {min_value:g}",
     )
@@ -602,3 +600,10 @@ def plot_hour_of_week(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _pick(members: Any, n: int, seed: int) -> list[str]:
+    """Up to ``n`` of ``members`` drawn without replacement (reproducible), sorted."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(np.asarray(members, dtype=object), min(n, len(members)), replace=False)
+    return sorted(str(p) for p in picked)

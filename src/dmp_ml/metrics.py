@@ -205,14 +205,8 @@ def plot_calibration(
         )
         top = max(top, float(curve["mean_predicted"].max()), float(curve["observed_rate"].max()))
     lim = min(1.0, max(0.05, top * 1.1))
-    ax.set_xlim(0, lim)
-    ax.set_ylim(0, lim)
-    ax.set_xlabel("mean predicted probability (equal-mass bins)")
-    ax.set_ylabel("observed rate")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    return fig
+    labels = ("mean predicted probability (equal-mass bins)", "observed rate")
+    return _finish(fig, title, labels, (lim, lim), "upper left")
 
 
 def plot_gains(y: object, scores: Mapping[str, object], title: str = "Cumulative gains") -> Figure:
@@ -229,12 +223,21 @@ def plot_gains(y: object, scores: Mapping[str, object], title: str = "Cumulative
             label=f"{name} (top 10%: {capture:.0%})",
         )
     ax.axvline(TOP_FRACTION, color="lightgrey", linewidth=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("share of profiles targeted (by descending score)")
-    ax.set_ylabel("share of positives captured")
+    labels = ("share of profiles targeted (by descending score)", "share of positives captured")
+    return _finish(fig, title, labels, (1.0, 1.01), "lower right")
+
+
+def _finish(
+    fig: Figure, title: str, labels: tuple[str, str], limits: tuple[float, float], legend: str
+) -> Figure:
+    """Axes from 0 to ``limits``, axis ``labels``, title and legend: the charts' one style."""
+    (ax,) = fig.axes
+    ax.set_xlim(0, limits[0])
+    ax.set_ylim(0, limits[1])
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc=legend, fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -14,14 +14,17 @@ Adding a model: write the package, give its class a ``name``, and register it in
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import pandas as pd
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from dmp_ml.settings import Settings
 
 
@@ -76,3 +79,16 @@ class BundleModel(Protocol):
     def forget(self, profile_ids: Iterable[str]) -> int:
         """Drop every trace of ``profile_ids``; returns how many were held."""
         ...
+
+
+def constructor_args(cls: type, section: BaseModel, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of ``cls.__init__`` that a settings ``section`` holds, by name.
+
+    Lists become tuples (estimator parameters stay hashable and comparable); ``overrides``
+    win. One reading of a settings section for every model's ``from_settings``.
+    """
+    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    values = section.model_dump(include=set(names))
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    args.update(overrides)
+    return args

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dmp_ml.errors import RequestError
 from dmp_ml.settings import Settings, load_settings
@@ -91,14 +91,13 @@ def serve_command(
 def serve(
     workdir: str | Path,
     *,
-    port: int | None = None,
-    host: str | None = None,
-    workers: int | None = None,
     bento_model: str | None = None,
     settings: Settings | None = None,
     mode: Literal["exec", "wait"] = "exec",
+    **listen: Any,
 ) -> int:
-    """Serve the live bundle of ``workdir`` (or the promoted ``bento_model``) over HTTP.
+    """Serve the live bundle of ``workdir`` (or the promoted ``bento_model``) over HTTP;
+    ``listen`` (``port``, ``host``, ``workers``) as in :func:`serve_command`.
 
     Checks first that the bundle is readable (BundleError otherwise), then runs
     ``bentoml serve``: ``mode="exec"`` replaces this process (signals reach the server
@@ -109,9 +108,7 @@ def serve(
 
     tag = bento_model or (settings or load_settings()).service.bento_model
     read_manifest(served_bundle_path(workdir, tag), verify=False)
-    argv, env = serve_command(
-        workdir, port=port, host=host, workers=workers, bento_model=tag, settings=settings
-    )
+    argv, env = serve_command(workdir, bento_model=tag, settings=settings, **listen)
     logger.info("starting %s on %s:%s", SERVICE_IMPORT, argv[-1], argv[-3])
     if mode == "exec":
         os.execve(argv[0], argv, env)

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import sparse
 
 from dmp_ml.errors import BundleError
+from dmp_ml.models.base import constructor_args
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -104,13 +105,12 @@ class AffinityModel:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AffinityModel:
-        a = settings.affinity
         return cls(
-            category_prior_strength=a.category_prior_strength,
-            channel_prior_strength=a.channel_prior_strength,
-            passive_event_types=settings.features.passive_event_types,
-            max_channels=a.max_channels,
-            segment_min_profiles=a.segment_min_profiles,
+            **constructor_args(
+                cls,
+                settings.affinity,
+                passive_event_types=settings.features.passive_event_types,
+            )
         )
 
     # ------------------------------------------------------------------ fitting

@@ -28,6 +28,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError
+from dmp_ml.models.base import constructor_args
 from dmp_ml.models.propensity.calibration import Calibrator
 
 if TYPE_CHECKING:
@@ -135,19 +136,7 @@ class PropensityModel(BaseEstimator):
     @classmethod
     def from_settings(cls, settings: Settings) -> PropensityModel:
         """An unfitted model configured from the ``propensity`` section of ``settings``."""
-        ps = settings.propensity
-        return cls(
-            learning_rate=ps.learning_rate,
-            num_leaves=ps.num_leaves,
-            min_child_samples=ps.min_child_samples,
-            n_estimators=ps.n_estimators,
-            early_stopping_rounds=ps.early_stopping_rounds,
-            calibration=ps.calibration,
-            calibration_folds=ps.calibration_folds,
-            n_reasons=ps.n_reasons,
-            seed=ps.seed,
-            n_threads=ps.n_threads,
-        )
+        return cls(**constructor_args(cls, settings.propensity))
 
     # -------------------------------------------------------------------------- internals
 

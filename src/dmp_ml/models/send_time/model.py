@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from dmp_ml.errors import BundleError, DataContractError, InsufficientDataError, RequestError
+from dmp_ml.models.base import constructor_args
 from dmp_ml.models.send_time import curves
 from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
 from dmp_ml.models.send_time.decision import (
@@ -173,26 +174,8 @@ class SendTimeModel(BaseEstimator):
     def from_settings(cls, settings: Settings) -> SendTimeModel:
         """An unfitted model configured from ``settings.send_time``."""
         st = settings.send_time
-        quiet = st.default_quiet_hours
-        return cls(
-            prior_strength_candidates=tuple(st.prior_strength_candidates),
-            cohort_strength_candidates=tuple(st.cohort_strength_candidates),
-            day_pooling_candidates=tuple(st.day_pooling_candidates),
-            bandwidth_candidates=tuple(st.bandwidth_candidates),
-            machine_open_seconds=st.machine_open_seconds,
-            machine_open_weight=st.machine_open_weight,
-            activity_weight_candidates=tuple(st.activity_weight_candidates),
-            sharpness_candidates=tuple(st.sharpness_candidates),
-            rate_prior_strength=st.rate_prior_strength,
-            n_alternatives=st.n_alternatives,
-            default_quiet_hours=tuple(quiet) if quiet is not None else None,
-            holdout_days=st.holdout_days,
-            basis_profile_min_weight=st.basis_profile_min_weight,
-            tz_min_events=st.tz_min_events,
-            tz_min_posterior=st.tz_min_posterior,
-            tz_candidates=tuple(st.tz_candidates) if st.tz_candidates else None,
-            non_engagement_events=tuple(st.non_engagement_events),
-        )
+        # an empty candidate list means "no restriction", as None does
+        return cls(**constructor_args(cls, st, tz_candidates=tuple(st.tz_candidates or ()) or None))
 
     def fit(
         self,
@@ -478,25 +461,12 @@ class SendTimeModel(BaseEstimator):
 
     # ---------------------------------------------------------------- decision
     def best_send_time(
-        self,
-        profile_ids: Iterable[str] | None = None,
-        window_start: pd.Timestamp | str | None = None,
-        window_hours: int = 24,
-        quiet_hours: tuple[int, int] | None = None,
-        timezone: str | None = None,
+        self, profile_ids: Iterable[str] | None = None, **request: Any
     ) -> SendTimeDecision:
-        """The best allowed send hour per profile in a window.
-
-        See :func:`dmp_ml.models.send_time.decision.best_send_time` for the arguments.
-        """
-        return best_send_time(
-            self,
-            profile_ids,
-            window_start=window_start,
-            window_hours=window_hours,
-            quiet_hours=quiet_hours,
-            timezone=timezone,
-        )
+        """The best allowed send hour per profile in a window; ``request`` (``window_start``,
+        ``window_hours``, ``quiet_hours``, ``timezone``) as in
+        :func:`dmp_ml.models.send_time.decision.best_send_time`."""
+        return best_send_time(self, profile_ids, **request)
 
     # per-profile fitted attributes, row-aligned with ``profile_ids_``
     _PROFILE_ROWS = (
