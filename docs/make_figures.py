@@ -9,6 +9,7 @@ Every number drawn comes from the library trained on the synthetic demo world wi
   a seed drawn from one planted interest group;
 - ``affinity_segments.png``: top categories (lift over the population, members behind each) and
   channel mix of three planted interest groups;
+- ``code_layout.png``: the data flow of the code and the modules that own each stage;
 - ``campaign_readout.png``: a campaign simulated on the demo world (trained before launch, 30%
   holdout, a planted extra-purchase effect) read out with and without the effect.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
 
 from dmp_ml import experiments, metrics
 from dmp_ml.bundle import load_bundle
@@ -190,7 +192,49 @@ def campaign_figure(world: DemoWorld, settings: Settings, out: Path) -> Path:
     return _save(fig, out / "campaign_readout.png")
 
 
-FIGURES = ("send_time", "propensity", "lookalike", "affinity", "campaign")
+# The data flow of the code and where each concept lives (README "How the code is laid out").
+LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("events", ("contract.py", "mapping.py", "store.py", "spool.py")),
+    ("identity", ("identity.py", "erasure.py")),
+    ("features", ("features/", "scale.py")),
+    ("models", ("models/base.py", "propensity/", "send_time/", "lookalike/", "affinity/")),
+    ("bundle", ("bundle.py", "layout.py", "pipeline.py", "refresh.py", "tracking.py")),
+    ("answers", ("service/", "cli/", "activation.py", "segments.py", "campaigns.py")),
+)
+
+
+def layout_figure(out: Path) -> Path:
+    """Boxes for each stage of the data flow, the modules that own it listed inside."""
+    fig = Figure(figsize=(11, 3.6))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    n = len(LAYOUT)
+    width, gap = 1.0, 0.35
+    for i, (stage, modules) in enumerate(LAYOUT):
+        x = i * (width + gap)
+        ax.add_patch(
+            FancyBboxPatch(
+                (x, 0), width, 1.0, boxstyle="round,pad=0.02", facecolor=f"C{i}", alpha=0.15
+            )
+        )
+        ax.text(x + width / 2, 0.92, stage, ha="center", va="top", fontsize=11, weight="bold")
+        for j, module in enumerate(modules):
+            ax.text(x + width / 2, 0.75 - j * 0.13, module, ha="center", va="top", fontsize=8)
+        if i < n - 1:
+            ax.annotate(
+                "",
+                xy=(x + width + gap - 0.03, 0.5),
+                xytext=(x + width + 0.03, 0.5),
+                arrowprops={"arrowstyle": "->", "lw": 1.5},
+            )
+    ax.set_xlim(-0.1, n * (width + gap) - gap + 0.1)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("dmp-ml: events -> identity -> features -> models -> bundle -> answers")
+    fig.tight_layout()
+    return _save(fig, out / "code_layout.png")
+
+
+FIGURES = ("send_time", "propensity", "lookalike", "affinity", "campaign", "layout")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
+    if "layout" in args.only:
+        layout_figure(args.out)
+    if not set(args.only) - {"layout"}:
+        return 0
     settings = load_settings()
     world = generate_demo_world(args.profiles, args.days, seed=args.seed)
     logger.info(
