@@ -180,11 +180,19 @@ def _propensity_step(ctx: TrainContext) -> StepOutcome:
         details={
             "target_event": result.target_event,
             "horizon_days": result.horizon_days,
+            "served": result.served,
+            "comparison": _comparison(result.candidates, result.served),
             # the registry version and champion decision come after publishing: see the
             # run's tags in MLflow (registered_model_version, champion_decision)
             "registration": "after publish",
         },
     )
+
+
+def _comparison(candidates: dict[str, float], served: str) -> str:
+    """One line a user reads: every candidate's held-out ROC-AUC and what is served."""
+    shown = ", ".join(f"{name} {auc:.3f}" for name, auc in candidates.items())
+    return f"held-out ROC-AUC: {shown}; serving {served}"
 
 
 def _send_time_step(ctx: TrainContext) -> StepOutcome:

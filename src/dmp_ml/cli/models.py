@@ -84,6 +84,8 @@ def train(
         headline = ", ".join(f"{k}={v:.3f}" for k, v in _headline(outcome.metrics))
         if outcome.status != "trained":
             headline = outcome.reason
+        elif "comparison" in (outcome.details or {}):  # the guard's verdict, not just numbers
+            headline = str(outcome.details["comparison"])
         table.add_row(name, outcome.status, headline)
     out.print(table)
     for kind, load in result.loads.items():

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,10 +22,13 @@ from dmp_ml import metrics
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BASELINES",
     "FREQUENCY_PATTERN",
     "RECENCY_PATTERN",
     "RecencyFrequencyBaseline",
     "SingleFeatureBaseline",
+    "baseline_from_dict",
+    "choose_served",
     "recency_frequency_columns",
 ]
 
@@ -84,6 +88,17 @@ class _RFTransform:
             cols.append(np.log1p(np.clip(np.where(np.isnan(v), fill, v), 0, None)))
         return np.column_stack(cols) if cols else np.empty((len(X), 0))
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"recency": self.recency_, "frequency": self.frequency_, "fill": self.fill_}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> _RFTransform:
+        transform = cls()
+        transform.recency_ = list(state["recency"])
+        transform.frequency_ = list(state["frequency"])
+        transform.fill_ = {k: float(v) for k, v in state["fill"].items()}
+        return transform
+
 
 class RecencyFrequencyBaseline:
     """Logistic regression on log-transformed recency and frequency columns.
@@ -112,6 +127,29 @@ class RecencyFrequencyBaseline:
             return np.full(len(X), self.base_rate_)
         Z = (self.transform_.transform(X) - self.mean_) / self.scale_
         return self.model_.predict_proba(Z)[:, 1]
+
+    def contributions(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        """Per-row log-odds contribution of each input column, shape (n, k), with the names."""
+        if self.model_ is None:
+            return [], np.zeros((len(X), 0))
+        Z = (self.transform_.transform(X) - self.mean_) / self.scale_
+        return list(self.columns_), Z * self.model_.coef_[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (what :meth:`from_dict` reads back)."""
+        state: dict[str, Any] = {
+            "kind": "rf_logreg",
+            "transform": self.transform_.to_dict(),
+            "base_rate": self.base_rate_,
+        }
+        if self.model_ is not None:
+            state.update(
+                mean=self.mean_.tolist(),
+                scale=self.scale_.tolist(),
+                coef=self.model_.coef_[0].tolist(),
+                intercept=float(self.model_.intercept_[0]),
+            )
+        return state
 
 
 class SingleFeatureBaseline:
@@ -145,3 +183,83 @@ class SingleFeatureBaseline:
         if self.model_ is None:
             return np.full(len(X), self.base_rate_)
         return self.model_.predict_proba(self.transform_.transform(X)[:, [self._j]])[:, 1]
+
+    def contributions(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        """Log-odds contribution of the one feature, shape (n, 1), with its name."""
+        if self.model_ is None or self.feature_ is None:
+            return [], np.zeros((len(X), 0))
+        z = self.transform_.transform(X)[:, [self._j]]
+        return [self.feature_], z * self.model_.coef_[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (what :meth:`from_dict` reads back)."""
+        state: dict[str, Any] = {
+            "kind": "single",
+            "transform": self.transform_.to_dict(),
+            "base_rate": self.base_rate_,
+            "feature": self.feature_,
+        }
+        if self.model_ is not None:
+            state.update(
+                column=int(self._j),
+                coef=self.model_.coef_[0].tolist(),
+                intercept=float(self.model_.intercept_[0]),
+            )
+        return state
+
+
+def _logistic(coef: list[float], intercept: float) -> LogisticRegression:
+    """A fitted-equivalent logistic regression from its coefficients (for loading)."""
+    model = LogisticRegression()
+    model.classes_ = np.array([0, 1])
+    model.coef_ = np.asarray([coef], dtype=np.float64)
+    model.intercept_ = np.asarray([intercept], dtype=np.float64)
+    return model
+
+
+def baseline_from_dict(state: dict[str, Any]) -> RecencyFrequencyBaseline | SingleFeatureBaseline:
+    """Rebuild a fitted baseline from :meth:`to_dict` state."""
+    transform = _RFTransform.from_dict(state["transform"])
+    baseline: RecencyFrequencyBaseline | SingleFeatureBaseline
+    if state["kind"] == "rf_logreg":
+        baseline = RecencyFrequencyBaseline()
+        baseline.columns_ = transform.columns_
+        baseline.model_ = None
+        if "coef" in state:
+            baseline.mean_ = np.asarray(state["mean"], dtype=np.float64)
+            baseline.scale_ = np.asarray(state["scale"], dtype=np.float64)
+            baseline.model_ = _logistic(state["coef"], state["intercept"])
+    elif state["kind"] == "single":
+        baseline = SingleFeatureBaseline()
+        baseline.feature_ = state.get("feature")
+        baseline.train_auc_ = math.nan
+        baseline.model_ = None
+        if "coef" in state:
+            baseline._j = int(state["column"])
+            baseline.model_ = _logistic(state["coef"], state["intercept"])
+    else:
+        raise ValueError(f"unknown baseline kind {state['kind']!r}")
+    baseline.transform_ = transform
+    baseline.base_rate_ = float(state["base_rate"])
+    return baseline
+
+
+BASELINES: dict[str, type[RecencyFrequencyBaseline] | type[SingleFeatureBaseline]] = {
+    "baseline_rf_logreg": RecencyFrequencyBaseline,
+    "baseline_single": SingleFeatureBaseline,
+}
+"""The plain baselines every propensity model is measured against, by report name."""
+
+
+def choose_served(aucs: dict[str, float], margin: float = 0.0) -> str:
+    """The candidate to serve: the model unless a baseline beats its held-out ROC-AUC by more
+    than ``margin`` (NaN counts as losing). ``aucs`` maps ``model`` and baseline names to AUC."""
+
+    def value(name: str) -> float:
+        v = aucs.get(name, math.nan)
+        return -math.inf if v is None or math.isnan(v) else float(v)
+
+    best = max((n for n in aucs if n != "model"), key=value, default=None)
+    if best is not None and value(best) > value("model") + margin:
+        return best
+    return "model"

@@ -29,7 +29,14 @@ from sklearn.model_selection import StratifiedKFold
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError
 from dmp_ml.models.base import constructor_args
+from dmp_ml.models.propensity.baselines import (
+    RecencyFrequencyBaseline,
+    SingleFeatureBaseline,
+    baseline_from_dict,
+)
 from dmp_ml.models.propensity.calibration import Calibrator
+
+Baseline = RecencyFrequencyBaseline | SingleFeatureBaseline
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -306,10 +313,36 @@ class PropensityModel(BaseEstimator):
             return self.holdout_booster_
         raise ValueError(f"which must be 'final' or 'holdout', got {which!r}")
 
+    # ------------------------------------------------------------------- the guard's choice
+
+    @property
+    def served(self) -> str:
+        """What answers: ``model`` (LightGBM) or the name of the baseline that beat it."""
+        return getattr(self, "served_", "model")
+
+    def serve_baseline(self, name: str, holdout: Baseline, final: Baseline) -> PropensityModel:
+        """Answer with a plain baseline instead of LightGBM (it won on held-out time).
+
+        ``holdout`` was fitted without the validation snapshot, ``final`` on every labelled
+        row, like the two boosters. Baselines are logistic, so their probabilities are served
+        as they are (identity calibration).
+        """
+        self._check_fitted()
+        self.served_ = name
+        self.holdout_baseline_ = holdout
+        self.baseline_ = final
+        self.calibrator_ = Calibrator(method="identity")
+        return self
+
     def predict_raw(self, X: pd.DataFrame, which: str = "final") -> np.ndarray:
-        """Uncalibrated LightGBM log-odds, shape (n,)."""
+        """Uncalibrated log-odds of what is served (LightGBM, or the baseline), shape (n,)."""
         if len(X) == 0:
             return np.empty(0)
+        if self.served != "model":
+            self._booster(which)  # checks ``which``
+            baseline = self.baseline_ if which == "final" else self.holdout_baseline_
+            p = np.clip(baseline.predict_proba(X), 1e-9, 1 - 1e-9)
+            return np.log(p / (1 - p))
         booster = self._booster(which)
         return np.asarray(
             booster.predict(self._prepare(X), raw_score=True, num_threads=self.n_threads)
@@ -337,6 +370,12 @@ class PropensityModel(BaseEstimator):
         n = self.n_reasons if n is None else n
         if len(X) == 0 or n <= 0:
             return [[] for _ in range(len(X))]
+        if self.served != "model":
+            names, contrib = self.baseline_.contributions(X)
+            k = min(n, contrib.shape[1])
+            top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
+            values = {i: X[names[i]].tolist() for i in np.unique(top)}
+            return _reasons(top, contrib, names, values)
         prepared = self._prepare(X)
         contrib = self.booster_.predict(prepared, pred_contrib=True, num_threads=self.n_threads)
         contrib = np.asarray(contrib)[:, :-1]
@@ -350,23 +389,7 @@ class PropensityModel(BaseEstimator):
             )
             for i in np.unique(top)
         }
-        out: list[list[dict[str, Any]]] = []
-        for row, idx in enumerate(top):
-            reasons = []
-            for i in idx:
-                c = float(contrib[row, i])
-                if c == 0.0:
-                    continue
-                reasons.append(
-                    {
-                        "feature": self.feature_names_[i],
-                        "value": _json_value(values[i][row]),
-                        "direction": "+" if c > 0 else "-",
-                        "contribution": c,
-                    }
-                )
-            out.append(reasons)
-        return out
+        return _reasons(top, contrib, self.feature_names_, values)
 
     # ---------------------------------------------------------------------------- persist
 
@@ -387,7 +410,11 @@ class PropensityModel(BaseEstimator):
             "validation": self.validation_,
             "feature_importance": self.feature_importance_.to_dict(),
             "info": self.info_,
+            "served": self.served,
         }
+        if self.served != "model":
+            meta["baseline"] = self.baseline_.to_dict()
+            meta["holdout_baseline"] = self.holdout_baseline_.to_dict()
         (path / _META_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
         return path
 
@@ -425,6 +452,10 @@ class PropensityModel(BaseEstimator):
             meta.get("feature_importance", {}), name="gain", dtype="float64"
         ).reindex(model.feature_names_, fill_value=0.0)
         model.info_ = dict(meta.get("info", {}))
+        model.served_ = str(meta.get("served", "model"))
+        if model.served_ != "model":
+            model.baseline_ = baseline_from_dict(meta["baseline"])
+            model.holdout_baseline_ = baseline_from_dict(meta["holdout_baseline"])
         return model
 
     # ---------------------------------------------------------------------------- refresh
@@ -482,3 +513,26 @@ class PropensityModel(BaseEstimator):
         hit = held.index.astype(str).isin([str(p) for p in profile_ids])
         self.validation_predictions_ = held.loc[~hit]
         return int(hit.sum())
+
+
+def _reasons(
+    top: np.ndarray, contrib: np.ndarray, names: Sequence[str], values: dict[int, list[Any]]
+) -> list[list[dict[str, Any]]]:
+    """Reason dicts per row from the ``top`` column indices of ``contrib`` (see explain)."""
+    out: list[list[dict[str, Any]]] = []
+    for row, idx in enumerate(top):
+        reasons = []
+        for i in idx:
+            c = float(contrib[row, i])
+            if c == 0.0:
+                continue
+            reasons.append(
+                {
+                    "feature": names[i],
+                    "value": _json_value(values[i][row]),
+                    "direction": "+" if c > 0 else "-",
+                    "contribution": c,
+                }
+            )
+        out.append(reasons)
+    return out

@@ -19,7 +19,12 @@ import pandas as pd
 from dmp_ml import metrics
 from dmp_ml.errors import InsufficientDataError
 from dmp_ml.features import FeatureSpec, FeatureTable
-from dmp_ml.models.propensity.baselines import RecencyFrequencyBaseline, SingleFeatureBaseline
+from dmp_ml.models.propensity.baselines import (
+    BASELINES,
+    RecencyFrequencyBaseline,
+    SingleFeatureBaseline,
+    choose_served,
+)
 from dmp_ml.models.propensity.model import PropensityModel
 from dmp_ml.models.propensity.snapshots import align_features
 
@@ -65,6 +70,13 @@ class PropensityResult:
     counts: dict[str, int]
     baseline_single_feature: str | None = None
     baseline_rf_features: list[str] = field(default_factory=list)
+    candidates: dict[str, float] = field(default_factory=dict)
+    """Validation ROC-AUC of the model and of each baseline: the guard's comparison."""
+
+    @property
+    def served(self) -> str:
+        """What the bundle answers with: ``model`` or the baseline that beat it."""
+        return self.model.served
 
     def figures(self) -> dict[str, Figure]:
         """PNG-ready charts: ``calibration``, ``gains``, ``feature_importance``."""
@@ -100,6 +112,7 @@ class PropensityResult:
             "baseline_single_roc_auc": m["baseline_single"]["roc_auc"],
             "ece_before_calibration": m["model_uncalibrated"]["ece"],
             "ece_after_calibration": m["model"]["ece"],
+            "served_roc_auc": m[self.served]["roc_auc"],
             **{f"n_{k}": float(v) for k, v in self.counts.items()},
         }
 
@@ -195,6 +208,21 @@ def train_propensity(
         ),
         "baseline_single": metrics.classification_report(y_valid, predictions["p_baseline_single"]),
     }
+    # the guard: serve LightGBM only if no plain baseline beats it on the held-out snapshot
+    aucs = {name: float(report[name]["roc_auc"]) for name in ("model", *BASELINES)}
+    served = choose_served(aucs)
+    if served != "model":
+        fitted = {"baseline_rf_logreg": rf, "baseline_single": single}[served]
+        X_all = pd.concat([X_train, X_valid])
+        final = BASELINES[served]().fit(X_all, np.concatenate([y_train, y_valid]))
+        model.serve_baseline(served, fitted, final)
+        logger.warning(
+            "propensity '%s': %s (validation ROC-AUC %.4f) beats the model (%.4f): serving it",
+            target,
+            served,
+            aucs[served],
+            aucs["model"],
+        )
     scores = score_profiles(model, score_table)
     counts = {
         "train_rows": len(y_train),
@@ -228,6 +256,7 @@ def train_propensity(
         counts=counts,
         baseline_single_feature=single.feature_,
         baseline_rf_features=rf.columns_,
+        candidates=aucs,
     )
 
 
