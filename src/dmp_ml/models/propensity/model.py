@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from scipy.special import expit
+from scipy.special import expit, logit
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedKFold
 
@@ -307,10 +307,15 @@ class PropensityModel(BaseEstimator):
 
     def _booster(self, which: str) -> lgb.Booster:
         self._check_fitted()
+        return self._fitted(which, self.booster_, self.holdout_booster_)
+
+    def _fitted(self, which: str, final: Any, holdout: Any) -> Any:
+        """The ``final`` (every labelled row) or ``holdout`` (validation unseen) fit."""
+        self._check_fitted()
         if which == "final":
-            return self.booster_
+            return final
         if which == "holdout":
-            return self.holdout_booster_
+            return holdout
         raise ValueError(f"which must be 'final' or 'holdout', got {which!r}")
 
     # ------------------------------------------------------------------- the guard's choice
@@ -339,10 +344,8 @@ class PropensityModel(BaseEstimator):
         if len(X) == 0:
             return np.empty(0)
         if self.served != "model":
-            self._booster(which)  # checks ``which``
-            baseline = self.baseline_ if which == "final" else self.holdout_baseline_
-            p = np.clip(baseline.predict_proba(X), 1e-9, 1 - 1e-9)
-            return np.log(p / (1 - p))
+            baseline = self._fitted(which, self.baseline_, self.holdout_baseline_)
+            return logit(np.clip(baseline.predict_proba(X), 1e-9, 1 - 1e-9))
         booster = self._booster(which)
         return np.asarray(
             booster.predict(self._prepare(X), raw_score=True, num_threads=self.n_threads)

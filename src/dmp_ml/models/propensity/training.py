@@ -21,8 +21,6 @@ from dmp_ml.errors import InsufficientDataError
 from dmp_ml.features import FeatureSpec, FeatureTable
 from dmp_ml.models.propensity.baselines import (
     BASELINES,
-    RecencyFrequencyBaseline,
-    SingleFeatureBaseline,
     choose_served,
 )
 from dmp_ml.models.propensity.model import PropensityModel
@@ -189,33 +187,32 @@ def train_propensity(
     }
     model.fit(X_train, y_train, X_valid, y_valid)
 
-    rf = RecencyFrequencyBaseline().fit(X_train, y_train)
-    single = SingleFeatureBaseline().fit(X_train, y_train)
+    # the plain baselines, fitted on the training snapshots only, like the holdout booster
+    baselines = {name: cls().fit(X_train, y_train) for name, cls in BASELINES.items()}
+    rf, single = baselines["baseline_rf_logreg"], baselines["baseline_single"]
     predictions = pd.DataFrame(
         {
             "p_model_uncalibrated": model.validation_predictions_["p_uncalibrated"].to_numpy(),
             "p_model": model.validation_predictions_["p_calibrated"].to_numpy(),
-            "p_baseline_rf_logreg": rf.predict_proba(X_valid),
-            "p_baseline_single": single.predict_proba(X_valid),
+            **{f"p_{name}": b.predict_proba(X_valid) for name, b in baselines.items()},
         },
         index=X_valid.index,
     )
     report = {
         "model": model.validation_["calibrated"],
         "model_uncalibrated": model.validation_["uncalibrated"],
-        "baseline_rf_logreg": metrics.classification_report(
-            y_valid, predictions["p_baseline_rf_logreg"]
-        ),
-        "baseline_single": metrics.classification_report(y_valid, predictions["p_baseline_single"]),
+        **{
+            name: metrics.classification_report(y_valid, predictions[f"p_{name}"])
+            for name in baselines
+        },
     }
     # the guard: serve LightGBM only if no plain baseline beats it on the held-out snapshot
     aucs = {name: float(report[name]["roc_auc"]) for name in ("model", *BASELINES)}
     served = choose_served(aucs)
     if served != "model":
-        fitted = {"baseline_rf_logreg": rf, "baseline_single": single}[served]
         X_all = pd.concat([X_train, X_valid])
         final = BASELINES[served]().fit(X_all, np.concatenate([y_train, y_valid]))
-        model.serve_baseline(served, fitted, final)
+        model.serve_baseline(served, baselines[served], final)
         logger.warning(
             "propensity '%s': %s (validation ROC-AUC %.4f) beats the model (%.4f): serving it",
             target,
