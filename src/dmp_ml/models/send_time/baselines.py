@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmp_ml.errors import InsufficientDataError
 from dmp_ml.models.send_time import curves
 from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
 from dmp_ml.models.send_time.zones import ZoneConverter
@@ -108,7 +109,7 @@ def compare(
     params["guard_baselines"] = False
     try:
         before = type(model)(**params).fit(events, split, timezones)
-    except Exception as exc:  # too little history before the window: keep the model
+    except InsufficientDataError as exc:  # no history before the window: keep the model
         logger.info("send time guard skipped: %s", exc)
         return None
     index = before.profile_ids_
