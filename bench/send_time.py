@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from dmp_ml.models.send_time import SendTimeModel, evaluate_send_time
+from dmp_ml.models.send_time.baselines import comparison_line
 from dmp_ml.settings import MAPPINGS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,7 @@ def _selection(model: SendTimeModel) -> None:
                                   "bandwidth", "activity_weight", "sharpness")}  # fmt: skip
     print(f"  selected on the internal hold-out: {chosen} (held-out log-lik "
           f"{sel['heldout_loglik']:.4f}, {len(sel['evaluated'])} tried)")  # fmt: skip
+    print(f"  guard: {comparison_line(model.guard_, model.served_)}")
     sources = pd.Series(model.timezone_source_).value_counts().to_dict()
     bases = pd.Series(model.basis_).value_counts().to_dict()
     print(f"  time zones: {sources}; basis: {bases}")

@@ -197,6 +197,7 @@ def _comparison(candidates: dict[str, float], served: str) -> str:
 
 def _send_time_step(ctx: TrainContext) -> StepOutcome:
     from dmp_ml.models.send_time import SendTimeModel, evaluate_send_time
+    from dmp_ml.models.send_time.baselines import comparison_line
     from dmp_ml.tracking import log_metrics_run
 
     st = ctx.settings.send_time
@@ -218,17 +219,32 @@ def _send_time_step(ctx: TrainContext) -> StepOutcome:
     model = SendTimeModel.from_settings(ctx.settings).fit(resolved, ctx.as_of, timezones)
     ctx.models["send_time"] = model
     metrics = _flat_metrics(evaluation)
+    # what the evaluated model served on the last `evaluation_days` (its own guard's winner)
+    metrics["served_hit_rate"] = evaluation["model"]["hit_rate"]
+    metrics.update(_flat_metrics(model.guard_ or {}, "guard_"))
     charts, chart_metrics = _send_time_charts(before, resolved, st.evaluation_days)
     metrics.update(chart_metrics)
     run_id = log_metrics_run(
         "dmp-send-time",
-        params={"as_of": ctx.as_of.isoformat(), "evaluation_days": st.evaluation_days},
+        params={
+            "as_of": ctx.as_of.isoformat(),
+            "evaluation_days": st.evaluation_days,
+            "served": model.served_,
+        },
         metrics=metrics,
         artifacts=charts,
         settings=ctx.settings,
         **ctx.run_labels(),
     )
-    return StepOutcome("trained", metrics=metrics, mlflow_run_id=run_id)
+    return StepOutcome(
+        "trained",
+        metrics=metrics,
+        mlflow_run_id=run_id,
+        details={
+            "served": model.served_,
+            "comparison": comparison_line(model.guard_, model.served_),
+        },
+    )
 
 
 def _lookalike_step(ctx: TrainContext) -> StepOutcome:

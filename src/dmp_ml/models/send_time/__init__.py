@@ -29,6 +29,12 @@ curve raised to a power, "sharpness") are chosen from candidate lists on a held-
 the end of the training data (the last ``holdout_days`` before ``as_of``) by the held-out
 log-likelihood of engagement hours (coordinate ascent).
 
+The guard then compares the fitted curves with plain baselines (the profile's most frequent
+hour of day, its most frequent hour of week, one global hour, its cohort's curve) on the same
+held-out period, refitting the curves before it: a baseline with a strictly better hit rate
+(+-1 h, each profile's next engagement) is what the model serves, ``basis`` naming it
+(``served_``, ``guard_``; see ``baselines``).
+
 The probability is then calibrated (Platt scaling on the held-out email sends: a monotone map,
 so no ranking changes) because ``rate_p * s_p(h)`` inherits the contrast of *activity* and the
 level of the past. When the training data hold no email sends the curve is the probability of
@@ -42,7 +48,8 @@ Where it lives
 (evidence, counts, smoothing kernel, pooling, shrinkage, probability and calibration),
 ``zones`` (UTC <-> local hours, zone inference), ``selection`` (hyper-parameters and
 calibration on the internal held-out period), ``decision`` (:class:`SendTimeDecision`, the
-best send time in a window) and ``evaluate`` (offline evaluation against baselines, held-out
+best send time in a window), ``baselines`` (the guard: plain baselines on the held-out
+period, the served winner) and ``evaluate`` (offline evaluation against baselines, held-out
 views for the charts).
 """
 

@@ -25,8 +25,17 @@ if TYPE_CHECKING:
     from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
 
 HOURS_PER_WEEK = 168
-BASES = ("profile", "cohort", "global")
-"""What a profile's curve rests on: its own data, its zone cohort, or the population."""
+BASES = (
+    "profile",
+    "cohort",
+    "global",
+    "baseline_profile_hour",
+    "baseline_profile_hour_of_week",
+    "baseline_global_hour",
+    "baseline_cohort",
+)
+"""What a profile's curve rests on: its own data, its zone cohort, or the population; or,
+when the guard serves a plain baseline, that baseline (see :mod:`.baselines`)."""
 CALIBRATION_LAG = 2 * 86_400
 """Calibration uses held-out sends at least this old (seconds), so they could be answered."""
 _EMAIL_SEND = "email_send"

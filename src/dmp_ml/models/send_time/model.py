@@ -22,7 +22,7 @@ from sklearn.exceptions import NotFittedError
 
 from dmp_ml.errors import BundleError, DataContractError, InsufficientDataError, RequestError
 from dmp_ml.models.base import constructor_args
-from dmp_ml.models.send_time import curves
+from dmp_ml.models.send_time import baselines, curves
 from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
 from dmp_ml.models.send_time.decision import (
     SendTimeDecision,
@@ -91,6 +91,9 @@ class SendTimeModel(BaseEstimator):
         Zones considered for inference; None means every known zone of the training profiles.
     non_engagement_events : sequence of str
         Event types that are not engagement (besides email sends, handled as exposure).
+    guard_baselines : bool
+        Compare the fitted curves with plain baselines on the held-out period and serve the
+        winner (see :mod:`.baselines`).
 
     Attributes
     ----------
@@ -120,6 +123,11 @@ class SendTimeModel(BaseEstimator):
     prior_strength_, cohort_strength_, day_pooling_, bandwidth_, activity_weight_, sharpness_
         The selected hyper-parameters; ``selection_`` holds the held-out scores of every
         combination tried.
+    served_ : str
+        What the curves serve: ``model`` or the winning baseline; ``guard_`` holds every
+        candidate's held-out hit rate and log-likelihood (None when nothing was compared).
+    baseline_global_ : ndarray (168,)
+        The population's engagement share per local hour of week (baselines of new profiles).
     """
 
     name: ClassVar[str] = "send_time"
@@ -149,6 +157,7 @@ class SendTimeModel(BaseEstimator):
             "email_unsubscribe",
             "email_delivered",
         ),
+        guard_baselines: bool = True,
     ) -> None:
         self.prior_strength_candidates = prior_strength_candidates
         self.cohort_strength_candidates = cohort_strength_candidates
@@ -167,6 +176,7 @@ class SendTimeModel(BaseEstimator):
         self.tz_min_posterior = tz_min_posterior
         self.tz_candidates = tz_candidates
         self.non_engagement_events = non_engagement_events
+        self.guard_baselines = guard_baselines
 
     # ---------------------------------------------------------------- construction helpers
 
@@ -280,6 +290,17 @@ class SendTimeModel(BaseEstimator):
             0,
             np.where(source == 2, 2, 1),
         ).astype(np.int8)
+        # ---- the guard: serve a plain baseline when it beats the curves on held-out time
+        glob = baselines.global_curve(counts.activity, fitted["global_shape"])
+        guard = None
+        if self.guard_baselines:
+            guard = baselines.compare(self, events, as_of_ts, timezones, selection)
+        served = baselines.choose_served(guard)
+        if served != baselines.MODEL:
+            shape, basis = baselines.baseline_shapes(
+                served, counts.activity, glob, fitted["cohort_shapes"], cohort_code
+            )
+            fitted = {**fitted, "shape": shape, "shape_sd": np.zeros_like(shape)}
 
         self.as_of_ = as_of_ts
         self.profile_ids_ = profile_index
@@ -307,7 +328,11 @@ class SendTimeModel(BaseEstimator):
         self.sharpness_ = float(sharpness)
         self.day_pooling_ = float(rho)
         self.selection_ = selection
+        self.served_ = served
+        self.guard_ = guard
+        self.baseline_global_ = glob
         self.n_events_used_ = int(len(full.act_p) + len(full.send_p))
+        logger.info("send time: %s", baselines.comparison_line(guard, served))
         logger.info(
             "send time: %d profiles, %d zones; selected prior %.3g, cohort %.3g, day pooling "
             "%.2g, bandwidth %.2g h, activity weight %.2g, sharpness %.2g",
@@ -594,6 +619,11 @@ class SendTimeModel(BaseEstimator):
         basis = np.where(
             weight >= self.basis_profile_min_weight, 0, np.where(source == 2, 2, 1)
         ).astype(np.int8)
+        if self.served_ != baselines.MODEL:
+            shape, basis = baselines.baseline_shapes(
+                self.served_, counts.activity, self.baseline_global_, cohort_shapes, cohort_code
+            )
+            shape_sd = np.zeros_like(shape)
         rows = {
             "zone_code_": zone_code,
             "timezone_source_code_": source.astype(np.int8),
@@ -651,6 +681,8 @@ class SendTimeModel(BaseEstimator):
             "calibration": self.calibration_,
             "day_pooling": self.day_pooling_,
             "selection": _jsonable(self.selection_),
+            "served": self.served_,
+            "guard": _jsonable(self.guard_),
             "n_events_used": self.n_events_used_,
         }
         profiles = pd.DataFrame(
@@ -673,6 +705,7 @@ class SendTimeModel(BaseEstimator):
             local_shape_sd=self.local_shape_sd_,
             global_shape=self.global_shape_,
             cohort_shapes=self.cohort_shapes_,
+            baseline_global=self.baseline_global_,
         )
         (path / _FILES[0]).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return path
@@ -738,6 +771,13 @@ class SendTimeModel(BaseEstimator):
         model.calibration_ = meta["calibration"]
         model.day_pooling_ = float(meta["day_pooling"])
         model.selection_ = meta["selection"]
+        model.served_ = str(meta.get("served", baselines.MODEL))
+        model.guard_ = meta.get("guard")
+        model.baseline_global_ = stored.get(
+            "baseline_global", np.asarray(model.global_shape_, dtype=np.float64) / HOURS_PER_WEEK
+        )
+        if model.served_ != baselines.MODEL and model.served_ not in baselines.BASELINES:
+            raise BundleError(f"send-time model serves unknown {model.served_!r}")
         model.n_events_used_ = int(meta["n_events_used"])
         if model.local_shape_.shape != (len(model.profile_ids_), HOURS_PER_WEEK):
             raise BundleError("send-time model curves do not match its profile list")

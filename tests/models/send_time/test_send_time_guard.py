@@ -1,0 +1,169 @@
+"""The send-time guard: the curves against plain baselines on held-out time, and what is served."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+import dmp_ml
+from dmp_ml.demo import DemoWorld, generate_demo_world
+from dmp_ml.models.base import ProfileUpdate
+from dmp_ml.models.send_time import SendTimeModel
+from dmp_ml.models.send_time.baselines import BASELINES, MODEL, choose_served
+from dmp_ml.settings import Settings
+
+ONE = {
+    "prior_strength_candidates": (10.0,),
+    "cohort_strength_candidates": (300.0,),
+    "day_pooling_candidates": (0.3,),
+    "bandwidth_candidates": (1.5,),
+    "activity_weight_candidates": (2.0,),
+    "sharpness_candidates": (1.0,),
+}
+# a crippled model: every profile pulled onto a flattened population curve
+CRIPPLED = {
+    **ONE,
+    "prior_strength_candidates": (1e7,),
+    "cohort_strength_candidates": (1e7,),
+    "bandwidth_candidates": (12.0,),
+}
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    w = generate_demo_world(n_profiles=600, days=80, seed=5)
+    events = w.events[w.events["profile_id"].notna()]
+    timezones = w.profiles.set_index("profile_id")["timezone"]
+    as_of = w.start + pd.Timedelta(days=70)
+    return {"events": events, "timezones": timezones, "as_of": as_of}
+
+
+def _mode_local_hour(events: pd.DataFrame, model: SendTimeModel) -> pd.Series:
+    """Each profile's most frequent local hour of day of engagement before ``as_of``, where it
+    is clear (at least two hours more often than the runner-up)."""
+    engaged = events[
+        (events["event_time"] < model.as_of_)
+        & ~events["event_type"].isin([*model.non_engagement_events, "email_send"])
+    ]
+    zone = pd.Series(model.timezone_, index=model.profile_ids_)
+    out = {}
+    for pid, rows in engaged.groupby("profile_id", observed=True):
+        local = rows["event_time"].dt.tz_convert(str(zone[pid])).dt.floor("h")
+        counts = local.drop_duplicates().dt.hour.value_counts()
+        if len(counts) == 1 or counts.iloc[0] >= counts.iloc[1] + 2:
+            out[str(pid)] = int(counts.index[0])
+    return pd.Series(out)
+
+
+def test_a_crippled_model_serves_the_profile_hour_and_keeps_it(world: dict, tmp_path) -> None:
+    model = SendTimeModel(**CRIPPLED).fit(world["events"], world["as_of"], world["timezones"])
+    guard = model.guard_
+    assert guard is not None and set(guard) == {MODEL, *BASELINES}
+    assert model.served_ in BASELINES
+    gain = guard[model.served_]["hit_rate"] - guard[MODEL]["hit_rate"]
+    assert gain > 1.645 * guard[model.served_]["gain_se"] > 0
+    assert model.served_ == choose_served(guard)
+
+    decision = model.best_send_time(window_hours=168).frame
+    assert set(decision["basis"]) <= {model.served_, "baseline_global_hour"}
+    if model.served_ == "baseline_profile_hour":
+        mode = _mode_local_hour(world["events"], model)
+        served = decision.set_index("profile_id")["local_send_at"].str.slice(11, 13).astype(int)
+        both = mode.index.intersection(served.index)
+        assert len(both) > 50
+        assert (served[both] == mode[both]).mean() > 0.9
+
+    again = SendTimeModel.load(model.save(tmp_path / "st"))
+    assert again.served_ == model.served_
+    assert again.guard_ == guard
+    pd.testing.assert_frame_equal(again.best_send_time(window_hours=168).frame, decision)
+
+
+def test_the_fitted_model_is_kept_when_it_wins(world: dict) -> None:
+    model = SendTimeModel(**ONE).fit(world["events"], world["as_of"], world["timezones"])
+    guard = model.guard_
+    assert model.served_ == MODEL == choose_served(guard)
+    assert set(model.basis_) <= {"profile", "cohort", "global"}
+
+
+def test_only_a_significant_gain_replaces_the_model() -> None:
+    figures = {
+        name: {"hit_rate": 0.4, "loglik": -3.0, "gain_se": 0.01} for name in (MODEL, *BASELINES)
+    }
+    figures["baseline_cohort"]["loglik"] = -1.0  # better log-likelihood alone does not win
+    assert choose_served(figures) == MODEL
+    figures["baseline_global_hour"]["hit_rate"] = 0.41  # within chance of the model
+    assert choose_served(figures) == MODEL
+    figures["baseline_global_hour"]["hit_rate"] = 0.45
+    figures["baseline_profile_hour"]["hit_rate"] = 0.43
+    assert choose_served(figures) == "baseline_global_hour"
+    assert choose_served(None) == MODEL
+
+
+def test_update_and_forget_keep_serving_the_baseline(world: dict) -> None:
+    events, as_of = world["events"], world["as_of"]
+    model = SendTimeModel(**CRIPPLED).fit(events, as_of, world["timezones"])
+    assert model.served_ == "baseline_profile_hour"
+    pid = str(model.profile_ids_[0])
+    zone = str(model.timezone_[0])
+    day = (as_of - pd.Timedelta(days=20)).tz_convert(zone).normalize()
+    habit = [(day + pd.Timedelta(days=d, hours=4, minutes=5)).tz_convert("UTC") for d in range(19)]
+    new = pd.DataFrame(
+        {
+            "event_time": pd.to_datetime(habit, utc=True),
+            "profile_id": pd.array([pid] * len(habit), dtype="string"),
+            "event_type": pd.array(["page_view"] * len(habit), dtype="string"),
+            "campaign_id": pd.array([None] * len(habit), dtype="string"),
+        }
+    )
+    mine = pd.concat([events[events["profile_id"] == pid], new], ignore_index=True)
+    change = ProfileUpdate(
+        as_of=as_of,
+        profile_ids=pd.Index([pid, "newcomer"], dtype="string"),
+        removed=pd.Index([], dtype="string"),
+        features=pd.DataFrame(),
+        events=mine,
+        timezones=pd.Series({"newcomer": zone}, dtype="string"),
+    )
+    model.update(change)
+    frame = model.best_send_time([pid, "newcomer"], window_hours=168).frame.set_index("profile_id")
+    assert frame.loc[pid, "local_send_at"][11:13] == "04"
+    assert frame.loc[pid, "basis"] == "baseline_profile_hour"
+    assert frame.loc["newcomer", "basis"] == "baseline_global_hour"
+    assert model.forget([pid]) == 1
+    assert pid not in set(model.profiles_frame()["profile_id"])
+
+
+@pytest.mark.slow
+def test_train_publishes_what_the_guard_picked(
+    demo_world: DemoWorld, train_settings: Settings, tmp_path
+) -> None:
+    crippled = {k: list(v) for k, v in CRIPPLED.items()}
+    settings = train_settings.model_copy(
+        update={"send_time": train_settings.send_time.model_copy(update=crippled)}
+    )
+    result = dmp_ml.train(
+        demo_world.events,
+        "end",
+        tmp_path / "w",
+        profiles=demo_world.profiles,
+        consent=demo_world.consent,
+        settings=settings,
+    )
+    step = result.steps["send_time"]
+    assert step.status == "trained"
+    served = step.details["served"]
+    assert served in BASELINES
+    assert f"serving {served}" in step.details["comparison"]
+    assert 0.0 <= step.metrics["served_hit_rate"] <= 1.0
+    bundle = dmp_ml.load_bundle(tmp_path / "w")
+    assert bundle.send_time_model.served_ == served
+    answer = bundle.send_time(window_hours=168).frame
+    assert set(answer["basis"]) <= {served, "baseline_global_hour"}
+    run = mlflow.MlflowClient(settings.tracking_uri()).get_run(step.mlflow_run_id)
+    assert run.data.params["served"] == served
+    for name in (MODEL, *BASELINES):
+        assert f"guard_{name}_hit_rate" in run.data.metrics
+    assert np.isfinite(run.data.metrics["served_hit_rate"])
