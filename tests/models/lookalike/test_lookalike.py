@@ -589,3 +589,42 @@ def test_unknown_method_is_a_request_error(model, world) -> None:
     with pytest.raises(RequestError) as err:
         model.expand(list(_members(world[1], 0)[:50]), size=10, method="magic")
     assert err.value.field == "method"
+
+
+def test_attribute_only_profiles_carry_the_audience() -> None:
+    """A CRM table: one sign-up event each (behaviour columns constant), attributes differ."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    member = rng.random(n) < 0.25
+    frame = pd.DataFrame(
+        {
+            "events_count_total": np.ones(n),
+            "purchase_count_90d": np.zeros(n),
+            "sessions_30d": np.zeros(n),
+            "age": np.where(member, rng.normal(62, 5, n), rng.normal(35, 8, n)),
+            "plan": pd.Categorical(
+                np.where(
+                    member & (rng.random(n) < 0.8), "premium", rng.choice(["basic", "free"], n)
+                )
+            ),
+            "country": pd.Categorical(rng.choice(["fr", "de", "es"], n)),
+        }
+    )
+    frame.index = pd.Index([f"c{i:05d}" for i in range(n)], name="profile_id", dtype="string")
+    spec = FeatureSpec(
+        version="test",
+        as_of=pd.Timestamp("2026-01-01", tz="UTC"),
+        columns={c: str(frame[c].dtype) for c in frame.columns},
+        categorical=["plan", "country"],
+    )
+    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    model = LookalikeModel(FAST, n_threads=1).fit(table)
+    assert np.isfinite(model.vectors_).all()
+    members = frame.index[member]
+    seed = list(members[:200])
+    audience = model.expand(seed, size=300)
+    truth = members.difference(seed)
+    assert np.isin(audience.frame["profile_id"], truth).mean() > 0.9
+    d = audience.diagnostics
+    assert d["method"] in ("hybrid", "centroid", "classifier")
+    assert {f["feature"].split("=")[0] for f in d["distinguishing_features"]} & {"age", "plan"}
