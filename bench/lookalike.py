@@ -153,6 +153,20 @@ def demo_world(
                         "heldout_recall": float(curve["expected_recall"].iloc[0]),
                     }
                 )
+            # what a request gets: the guard's pick among hybrid, centroid and classifier
+            audience = model.expand(seed_ids, size=rest)
+            truth = members.difference(pd.Index(seed_ids))
+            quality = audience.diagnostics["expected_quality"] or {}
+            rows.append(
+                {
+                    "group": name,
+                    "seed": n_seed,
+                    "method": "served (guard)",
+                    "served": audience.diagnostics["method"],
+                    "precision": float(np.isin(audience.frame["profile_id"], truth).mean()),
+                    "heldout_recall": quality.get("recall", np.nan),
+                }
+            )
     frame = pd.DataFrame(rows)
     table_ = frame.pivot_table(
         index="seed", columns="method", values=["precision", "heldout_recall"], aggfunc="mean"
@@ -163,6 +177,8 @@ def demo_world(
     per_group = default[default["seed"] == 300].set_index("group")["precision"].round(3)
     if len(per_group):
         print("precision per group, seed 300, default method:", per_group.to_dict())
+    served = frame[frame["method"] == "served (guard)"]
+    print("served method per seed size:", served.groupby("seed")["served"].value_counts().to_dict())
     return {"rows": rows, "fit_seconds": round(t_fit, 2), "profiles": len(table)}
 
 

@@ -255,7 +255,7 @@ def _lookalike_step(ctx: TrainContext) -> StepOutcome:
     model = LookalikeModel(ctx.settings.lookalike).fit(ctx.features)
     ctx.models["lookalike"] = model
     report = {k: v for k, v in model.build_report_.items() if isinstance(v, int | float)}
-    charts, chart_metrics, seed_text = _lookalike_charts(
+    charts, chart_metrics, seed_text, guard = _lookalike_charts(
         model, ctx.features, ctx.settings.propensity.target_event
     )
     run_id = log_metrics_run(
@@ -271,7 +271,19 @@ def _lookalike_step(ctx: TrainContext) -> StepOutcome:
         **ctx.run_labels(),
     )
     return StepOutcome(
-        "trained", metrics=report, mlflow_run_id=run_id, details={"build": model.build_report_}
+        "trained",
+        metrics=report,
+        mlflow_run_id=run_id,
+        details={"build": model.build_report_, **guard},
+    )
+
+
+def _lookalike_comparison(recall: dict[str, float], served: str, size: int) -> str:
+    """One line a user reads: each candidate's held-out seed recall on the chart seed."""
+    shown = ", ".join(f"{name} {value:.3f}" for name, value in recall.items())
+    return (
+        f"held-out seed recall at {size}: {shown}; serving {served} "
+        "(chosen again for every request)"
     )
 
 
@@ -317,12 +329,13 @@ def _send_time_charts(
 
 def _lookalike_charts(
     model: LookalikeModel, table: FeatureTable, target_event: str
-) -> tuple[dict[str, Figure], dict[str, float], str]:
+) -> tuple[dict[str, Figure], dict[str, float], str, dict[str, str]]:
     """Held-out recall against audience size, and the score distribution, for one seed.
 
     The seed: up to :data:`LOOKALIKE_CHART_SEED` random profiles that did the propensity
     target event (``<target>_count_total > 0``), the everyday "find more like my buyers". No
-    such profiles (or too few to hold some out): no charts, and the run says why.
+    such profiles (or too few to hold some out): no charts, and the run says why. The last
+    item is the guard's choice for that seed (``served``, ``comparison``), empty without one.
     """
     from matplotlib.figure import Figure
 
@@ -334,11 +347,11 @@ def _lookalike_charts(
         seed = feature_seed(table, column, n=LOOKALIKE_CHART_SEED, seed=0)
     except ValueError as exc:
         logger.info("lookalike: no chart seed (%s)", exc)
-        return {}, {}, f"none: {exc}"
+        return {}, {}, f"none: {exc}", {}
     n_seed = len(seed.ids)
     room = len(table) - n_seed
     if n_seed < 10 or room < 10:
-        return {}, {}, f"none: {seed.description} (too few)"
+        return {}, {}, f"none: {seed.description} (too few)", {}
     top = max(1, min(room, int(model.settings.max_reach * len(table))))
     sizes = sorted({int(v) for v in np.geomspace(min(n_seed, top), top, 6)})
     curve = model.quality_curve(seed.ids, sizes)
@@ -366,7 +379,13 @@ def _lookalike_charts(
         "heldout_recall_at_seed_size": float(first["expected_recall"]),
         "heldout_lift_at_seed_size": float(first["lift"]),
     }
-    return charts, found, seed.description
+    recall = audience.diagnostics["candidate_recall"]
+    found.update({f"heldout_recall_{name}": float(value) for name, value in recall.items()})
+    guard: dict[str, str] = {}
+    if recall:
+        served = audience.diagnostics["method"]
+        guard = {"served": served, "comparison": _lookalike_comparison(recall, served, top)}
+    return charts, found, seed.description, guard
 
 
 def _affinity_step(ctx: TrainContext) -> StepOutcome:

@@ -255,7 +255,7 @@ def test_group_seed_recovers_its_group_and_explains_why(model, world) -> None:
     precision = audience.frame["profile_id"].isin(members).mean()
     assert precision >= 0.8
     d = audience.diagnostics
-    assert d["method"] == "similarity+classifier" and not d["seed_too_small"]
+    assert d["hybrid_method"] == "similarity+classifier" and not d["seed_too_small"]
     assert not d["seed_not_distinctive"]
     quality = d["expected_quality"]
     assert quality["holdout_seeds"] == 60 and quality["recall"] >= 0.6 and quality["lift"] > 2
@@ -284,7 +284,7 @@ def test_small_seed_still_answers_with_similarity_and_says_so(model, world) -> N
     members = set(_members(groups, 2))
     audience = model.expand(_seed(groups, 2, 20), size=200)
     d = audience.diagnostics
-    assert d["seed_too_small"] and d["method"] == "similarity"
+    assert d["seed_too_small"] and d["hybrid_method"] == "similarity"
     assert "seed too small" in d["seed_too_small_message"]
     assert d["warnings"][0] == d["seed_too_small_message"]
     assert audience.frame["profile_id"].isin(members).mean() >= 0.6
@@ -492,3 +492,139 @@ def test_forget_leaves_no_vector_in_an_index_that_cannot_remove(world) -> None:
     assert len(model.index_.removed_) == 0 and model.index_.index_.ntotal == live
     audience = model.expand(_seed(groups, 0, 100), reach=0.5)
     assert not set(audience.frame["profile_id"]) & set(gone)
+
+
+# -- the guard: never worse than a plain candidate ------------------------------------------
+
+
+def _weak_world(n: int = 8000, seed: int = 0) -> tuple[FeatureTable, pd.Index]:
+    """A group set apart by many small shifts (no single feature tells it), plus noise."""
+    rng = np.random.default_rng(seed)
+    member = rng.random(n) < 0.2
+    cols = {f"signal{j}": rng.normal(np.where(member, 0.5, 0.0), 1.0) for j in range(20)}
+    cols.update({f"noise{j}": rng.normal(0, 1, n) for j in range(10)})
+    frame = pd.DataFrame(cols)
+    frame.index = pd.Index([f"w{i:05d}" for i in range(n)], name="profile_id", dtype="string")
+    spec = FeatureSpec(
+        version="test",
+        as_of=pd.Timestamp("2026-01-01", tz="UTC"),
+        columns={c: "float64" for c in frame.columns},
+        categorical=[],
+    )
+    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    return table, frame.index[member]
+
+
+def test_guard_serves_a_plain_candidate_when_the_hybrid_is_crippled() -> None:
+    table, members = _weak_world()
+    # crippled hybrid: nearest single seed (one centroid per seed, near-zero temperature)
+    # re-ranked at full weight over everyone by a one-split stump
+    crippled = FAST.model_copy(
+        update={
+            "pu_n_estimators": 1,
+            "pu_num_leaves": 2,
+            "min_seed": 10,
+            "blend_half_seed": 1,
+            "candidate_factor": 100.0,
+            "similarity_temperature": 0.001,
+            "seeds_per_centroid": 1,
+            "kmeans_min_seed": 1,
+            "max_centroids": 500,
+            "seed_weighted_metric": False,
+        }
+    )
+    model = LookalikeModel(crippled, n_threads=1).fit(table)
+    seed = list(members[:1000])
+    audience = model.expand(seed, size=600)
+    d = audience.diagnostics
+    recall = d["candidate_recall"]
+    assert set(recall) == {"hybrid", "centroid", "classifier"}
+    assert d["method"] == "centroid"
+    assert recall["centroid"] > recall["hybrid"]
+    assert d["expected_quality"]["recall"] == recall["centroid"]
+    assert any("method: centroid" in line for line in audience.lines())
+    # the answer is the chosen candidate's ranking, and truly better than the hybrid's
+    forced = model.expand(seed, size=600, method="centroid")
+    assert list(forced.frame["profile_id"]) == list(audience.frame["profile_id"])
+    hybrid = model.expand(seed, size=600, method="hybrid")
+    truth = members.difference(seed)
+    served_precision = np.isin(audience.frame["profile_id"], truth).mean()
+    hybrid_precision = np.isin(hybrid.frame["profile_id"], truth).mean()
+    assert served_precision > hybrid_precision + 0.1
+
+
+def test_guard_keeps_the_hybrid_when_no_candidate_is_clearly_better(model, world) -> None:
+    _, groups = world
+    d = model.expand(list(_members(groups, 2)[:150]), size=400).diagnostics
+    assert d["method"] == "hybrid" and d["candidate_recall"]["hybrid"] > 0.3
+
+
+@pytest.mark.parametrize("method", ["hybrid", "centroid", "classifier"])
+def test_every_candidate_excludes_seeds_excluded_erased_and_withdrawn(world, method) -> None:
+    table, groups = world
+    model = LookalikeModel(FAST, n_threads=1).fit(table)
+    members = _members(groups, 0)
+    seed, excluded = list(members[:150]), list(members[150:250])
+    erased, withdrawn = list(members[250:300]), list(members[300:350])
+    model.forget(erased)
+    model.update(
+        ProfileUpdate(
+            as_of=table.spec.as_of,
+            profile_ids=pd.Index([], dtype="string"),
+            removed=pd.Index(withdrawn, dtype="string"),
+            features=table.frame.iloc[:0],
+            events=pd.DataFrame({"profile_id": pd.array([], dtype="string")}),
+        )
+    )
+    audience = model.expand(seed + erased, size=500, exclude_ids=excluded, method=method)
+    assert audience.diagnostics["method"] == method
+    got = set(audience.frame["profile_id"])
+    assert len(got) == 500
+    assert not got & set(seed + excluded + erased + withdrawn)
+    # the audience is still seed-like: most of it is the seed's group
+    assert np.isin(list(got), members).mean() > 0.5
+
+
+def test_unknown_method_is_a_request_error(model, world) -> None:
+    with pytest.raises(RequestError) as err:
+        model.expand(list(_members(world[1], 0)[:50]), size=10, method="magic")
+    assert err.value.field == "method"
+
+
+def test_attribute_only_profiles_carry_the_audience() -> None:
+    """A CRM table: one sign-up event each (behaviour columns constant), attributes differ."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    member = rng.random(n) < 0.25
+    frame = pd.DataFrame(
+        {
+            "events_count_total": np.ones(n),
+            "purchase_count_90d": np.zeros(n),
+            "sessions_30d": np.zeros(n),
+            "age": np.where(member, rng.normal(62, 5, n), rng.normal(35, 8, n)),
+            "plan": pd.Categorical(
+                np.where(
+                    member & (rng.random(n) < 0.8), "premium", rng.choice(["basic", "free"], n)
+                )
+            ),
+            "country": pd.Categorical(rng.choice(["fr", "de", "es"], n)),
+        }
+    )
+    frame.index = pd.Index([f"c{i:05d}" for i in range(n)], name="profile_id", dtype="string")
+    spec = FeatureSpec(
+        version="test",
+        as_of=pd.Timestamp("2026-01-01", tz="UTC"),
+        columns={c: str(frame[c].dtype) for c in frame.columns},
+        categorical=["plan", "country"],
+    )
+    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    model = LookalikeModel(FAST, n_threads=1).fit(table)
+    assert np.isfinite(model.vectors_).all()
+    members = frame.index[member]
+    seed = list(members[:200])
+    audience = model.expand(seed, size=300)
+    truth = members.difference(seed)
+    assert np.isin(audience.frame["profile_id"], truth).mean() > 0.9
+    d = audience.diagnostics
+    assert d["method"] in ("hybrid", "centroid", "classifier")
+    assert {f["feature"].split("=")[0] for f in d["distinguishing_features"]} & {"age", "plan"}

@@ -11,6 +11,10 @@
 3. Re-rank: from ``min_seed`` seeds a positive-unlabeled LightGBM classifier (seeds vs a sample
    of the population) scores a ``candidate_factor`` wider pool; its standardised margin is
    blended with the standardised similarity, the classifier's weight growing with the seed.
+
+That is the ``hybrid`` candidate. Two plain ones rank the same way and are judged against it
+on held-out seed recall (:mod:`.quality`): ``centroid`` (cosine to the seed's mean vector) and
+``classifier`` (the positive-unlabeled LightGBM alone, scoring every eligible profile).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ _MAX_RETRIEVAL_ROUNDS = 5
 _RETRIEVAL_OVERSAMPLE = 8.0
 # k-means of a seed fits on at most this many of its vectors.
 _KMEANS_MAX_POINTS = 50_000
+
+CANDIDATES = ("hybrid", "centroid", "classifier")
+"""The ways to rank an audience; the guard serves the one with the best held-out seed recall."""
 
 
 @dataclass(frozen=True)
@@ -186,18 +193,31 @@ def fit_ranker(
     weight: float,
     excluded: np.ndarray,
     salt: int,
+    method: str = "hybrid",
 ) -> Ranker:
     """Centroids, (optionally) the PU classifier and the score normalisation for ``seeds``.
 
     ``excluded`` positions stay out of the reference sample that normalises the scores;
     ``salt`` separates the random draws of the full seed from those of a held-out split.
+    ``method`` is one of :data:`CANDIDATES`: ``hybrid`` as ``rerank``/``weight`` say,
+    ``centroid`` one plain mean direction and no classifier, ``classifier`` the PU
+    classifier alone.
     """
+    if method not in CANDIDATES:
+        raise ValueError(f"unknown lookalike method {method!r}")
     s = model.settings
     rng = seeded_rng(s.seed, salt)
-    n_c = _n_centroids(s, len(seeds))
-    centroids, shares, means = kmeans(model.vectors_[seeds], n_c, rng)
-    if s.seed_weighted_metric:
-        centroids = _query_directions(model, seeds, means)
+    if method == "centroid":
+        rerank, weight = False, 0.0
+        mean = model.vectors_[seeds].astype(np.float64).mean(axis=0, keepdims=True)
+        centroids, shares = _unit(mean), np.ones(1)
+    else:
+        if method == "classifier":
+            rerank, weight = True, 1.0
+        n_c = _n_centroids(s, len(seeds))
+        centroids, shares, means = kmeans(model.vectors_[seeds], n_c, rng)
+        if s.seed_weighted_metric:
+            centroids = _query_directions(model, seeds, means)
     unlabeled = np.ones(len(model.profile_ids_), dtype=bool)
     unlabeled[seeds] = False
     unlabeled[model.removed_] = False
@@ -301,8 +321,10 @@ def rank(
     pool = size
     if ranker.booster is not None:
         # the classifier is better than similarity at telling seed-like profiles apart, so
-        # it re-ranks a wider pool (everyone, once that is a large share anyway)
-        pool = min(n_avail, math.ceil(model.settings.candidate_factor * size))
+        # it re-ranks a wider pool (everyone, once that is a large share anyway; everyone
+        # when it ranks alone)
+        factor = math.inf if ranker.weight >= 1.0 else model.settings.candidate_factor
+        pool = min(n_avail, math.ceil(factor * size)) if math.isfinite(factor) else n_avail
     candidates: np.ndarray | None = None
     retrieval = "exhaustive"
     sims: np.ndarray | None = None

@@ -28,10 +28,15 @@ from threadpoolctl import threadpool_limits
 from dmp_ml.errors import BundleError, DataContractError, RequestError, UnknownProfileError
 from dmp_ml.features import FeatureSpec, FeatureTable
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.models.lookalike.audience import Audience, SeedPlan, fit_ranker, rank
+from dmp_ml.models.lookalike.audience import CANDIDATES, Audience, SeedPlan, fit_ranker, rank
 from dmp_ml.models.lookalike.embedding import CHUNK_ROWS, Embedder
 from dmp_ml.models.lookalike.index import LookalikeIndex, resolve_threads
-from dmp_ml.models.lookalike.quality import distinguishing, holdout_quality, quiet_nan_warnings
+from dmp_ml.models.lookalike.quality import (
+    choose_method,
+    distinguishing,
+    holdout_quality,
+    quiet_nan_warnings,
+)
 from dmp_ml.settings import LookalikeSettings
 
 if TYPE_CHECKING:
@@ -176,6 +181,7 @@ class LookalikeModel:
         size: int | None = None,
         reach: float | None = None,
         exclude_ids: Iterable[str] = (),
+        method: str | None = None,
     ) -> Audience:
         """Profiles most like the seed, best first.
 
@@ -185,13 +191,19 @@ class LookalikeModel:
         size : number of profiles to return, or
         reach : share of the eligible population to return, in (0, max_reach]
         exclude_ids : profile ids that must not be returned (e.g. existing customers)
+        method : one of ``CANDIDATES`` to force it; None (default): the guard serves the
+            candidate with the best held-out seed recall (the hybrid unless another is
+            clearly better)
 
         Returns
         -------
         Audience
             Never contains a seed, an excluded id or a profile outside the table. Diagnostics
             keys: seeds_given, seeds_matched, unknown_seed_count, unknown_seed_ids (first 100),
-            excluded, population, size, reach, method, classifier_weight, n_centroids,
+            excluded, population, size, reach, method (the candidate that ranked it: hybrid,
+            centroid or classifier, chosen by held-out seed recall), hybrid_method,
+            candidate_recall ({candidate: held-out recall}; empty when the seed is too small to
+            hold out), classifier_weight, n_centroids,
             retrieval, seed_too_small, seed_too_small_message, seed_not_distinctive, warnings,
             expected_quality ({holdout_seeds, recall, random_recall, lift, auc} or None),
             distinguishing_features ([{feature, seed_median, population_median, ..., text}]).
@@ -204,6 +216,8 @@ class LookalikeModel:
             No seed id is in the table.
         """
         size_req, reach_req = self._check_request(size, reach)
+        if method is not None and method not in CANDIDATES:
+            raise RequestError("method", f"must be one of {', '.join(CANDIDATES)}, got {method!r}")
         with threadpool_limits(limits=self.threads):
             plan = self._plan(seed_ids, exclude_ids, size_req, reach_req)
             s = self.settings
@@ -212,16 +226,29 @@ class LookalikeModel:
             rerank = n_seed >= s.min_seed
             weight = self._blend_weight(n_seed) if rerank else 0.0
             quality = None
+            served = "hybrid"
+            candidates: dict[str, dict[str, Any]] = {}
             n_hold = int(math.floor(n_seed * s.holdout_fraction))
             if n_hold >= s.min_holdout_seeds and n_seed - n_hold >= 2:
-                quality = holdout_quality(self, plan, [plan.size], rerank, weight)[0]
-            elif n_seed > 0:
+                # the guard: every candidate on the same held-out split, the best one serves
+                candidates = {
+                    m: holdout_quality(self, plan, [plan.size], rerank, weight, method=m)[0]
+                    for m in (CANDIDATES if method is None else (method,))
+                }
+                served = choose_method(candidates) if method is None else method
+                for row in candidates.values():
+                    del row["recovered"]
+                quality = candidates[served]
+            elif method is not None:
+                served = method
+            if n_seed > 0 and not candidates:
                 warnings.append(
                     f"the seed is too small to hold out {s.min_holdout_seeds} profiles, so "
                     "there is no quality estimate"
+                    + (" and no choice of method: the hybrid ranks it" if method is None else "")
                 )
             excluded = np.union1d(plan.seeds, plan.exclude)
-            ranker = fit_ranker(self, plan.seeds, rerank, weight, excluded, salt=0)
+            ranker = fit_ranker(self, plan.seeds, rerank, weight, excluded, salt=0, method=served)
             positions, values, retrieval = rank(self, ranker, plan.size, excluded)
             distinct = distinguishing(self, plan.seeds)
             significant = [f for f in distinct if f["significant"]]
@@ -259,8 +286,10 @@ class LookalikeModel:
             "population": plan.population,
             "size": int(len(frame)),
             "reach": len(frame) / max(1, plan.population),
-            "method": "similarity+classifier" if rerank else "similarity",
-            "classifier_weight": round(weight, 4),
+            "method": served,
+            "hybrid_method": "similarity+classifier" if rerank else "similarity",
+            "candidate_recall": {m: q["recall"] for m, q in candidates.items()},
+            "classifier_weight": round(ranker.weight, 4),
             "n_centroids": int(len(ranker.centroids)),
             "retrieval": retrieval,
             "seed_too_small": too_small,
@@ -302,6 +331,8 @@ class LookalikeModel:
             use = (n_seed >= self.settings.min_seed) if rerank is None else bool(rerank)
             weight = self._blend_weight(n_seed) if use else 0.0
             rows = holdout_quality(self, plan, sizes, use, weight)
+            for row in rows:
+                row.pop("recovered", None)
             out = pd.DataFrame(rows).rename(
                 columns={"recall": "expected_recall", "auc": "holdout_auc"}
             )
