@@ -232,6 +232,7 @@ def train_propensity(
         "scored_profiles": len(scores),
         "snapshots": len(ordered),
         "best_iteration": model.best_iteration_,
+        "min_child_samples": model.min_child_samples_,
     }
     logger.info(
         "propensity '%s': ROC-AUC model %.4f, RF baseline %.4f, single (%s) %.4f",
