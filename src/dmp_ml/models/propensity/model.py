@@ -115,7 +115,8 @@ class PropensityModel(BaseEstimator):
     Fitted attributes
     -----------------
     booster_ (final, refit), holdout_booster_ (trained without the validation data),
-    calibrator_, best_iteration_, feature_names_, categories_ (column -> categories),
+    calibrator_, best_iteration_, min_child_samples_ (the chosen leaf size), leaf_size_auc_
+    (candidate -> validation ROC-AUC), feature_names_, categories_ (column -> categories),
     feature_importance_ (gain of ``booster_``), validation_ (metrics before/after calibration),
     validation_predictions_ (DataFrame: y, raw, p_uncalibrated, p_calibrated), info_ (free-form
     metadata saved with the model, e.g. cutoffs).
