@@ -91,7 +91,12 @@ class PropensitySettings(_Section):
     min_negatives: int = Field(50, ge=1)
     learning_rate: float = Field(0.05, gt=0)
     num_leaves: int = Field(7, ge=2, description="Small trees: best on demo and Online Retail.")
-    min_child_samples: int = Field(100, ge=1)
+    min_child_samples: int = Field(100, ge=1, description="Upper bound on a leaf's rows.")
+    min_child_fractions: list[float] = Field(
+        [0.005, 0.02, 0.05],
+        min_length=1,
+        description="Candidate leaf sizes as shares of the training rows, chosen by validation.",
+    )
     n_estimators: int = Field(600, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
     calibration: str = Field("isotonic", pattern="^(isotonic|sigmoid)$")

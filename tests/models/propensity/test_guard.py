@@ -31,9 +31,9 @@ def test_the_model_is_served_unless_a_baseline_beats_it() -> None:
 def test_a_crippled_model_loses_and_the_bundle_serves_the_baseline(tmp_path: Path) -> None:
     world = dmp_ml.demo.generate_retail_world(800, days=365, seed=3)
     settings = load_settings(workdir=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db")
-    # leaves of at least a million rows: LightGBM cannot split, every score is the base rate
+    # a leaf must hold every training row: LightGBM cannot split, every score is the base rate
     crippled = settings.propensity.model_copy(
-        update={"min_child_samples": 1_000_000, "horizon_days": 30}
+        update={"min_child_samples": 1_000_000, "min_child_fractions": [1.0], "horizon_days": 30}
     )
     settings = settings.model_copy(update={"propensity": crippled})
     result = dmp_ml.train(world.events, "end", tmp_path, settings=settings)

@@ -539,3 +539,38 @@ def test_rescore_scores_touched_profiles_and_ranks_them_among_the_others(fitted,
     np.testing.assert_allclose(after.loc[features.index, "percentile"], want)
     assert after.loc[touched[0], "score"] > scores.loc[touched[0], "score"]
     assert raw_after.index.sort_values().equals(after.index.sort_values())
+
+
+# ------------------------------------------------------------------- leaf size by validation
+
+
+def test_leaf_size_candidates_scale_with_training_rows() -> None:
+    model = PropensityModel(min_child_samples=100, min_child_fractions=(0.005, 0.02, 0.05))
+    assert model.leaf_size_candidates(200) == [10, 5]  # 1 and 4 rows are raised to the floor
+    assert model.leaf_size_candidates(2000) == [100, 40, 10]
+    assert model.leaf_size_candidates(100_000) == [100]  # large data: one fit, as before
+
+
+def test_small_training_set_gets_a_leaf_size_that_can_split() -> None:
+    """Under 200 rows (Online Retail at a 90-day horizon): a leaf size of 100 cannot split."""
+    (Xt, yt, _), (Xv, yv, _) = synth(190, 11), synth(1500, 12)
+    fixed = PropensityModel(**{**FAST, "min_child_samples": 100, "min_child_fractions": (1.0,)})
+    fixed.fit(Xt, yt, Xv, yv)
+    chosen = PropensityModel(**{**FAST, "min_child_samples": 100}).fit(Xt, yt, Xv, yv)
+    assert fixed.min_child_samples_ == 100
+    assert chosen.min_child_samples_ < 100
+    assert set(chosen.leaf_size_auc_) == set(chosen.leaf_size_candidates(len(yt)))
+    best = max(chosen.leaf_size_auc_.values())
+    assert chosen.leaf_size_auc_[chosen.min_child_samples_] >= best - 0.002
+    auc_fixed = fixed.validation_["uncalibrated"]["roc_auc"]
+    auc_chosen = chosen.validation_["uncalibrated"]["roc_auc"]
+    assert fixed.best_iteration_ <= 2 and chosen.best_iteration_ > 2
+    assert auc_chosen > auc_fixed + 0.05
+
+
+def test_chosen_leaf_size_survives_save_and_load(tmp_path) -> None:
+    (Xt, yt, _), (Xv, yv, _) = synth(400, 13), synth(800, 14)
+    model = PropensityModel(**FAST).fit(Xt, yt, Xv, yv)
+    loaded = PropensityModel.load(model.save(tmp_path / "m"))
+    assert loaded.min_child_samples_ == model.min_child_samples_
+    assert loaded.leaf_size_auc_ == model.leaf_size_auc_

@@ -52,6 +52,11 @@ _HOLDOUT_FILE = "holdout_model.txt"
 _META_FILE = "propensity.json"
 
 
+_MIN_LEAF = 5
+"""Smallest candidate leaf size: below it a leaf's rate is mostly noise."""
+_AUC_TIE = 0.002
+"""A smaller leaf size must beat a larger one by this much ROC-AUC to be chosen."""
+
 _DEFAULT_LGBM = {
     "feature_fraction": 0.9,
     "bagging_fraction": 0.8,
@@ -85,8 +90,15 @@ class PropensityModel(BaseEstimator):
 
     Parameters
     ----------
-    learning_rate, num_leaves, min_child_samples, n_estimators, early_stopping_rounds
+    learning_rate, num_leaves, n_estimators, early_stopping_rounds
         LightGBM settings; ``n_estimators`` is the cap that early stopping works under.
+    min_child_samples : int
+        Upper bound on the rows a leaf must hold.
+    min_child_fractions : sequence of float
+        Candidate leaf sizes as shares of the training rows (at least 5, at most
+        ``min_child_samples``): each is fitted and the one with the best validation ROC-AUC is
+        kept, so a small log (a few hundred rows) can still split while a large one stays
+        regularised. On large data every candidate hits the bound and one fit is made.
     calibration : {"isotonic", "sigmoid"}
     calibration_folds : int
         Cross-fitting folds used to report calibrated metrics on data the calibrator did not see.
@@ -103,7 +115,8 @@ class PropensityModel(BaseEstimator):
     Fitted attributes
     -----------------
     booster_ (final, refit), holdout_booster_ (trained without the validation data),
-    calibrator_, best_iteration_, feature_names_, categories_ (column -> categories),
+    calibrator_, best_iteration_, min_child_samples_ (the chosen leaf size), leaf_size_auc_
+    (candidate -> validation ROC-AUC), feature_names_, categories_ (column -> categories),
     feature_importance_ (gain of ``booster_``), validation_ (metrics before/after calibration),
     validation_predictions_ (DataFrame: y, raw, p_uncalibrated, p_calibrated), info_ (free-form
     metadata saved with the model, e.g. cutoffs).
@@ -117,6 +130,7 @@ class PropensityModel(BaseEstimator):
         learning_rate: float = 0.05,
         num_leaves: int = 7,
         min_child_samples: int = 100,
+        min_child_fractions: Sequence[float] = (0.005, 0.02, 0.05),
         n_estimators: int = 600,
         early_stopping_rounds: int = 50,
         calibration: str = "isotonic",
@@ -130,6 +144,7 @@ class PropensityModel(BaseEstimator):
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
+        self.min_child_fractions = min_child_fractions
         self.n_estimators = n_estimators
         self.early_stopping_rounds = early_stopping_rounds
         self.calibration = calibration
@@ -147,13 +162,27 @@ class PropensityModel(BaseEstimator):
 
     # -------------------------------------------------------------------------- internals
 
-    def _lgb_params(self) -> dict[str, Any]:
+    def leaf_size_candidates(self, n_rows: int) -> list[int]:
+        """Candidate minimum leaf sizes for ``n_rows`` training rows, largest first.
+
+        Each share of :attr:`min_child_fractions` times ``n_rows``, clipped to
+        ``[min(5, min_child_samples), min_child_samples]`` and de-duplicated.
+        """
+        low = min(_MIN_LEAF, self.min_child_samples)
+        sizes = {
+            int(min(self.min_child_samples, max(low, round(f * n_rows))))
+            for f in self.min_child_fractions
+        }
+        return sorted(sizes or {self.min_child_samples}, reverse=True)
+
+    def _lgb_params(self, min_child_samples: int | None = None) -> dict[str, Any]:
+        leaf = self.min_child_samples if min_child_samples is None else min_child_samples
         params: dict[str, Any] = {
             "objective": "binary",
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_child_samples,
-            "min_data_per_group": self.min_child_samples,
+            "min_data_in_leaf": leaf,
+            "min_data_per_group": leaf,
             "seed": self.seed,
             "num_threads": self.n_threads,
             "verbosity": -1,
@@ -235,23 +264,19 @@ class PropensityModel(BaseEstimator):
         self._learn_schema(X_train, X_valid)
         Xt, Xv = self._prepare(X_train), self._prepare(X_valid)
         cat_cols = [f"f{i}" for i, n in enumerate(self.feature_names_) if n in self.categories_]
-        params = self._lgb_params()
-
-        train_set = lgb.Dataset(Xt, yt, categorical_feature=cat_cols, free_raw_data=False)
-        valid_set = lgb.Dataset(Xv, yv, reference=train_set, categorical_feature=cat_cols)
-        booster = lgb.train(
-            params,
-            train_set,
-            num_boost_round=self.n_estimators,
-            valid_sets=[valid_set],
-            valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-        )
-        best = int(booster.best_iteration or booster.current_iteration())
-        self.best_iteration_ = max(best, 1)
-        self.holdout_booster_ = lgb.Booster(
-            model_str=booster.model_to_string(num_iteration=self.best_iteration_)
-        )
+        # leaf size chosen on the validation snapshot from a grid scaled to the training rows
+        self.leaf_size_auc_: dict[int, float] = {}
+        chosen: tuple[float, int, int, lgb.Booster] | None = None
+        for leaf in self.leaf_size_candidates(len(yt)):
+            booster, best = self._fit_holdout(Xt, yt, Xv, yv, cat_cols, leaf)
+            raw = booster.predict(Xv, raw_score=True, num_threads=self.n_threads)
+            auc = float(metrics.roc_auc(yv, raw)) if 0 < yv.sum() < len(yv) else 0.5
+            self.leaf_size_auc_[leaf] = auc
+            if chosen is None or auc > chosen[0] + _AUC_TIE:
+                chosen = (auc, leaf, best, booster)
+        assert chosen is not None
+        _, self.min_child_samples_, self.best_iteration_, self.holdout_booster_ = chosen
+        params = self._lgb_params(self.min_child_samples_)
 
         raw_valid = self.holdout_booster_.predict(Xv, raw_score=True, num_threads=self.n_threads)
         p_before = expit(raw_valid)
@@ -281,13 +306,39 @@ class PropensityModel(BaseEstimator):
         if not hasattr(self, "info_"):
             self.info_: dict[str, Any] = {}
         logger.info(
-            "propensity model: %d trees, validation ROC-AUC %.4f, ECE %.4f -> %.4f",
+            "propensity model: %d trees, leaf size %d of %s, validation ROC-AUC %.4f, "
+            "ECE %.4f -> %.4f",
             self.best_iteration_,
+            self.min_child_samples_,
+            sorted(self.leaf_size_auc_),
             self.validation_["calibrated"]["roc_auc"],
             self.validation_["uncalibrated"]["ece"],
             self.validation_["calibrated"]["ece"],
         )
         return self
+
+    def _fit_holdout(
+        self,
+        Xt: pd.DataFrame,
+        yt: np.ndarray,
+        Xv: pd.DataFrame,
+        yv: np.ndarray,
+        cat_cols: list[str],
+        min_child_samples: int,
+    ) -> tuple[lgb.Booster, int]:
+        """A booster early-stopped on the validation data, cut at its best iteration."""
+        train_set = lgb.Dataset(Xt, yt, categorical_feature=cat_cols, free_raw_data=False)
+        valid_set = lgb.Dataset(Xv, yv, reference=train_set, categorical_feature=cat_cols)
+        booster = lgb.train(
+            self._lgb_params(min_child_samples),
+            train_set,
+            num_boost_round=self.n_estimators,
+            valid_sets=[valid_set],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+        best = max(int(booster.best_iteration or booster.current_iteration()), 1)
+        return lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), best
 
     def _cross_fitted_calibration(self, raw: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Out-of-fold calibrated probabilities: no row is scored by a calibrator fitted on it."""
@@ -409,6 +460,8 @@ class PropensityModel(BaseEstimator):
             "feature_names": self.feature_names_,
             "categories": self.categories_,
             "best_iteration": self.best_iteration_,
+            "min_child_samples": self.min_child_samples_,
+            "leaf_size_auc": {str(k): v for k, v in self.leaf_size_auc_.items()},
             "calibrator": self.calibrator_.to_dict(),
             "validation": self.validation_,
             "feature_importance": self.feature_importance_.to_dict(),
@@ -440,7 +493,8 @@ class PropensityModel(BaseEstimator):
                 f"propensity model in {path} has format {meta.get('format_version')}, "
                 f"expected {MODEL_FORMAT_VERSION}"
             )
-        params = dict(meta["params"])
+        # JSON lists back to the tuples the constructor was given (as constructor_args does)
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
         if n_threads is not None:
             params["n_threads"] = n_threads
         model = cls(**params)
@@ -449,6 +503,8 @@ class PropensityModel(BaseEstimator):
         model.feature_names_ = list(meta["feature_names"])
         model.categories_ = {k: list(v) for k, v in meta["categories"].items()}
         model.best_iteration_ = int(meta["best_iteration"])
+        model.min_child_samples_ = int(meta.get("min_child_samples", model.min_child_samples))
+        model.leaf_size_auc_ = {int(k): float(v) for k, v in meta.get("leaf_size_auc", {}).items()}
         model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
         model.validation_ = meta.get("validation", {})
         model.feature_importance_ = pd.Series(
