@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -25,6 +26,7 @@ from dmp_ml.tracking import (
     champion_version,
     decide_champion,
     experiment_name,
+    guard_artifacts,
     legacy_registered_model_name,
     log_metrics_run,
     log_propensity_run,
@@ -76,6 +78,29 @@ def results() -> dict[str, PropensityResult]:
 def test_default_tracking_uri_is_sqlite_in_the_workdir(settings) -> None:
     uri = settings.tracking_uri()
     assert uri.startswith("sqlite:///") and uri.endswith("/work/mlflow.db")
+
+
+def test_the_guard_comparison_is_a_table_and_a_chart_in_the_run(settings) -> None:
+    candidates = {"model": 0.712, "recency": 0.698, "frequency": 0.731}
+    run_id = log_metrics_run(
+        "dmp-guard-test",
+        {},
+        {"served_roc_auc": 0.731},
+        guard_artifacts(candidates, "frequency", "roc_auc"),
+        settings=settings,
+    )
+    client = MlflowClient(settings.tracking_uri())
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {
+        "plots/guard_comparison.png"
+    }
+    local = Path(client.download_artifacts(run_id, "guard/comparison.json"))
+    payload = json.loads(local.read_text())
+    rows = [dict(zip(payload["columns"], row, strict=True)) for row in payload["data"]]
+    assert rows == [
+        {"candidate": "model", "roc_auc": 0.712, "served": False},
+        {"candidate": "recency", "roc_auc": 0.698, "served": False},
+        {"candidate": "frequency", "roc_auc": 0.731, "served": True},
+    ]
 
 
 @pytest.mark.slow

@@ -257,12 +257,15 @@ def _param(value: Any) -> str:
 
 
 def _log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, Any]) -> None:
-    """``name -> Figure | dict | list | str/Path (file)``; figures become PNGs."""
+    """``name -> Figure | DataFrame | dict | list | str/Path (file)``; figures become PNGs,
+    frames MLflow tables (shown in the run's evaluation view)."""
     from matplotlib.figure import Figure
 
     for name, obj in artifacts.items():
         if isinstance(obj, Figure):
             client.log_figure(run_id, obj, name if name.endswith(".png") else f"{name}.png")
+        elif isinstance(obj, pd.DataFrame):
+            client.log_table(run_id, obj, name if name.endswith(".json") else f"{name}.json")
         elif isinstance(obj, dict | list):
             client.log_dict(run_id, obj, name if name.endswith(".json") else f"{name}.json")
         elif isinstance(obj, str | Path) and Path(obj).is_file():
@@ -271,6 +274,38 @@ def _log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, An
             client.log_artifacts(run_id, str(obj), artifact_path=name)
         else:
             raise TypeError(f"artifact {name!r}: cannot log a {type(obj).__name__}")
+
+
+def guard_artifacts(candidates: Mapping[str, float], served: str, metric: str) -> dict[str, Any]:
+    """The guard's comparison as MLflow artifacts: a table and a bar chart.
+
+    ``candidates`` maps the model and each baseline to its held-out ``metric`` (higher is
+    better); ``served`` is the one the bundle serves. Both land under ``guard/`` so every run
+    of a model shows what it was weighed against.
+    """
+    from matplotlib.figure import Figure
+
+    names = list(candidates)
+    values = [float(candidates[n]) for n in names]
+    table = pd.DataFrame(
+        {"candidate": names, metric: values, "served": [n == served for n in names]}
+    )
+    fig = Figure(figsize=(6, 0.5 * len(names) + 1.4))
+    ax = fig.add_subplot()
+    colors = ["C1" if n == served else "C0" for n in names]
+    ax.barh(names, values, color=colors)
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:
+        low, high = min(finite), max(finite)
+        pad = max(0.02, (high - low) * 0.25)
+        ax.set_xlim(max(0.0, low - pad), high + pad)
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"held-out {metric}")
+    ax.set_title(f"Guard: serving {served}")
+    fig.tight_layout()
+    return {"guard/comparison": table, "plots/guard_comparison": fig}
 
 
 def log_metrics_run(

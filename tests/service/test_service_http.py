@@ -67,6 +67,12 @@ def test_info_names_the_live_bundle_and_its_metrics(server: Server, http: httpx.
     assert info["live"]["models"] == {"propensity": True, "send_time": True, "lookalike": True}
     assert info["manifest"]["libraries"]["lightgbm"]
     assert "metrics" in info["manifest"]["steps"]["propensity"]
+    # what each guard chose, and against what, without digging through the manifest
+    served = info["live"]["served"]
+    assert {"propensity", "send_time"} <= set(served)
+    for step in ("propensity", "send_time"):
+        assert served[step]["served"] == manifest["steps"][step]["served"]
+        assert "serving" in served[step]["comparison"]
     assert "files" not in info["manifest"] and "settings" not in info["manifest"]
     assert info["limits"]["max_score_ids"] == CAPS["max_score_ids"]
     # one OpenMP/BLAS thread per worker, seen from a request thread (no oversubscription)

@@ -337,6 +337,12 @@ def add_routes(app: FastAPI, requests: RequestModels) -> None:
                         "send_time": getattr(bundle, "send_time_model", None) is not None,
                         "lookalike": getattr(bundle, "lookalike_model", None) is not None,
                     },
+                    # what each model's guard chose to serve, and the held-out comparison
+                    "served": {
+                        step: {"served": done["served"], "comparison": done.get("comparison")}
+                        for step, done in dict(bundle.manifest).get("steps", {}).items()
+                        if isinstance(done, dict) and done.get("served")
+                    },
                 },
                 "manifest": plain(manifest),
                 "worker": {
