@@ -55,7 +55,8 @@ def run_train(world: Path, workdir: Path) -> tuple[float, float, str]:
     log = workdir.parent / "train.log"
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ)
+        env = {**os.environ, "COLUMNS": "250"}  # the summary's timing line on one line
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     text = log.read_text()
@@ -86,16 +87,16 @@ def main() -> None:
             f"\ndmp-ml train, {args.profiles:,} profiles: wall {wall:.1f} s "
             f"({wall / 60:.1f} min), peak RSS {rss:.2f} GB"
         )
-        seconds = manifest.get("seconds", {})
         steps = manifest.get("steps", {})
+        line = next((ln for ln in output.splitlines() if ln.startswith("seconds: ")), "")
+        stages = line.removeprefix("seconds: ").split(";")[0].split(", ") if line else []
         print(f"{'stage':<12} {'seconds':>8}  status")
-        for stage, value in seconds.items():
-            print(f"{stage:<12} {value:>8.1f}  {steps.get(stage, {}).get('status', '')}")
-        summary = [line for line in output.splitlines() if line.startswith("seconds:")]
-        if summary:  # the train summary also has saving and publishing, after the manifest
-            print(summary[-1])
-        outside = wall - sum(seconds.values())
-        print(f"{'outside':<12} {outside:>8.1f}  (start-up, saving, publishing, exit)")
+        timed = 0.0
+        for stage in stages:
+            name, _, value = stage.rpartition(" ")
+            timed += float(value)
+            print(f"{name:<12} {float(value):>8.1f}  {steps.get(name, {}).get('status', '')}")
+        print(f"{'start/exit':<12} {wall - timed:>8.1f}  (CLI start-up, imports, exit)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
