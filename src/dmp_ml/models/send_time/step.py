@@ -18,7 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 def train_step(ctx: TrainContext) -> StepOutcome:
-    """Fit before the last ``evaluation_days``, score on them, then refit on all and log the run."""
+    """Fit before the last ``evaluation_days``, score on them, then refit on all and log the run.
+
+    The refit reuses the hyper-parameters the first fit selected (one search per train); its
+    calibration and guard are fitted on all the data.
+    """
     from dmp_ml.models.send_time import SendTimeModel, evaluate_send_time
     from dmp_ml.models.send_time.baselines import comparison_line
     from dmp_ml.tracking import log_metrics_run
@@ -39,7 +43,9 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     evaluation = evaluate_send_time(
         before, resolved, timezones=timezones, training_events=train_part
     )
-    model = SendTimeModel.from_settings(ctx.settings).fit(resolved, ctx.as_of, timezones)
+    model = SendTimeModel.from_settings(ctx.settings).fit(
+        resolved, ctx.as_of, timezones, selection=before.selection_
+    )
     ctx.models["send_time"] = model
     metrics = _flat_metrics(evaluation)
     # what the evaluated model served on the last `evaluation_days` (its own guard's winner)
