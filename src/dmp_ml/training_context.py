@@ -17,6 +17,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureBuilder, FeatureTable
+    from dmp_ml.identity import Resolution
     from dmp_ml.models.base import BundleModel
     from dmp_ml.settings import Settings
 
@@ -67,6 +68,17 @@ class TrainContext:
     # (step, action) run once the bundle is published, e.g. MLflow model registration;
     # each returns details added to the step's outcome
     after_publish: list[tuple[str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
+    last_resolution: tuple[pd.Timestamp, Resolution] | None = field(default=None, repr=False)
+
+    def resolve(self, as_of: pd.Timestamp) -> Resolution:
+        """Identity as of ``as_of`` (``builder.resolve``), the latest one kept for the next step.
+
+        Several steps need the identity at the same cutoff (the last labels of the propensity
+        snapshots, send time and affinity all at ``as_of``): it is resolved once.
+        """
+        if self.last_resolution is None or self.last_resolution[0] != as_of:
+            self.last_resolution = (as_of, self.builder.resolve(as_of))
+        return self.last_resolution[1]
 
     def run_labels(self) -> dict[str, Any]:
         """MLflow run name and tags tying a run to this bundle (``dmp-ml promote`` reads them),

@@ -10,7 +10,7 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     from dmp_ml.models.affinity import AffinityModel
 
     assert ctx.features is not None
-    resolved = ctx.builder.resolve(ctx.as_of).events
+    resolved = ctx.resolve(ctx.as_of).events
     model = AffinityModel.from_settings(ctx.settings)
     model.fit(resolved, ctx.features.frame.index, ctx.as_of)
     ctx.models["affinity"] = model

@@ -36,7 +36,7 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     if timezones is not None:
         timezones = timezones[timezones.index.isin(eligible)]
     # honest evaluation: fit before the last `evaluation_days`, score on them, then refit on all
-    resolved = ctx.builder.resolve(ctx.as_of).events
+    resolved = ctx.resolve(ctx.as_of).events
     resolved = resolved[resolved["profile_id"].isin(eligible)]
     train_part = resolved[resolved["event_time"] < cutoff]
     before = SendTimeModel.from_settings(ctx.settings).fit(train_part, cutoff, timezones)
