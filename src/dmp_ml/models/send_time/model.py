@@ -208,10 +208,8 @@ class SendTimeModel(BaseEstimator):
             IANA time zone per profile (index ``profile_id``); NA or invalid names count as
             unknown. Profiles listed here without events still get a (cohort) curve.
         selection : dict, optional
-            The ``selection_`` of an earlier fit of the same log at an earlier ``as_of``: its
-            hyper-parameters are reused instead of searched again (the calibration and the
-            guard are still fitted on this data). ``train`` evaluates a fit before its last
-            weeks, then refits on everything this way.
+            An earlier fit's ``selection_`` (same log, earlier ``as_of``): its hyper-parameters
+            are reused, not searched again; calibration and guard are fitted on this data.
         """
         self._check_params()
         as_of_ts = utc_timestamp(as_of, "as_of", DataContractError)
