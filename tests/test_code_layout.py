@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
-from dmp_ml.models import REGISTRY, model_class
+from dmp_ml.models import REGISTRY, model_class, train_step
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dmp_ml"
 MAX_LINES = 900
@@ -61,3 +62,19 @@ def test_every_registered_model_keeps_the_bundle_model_protocol() -> None:
         assert cls.name == name
         for method in ("from_settings", "save", "load", "update", "forget", "fit"):
             assert callable(getattr(cls, method, None)), (name, method)
+
+
+def test_every_registered_model_has_its_train_step_and_the_pipeline_names_none() -> None:
+    from dmp_ml import pipeline
+
+    steps = dict(pipeline.STEPS)
+    assert list(steps) == ["features", *REGISTRY]  # features first, then the registry's order
+    for name in REGISTRY:
+        assert steps[name] is train_step(name)
+        assert steps[name].__module__ == f"dmp_ml.models.{name}.step"
+        assert list(inspect.signature(steps[name]).parameters) == ["ctx"]
+    source = (PACKAGE / "pipeline.py").read_text(encoding="utf-8").lower()
+    for name in REGISTRY:
+        spellings = {name, name.replace("_", " "), name.replace("_", "-"), name.replace("_", "")}
+        named = sorted(s for s in spellings if s in source)
+        assert not named, f"pipeline.py names the model {name!r}: {named}"

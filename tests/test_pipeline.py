@@ -39,6 +39,12 @@ def test_too_little_data_skips_propensity_and_the_rest_goes_on(tiny) -> None:
     assert manifest["steps"]["propensity"]["status"] == "skipped"
     assert manifest["inputs"]["events"]["rows_read"] > 0
     assert manifest["data_fingerprint"]
+    # every stage is timed, in run order: the result, the manifest and each step's outcome
+    stages = ["inputs", *result.steps, "save", "publish"]
+    assert list(result.seconds) == stages and all(v >= 0 for v in result.seconds.values())
+    assert list(manifest["seconds"]) == stages[:-2]
+    for name, outcome in result.steps.items():
+        assert manifest["steps"][name]["seconds"] == outcome.seconds == result.seconds[name]
 
     bundle = load_bundle(root / "W")
     with pytest.raises(BundleError, match="no propensity model"):
@@ -83,6 +89,9 @@ def test_every_model_run_logs_its_charts_and_the_events_it_saw(
         assert given.dataset.name == "events"
         assert given.dataset.digest == manifest["data_fingerprint"][:32]
         assert int({t.key: t.value for t in given.tags}["rows"]) > 0
+        # the train's timing table is on every run of the bundle
+        assert run.data.metrics[f"seconds_{step}"] == pytest.approx(manifest["seconds"][step])
+        assert {"seconds_inputs", "seconds_features", "seconds_save"} <= set(run.data.metrics)
     send_time = client.get_run(manifest["steps"]["send_time"]["mlflow_run_id"]).data.metrics
     assert send_time["heldout_sends"] > 0 and 0 <= send_time["heldout_ece"] < 1
     lookalike = client.get_run(manifest["steps"]["lookalike"]["mlflow_run_id"]).data.metrics

@@ -89,10 +89,12 @@ def contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The contract's columns in order, with its dtypes (absent columns are all missing)."""
     out = pd.DataFrame(index=range(len(frame)))
     for column in EVENT_COLUMNS:
+        if column == "event_time":  # from the Series: to_numpy() boxes every tz-aware time
+            times = frame[column] if column in frame.columns else [None] * len(frame)
+            out[column] = pd.DatetimeIndex(pd.to_datetime(times, utc=True))
+            continue
         values = frame[column].to_numpy() if column in frame.columns else None
-        if column == "event_time":
-            out[column] = pd.to_datetime(values, utc=True)
-        elif column == "value":
+        if column == "value":
             out[column] = (
                 pd.to_numeric(pd.Series(values), errors="coerce").astype("float64")
                 if values is not None

@@ -28,8 +28,9 @@ import logging
 import math
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import metadata as importlib_metadata
@@ -44,6 +45,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
 from mlflow.entities.model_registry import ModelVersion  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import ModelSignature  # noqa: E402
@@ -352,6 +354,19 @@ def log_metrics_run(
         if dataset is not None:
             dataset.log()
     return run_id
+
+
+def log_seconds(run_ids: Iterable[str], seconds: Mapping[str, float], settings: Settings) -> None:
+    """Log a ``train`` run's timing table to each of its MLflow runs.
+
+    Every run gets ``seconds_<stage>`` for every stage (``inputs``, each step, ``save``,
+    ``publish``), so the table is visible from any run of the bundle.
+    """
+    now = int(time.time() * 1000)
+    table = _finite({f"seconds_{stage}": float(value) for stage, value in seconds.items()})
+    with use_tracking_uri(settings.tracking_uri()) as client:
+        for run_id in run_ids:
+            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in table.items()])
 
 
 # ------------------------------------------------------------------------------------ pyfunc

@@ -79,6 +79,7 @@ def train(
     table = Table(title=f"bundle {result.version} (as of {result.manifest['as_of']})")
     table.add_column("step")
     table.add_column("status")
+    table.add_column("seconds", justify="right")
     table.add_column("headline")
     for name, outcome in result.steps.items():
         headline = ", ".join(f"{k}={v:.3f}" for k, v in _headline(outcome.metrics))
@@ -86,8 +87,13 @@ def train(
             headline = outcome.reason
         elif "comparison" in (outcome.details or {}):  # the guard's verdict, not just numbers
             headline = str(outcome.details["comparison"])
-        table.add_row(name, outcome.status, headline)
+        table.add_row(name, outcome.status, f"{outcome.seconds or 0:.1f}", headline)
     out.print(table)
+    out.print(
+        "seconds: "
+        + ", ".join(f"{stage} {value:.1f}" for stage, value in result.seconds.items())
+        + f"; total {sum(result.seconds.values()):.1f}"
+    )
     for kind, load in result.loads.items():
         if load.get("rows_quarantined"):
             out.print(

@@ -8,8 +8,11 @@ touched, and made to forget erased profiles. What ``fit`` takes differs by model
 events, a feature table), so it is not part of the protocol; everything the codec and the
 refresher call is.
 
-Adding a model: write the package, give its class a ``name``, and register it in
-:data:`dmp_ml.models.REGISTRY`.
+Adding a model: write the package (``dmp_ml.models.<name>``) with its class (keeping
+:class:`BundleModel`, ``name`` set) and a ``step`` module whose ``train_step(ctx)`` fits it
+into ``ctx.models[name]`` (see :mod:`dmp_ml.training_context`), then add one line to
+:data:`dmp_ml.models.REGISTRY`. ``train``, the bundle codec, refresh and erasure pick it up
+from there.
 """
 
 from __future__ import annotations

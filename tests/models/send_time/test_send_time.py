@@ -175,6 +175,25 @@ def test_fit_is_deterministic(world: dict) -> None:
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_refit_reuses_an_earlier_selection_without_searching(world: dict) -> None:
+    """train evaluates a fit before its last weeks, then refits on all with its selection."""
+    searched = world["model"]
+    assert len(searched.selection_["evaluated"]) > 1
+    reused = SendTimeModel().fit(
+        world["events"], AS_OF, world["timezones"], selection=searched.selection_
+    )
+    assert len(reused.selection_["evaluated"]) == 1  # its values scored once, no search
+    np.testing.assert_array_equal(reused.local_curve_, searched.local_curve_)
+    earlier = SendTimeModel().fit(world["events"], AS_OF - pd.Timedelta(days=7), world["timezones"])
+    refit = SendTimeModel().fit(
+        world["events"], AS_OF, world["timezones"], selection=earlier.selection_
+    )
+    for name in ("prior_strength", "cohort_strength", "bandwidth", "sharpness"):
+        assert getattr(refit, f"{name}_") == earlier.selection_[name]
+    assert refit.as_of_ == AS_OF
+    assert refit.best_local_hour_[refit.profile_ids_.get_loc("alice")] % 24 == 19
+
+
 def test_basis_global_for_empty_cohort_for_zone_only_profile_for_rich(world: dict) -> None:
     model = world["model"]
     basis = dict(zip(model.profile_ids_, model.basis_, strict=True))

@@ -8,7 +8,7 @@ aligned to the columns of the score table (features as of ``as_of``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +18,7 @@ from dmp_ml.features import FeatureBuilder, FeatureTable
 from dmp_ml.models.propensity.model import is_categorical
 
 if TYPE_CHECKING:
+    from dmp_ml.identity import Resolution
     from dmp_ml.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def build_snapshots(
     links: pd.DataFrame | None = None,
     score_table: FeatureTable | None = None,
     builder: FeatureBuilder | None = None,
+    resolve: Callable[[pd.Timestamp], Resolution] | None = None,
 ) -> tuple[list[tuple[FeatureTable, pd.Series]], FeatureTable]:
     """Labelled snapshots at ``as_of - k * horizon`` (k = 1..n_snapshots) and the score table.
 
@@ -106,7 +108,9 @@ def build_snapshots(
 
     Pass ``score_table`` (the features as of ``as_of``, built with the same inputs) to reuse it
     instead of building it again; it is returned unchanged. Pass ``builder`` (a
-    :class:`~dmp_ml.features.FeatureBuilder` over the same inputs) to reuse its encoded log.
+    :class:`~dmp_ml.features.FeatureBuilder` over the same inputs) to reuse its encoded log,
+    and ``resolve`` (its ``resolve``, or one that keeps what it resolved) to share the identity
+    at the label cutoffs with other steps: the last one is ``as_of``.
     """
     from dmp_ml.identity import ANON_PREFIX
 
@@ -117,6 +121,8 @@ def build_snapshots(
         builder = FeatureBuilder(events, profiles, consent, settings, links=links, erased=erased)
     if score_table is None:
         score_table = builder.build(as_of_ts)
+    if resolve is None:
+        resolve = builder.resolve
     elif score_table.spec.as_of != as_of_ts:
         raise ValueError(
             f"score_table is as of {score_table.spec.as_of}, not {as_of_ts}: build it at as_of"
@@ -128,7 +134,7 @@ def build_snapshots(
         if len(table) == 0:
             logger.info("snapshot at %s has no eligible profiles; skipped", cutoff)
             continue
-        resolved = builder.resolve(cutoff + horizon)
+        resolved = resolve(cutoff + horizon)
         ids = pd.Index(table.frame.index.astype("string"))
         label_ids = ids.to_series(index=ids)
         anon = ids.str.startswith(ANON_PREFIX)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -192,6 +192,8 @@ class SendTimeModel(BaseEstimator):
         events: pd.DataFrame,
         as_of: pd.Timestamp | str,
         timezones: pd.Series | None = None,
+        *,
+        selection: Mapping[str, Any] | None = None,
     ) -> SendTimeModel:
         """Fit the curves from resolved events strictly before ``as_of``.
 
@@ -205,6 +207,9 @@ class SendTimeModel(BaseEstimator):
         timezones : Series, optional
             IANA time zone per profile (index ``profile_id``); NA or invalid names count as
             unknown. Profiles listed here without events still get a (cohort) curve.
+        selection : dict, optional
+            An earlier fit's ``selection_`` (same log, earlier ``as_of``): its hyper-parameters
+            are reused, not searched again; calibration and guard are fitted on this data.
         """
         self._check_params()
         as_of_ts = utc_timestamp(as_of, "as_of", DataContractError)
@@ -239,7 +244,7 @@ class SendTimeModel(BaseEstimator):
 
         # ---- model selection on an internal time split
         split_sec = as_of_sec - int(self.holdout_days * 86400)
-        selection = select(
+        selected = select(
             self,
             raw,
             codes,
@@ -253,13 +258,14 @@ class SendTimeModel(BaseEstimator):
             mixture,
             full,
             as_of_sec,
+            chosen=selection,
         )
-        alpha = selection["prior_strength"]
-        beta = selection["cohort_strength"]
-        rho = selection["day_pooling"]
-        bandwidth = selection["bandwidth"]
-        activity_weight = selection["activity_weight"]
-        sharpness = selection["sharpness"]
+        alpha = selected["prior_strength"]
+        beta = selected["cohort_strength"]
+        rho = selected["day_pooling"]
+        bandwidth = selected["bandwidth"]
+        activity_weight = selected["activity_weight"]
+        sharpness = selected["sharpness"]
 
         # ---- final fit on everything before as_of
         counts = curves.count_hours(full, n, zone_code, converter)
@@ -282,7 +288,7 @@ class SendTimeModel(BaseEstimator):
         rate, rate_global = curves.rates(
             counts, kind, self.rate_prior_strength, curves.span_hours(raw, as_of_sec)
         )
-        calibration = selection.get("calibration") if kind == "rate" else None
+        calibration = selected.get("calibration") if kind == "rate" else None
 
         weight = fitted["data_weight"]
         basis = np.where(
@@ -294,7 +300,7 @@ class SendTimeModel(BaseEstimator):
         glob = baselines.global_curve(counts.activity, fitted["global_shape"])
         guard = None
         if self.guard_baselines:
-            guard = baselines.compare(self, events, as_of_ts, timezones, selection)
+            guard = baselines.compare(self, events, as_of_ts, timezones, selected)
         served = baselines.choose_served(guard)
         if served != baselines.MODEL:
             shape, basis = baselines.baseline_shapes(
@@ -327,7 +333,7 @@ class SendTimeModel(BaseEstimator):
         self.activity_weight_ = float(activity_weight)
         self.sharpness_ = float(sharpness)
         self.day_pooling_ = float(rho)
-        self.selection_ = selection
+        self.selection_ = selected
         self.served_ = served
         self.guard_ = guard
         self.baseline_global_ = glob

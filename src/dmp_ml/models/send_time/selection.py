@@ -5,6 +5,7 @@ calibration of its probability on the held-out email sends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +37,7 @@ def select(
     mixture: ZoneMixture | None,
     full: Evidence,
     as_of_sec: int,
+    chosen: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Choose the hyper-parameters by held-out log-likelihood of engagement hours.
 
@@ -45,6 +47,9 @@ def select(
     middle candidates, until no single change improves the score. With the chosen values,
     the response probability is then calibrated on the held-out email sends (see
     :func:`~dmp_ml.models.send_time.curves.fit_calibration`).
+
+    ``chosen`` (the selection of an earlier fit on the same log up to an earlier cutoff) skips
+    the search: its values are scored once on this split and the calibration is fitted anew.
     """
     space = {
         "prior_strength": sorted(float(v) for v in model.prior_strength_candidates),
@@ -55,7 +60,9 @@ def select(
         "sharpness": sorted(float(v) for v in model.sharpness_candidates),
     }
     current = {name: values[len(values) // 2] for name, values in space.items()}
-    if all(len(values) == 1 for values in space.values()):
+    if chosen is not None:
+        current = {name: float(chosen[name]) for name in space}
+    elif all(len(values) == 1 for values in space.values()):
         return {**current, "heldout_loglik": None, "calibration": None, "evaluated": []}
     train = curves.evidence(
         raw, codes, split_sec, model.machine_open_seconds, model.machine_open_weight
@@ -112,7 +119,7 @@ def select(
         return scores[key]
 
     best = score(current)
-    for _ in range(_SELECTION_MAX_ROUNDS):
+    for _ in range(0 if chosen is not None else _SELECTION_MAX_ROUNDS):
         improved = False
         for name, values in space.items():
             for value in values:

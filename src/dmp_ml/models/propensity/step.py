@@ -1,0 +1,66 @@
+"""The propensity step of ``train``: labelled snapshots, the guarded fit, the MLflow run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dmp_ml.training_context import StepOutcome, TrainContext, comparison
+
+logger = logging.getLogger(__name__)
+
+
+def train_step(ctx: TrainContext) -> StepOutcome:
+    """Fit propensity on snapshots before ``ctx.as_of``, score every profile, log the run.
+
+    Registration in the MLflow model registry waits until the bundle is published
+    (``ctx.after_publish``), so a registry version never names an unpublished bundle.
+    """
+    from dmp_ml.models.propensity import build_snapshots, train_propensity
+    from dmp_ml.tracking import log_propensity_run, register_propensity_run
+
+    assert ctx.features is not None
+    snapshots, _ = build_snapshots(
+        ctx.events,
+        ctx.as_of,
+        ctx.settings,
+        ctx.profiles,
+        ctx.consent,
+        erased=ctx.erased,
+        score_table=ctx.features,
+        builder=ctx.builder,
+        resolve=ctx.resolve,
+    )
+    result = train_propensity(snapshots, ctx.features, ctx.settings)
+    ctx.models["propensity"] = result.model
+    ctx.scores = result.scores.set_index("profile_id")
+    logged = log_propensity_run(result, ctx.settings, register=False, **ctx.run_labels())
+
+    def register() -> dict[str, Any]:
+        try:
+            done = register_propensity_run(logged, result, ctx.settings)
+        except Exception as exc:  # the bundle is live; the registry can be fixed later
+            logger.error("MLflow registration of run %s failed: %s", logged.run_id, exc)
+            return {"registration_error": f"{type(exc).__name__}: {exc}"[:500]}
+        return {
+            "champion": done.champion_version,
+            "promoted": done.promoted,
+            "champion_reason": done.reason,
+            "model_version": done.model_version,
+        }
+
+    ctx.after_publish.append(("propensity", register))
+    return StepOutcome(
+        "trained",
+        metrics=result.summary(),
+        mlflow_run_id=logged.run_id,
+        details={
+            "target_event": result.target_event,
+            "horizon_days": result.horizon_days,
+            "served": result.served,
+            "comparison": comparison("held-out ROC-AUC", result.candidates, result.served),
+            # the registry version and champion decision come after publishing: see the
+            # run's tags in MLflow (registered_model_version, champion_decision)
+            "registration": "after publish",
+        },
+    )

@@ -1,0 +1,133 @@
+"""The send-time step of ``train``: an honest held-out evaluation, the served fit, its charts."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from dmp_ml.training_context import StepOutcome, TrainContext
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from dmp_ml.models.send_time import SendTimeModel
+
+logger = logging.getLogger(__name__)
+
+
+def train_step(ctx: TrainContext) -> StepOutcome:
+    """Fit before the last ``evaluation_days``, score on them, then refit on all and log the run.
+
+    The refit reuses the hyper-parameters the first fit selected (one search per train); its
+    calibration and guard are fitted on all the data.
+    """
+    from dmp_ml.models.send_time import SendTimeModel, evaluate_send_time
+    from dmp_ml.models.send_time.baselines import comparison_line
+    from dmp_ml.tracking import log_metrics_run
+
+    st = ctx.settings.send_time
+    holdout = pd.Timedelta(days=st.evaluation_days)
+    cutoff = ctx.as_of - holdout
+    assert ctx.features is not None
+    eligible = ctx.features.frame.index
+    timezones = _timezones(ctx.profiles)
+    if timezones is not None:
+        timezones = timezones[timezones.index.isin(eligible)]
+    # honest evaluation: fit before the last `evaluation_days`, score on them, then refit on all
+    resolved = ctx.resolve(ctx.as_of).events
+    resolved = resolved[resolved["profile_id"].isin(eligible)]
+    train_part = resolved[resolved["event_time"] < cutoff]
+    before = SendTimeModel.from_settings(ctx.settings).fit(train_part, cutoff, timezones)
+    evaluation = evaluate_send_time(
+        before, resolved, timezones=timezones, training_events=train_part
+    )
+    model = SendTimeModel.from_settings(ctx.settings).fit(
+        resolved, ctx.as_of, timezones, selection=before.selection_
+    )
+    ctx.models["send_time"] = model
+    metrics = _flat_metrics(evaluation)
+    # what the evaluated model served on the last `evaluation_days` (its own guard's winner)
+    metrics["served_hit_rate"] = evaluation["model"]["hit_rate"]
+    metrics.update(_flat_metrics(model.guard_ or {}, "guard_"))
+    charts, chart_metrics = _charts(before, resolved, st.evaluation_days)
+    metrics.update(chart_metrics)
+    run_id = log_metrics_run(
+        "dmp-send-time",
+        params={
+            "as_of": ctx.as_of.isoformat(),
+            "evaluation_days": st.evaluation_days,
+            "served": model.served_,
+        },
+        metrics=metrics,
+        artifacts=charts,
+        settings=ctx.settings,
+        **ctx.run_labels(),
+    )
+    return StepOutcome(
+        "trained",
+        metrics=metrics,
+        mlflow_run_id=run_id,
+        details={
+            "served": model.served_,
+            "comparison": comparison_line(model.guard_, model.served_),
+        },
+    )
+
+
+def _charts(
+    model: SendTimeModel, events: pd.DataFrame, days: int
+) -> tuple[dict[str, Figure], dict[str, float]]:
+    """Heat map (population curve vs held-out engagement) and reliability on held-out sends.
+
+    ``model`` was fitted before the last ``days`` days of ``events``; both charts judge it on
+    them. The reliability diagram needs held-out sends with both outcomes; without them only
+    the heat map is drawn.
+    """
+    from dmp_ml import metrics
+    from dmp_ml.experiments import plot_hour_of_week
+    from dmp_ml.models.send_time import held_out
+
+    held = held_out(model, events)
+    charts: dict[str, Figure] = {
+        "plots/send_time_heatmap": plot_hour_of_week(
+            {
+                "model: mean P(engage | send)": model.local_curve_.mean(axis=0),
+                f"held-out engagement share ({days} d)": held.engagement,
+            },
+            title="Send time by local hour of week",
+            label="probability / share",
+        )
+    }
+    sends = held.sends
+    found: dict[str, float] = {"heldout_sends": float(len(sends))}
+    if len(sends) and sends["responded"].nunique() == 2:
+        y, p = sends["responded"].to_numpy(), sends["probability"].to_numpy()
+        charts["plots/send_time_reliability"] = metrics.plot_calibration(
+            y,
+            {"model (held-out sends)": p},
+            title=f"Send time reliability: email response, last {days} d",
+        )
+        found["heldout_ece"] = metrics.expected_calibration_error(y, p)
+        found["heldout_brier"] = metrics.brier(y, p)
+    else:
+        logger.info("send time: no held-out sends with both outcomes, no reliability diagram")
+    return charts, found
+
+
+def _timezones(profiles: pd.DataFrame | None) -> pd.Series | None:
+    if profiles is None or "timezone" not in profiles.columns:
+        return None
+    return profiles.set_index("profile_id")["timezone"]
+
+
+def _flat_metrics(evaluation: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in evaluation.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_metrics(value, f"{name}_"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat

@@ -1,0 +1,44 @@
+"""What train's steps share: the identity at a cutoff is resolved once, and equals the builder's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dmp_ml.demo import generate_demo_world
+from dmp_ml.features import FeatureBuilder
+from dmp_ml.settings import load_settings
+from dmp_ml.training_context import StepOutcome, TrainContext, comparison
+
+
+def test_steps_share_one_resolution_per_cutoff(tmp_path: Path) -> None:
+    world = generate_demo_world(n_profiles=60, days=60, seed=1)
+    settings = load_settings(workdir=tmp_path)
+    as_of = pd.Timestamp(world.events["event_time"].max()).ceil("D")
+    builder = FeatureBuilder(world.events, world.profiles, world.consent, settings)
+    ctx = TrainContext(
+        settings=settings,
+        as_of=as_of,
+        events=world.events,
+        profiles=world.profiles,
+        consent=world.consent,
+        erased=frozenset(),
+        bundle_dir=tmp_path,
+        version="v",
+        builder=builder,
+    )
+    first = ctx.resolve(as_of)
+    assert ctx.resolve(as_of) is first  # the second step gets the same resolution
+    direct = builder.resolve(as_of)
+    pd.testing.assert_frame_equal(first.events, direct.events)
+    earlier = ctx.resolve(as_of - pd.Timedelta(days=30))
+    assert earlier is not first and len(earlier.events) < len(first.events)
+    assert ctx.resolve(as_of) is not first  # only the latest cutoff is kept
+
+
+def test_an_outcome_carries_its_seconds_and_the_comparison_line_names_what_is_served() -> None:
+    outcome = StepOutcome("trained", metrics={"auc": 0.7}, seconds=1.5)
+    assert outcome.to_dict()["seconds"] == 1.5
+    line = comparison("held-out ROC-AUC", {"model": 0.7412, "recency": 0.7}, "model")
+    assert line == "held-out ROC-AUC: model 0.741, recency 0.700; serving model"
