@@ -59,7 +59,7 @@ HEAVY = (
     "bentoml",
     "matplotlib",
     "dask",
-)  # fmt: skip  (pydantic is not here: typer parses options with it)
+)
 
 RUN_CLI = """
 import json, sys
