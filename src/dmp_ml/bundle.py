@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -293,6 +294,44 @@ def load_models(
     }
 
 
+class LazyModels(Mapping[str, BundleModel]):
+    """The models of the bundle at ``path``, each loaded (and its library imported) the first
+    time it is looked up, so a command that answers from the scores never loads LightGBM, the
+    FAISS index or the send-time curves. Membership and iteration need no loading."""
+
+    def __init__(
+        self, path: Path, manifest: Mapping[str, Any], n_threads: int | None = None
+    ) -> None:
+        self._path = path
+        self._names = trained_models(manifest)
+        self._n_threads = n_threads
+        self._loaded: dict[str, BundleModel] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> BundleModel:
+        if name not in self._names:
+            raise KeyError(name)
+        with self._lock:
+            if name not in self._loaded:
+                try:
+                    model = model_class(name).load(self._path / name, n_threads=self._n_threads)
+                except (OSError, ValueError, KeyError) as exc:
+                    raise BundleError(
+                        f"bundle {self._path}: its {name} model cannot be loaded: {exc}"
+                    ) from exc
+                self._loaded[name] = model
+            return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def read_scores(path: Path) -> pd.DataFrame:
     """The precomputed propensity scores of the bundle at ``path``, indexed by ``profile_id``."""
     return pd.read_parquet(path / SCORES_FILE).set_index("profile_id")
@@ -344,12 +383,19 @@ class ModelBundle:
 
     ``models`` maps each registered model the bundle holds to it (see :func:`load_models`);
     ``propensity``, ``send_time_model``, ``lookalike_model`` and ``affinity_model`` name them
-    (None when the bundle has none). Every question a campaign tool asks goes through one of
+    (None when the bundle has none); with ``lazy`` each model loads on first use
+    (:class:`LazyModels`). Every question a campaign tool asks goes through one of
     its methods, so the CLI, the service and notebooks give the same answers. Forgotten
     profiles (see :meth:`forget`) disappear from every answer at once.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        n_threads: int | None = None,
+        lazy: bool = False,
+    ) -> None:
         from dmp_ml.features import FeatureTable
 
         self.path = path
@@ -357,7 +403,11 @@ class ModelBundle:
         self.version: str = manifest["bundle_version"]
         self.as_of = pd.Timestamp(manifest["as_of"])
         self.features = FeatureTable.read(path / FEATURES_DIR)
-        self.models: dict[str, BundleModel] = load_models(path, manifest, n_threads)
+        self.models: Mapping[str, BundleModel] = (
+            LazyModels(path, manifest, n_threads)
+            if lazy
+            else load_models(path, manifest, n_threads)
+        )
         self.scores = read_scores(path) if "propensity" in self.models else None
         self._forgotten: set[str] = set()
 
@@ -383,7 +433,7 @@ class ModelBundle:
         when ``profile_ids`` is None), with what each score rests on: ``history_days`` (first
         event to ``as_of``), ``events_used`` and ``days_since_last_event``, so a thin answer
         can be told from a confident one."""
-        if self.scores is None or self.propensity is None:
+        if self.scores is None or "propensity" not in self.models:
             raise BundleError(
                 f"bundle {self.version} has no propensity model: {self._why('propensity')}"
             )
@@ -400,7 +450,9 @@ class ModelBundle:
         frame = frame.join(self._basis(frame["profile_id"]))
         if explain and known:
             X = self.features.frame.loc[known]
-            frame["reasons"] = self.propensity.explain(X)
+            propensity = self.propensity
+            assert propensity is not None  # "propensity" is in self.models
+            frame["reasons"] = propensity.explain(X)
         return ScoreResult(frame=frame, unknown_ids=unknown)
 
     def _basis(self, profile_ids: pd.Series) -> pd.DataFrame:
@@ -492,12 +544,19 @@ def lookalike(bundle: ModelBundle, seed_ids: Iterable[str], **request: Any) -> A
     return bundle.lookalike(seed_ids, **request)
 
 
-def load_bundle(location: str | Path, n_threads: int | None = None) -> ModelBundle:
-    """Load and verify the live bundle of a workdir, or a bundle directory itself."""
+def load_bundle(
+    location: str | Path, n_threads: int | None = None, *, lazy: bool = False
+) -> ModelBundle:
+    """Load and verify the live bundle of a workdir, or a bundle directory itself.
+
+    Every file is checked against the manifest either way. With ``lazy`` the models load when
+    first used (a one-shot command needs one or two of them); without, all load now, so a
+    long-lived server pays the cost, and finds an unloadable model, before it answers.
+    """
     location = Path(location)
     path = location if (location / MANIFEST).exists() else live_bundle_path(location)
     manifest = read_manifest(path, verify=True)
     try:
-        return ModelBundle(path, manifest, n_threads=n_threads)
+        return ModelBundle(path, manifest, n_threads=n_threads, lazy=lazy)
     except (OSError, ValueError, KeyError) as exc:
         raise BundleError(f"bundle {path} cannot be loaded: {exc}") from exc

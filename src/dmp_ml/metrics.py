@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from sklearn import metrics as skm
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "TOP_FRACTION",
@@ -190,6 +193,8 @@ def plot_calibration(
 
     ``curves`` maps a label (e.g. ``"before calibration"``) to probabilities of shape (n,).
     """
+    from matplotlib.figure import Figure  # only the charts need matplotlib
+
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
@@ -211,6 +216,8 @@ def plot_calibration(
 
 def plot_gains(y: object, scores: Mapping[str, object], title: str = "Cumulative gains") -> Figure:
     """Cumulative-gains chart for several score sets (``name -> probabilities``)."""
+    from matplotlib.figure import Figure  # only the charts need matplotlib
+
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="random")
@@ -246,6 +253,8 @@ def plot_feature_importance(
     importance: pd.Series, top: int = 20, title: str = "Feature importance (gain)"
 ) -> Figure:
     """Horizontal bar chart of the ``top`` largest values of ``importance`` (name -> value)."""
+    from matplotlib.figure import Figure  # only the charts need matplotlib
+
     values = importance.astype(float).sort_values(ascending=False).head(top)[::-1]
     fig = Figure(figsize=(7, 0.3 * max(len(values), 3) + 1.2))
     ax = fig.add_subplot()

@@ -30,14 +30,8 @@ import pandas as pd
 
 from dmp_ml import identity
 from dmp_ml.errors import ConfigError
-from dmp_ml.features import (
-    ENCODED_COLUMNS,
-    HOURS_PER_WEEK,
-    HOW_PREFIX,
-    FeatureParams,
-    aggregate,
-    gather,
-)
+from dmp_ml.features import HOURS_PER_WEEK, HOW_PREFIX, FeatureParams
+from dmp_ml.features.aggregate import ENCODED_COLUMNS, aggregate, gather
 
 logger = logging.getLogger(__name__)
 

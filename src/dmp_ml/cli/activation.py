@@ -102,7 +102,7 @@ def segment(
 
     if rule is None and name is None:
         raise RequestError("--rule", "give a rule file (--rule) or a saved segment (--segment)")
-    bundle = load_bundle(workdir)
+    bundle = load_bundle(workdir, lazy=True)
     parsed = _segment_rule(rule, name, workdir, bundle)
     if save:
         segments.save_segment(workdir, save, parsed, bundle=bundle)
@@ -165,7 +165,7 @@ def export(
 
     with Steps("export", ["loading the bundle", "choosing the audience", "writing"]) as steps:
         steps.next()
-        bundle = load_bundle(workdir)
+        bundle = load_bundle(workdir, lazy=True)
         steps.next()
         seg = _segment_rule(rule, name, workdir, bundle)
         audience = activation.resolve_audience(
@@ -245,7 +245,7 @@ def affinity(
     from dmp_ml.bundle import load_bundle
     from dmp_ml.models import affinity as aff
 
-    bundle = load_bundle(workdir)
+    bundle = load_bundle(workdir, lazy=True)
     if ids is not None:
         if rule or name or seeds:
             raise RequestError("--ids", "give --ids or a segment (--rule/--segment/--seeds)")
@@ -318,7 +318,7 @@ def retarget_command(
             params[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             params[key.strip()] = value
-    bundle = load_bundle(workdir)
+    bundle = load_bundle(workdir, lazy=True)
     frame = retarget(bundle, template, params, rank_by_propensity=rank)
     out.print(f"{template}: {len(frame):,} profiles (bundle {bundle.version})")
     if out_path is not None:
@@ -362,7 +362,7 @@ def campaign_create(
     from dmp_ml.bundle import load_bundle
     from dmp_ml.campaigns import create_campaign, export_campaign
 
-    bundle = load_bundle(workdir)
+    bundle = load_bundle(workdir, lazy=True)
     frame, source = _audience_option(audience, workdir, bundle)
     campaign = create_campaign(
         bundle,
@@ -408,7 +408,7 @@ def campaign_report_command(
 
     frame = load_events(events, mapping=mapping).frame if events is not None else None
     try:
-        bundle = load_bundle(workdir)
+        bundle = load_bundle(workdir, lazy=True)
     except BundleError:
         bundle = None
     report = campaign_report(workdir, name, events=frame, as_of=as_of, bundle=bundle)

@@ -124,7 +124,7 @@ def score(
     days_since_last_event); unknown ids go to stderr."""
     from dmp_ml.bundle import load_bundle
 
-    bundle = load_bundle(workdir)
+    bundle = load_bundle(workdir, lazy=True)
     wanted = read_ids(ids) if ids else None
     result = bundle.score(wanted)
     write_csv(result.frame, out_path)
@@ -148,7 +148,7 @@ def send_time(
     from dmp_ml.bundle import load_bundle
 
     quiet = parse_quiet_hours(quiet_hours) if quiet_hours else None
-    bundle = load_bundle(workdir)
+    bundle = load_bundle(workdir, lazy=True)
     decision = bundle.send_time(
         read_ids(ids) if ids else None,
         window_start=window_start,
@@ -177,7 +177,7 @@ def lookalike(
     """Expand a seed list into an audience of similar profiles (profile_id,score,rank)."""
     from dmp_ml.bundle import load_bundle
 
-    bundle = load_bundle(workdir)
+    bundle = load_bundle(workdir, lazy=True)
     audience = bundle.lookalike(
         read_ids(seeds),
         size=size,

@@ -41,53 +41,103 @@ Layout: :mod:`~dmp_ml.features.table` (FeatureSpec, FeatureTable and its Parquet
 :mod:`~dmp_ml.features.aggregate` (the per-profile reductions) and
 :mod:`~dmp_ml.features.build` (one build path over an engine: in process, or Dask via
 :mod:`dmp_ml.scale`).
+
+Names load from their module on first use, so reading a feature table (a bundle) does not import
+the build path (identity, settings, the aggregations). The reduction itself is
+:func:`dmp_ml.features.aggregate.aggregate` (the module's name is taken by the module).
 """
 
 from __future__ import annotations
 
-from dmp_ml.features.aggregate import ENCODED_COLUMNS, EventArrays, aggregate, gather
-from dmp_ml.features.build import (
-    FeatureBuilder,
-    FeatureEngine,
-    PandasEngine,
-    build_features,
-    engine_for,
-    feature_settings,
-    finalize,
-    small_pages,
-)
-from dmp_ml.features.clock import LocalClock, local_hour_of_week, utc_hour_of_week
-from dmp_ml.features.params import (
-    OTHER_EVENT,
-    FeatureParams,
-    fit_params,
-    params_from_codes,
-    slug,
-)
-from dmp_ml.features.profiles import profile_attributes, profile_timezones
-from dmp_ml.features.table import (
-    FEATURE_VERSION,
-    HOURS_PER_WEEK,
-    HOW_PREFIX,
-    FeatureSpec,
-    FeatureTable,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "ENCODED_COLUMNS": "dmp_ml.features.aggregate",
+    "EventArrays": "dmp_ml.features.aggregate",
+    "gather": "dmp_ml.features.aggregate",
+    "FeatureBuilder": "dmp_ml.features.build",
+    "FeatureEngine": "dmp_ml.features.build",
+    "PandasEngine": "dmp_ml.features.build",
+    "build_features": "dmp_ml.features.build",
+    "engine_for": "dmp_ml.features.build",
+    "feature_settings": "dmp_ml.features.build",
+    "finalize": "dmp_ml.features.build",
+    "small_pages": "dmp_ml.features.build",
+    "LocalClock": "dmp_ml.features.clock",
+    "local_hour_of_week": "dmp_ml.features.clock",
+    "utc_hour_of_week": "dmp_ml.features.clock",
+    "OTHER_EVENT": "dmp_ml.features.params",
+    "FeatureParams": "dmp_ml.features.params",
+    "fit_params": "dmp_ml.features.params",
+    "params_from_codes": "dmp_ml.features.params",
+    "slug": "dmp_ml.features.params",
+    "profile_attributes": "dmp_ml.features.profiles",
+    "profile_timezones": "dmp_ml.features.profiles",
+    "FEATURE_VERSION": "dmp_ml.features.table",
+    "HOURS_PER_WEEK": "dmp_ml.features.table",
+    "HOW_PREFIX": "dmp_ml.features.table",
+    "FeatureSpec": "dmp_ml.features.table",
+    "FeatureTable": "dmp_ml.features.table",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dmp_ml.features.aggregate import ENCODED_COLUMNS, EventArrays, gather
+    from dmp_ml.features.build import (
+        FeatureBuilder,
+        FeatureEngine,
+        PandasEngine,
+        build_features,
+        engine_for,
+        feature_settings,
+        finalize,
+        small_pages,
+    )
+    from dmp_ml.features.clock import LocalClock, local_hour_of_week, utc_hour_of_week
+    from dmp_ml.features.params import (
+        OTHER_EVENT,
+        FeatureParams,
+        fit_params,
+        params_from_codes,
+        slug,
+    )
+    from dmp_ml.features.profiles import profile_attributes, profile_timezones
+    from dmp_ml.features.table import (
+        FEATURE_VERSION,
+        HOURS_PER_WEEK,
+        HOW_PREFIX,
+        FeatureSpec,
+        FeatureTable,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dmp_ml.features' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ENCODED_COLUMNS",
-    "FEATURE_VERSION",
-    "HOURS_PER_WEEK",
-    "HOW_PREFIX",
-    "OTHER_EVENT",
     "EventArrays",
+    "FEATURE_VERSION",
     "FeatureBuilder",
     "FeatureEngine",
     "FeatureParams",
     "FeatureSpec",
     "FeatureTable",
+    "HOURS_PER_WEEK",
+    "HOW_PREFIX",
     "LocalClock",
+    "OTHER_EVENT",
     "PandasEngine",
-    "aggregate",
     "build_features",
     "engine_for",
     "feature_settings",
