@@ -24,6 +24,8 @@ from zoneinfo import available_timezones
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pandas.tseries.api import guess_datetime_format
 
 from dmp_ml import _readers
@@ -209,23 +211,27 @@ def _load(
         reason = pd.Series(pd.NA, index=raw.index, dtype="string")
         for flag, label in _readers.FLAG_REASONS:
             if flag in raw.columns:
-                reason = reason.mask(reason.isna() & raw[flag].to_numpy(bool), label)
+                reason = _mark(reason, raw[flag].to_numpy(bool), label)
         source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
         mapped, dropped = ctx.mapping.apply(source)
         reason = reason.fillna(dropped)
         valid = validate(mapped, ctx, reason)
         reason = valid.pop("_reason")
-        keep = reason.isna()
-        good.append(valid.loc[keep])
-        bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
-    frame = pd.concat(good, ignore_index=True) if good else pd.DataFrame()
-    quarantine = pd.concat(bad, ignore_index=True)
+        keep = reason.isna().to_numpy(bool)
+        if keep.all():
+            good.append(valid)
+            bad.append(_quarantine_rows(raw.iloc[:0], reason.iloc[:0]))
+        else:
+            good.append(valid.loc[keep])
+            bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
+    frame = _concat(good) if good else pd.DataFrame()
+    quarantine = _concat(bad)
     if dedupe and len(frame):
         frame, dupes = _collapse_duplicates(frame)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)
     frame = frame.drop(columns=["_row_number"], errors="ignore")
-    if kind == "events":
+    if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
     by_reason = (
         quarantine["reason"].value_counts().sort_index().to_dict() if len(quarantine) else {}
@@ -275,15 +281,71 @@ def _as_text(col: pd.Series) -> pd.Series:
     return col.astype("string")
 
 
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One frame from the batches' frames (no copy when there is one batch)."""
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
+
+
 def _collapse_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quarantine the later copies of rows equal in every column (the first copy is kept).
+
+    Rows are compared by a 64-bit hash of their values first; only rows whose hash repeats
+    are compared value by value, so a hash collision never merges two different rows.
+    """
     row_numbers = frame.pop("_row_number")
-    duplicated = frame.duplicated(keep="first")
+    hashed = _row_hash(frame)
+    ordered = np.sort(hashed)
+    repeated_hashes = ordered[1:][ordered[1:] == ordered[:-1]]
+    candidates = np.flatnonzero(np.isin(hashed, repeated_hashes)) if len(repeated_hashes) else []
+    duplicated = np.zeros(len(frame), dtype=bool)
+    if len(candidates):
+        repeated = frame.iloc[candidates].duplicated(keep="first").to_numpy(bool)
+        duplicated[candidates[repeated]] = True
+    if not duplicated.any():
+        return frame, frame.iloc[:0]
     dupes = frame.loc[duplicated].copy()
     for column in dupes.columns:
         dupes[column] = _as_text(dupes[column])
     dupes["row_number"] = row_numbers.loc[duplicated].astype("int64")
     dupes["reason"] = pd.Series("duplicate_event", index=dupes.index, dtype="string")
     return frame.loc[~duplicated].reset_index(drop=True), dupes.reset_index(drop=True)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _row_hash(frame: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash per row; rows equal in every column (missing equal to missing) share it."""
+    hashed = np.zeros(len(frame), dtype=np.uint64)
+    for column in frame.columns:
+        hashed = _mix(hashed * _GOLDEN + _column_key(frame[column]))
+    return hashed
+
+
+def _column_key(col: pd.Series) -> np.ndarray:
+    """Equal values (and all missing values) to equal 64-bit keys, without a Python loop."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col.array.asi8.view(np.uint64)
+    if pd.api.types.is_float_dtype(col):
+        values = col.to_numpy(np.float64, na_value=np.nan) + 0.0  # -0.0 equals 0.0
+        values[np.isnan(values)] = np.nan  # one bit pattern for every missing value
+        return values.view(np.uint64)
+    values = pa.array(col)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    codes = pc.dictionary_encode(values).indices  # missing stays missing: one key below
+    return pc.fill_null(codes.cast(pa.int64()), -1).to_numpy().view(np.uint64)
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: every input bit moves every output bit."""
+    values = values ^ (values >> np.uint64(30))
+    values = values * np.uint64(0xBF58476D1CE4E5B9)
+    values = values ^ (values >> np.uint64(27))
+    values = values * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
 
 
 def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list[str]) -> None:
@@ -554,7 +616,9 @@ def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
 def _mark(reason: pd.Series, mask: pd.Series | np.ndarray, label: str) -> pd.Series:
     if isinstance(mask, pd.Series):
         mask = mask.fillna(False).to_numpy(bool)
-    return reason.mask(reason.isna() & mask, label)
+    if not mask.any():
+        return reason
+    return reason.mask(reason.isna().to_numpy(bool) & mask, label)
 
 
 def _mark_times(reason: pd.Series, problem: pd.Series, column: str) -> pd.Series:
