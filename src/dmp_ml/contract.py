@@ -332,11 +332,17 @@ def _column_key(col: pd.Series) -> np.ndarray:
         values = col.to_numpy(np.float64, na_value=np.nan) + 0.0  # -0.0 equals 0.0
         values[np.isnan(values)] = np.nan  # one bit pattern for every missing value
         return values.view(np.uint64)
-    values = pa.array(col)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    codes = pc.dictionary_encode(values).indices  # missing stays missing: one key below
-    return pc.fill_null(codes.cast(pa.int64()), -1).to_numpy().view(np.uint64)
+    if (pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col)) and not (
+        col.hasnans
+    ):
+        return col.to_numpy(np.int64).view(np.uint64)
+    values = pa.chunked_array(pa.array(col))
+    # the chunks of a chunked array are encoded against one dictionary: codes agree across them
+    encoded = pc.dictionary_encode(values)
+    codes = [
+        pc.fill_null(chunk.indices.cast(pa.int64()), -1).to_numpy() for chunk in encoded.chunks
+    ]
+    return np.concatenate(codes).view(np.uint64) if codes else np.zeros(0, np.uint64)
 
 
 def _mix(values: np.ndarray) -> np.ndarray:
@@ -362,7 +368,8 @@ def _text(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame.columns:
         return pd.Series(pd.NA, index=frame.index, dtype="string")
     col = frame[column].astype("string").str.strip()
-    return col.mask(col == "")
+    empty = (col == "").to_numpy(bool, na_value=False)
+    return col.mask(empty) if empty.any() else col
 
 
 # --------------------------------------------------------------------------- times
