@@ -222,7 +222,7 @@ def _load(
             good.append(valid)
             bad.append(_quarantine_rows(raw.iloc[:0], reason.iloc[:0]))
         else:
-            good.append(valid.loc[keep])
+            good.append(_keep_rows(valid, keep))
             bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
@@ -310,7 +310,29 @@ def _collapse_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
         dupes[column] = _as_text(dupes[column])
     dupes["row_number"] = row_numbers.loc[duplicated].astype("int64")
     dupes["reason"] = pd.Series("duplicate_event", index=dupes.index, dtype="string")
-    return frame.loc[~duplicated].reset_index(drop=True), dupes.reset_index(drop=True)
+    return _keep_rows(frame, ~duplicated), dupes.reset_index(drop=True)
+
+
+def _keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """``frame.loc[keep]`` with a fresh index.
+
+    Arrow text columns are filtered chunk by chunk: a chunk that loses no row is kept as it is,
+    so dropping a few duplicates does not copy every text column.
+    """
+    columns = {}
+    for column in frame.columns:
+        values = frame[column].array
+        if isinstance(values, pd.arrays.ArrowStringArray):
+            chunks, start = [], 0
+            for chunk in pa.chunked_array(pa.array(values)).chunks:
+                part = keep[start : start + len(chunk)]
+                chunks.append(chunk if part.all() else chunk.filter(pa.array(part)))
+                start += len(chunk)
+            kept = pa.chunked_array(chunks, type=pa.array(values).type)
+            columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
+        else:
+            columns[column] = pd.Series(values[keep])
+    return pd.DataFrame(columns)
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
