@@ -295,10 +295,12 @@ def _collapse_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     are compared value by value, so a hash collision never merges two different rows.
     """
     row_numbers = frame.pop("_row_number")
-    hashed = _row_hash(frame)
-    ordered = np.sort(hashed)
-    repeated_hashes = ordered[1:][ordered[1:] == ordered[:-1]]
-    candidates = np.flatnonzero(np.isin(hashed, repeated_hashes)) if len(repeated_hashes) else []
+    candidates = _may_repeat(frame)
+    if len(candidates):
+        hashed = _row_hash(frame.iloc[candidates])
+        ordered = np.sort(hashed)
+        repeated_hashes = ordered[1:][ordered[1:] == ordered[:-1]]
+        candidates = candidates[np.isin(hashed, repeated_hashes)]
     duplicated = np.zeros(len(frame), dtype=bool)
     if len(candidates):
         repeated = frame.iloc[candidates].duplicated(keep="first").to_numpy(bool)
@@ -333,6 +335,21 @@ def _keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
         else:
             columns[column] = pd.Series(values[keep])
     return pd.DataFrame(columns)
+
+
+def _may_repeat(frame: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows that could equal another row: all, unless times tell them apart.
+
+    In a log in time order (the usual case) copies of a row sit in one run of equal times, so
+    only rows whose time equals a neighbour's need comparing.
+    """
+    positions = np.arange(len(frame))
+    times = frame["event_time"] if "event_time" in frame.columns else None
+    if times is None or times.hasnans or not times.is_monotonic_increasing:
+        return positions
+    ticks = times.array.asi8
+    same = ticks[1:] == ticks[:-1]
+    return positions[np.concatenate([same, [False]]) | np.concatenate([[False], same])]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
