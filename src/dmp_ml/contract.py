@@ -297,10 +297,14 @@ def _collapse_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     row_numbers = frame.pop("_row_number")
     candidates = _may_repeat(frame)
     if len(candidates):
-        hashed = _row_hash(frame.iloc[candidates])
-        ordered = np.sort(hashed)
-        repeated_hashes = ordered[1:][ordered[1:] == ordered[:-1]]
-        candidates = candidates[np.isin(hashed, repeated_hashes)]
+        hashed = _row_hash(frame, candidates)
+        order = np.argsort(hashed)
+        same = hashed[order[1:]] == hashed[order[:-1]]
+        del hashed
+        repeats = np.zeros(len(order), dtype=bool)
+        repeats[1:] |= same
+        repeats[:-1] |= same
+        candidates = np.sort(candidates[order[repeats]])
     duplicated = np.zeros(len(frame), dtype=bool)
     if len(candidates):
         repeated = frame.iloc[candidates].duplicated(keep="first").to_numpy(bool)
@@ -355,11 +359,14 @@ def _may_repeat(frame: pd.DataFrame) -> np.ndarray:
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _row_hash(frame: pd.DataFrame) -> np.ndarray:
-    """A 64-bit hash per row; rows equal in every column (missing equal to missing) share it."""
-    hashed = np.zeros(len(frame), dtype=np.uint64)
+def _row_hash(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each of ``rows`` (positions); rows equal in every column share it.
+
+    Missing values are equal to each other, as in ``DataFrame.duplicated``.
+    """
+    hashed = np.zeros(len(rows), dtype=np.uint64)
     for column in frame.columns:
-        hashed = _mix(hashed * _GOLDEN + _column_key(frame[column]))
+        hashed = _mix(hashed * _GOLDEN + _column_key(frame[column])[rows])
     return hashed
 
 
