@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -135,6 +136,28 @@ def test_duplicates_across_batches_match_a_full_comparison(tmp_path: Path) -> No
     assert sorted(dupes["row_number"]) == [2, 7, 9, 10]
     assert result.report.rows_loaded == 6
     assert not result.frame.duplicated().any()
+
+
+def test_duplicates_in_a_large_log_match_a_full_comparison(tmp_path: Path) -> None:
+    # enough rows that the loader narrows hashes by buckets before its exact pass
+    rng = np.random.default_rng(3)
+    n = 100_000
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(np.sort(rng.integers(0, 600, n)), unit="s"),
+            "cookie_id": [f"c{i}" for i in rng.integers(0, 40, n)],
+            "event_type": rng.choice(["page_view", "purchase"], n),
+            "value": np.where(rng.random(n) < 0.5, np.nan, rng.integers(0, 3, n).astype(float)),
+        }
+    )
+    expected = frame.duplicated(keep="first")
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path, index=False)
+    result = load_events(path, settings=ContractSettings(chunk_rows=30_000))
+    assert_accounted(result)
+    assert expected.sum() > 1_000
+    assert sorted(result.quarantine["row_number"]) == list(np.flatnonzero(expected) + 1)
 
 
 def test_stray_quote_damages_only_its_own_line(tmp_path: Path) -> None:

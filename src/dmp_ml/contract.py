@@ -291,20 +291,23 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _collapse_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quarantine the later copies of rows equal in every column (the first copy is kept).
 
-    Rows are compared by a 64-bit hash of their values first; only rows whose hash repeats
-    are compared value by value, so a hash collision never merges two different rows.
+    Rows are narrowed down by a 64-bit hash of their values, one column at a time, keeping
+    only rows whose hash so far repeats; what is left is compared value by value, so a hash
+    collision never merges two different rows.
     """
     row_numbers = frame.pop("_row_number")
     candidates = _may_repeat(frame)
-    if len(candidates):
-        hashed = _row_hash(frame, candidates)
-        order = np.argsort(hashed)
-        same = hashed[order[1:]] == hashed[order[:-1]]
-        del hashed
-        repeats = np.zeros(len(order), dtype=bool)
-        repeats[1:] |= same
-        repeats[:-1] |= same
-        candidates = np.sort(candidates[order[repeats]])
+    hashed = np.zeros(len(candidates), dtype=np.uint64)
+    for number, column in enumerate(frame.columns):
+        if not len(candidates):
+            break
+        hashed = _mix(hashed * _GOLDEN + _column_key(frame[column], candidates, len(frame)))
+        if number == 0:  # the first column alone rarely tells rows apart (times repeat)
+            continue
+        repeats = _repeats(hashed, exact=len(hashed) <= _EXACT_REPEATS)
+        candidates, hashed = candidates[repeats], hashed[repeats]
+    repeats = _repeats(hashed, exact=True)
+    candidates = candidates[repeats]
     duplicated = np.zeros(len(frame), dtype=bool)
     if len(candidates):
         repeated = frame.iloc[candidates].duplicated(keep="first").to_numpy(bool)
@@ -359,19 +362,38 @@ def _may_repeat(frame: pd.DataFrame) -> np.ndarray:
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _row_hash(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each of ``rows`` (positions); rows equal in every column share it.
+_EXACT_REPEATS = 1 << 16  # up to this many hashes, repeats are found by sorting
+_BUCKET_BITS = 24
 
-    Missing values are equal to each other, as in ``DataFrame.duplicated``.
+
+def _repeats(hashed: np.ndarray, exact: bool) -> np.ndarray:
+    """Which entries of ``hashed`` occur more than once.
+
+    Not ``exact``: entries whose top bits are shared, counted in buckets (every repeat, and
+    some others that later columns or the exact pass remove); cheaper than sorting millions.
     """
-    hashed = np.zeros(len(rows), dtype=np.uint64)
-    for column in frame.columns:
-        hashed = _mix(hashed * _GOLDEN + _column_key(frame[column])[rows])
-    return hashed
+    if not exact:
+        buckets = (hashed >> np.uint64(64 - _BUCKET_BITS)).astype(np.int64)
+        return np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+    order = np.argsort(hashed)
+    same = hashed[order[1:]] == hashed[order[:-1]]
+    repeats = np.zeros(len(hashed), dtype=bool)
+    repeats[order[1:][same]] = True
+    repeats[order[:-1][same]] = True
+    return repeats
 
 
-def _column_key(col: pd.Series) -> np.ndarray:
-    """Equal values (and all missing values) to equal 64-bit keys, without a Python loop."""
+def _column_key(col: pd.Series, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Keys of the values at positions ``rows``: equal values (and all missing values) get
+    equal 64-bit keys. Missing equals missing, as in ``DataFrame.duplicated``.
+    """
+    if len(rows) < n_rows // 4:  # few rows left: encode only those
+        col = col.iloc[rows]
+        rows = np.arange(len(rows))
+    return _keys(col)[rows]
+
+
+def _keys(col: pd.Series) -> np.ndarray:
     if pd.api.types.is_datetime64_any_dtype(col):
         return col.array.asi8.view(np.uint64)
     if pd.api.types.is_float_dtype(col):
