@@ -216,12 +216,9 @@ def _load(
         valid = validate(mapped, ctx, reason)
         reason = valid.pop("_reason")
         keep = reason.isna().to_numpy(bool)
-        if keep.all():
-            good.append(valid)
-            bad.append(_quarantine_rows(raw.iloc[:0], reason.iloc[:0]))
-        else:
-            good.append(rows.keep_rows(valid, keep))
-            bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
+        good.append(valid if keep.all() else rows.keep_rows(valid, keep))
+        # selected, not sliced: a slice of the raw batch would keep all of its text alive
+        bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
     if dedupe and len(frame):
