@@ -16,7 +16,15 @@ subprocess so that neither the generator's memory nor the other engine's is coun
   over an in-memory DuckDB table (load excluded, like the pandas side) and straight from the
   Parquet file.
 
-Targets (issue 3): ``build_features`` at most 1.5x the DuckDB reference, at most 4 GB peak RSS.
+* The user's command (``--mode command`` or ``both``): ``dmp-ml features --events ...
+  --profiles ... --consent ... --as-of ... --out ...`` run as a subprocess from the Parquet files,
+  end to end (start-up, read, validate, identity, features, write), its wall time and peak RSS
+  set against the DuckDB aggregate straight from the Parquet file, measured right after it.
+
+Targets: ``build_features`` at most 1.5x the DuckDB reference (issue 3); the command at most
+1.5x the DuckDB reference from Parquet (issue 21); at most 4 GB peak RSS.
+
+    python bench/features.py --events 10_000_000 --profiles 100_000 --days 120 --mode command
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +70,21 @@ def _take(vocab: pa.Array, idx: np.ndarray) -> pa.Array:
     mask = idx < 0
     indices = pa.array(np.where(mask, 0, idx).astype(np.int32), mask=mask)
     return pa.DictionaryArray.from_arrays(indices, vocab).cast(pa.string())
+
+
+def generate_consent(n_profiles: int, as_of: str, seed: int = 0) -> pa.Table:
+    """Marketing consent per profile, dated before ``as_of``; about 3% withdrawn."""
+    rng = np.random.default_rng(seed + 1)
+    end = np.datetime64(as_of.rstrip("Z"), "s").astype(np.int64)
+    updated = end - rng.integers(86400, 365 * 86400, n_profiles)
+    return pa.table(
+        {
+            "profile_id": _strings("p", n_profiles),
+            "purpose": pa.array(["marketing"] * n_profiles),
+            "granted": pa.array(rng.random(n_profiles) >= 0.03),
+            "updated_at": pa.array(updated * 1_000_000, type=pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def generate_log(
@@ -249,6 +273,74 @@ def _run_duckdb(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def _run_command(args: argparse.Namespace) -> dict:
+    """``dmp-ml features`` on the Parquet files, as a user runs it: wall time and peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="dmp-bench-out-") as tmp:
+        cmd = [sys.executable, "-m", "dmp_ml.cli", "features", "--events", args.input]
+        cmd += ["--as-of", args.as_of, "--out", str(Path(tmp) / "features.parquet")]
+        if args.profiles_path:
+            cmd += ["--profiles", args.profiles_path]
+        if args.consent_path:
+            cmd += ["--consent", args.consent_path]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy()
+        )
+        output = proc.stdout.read().decode("utf-8", errors="replace") if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"dmp-ml features failed ({proc.returncode}):\n{output[-2000:]}")
+    # the command logs each step's start: "... features: step 2/4: loading profiles and consent"
+    marks = [
+        (datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"), line.split(": ", 2)[-1].strip())
+        for line in output.splitlines()
+        if " INFO dmp_ml.cli: features: step" in line or " INFO dmp_ml.cli: features: done" in line
+    ]
+    steps = {
+        name: (later - at).total_seconds()
+        for (at, name), (later, _) in zip(marks, marks[1:], strict=False)
+    }
+    return {
+        "seconds": seconds,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gb": usage.ru_maxrss / 1024**2,
+        "steps": steps,
+    }
+
+
+def _command_report(args: argparse.Namespace) -> int:
+    runs = [(_run_command(args), _spawn("duckdb", args)) for _ in range(args.repeat)]
+    cmd = min((r[0] for r in runs), key=lambda r: r["seconds"])
+    db = min((r[1] for r in runs), key=lambda r: r["query_from_parquet_s"])
+    cmd["peak_rss_gb"] = max(r[0]["peak_rss_gb"] for r in runs)
+    ratio = cmd["seconds"] / db["query_from_parquet_s"]
+    n = pq.ParquetFile(args.input).metadata.num_rows
+    load = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps({"events": n, "command": cmd, "duckdb": db, "ratio": ratio}, indent=2))
+        return 0
+    ok = "OK " if ratio <= TARGET_RATIO else "MISS"
+    ok_rss = "OK " if cmd["peak_rss_gb"] <= TARGET_RSS_GB else "MISS"
+    print(f"events                 {n:,}  (as_of {args.as_of})")
+    print(
+        f"dmp-ml features        {cmd['seconds']:.2f} s end to end ({n / cmd['seconds']:,.0f} "
+        f"events/s), cpu {cmd['cpu_s']:.1f} s"
+    )
+    for step, seconds in cmd["steps"].items():
+        print(f"  {seconds:7.2f} s  {step}")
+    rss = cmd["peak_rss_gb"]
+    print(f"  peak RSS             {rss:.2f} GB  target <= {TARGET_RSS_GB} GB  [{ok_rss}]")
+    print(
+        f"duckdb from parquet    {db['query_from_parquet_s']:.2f} s ({db['threads']} threads, "
+        f"{db['rows']:,} profile x type rows)"
+    )
+    print(f"ratio command/duckdb   {ratio:.2f}x  target <= {TARGET_RATIO}x  [{ok}]")
+    print(f"load average {load:.1f} on {os.cpu_count()} cores; best of {args.repeat}")
+    return 0
+
+
 def _child(args: argparse.Namespace) -> None:
     result = _run_pandas(args) if args.child == "pandas" else _run_duckdb(args)
     print("RESULT " + json.dumps(result, default=int))
@@ -271,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--input", help="read this Parquet event log instead of generating one")
     parser.add_argument("--profiles-path", help="Parquet profiles table (with --input)")
+    parser.add_argument("--consent-path", help="Parquet consent table (with --input)")
+    parser.add_argument(
+        "--mode",
+        choices=["build", "command", "both"],
+        default="both",
+        help="time build_features, the dmp-ml features command, or both (vs DuckDB)",
+    )
     parser.add_argument("--as-of", help="cutoff (ISO, UTC); default: end of the generated log")
     parser.add_argument("--child", choices=["pandas", "duckdb"], help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs")
@@ -288,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             args.profiles_path = str(Path(tmp) / "profiles.parquet")
             pq.write_table(events, args.input)
             pq.write_table(profiles, args.profiles_path)
+            args.consent_path = str(Path(tmp) / "consent.parquet")
+            pq.write_table(generate_consent(n_profiles, as_of, args.seed), args.consent_path)
             args.as_of = args.as_of or as_of
             del events, profiles
             print(
@@ -297,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.as_of is None:
             parser.error("--as-of is required with --input")
+        if args.mode in ("command", "both"):
+            _command_report(args)
+        if args.mode == "command":
+            return 0
         runs = [(_spawn("pandas", args), _spawn("duckdb", args)) for _ in range(args.repeat)]
     # best of the repeats (interleaved), the usual defence against a noisy shared machine
     pd_res = min((r[0] for r in runs), key=lambda r: r["build_s"])

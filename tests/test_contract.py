@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from dmp_ml.contract import EVENT_COLUMNS, load_consent, load_events, load_profiles
 from dmp_ml.errors import DataContractError, MappingError
 from dmp_ml.mapping import parse_mapping
-from dmp_ml.settings import MAPPINGS_DIR
+from dmp_ml.settings import MAPPINGS_DIR, ContractSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAIL = ROOT.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
@@ -107,6 +108,56 @@ def test_exact_duplicates_are_collapsed_and_counted(tmp_path: Path) -> None:
     assert_accounted(result)
     assert result.report.rows_loaded == 2
     assert result.report.quarantined_by_reason == {"duplicate_event": 2}
+
+
+def test_duplicates_across_batches_match_a_full_comparison(tmp_path: Path) -> None:
+    # copies split over batches, missing values equal to missing, rows one field apart kept
+    rows = [
+        ("2026-01-01T00:00:00Z", "c1", "", "page_view", ""),
+        ("2026-01-01T00:00:00Z", "c1", "", "page_view", ""),
+        ("2026-01-01T00:00:00Z", "c1", "p1", "page_view", ""),
+        ("2026-01-01T00:00:00Z", "c2", "", "page_view", ""),
+        ("2026-01-01T00:00:00Z", "c1", "", "purchase", "5"),
+        ("2026-01-01T00:00:01Z", "c1", "", "page_view", ""),
+        ("2026-01-01T00:00:00Z", "c1", "", "purchase", "5.0"),
+        ("2026-01-01T00:00:00Z", "c1", "", "purchase", "-0"),
+        ("2026-01-01T00:00:00Z", "c1", "", "purchase", "0"),
+        ("2026-01-01T00:00:00Z", "c1", "", "page_view", ""),
+    ]
+    frame = pd.DataFrame(
+        rows, columns=["event_time", "cookie_id", "profile_id", "event_type", "value"]
+    )
+    path = tmp_path / "events.parquet"
+    frame.replace("", None).to_parquet(path, index=False)
+    result = load_events(path, settings=ContractSettings(chunk_rows=3))
+    assert_accounted(result)
+    dupes = result.quarantine.loc[result.quarantine["reason"] == "duplicate_event"]
+    # the later copies, by their row in the file: 2 and 10 (page views), 7 (5.0), 9 (0 = -0)
+    assert sorted(dupes["row_number"]) == [2, 7, 9, 10]
+    assert result.report.rows_loaded == 6
+    assert not result.frame.duplicated().any()
+
+
+def test_duplicates_in_a_large_log_match_a_full_comparison(tmp_path: Path) -> None:
+    # enough rows that the loader narrows hashes by buckets before its exact pass
+    rng = np.random.default_rng(3)
+    n = 100_000
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(np.sort(rng.integers(0, 600, n)), unit="s"),
+            "cookie_id": [f"c{i}" for i in rng.integers(0, 40, n)],
+            "event_type": rng.choice(["page_view", "purchase"], n),
+            "value": np.where(rng.random(n) < 0.5, np.nan, rng.integers(0, 3, n).astype(float)),
+        }
+    )
+    expected = frame.duplicated(keep="first")
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path, index=False)
+    result = load_events(path, settings=ContractSettings(chunk_rows=30_000))
+    assert_accounted(result)
+    assert expected.sum() > 1_000
+    assert sorted(result.quarantine["row_number"]) == list(np.flatnonzero(expected) + 1)
 
 
 def test_stray_quote_damages_only_its_own_line(tmp_path: Path) -> None:

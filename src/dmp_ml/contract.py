@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from dmp_ml import _readers
+from dmp_ml import _readers, rows
 from dmp_ml.errors import DataContractError
 from dmp_ml.mapping import ColumnMapping, load_mapping
 from dmp_ml.settings import ContractSettings
@@ -209,23 +209,24 @@ def _load(
         reason = pd.Series(pd.NA, index=raw.index, dtype="string")
         for flag, label in _readers.FLAG_REASONS:
             if flag in raw.columns:
-                reason = reason.mask(reason.isna() & raw[flag].to_numpy(bool), label)
+                reason = _mark(reason, raw[flag].to_numpy(bool), label)
         source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
         mapped, dropped = ctx.mapping.apply(source)
         reason = reason.fillna(dropped)
         valid = validate(mapped, ctx, reason)
         reason = valid.pop("_reason")
-        keep = reason.isna()
-        good.append(valid.loc[keep])
+        keep = reason.isna().to_numpy(bool)
+        good.append(valid if keep.all() else rows.keep_rows(valid, keep))
+        # selected, not sliced: a slice of the raw batch would keep all of its text alive
         bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
-    frame = pd.concat(good, ignore_index=True) if good else pd.DataFrame()
-    quarantine = pd.concat(bad, ignore_index=True)
+    frame = _concat(good) if good else pd.DataFrame()
+    quarantine = _concat(bad)
     if dedupe and len(frame):
         frame, dupes = _collapse_duplicates(frame)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)
     frame = frame.drop(columns=["_row_number"], errors="ignore")
-    if kind == "events":
+    if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
     by_reason = (
         quarantine["reason"].value_counts().sort_index().to_dict() if len(quarantine) else {}
@@ -275,15 +276,25 @@ def _as_text(col: pd.Series) -> pd.Series:
     return col.astype("string")
 
 
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One frame from the batches' frames (no copy when there is one batch)."""
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
+
+
 def _collapse_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quarantine the later copies of rows equal in every column (the first copy is kept)."""
     row_numbers = frame.pop("_row_number")
-    duplicated = frame.duplicated(keep="first")
+    duplicated = rows.duplicated_rows(frame)
+    if not duplicated.any():
+        return frame, frame.iloc[:0]
     dupes = frame.loc[duplicated].copy()
     for column in dupes.columns:
         dupes[column] = _as_text(dupes[column])
     dupes["row_number"] = row_numbers.loc[duplicated].astype("int64")
     dupes["reason"] = pd.Series("duplicate_event", index=dupes.index, dtype="string")
-    return frame.loc[~duplicated].reset_index(drop=True), dupes.reset_index(drop=True)
+    return rows.keep_rows(frame, ~duplicated), dupes.reset_index(drop=True)
 
 
 def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list[str]) -> None:
@@ -300,7 +311,8 @@ def _text(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame.columns:
         return pd.Series(pd.NA, index=frame.index, dtype="string")
     col = frame[column].astype("string").str.strip()
-    return col.mask(col == "")
+    empty = (col == "").to_numpy(bool, na_value=False)
+    return col.mask(empty) if empty.any() else col
 
 
 # --------------------------------------------------------------------------- times
@@ -554,7 +566,9 @@ def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
 def _mark(reason: pd.Series, mask: pd.Series | np.ndarray, label: str) -> pd.Series:
     if isinstance(mask, pd.Series):
         mask = mask.fillna(False).to_numpy(bool)
-    return reason.mask(reason.isna() & mask, label)
+    if not mask.any():
+        return reason
+    return reason.mask(reason.isna().to_numpy(bool) & mask, label)
 
 
 def _mark_times(reason: pd.Series, problem: pd.Series, column: str) -> pd.Series:

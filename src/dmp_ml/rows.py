@@ -1,0 +1,137 @@
+"""Rows of a frame: which repeat an earlier row exactly, and keeping a subset without copies.
+
+Used by the data contract on logs of millions of events: duplicates are found by a 64-bit
+hash of each row's values, narrowed column by column, and confirmed value by value, so a hash
+collision never merges two different rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def duplicated_rows(frame: pd.DataFrame) -> np.ndarray:
+    """``frame.duplicated(keep="first")`` as a boolean array, without comparing every row.
+
+    Rows are narrowed down by a hash of their values, one column at a time, keeping only rows
+    whose hash so far repeats; what is left is compared value by value.
+    """
+    candidates = _may_repeat(frame)
+    hashed = np.zeros(len(candidates), dtype=np.uint64)
+    for number, column in enumerate(frame.columns):
+        if not len(candidates):
+            break
+        hashed = _mix(hashed * _GOLDEN + _column_key(frame[column], candidates, len(frame)))
+        if number == 0:  # the first column alone rarely tells rows apart (times repeat)
+            continue
+        repeats = _repeats(hashed, exact=len(hashed) <= _EXACT_REPEATS)
+        candidates, hashed = candidates[repeats], hashed[repeats]
+    candidates = candidates[_repeats(hashed, exact=True)]
+    duplicated = np.zeros(len(frame), dtype=bool)
+    if len(candidates):
+        repeated = frame.iloc[candidates].duplicated(keep="first").to_numpy(bool)
+        duplicated[candidates[repeated]] = True
+    return duplicated
+
+
+def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """``frame.loc[keep]`` with a fresh index.
+
+    Arrow text columns are filtered chunk by chunk: a chunk that loses no row is kept as it is,
+    so dropping a few duplicates does not copy every text column.
+    """
+    columns = {}
+    for column in frame.columns:
+        values = frame[column].array
+        if isinstance(values, pd.arrays.ArrowStringArray):
+            chunks, start = [], 0
+            for chunk in pa.chunked_array(pa.array(values)).chunks:
+                part = keep[start : start + len(chunk)]
+                chunks.append(chunk if part.all() else chunk.filter(pa.array(part)))
+                start += len(chunk)
+            kept = pa.chunked_array(chunks, type=pa.array(values).type)
+            columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
+        else:
+            columns[column] = pd.Series(values[keep])
+    return pd.DataFrame(columns)
+
+
+def _may_repeat(frame: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows that could equal another row: all, unless times tell them apart.
+
+    In a log in time order (the usual case) copies of a row sit in one run of equal times, so
+    only rows whose time equals a neighbour's need comparing.
+    """
+    positions = np.arange(len(frame))
+    times = frame["event_time"] if "event_time" in frame.columns else None
+    if times is None or times.hasnans or not times.is_monotonic_increasing:
+        return positions
+    ticks = times.array.asi8
+    same = ticks[1:] == ticks[:-1]
+    return positions[np.concatenate([same, [False]]) | np.concatenate([[False], same])]
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+_EXACT_REPEATS = 1 << 16  # up to this many hashes, repeats are found by sorting
+_BUCKET_BITS = 24
+
+
+def _repeats(hashed: np.ndarray, exact: bool) -> np.ndarray:
+    """Which entries of ``hashed`` occur more than once.
+
+    Not ``exact``: entries whose top bits are shared, counted in buckets (every repeat, and
+    some others that later columns or the exact pass remove); cheaper than sorting millions.
+    """
+    if not exact:
+        buckets = (hashed >> np.uint64(64 - _BUCKET_BITS)).astype(np.int64)
+        return np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+    order = np.argsort(hashed)
+    same = hashed[order[1:]] == hashed[order[:-1]]
+    repeats = np.zeros(len(hashed), dtype=bool)
+    repeats[order[1:][same]] = True
+    repeats[order[:-1][same]] = True
+    return repeats
+
+
+def _column_key(col: pd.Series, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Keys of the values at positions ``rows``: equal values (and all missing values) get
+    equal 64-bit keys. Missing equals missing, as in ``DataFrame.duplicated``.
+    """
+    if len(rows) < n_rows // 4:  # few rows left: encode only those
+        col = col.iloc[rows]
+        rows = np.arange(len(rows))
+    return _keys(col)[rows]
+
+
+def _keys(col: pd.Series) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col.array.asi8.view(np.uint64)
+    if pd.api.types.is_float_dtype(col):
+        values = col.to_numpy(np.float64, na_value=np.nan) + 0.0  # -0.0 equals 0.0
+        values[np.isnan(values)] = np.nan  # one bit pattern for every missing value
+        return values.view(np.uint64)
+    if (pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col)) and not (
+        col.hasnans
+    ):
+        return col.to_numpy(np.int64).view(np.uint64)
+    values = pa.chunked_array(pa.array(col))
+    # the chunks of a chunked array are encoded against one dictionary: codes agree across them
+    encoded = pc.dictionary_encode(values)
+    codes = [
+        pc.fill_null(chunk.indices.cast(pa.int64()), -1).to_numpy() for chunk in encoded.chunks
+    ]
+    return np.concatenate(codes).view(np.uint64) if codes else np.zeros(0, np.uint64)
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: every input bit moves every output bit."""
+    values = values ^ (values >> np.uint64(30))
+    values = values * np.uint64(0xBF58476D1CE4E5B9)
+    values = values ^ (values >> np.uint64(27))
+    values = values * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
