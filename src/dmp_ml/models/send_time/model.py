@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from dmp_ml.errors import BundleError, DataContractError, InsufficientDataError, RequestError
+from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
 from dmp_ml.models.send_time import baselines, curves
 from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
@@ -48,7 +49,14 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
 _UNKNOWN_COHORT = "__unknown__"
-_FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
+_FILES = (
+    "send_time.json",
+    "send_time_profiles.parquet",
+    "send_time_curves.npz",
+    "local_shape.npy",
+    "local_shape_sd.npy",
+)
+"""Meta, per-profile columns, population curves, and the per-profile curves (mapped on load)."""
 
 
 class SendTimeModel(BaseEstimator):
@@ -661,7 +669,8 @@ class SendTimeModel(BaseEstimator):
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: str | Path) -> Path:
-        """Write the fitted model to ``directory`` (JSON + Parquet + NPZ; no pickle)."""
+        """Write the fitted model to ``directory`` (JSON + Parquet + NPZ + NPY; no pickle); the
+        per-profile curves as ``.npy`` files that :meth:`load` maps."""
         self.check_fitted()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
@@ -699,10 +708,10 @@ class SendTimeModel(BaseEstimator):
             }
         )
         profiles.to_parquet(path / _FILES[1], index=False)
+        write_array(path / _FILES[3], np.asarray(self.local_shape_, dtype=np.float32))
+        write_array(path / _FILES[4], np.asarray(self.local_shape_sd_, dtype=np.float32))
         np.savez(
             path / _FILES[2],
-            local_shape=self.local_shape_,
-            local_shape_sd=self.local_shape_sd_,
             global_shape=self.global_shape_,
             cohort_shapes=self.cohort_shapes_,
             baseline_global=self.baseline_global_,
@@ -725,6 +734,9 @@ class SendTimeModel(BaseEstimator):
             profiles = pd.read_parquet(path / _FILES[1])
             with np.load(path / _FILES[2], allow_pickle=False) as arrays:
                 stored = {key: arrays[key] for key in arrays.files}
+            # the (n, 168) curves are mapped, shared by every worker; update copies them
+            stored["local_shape"] = map_array(path / _FILES[3])
+            stored["local_shape_sd"] = map_array(path / _FILES[4])
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"send-time model in {path} is unreadable: {exc}") from exc
         if meta.get("format_version") != FORMAT_VERSION:
