@@ -1,9 +1,9 @@
 """Serving at scale: bundle size on disk and a serving worker's private memory per demo world.
 
 For each size, builds a demo world (``dmp-ml demo-data``), trains it (``dmp-ml train``), then
-loads the bundle in a fresh process and measures that process's private memory (private dirty
-pages from ``/proc/<pid>/smaps_rollup``: what only it holds and the system cannot drop; the
-clean pages of mapped bundle files are page cache, shared by every worker that maps them),
+loads the bundle in a fresh process and measures that process's private memory (the
+``Anonymous`` memory from ``/proc/<pid>/smaps_rollup``: what only it holds, backed by no
+file; the pages of mapped bundle files are page cache, shared by every worker mapping them),
 before and after loading and after answering a few questions, with what each part of the
 bundle adds. With ``--workers 2`` it also starts ``dmp-ml serve`` with two workers and reports
 each worker's private memory after a round of requests. Prints one table.
@@ -34,14 +34,14 @@ import gc, json, sys
 from pathlib import Path
 
 def uss():
-    # private dirty bytes: what only this process holds and the OS cannot drop (the clean
-    # pages of a mapped bundle file are shared page cache, whoever maps them)
+    # anonymous bytes: what only this process holds, not backed by a file (the
+    # pages of a mapped bundle file are page cache, shared by whoever maps them)
     gc.collect()
-    return private_dirty("self")
+    return private_anon("self")
 
-def private_dirty(pid):
+def private_anon(pid):
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Private_Dirty"))
+        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
 
 import dmp_ml.bundle as b
 from dmp_ml.features import FeatureTable
@@ -79,10 +79,10 @@ print(json.dumps({"mb": (uss() - before) / 2**20}))
 """
 
 
-def private_dirty(pid: int | str) -> int:
-    """Private dirty bytes of process ``pid`` (``self`` for this one), from smaps_rollup."""
+def private_anon(pid: int | str) -> int:
+    """Anonymous (private, backed by no file) bytes of process ``pid`` (``self``: this one)."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Private_Dirty"))
+        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
 
 
 def run(cmd: list[str], **kw: object) -> None:
@@ -128,7 +128,7 @@ def probe(workdir: Path) -> dict[str, object]:
 
 
 def serve_workers(workdir: Path, n_workers: int) -> list[float]:
-    """Start ``dmp-ml serve`` with ``n_workers``, ask each a few questions; each worker's private MB."""
+    """Serve with ``n_workers``, send a few requests; each worker's private (anonymous) MB."""
     import psutil
 
     with socket.socket() as s:
@@ -160,9 +160,9 @@ def serve_workers(workdir: Path, n_workers: int) -> list[float]:
                 pass
         time.sleep(1)
         workers = psutil.Process(server.pid).children(recursive=True)
-        return sorted(
-            private_dirty(p.pid) / 2**20 for p in workers if "python" in p.name().lower()
-        )[-n_workers:]
+        return sorted(private_anon(p.pid) / 2**20 for p in workers if "python" in p.name().lower())[
+            -n_workers:
+        ]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)

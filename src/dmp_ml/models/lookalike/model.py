@@ -530,6 +530,9 @@ class LookalikeModel:
             "format_version": FORMAT_VERSION,
             "settings": self.settings.model_dump(),
             "embedder": self.embedder_.to_dict(),
+            # derived from the arrays, but stored: recomputing it at load reads every row
+            # into private memory
+            "population": {k: np.asarray(v).tolist() for k, v in self.population_.items()},
             "removed": np.flatnonzero(self.removed_).tolist(),
             "spec": self.spec_.to_dict() if self.spec_ is not None else None,
             "build_report": self.build_report_,
@@ -565,7 +568,9 @@ class LookalikeModel:
             self.removed_ = np.zeros(n, dtype=bool)
             self.removed_[np.asarray(meta["removed"], dtype=np.int64)] = True
             self.index_ = LookalikeIndex.load(directory, n_threads=self.threads)
-            self._population_stats()
+        self.population_ = {
+            k: np.asarray(v, dtype=np.float64) for k, v in meta["population"].items()
+        }
         self.spec_ = FeatureSpec.from_dict(meta["spec"]) if meta["spec"] else None
         self.build_report_ = meta["build_report"]
         return self
