@@ -49,14 +49,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
 _UNKNOWN_COHORT = "__unknown__"
-_FILES = (
-    "send_time.json",
-    "send_time_profiles.parquet",
-    "send_time_curves.npz",
-    "local_shape.npy",
-    "local_shape_sd.npy",
-)
-"""Meta, per-profile columns, population curves, and the per-profile curves (mapped on load)."""
+_CURVES = ("local_shape", "local_shape_sd")  # per profile, (n, 168): ``<name>.npy``, mapped
+_FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
 
 
 class SendTimeModel(BaseEstimator):
@@ -708,8 +702,8 @@ class SendTimeModel(BaseEstimator):
             }
         )
         profiles.to_parquet(path / _FILES[1], index=False)
-        write_array(path / _FILES[3], np.asarray(self.local_shape_, dtype=np.float32))
-        write_array(path / _FILES[4], np.asarray(self.local_shape_sd_, dtype=np.float32))
+        for name in _CURVES:
+            write_array(path / f"{name}.npy", np.asarray(getattr(self, f"{name}_"), np.float32))
         np.savez(
             path / _FILES[2],
             global_shape=self.global_shape_,
@@ -726,7 +720,7 @@ class SendTimeModel(BaseEstimator):
         ``n_threads`` is accepted for the bundle protocol; the model runs no thread pools.
         """
         path = Path(directory)
-        missing = [name for name in _FILES if not (path / name).exists()]
+        missing = [n for n in (*_FILES, *(f"{c}.npy" for c in _CURVES)) if not (path / n).exists()]
         if missing:
             raise BundleError(f"send-time model in {path} is missing {', '.join(missing)}")
         try:
@@ -734,9 +728,7 @@ class SendTimeModel(BaseEstimator):
             profiles = pd.read_parquet(path / _FILES[1])
             with np.load(path / _FILES[2], allow_pickle=False) as arrays:
                 stored = {key: arrays[key] for key in arrays.files}
-            # the (n, 168) curves are mapped, shared by every worker; update copies them
-            stored["local_shape"] = map_array(path / _FILES[3])
-            stored["local_shape_sd"] = map_array(path / _FILES[4])
+            stored.update({name: map_array(path / f"{name}.npy") for name in _CURVES})
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"send-time model in {path} is unreadable: {exc}") from exc
         if meta.get("format_version") != FORMAT_VERSION:
