@@ -11,7 +11,10 @@ Layout of a bundle directory (the workdir's layout is in :mod:`dmp_ml.layout`)::
 :func:`save_bundle` writes a bundle's features, models and scores and its manifest;
 :class:`ModelBundle` reads them back, both by iterating :data:`dmp_ml.models.REGISTRY`, so a
 registered model needs no code here. A model is in a bundle when its step's status in the
-manifest's ``steps`` is ``trained``.
+manifest's ``steps`` is ``trained``. Models write their large per-profile arrays (send-time
+curves, lookalike vectors, the flat FAISS index) as files they map read-only on load
+(:mod:`dmp_ml.mapped`), so the service's workers share one copy in the page cache; bundle
+files are never changed in place (a refresh or an erasure publishes a new version).
 
 A bundle is written into a temporary directory, checked, then published by renaming it into
 ``bundles/`` and atomically replacing the ``bundle`` pointer: a run that fails leaves the

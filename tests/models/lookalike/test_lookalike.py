@@ -333,12 +333,29 @@ def test_save_load_round_trip_gives_identical_audiences(model, world, tmp_path) 
     before = model.expand(seed, size=250, exclude_ids=list(_members(groups, 0)[:50]))
     model.save(tmp_path / "lookalike")
     files = sorted(p.name for p in (tmp_path / "lookalike").iterdir())
-    assert files == ["index.faiss", "index.json", "lookalike.json", "profiles.parquet"]
+    assert files == [
+        "codes.npy",
+        "index.faiss",
+        "index.json",
+        "lookalike.json",
+        "profiles.parquet",
+        "raw.npy",
+        "vectors.npy",
+    ]
     loaded = LookalikeModel.load(tmp_path / "lookalike", n_threads=1)
+    # the per-profile arrays and the flat index are mapped from the files, not copied
+    assert isinstance(loaded.vectors_, np.memmap) and not loaded.vectors_.flags.writeable
+    assert loaded.index_.mapped_
     after = loaded.expand(seed, size=250, exclude_ids=list(_members(groups, 0)[:50]))
     pd.testing.assert_frame_equal(before.frame, after.frame)
     assert before.diagnostics == after.diagnostics
     np.testing.assert_array_equal(model.vectors_, loaded.vectors_)
+    # forgetting on a mapped model takes private copies and leaves the files as saved
+    gone = list(_members(groups, 0)[:5])
+    assert loaded.forget(gone) == 5
+    assert not loaded.index_.mapped_
+    assert set(gone).isdisjoint(loaded.expand(seed, size=250).frame["profile_id"])
+    np.testing.assert_array_equal(np.load(tmp_path / "lookalike" / "vectors.npy"), model.vectors_)
 
 
 def test_forgotten_profiles_are_never_returned_nor_used(world, tmp_path) -> None:

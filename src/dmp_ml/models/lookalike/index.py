@@ -141,6 +141,7 @@ class LookalikeIndex:
             index.train(vectors[train_rows])
         index.add_with_ids(vectors, ids)
         self.index_ = index
+        self.mapped_ = False
         sub = faiss.downcast_index(index.index)
         self.kind_ = "flat"
         self.param_name_: str | None = None
@@ -251,13 +252,21 @@ class LookalikeIndex:
         del batch, selector
         return sims, ids
 
+    def owned(self) -> Any:
+        """The FAISS index, first copied into private memory when it is mapped (before a change
+        in place: a mapped index is read-only)."""
+        if self.mapped_:
+            self.index_ = faiss.deserialize_index(faiss.serialize_index(self.index_))
+            self.mapped_ = False
+        return self.index_
+
     def remove_ids(self, ids: Iterable[int]) -> int:
         """Remove ``ids`` from the index; where the index type cannot, they are masked instead."""
         arr = np.unique(np.asarray(list(ids), dtype=np.int64))
         if arr.size == 0:
             return 0
         try:
-            return int(self.index_.remove_ids(arr))
+            return int(self.owned().remove_ids(arr))
         except RuntimeError:
             before = len(self.removed_)
             self.removed_ = np.union1d(self.removed_, arr)
@@ -296,7 +305,11 @@ class LookalikeIndex:
         directory = Path(directory)
         try:
             meta = json.loads((directory / "index.json").read_text(encoding="utf-8"))
-            index = faiss.read_index(str(directory / "index.faiss"))
+            # a flat index is mapped (its vectors shared by every worker); FAISS maps only
+            # IndexFlatCodes storage, so IVF and HNSW indexes are read into memory
+            mapped = meta["kind"] == "flat"
+            flags = faiss.IO_FLAG_MMAP_IFC if mapped else 0
+            index = faiss.read_index(str(directory / "index.faiss"), flags)
         except (OSError, ValueError, RuntimeError) as exc:
             raise BundleError(f"lookalike index in {directory} is unreadable: {exc}") from exc
         params = dict(meta["params"])
@@ -304,6 +317,7 @@ class LookalikeIndex:
             params["n_threads"] = n_threads
         self = cls(**params)
         self.index_ = index
+        self.mapped_ = mapped
         self.kind_ = meta["kind"]
         self.param_name_ = meta["param_name"]
         self.param_value_ = meta["param_value"]

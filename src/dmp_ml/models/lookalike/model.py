@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from dmp_ml.errors import BundleError, DataContractError, RequestError, UnknownProfileError
 from dmp_ml.features import FeatureSpec, FeatureTable
+from dmp_ml.mapped import map_array, writable, write_array
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.models.lookalike.audience import CANDIDATES, Audience, SeedPlan, fit_ranker, rank
 from dmp_ml.models.lookalike.embedding import CHUNK_ROWS, Embedder
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ARRAYS = ("raw", "codes", "vectors")
+"""Per-profile arrays saved as ``<name>.npy`` and mapped on load (attributes ``<name>_``)."""
 
 
 class LookalikeModel:
@@ -451,10 +454,11 @@ class LookalikeModel:
         live = pos >= 0
         live[live] = ~self.removed_[pos[live]]
         in_place = self.index_.kind_ in ("flat", "ivf")
-        index = self.index_.index_
+        index = self.index_.owned()
         if live.any() and in_place:
             p = pos[live].astype(np.int64)
             index.remove_ids(p)
+            self._own_arrays()
             self.raw_[p] = raw[live]
             self.codes_[p] = codes[live]
             self.vectors_[p] = vectors[live]
@@ -492,10 +496,17 @@ class LookalikeModel:
             self.index_ = self.new_index().fit(self.vectors_[live], ids=live)
         return int(len(pos))
 
+    def _own_arrays(self) -> None:
+        """Private copies of the mapped (read-only) arrays before a change in place."""
+        self.raw_ = writable(self.raw_)
+        self.codes_ = writable(self.codes_)
+        self.vectors_ = writable(self.vectors_)
+
     def _retire(self, pos: np.ndarray) -> None:
         """Take rows out of the index (masked where it cannot remove) and wipe them."""
         self.index_.remove_ids(pos)
         self.removed_[pos] = True
+        self._own_arrays()
         self.raw_[pos] = np.nan
         self.codes_[pos] = -1
         self.vectors_[pos] = 0.0
@@ -510,17 +521,18 @@ class LookalikeModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.index_.save(directory)
-        emb = self.embedder_
         data = {"profile_id": pd.array(self.profile_ids_.to_numpy(), dtype="string")}
-        for j, col in enumerate(emb.numeric_columns_):
-            data[f"n:{col}"] = self.raw_[:, j]
-        for j, col in enumerate(emb.categorical_columns_):
-            data[f"c:{col}"] = self.codes_[:, j]
         pd.DataFrame(data).to_parquet(directory / "profiles.parquet", index=False)
+        # the per-profile arrays as .npy files that load maps (shared by every worker)
+        for name in ARRAYS:
+            write_array(directory / f"{name}.npy", getattr(self, f"{name}_"))
         meta = {
             "format_version": FORMAT_VERSION,
             "settings": self.settings.model_dump(),
-            "embedder": emb.to_dict(),
+            "embedder": self.embedder_.to_dict(),
+            # derived from the arrays, but stored: recomputing it at load reads every row
+            # into private memory
+            "population": {k: np.asarray(v).tolist() for k, v in self.population_.items()},
             "removed": np.flatnonzero(self.removed_).tolist(),
             "spec": self.spec_.to_dict() if self.spec_ is not None else None,
             "build_report": self.build_report_,
@@ -543,33 +555,22 @@ class LookalikeModel:
             )
         self = cls(LookalikeSettings(**meta["settings"]), n_threads=n_threads)
         self.embedder_ = Embedder.from_dict(meta["embedder"])
-        emb = self.embedder_
         try:
-            raw = np.ascontiguousarray(
-                np.array(
-                    [profiles[f"n:{c}"].to_numpy(np.float32) for c in emb.numeric_columns_],
-                    dtype=np.float32,
-                )
-                .reshape(len(emb.numeric_columns_), len(profiles))
-                .T
-            )
-            codes = np.ascontiguousarray(
-                np.array(
-                    [profiles[f"c:{c}"].to_numpy(np.int16) for c in emb.categorical_columns_],
-                    dtype=np.int16,
-                )
-                .reshape(len(emb.categorical_columns_), len(profiles))
-                .T
-            )
-        except KeyError as exc:
-            raise BundleError(f"lookalike profiles in {directory} lack column {exc}") from exc
-        ids = pd.Index(profiles["profile_id"].astype("string"), name="profile_id")
+            arrays = {name: map_array(directory / f"{name}.npy") for name in ARRAYS}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"lookalike arrays in {directory} are unreadable: {exc}") from exc
+        n = len(profiles)
+        if any(len(a) != n for a in arrays.values()):
+            raise BundleError(f"lookalike arrays in {directory} do not match its profile list")
+        self.profile_ids_ = pd.Index(profiles["profile_id"].astype("string"), name="profile_id")
+        self.raw_, self.codes_, self.vectors_ = arrays["raw"], arrays["codes"], arrays["vectors"]
         with threadpool_limits(limits=self.threads):
-            self._set_data(ids, raw, codes)
-            self.removed_ = np.zeros(len(raw), dtype=bool)
+            self.removed_ = np.zeros(n, dtype=bool)
             self.removed_[np.asarray(meta["removed"], dtype=np.int64)] = True
             self.index_ = LookalikeIndex.load(directory, n_threads=self.threads)
-            self._population_stats()
+        self.population_ = {
+            k: np.asarray(v, dtype=np.float64) for k, v in meta["population"].items()
+        }
         self.spec_ = FeatureSpec.from_dict(meta["spec"]) if meta["spec"] else None
         self.build_report_ = meta["build_report"]
         return self

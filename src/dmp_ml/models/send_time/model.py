@@ -21,6 +21,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from dmp_ml.errors import BundleError, DataContractError, InsufficientDataError, RequestError
+from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
 from dmp_ml.models.send_time import baselines, curves
 from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
 _UNKNOWN_COHORT = "__unknown__"
+_CURVES = ("local_shape", "local_shape_sd")  # per profile, (n, 168): ``<name>.npy``, mapped
 _FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
 
 
@@ -667,7 +669,8 @@ class SendTimeModel(BaseEstimator):
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: str | Path) -> Path:
-        """Write the fitted model to ``directory`` (JSON + Parquet + NPZ; no pickle)."""
+        """Write the fitted model to ``directory`` (JSON + Parquet + NPZ + NPY; no pickle); the
+        per-profile curves as ``.npy`` files that :meth:`load` maps."""
         self.check_fitted()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
@@ -705,10 +708,10 @@ class SendTimeModel(BaseEstimator):
             }
         )
         profiles.to_parquet(path / _FILES[1], index=False)
+        for name in _CURVES:
+            write_array(path / f"{name}.npy", np.asarray(getattr(self, f"{name}_"), np.float32))
         np.savez(
             path / _FILES[2],
-            local_shape=self.local_shape_,
-            local_shape_sd=self.local_shape_sd_,
             global_shape=self.global_shape_,
             cohort_shapes=self.cohort_shapes_,
             baseline_global=self.baseline_global_,
@@ -723,7 +726,7 @@ class SendTimeModel(BaseEstimator):
         ``n_threads`` is accepted for the bundle protocol; the model runs no thread pools.
         """
         path = Path(directory)
-        missing = [name for name in _FILES if not (path / name).exists()]
+        missing = [n for n in (*_FILES, *(f"{c}.npy" for c in _CURVES)) if not (path / n).exists()]
         if missing:
             raise BundleError(f"send-time model in {path} is missing {', '.join(missing)}")
         try:
@@ -731,6 +734,7 @@ class SendTimeModel(BaseEstimator):
             profiles = pd.read_parquet(path / _FILES[1])
             with np.load(path / _FILES[2], allow_pickle=False) as arrays:
                 stored = {key: arrays[key] for key in arrays.files}
+            stored.update({name: map_array(path / f"{name}.npy") for name in _CURVES})
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"send-time model in {path} is unreadable: {exc}") from exc
         if meta.get("format_version") != FORMAT_VERSION:
