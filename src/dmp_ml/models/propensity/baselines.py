@@ -8,6 +8,8 @@ buy-till-you-die model of the target event (BG/NBD, fitted with the ``lifetimes`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import re
@@ -222,6 +224,10 @@ class SingleFeatureBaseline:
         return state
 
 
+WEEK_DAYS = 7.0
+"""BG/NBD is fitted in weeks: day-scale ages make its optimiser lose precision."""
+
+
 def expected_column(target_event: str) -> str:
     """Name of the BG/NBD expected-events column of ``target_event`` (a derived feature)."""
     return f"{slug(target_event)}_expected_bgnbd"
@@ -232,10 +238,11 @@ class BGNBDBaseline:
 
     Each row's repeat count ``x = {event}_count_total - 1``, age ``T = {event}_tenure_days`` and
     first-to-last span ``t_x = T - days_since_{event}`` (days, as of the row's cutoff) feed
-    ``lifetimes.BetaGeoFitter`` over the rows with at least one event; a row's score is the
-    expected number of events in the next ``horizon_days`` given its history. A 2-input
-    logistic fit (log1p of that expectation, and "never did it") maps scores to probabilities,
-    so profiles without the event are ranked too. Without the columns it predicts the base rate.
+    ``lifetimes.BetaGeoFitter`` (in weeks) over the rows with at least one event; a row's
+    score is the expected number of events in the next ``horizon_days`` given its history. A
+    2-input logistic fit (log1p of that expectation, and "never did it") maps scores to
+    probabilities, so profiles without the event are ranked too. Without the columns (or a
+    converged fit) it predicts the base rate.
 
     Parameters
     ----------
@@ -244,12 +251,12 @@ class BGNBDBaseline:
     horizon_days : float
         The window the expectation is taken over (the propensity horizon).
     penalizer : float
-        L2 penalty on the BG/NBD parameters (``lifetimes``' ``penalizer_coef``), for stability
-        on short logs.
+        L2 penalty on the BG/NBD parameters (``lifetimes``' ``penalizer_coef``; 0 = plain
+        maximum likelihood). A fit that does not converge is retried with 1e-3, then 1e-2.
     """
 
     def __init__(
-        self, target_event: str = "purchase", horizon_days: float = 90.0, penalizer: float = 1e-3
+        self, target_event: str = "purchase", horizon_days: float = 90.0, penalizer: float = 0.0
     ) -> None:
         self.target_event = target_event
         self.horizon_days = horizon_days
@@ -282,7 +289,7 @@ class BGNBDBaseline:
         ok = ~np.isnan(T)
         if ok.any():
             out[ok] = self._fitter().conditional_expected_number_of_purchases_up_to_time(
-                self.horizon_days, x[ok], t_x[ok], T[ok]
+                self.horizon_days / WEEK_DAYS, x[ok], t_x[ok] / WEEK_DAYS, T[ok] / WEEK_DAYS
             )
         return np.clip(np.nan_to_num(out, nan=0.0, posinf=0.0), 0.0, None)
 
@@ -295,6 +302,25 @@ class BGNBDBaseline:
         if self.params_ is not None:
             fitter.params_ = pd.Series(self.params_)
         return fitter
+
+    def _fit_params(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> dict[str, float] | None:
+        """BG/NBD parameters (r, alpha, a, b); a stronger penalty when the fit does not
+        converge, None (with a warning) when it never does."""
+        from lifetimes.utils import ConvergenceError
+
+        for penalizer in (self.penalizer, *(p for p in (1e-3, 1e-2) if p > self.penalizer)):
+            fitter = self._fitter()
+            fitter.penalizer_coef = penalizer
+            try:
+                # lifetimes prints the optimiser's state when it fails: keep it off stdout
+                with contextlib.redirect_stdout(io.StringIO()):
+                    fitter.fit(x, t_x, T)
+            except ConvergenceError:
+                logger.info("BG/NBD fit did not converge with penalizer %g", penalizer)
+                continue
+            return {k: float(v) for k, v in fitter.params_.items()}
+        logger.warning("BG/NBD fit did not converge: the BG/NBD baseline predicts the base rate")
+        return None
 
     def _inputs(self, X: pd.DataFrame) -> np.ndarray:
         history = self._history(X)
@@ -317,9 +343,9 @@ class BGNBDBaseline:
                 "fewer than 10 rows with a %s: BG/NBD baseline = base rate", self.target_event
             )
             return self
-        fitter = self._fitter()
-        fitter.fit(x[ok], t_x[ok], T[ok])
-        self.params_ = {k: float(v) for k, v in fitter.params_.items()}
+        self.params_ = self._fit_params(x[ok], t_x[ok] / WEEK_DAYS, T[ok] / WEEK_DAYS)
+        if self.params_ is None:
+            return self
         self.model_ = LogisticRegression(C=1e6, solver="newton-cholesky", max_iter=200)
         self.model_.fit(self._inputs(X), y)
         return self
