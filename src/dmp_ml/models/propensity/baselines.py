@@ -236,8 +236,9 @@ def expected_column(target_event: str) -> str:
 class BGNBDBaseline:
     """BG/NBD buy-till-you-die model of the target event, scored as expected purchases.
 
-    Each row's repeat count ``x = {event}_count_total - 1``, age ``T = {event}_tenure_days`` and
-    first-to-last span ``t_x = T - days_since_{event}`` (days, as of the row's cutoff) feed
+    Each row's repeat count ``x = {event}_count_total - 1`` (at most one a day), age
+    ``T = {event}_tenure_days`` and first-to-last span ``t_x = T - days_since_{event}`` (days,
+    as of the row's cutoff) feed
     ``lifetimes.BetaGeoFitter`` (in weeks) over the rows with at least one event; a row's
     score is the expected number of events in the next ``horizon_days`` given its history. A
     2-input logistic fit (log1p of that expectation, and "never did it") maps scores to
@@ -277,7 +278,11 @@ class BGNBDBaseline:
         bought = (count >= 1) & (age > 0) & ~np.isnan(since)
         T = np.where(bought, age, np.nan)
         t_x = np.where(bought, np.clip(age - since, 0.0, None), np.nan)
-        return np.where(bought, count - 1, np.nan), t_x, T
+        # repeat occasions, at most one a day: a log with one row per order line counts a
+        # basket many times, and BG/NBD needs no repeat when first and last coincide
+        x = np.minimum(count - 1, np.floor(np.nan_to_num(t_x)))
+        t_x = np.where(x > 0, t_x, 0.0)  # no repeat: the span is 0 by definition
+        return np.where(bought, x, np.nan), np.where(bought, t_x, np.nan), T
 
     def expected_purchases(self, X: pd.DataFrame) -> np.ndarray:
         """Expected target events in the horizon per row (0 where it never happened), (n,)."""
@@ -313,7 +318,12 @@ class BGNBDBaseline:
             fitter.penalizer_coef = penalizer
             try:
                 # lifetimes prints the optimiser's state when it fails: keep it off stdout
-                with contextlib.redirect_stdout(io.StringIO()):
+                with (
+                    contextlib.redirect_stdout(io.StringIO()),
+                    warnings.catch_warnings(),
+                    np.errstate(all="ignore"),
+                ):
+                    warnings.simplefilter("ignore", RuntimeWarning)
                     fitter.fit(x, t_x, T)
             except ConvergenceError:
                 logger.info("BG/NBD fit did not converge with penalizer %g", penalizer)
