@@ -97,14 +97,22 @@ def test_the_model_gets_expected_purchases_as_a_feature_and_keeps_it_through_sav
     sparse, tmp_path: Path
 ) -> None:
     snapshots, score_table, settings = sparse
-    result = train_propensity(snapshots, score_table, settings)
-    assert "baseline_bgnbd" in result.candidates
-    model = result.model
-    assert model.bgnbd_ is not None
+    (X_train, y_train), (X_valid, y_valid) = [
+        (t.frame, lab.to_numpy()) for t, lab in snapshots[-2:]
+    ]
+    bgnbd = BGNBDBaseline("purchase", 30).fit(X_train, y_train)
+    model = PropensityModel(**FAST).fit(X_train, y_train, X_valid, y_valid, bgnbd=bgnbd)
     assert "purchase_expected_bgnbd" in model.feature_names_
     assert "purchase_expected_bgnbd" not in score_table.frame.columns  # derived at prediction
     assert model.feature_importance_["purchase_expected_bgnbd"] > 0  # the trees use it
     model.save(tmp_path)
     reloaded = PropensityModel.load(tmp_path)
+    assert reloaded.bgnbd_ is not None and reloaded.bgnbd_.params_ == bgnbd.params_
     X = score_table.frame
     np.testing.assert_allclose(reloaded.predict_proba(X), model.predict_proba(X))
+    # training keeps the feature only when it wins on the validation snapshot, and says so
+    result = train_propensity(snapshots, score_table, settings)
+    assert "baseline_bgnbd" in result.candidates
+    assert result.model.info_["bgnbd_feature"] == (
+        "purchase_expected_bgnbd" in result.model.feature_names_
+    )
