@@ -1,9 +1,8 @@
-"""The BG/NBD buy-till-you-die baseline and its expected-purchases feature on sparse logs."""
+"""The BG/NBD buy-till-you-die baseline on sparse logs."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 
 import dmp_ml.demo
 from dmp_ml import metrics
-from dmp_ml.models.propensity import PropensityModel, build_snapshots, train_propensity
+from dmp_ml.models.propensity import build_snapshots
 from dmp_ml.models.propensity.baselines import (
     BASELINES,
     BGNBDBaseline,
@@ -91,28 +90,3 @@ def test_bgnbd_ranks_a_later_snapshot_of_a_sparse_world_and_round_trips(sparse) 
 def test_the_guard_can_serve_bgnbd() -> None:
     aucs = {"model": 0.70, "baseline_rf_logreg": 0.71, "baseline_bgnbd": 0.74}
     assert choose_served(aucs) == "baseline_bgnbd"
-
-
-def test_the_model_gets_expected_purchases_as_a_feature_and_keeps_it_through_save(
-    sparse, tmp_path: Path
-) -> None:
-    snapshots, score_table, settings = sparse
-    (X_train, y_train), (X_valid, y_valid) = [
-        (t.frame, lab.to_numpy()) for t, lab in snapshots[-2:]
-    ]
-    bgnbd = BGNBDBaseline("purchase", 30).fit(X_train, y_train)
-    model = PropensityModel(**FAST).fit(X_train, y_train, X_valid, y_valid, bgnbd=bgnbd)
-    assert "purchase_expected_bgnbd" in model.feature_names_
-    assert "purchase_expected_bgnbd" not in score_table.frame.columns  # derived at prediction
-    assert model.feature_importance_["purchase_expected_bgnbd"] > 0  # the trees use it
-    model.save(tmp_path)
-    reloaded = PropensityModel.load(tmp_path)
-    assert reloaded.bgnbd_ is not None and reloaded.bgnbd_.params_ == bgnbd.params_
-    X = score_table.frame
-    np.testing.assert_allclose(reloaded.predict_proba(X), model.predict_proba(X))
-    # training keeps the feature only when it wins on the validation snapshot, and says so
-    result = train_propensity(snapshots, score_table, settings)
-    assert "baseline_bgnbd" in result.candidates
-    assert result.model.info_["bgnbd_feature"] == (
-        "purchase_expected_bgnbd" in result.model.feature_names_
-    )

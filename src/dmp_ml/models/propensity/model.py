@@ -29,12 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError
 from dmp_ml.models.base import constructor_args
-from dmp_ml.models.propensity.baselines import (
-    Baseline,
-    BGNBDBaseline,
-    baseline_from_dict,
-    expected_column,
-)
+from dmp_ml.models.propensity.baselines import Baseline, baseline_from_dict
 from dmp_ml.models.propensity.calibration import Calibrator
 
 if TYPE_CHECKING:
@@ -118,8 +113,7 @@ class PropensityModel(BaseEstimator):
     (candidate -> validation ROC-AUC), feature_names_, categories_ (column -> categories),
     feature_importance_ (gain of ``booster_``), validation_ (metrics before/after calibration),
     validation_predictions_ (DataFrame: y, raw, p_uncalibrated, p_calibrated), info_ (free-form
-    metadata saved with the model, e.g. cutoffs), bgnbd_ (the BG/NBD fit whose expected events
-    are a derived feature, or None).
+    metadata saved with the model, e.g. cutoffs).
     """
 
     name: ClassVar[str] = "propensity"
@@ -195,8 +189,7 @@ class PropensityModel(BaseEstimator):
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
         """Reindex to the training columns, fix dtypes and categories, rename to f0..fN."""
-        derived = self._derived_column()
-        missing = [c for c in self.feature_names_ if c not in X.columns and c != derived]
+        missing = [c for c in self.feature_names_ if c not in X.columns]
         if missing:
             logger.warning(
                 "%d feature column(s) missing at prediction, treated as unknown: %s",
@@ -204,12 +197,9 @@ class PropensityModel(BaseEstimator):
                 missing[:5],
             )
         out: dict[str, Any] = {}
-        derived = self._derived_column()
         for i, name in enumerate(self.feature_names_):
             key = f"f{i}"
             col = X[name] if name in X.columns else None
-            if name == derived and col is None and self.bgnbd_ is not None:
-                col = pd.Series(self.bgnbd_.expected_purchases(X), index=X.index)
             if name in self.categories_:
                 cats = self.categories_[name]
                 values = (
@@ -228,19 +218,12 @@ class PropensityModel(BaseEstimator):
                 )
         return pd.DataFrame(out, index=pd.RangeIndex(len(X)))
 
-    def _derived_column(self) -> str | None:
-        bgnbd = getattr(self, "bgnbd_", None)
-        return None if bgnbd is None else expected_column(bgnbd.target_event)
-
     def _learn_schema(self, X_train: pd.DataFrame, X_valid: pd.DataFrame) -> None:
         self.feature_names_ = [str(c) for c in X_train.columns]
-        derived = self._derived_column()
-        if derived is not None and derived not in self.feature_names_:
-            self.feature_names_.append(derived)
         if len(set(self.feature_names_)) != len(self.feature_names_):
             raise ValueError("feature columns must be unique")
         self.categories_: dict[str, list[str]] = {}
-        for name in (n for n in self.feature_names_ if n != derived):
+        for name in self.feature_names_:
             if is_categorical(X_train[name]):
                 seen = pd.concat([X_train[name], X_valid[name]]).dropna().astype(str)
                 self.categories_[name] = sorted(seen.unique().tolist())
@@ -257,8 +240,6 @@ class PropensityModel(BaseEstimator):
         y_train: Sequence[int] | np.ndarray | pd.Series,
         X_valid: pd.DataFrame,
         y_valid: Sequence[int] | np.ndarray | pd.Series,
-        *,
-        bgnbd: BGNBDBaseline | None = None,
     ) -> PropensityModel:
         """Train with early stopping on the (later) validation data, calibrate, then refit.
 
@@ -268,17 +249,12 @@ class PropensityModel(BaseEstimator):
             Same columns (``X_valid`` is reindexed to ``X_train``'s columns); numeric or
             categorical (pandas ``category``/string columns are treated as categorical).
         y_train, y_valid : array-like of 0/1, shape (n,)
-        bgnbd : BGNBDBaseline, optional
-            A BG/NBD fit (on the training rows only) whose expected target events in the
-            horizon become one more feature, computed from each row's own columns (so the
-            sparse-log signal of a buy-till-you-die model reaches the trees).
         """
         yt = np.asarray(y_train, dtype=np.float64)
         yv = np.asarray(y_valid, dtype=np.float64)
         if len(yt) != len(X_train) or len(yv) != len(X_valid):
             raise ValueError("X and y differ in length")
         X_valid = X_valid.reindex(columns=X_train.columns)
-        self.bgnbd_ = bgnbd if bgnbd is not None and bgnbd.params_ is not None else None
         self._learn_schema(X_train, X_valid)
         Xt, Xv = self._prepare(X_train), self._prepare(X_valid)
         cat_cols = [f"f{i}" for i, n in enumerate(self.feature_names_) if n in self.categories_]
@@ -486,7 +462,6 @@ class PropensityModel(BaseEstimator):
             "feature_importance": self.feature_importance_.to_dict(),
             "info": self.info_,
             "served": self.served,
-            "bgnbd": None if self.bgnbd_ is None else self.bgnbd_.to_dict(),
         }
         if self.served != "model":
             meta["baseline"] = self.baseline_.to_dict()
@@ -532,8 +507,6 @@ class PropensityModel(BaseEstimator):
         ).reindex(model.feature_names_, fill_value=0.0)
         model.info_ = dict(meta.get("info", {}))
         model.served_ = str(meta.get("served", "model"))
-        bgnbd = meta.get("bgnbd")
-        model.bgnbd_ = None if bgnbd is None else baseline_from_dict(bgnbd)
         if model.served_ != "model":
             model.baseline_ = baseline_from_dict(meta["baseline"])
             model.holdout_baseline_ = baseline_from_dict(meta["holdout_baseline"])

@@ -193,25 +193,9 @@ def train_propensity(
         name: make(target, ps.horizon_days).fit(X_train, y_train)
         for name, make in BASELINES.items()
     }
-    # the BG/NBD fit's expected events as one more feature, kept only when the booster with
-    # it beats the booster without it on the validation snapshot (a choice made by time split)
     model = PropensityModel.from_settings(settings)
-    model.info_ = dict(info)
+    model.info_ = info
     model.fit(X_train, y_train, X_valid, y_valid)
-    if baselines["baseline_bgnbd"].params_ is not None:
-        with_bgnbd = PropensityModel.from_settings(settings)
-        with_bgnbd.info_ = dict(info)
-        with_bgnbd.fit(X_train, y_train, X_valid, y_valid, bgnbd=baselines["baseline_bgnbd"])
-        auc = {m: m.validation_["uncalibrated"]["roc_auc"] for m in (model, with_bgnbd)}
-        logger.info(
-            "propensity '%s': validation ROC-AUC %.4f without, %.4f with the BG/NBD feature",
-            target,
-            auc[model],
-            auc[with_bgnbd],
-        )
-        if auc[with_bgnbd] > auc[model]:
-            model = with_bgnbd
-    model.info_["bgnbd_feature"] = model.bgnbd_ is not None
     rf, single = baselines["baseline_rf_logreg"], baselines["baseline_single"]
     predictions = pd.DataFrame(
         {
