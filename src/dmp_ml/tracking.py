@@ -415,6 +415,7 @@ def _signature(model: PropensityModel) -> ModelSignature:
 PYFUNC_DISTRIBUTIONS = (
     "mlflow",
     "lightgbm",
+    "lifetimes",
     "numpy",
     "pandas",
     "pyarrow",
@@ -607,7 +608,7 @@ def log_propensity_run(
     """Log a propensity training to MLflow and apply the champion gate.
 
     Logs params (the ``propensity`` settings and the split), metrics (``model_*`` calibrated and
-    cross-fitted, ``model_uncalibrated_*``, ``baseline_rf_logreg_*``, ``baseline_single_*``,
+    cross-fitted, ``model_uncalibrated_*``, ``baseline_<name>_*`` for each baseline,
     ``ece_before_calibration``/``ece_after_calibration``, counts), PNG charts under ``plots/``,
     ``feature_spec.json``, ``feature_importance.json``, and the model as an MLflow pyfunc
     (``mlflow.pyfunc.load_model(uri).predict(df)`` returns probabilities; the ``dmp_ml`` code

@@ -11,7 +11,9 @@ Only events with ``event_time < as_of`` count, after identity resolution
   periods ``(as_of - (k + 1) days, as_of - k days]``, k < w, hold an event),
   ``activity_decayed`` (engagement events weighted ``0.5 ** (age_days / half_life_days)``);
 * per event type: ``{type}_count_{w}d``, ``{type}_count_total``, ``days_since_{type}``,
-  ``{type}_decayed``. The vocabulary is the well-known types (always present, so the schema is
+  ``{type}_decayed``, ``{type}_tenure_days`` (since the first one) and
+  ``{type}_mean_gap_days`` (first to last over count - 1: the mean time between them, NaN
+  below two). The vocabulary is the well-known types (always present, so the schema is
   stable) plus any other type with at least ``vocab_min_share`` of the events (at most
   ``vocab_max_extra`` of them, the most frequent, ties by name); the rest is ``other_event``;
 * money: ``value_sum_{w}d``, ``value_sum_total``, ``value_mean`` (over events with a value);
@@ -27,9 +29,9 @@ Only events with ``event_time < as_of`` count, after identity resolution
   identifier-like text columns (more than 1,000 distinct values, or one per row) are never used.
   Attributes are taken as given: supply point-in-time snapshots when training on old cutoffs.
 
-Missing values: ``days_since_*`` and ``value_mean`` are NaN when the event never happened (an
-honest "never": LightGBM routes NaN natively; distance-based consumers must impute, e.g. with
-the column maximum). Counts, sums and shares are 0 when there is nothing to count.
+Missing values: ``days_since_*``, ``*_tenure_days`` and ``value_mean`` are NaN when the event
+never happened (an honest "never": LightGBM routes NaN natively; distance-based consumers must
+impute, e.g. with the column maximum). Counts, sums and shares are 0 when there is nothing to count.
 
 The 168-bin ``hour_of_week`` matrix counts engagement events (all but
 ``passive_event_types``) per hour of week in the profile's local time (``profiles.timezone``,

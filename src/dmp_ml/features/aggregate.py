@@ -99,6 +99,7 @@ def aggregate(
     )
     since_rows = np.array([pos[f"days_since_{s}"] for s in slugs], dtype=np.int64)
     decay_rows = np.array([pos[f"{s}_decayed"] for s in slugs], dtype=np.int64)
+    first_rows = np.array([pos[f"{s}_tenure_days"] for s in slugs], dtype=np.int64)
     value_rows = np.array(
         [pos[f"value_sum_{d}d"] for d in windows] + [pos["value_sum_total"]], dtype=np.int64
     )
@@ -125,6 +126,7 @@ def aggregate(
             age = age_ns / DAY_NS
             np.add.at(flat, count_rows[et, wbin] * n + prof, 1.0)
             np.minimum.at(flat, since_rows[et] * n + prof, age)
+            np.maximum.at(flat, first_rows[et] * n + prof, age)
             np.add.at(flat, decay_rows[et] * n + prof, np.exp2(age / -p.half_life_days))
 
     def mixes() -> None:  # active days, category/channel/source counts, hour of week
@@ -171,10 +173,16 @@ def aggregate(
     total = block[pos["event_count_total"]]
     last = block[pos["days_since_last_event"]]
     last[:] = np.inf
-    for r in since_rows:
+    for r, first, s in zip(since_rows, first_rows, slugs, strict=True):
         np.fmin(last, block[r], out=last)
         never = np.isinf(block[r])
         block[r][never] = np.nan
+        block[first][never] = np.nan
+        # mean days between the first and the last event of the type (NaN below two events)
+        repeats = block[pos[f"{s}_count_total"]] - 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = (block[first] - block[r]) / repeats
+        block[pos[f"{s}_mean_gap_days"]] = np.where(repeats > 0, gap, np.nan)
     activity = block[pos["activity_decayed"]]
     for r in decay_rows[engaged]:
         activity += block[r]

@@ -70,6 +70,7 @@ class FeatureParams:
         for s in self.type_slugs:
             cols += [f"{s}_count_{d}d" for d in w]
             cols += [f"{s}_count_total", f"days_since_{s}", f"{s}_decayed"]
+            cols += [f"{s}_tenure_days", f"{s}_mean_gap_days"]
         cols += [f"value_sum_{d}d" for d in w] + ["value_sum_total", "value_mean"]
         cols += [f"category_share_{s}" for s in self.category_slugs] + ["category_share_other"]
         cols += [f"channel_share_{s}" for s in self.channel_slugs] + ["channel_share_other"]

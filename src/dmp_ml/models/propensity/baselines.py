@@ -1,16 +1,20 @@
 """Plain baselines a propensity model must beat on the same held-out snapshot.
 
-Both read only recency and frequency columns, chosen by name so they work with whatever subset
-the feature table has: :class:`RecencyFrequencyBaseline` (a logistic regression on all of them)
-and :class:`SingleFeatureBaseline` (the best one alone).
+The first two read only recency and frequency columns, chosen by name so they work with whatever
+subset the feature table has: :class:`RecencyFrequencyBaseline` (a logistic regression on all of
+them) and :class:`SingleFeatureBaseline` (the best one alone). :class:`BGNBDBaseline` is the
+buy-till-you-die model of the target event (BG/NBD, fitted with the ``lifetimes`` library).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import re
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -18,17 +22,21 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from dmp_ml import metrics
+from dmp_ml.features.params import slug
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BASELINES",
+    "BGNBDBaseline",
+    "Baseline",
     "FREQUENCY_PATTERN",
     "RECENCY_PATTERN",
     "RecencyFrequencyBaseline",
     "SingleFeatureBaseline",
     "baseline_from_dict",
     "choose_served",
+    "expected_column",
     "recency_frequency_columns",
 ]
 
@@ -135,6 +143,10 @@ class RecencyFrequencyBaseline:
         Z = (self.transform_.transform(X) - self.mean_) / self.scale_
         return list(self.columns_), Z * self.model_.coef_[0]
 
+    def reason_inputs(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The values :meth:`contributions` names, one column each (shown with a reason)."""
+        return X.reindex(columns=self.columns_)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state (what :meth:`from_dict` reads back)."""
         state: dict[str, Any] = {
@@ -191,6 +203,10 @@ class SingleFeatureBaseline:
         z = self.transform_.transform(X)[:, [self._j]]
         return [self.feature_], z * self.model_.coef_[0]
 
+    def reason_inputs(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The values :meth:`contributions` names, one column each (shown with a reason)."""
+        return X.reindex(columns=[self.feature_] if self.feature_ else [])
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state (what :meth:`from_dict` reads back)."""
         state: dict[str, Any] = {
@@ -208,6 +224,182 @@ class SingleFeatureBaseline:
         return state
 
 
+WEEK_DAYS = 7.0
+"""BG/NBD is fitted in weeks: day-scale ages make its optimiser lose precision."""
+
+
+def expected_column(target_event: str) -> str:
+    """Name of the BG/NBD expected-events column of ``target_event`` (a derived feature)."""
+    return f"{slug(target_event)}_expected_bgnbd"
+
+
+class BGNBDBaseline:
+    """BG/NBD buy-till-you-die model of the target event, scored as expected purchases.
+
+    Each row's repeat count ``x = {event}_count_total - 1`` (at most one a day), age
+    ``T = {event}_tenure_days`` and first-to-last span ``t_x = T - days_since_{event}`` (days,
+    as of the row's cutoff) feed
+    ``lifetimes.BetaGeoFitter`` (in weeks) over the rows with at least one event; a row's
+    score is the expected number of events in the next ``horizon_days`` given its history. A
+    2-input logistic fit (log1p of that expectation, and "never did it") maps scores to
+    probabilities, so profiles without the event are ranked too. Without the columns (or a
+    converged fit) it predicts the base rate.
+
+    Parameters
+    ----------
+    target_event : str
+        The event type modelled (its column slug is looked up in the feature table).
+    horizon_days : float
+        The window the expectation is taken over (the propensity horizon).
+    penalizer : float
+        L2 penalty on the BG/NBD parameters (``lifetimes``' ``penalizer_coef``; 0 = plain
+        maximum likelihood). A fit that does not converge is retried with 1e-3, then 1e-2.
+    """
+
+    def __init__(
+        self, target_event: str = "purchase", horizon_days: float = 90.0, penalizer: float = 0.0
+    ) -> None:
+        self.target_event = target_event
+        self.horizon_days = horizon_days
+        self.penalizer = penalizer
+
+    def _columns(self) -> tuple[str, str, str]:
+        s = slug(self.target_event)
+        return f"{s}_count_total", f"days_since_{s}", f"{s}_tenure_days"
+
+    def _history(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(x, t_x, T) per row, NaN where the event never happened; None without the columns."""
+        if any(c not in X.columns for c in self._columns()):
+            return None
+        count, since, age = (
+            pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+            for c in self._columns()
+        )
+        bought = (count >= 1) & (age > 0) & ~np.isnan(since)
+        T = np.where(bought, age, np.nan)
+        t_x = np.where(bought, np.clip(age - since, 0.0, None), np.nan)
+        # repeat occasions, at most one a day: a log with one row per order line counts a
+        # basket many times, and BG/NBD needs no repeat when first and last coincide
+        x = np.minimum(count - 1, np.floor(np.nan_to_num(t_x)))
+        t_x = np.where(x > 0, t_x, 0.0)  # no repeat: the span is 0 by definition
+        return np.where(bought, x, np.nan), np.where(bought, t_x, np.nan), T
+
+    def expected_purchases(self, X: pd.DataFrame) -> np.ndarray:
+        """Expected target events in the horizon per row (0 where it never happened), (n,)."""
+        history = self._history(X)
+        if history is None or self.params_ is None:
+            return np.zeros(len(X))
+        x, t_x, T = history
+        out = np.zeros(len(X))
+        ok = ~np.isnan(T)
+        if ok.any():
+            out[ok] = self._fitter().conditional_expected_number_of_purchases_up_to_time(
+                self.horizon_days / WEEK_DAYS, x[ok], t_x[ok] / WEEK_DAYS, T[ok] / WEEK_DAYS
+            )
+        return np.clip(np.nan_to_num(out, nan=0.0, posinf=0.0), 0.0, None)
+
+    def _fitter(self) -> Any:
+        with warnings.catch_warnings():  # lifetimes sets a pandas option pandas 3 deprecates
+            warnings.simplefilter("ignore")
+            from lifetimes import BetaGeoFitter
+
+        fitter = BetaGeoFitter(penalizer_coef=self.penalizer)
+        if self.params_ is not None:
+            fitter.params_ = pd.Series(self.params_)
+        return fitter
+
+    def _fit_params(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> dict[str, float] | None:
+        """BG/NBD parameters (r, alpha, a, b); a stronger penalty when the fit does not
+        converge, None (with a warning) when it never does."""
+        from lifetimes.utils import ConvergenceError
+
+        for penalizer in (self.penalizer, *(p for p in (1e-3, 1e-2) if p > self.penalizer)):
+            fitter = self._fitter()
+            fitter.penalizer_coef = penalizer
+            try:
+                # lifetimes prints the optimiser's state when it fails: keep it off stdout
+                with (
+                    contextlib.redirect_stdout(io.StringIO()),
+                    warnings.catch_warnings(),
+                    np.errstate(all="ignore"),
+                ):
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    fitter.fit(x, t_x, T)
+            except ConvergenceError:
+                logger.info("BG/NBD fit did not converge with penalizer %g", penalizer)
+                continue
+            return {k: float(v) for k, v in fitter.params_.items()}
+        logger.warning("BG/NBD fit did not converge: the BG/NBD baseline predicts the base rate")
+        return None
+
+    def _inputs(self, X: pd.DataFrame) -> np.ndarray:
+        history = self._history(X)
+        never = np.ones(len(X)) if history is None else np.isnan(history[2]).astype(np.float64)
+        return np.column_stack([np.log1p(self.expected_purchases(X)), never])
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray | pd.Series) -> BGNBDBaseline:
+        y = np.asarray(y, dtype=np.int64)
+        self.base_rate_ = float(y.mean())
+        self.params_: dict[str, float] | None = None
+        self.model_: LogisticRegression | None = None
+        history = self._history(X)
+        if history is None:
+            logger.warning("no %s history columns: BG/NBD baseline = base rate", self.target_event)
+            return self
+        x, t_x, T = history
+        ok = ~np.isnan(T)
+        if ok.sum() < 10:
+            logger.warning(
+                "fewer than 10 rows with a %s: BG/NBD baseline = base rate", self.target_event
+            )
+            return self
+        self.params_ = self._fit_params(x[ok], t_x[ok] / WEEK_DAYS, T[ok] / WEEK_DAYS)
+        if self.params_ is None:
+            return self
+        self.model_ = LogisticRegression(C=1e6, solver="newton-cholesky", max_iter=200)
+        self.model_.fit(self._inputs(X), y)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        if self.model_ is None:
+            return np.full(len(X), self.base_rate_)
+        return self.model_.predict_proba(self._inputs(X))[:, 1]
+
+    def contributions(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        """Log-odds contribution of the expected purchases and of "never did it", (n, 2)."""
+        if self.model_ is None:
+            return [], np.zeros((len(X), 0))
+        return self._names(), self._inputs(X) * self.model_.coef_[0]
+
+    def _names(self) -> list[str]:
+        s = slug(self.target_event)
+        return [expected_column(self.target_event), f"never_{s}"]
+
+    def reason_inputs(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Expected events in the horizon and "never did it" (0/1), as :meth:`contributions`
+        names them."""
+        history = self._history(X)
+        never = np.ones(len(X)) if history is None else np.isnan(history[2]).astype(np.float64)
+        values = np.column_stack([self.expected_purchases(X), never])
+        return pd.DataFrame(values, index=X.index, columns=self._names())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (what :func:`baseline_from_dict` reads back)."""
+        state: dict[str, Any] = {
+            "kind": "bgnbd",
+            "target_event": self.target_event,
+            "horizon_days": float(self.horizon_days),
+            "penalizer": float(self.penalizer),
+            "base_rate": self.base_rate_,
+            "params": self.params_,
+        }
+        if self.model_ is not None:
+            state.update(
+                coef=self.model_.coef_[0].tolist(), intercept=float(self.model_.intercept_[0])
+            )
+        return state
+
+
 def _logistic(coef: list[float], intercept: float) -> LogisticRegression:
     """A fitted-equivalent logistic regression from its coefficients (for loading)."""
     model = LogisticRegression()
@@ -217,8 +409,17 @@ def _logistic(coef: list[float], intercept: float) -> LogisticRegression:
     return model
 
 
-def baseline_from_dict(state: dict[str, Any]) -> RecencyFrequencyBaseline | SingleFeatureBaseline:
+Baseline = RecencyFrequencyBaseline | SingleFeatureBaseline | BGNBDBaseline
+
+
+def baseline_from_dict(state: dict[str, Any]) -> Baseline:
     """Rebuild a fitted baseline from :meth:`to_dict` state."""
+    if state["kind"] == "bgnbd":
+        bgnbd = BGNBDBaseline(state["target_event"], state["horizon_days"], state["penalizer"])
+        bgnbd.base_rate_ = float(state["base_rate"])
+        bgnbd.params_ = state["params"]
+        bgnbd.model_ = _logistic(state["coef"], state["intercept"]) if "coef" in state else None
+        return bgnbd
     transform = _RFTransform.from_dict(state["transform"])
     baseline: RecencyFrequencyBaseline | SingleFeatureBaseline
     if state["kind"] == "rf_logreg":
@@ -244,11 +445,13 @@ def baseline_from_dict(state: dict[str, Any]) -> RecencyFrequencyBaseline | Sing
     return baseline
 
 
-BASELINES: dict[str, type[RecencyFrequencyBaseline] | type[SingleFeatureBaseline]] = {
-    "baseline_rf_logreg": RecencyFrequencyBaseline,
-    "baseline_single": SingleFeatureBaseline,
+BASELINES: dict[str, Callable[[str, int], Baseline]] = {
+    "baseline_rf_logreg": lambda target_event, horizon_days: RecencyFrequencyBaseline(),
+    "baseline_single": lambda target_event, horizon_days: SingleFeatureBaseline(),
+    "baseline_bgnbd": BGNBDBaseline,
 }
-"""The plain baselines every propensity model is measured against, by report name."""
+"""The plain baselines every propensity model is measured against, by report name: each makes
+an unfitted baseline for ``(target_event, horizon_days)``."""
 
 
 def choose_served(aucs: dict[str, float], margin: float = 0.0) -> str:

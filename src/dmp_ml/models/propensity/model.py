@@ -29,14 +29,8 @@ from sklearn.model_selection import StratifiedKFold
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError
 from dmp_ml.models.base import constructor_args
-from dmp_ml.models.propensity.baselines import (
-    RecencyFrequencyBaseline,
-    SingleFeatureBaseline,
-    baseline_from_dict,
-)
+from dmp_ml.models.propensity.baselines import Baseline, baseline_from_dict
 from dmp_ml.models.propensity.calibration import Calibrator
-
-Baseline = RecencyFrequencyBaseline | SingleFeatureBaseline
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -428,7 +422,8 @@ class PropensityModel(BaseEstimator):
             names, contrib = self.baseline_.contributions(X)
             k = min(n, contrib.shape[1])
             top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
-            values = {i: X[names[i]].tolist() for i in np.unique(top)}
+            inputs = self.baseline_.reason_inputs(X)
+            values = {i: inputs[names[i]].tolist() for i in np.unique(top)}
             return _reasons(top, contrib, names, values)
         prepared = self._prepare(X)
         contrib = self.booster_.predict(prepared, pred_contrib=True, num_threads=self.n_threads)

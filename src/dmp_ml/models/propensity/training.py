@@ -52,9 +52,10 @@ class PropensityResult:
     """Everything one propensity training produced.
 
     ``metrics`` maps ``model`` (calibrated, cross-fitted), ``model_uncalibrated``,
-    ``baseline_rf_logreg`` and ``baseline_single`` to :func:`dmp_ml.metrics.classification_report`
-    dicts computed on the validation snapshot. ``scores`` has ``profile_id, score, percentile`` for
-    every profile of the score table (percentile in (0, 100], 100 = most likely).
+    ``baseline_rf_logreg``, ``baseline_single`` and ``baseline_bgnbd`` to
+    :func:`dmp_ml.metrics.classification_report` dicts computed on the validation snapshot.
+    ``scores`` has ``profile_id, score, percentile`` for every profile of the score table
+    (percentile in (0, 100], 100 = most likely).
     """
 
     model: PropensityModel
@@ -96,6 +97,7 @@ class PropensityResult:
                     "model": pred["p_model"],
                     "RF logistic baseline": pred["p_baseline_rf_logreg"],
                     f"single: {self.baseline_single_feature}": pred["p_baseline_single"],
+                    "BG/NBD baseline": pred["p_baseline_bgnbd"],
                 },
                 title=f"Cumulative gains: {self.target_event} in {self.horizon_days} d",
             ),
@@ -109,6 +111,7 @@ class PropensityResult:
             "model_roc_auc": m["model"]["roc_auc"],
             "baseline_rf_logreg_roc_auc": m["baseline_rf_logreg"]["roc_auc"],
             "baseline_single_roc_auc": m["baseline_single"]["roc_auc"],
+            "baseline_bgnbd_roc_auc": m["baseline_bgnbd"]["roc_auc"],
             "ece_before_calibration": m["model_uncalibrated"]["ece"],
             "ece_after_calibration": m["model"]["ece"],
             "served_roc_auc": m[self.served]["roc_auc"],
@@ -177,8 +180,7 @@ def train_propensity(
 
     train_cutoffs = [t.spec.as_of for t, _ in ordered[:-1]]
     valid_cutoff = ordered[-1][0].spec.as_of
-    model = PropensityModel.from_settings(settings)
-    model.info_ = {
+    info = {
         "target_event": target,
         "horizon_days": ps.horizon_days,
         "as_of": score_table.spec.as_of.isoformat(),
@@ -186,10 +188,14 @@ def train_propensity(
         "train_cutoffs": [c.isoformat() for c in train_cutoffs],
         "feature_version": score_table.spec.version,
     }
-    model.fit(X_train, y_train, X_valid, y_valid)
-
     # the plain baselines, fitted on the training snapshots only, like the holdout booster
-    baselines = {name: cls().fit(X_train, y_train) for name, cls in BASELINES.items()}
+    baselines = {
+        name: make(target, ps.horizon_days).fit(X_train, y_train)
+        for name, make in BASELINES.items()
+    }
+    model = PropensityModel.from_settings(settings)
+    model.info_ = info
+    model.fit(X_train, y_train, X_valid, y_valid)
     rf, single = baselines["baseline_rf_logreg"], baselines["baseline_single"]
     predictions = pd.DataFrame(
         {
@@ -212,7 +218,9 @@ def train_propensity(
     served = choose_served(aucs)
     if served != "model":
         X_all = pd.concat([X_train, X_valid])
-        final = BASELINES[served]().fit(X_all, np.concatenate([y_train, y_valid]))
+        final = BASELINES[served](target, ps.horizon_days).fit(
+            X_all, np.concatenate([y_train, y_valid])
+        )
         model.serve_baseline(served, baselines[served], final)
         logger.warning(
             "propensity '%s': %s (validation ROC-AUC %.4f) beats the model (%.4f): serving it",
@@ -233,12 +241,13 @@ def train_propensity(
         "min_child_samples": model.min_child_samples_,
     }
     logger.info(
-        "propensity '%s': ROC-AUC model %.4f, RF baseline %.4f, single (%s) %.4f",
+        "propensity '%s': ROC-AUC model %.4f, RF baseline %.4f, single (%s) %.4f, BG/NBD %.4f",
         target,
         report["model"]["roc_auc"],
         report["baseline_rf_logreg"]["roc_auc"],
         single.feature_,
         report["baseline_single"]["roc_auc"],
+        report["baseline_bgnbd"]["roc_auc"],
     )
     return PropensityResult(
         model=model,
