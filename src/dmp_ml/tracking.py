@@ -639,6 +639,7 @@ def log_propensity_run(
                 run_id,
                 {
                     **{f"plots/{k}": fig for k, fig in figures.items()},
+                    **guard_artifacts(result.candidates, result.served, "roc_auc"),
                     "feature_spec": result.feature_spec.to_dict(),
                     "feature_importance": {
                         k: float(v) for k, v in result.model.feature_importance_.items()

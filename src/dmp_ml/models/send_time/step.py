@@ -25,7 +25,7 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     """
     from dmp_ml.models.send_time import SendTimeModel, evaluate_send_time
     from dmp_ml.models.send_time.baselines import comparison_line
-    from dmp_ml.tracking import log_metrics_run
+    from dmp_ml.tracking import guard_artifacts, log_metrics_run
 
     st = ctx.settings.send_time
     holdout = pd.Timedelta(days=st.evaluation_days)
@@ -61,7 +61,16 @@ def train_step(ctx: TrainContext) -> StepOutcome:
             "served": model.served_,
         },
         metrics=metrics,
-        artifacts=charts,
+        artifacts={
+            **charts,
+            **guard_artifacts(
+                {k: c["hit_rate"] for k, c in (model.guard_ or {}).items()},
+                model.served_,
+                "hit_rate",
+            ),
+        }
+        if model.guard_
+        else charts,
         settings=ctx.settings,
         **ctx.run_labels(),
     )
