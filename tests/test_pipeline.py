@@ -75,8 +75,8 @@ def test_every_model_run_logs_its_charts_and_the_events_it_saw(
     uri = train_settings.tracking_uri()
     client = MlflowClient(uri, registry_uri=uri)
     expected = {
-        "propensity": {"calibration", "gains", "feature_importance"},
-        "send_time": {"send_time_heatmap", "send_time_reliability"},
+        "propensity": {"calibration", "gains", "feature_importance", "guard_comparison"},
+        "send_time": {"send_time_heatmap", "send_time_reliability", "guard_comparison"},
         "lookalike": {"lookalike_recall", "lookalike_scores"},
     }
     for step, charts in expected.items():

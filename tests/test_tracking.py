@@ -176,7 +176,12 @@ def test_propensity_runs_log_everything_and_gate_the_champion(settings, results,
     paths = {a.path for a in client.list_artifacts(first.run_id)}
     plots = {a.path for a in client.list_artifacts(first.run_id, "plots")}
     assert {"feature_spec.json", "feature_importance.json", "validation_metrics.json"} <= paths
-    assert plots == {"plots/calibration.png", "plots/gains.png", "plots/feature_importance.png"}
+    assert plots == {
+        "plots/calibration.png",
+        "plots/gains.png",
+        "plots/feature_importance.png",
+        "plots/guard_comparison.png",
+    }
 
     # the logged model answers with probabilities through plain mlflow.pyfunc
     with use_tracking_uri(uri):
