@@ -194,12 +194,28 @@ def campaign_figure(world: DemoWorld, settings: Settings, out: Path) -> Path:
 
 # The data flow of the code and where each concept lives (README "How the code is laid out").
 LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("events", ("contract.py", "mapping.py", "store.py", "spool.py")),
+    ("events", ("contract.py", "rows.py", "mapping.py", "store.py", "spool.py")),
     ("identity", ("identity.py", "erasure.py")),
     ("features", ("features/", "scale.py")),
-    ("models", ("models/base.py", "propensity/", "send_time/", "lookalike/", "affinity/")),
-    ("bundle", ("bundle.py", "layout.py", "pipeline.py", "refresh.py", "tracking.py")),
-    ("answers", ("service/", "cli/", "activation.py", "segments.py", "campaigns.py")),
+    (
+        "models",
+        (
+            "models/base.py",
+            "training_context.py",
+            "propensity/",
+            "send_time/",
+            "lookalike/",
+            "affinity/",
+        ),
+    ),
+    (
+        "bundle",
+        ("bundle.py", "mapped.py", "layout.py", "pipeline.py", "refresh.py", "tracking.py"),
+    ),
+    (
+        "answers",
+        ("service/", "cli/", "activation.py", "segments.py", "retargeting.py", "campaigns.py"),
+    ),
 )
 
 
