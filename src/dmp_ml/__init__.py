@@ -6,9 +6,9 @@ so ``import dmp_ml`` and the CLI stay quick.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dmp_ml._lazy import lazy_exports
 from dmp_ml.errors import (
     BundleError,
     ConfigError,
@@ -85,19 +85,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from dmp_ml.settings import Settings, load_settings
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dmp_ml' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "__version__",
     "Audience",
@@ -144,3 +131,5 @@ __all__ = [
     "UnknownProfileError",
     "write_demo_world",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

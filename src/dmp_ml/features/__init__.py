@@ -51,8 +51,9 @@ the build path (identity, settings, the aggregations). The reduction itself is
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dmp_ml._lazy import lazy_exports
 
 _LAZY = {
     "ENCODED_COLUMNS": "dmp_ml.features.aggregate",
@@ -113,19 +114,6 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dmp_ml.features' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "ENCODED_COLUMNS",
     "EventArrays",
@@ -154,3 +142,5 @@ __all__ = [
     "small_pages",
     "utc_hour_of_week",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
