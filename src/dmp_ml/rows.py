@@ -131,8 +131,14 @@ def _repeats(hashed: np.ndarray, exact: bool) -> np.ndarray:
     some others that later columns or the exact pass remove); cheaper than sorting millions.
     """
     if not exact:
-        buckets = (hashed >> np.uint64(64 - _BUCKET_BITS)).astype(np.int64)
-        return np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+        top = np.uint64(64 - _BUCKET_BITS)
+        buckets = (hashed >> top).astype(np.int64)
+        repeats = np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+        left = np.flatnonzero(repeats)
+        if len(left) > _EXACT_REPEATS:
+            buckets = ((hashed[left] << np.uint64(_BUCKET_BITS)) >> top).astype(np.int64)
+            repeats[left] = np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+        return repeats
     order = np.argsort(hashed)
     same = hashed[order[1:]] == hashed[order[:-1]]
     repeats = np.zeros(len(hashed), dtype=bool)
