@@ -129,6 +129,7 @@ def _repeats(hashed: np.ndarray, exact: bool) -> np.ndarray:
 
     Not ``exact``: entries whose top bits are shared, counted in buckets (every repeat, and
     some others that later columns or the exact pass remove); cheaper than sorting millions.
+    Many entries left are counted again by the next bits, which drops most of the others.
     """
     if not exact:
         top = np.uint64(64 - _BUCKET_BITS)
