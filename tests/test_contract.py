@@ -160,6 +160,38 @@ def test_duplicates_in_a_large_log_match_a_full_comparison(tmp_path: Path) -> No
     assert sorted(result.quarantine["row_number"]) == list(np.flatnonzero(expected) + 1)
 
 
+def test_a_few_duplicates_over_many_batches_leave_the_other_rows_as_they_were(
+    tmp_path: Path,
+) -> None:
+    # a few copies in each batch: the loader keeps the rest of each text column uncopied
+    rng = np.random.default_rng(5)
+    n = 20_000
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(np.arange(n) // 2, unit="s"),
+            "cookie_id": [f"c{i}" for i in rng.integers(0, 5_000, n)],
+            "profile_id": [None if i % 3 else f"p{i % 97}" for i in range(n)],
+            "event_type": rng.choice(["page_view", "purchase"], n),
+            "value": np.where(rng.random(n) < 0.5, np.nan, rng.integers(0, 3, n).astype(float)),
+        }
+    )
+    copies = np.sort(rng.choice(np.arange(0, n, 2), 9, replace=False))
+    frame.iloc[copies + 1] = frame.iloc[copies].to_numpy()
+    expected = frame.duplicated(keep="first")
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path, index=False)
+    result = load_events(path, settings=ContractSettings(chunk_rows=3_000))
+    assert_accounted(result)
+    assert sorted(result.quarantine["row_number"]) == list(np.flatnonzero(expected) + 1)
+    kept = frame.loc[~expected].reset_index(drop=True)
+    assert len(result.frame) == len(kept)
+    for column in ("cookie_id", "profile_id", "event_type"):
+        assert result.frame[column].tolist() == kept[column].astype("string").tolist()
+    assert (result.frame["event_time"] == kept["event_time"]).all()
+    np.testing.assert_array_equal(result.frame["value"].to_numpy(), kept["value"].to_numpy())
+
+
 def test_stray_quote_damages_only_its_own_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,8 @@ FLAG_REASONS = (
 )
 
 _CSV_BLOCK_BYTES = 64 << 20
+T = TypeVar("T")
+_DONE = object()
 
 
 def file_format(path: Path) -> str:
@@ -69,6 +73,23 @@ def iter_batches(
         yield from _parquet_batches(path, batch_rows, max_field_bytes)
     else:
         yield from _csv_batches(path, max_field_bytes)
+
+
+def prefetched(items: Iterator[T]) -> Iterator[T]:
+    """``items``, with the next one read in a helper thread while the caller works on this one.
+
+    Parquet decoding and CSV parsing release the GIL, so reading batch k + 1 overlaps the
+    validation of batch k; at most one batch is read ahead. Errors surface in the caller, in
+    order.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmp-ml-read") as pool:
+        pending = pool.submit(next, items, _DONE)
+        while True:
+            item = pending.result()
+            if item is _DONE:
+                return
+            pending = pool.submit(next, items, _DONE)
+            yield item  # type: ignore[misc]
 
 
 def _duplicates(path: Path, names: list[str]) -> None:

@@ -204,15 +204,17 @@ def _load(
     good: list[pd.DataFrame] = []
     bad: list[pd.DataFrame] = []
     rows_read = 0
-    for raw in _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes):
+    batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
+    for raw in _readers.prefetched(batches):
         rows_read += len(raw)
-        reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+        reason = rows.missing_text(raw.index)
         for flag, label in _readers.FLAG_REASONS:
             if flag in raw.columns:
                 reason = _mark(reason, raw[flag].to_numpy(bool), label)
         source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
         mapped, dropped = ctx.mapping.apply(source)
-        reason = reason.fillna(dropped)
+        if not dropped.isna().all():
+            reason = reason.fillna(dropped)
         valid = validate(mapped, ctx, reason)
         reason = valid.pop("_reason")
         keep = reason.isna().to_numpy(bool)
@@ -309,7 +311,7 @@ def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list
 def _text(frame: pd.DataFrame, column: str) -> pd.Series:
     """A column as stripped text with empty strings as NA (absent column: all NA)."""
     if column not in frame.columns:
-        return pd.Series(pd.NA, index=frame.index, dtype="string")
+        return rows.missing_text(frame.index)
     col = frame[column].astype("string").str.strip()
     empty = (col == "").to_numpy(bool, na_value=False)
     return col.mask(empty) if empty.any() else col
@@ -381,7 +383,7 @@ def parse_times(
     """
     day_first = {} if day_first is None else day_first
     index = values.index
-    problem = pd.Series(pd.NA, index=index, dtype="string")
+    problem = rows.missing_text(index)
     if pd.api.types.is_datetime64_any_dtype(values):
         times = values if values.dt.tz is not None else _localize(values, mapping.timezone)
         parsed = times.dt.tz_convert("UTC")
@@ -402,11 +404,12 @@ def parse_times(
             if failed.any():
                 number = text[failed].str.fullmatch(_NUMBER).fillna(False).astype(bool)
                 problem[number[number].index] = "needs_time_unit"
-    problem = problem.mask(problem.isna().to_numpy(bool) & parsed.isna().to_numpy(bool), "invalid")
+    problem = _mark(problem, parsed.isna().to_numpy(bool), "invalid")
     early = (parsed < EARLIEST_TIME).fillna(False).to_numpy(bool)
     late = (parsed > latest).fillna(False).to_numpy(bool)
-    problem = problem.mask(early, "out_of_range").mask(late, "future")
-    parsed = parsed.mask(early | late)
+    if early.any() or late.any():
+        problem = problem.mask(early, "out_of_range").mask(late, "future")
+        parsed = parsed.mask(early | late)
     return parsed.astype("datetime64[ns, UTC]"), problem
 
 
@@ -579,6 +582,8 @@ def _mark_times(reason: pd.Series, problem: pd.Series, column: str) -> pd.Series
         "future": "future_time" if column == "event_time" else f"{column}_out_of_range",
         "needs_time_unit": f"{column}_needs_time_unit",
     }
+    if problem.isna().all():
+        return reason
     for key, label in labels.items():
         reason = _mark(reason, (problem == key).fillna(False).to_numpy(bool), label)
     return reason

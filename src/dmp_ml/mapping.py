@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dmp_ml import rows
 from dmp_ml.errors import MappingError
 from dmp_ml.settings import MAPPINGS_DIR
 
@@ -109,10 +110,10 @@ class ColumnMapping:
                 f"mapping '{self.name}' needs columns {missing} that the file does not have; "
                 f"found {sorted(str(c) for c in raw.columns)}"
             )
-        reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+        reason = rows.missing_text(raw.index)
         for rule in self.drop:
             reason = reason.mask(reason.isna() & rule.matches(raw), rule.reason)
-        out = raw.copy()
+        out = raw.copy(deep=False)  # copy on write: columns are replaced, never changed
         for target, (left, right) in self.derive.items():
             product = pd.to_numeric(raw[left], errors="coerce") * pd.to_numeric(
                 raw[right], errors="coerce"

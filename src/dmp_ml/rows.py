@@ -37,26 +37,69 @@ def duplicated_rows(frame: pd.DataFrame) -> np.ndarray:
     return duplicated
 
 
+def missing_text(index: pd.Index) -> pd.Series:
+    """An all-missing ``string`` Series on ``index``, without writing a value per row.
+
+    ``pd.Series(pd.NA, index=index, dtype="string")`` repeats the missing value row by row;
+    an Arrow array of nulls holds only its offsets and validity.
+    """
+    nulls = pa.chunked_array([pa.nulls(len(index), pa.large_string())])
+    return pd.Series(pd.arrays.ArrowStringArray(nulls), index=index, dtype="string")
+
+
 def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     """``frame.loc[keep]`` with a fresh index.
 
-    Arrow text columns are filtered chunk by chunk: a chunk that loses no row is kept as it is,
-    so dropping a few duplicates does not copy every text column.
+    Arrow text columns are cut chunk by chunk without copying their text: a chunk that loses
+    no row is kept as it is, one that loses a few rows becomes the zero-copy slices between
+    them, and only a chunk that loses many rows is filtered (copied). Dropping a few duplicates
+    from a log of millions of events then copies none of its text.
     """
+    runs = _kept_runs(keep)
     columns = {}
     for column in frame.columns:
         values = frame[column].array
         if isinstance(values, pd.arrays.ArrowStringArray):
-            chunks, start = [], 0
-            for chunk in pa.chunked_array(pa.array(values)).chunks:
-                part = keep[start : start + len(chunk)]
-                chunks.append(chunk if part.all() else chunk.filter(pa.array(part)))
-                start += len(chunk)
-            kept = pa.chunked_array(chunks, type=pa.array(values).type)
+            whole = pa.chunked_array(pa.array(values))
+            kept = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
             columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
         else:
             columns[column] = pd.Series(values[keep])
     return pd.DataFrame(columns)
+
+
+_MAX_SLICES_PER_CHUNK = 64  # a chunk losing more rows than this is filtered (copied) instead
+
+
+def _kept_runs(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends (exclusive) of the runs of kept rows."""
+    edges = np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def _cut(
+    whole: pa.ChunkedArray, keep: np.ndarray, runs: tuple[np.ndarray, np.ndarray]
+) -> list[pa.Array]:
+    """The kept rows of ``whole`` as a list of arrays (slices where few rows go)."""
+    starts, ends = runs
+    out: list[pa.Array] = []
+    offset = 0
+    for chunk in whole.chunks:
+        stop = offset + len(chunk)
+        part = keep[offset:stop]
+        if part.all():
+            out.append(chunk)
+        elif part.any():
+            first = np.searchsorted(ends, offset, side="right")
+            last = np.searchsorted(starts, stop, side="left")
+            if last - first > _MAX_SLICES_PER_CHUNK:
+                out.append(chunk.filter(pa.array(part)))
+            else:
+                for a, b in zip(starts[first:last], ends[first:last], strict=True):
+                    lo, hi = max(int(a), offset), min(int(b), stop)
+                    out.append(chunk.slice(lo - offset, hi - lo))
+        offset = stop
+    return out
 
 
 def _may_repeat(frame: pd.DataFrame) -> np.ndarray:
@@ -86,10 +129,17 @@ def _repeats(hashed: np.ndarray, exact: bool) -> np.ndarray:
 
     Not ``exact``: entries whose top bits are shared, counted in buckets (every repeat, and
     some others that later columns or the exact pass remove); cheaper than sorting millions.
+    Many entries left are counted again by the next bits, which drops most of the others.
     """
     if not exact:
-        buckets = (hashed >> np.uint64(64 - _BUCKET_BITS)).astype(np.int64)
-        return np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+        top = np.uint64(64 - _BUCKET_BITS)
+        buckets = (hashed >> top).astype(np.int64)
+        repeats = np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+        left = np.flatnonzero(repeats)
+        if len(left) > _EXACT_REPEATS:
+            buckets = ((hashed[left] << np.uint64(_BUCKET_BITS)) >> top).astype(np.int64)
+            repeats[left] = np.bincount(buckets, minlength=1 << _BUCKET_BITS)[buckets] > 1
+        return repeats
     order = np.argsort(hashed)
     same = hashed[order[1:]] == hashed[order[:-1]]
     repeats = np.zeros(len(hashed), dtype=bool)
