@@ -225,4 +225,10 @@ def comparison_line(candidates: dict[str, dict[str, float]] | None, served: str)
     if not candidates:
         return f"no held-out engagement to compare; serving {served}"
     shown = ", ".join(f"{name} {c['hit_rate']:.3f}" for name, c in candidates.items())
-    return f"held-out hit rate +-1 h: {shown}; serving {served}"
+    model = candidates[MODEL]
+    pooled = (
+        f" ({int(model['n_profiles'])} profile-periods in {int(model['n_windows'])} periods)"
+        if "n_windows" in model
+        else ""
+    )
+    return f"held-out hit rate +-1 h{pooled}: {shown}; serving {served}"
