@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dmp_ml.errors import ConfigError, RequestError, UnknownProfileError
-from dmp_ml.features import FeatureSpec, FeatureTable
+from dmp_ml.features import FeatureSpec, FeatureTable, build_features
 from dmp_ml.models import BundleModel, ProfileUpdate, model_class
 from dmp_ml.models.lookalike import (
     Audience,
@@ -590,7 +590,7 @@ def test_guard_serves_the_centroid_when_no_candidate_is_clearly_better(model, wo
         assert np.isin(served, truth).mean() >= np.isin(other, truth).mean() - 0.02
 
 
-def test_only_a_significant_gain_over_the_centroid_serves_another_candidate() -> None:
+def test_the_simplest_candidate_within_one_standard_error_of_the_best_serves() -> None:
     rng = np.random.default_rng(0)
     base = (rng.random(200) < 0.5).astype(float)
 
@@ -609,7 +609,43 @@ def test_only_a_significant_gain_over_the_centroid_serves_another_candidate() ->
     worse = base.copy()
     worse[np.flatnonzero(base == 1)[:30]] = 0.0  # the centroid clearly worse than both
     qualities = {"centroid": row(worse), "hybrid": row(base), "classifier": row(flipped)}
-    assert choose_method(qualities) == "classifier"  # the best of the clear winners serves
+    assert choose_method(qualities) == "hybrid"  # within chance of the best, and simpler
+
+
+def test_an_attribute_only_log_gets_the_classifier_when_it_is_clearly_better() -> None:
+    """A CRM table and one sign-up event each: the seed is a combination of attributes (paid
+    plan, north, under 45) that no single direction captures; the PU classifier finds it."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    plan = rng.choice(["free", "basic", "pro"], n, p=[0.6, 0.3, 0.1])
+    region = rng.choice(["north", "south", "east", "west"], n)
+    age = rng.integers(18, 80, n).astype(float)
+    member = ((plan != "free") & (region == "north") & (age < 45)) | (rng.random(n) < 0.02)
+    ids = [f"c{i:05d}" for i in range(n)]
+    profiles = pd.DataFrame({"profile_id": ids, "plan": plan, "region": region, "age": age})
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    events = pd.DataFrame(
+        {
+            "event_time": start + pd.to_timedelta(rng.integers(0, 60 * 24 * 60, n), unit="s"),
+            "profile_id": pd.array(ids, dtype="string"),
+            "event_type": "sign_up",
+            "customer_id": pd.array(ids, dtype="string"),
+        }
+    )
+    table = build_features(events, start + pd.Timedelta(days=90), profiles=profiles)
+    model = LookalikeModel(LookalikeSettings(), n_threads=1).fit(table)
+    members = pd.Index(ids)[member]
+    seed = list(rng.choice(members, len(members) // 2, replace=False))
+    truth = members.difference(seed)
+    audience = model.expand(seed, size=len(truth))
+    assert audience.diagnostics["method"] == "classifier"
+
+    def precision(frame: pd.DataFrame) -> float:
+        return float(frame["profile_id"].isin(truth).mean())
+
+    centroid = model.expand(seed, size=len(truth), method="centroid").frame
+    assert precision(audience.frame) > precision(centroid) + 0.1
+    assert precision(audience.frame) > 10 * len(truth) / (n - len(seed))
 
 
 @pytest.mark.parametrize("method", ["hybrid", "centroid", "classifier"])

@@ -14,8 +14,8 @@
 
 That is the ``hybrid`` candidate. Two plain ones rank the same way and the three are judged on
 held-out seed recall (:mod:`.quality`): ``centroid`` (cosine to the seed's mean vector), which
-serves unless another is significantly better, and ``classifier`` (the positive-unlabeled
-LightGBM alone, scoring every eligible profile).
+serves unless another is clearly better, and ``classifier`` (the positive-unlabeled LightGBM
+alone, scoring every eligible profile).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ _RETRIEVAL_OVERSAMPLE = 8.0
 _KMEANS_MAX_POINTS = 50_000
 
 CANDIDATES = ("centroid", "hybrid", "classifier")
-"""The ways to rank an audience, simplest first: the guard serves the first (the plain
-centroid) unless another one's held-out seed recall is significantly better (:mod:`.quality`)."""
+"""The ways to rank an audience, simplest first: the guard serves the simplest one whose
+held-out seed recall is within one standard error of the best (:mod:`.quality`)."""
 
 
 @dataclass(frozen=True)

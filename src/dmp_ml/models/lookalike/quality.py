@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from dmp_ml.models.lookalike.model import LookalikeModel
 
 
-SWITCH_SE = 2.0
-"""Standard errors by which a candidate's held-out recall must beat the centroid's to serve."""
+SWITCH_SE = 1.0
+"""A simpler candidate serves when its held-out recall is within this many standard errors of
+the best one's (the one-standard-error rule)."""
 
 
 def holdout_quality(
@@ -142,28 +143,26 @@ def _recovered(
 
 
 def choose_method(qualities: dict[str, dict[str, Any]]) -> str:
-    """The candidate that serves: the first (simplest) one unless another is clearly better.
+    """The candidate that serves: the simplest one within ``SWITCH_SE`` of the best held out.
 
     ``qualities`` maps each candidate, simplest first (the plain centroid), to its
-    :func:`holdout_quality` row (same held-out seeds for all). A more elaborate candidate
-    replaces the simplest only when its held-out recall beats it by more than ``SWITCH_SE``
-    standard errors of the paired difference (per held-out seed): with a few dozen or hundred
-    held-out seeds recall moves by a point or two from noise alone, and an elaborate ranker
-    that is not clearly better on the seed's own held-out part is not worth the risk (on Online
-    Retail the hybrid tied the centroid held out at every cutoff and lost to it on the next 90
-    days at every one). Among clear winners the highest recall serves.
+    :func:`holdout_quality` row (same held-out seeds for all). The one-standard-error rule:
+    the best held-out recall sets the bar, and the first (simplest) candidate whose recall is
+    within ``SWITCH_SE`` standard errors of the paired difference (per held-out seed) of it
+    serves. With a few dozen or hundred held-out seeds recall moves by a point or two from
+    noise alone; a more elaborate ranker that is not clearly better on the seed's own held-out
+    part is not worth the risk (on Online Retail the hybrid tied the centroid held out at every
+    cutoff and lost to it on the next 90 days at every one), while one that is clearly better
+    (a seed defined by a combination of attributes, which no single direction captures) serves.
     """
     names = list(qualities)
-    base = qualities[names[0]]
-    best, best_recall = names[0], base["recall"] or 0.0
-    for name in names[1:]:
-        row = qualities[name]
-        diff = row["recovered"] - base["recovered"]
-        if len(diff) < 2:
-            continue
-        se = float(diff.std(ddof=1)) / math.sqrt(len(diff))
-        if diff.mean() > SWITCH_SE * se and diff.mean() > 0 and row["recall"] > best_recall:
-            best, best_recall = name, row["recall"]
+    recall = {name: float(qualities[name]["recall"] or 0.0) for name in names}
+    best = max(names, key=lambda name: recall[name])
+    for name in names:
+        diff = qualities[best]["recovered"] - qualities[name]["recovered"]
+        se = float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        if recall[best] - recall[name] <= SWITCH_SE * se:
+            return name
     return best
 
 
