@@ -157,6 +157,12 @@ class SendTimeSettings(_Section):
         what="Power applied to the posterior curve (contrast calibration; 1 = none).",
     )
     holdout_days: float = Field(21.0, gt=0, description="Internal held-out period for selection.")
+    guard_windows: int = Field(
+        3,
+        ge=1,
+        description="Consecutive holdout_days periods before as_of on which the guard compares "
+        "the curves with the plain baselines (pooled).",
+    )
     evaluation_days: int = Field(
         28, gt=0, description="Train pipeline: last days before as_of scored by the offline eval."
     )
@@ -268,6 +274,12 @@ class LookalikeSettings(_Section):
     max_reach: float = Field(0.5, gt=0, le=1, description="Largest reach a request may ask.")
     # diagnostics
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Seed share held out.")
+    holdout_folds: int = Field(
+        3,
+        ge=1,
+        description="Disjoint held-out parts of the seed (each holdout_fraction), held out in "
+        "turn; quality estimate and guard pool them.",
+    )
     min_holdout_seeds: int = Field(5, ge=1, description="No quality estimate below this.")
     holdout_sample: int = Field(
         5000, gt=0, description="Profiles scored to place held-out seeds in a large population."

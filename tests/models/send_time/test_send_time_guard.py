@@ -88,6 +88,22 @@ def test_the_fitted_model_is_kept_when_it_wins(world: dict) -> None:
     assert set(model.basis_) <= {"profile", "cohort", "global"}
 
 
+def test_the_guard_pools_consecutive_held_out_windows(world: dict) -> None:
+    events, as_of, zones = world["events"], world["as_of"], world["timezones"]
+    one = SendTimeModel(**ONE, guard_windows=1).fit(events, as_of, zones).guard_
+    three = SendTimeModel(**ONE, guard_windows=3).fit(events, as_of, zones).guard_
+    assert one is not None and three is not None
+    assert (one[MODEL]["n_windows"], three[MODEL]["n_windows"]) == (1, 3)
+    # about three times the (profile, window) pairs: a tighter verdict on every baseline
+    assert three[MODEL]["n_profiles"] > 2 * one[MODEL]["n_profiles"]
+    for name in BASELINES:
+        assert three[name]["gain_se"] < one[name]["gain_se"]
+    # a window with no history before it is skipped, not an error
+    early = world["as_of"] - pd.Timedelta(days=40)
+    short = SendTimeModel(**ONE, guard_windows=3).fit(events, early, zones).guard_
+    assert short is not None and short[MODEL]["n_windows"] == 1
+
+
 def test_only_a_significant_gain_replaces_the_model() -> None:
     figures = {
         name: {"hit_rate": 0.4, "loglik": -3.0, "gain_se": 0.01} for name in (MODEL, *BASELINES)

@@ -12,9 +12,10 @@
    of the population) scores a ``candidate_factor`` wider pool; its standardised margin is
    blended with the standardised similarity, the classifier's weight growing with the seed.
 
-That is the ``hybrid`` candidate. Two plain ones rank the same way and are judged against it
-on held-out seed recall (:mod:`.quality`): ``centroid`` (cosine to the seed's mean vector) and
-``classifier`` (the positive-unlabeled LightGBM alone, scoring every eligible profile).
+That is the ``hybrid`` candidate. Two plain ones rank the same way and the three are judged on
+held-out seed recall (:mod:`.quality`): ``centroid`` (cosine to the seed's mean vector), which
+serves unless another is clearly better, and ``classifier`` (the positive-unlabeled LightGBM
+alone, scoring every eligible profile).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ _RETRIEVAL_OVERSAMPLE = 8.0
 # k-means of a seed fits on at most this many of its vectors.
 _KMEANS_MAX_POINTS = 50_000
 
-CANDIDATES = ("hybrid", "centroid", "classifier")
-"""The ways to rank an audience; the guard serves the one with the best held-out seed recall."""
+CANDIDATES = ("centroid", "hybrid", "classifier")
+"""The ways to rank an audience, simplest first: the guard serves the simplest one whose
+held-out seed recall is within one standard error of the best (:mod:`.quality`)."""
 
 
 @dataclass(frozen=True)

@@ -195,8 +195,8 @@ class LookalikeModel:
         reach : share of the eligible population to return, in (0, max_reach]
         exclude_ids : profile ids that must not be returned (e.g. existing customers)
         method : one of ``CANDIDATES`` to force it; None (default): the guard serves the
-            candidate with the best held-out seed recall (the hybrid unless another is
-            clearly better)
+            simplest candidate whose held-out seed recall is within one standard error of the
+            best (the plain centroid unless another is clearly better)
 
         Returns
         -------

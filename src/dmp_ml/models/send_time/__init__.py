@@ -30,10 +30,10 @@ the end of the training data (the last ``holdout_days`` before ``as_of``) by the
 log-likelihood of engagement hours (coordinate ascent).
 
 The guard then compares the fitted curves with plain baselines (the profile's most frequent
-hour of day, its most frequent hour of week, one global hour, its cohort's curve) on the same
-held-out period, refitting the curves before it: a baseline with a strictly better hit rate
-(+-1 h, each profile's next engagement) is what the model serves, ``basis`` naming it
-(``served_``, ``guard_``; see ``baselines``).
+hour of day, its most frequent hour of week, one global hour, its cohort's curve) on the last
+``guard_windows`` held-out periods, refitting the curves before each: a baseline whose pooled
+hit rate (+-1 h, each profile's next engagement) beats the curves' by more than chance is what
+the model serves, ``basis`` naming it (``served_``, ``guard_``; see ``baselines``).
 
 The probability is then calibrated (Platt scaling on the held-out email sends: a monotone map,
 so no ranking changes) because ``rate_p * s_p(h)`` inherits the contrast of *activity* and the

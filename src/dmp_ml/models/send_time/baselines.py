@@ -3,8 +3,9 @@
 A plain baseline is a 168-hour local curve per profile that anyone could write in an
 afternoon: the profile's most frequent hour of day, its most frequent hour of week, one
 global hour for everyone, or its time-zone cohort's curve. :func:`compare` scores the model
-and every baseline on the last ``holdout_days`` before ``as_of`` (a model refitted before
-that window with the selected hyper-parameters, baselines built from the same history) and
+and every baseline on the last ``guard_windows`` periods of ``holdout_days`` before ``as_of``
+(for each, a model refitted before it with the selected hyper-parameters, baselines built from
+the same history) and
 :func:`choose_served` names the winner; :func:`baseline_shapes` builds the served curves
 (fit, and :meth:`SendTimeModel.update` for refreshed profiles).
 """
@@ -99,29 +100,70 @@ def compare(
 ) -> dict[str, dict[str, float]] | None:
     """Held-out hit rate (+-1 h) and log-likelihood of the model and every baseline.
 
-    The model is refitted on events before ``as_of - holdout_days`` with the selected
-    hyper-parameters; every profile's next engagement in ``[split, as_of)`` is the target of
-    the hit rate (its best hour of day within one hour, circularly), all its engagement hours
-    there of the log-likelihood (curve normalised over the week). None when the window holds
-    no engagement of a profile with history.
+    Judged on ``guard_windows`` consecutive windows of ``holdout_days`` ending at ``as_of``
+    (rolling origin): for each, the model is refitted on the events before the window with the
+    selected hyper-parameters and the baselines are built from the same history; every
+    profile's next engagement in the window is the target of the hit rate (its best hour of
+    day within one hour, circularly), all its engagement hours there of the log-likelihood
+    (curve normalised over the week). The figures pool every (profile, window) pair, so one
+    window's luck (a few hundred profiles) does not decide alone. A window without history
+    before it or without engagement in it is skipped; None when every window is.
     """
-    split = as_of - pd.Timedelta(days=float(model.holdout_days))
+    length = pd.Timedelta(days=float(model.holdout_days))
     params = model.get_params()
     params.update({key: (float(selection[value]),) for key, value in _PARAMS.items()})
     params["guard_baselines"] = False
+    hits: dict[str, list[np.ndarray]] = {}
+    logliks: dict[str, list[np.ndarray]] = {}
+    used = 0
+    for k in range(max(1, int(model.guard_windows))):
+        end = as_of - k * length
+        window = _window(type(model)(**params), events, end, end - length, timezones)
+        if window is None:
+            continue
+        used += 1
+        for name, (hit, ll) in window.items():
+            hits.setdefault(name, []).append(hit)
+            logliks.setdefault(name, []).append(ll)
+    if not used:
+        return None
+    pooled = {name: np.concatenate(parts) for name, parts in hits.items()}
+    out: dict[str, dict[str, float]] = {}
+    for name, hit in pooled.items():
+        out[name] = {
+            "hit_rate": float(hit.mean()),
+            "loglik": float(np.concatenate(logliks[name]).mean()),
+        }
+        if name != MODEL:  # standard error of the paired per-profile gain over the model
+            gain = hit - pooled[MODEL]
+            se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+            out[name]["gain_se"] = float(se)
+    out[MODEL]["n_profiles"] = float(len(pooled[MODEL]))
+    out[MODEL]["n_windows"] = float(used)
+    return out
+
+
+def _window(
+    unfitted: SendTimeModel,
+    events: pd.DataFrame,
+    end: pd.Timestamp,
+    split: pd.Timestamp,
+    timezones: pd.Series | None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """Per scored profile of ``[split, end)``: each candidate's hit (0/1) and mean log-lik."""
     try:
-        before = type(model)(**params).fit(events, split, timezones)
-    except InsufficientDataError as exc:  # no history before the window: keep the model
-        logger.info("send time guard skipped: %s", exc)
+        before = unfitted.fit(events, split, timezones)
+    except InsufficientDataError as exc:  # no history before the window
+        logger.info("send time guard: window before %s skipped: %s", end.date(), exc)
         return None
     index = before.profile_ids_
-    raw = curves.extract(events, as_of, model.non_engagement_events)
+    raw = curves.extract(events, end, before.non_engagement_events)
     codes = index.get_indexer(raw["profile_id"])
     split_sec = int(split.value // 1_000_000_000)
-    as_of_sec = int(as_of.value // 1_000_000_000)
-    machine = (model.machine_open_seconds, model.machine_open_weight)
+    end_sec = int(end.value // 1_000_000_000)
+    machine = (before.machine_open_seconds, before.machine_open_weight)
     past = curves.evidence(raw, codes, split_sec, *machine)
-    after = curves.evidence(raw, codes, as_of_sec, *machine, start_sec=split_sec)
+    after = curves.evidence(raw, codes, end_sec, *machine, start_sec=split_sec)
     if len(after.act_p) == 0:
         return None
     n = len(index)
@@ -141,23 +183,16 @@ def compare(
         candidates[name] = baseline_shapes(
             name, activity, glob, before.cohort_shapes_, before.cohort_code_
         )[0]
-    out: dict[str, dict[str, float]] = {}
-    hits: dict[str, np.ndarray] = {}
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, shape in candidates.items():
         q = shape / shape.sum(axis=1, keepdims=True)
         best = curves.daily(q).argmax(axis=1)
         d = np.abs(best[scored] - next_hod[scored]) % 24
-        hits[name] = (np.minimum(d, 24 - d) <= 1).astype(np.float64)
         ll = np.bincount(hp, weights=np.log(np.maximum(q[hp, how], 1e-12)), minlength=n)
-        out[name] = {
-            "hit_rate": float(hits[name].mean()),
-            "loglik": float((ll[scored] / per_profile[scored]).mean()),
-        }
-        if name != MODEL:  # standard error of the paired per-profile gain over the model
-            gain = hits[name] - hits[MODEL]
-            se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
-            out[name]["gain_se"] = float(se)
-    out[MODEL]["n_profiles"] = float(scored.sum())
+        out[name] = (
+            (np.minimum(d, 24 - d) <= 1).astype(np.float64),
+            ll[scored] / per_profile[scored],
+        )
     return out
 
 
@@ -190,4 +225,10 @@ def comparison_line(candidates: dict[str, dict[str, float]] | None, served: str)
     if not candidates:
         return f"no held-out engagement to compare; serving {served}"
     shown = ", ".join(f"{name} {c['hit_rate']:.3f}" for name, c in candidates.items())
-    return f"held-out hit rate +-1 h: {shown}; serving {served}"
+    model = candidates[MODEL]
+    pooled = (
+        f" ({int(model['n_profiles'])} profile-periods in {int(model['n_windows'])} periods)"
+        if "n_windows" in model
+        else ""
+    )
+    return f"held-out hit rate +-1 h{pooled}: {shown}; serving {served}"

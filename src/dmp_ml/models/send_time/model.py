@@ -96,6 +96,9 @@ class SendTimeModel(BaseEstimator):
     guard_baselines : bool
         Compare the fitted curves with plain baselines on the held-out period and serve the
         winner (see :mod:`.baselines`).
+    guard_windows : int
+        Consecutive ``holdout_days`` periods before ``as_of`` the guard pools (rolling origin;
+        each needs a refit, and more periods make its choice less of a coin toss).
 
     Attributes
     ----------
@@ -160,6 +163,7 @@ class SendTimeModel(BaseEstimator):
             "email_delivered",
         ),
         guard_baselines: bool = True,
+        guard_windows: int = 3,
     ) -> None:
         self.prior_strength_candidates = prior_strength_candidates
         self.cohort_strength_candidates = cohort_strength_candidates
@@ -179,6 +183,7 @@ class SendTimeModel(BaseEstimator):
         self.tz_candidates = tz_candidates
         self.non_engagement_events = non_engagement_events
         self.guard_baselines = guard_baselines
+        self.guard_windows = guard_windows
 
     # ---------------------------------------------------------------- construction helpers
 
