@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import faiss
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from dmp_ml.models.lookalike.embedding import CHUNK_ROWS
 
 if TYPE_CHECKING:
+    import lightgbm as lgb
+
     from dmp_ml.models.lookalike.model import LookalikeModel
     from dmp_ml.settings import LookalikeSettings
 
@@ -42,6 +44,9 @@ _MAX_RETRIEVAL_ROUNDS = 5
 _RETRIEVAL_OVERSAMPLE = 8.0
 # k-means of a seed fits on at most this many of its vectors.
 _KMEANS_MAX_POINTS = 50_000
+# Below this many vectors k-means runs on one thread: OpenMP threads cost more than they save
+# on a seed of a few thousand (far more on a busy machine), and the result does not change.
+_KMEANS_THREADED_POINTS = 20_000
 
 CANDIDATES = ("hybrid", "centroid", "classifier")
 """The ways to rank an audience; the guard serves the one with the best held-out seed recall."""
@@ -278,6 +283,10 @@ def _n_centroids(s: LookalikeSettings, n_seed: int) -> int:
 def _train_pu(
     model: LookalikeModel, seeds: np.ndarray, negatives: np.ndarray, rng: np.random.Generator
 ) -> lgb.Booster:
+    # imported on first use: a seed below ``min_seed`` ranks by similarity alone, and
+    # importing LightGBM imports scikit-learn too (about a second in a fresh process)
+    import lightgbm as lgb
+
     s = model.settings
     rows = np.concatenate([seeds, negatives])
     label = np.concatenate([np.ones(len(seeds)), np.zeros(len(negatives))])
@@ -405,7 +414,11 @@ def kmeans(
         min_points_per_centroid=1,  # a seed of 60 may have 2 clusters: no warning for that
         max_points_per_centroid=max(1, _KMEANS_MAX_POINTS // k),
     )
-    clustering.train(points)
+    if len(points) < _KMEANS_THREADED_POINTS:
+        with threadpool_limits(limits=1):
+            clustering.train(points)
+    else:
+        clustering.train(points)
     centroids = _unit(clustering.centroids)
     assign = np.argmax(points @ centroids.T, axis=1)
     counts = np.bincount(assign, minlength=len(centroids))
