@@ -51,6 +51,11 @@ _KMEANS_THREADED_POINTS = 20_000
 CANDIDATES = ("hybrid", "centroid", "classifier")
 """The ways to rank an audience; the guard serves the one with the best held-out seed recall."""
 
+PUClassifiers = dict[tuple[bytes, bytes, int], tuple["lgb.Booster", np.ndarray]]
+"""The PU classifiers one expansion has fitted, by (seed rows, negative rows, random seed),
+each with its margins by row (NaN: not predicted yet). The hybrid and the classifier
+candidates judged on the same held-out split fit the same classifier: it is fitted once."""
+
 
 @dataclass(frozen=True)
 class Audience:
@@ -199,6 +204,7 @@ def fit_ranker(
     excluded: np.ndarray,
     salt: int,
     method: str = "hybrid",
+    classifiers: PUClassifiers | None = None,
 ) -> Ranker:
     """Centroids, (optionally) the PU classifier and the score normalisation for ``seeds``.
 
@@ -206,7 +212,8 @@ def fit_ranker(
     ``salt`` separates the random draws of the full seed from those of a held-out split.
     ``method`` is one of :data:`CANDIDATES`: ``hybrid`` as ``rerank``/``weight`` say,
     ``centroid`` one plain mean direction and no classifier, ``classifier`` the PU
-    classifier alone.
+    classifier alone. ``classifiers``, shared by the rankers of one expansion, reuses a PU
+    classifier fitted on the same rows with the same random seed.
     """
     if method not in CANDIDATES:
         raise ValueError(f"unknown lookalike method {method!r}")
@@ -227,10 +234,17 @@ def fit_ranker(
     unlabeled[seeds] = False
     unlabeled[model.removed_] = False
     pool = np.flatnonzero(unlabeled)
-    booster = None
+    booster = margins = None
     if rerank and weight > 0 and len(pool):
         negatives = np.sort(rng.choice(pool, min(s.pu_negatives, len(pool)), replace=False))
-        booster = _train_pu(model, seeds, negatives, rng)
+        key = (seeds.tobytes(), negatives.tobytes(), int(rng.integers(0, 2**31 - 1)))
+        if classifiers is not None and key in classifiers:
+            booster, margins = classifiers[key]
+        else:
+            booster = _train_pu(model, seeds, negatives, key[2])
+            margins = np.full(len(model.profile_ids_), np.nan)
+            if classifiers is not None:
+                classifiers[key] = (booster, margins)
     reference_pool = np.setdiff1d(pool, excluded, assume_unique=True)
     if len(reference_pool) == 0:
         reference_pool = pool
@@ -244,6 +258,7 @@ def fit_ranker(
         tau=s.similarity_temperature,
         weight=weight if booster is not None else 0.0,
         booster=booster,
+        margins=margins,
     )
     sims = ranker.similarity(reference)
     ranker.sim_mean, ranker.sim_std = float(sims.mean()), _safe_std(sims)
@@ -281,7 +296,7 @@ def _n_centroids(s: LookalikeSettings, n_seed: int) -> int:
 
 
 def _train_pu(
-    model: LookalikeModel, seeds: np.ndarray, negatives: np.ndarray, rng: np.random.Generator
+    model: LookalikeModel, seeds: np.ndarray, negatives: np.ndarray, seed: int
 ) -> lgb.Booster:
     # imported on first use: a seed below ``min_seed`` ranks by similarity alone, and
     # importing LightGBM imports scikit-learn too (about a second in a fresh process)
@@ -305,7 +320,7 @@ def _train_pu(
         # a PU fit is a few thousand rows: extra OpenMP threads only cost (and on a busy
         # machine they cost a lot), so it always runs on one
         "num_threads": 1,
-        "seed": int(rng.integers(0, 2**31 - 1)),
+        "seed": seed,
         "verbosity": -1,
     }
     data = lgb.Dataset(_classifier_matrix(model, rows), label=label, free_raw_data=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dmp_ml.models.lookalike.audience import SeedPlan, fit_ranker, seeded_rng
+from dmp_ml.models.lookalike.audience import PUClassifiers, SeedPlan, fit_ranker, seeded_rng
 
 if TYPE_CHECKING:
     from dmp_ml.models.lookalike.model import LookalikeModel
@@ -34,10 +34,12 @@ def holdout_quality(
     rerank: bool,
     weight: float,
     method: str = "hybrid",
+    classifiers: PUClassifiers | None = None,
 ) -> list[dict[str, Any]]:
     """Expand from part of the seed and count how much of the held-out rest comes back.
 
-    Every ``method`` (see :data:`.audience.CANDIDATES`) is judged on the same split.
+    Every ``method`` (see :data:`.audience.CANDIDATES`) is judged on the same split
+    (``classifiers`` as in :func:`.audience.fit_ranker`).
 
     A held-out seed counts as recovered at size v when fewer than v available profiles
     score above it. Up to ``holdout_sample`` available profiles that count is exact;
@@ -64,7 +66,9 @@ def holdout_quality(
     perm = seeded_rng(s.seed, 1).permutation(seeds)
     held, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
     excluded = np.union1d(train, plan.exclude)
-    ranker = fit_ranker(model, train, rerank, weight, excluded, salt=1, method=method)
+    ranker = fit_ranker(
+        model, train, rerank, weight, excluded, salt=1, method=method, classifiers=classifiers
+    )
     keep = np.ones(len(model.profile_ids_), dtype=bool)
     keep[excluded] = False
     available = np.flatnonzero(keep)
