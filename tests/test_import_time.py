@@ -125,3 +125,43 @@ def test_a_lazy_bundle_answers_as_the_loaded_one(trained_workdir: Path) -> None:
     seeds = ids[:30]
     assert_frame_equal(lazy.lookalike(seeds, size=50).frame, eager.lookalike(seeds, size=50).frame)
     assert lazy.models["send_time"] is lazy.models["send_time"]  # loaded once, then kept
+
+
+# what training needs and serving a loaded bundle does not
+TRAINING_ONLY = ("sklearn", "mlflow", "matplotlib", "bentoml", "dask")
+
+
+def test_send_time_answers_without_scikit_learn(trained_workdir: Path, tmp_path: Path) -> None:
+    ids = load_bundle(trained_workdir).features.frame.index[:25].tolist()
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    out = tmp_path / "send_times.csv"
+    args = ("send-time", "--workdir", trained_workdir, "--ids", tmp_path / "ids.txt")
+    code, loaded, output = run_cli(*args, "--out", out)
+    assert code == 0, output
+    for library in ("lightgbm", "faiss", *TRAINING_ONLY):
+        assert library not in loaded, f"dmp-ml send-time imported {library}"
+    written = pd.read_csv(out, dtype={"profile_id": str})
+    expected = load_bundle(trained_workdir).send_time(ids, window_hours=24).frame
+    assert written["profile_id"].tolist() == expected["profile_id"].tolist()
+    assert written["hour_of_week"].tolist() == expected["hour_of_week"].tolist()
+    assert np.allclose(written["probability"], expected["probability"])
+
+
+def test_a_small_seed_expands_without_lightgbm_or_scikit_learn(
+    trained_workdir: Path, tmp_path: Path
+) -> None:
+    bundle = load_bundle(trained_workdir)
+    seeds = bundle.features.frame.index[:20].tolist()  # below min_seed: similarity alone
+    assert len(seeds) < bundle.lookalike_model.settings.min_seed
+    (tmp_path / "seeds.txt").write_text("\n".join(seeds) + "\n")
+    out = tmp_path / "audience.csv"
+    args = ("lookalike", "--workdir", trained_workdir, "--seeds", tmp_path / "seeds.txt")
+    code, loaded, output = run_cli(*args, "--size", "40", "--out", out)
+    assert code == 0, output
+    assert "faiss" in loaded  # the index answered
+    for library in ("lightgbm", *TRAINING_ONLY):
+        assert library not in loaded, f"dmp-ml lookalike imported {library}"
+    written = pd.read_csv(out, dtype={"profile_id": str})
+    expected = bundle.lookalike(seeds, size=40).frame
+    assert written["profile_id"].tolist() == expected["profile_id"].tolist()
+    assert np.allclose(written["score"], expected["score"])

@@ -386,8 +386,8 @@ class ModelBundle:
 
     ``models`` maps each registered model the bundle holds to it (see :func:`load_models`);
     ``propensity``, ``send_time_model``, ``lookalike_model`` and ``affinity_model`` name them
-    (None when the bundle has none); with ``lazy`` each model loads on first use
-    (:class:`LazyModels`). Every question a campaign tool asks goes through one of
+    (None when the bundle has none); with ``lazy`` each model (:class:`LazyModels`) and the
+    feature table load on first use. Every question a campaign tool asks goes through one of
     its methods, so the CLI, the service and notebooks give the same answers. Forgotten
     profiles (see :meth:`forget`) disappear from every answer at once.
     """
@@ -399,13 +399,15 @@ class ModelBundle:
         n_threads: int | None = None,
         lazy: bool = False,
     ) -> None:
-        from dmp_ml.features import FeatureTable
-
         self.path = path
         self.manifest = manifest
         self.version: str = manifest["bundle_version"]
         self.as_of = pd.Timestamp(manifest["as_of"])
-        self.features = FeatureTable.read(path / FEATURES_DIR)
+        self._features: FeatureTable | None = None
+        self._features_lock = threading.Lock()
+        self._index: pd.Index | None = None  # its ids alone, while the table is not read
+        if not lazy:
+            self._features = self._read_features()
         self.models: Mapping[str, BundleModel] = (
             LazyModels(path, manifest, n_threads)
             if lazy
@@ -413,6 +415,40 @@ class ModelBundle:
         )
         self.scores = read_scores(path) if "propensity" in self.models else None
         self._forgotten: set[str] = set()
+
+    def _read_features(self) -> FeatureTable:
+        from dmp_ml.features import FeatureTable
+
+        return FeatureTable.read(self.path / FEATURES_DIR)
+
+    @property
+    def features(self) -> FeatureTable:
+        """The feature table; a ``lazy`` bundle reads it on first use (a lookalike or a send
+        time never does)."""
+        if self._features is None:
+            with self._features_lock:
+                if self._features is None:
+                    try:
+                        self._features = self._read_features()
+                    except (OSError, ValueError, KeyError) as exc:
+                        raise BundleError(
+                            f"bundle {self.path}: its feature table cannot be read: {exc}"
+                        ) from exc
+        return self._features
+
+    @features.setter
+    def features(self, table: FeatureTable) -> None:
+        self._features = table
+        self._index = None
+
+    def profile_index(self) -> pd.Index:
+        """The ids of the feature table's profiles (the eligible ones), without reading the
+        whole table when it is not loaded yet."""
+        if self._features is not None:
+            return self._features.frame.index
+        if self._index is None:
+            self._index = pd.Index(read_features_index(self.path), name="profile_id")
+        return self._index
 
     @property
     def propensity(self) -> PropensityModel | None:
@@ -497,8 +533,9 @@ class ModelBundle:
             raise BundleError(
                 f"bundle {self.version} has no send-time model: {self._why('send_time')}"
             )
+        eligible_ids = self.profile_index()
         if profile_ids is None:
-            ids = self.features.frame.index.astype(str).tolist()
+            ids = eligible_ids.astype(str).tolist()
         else:
             ids = [str(p) for p in profile_ids]
         if request.get("window_start") is None:
@@ -508,7 +545,7 @@ class ModelBundle:
         # lookup goes through the feature index's hash table (built once, then cached by pandas)
         # rather than ``Series.isin(index)``, which walks the whole population on every call
         answered = decision.frame["profile_id"].to_numpy(dtype=object, na_value=None)
-        eligible = self.features.frame.index.get_indexer(answered) >= 0
+        eligible = eligible_ids.get_indexer(answered) >= 0
         forgotten = self._forgotten
         gone = ~eligible | np.fromiter(
             (p in forgotten for p in answered), dtype=bool, count=len(answered)
@@ -552,9 +589,10 @@ def load_bundle(
 ) -> ModelBundle:
     """Load and verify the live bundle of a workdir, or a bundle directory itself.
 
-    Every file is checked against the manifest either way. With ``lazy`` the models load when
-    first used (a one-shot command needs one or two of them); without, all load now, so a
-    long-lived server pays the cost, and finds an unloadable model, before it answers.
+    Every file is checked against the manifest either way. With ``lazy`` the models and the
+    feature table load when first used (a one-shot command needs one or two of them); without,
+    all load now, so a long-lived server pays the cost, and finds an unloadable model, before
+    it answers.
     """
     location = Path(location)
     path = location if (location / MANIFEST).exists() else live_bundle_path(location)

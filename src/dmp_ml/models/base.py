@@ -95,3 +95,50 @@ def constructor_args(cls: type, section: BaseModel, **overrides: Any) -> dict[st
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     args.update(overrides)
     return args
+
+
+class EstimatorParams:
+    """scikit-learn's parameter protocol (``get_params``, ``set_params``, a ``repr`` of the
+    changed parameters) without importing scikit-learn.
+
+    For a model that answers from a bundle: a command loads it in a fresh process, where
+    importing scikit-learn costs more than the answer. The parameters are the keyword
+    arguments of ``__init__``, each kept unchanged in the attribute of the same name (as
+    ``sklearn.base.BaseEstimator`` requires too), so ``sklearn.base.clone`` copies such a
+    model as it copies an estimator.
+    """
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The keyword arguments of ``__init__``, sorted (scikit-learn's order)."""
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in parameters if p.name != "self" and p.kind not in skip)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters by name (``deep`` is accepted for scikit-learn's API;
+        no parameter is itself an estimator)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters; an unknown name raises ``ValueError``. Returns self."""
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                    f"Valid parameters are: {valid!r}."
+                )
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
+        }
+        changed = [
+            f"{name}={value!r}"
+            for name, value in self.get_params().items()
+            if repr(value) != repr(defaults.get(name))
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"

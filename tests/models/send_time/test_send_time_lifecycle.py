@@ -132,3 +132,14 @@ def test_calibration_recovers_a_planted_platt_map() -> None:
     assert fit_calibration(raw[:100], outcome[:100]) is None
     assert fit_calibration(raw[:500], np.ones(500, bool)) is None
     assert fit_calibration(raw, rng.random(len(raw)) < 1 - raw) is None
+
+
+def test_parameters_keep_scikit_learns_protocol() -> None:
+    from sklearn.base import clone
+
+    model = SendTimeModel(n_alternatives=2, default_quiet_hours=(22, 7))
+    copy_ = clone(model)
+    assert copy_ is not model and copy_.get_params() == model.get_params()
+    assert list(model.get_params()) == sorted(model.get_params())
+    assert repr(model) == "SendTimeModel(default_quiet_hours=(22, 7), n_alternatives=2)"
+    assert model.set_params(n_alternatives=4) is model and model.n_alternatives == 4

@@ -25,13 +25,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import faiss
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from dmp_ml.models.lookalike.embedding import CHUNK_ROWS
 
 if TYPE_CHECKING:
+    import lightgbm as lgb
+
     from dmp_ml.models.lookalike.model import LookalikeModel
     from dmp_ml.settings import LookalikeSettings
 
@@ -43,10 +45,18 @@ _MAX_RETRIEVAL_ROUNDS = 5
 _RETRIEVAL_OVERSAMPLE = 8.0
 # k-means of a seed fits on at most this many of its vectors.
 _KMEANS_MAX_POINTS = 50_000
+# Below this many vectors k-means runs on one thread: OpenMP threads cost more than they save
+# on a seed of a few thousand (far more on a busy machine), and the result does not change.
+_KMEANS_THREADED_POINTS = 20_000
 
 CANDIDATES = ("centroid", "hybrid", "classifier")
 """The ways to rank an audience, simplest first: the guard serves the simplest one whose
 held-out seed recall is within one standard error of the best (:mod:`.quality`)."""
+
+PUClassifiers = dict[tuple[bytes, bytes, int], tuple["lgb.Booster", np.ndarray]]
+"""The PU classifiers one expansion has fitted, by (seed rows, negative rows, random seed),
+each with its margins by row (NaN: not predicted yet). The hybrid and the classifier
+candidates judged on the same held-out split fit the same classifier: it is fitted once."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ def fit_ranker(
     excluded: np.ndarray,
     salt: int,
     method: str = "hybrid",
+    classifiers: PUClassifiers | None = None,
 ) -> Ranker:
     """Centroids, (optionally) the PU classifier and the score normalisation for ``seeds``.
 
@@ -203,7 +214,8 @@ def fit_ranker(
     ``salt`` separates the random draws of the full seed from those of a held-out split.
     ``method`` is one of :data:`CANDIDATES`: ``hybrid`` as ``rerank``/``weight`` say,
     ``centroid`` one plain mean direction and no classifier, ``classifier`` the PU
-    classifier alone.
+    classifier alone. ``classifiers``, shared by the rankers of one expansion, reuses a PU
+    classifier fitted on the same rows with the same random seed.
     """
     if method not in CANDIDATES:
         raise ValueError(f"unknown lookalike method {method!r}")
@@ -224,10 +236,17 @@ def fit_ranker(
     unlabeled[seeds] = False
     unlabeled[model.removed_] = False
     pool = np.flatnonzero(unlabeled)
-    booster = None
+    booster = margins = None
     if rerank and weight > 0 and len(pool):
         negatives = np.sort(rng.choice(pool, min(s.pu_negatives, len(pool)), replace=False))
-        booster = _train_pu(model, seeds, negatives, rng)
+        key = (seeds.tobytes(), negatives.tobytes(), int(rng.integers(0, 2**31 - 1)))
+        if classifiers is not None and key in classifiers:
+            booster, margins = classifiers[key]
+        else:
+            booster = _train_pu(model, seeds, negatives, key[2])
+            margins = np.full(len(model.profile_ids_), np.nan)
+            if classifiers is not None:
+                classifiers[key] = (booster, margins)
     reference_pool = np.setdiff1d(pool, excluded, assume_unique=True)
     if len(reference_pool) == 0:
         reference_pool = pool
@@ -241,6 +260,7 @@ def fit_ranker(
         tau=s.similarity_temperature,
         weight=weight if booster is not None else 0.0,
         booster=booster,
+        margins=margins,
     )
     sims = ranker.similarity(reference)
     ranker.sim_mean, ranker.sim_std = float(sims.mean()), _safe_std(sims)
@@ -278,8 +298,12 @@ def _n_centroids(s: LookalikeSettings, n_seed: int) -> int:
 
 
 def _train_pu(
-    model: LookalikeModel, seeds: np.ndarray, negatives: np.ndarray, rng: np.random.Generator
+    model: LookalikeModel, seeds: np.ndarray, negatives: np.ndarray, seed: int
 ) -> lgb.Booster:
+    # imported on first use: a seed below ``min_seed`` ranks by similarity alone, and
+    # importing LightGBM imports scikit-learn too (about a second in a fresh process)
+    import lightgbm as lgb
+
     s = model.settings
     rows = np.concatenate([seeds, negatives])
     label = np.concatenate([np.ones(len(seeds)), np.zeros(len(negatives))])
@@ -298,7 +322,7 @@ def _train_pu(
         # a PU fit is a few thousand rows: extra OpenMP threads only cost (and on a busy
         # machine they cost a lot), so it always runs on one
         "num_threads": 1,
-        "seed": int(rng.integers(0, 2**31 - 1)),
+        "seed": seed,
         "verbosity": -1,
     }
     data = lgb.Dataset(_classifier_matrix(model, rows), label=label, free_raw_data=True)
@@ -407,7 +431,11 @@ def kmeans(
         min_points_per_centroid=1,  # a seed of 60 may have 2 clusters: no warning for that
         max_points_per_centroid=max(1, _KMEANS_MAX_POINTS // k),
     )
-    clustering.train(points)
+    if len(points) < _KMEANS_THREADED_POINTS:
+        with threadpool_limits(limits=1):
+            clustering.train(points)
+    else:
+        clustering.train(points)
     centroids = _unit(clustering.centroids)
     assign = np.argmax(points @ centroids.T, axis=1)
     counts = np.bincount(assign, minlength=len(centroids))

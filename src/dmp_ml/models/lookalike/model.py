@@ -29,7 +29,14 @@ from dmp_ml.errors import BundleError, DataContractError, RequestError, UnknownP
 from dmp_ml.features import FeatureSpec, FeatureTable
 from dmp_ml.mapped import map_array, writable, write_array
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.models.lookalike.audience import CANDIDATES, Audience, SeedPlan, fit_ranker, rank
+from dmp_ml.models.lookalike.audience import (
+    CANDIDATES,
+    Audience,
+    PUClassifiers,
+    SeedPlan,
+    fit_ranker,
+    rank,
+)
 from dmp_ml.models.lookalike.embedding import CHUNK_ROWS, Embedder
 from dmp_ml.models.lookalike.index import LookalikeIndex, resolve_threads
 from dmp_ml.models.lookalike.quality import (
@@ -234,8 +241,12 @@ class LookalikeModel:
             n_hold = int(math.floor(n_seed * s.holdout_fraction))
             if n_hold >= s.min_holdout_seeds and n_seed - n_hold >= 2:
                 # the guard: every candidate on the same held-out split, the best one serves
+                # (the hybrid and the classifier share their PU classifier there)
+                classifiers: PUClassifiers = {}
                 candidates = {
-                    m: holdout_quality(self, plan, [plan.size], rerank, weight, method=m)[0]
+                    m: holdout_quality(
+                        self, plan, [plan.size], rerank, weight, method=m, classifiers=classifiers
+                    )[0]
                     for m in (CANDIDATES if method is None else (method,))
                 }
                 served = choose_method(candidates) if method is None else method

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dmp_ml.models.lookalike.audience import SeedPlan, fit_ranker, seeded_rng
+from dmp_ml.models.lookalike.audience import PUClassifiers, SeedPlan, fit_ranker, seeded_rng
 
 if TYPE_CHECKING:
     from dmp_ml.models.lookalike.model import LookalikeModel
@@ -35,6 +35,7 @@ def holdout_quality(
     rerank: bool,
     weight: float,
     method: str = "hybrid",
+    classifiers: PUClassifiers | None = None,
 ) -> list[dict[str, Any]]:
     """Expand from part of the seed and count how much of the held-out rest comes back.
 
@@ -43,6 +44,7 @@ def holdout_quality(
     ``holdout_fraction`` each (fewer when the seed is too small); each part is held out in
     turn while the rest expands, and the figures pool every held-out seed (AUC: mean over
     parts). One part of a few dozen seeds moves recall by several points by chance.
+    ``classifiers`` is shared as in :func:`.audience.fit_ranker` (keyed by rows, so per part).
 
     A held-out seed counts as recovered at size v when fewer than v available profiles
     score above it. Up to ``holdout_sample`` available profiles that count is exact;
@@ -74,7 +76,9 @@ def holdout_quality(
     for fold in range(n_folds):
         part = perm[fold * n_hold : (fold + 1) * n_hold]
         held, train = np.sort(part), np.sort(np.setdiff1d(perm, part, assume_unique=True))
-        found, auc, n_avail = _recovered(model, plan, held, train, sizes, rerank, weight, method)
+        found, auc, n_avail = _recovered(
+            model, plan, held, train, sizes, rerank, weight, method, classifiers
+        )
         for i, row in enumerate(found):
             inside[i].append(row)
         aucs.append(auc)
@@ -108,11 +112,14 @@ def _recovered(
     rerank: bool,
     weight: float,
     method: str,
+    classifiers: PUClassifiers | None,
 ) -> tuple[list[np.ndarray], float, int]:
     """One held-out part: per size the chance each held-out seed is recovered, AUC, available."""
     s = model.settings
     excluded = np.union1d(train, plan.exclude)
-    ranker = fit_ranker(model, train, rerank, weight, excluded, salt=1, method=method)
+    ranker = fit_ranker(
+        model, train, rerank, weight, excluded, salt=1, method=method, classifiers=classifiers
+    )
     keep = np.ones(len(model.profile_ids_), dtype=bool)
     keep[excluded] = False
     available = np.flatnonzero(keep)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from dmp_ml.errors import DataContractError
@@ -234,6 +233,10 @@ def fit_calibration(raw: np.ndarray, outcome: np.ndarray) -> dict[str, float] | 
         return None
     clipped = np.clip(raw, _P_EPS, 1.0 - _P_EPS)
     x = np.log(clipped / (1.0 - clipped))
+    # training only (a loaded model applies the stored intercept and slope): imported here so
+    # serving never imports scikit-learn
+    from sklearn.linear_model import LogisticRegression
+
     # maximum likelihood (C large: a negligible ridge on the slope); a two-parameter fit gains
     # nothing from threads, which only spin on a busy machine
     platt = LogisticRegression(C=1e6, solver="newton-cholesky", tol=1e-10, max_iter=100)

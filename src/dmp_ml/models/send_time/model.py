@@ -17,12 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
-from sklearn.exceptions import NotFittedError
 
 from dmp_ml.errors import BundleError, DataContractError, InsufficientDataError, RequestError
 from dmp_ml.mapped import map_array, write_array
-from dmp_ml.models.base import constructor_args
+from dmp_ml.models.base import EstimatorParams, constructor_args
 from dmp_ml.models.send_time import baselines, curves
 from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
 from dmp_ml.models.send_time.decision import (
@@ -53,7 +51,7 @@ _CURVES = ("local_shape", "local_shape_sd")  # per profile, (n, 168): ``<name>.n
 _FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
 
 
-class SendTimeModel(BaseEstimator):
+class SendTimeModel(EstimatorParams):
     """Per-profile 168-hour send-time curves with hierarchical shrinkage.
 
     Parameters
@@ -386,6 +384,9 @@ class SendTimeModel(BaseEstimator):
     def check_fitted(self) -> None:
         """Raise :class:`~sklearn.exceptions.NotFittedError` unless fitted or loaded."""
         if not hasattr(self, "local_shape_"):
+            # imported here: serving a loaded model never needs scikit-learn
+            from sklearn.exceptions import NotFittedError
+
             raise NotFittedError("this SendTimeModel is not fitted yet; call fit() or load()")
 
     @property
