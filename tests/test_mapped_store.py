@@ -40,13 +40,21 @@ print(json.dumps({"private": private_anon() - before, "loaded": loaded, "total":
 """
 
 
-def _grown(name: str, path: Path) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", _LOAD, name, str(path)], check=True, capture_output=True, text=True
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(name, path.name, result)
-    return int(result["private"])
+def _grown(name: str, path: Path, runs: int = 3) -> int:
+    """Private memory a fresh process gains by loading the model: the least of a few runs,
+    since the allocator's arenas add a few megabytes of noise to any single reading."""
+    readings = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _LOAD, name, str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(name, path.name, result)
+        readings.append(int(result["private"]))
+    return min(readings)
 
 
 def _ids(ids: pd.Index, copies: int) -> pd.Index:
