@@ -59,6 +59,7 @@ from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
+from dmp_ml.mapped import writable
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.settings import ContractSettings, Settings
 
@@ -682,14 +683,27 @@ def _merge_table(
     affected: pd.Index,
     cookies: pd.Index,
 ) -> FeatureTable:
-    """The bundle's table with ``rows`` replacing/adding profiles and ``removed`` gone."""
+    """The bundle's table with ``rows`` replacing/adding profiles and ``removed`` gone.
+
+    When the batch only changes profiles the table has, their rows are written in place: a
+    table mapped from the bundle's files (copy-on-write) then copies only the pages of those
+    rows; otherwise the table is rebuilt (a private copy until the refresh publishes it).
+    """
     frame = current.frame
-    drop = frame.index.isin(rows.frame.index) | frame.index.isin(removed)
-    merged = pd.concat([frame.loc[~drop], rows.frame])
-    how = np.vstack([current.hour_of_week[~drop], rows.hour_of_week])
-    order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
-    merged = merged.iloc[order]
-    how = how[order]
+    pos = frame.index.get_indexer(rows.frame.index)
+    if len(removed) == 0 and bool((pos >= 0).all()):
+        merged = frame
+        for column in frame.columns:
+            merged.iloc[pos, merged.columns.get_loc(column)] = rows.frame[column].to_numpy()
+        how = writable(current.hour_of_week)
+        how[pos] = rows.hour_of_week
+    else:
+        drop = frame.index.isin(rows.frame.index) | frame.index.isin(removed)
+        merged = pd.concat([frame.loc[~drop], rows.frame])
+        how = np.vstack([current.hour_of_week[~drop], rows.hour_of_week])
+        order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
+        merged = merged.iloc[order]
+        how = how[order]
     cookie_map = current.cookie_map
     if cookie_map is not None:
         stale = cookie_map.index.isin(cookies) | cookie_map.isin(affected).to_numpy(bool)
