@@ -88,3 +88,20 @@ def map_frame(directory: Path, stem: str) -> pd.DataFrame:
     for column in sorted(rest.columns, key=where.__getitem__):
         frame.insert(where[column], column, rest[column])
     return frame
+
+
+def write_rows(frame: pd.DataFrame, pos: np.ndarray, rows: pd.DataFrame) -> None:
+    """Overwrite the rows at positions ``pos`` of ``frame`` with ``rows`` (same columns), in
+    place. A float column over a copy-on-write mapping (:func:`map_frame`) is written through
+    its array, so only the pages holding those rows become private: pandas' own assignment
+    writes the whole column back, which would copy every page of the table. Other views of
+    ``frame``'s columns see the change; the caller owns the frame."""
+    for j, column in enumerate(frame.columns):
+        values = rows[column].to_numpy()
+        target = frame[column].to_numpy()
+        if target.dtype == np.float64 and is_mapped(target):
+            target = target.view()
+            target.flags.writeable = True  # pandas hands out read-only views of its blocks
+            target[pos] = values
+        else:
+            frame.iloc[pos, j] = values

@@ -59,7 +59,7 @@ from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
-from dmp_ml.mapped import writable
+from dmp_ml.mapped import writable, write_rows
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.settings import ContractSettings, Settings
 
@@ -693,8 +693,7 @@ def _merge_table(
     pos = frame.index.get_indexer(rows.frame.index)
     if len(removed) == 0 and bool((pos >= 0).all()):
         merged = frame
-        for column in frame.columns:
-            merged.iloc[pos, merged.columns.get_loc(column)] = rows.frame[column].to_numpy()
+        write_rows(merged, pos, rows.frame[list(frame.columns)])
         how = writable(current.hour_of_week)
         how[pos] = rows.hour_of_week
     else:
