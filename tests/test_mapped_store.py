@@ -119,6 +119,12 @@ def test_feature_table_and_scores_are_mapped_and_a_refresh_of_a_few_profiles_is_
     same features and scores as one that rebuilds the table, and the old files are intact."""
     before = load_bundle(trained_workdir, n_threads=1)
     _tables_mapped(before)
+    affinity = before.affinity_model
+    assert affinity is not None and is_mapped(affinity.channel_counts_)
+    assert is_mapped(affinity.category_counts_.data) and is_mapped(affinity.category_counts_.indptr)
+    # every model with the table's profile list shares the table's id index
+    for name in ("send_time", "lookalike", "affinity"):
+        assert before.models[name].profile_ids_ is before.features.frame.index, name
     frame = before.features.frame
     known = [p for p in frame.index if not p.startswith("anon:")]
     touched = frame.loc[known, "event_count_30d"].sort_values(ascending=False).index[:3]

@@ -413,17 +413,24 @@ class ModelBundle:
         self.manifest = manifest
         self.version: str = manifest["bundle_version"]
         self.as_of = pd.Timestamp(manifest["as_of"])
-        self.models: Mapping[str, BundleModel] = (
+        self._n_threads = n_threads
+        self.models: Mapping[str, BundleModel]
+        self.features: FeatureTable
+        self.scores: pd.DataFrame | None
+        self._read(lazy)
+        self._forgotten: set[str] = set()
+
+    def _read(self, lazy: bool) -> None:
+        """Load the models and map the feature table and the scores of :attr:`path`."""
+        path, manifest, n_threads = self.path, self.manifest, self._n_threads
+        self.models = (
             LazyModels(path, manifest, n_threads)
             if lazy
             else load_models(path, manifest, n_threads)
         )
-        self.features: FeatureTable
-        self.scores: pd.DataFrame | None
         self._read_tables()
         if not lazy:
             self._share_ids()
-        self._forgotten: set[str] = set()
 
     def _read_tables(self) -> None:
         """Map the feature table and the scores of :attr:`path` (one id index when equal)."""
@@ -444,9 +451,11 @@ class ModelBundle:
                 model.profile_ids_ = index  # type: ignore[attr-defined]
 
     def remap(self) -> None:
-        """Read the feature table and the scores again from the bundle's files, mapped: after
-        a re-publish (refresh) the edited in-memory copies give way to the shared pages."""
-        self._read_tables()
+        """Read the models, the feature table and the scores again from :attr:`path`, after
+        a re-publish wrote them there (refresh, erasure): the edited copies give way to the
+        new version's shared pages, and no file of an older version stays mapped (a deleted
+        file that is still mapped keeps its data, erased profiles included, on disk)."""
+        self._read(lazy=isinstance(self.models, LazyModels))
 
     @property
     def propensity(self) -> PropensityModel | None:

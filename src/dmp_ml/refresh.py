@@ -40,6 +40,7 @@ service worker); :func:`apply_events` is the one-shot form.
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 import time
@@ -254,6 +255,8 @@ class Refresher:
         current = self._bundle
         if current is None or Path(current.path).resolve() != live or stamp != self._erasure_stamp:
             self._bundle = load_bundle(live, n_threads=self.n_threads)
+            if current is not None:
+                gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
             self._history = store.history_events(self.workdir)
             self._raw_scores = None
             self._erasure_stamp = stamp
@@ -550,6 +553,9 @@ class Refresher:
             },
             drop_ids=removed,
         )
+        # kept for the next batch: the copies edited in memory give way to the new version's
+        # mapped files (which no longer maps the version the batch started from)
+        bundle.remap()
         lap("publish")
         logger.info(
             "refresh %s: %d events, %d profiles updated, %d new, %d removed -> bundle %s",

@@ -151,8 +151,8 @@ class FeatureTable:
 
     def write(self, directory: str | Path) -> Path:
         """A directory the serving workers map (see :mod:`dmp_ml.mapped`): ``features.npy``
-        (the float features), ``features.parquet`` (the profile ids, the other columns, spec
-        and summary), ``hour_of_week.npy`` and ``cookie_map.parquet``."""
+        (the float features), ``features.parquet`` (the profile ids and the other columns),
+        ``hour_of_week.npy``, ``table.json`` (spec and summary) and ``cookie_map.parquet``."""
         directory = Path(directory)
         write_frame(directory, "features", self.frame)
         meta = {"spec": self.spec.to_dict(), "summary": self.summary}
