@@ -1,17 +1,21 @@
 """The bundle's per-profile arrays are mapped, so a worker's private memory does not grow with
-the population: loading a 10x larger model adds little private memory."""
+the population: loading a 10x larger model adds little private memory, the feature table and
+the scores come from mapped files, and a refresh that changes a few rows stays correct."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dmp_ml.bundle import load_bundle
+from dmp_ml.bundle import ModelBundle, load_bundle
+from dmp_ml.mapped import is_mapped
+from dmp_ml.refresh import apply_events
 
 _LOAD = r"""
 import gc, json, sys
@@ -101,3 +105,82 @@ def test_loading_a_10x_larger_model_adds_little_private_memory(
     # what remains private per profile is its id in each model's id index (the text and
     # pandas' hash table, about 150-500 bytes); the mapped curves and vectors are not copied
     assert growth < 0.5 * added_files, (growth, added_files)
+
+
+def _tables_mapped(bundle: ModelBundle) -> None:
+    table, scores = bundle.features, bundle.scores
+    assert scores is not None
+    assert is_mapped(table.hour_of_week)
+    floats = [c for c in table.frame.columns if table.frame[c].dtype == np.float64]
+    assert len(floats) > 100
+    assert all(is_mapped(table.frame[c].to_numpy()) for c in floats)
+    assert is_mapped(scores["score"].to_numpy()) and is_mapped(scores["percentile"].to_numpy())
+    # answers read through the id index: one index shared by the table and the scores
+    assert scores.index is table.frame.index
+
+
+def test_feature_table_and_scores_are_mapped_and_a_refresh_of_a_few_profiles_is_correct(
+    trained_workdir: Path, copy_workdir: Callable[[Path, Path], Path], tmp_path: Path
+) -> None:
+    """Loading maps the feature table and the scores (only ids and categories are read); a
+    refresh of existing profiles, which writes their rows in place (copy-on-write), gives the
+    same features and scores as one that rebuilds the table, and the old files are intact."""
+    before = load_bundle(trained_workdir, n_threads=1)
+    _tables_mapped(before)
+    affinity = before.affinity_model
+    assert affinity is not None and is_mapped(affinity.channel_counts_)
+    assert is_mapped(affinity.category_counts_.data) and is_mapped(affinity.category_counts_.indptr)
+    # every model with the table's profile list shares the table's id index
+    for name in ("send_time", "lookalike", "affinity"):
+        assert before.models[name].profile_ids_ is before.features.frame.index, name
+    frame = before.features.frame
+    known = [p for p in frame.index if not p.startswith("anon:")]
+    touched = frame.loc[known, "event_count_30d"].sort_values(ascending=False).index[:3]
+    t = before.as_of
+    batch = [
+        {
+            "event_time": (t - pd.Timedelta(hours=k + 1)).isoformat(),
+            "profile_id": str(p),
+            "event_type": "page_view",
+            "channel": "web",
+        }
+        for k, p in enumerate(touched)
+    ]
+    newcomer = {  # the same batch with a new profile: the table is rebuilt, not edited
+        "event_time": (t - pd.Timedelta(hours=9)).isoformat(),
+        "profile_id": "p-newcomer",
+        "event_type": "page_view",
+        "channel": "web",
+    }
+    in_place = copy_workdir(trained_workdir, tmp_path / "in_place")
+    rebuilt = copy_workdir(trained_workdir, tmp_path / "rebuilt")
+    assert apply_events(in_place, batch).profiles_updated == 3
+    report = apply_events(rebuilt, [*batch, newcomer])
+    assert report.profiles_updated == 3 and report.profiles_created == 1
+
+    a, b = load_bundle(in_place, n_threads=1), load_bundle(rebuilt, n_threads=1)
+    _tables_mapped(a)
+    after = a.features.frame
+    assert (
+        after.loc[touched, "event_count_total"] == frame.loc[touched, "event_count_total"] + 1
+    ).all()
+    others = frame.index.difference(touched)
+    pd.testing.assert_frame_equal(after.loc[others], frame.loc[others])
+    same = b.features.frame.drop(index="p-newcomer")
+    pd.testing.assert_frame_equal(after, same)
+    rows = b.features.frame.index.get_indexer(after.index)
+    np.testing.assert_array_equal(a.features.hour_of_week, b.features.hour_of_week[rows])
+    assert not np.array_equal(
+        a.features.hour_of_week[after.index.get_indexer(touched)],
+        before.features.hour_of_week[frame.index.get_indexer(touched)],
+    )
+    ids = list(touched) + [str(p) for p in others[:50]]
+    pd.testing.assert_frame_equal(a.score(ids).frame, b.score(ids).frame)
+    assert not np.allclose(
+        a.score(list(touched)).frame["score"], before.score(list(touched)).frame["score"]
+    )
+    # the bundle the refresh started from is unchanged on disk (its checksums hold) and in
+    # the process that still has it mapped
+    old = load_bundle(before.path, n_threads=1)
+    pd.testing.assert_frame_equal(old.features.frame, frame)
+    pd.testing.assert_frame_equal(old.score(ids).frame, before.score(ids).frame)

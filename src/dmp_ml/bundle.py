@@ -3,18 +3,20 @@
 Layout of a bundle directory (the workdir's layout is in :mod:`dmp_ml.layout`)::
 
     manifest.json               versions, as_of, data fingerprint, steps, run ids, checksums
-    features/                   the feature table
+    features/                   the feature table (mapped arrays, see FeatureTable.write)
     <model>/                    one directory per registered model that trained (its ``name``)
-    propensity/scores.parquet   precomputed propensity scores
+    propensity/scores.*         precomputed propensity scores (``.npy`` mapped, ids in Parquet)
     ...                         what steps add (hashed contacts, consent state, refresh records)
 
 :func:`save_bundle` writes a bundle's features, models and scores and its manifest;
 :class:`ModelBundle` reads them back, both by iterating :data:`dmp_ml.models.REGISTRY`, so a
 registered model needs no code here. A model is in a bundle when its step's status in the
-manifest's ``steps`` is ``trained``. Models write their large per-profile arrays (send-time
-curves, lookalike vectors, the flat FAISS index) as files they map read-only on load
-(:mod:`dmp_ml.mapped`), so the service's workers share one copy in the page cache; bundle
-files are never changed in place (a refresh or an erasure publishes a new version).
+manifest's ``steps`` is ``trained``. Every large per-profile array (the feature table, the
+scores, send-time curves, lookalike vectors, the flat FAISS index, affinity counts) is a file
+mapped copy-on-write on load (:mod:`dmp_ml.mapped`), so the service's workers share one copy
+in the page cache and a worker's private memory holds little more than the profile ids;
+bundle files are never changed in place (a refresh or an erasure publishes a new version).
+Format 2 introduced the mapped feature table and scores; format 1 bundles are refused (retrain).
 
 A bundle is written into a temporary directory, checked, then published by renaming it into
 ``bundles/`` and atomically replacing the ``bundle`` pointer: a run that fails leaves the
@@ -44,6 +46,7 @@ from filelock import FileLock, Timeout
 from dmp_ml import layout
 from dmp_ml.errors import BundleError
 from dmp_ml.hashing import sha256_file
+from dmp_ml.mapped import map_frame, write_frame
 from dmp_ml.models import REGISTRY, BundleModel, model_class
 
 if TYPE_CHECKING:
@@ -56,10 +59,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FEATURES_DIR = "features"
 SCORES_FILE = "propensity/scores.parquet"
-"""The precomputed propensity scores, relative to the bundle directory."""
+"""The precomputed propensity scores' ids, relative to the bundle directory; the scores
+themselves are in ``propensity/scores.npy`` (:func:`dmp_ml.mapped.write_frame`)."""
+_SCORES_STEM = "scores"
 TRAINED = "trained"
 """The status in the manifest's ``steps`` of a model that is in the bundle."""
 KEEP_VERSIONS = 3
@@ -117,7 +122,8 @@ def read_features_index(bundle_dir: Path) -> Any:
     path = bundle_dir / FEATURES_DIR / "features.parquet"
     if not path.exists():
         raise BundleError(f"{bundle_dir} has no feature table")
-    return pd.read_parquet(path, columns=[]).index.astype("string")
+    ids = pd.read_parquet(path, columns=["profile_id"])["profile_id"]
+    return pd.Index(ids.astype("string"), name="profile_id")
 
 
 def _checksums(root: Path) -> dict[str, str]:
@@ -336,8 +342,11 @@ class LazyModels(Mapping[str, BundleModel]):
 
 
 def read_scores(path: Path) -> pd.DataFrame:
-    """The precomputed propensity scores of the bundle at ``path``, indexed by ``profile_id``."""
-    return pd.read_parquet(path / SCORES_FILE).set_index("profile_id")
+    """The precomputed propensity scores of the bundle at ``path``, indexed by ``profile_id``
+    (the score columns mapped)."""
+    scores = map_frame((path / SCORES_FILE).parent, _SCORES_STEM)
+    scores.index = pd.Index(scores.index.astype("string"), name="profile_id")
+    return scores
 
 
 def save_bundle(
@@ -363,10 +372,11 @@ def save_bundle(
     for name, model in models.items():
         model.save(directory / name)
     if scores is not None:
-        frame = scores.reset_index()
-        frame["profile_id"] = frame["profile_id"].astype("string")
-        (directory / SCORES_FILE).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(directory / SCORES_FILE, index=False)
+        frame = scores.set_axis(pd.Index(scores.index.astype("string"), name="profile_id"))
+        rows = frame.index.get_indexer(features.frame.index)
+        if frame.index.is_unique and len(rows) == len(frame) and bool((rows >= 0).all()):
+            frame = frame.iloc[rows]  # the table's order: loading shares one id index
+        write_frame((directory / SCORES_FILE).parent, _SCORES_STEM, frame)
     return finish_manifest(directory, manifest)
 
 
@@ -403,52 +413,53 @@ class ModelBundle:
         self.manifest = manifest
         self.version: str = manifest["bundle_version"]
         self.as_of = pd.Timestamp(manifest["as_of"])
-        self._features: FeatureTable | None = None
-        self._features_lock = threading.Lock()
-        self._index: pd.Index | None = None  # its ids alone, while the table is not read
-        if not lazy:
-            self._features = self._read_features()
-        self.models: Mapping[str, BundleModel] = (
+        self._n_threads = n_threads
+        self.models: Mapping[str, BundleModel]
+        self.features: FeatureTable
+        self.scores: pd.DataFrame | None
+        self._read(lazy)
+        self._forgotten: set[str] = set()
+
+    def _read(self, lazy: bool) -> None:
+        """Load the models and map the feature table and the scores of :attr:`path`."""
+        path, manifest, n_threads = self.path, self.manifest, self._n_threads
+        self.models = (
             LazyModels(path, manifest, n_threads)
             if lazy
             else load_models(path, manifest, n_threads)
         )
-        self.scores = read_scores(path) if "propensity" in self.models else None
-        self._forgotten: set[str] = set()
+        self._read_tables()
+        if not lazy:
+            self._share_ids()
 
-    def _read_features(self) -> FeatureTable:
+    def _read_tables(self) -> None:
+        """Map the feature table and the scores of :attr:`path` (one id index when equal)."""
         from dmp_ml.features import FeatureTable
 
-        return FeatureTable.read(self.path / FEATURES_DIR)
+        self.features = FeatureTable.read(self.path / FEATURES_DIR)
+        self.scores = read_scores(self.path) if "propensity" in self.models else None
+        if self.scores is not None and self.scores.index.equals(self.features.frame.index):
+            self.scores.index = self.features.frame.index  # one id index (and hash table)
 
-    @property
-    def features(self) -> FeatureTable:
-        """The feature table; a ``lazy`` bundle reads it on first use (a lookalike or a send
-        time never does)."""
-        if self._features is None:
-            with self._features_lock:
-                if self._features is None:
-                    try:
-                        self._features = self._read_features()
-                    except (OSError, ValueError, KeyError) as exc:
-                        raise BundleError(
-                            f"bundle {self.path}: its feature table cannot be read: {exc}"
-                        ) from exc
-        return self._features
+    def _share_ids(self) -> None:
+        """Models whose profile list is the table's use the table's index: one copy of the
+        ids (and of the hash table a lookup builds) per worker instead of one per model."""
+        index = self.features.frame.index
+        for model in self.models.values():
+            ids = getattr(model, "profile_ids_", None)
+            if isinstance(ids, pd.Index) and ids is not index and ids.equals(index):
+                model.profile_ids_ = index  # type: ignore[attr-defined]
 
-    @features.setter
-    def features(self, table: FeatureTable) -> None:
-        self._features = table
-        self._index = None
+    def remap(self) -> None:
+        """Read the models, the feature table and the scores again from :attr:`path`, after
+        a re-publish wrote them there (refresh, erasure): the edited copies give way to the
+        new version's shared pages, and no file of an older version stays mapped (a deleted
+        file that is still mapped keeps its data, erased profiles included, on disk)."""
+        self._read(lazy=isinstance(self.models, LazyModels))
 
     def profile_index(self) -> pd.Index:
-        """The ids of the feature table's profiles (the eligible ones), without reading the
-        whole table when it is not loaded yet."""
-        if self._features is not None:
-            return self._features.frame.index
-        if self._index is None:
-            self._index = pd.Index(read_features_index(self.path), name="profile_id")
-        return self._index
+        """The ids of the feature table's profiles (the eligible ones)."""
+        return self.features.frame.index
 
     @property
     def propensity(self) -> PropensityModel | None:

@@ -40,6 +40,7 @@ service worker); :func:`apply_events` is the one-shot form.
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 import time
@@ -59,6 +60,7 @@ from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
+from dmp_ml.mapped import writable, write_rows
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.settings import ContractSettings, Settings
 
@@ -253,6 +255,8 @@ class Refresher:
         current = self._bundle
         if current is None or Path(current.path).resolve() != live or stamp != self._erasure_stamp:
             self._bundle = load_bundle(live, n_threads=self.n_threads)
+            if current is not None:
+                gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
             self._history = store.history_events(self.workdir)
             self._raw_scores = None
             self._erasure_stamp = stamp
@@ -549,6 +553,9 @@ class Refresher:
             },
             drop_ids=removed,
         )
+        # kept for the next batch: the copies edited in memory give way to the new version's
+        # mapped files (which no longer maps the version the batch started from)
+        bundle.remap()
         lap("publish")
         logger.info(
             "refresh %s: %d events, %d profiles updated, %d new, %d removed -> bundle %s",
@@ -682,14 +689,26 @@ def _merge_table(
     affected: pd.Index,
     cookies: pd.Index,
 ) -> FeatureTable:
-    """The bundle's table with ``rows`` replacing/adding profiles and ``removed`` gone."""
+    """The bundle's table with ``rows`` replacing/adding profiles and ``removed`` gone.
+
+    When the batch only changes profiles the table has, their rows are written in place: a
+    table mapped from the bundle's files (copy-on-write) then copies only the pages of those
+    rows; otherwise the table is rebuilt (a private copy until the refresh publishes it).
+    """
     frame = current.frame
-    drop = frame.index.isin(rows.frame.index) | frame.index.isin(removed)
-    merged = pd.concat([frame.loc[~drop], rows.frame])
-    how = np.vstack([current.hour_of_week[~drop], rows.hour_of_week])
-    order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
-    merged = merged.iloc[order]
-    how = how[order]
+    pos = frame.index.get_indexer(rows.frame.index)
+    if len(removed) == 0 and bool((pos >= 0).all()):
+        merged = frame
+        write_rows(merged, pos, rows.frame[list(frame.columns)])
+        how = writable(current.hour_of_week)
+        how[pos] = rows.hour_of_week
+    else:
+        drop = frame.index.isin(rows.frame.index) | frame.index.isin(removed)
+        merged = pd.concat([frame.loc[~drop], rows.frame])
+        how = np.vstack([current.hour_of_week[~drop], rows.hour_of_week])
+        order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
+        merged = merged.iloc[order]
+        how = how[order]
     cookie_map = current.cookie_map
     if cookie_map is not None:
         stale = cookie_map.index.isin(cookies) | cookie_map.isin(affected).to_numpy(bool)

@@ -1,4 +1,5 @@
-"""The feature table: what it holds (:class:`FeatureSpec`) and how it is stored (Parquet)."""
+"""The feature table: what it holds (:class:`FeatureSpec`) and how it is stored (one Parquet
+file for export, or a directory of mapped arrays in a bundle)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmp_ml.errors import DataContractError, UnknownProfileError
+from dmp_ml.mapped import map_array, map_frame, write_array, write_frame
 
 FEATURE_VERSION = "1"
 HOURS_PER_WEEK = 168
 HOW_PREFIX = "hour_of_week_"
 _META_KEY = b"dmp_ml.features"
+TABLE_FILE = "table.json"
+"""Spec and summary of a feature table directory (:meth:`FeatureTable.write`)."""
+HOW_FILE = "hour_of_week.npy"
 
 
 @dataclass(frozen=True)
@@ -145,19 +150,34 @@ class FeatureTable:
         return cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
 
     def write(self, directory: str | Path) -> Path:
-        """A directory: ``features.parquet`` (see :meth:`to_parquet`) and ``cookie_map.parquet``."""
+        """A directory the serving workers map (see :mod:`dmp_ml.mapped`): ``features.npy``
+        (the float features), ``features.parquet`` (the profile ids and the other columns),
+        ``hour_of_week.npy``, ``table.json`` (spec and summary) and ``cookie_map.parquet``."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.to_parquet(directory / "features.parquet")
+        write_frame(directory, "features", self.frame)
+        meta = {"spec": self.spec.to_dict(), "summary": self.summary}
+        (directory / TABLE_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        write_array(directory / HOW_FILE, np.asarray(self.hour_of_week, dtype=np.float64))
         if self.cookie_map is not None:
             self.cookie_map.reset_index().to_parquet(directory / "cookie_map.parquet", index=False)
         return directory
 
     @classmethod
     def read(cls, directory: str | Path) -> FeatureTable:
-        """Read a directory written by :meth:`write`."""
+        """Read a directory written by :meth:`write`; the float features and the hour-of-week
+        counts stay mapped (copy-on-write), so only the ids and the categories are private."""
         directory = Path(directory)
-        table = cls.read_parquet(directory / "features.parquet")
+        try:
+            meta = json.loads((directory / TABLE_FILE).read_text(encoding="utf-8"))
+            frame = map_frame(directory, "features")
+            how = map_array(directory / HOW_FILE)
+        except (OSError, ValueError, KeyError, pa.ArrowInvalid) as exc:
+            raise DataContractError(f"{directory}: not a readable feature table ({exc})") from exc
+        spec = FeatureSpec.from_dict(meta["spec"])
+        frame.index = pd.Index(frame.index.astype("string"), name="profile_id")
+        if list(frame.columns) != list(spec.columns) or how.shape != (len(frame), HOURS_PER_WEEK):
+            raise DataContractError(f"{directory}: the feature files do not match their spec")
+        table = cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
         cookies = directory / "cookie_map.parquet"
         if cookies.exists():
             frame = pq.read_table(cookies).to_pandas(

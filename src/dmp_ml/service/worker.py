@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -135,6 +136,10 @@ class ServiceWorker:
         self._erasure_stamp = _erasure_stamp(self.workdir)
         first = self._bundle is None
         self._bundle = bundle  # the swap: one reference assignment
+        if not first:
+            # the old bundle maps its version's files until it is freed; parts of it in
+            # reference cycles would keep a version deleted since (by forget or pruning) on disk
+            gc.collect()
         service_metrics().bundle_loaded(
             str(bundle.version), dict(bundle.manifest).get("created_at"), first=first
         )

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import sparse
 
 from dmp_ml.errors import BundleError
+from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
 
 if TYPE_CHECKING:
@@ -50,8 +51,11 @@ __all__ = ["AFFINITY_DIR", "AffinityModel", "display_hours"]
 
 AFFINITY_DIR = "affinity"
 """The model's directory in a bundle (its :attr:`AffinityModel.name`)."""
-CHANNELS_FILE = "channels.parquet"
-CATEGORIES_FILE = "categories.parquet"
+CHANNELS_FILE = "channels.npy"
+_CSR = ("data", "indices", "indptr")
+"""The category counts' CSR arrays, each saved as ``categories_<name>.npy`` and mapped."""
+FORMAT_VERSION = 2
+"""2: the counts as mapped ``.npy`` files (1: Parquet tables, refused: retrain)."""
 POPULATION_FILE = "population.json"
 PROFILES_FILE = "profiles.parquet"
 OTHER_CHANNEL = "other"
@@ -333,9 +337,8 @@ class AffinityModel:
     # ------------------------------------------------------------------ persistence
 
     def save(self, directory: str | Path) -> Path:
-        """The profile list and the counts as Parquet tables with a ``profile_id`` column (a
-        re-publish after an erasure drops their rows), vocabularies, shares and parameters as
-        JSON (no ids)."""
+        """The profile list (Parquet), the counts as ``.npy`` files that :meth:`load` maps
+        (row-aligned with the list), vocabularies, shares and parameters as JSON (no ids)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, writer in self.writers().items():
@@ -352,24 +355,10 @@ class AffinityModel:
             pd.DataFrame(frame).to_parquet(path, index=False)
 
         def channels(path: Path) -> None:
-            r, c = np.nonzero(self.channel_counts_)
-            pd.DataFrame(
-                {
-                    "profile_id": pd.array(self.profile_ids_[r].to_numpy(), dtype="string"),
-                    "channel": pd.array(self.channels_[c].to_numpy(), dtype="string"),
-                    "events": self.channel_counts_[r, c].astype(np.int64),
-                }
-            ).to_parquet(path, index=False)
+            write_array(path, np.asarray(self.channel_counts_, dtype=np.float64))
 
-        def categories(path: Path) -> None:
-            coo = self.category_counts_.tocoo()
-            pd.DataFrame(
-                {
-                    "profile_id": pd.array(self.profile_ids_[coo.row].to_numpy(), dtype="string"),
-                    "category": pd.array(self.categories_[coo.col].to_numpy(), dtype="string"),
-                    "events": coo.data.astype(np.int64),
-                }
-            ).to_parquet(path, index=False)
+        def categories(name: str) -> Any:
+            return lambda path: write_array(path, getattr(self.category_counts_, name))
 
         def population(path: Path) -> None:
             meta = {
@@ -380,6 +369,7 @@ class AffinityModel:
                     "max_channels": self.max_channels,
                     "segment_min_profiles": self.segment_min_profiles,
                 },
+                "format_version": FORMAT_VERSION,
                 "as_of": self.as_of_.isoformat(),
                 "channels": [str(c) for c in self.channels_],
                 "channel_share": self.channel_share_.tolist(),
@@ -391,7 +381,7 @@ class AffinityModel:
         return {
             PROFILES_FILE: profiles,
             CHANNELS_FILE: channels,
-            CATEGORIES_FILE: categories,
+            **{f"categories_{name}.npy": categories(name) for name in _CSR},
             POPULATION_FILE: population,
         }
 
@@ -402,9 +392,11 @@ class AffinityModel:
         directory = Path(directory)
         try:
             meta = json.loads((directory / POPULATION_FILE).read_text(encoding="utf-8"))
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format {meta.get('format_version')} is not {FORMAT_VERSION}")
             profiles = pd.read_parquet(directory / PROFILES_FILE)
-            channels = pd.read_parquet(directory / CHANNELS_FILE)
-            categories = pd.read_parquet(directory / CATEGORIES_FILE)
+            channel = map_array(directory / CHANNELS_FILE)
+            csr = [map_array(directory / f"categories_{name}.npy") for name in _CSR]
         except (OSError, ValueError) as exc:
             raise BundleError(f"affinity model in {directory} cannot be read: {exc}") from exc
         model = cls(**meta["params"])
@@ -413,23 +405,12 @@ class AffinityModel:
         model.categories_ = pd.Index(meta["categories"], dtype="string")
         model.channel_share_ = np.asarray(meta["channel_share"], dtype=np.float64)
         model.category_share_ = np.asarray(meta["category_share"], dtype=np.float64)
-        # every file has a profile_id column: a re-publish after an erasure drops their rows
-        ids = pd.Index(profiles["profile_id"].astype("string"))
-        model.profile_ids_ = ids
-        n = len(ids)
-        channel = np.zeros((n, len(model.channels_)))
-        r = ids.get_indexer(channels["profile_id"].astype("string"))
-        ok = r >= 0
-        c = model.channels_.get_indexer(channels["channel"].astype("string"))
-        channel[r[ok], c[ok]] = channels["events"].to_numpy(dtype=np.float64)[ok]
-        model.channel_counts_ = channel
-        r = ids.get_indexer(categories["profile_id"].astype("string"))
-        ok = r >= 0
-        c = model.categories_.get_indexer(categories["category"].astype("string"))
-        model.category_counts_ = sparse.csr_matrix(
-            (categories["events"].to_numpy(dtype=np.float64)[ok], (r[ok], c[ok])),
-            shape=(n, len(model.categories_)),
-        )
+        model.profile_ids_ = pd.Index(profiles["profile_id"].astype("string"))
+        n = len(model.profile_ids_)
+        if channel.shape != (n, len(model.channels_)) or len(csr[2]) != n + 1:
+            raise BundleError(f"affinity counts in {directory} do not match its profile list")
+        model.channel_counts_ = channel  # mapped, as are the category counts
+        model.category_counts_ = sparse.csr_matrix(tuple(csr), shape=(n, len(model.categories_)))
         return model
 
     def summary(self) -> dict[str, float]:

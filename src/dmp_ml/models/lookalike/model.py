@@ -508,7 +508,8 @@ class LookalikeModel:
         return int(len(pos))
 
     def _own_arrays(self) -> None:
-        """Private copies of the mapped (read-only) arrays before a change in place."""
+        """Arrays that can be changed in place (a copy-on-write mapping copies only the pages
+        written; an array that cannot be written is copied)."""
         self.raw_ = writable(self.raw_)
         self.codes_ = writable(self.codes_)
         self.vectors_ = writable(self.vectors_)
