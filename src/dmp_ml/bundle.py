@@ -396,10 +396,11 @@ class ModelBundle:
 
     ``models`` maps each registered model the bundle holds to it (see :func:`load_models`);
     ``propensity``, ``send_time_model``, ``lookalike_model`` and ``affinity_model`` name them
-    (None when the bundle has none); with ``lazy`` each model (:class:`LazyModels`) and the
-    feature table load on first use. Every question a campaign tool asks goes through one of
-    its methods, so the CLI, the service and notebooks give the same answers. Forgotten
-    profiles (see :meth:`forget`) disappear from every answer at once.
+    (None when the bundle has none); with ``lazy`` each model loads on first use
+    (:class:`LazyModels`); the feature table and the scores are always mapped at once. Every
+    question a campaign tool asks goes through one of its methods, so the CLI, the service and
+    notebooks give the same answers. Forgotten profiles (see :meth:`forget`) disappear from
+    every answer at once.
     """
 
     def __init__(
@@ -456,10 +457,6 @@ class ModelBundle:
         new version's shared pages, and no file of an older version stays mapped (a deleted
         file that is still mapped keeps its data, erased profiles included, on disk)."""
         self._read(lazy=isinstance(self.models, LazyModels))
-
-    def profile_index(self) -> pd.Index:
-        """The ids of the feature table's profiles (the eligible ones)."""
-        return self.features.frame.index
 
     @property
     def propensity(self) -> PropensityModel | None:
@@ -544,7 +541,7 @@ class ModelBundle:
             raise BundleError(
                 f"bundle {self.version} has no send-time model: {self._why('send_time')}"
             )
-        eligible_ids = self.profile_index()
+        eligible_ids = self.features.frame.index
         if profile_ids is None:
             ids = eligible_ids.astype(str).tolist()
         else:
@@ -600,10 +597,10 @@ def load_bundle(
 ) -> ModelBundle:
     """Load and verify the live bundle of a workdir, or a bundle directory itself.
 
-    Every file is checked against the manifest either way. With ``lazy`` the models and the
-    feature table load when first used (a one-shot command needs one or two of them); without,
-    all load now, so a long-lived server pays the cost, and finds an unloadable model, before
-    it answers.
+    Every file is checked against the manifest either way. With ``lazy`` the models load when
+    first used (a one-shot command needs one or two of them; the mapped feature table and
+    scores cost little); without, all load now, so a long-lived server pays the cost, and finds
+    an unloadable model, before it answers.
     """
     location = Path(location)
     path = location if (location / MANIFEST).exists() else live_bundle_path(location)
