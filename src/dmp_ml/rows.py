@@ -110,7 +110,7 @@ def _may_repeat(frame: pd.DataFrame) -> np.ndarray:
     """
     positions = np.arange(len(frame))
     times = frame["event_time"] if "event_time" in frame.columns else None
-    if times is None or times.hasnans or not times.is_monotonic_increasing:
+    if len(frame) < 2 or times is None or times.hasnans or not times.is_monotonic_increasing:
         return positions
     ticks = times.array.asi8
     same = ticks[1:] == ticks[:-1]
