@@ -1,21 +1,27 @@
-"""Serving at scale: bundle size on disk and a serving worker's private memory per demo world.
+"""Training and serving at scale: one row per demo world, and a picture of the slopes.
 
-For each size, builds a demo world (``dmp-ml demo-data``), trains it (``dmp-ml train``), then
-loads the bundle in a fresh process and measures that process's private memory (the
-``Anonymous`` memory from ``/proc/<pid>/smaps_rollup``: what only it holds, backed by no
-file; the pages of mapped bundle files are page cache, shared by every worker mapping them),
-before and after loading and after answering a few questions, with what each part of the
-bundle adds. With ``--workers 2`` it also starts ``dmp-ml serve`` with two workers and reports
-each worker's private memory after a round of requests. Prints one table.
+For each size, builds a demo world (``dmp-ml demo-data``) and trains it (``dmp-ml train``),
+sampling the proportional set size (PSS) of the whole process tree to get the peak memory of
+all processes together, with the per-stage seconds the train manifest records. Then, each in a
+fresh process: the private memory of a loaded bundle (the ``Anonymous`` memory from
+``/proc/<pid>/smaps_rollup``: what only it holds, backed by no file; the pages of mapped
+bundle files are page cache, shared by every worker mapping them) and what each part adds;
+``score`` latency (100 ids) and lookalike latency (a seed of 1% of the profiles to an
+audience of 10%) from the loaded bundle, with FAISS's exact search over the same vectors for
+reference; and the visibility of a 1,000-event refresh batch (``apply_events``, then loading
+the new version and answering from it) on a copy of the workdir. With ``--workers 2`` it also
+starts ``dmp-ml serve`` with two workers and reports each worker's private memory after a
+round of requests. Prints one table; ``--plot`` draws it (``docs/scale.png``).
 
-    python bench/scale.py --profiles 10000 50000
-    python bench/scale.py --profiles 10000 --workdir /tmp/scale --workers 2   # keeps the worlds
-    python bench/scale.py --bundle /tmp/scale/w10000                          # measure only
+    python bench/scale.py --profiles 20000 100000 --workers 2 --plot docs/scale.png
+    python bench/scale.py --profiles 10000 --workdir /tmp/scale     # keeps the worlds
+    python bench/scale.py --bundle /tmp/scale/w10000                # measure only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -30,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 DMP_ML = [sys.executable, "-m", "dmp_ml.cli"]
 
 _PROBE = r"""
-import gc, json, sys
+import gc, json, sys, time
 from pathlib import Path
 
 def uss():
@@ -57,6 +63,37 @@ if part == "features":
     kept = FeatureTable.read(path / b.FEATURES_DIR)
 elif part == "scores":
     kept = b.read_scores(path)
+elif part == "latency":
+    import numpy as np
+    bundle = b.load_bundle(path, n_threads=1)
+    ids = bundle.features.frame.index
+    rng = np.random.default_rng(0)
+    score_ms = []
+    for _ in range(200):
+        chosen = ids[rng.choice(len(ids), 100, replace=False)].tolist()
+        t = time.perf_counter()
+        bundle.score(chosen)
+        score_ms.append((time.perf_counter() - t) * 1000)
+    out = {"score_p50_ms": float(np.percentile(score_ms, 50)),
+           "score_p99_ms": float(np.percentile(score_ms, 99))}
+    look = bundle.lookalike_model
+    if look is not None:
+        known = look.profile_ids_
+        seed = known[rng.choice(len(known), max(10, len(known) // 100), replace=False)].tolist()
+        size = max(100, len(known) // 10)
+        bundle.lookalike(seed[:10], size=100)  # first call: lazy parts set up
+        t = time.perf_counter()
+        audience = bundle.lookalike(seed, size=size)
+        out["lookalike_ms"] = (time.perf_counter() - t) * 1000
+        out["lookalike_seed"], out["lookalike_size"] = len(seed), len(audience.frame)
+        vectors = np.ascontiguousarray(look.vectors_, dtype=np.float32)
+        query = vectors[look.profile_ids_.get_indexer(seed)].mean(axis=0, keepdims=True)
+        query /= max(float(np.linalg.norm(query)), 1e-12)
+        t = time.perf_counter()
+        faiss.knn(query, vectors, size, metric=faiss.METRIC_INNER_PRODUCT)
+        out["exact_search_ms"] = (time.perf_counter() - t) * 1000
+    print(json.dumps(out))
+    sys.exit(0)
 elif part != "bundle":
     kept = model_class(part).load(path / part, n_threads=1)
 else:
@@ -73,7 +110,8 @@ else:
     print(json.dumps({"profiles": len(bundle.features), "base_mb": before / 2**20,
                       "load_mb": (loaded - before) / 2**20,
                       "answered_mb": (answered - before) / 2**20,
-                      "parts": ["features", *b.trained_models(manifest), "scores"]}))
+                      "parts": ["features", *b.trained_models(manifest),
+                                *(["scores"] if bundle.scores is not None else [])]}))
     sys.exit(0)
 print(json.dumps({"mb": (uss() - before) / 2**20}))
 """
@@ -89,19 +127,90 @@ def run(cmd: list[str], **kw: object) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
 
 
-def build(workdir: Path, profiles: int, days: int) -> float:
-    """Demo world and trained bundle in ``workdir`` (skipped when one is there); train seconds."""
-    if (workdir / "bundle").exists():
-        return float("nan")
+def tree_pss(pid: int) -> int:
+    """Proportional set size of process ``pid`` and its children: shared pages are split
+    between the processes sharing them, so the sum is the tree's real footprint."""
+    import psutil
+
+    total = 0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                total += proc.memory_full_info().pss
+    return total
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd``; its wall seconds and the peak PSS (GB) of its process tree."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_pss(proc.pid))
+        time.sleep(0.5)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return time.perf_counter() - started, peak / 2**30
+
+
+def build(workdir: Path, profiles: int, days: int) -> dict[str, object]:
+    """Demo world and trained bundle in ``workdir``; what training cost (kept in
+    ``train.json`` there, so a later run over the same workdir reports it too)."""
+    record = workdir / "train.json"
+    if record.exists():
+        return json.loads(record.read_text())
     demo = workdir / "demo"
     run([*DMP_ML, "demo-data", str(demo), "--profiles", str(profiles), "--days", str(days)])
-    started = time.perf_counter()
-    run(
+    import pyarrow.parquet as pq
+
+    events = pq.ParquetFile(demo / "events.parquet").metadata.num_rows
+    seconds, peak_gb = timed(
         [*DMP_ML, "train", "--workdir", str(workdir), "--as-of", "end"]
         + ["--events", str(demo / "events.parquet"), "--profiles", str(demo / "profiles.parquet")]
         + ["--consent", str(demo / "consent.parquet")]
     )
-    return time.perf_counter() - started
+    from dmp_ml.bundle import MANIFEST, live_bundle_path
+
+    manifest = json.loads((live_bundle_path(workdir) / MANIFEST).read_text())
+    result = {
+        "events": events,
+        "train_s": seconds,
+        "train_peak_gb": peak_gb,
+        "stages_s": {k: round(v, 1) for k, v in manifest["seconds"].items()},
+    }
+    record.write_text(json.dumps(result))
+    return result
+
+
+def refresh_visibility(workdir: Path, batch_size: int = 1000) -> float:
+    """Seconds from applying a batch of ``batch_size`` events of existing profiles (moved to
+    the hour after ``as_of``) to an answer from the new version, on a copy of ``workdir``."""
+    import shutil
+
+    import pandas as pd
+
+    from dmp_ml.bundle import load_bundle
+    from dmp_ml.refresh import apply_events
+
+    with tempfile.TemporaryDirectory(prefix="dmp-ml-scale-refresh-") as tmp:
+        copy = Path(tmp) / "w"
+        shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("demo"))
+        bundle = load_bundle(copy, n_threads=1)
+        events = pd.read_parquet(workdir / "demo" / "events.parquet")
+        batch = events.sample(batch_size, random_state=0).reset_index(drop=True)
+        offsets = pd.to_timedelta(range(batch_size), unit="s")
+        batch["event_time"] = bundle.as_of + pd.Timedelta(minutes=1) + offsets
+        ids = [p for p in batch["profile_id"].dropna().astype(str).unique()[:20]]
+        del bundle, events
+        started = time.perf_counter()
+        report = apply_events(copy, batch)
+        fresh = load_bundle(copy, n_threads=1)
+        fresh.score([p for p in ids if p in fresh.features.frame.index] or None)
+        seconds = time.perf_counter() - started
+        if report.rows_accepted < batch_size * 0.9:
+            raise RuntimeError(f"refresh accepted {report.rows_accepted} of {batch_size}")
+        return seconds
 
 
 def bundle_size(workdir: Path) -> float:
@@ -110,20 +219,21 @@ def bundle_size(workdir: Path) -> float:
     return sum(p.stat().st_size for p in live.rglob("*") if p.is_file()) / 2**20
 
 
+def measure(workdir: Path, part: str) -> dict[str, object]:
+    """Run the probe for ``part`` of the bundle in a fresh process; what it printed."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(workdir), part],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def probe(workdir: Path) -> dict[str, object]:
     """Load the bundle, then each of its parts, each in a fresh process; private memory MB."""
-
-    def measure(part: str) -> dict[str, object]:
-        out = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(workdir), part],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    result = measure("bundle")
-    result["parts_mb"] = {p: measure(p)["mb"] for p in result.pop("parts")}
+    result = measure(workdir, "bundle")
+    result["parts_mb"] = {p: measure(workdir, p)["mb"] for p in result.pop("parts")}
     return result
 
 
@@ -168,37 +278,99 @@ def serve_workers(workdir: Path, n_workers: int) -> list[float]:
         server.wait(timeout=60)
 
 
+def plot(rows: list[dict[str, object]], out: Path) -> None:
+    """Six panels against the number of profiles: train seconds by stage, peak memory, bundle
+    size, private memory, latencies, refresh visibility."""
+    from matplotlib.figure import Figure
+
+    sizes = [int(r["profiles"]) for r in rows]
+    labels = [
+        f"{n / 1000:.0f}k profiles\n{int(r.get('events', 0)) / 1e6:.1f}M events"
+        for n, r in zip(sizes, rows, strict=True)
+    ]
+    fig = Figure(figsize=(13, 7.5))
+    axes = fig.subplots(2, 3).ravel()
+    ax = axes[0]
+    stages: list[str] = []
+    for r in rows:
+        stages += [k for k in r.get("stages_s", {}) if k not in stages]
+    bottom = [0.0] * len(rows)
+    for stage in stages:
+        heights = [float(r.get("stages_s", {}).get(stage, 0.0)) for r in rows]
+        ax.bar(labels, heights, bottom=bottom, label=stage)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_title("train: seconds by stage")
+    ax.legend(fontsize=7)
+    panels = [
+        ("train: peak memory, all processes (GB)", ["train_peak_gb"]),
+        ("bundle on disk (MB)", ["bundle_mb"]),
+        ("private memory (MB)", ["load_mb", "answered_mb", "worker_max_mb"]),
+        ("latency (ms)", ["score_p99_ms", "lookalike_ms", "exact_search_ms"]),
+        ("refresh: 1,000 events visible after (s)", ["refresh_s"]),
+    ]
+    for ax, (title, keys) in zip(axes[1:], panels, strict=True):
+        width = 0.8 / len(keys)
+        for j, key in enumerate(keys):
+            values = [float(r.get(key, float("nan"))) for r in rows]
+            xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))]
+            bars = ax.bar(xs, values, width=width, label=key)
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.set_xticks(range(len(rows)), labels)
+        ax.set_title(title)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle("dmp-ml at scale (bench/scale.py, one 2-core machine)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", type=int, nargs="+", default=[10000, 50000])
+    parser.add_argument("--profiles", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--workdir", type=Path, help="keep the worlds here (default: temporary)")
     parser.add_argument("--bundle", type=Path, nargs="+", help="measure these workdirs only")
     parser.add_argument("--workers", type=int, default=0, help="also serve with N workers")
+    parser.add_argument("--plot", type=Path, help="draw the table here (e.g. docs/scale.png)")
     args = parser.parse_args(argv)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="dmp-ml-scale-"))
     targets = args.bundle or [root / f"w{n}" for n in args.profiles]
-    rows = []
+    rows: list[dict[str, object]] = []
     for i, workdir in enumerate(targets):
-        train_s = float("nan") if args.bundle else build(workdir, args.profiles[i], args.days)
-        row = {"workdir": str(workdir), "train_s": train_s, "bundle_mb": bundle_size(workdir)}
+        row: dict[str, object] = {"workdir": str(workdir)}
+        if not args.bundle:
+            row.update(build(workdir, args.profiles[i], args.days))
+        elif (workdir / "train.json").exists():
+            row.update(json.loads((workdir / "train.json").read_text()))
+        row["bundle_mb"] = bundle_size(workdir)
         row.update(probe(workdir))
+        row.update(measure(workdir, "latency"))
+        if (workdir / "demo" / "events.parquet").exists():
+            row["refresh_s"] = refresh_visibility(workdir)
         if args.workers:
-            row["worker_uss_mb"] = serve_workers(workdir, args.workers)
+            row["worker_mb"] = serve_workers(workdir, args.workers)
+            row["worker_max_mb"] = max(row["worker_mb"])  # type: ignore[type-var]
         rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    nan = float("nan")
     print(
-        f"{'profiles':>9} {'train s':>8} {'bundle MB':>10} {'base MB':>8} {'load MB':>8} "
-        f"{'answered MB':>12}  per part MB / workers' private MB"
+        f"{'profiles':>9} {'events':>10} {'train s':>8} {'peak GB':>8} {'bundle MB':>10} "
+        f"{'load MB':>8} {'answered MB':>12} {'score p99 ms':>13} {'lookalike ms':>13} "
+        f"{'exact ms':>9} {'refresh s':>10}  workers' private MB; train seconds by stage"
     )
     for r in rows:
-        parts = " ".join(f"{k}={v:.1f}" for k, v in r["parts_mb"].items())
-        workers = (
-            f"  workers {[round(w) for w in r['worker_uss_mb']]}" if "worker_uss_mb" in r else ""
-        )
+        g = r.get
+        stages = " ".join(f"{k}={v:.0f}" for k, v in g("stages_s", {}).items())  # type: ignore[union-attr]
         print(
-            f"{r['profiles']:>9} {r['train_s']:>8.0f} {r['bundle_mb']:>10.1f} "
-            f"{r['base_mb']:>8.0f} {r['load_mb']:>8.1f} {r['answered_mb']:>12.1f}  {parts}{workers}"
+            f"{g('profiles'):>9} {g('events', 0):>10} {g('train_s', nan):>8.0f} "
+            f"{g('train_peak_gb', nan):>8.2f} {g('bundle_mb'):>10.1f} {g('load_mb'):>8.1f} "
+            f"{g('answered_mb'):>12.1f} {g('score_p99_ms', nan):>13.1f} "
+            f"{g('lookalike_ms', nan):>13.1f} {g('exact_search_ms', nan):>9.1f} "
+            f"{g('refresh_s', nan):>10.2f}  {[round(w) for w in g('worker_mb', [])]}; {stages}"  # type: ignore[union-attr]
         )
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":
