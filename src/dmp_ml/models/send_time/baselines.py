@@ -158,7 +158,7 @@ def _window(
         return None
     index = before.profile_ids_
     raw = curves.extract(events, end, before.non_engagement_events)
-    codes = index.get_indexer(raw["profile_id"])
+    codes = curves.profile_codes(raw, index)
     split_sec = int(split.value // 1_000_000_000)
     end_sec = int(end.value // 1_000_000_000)
     machine = (before.machine_open_seconds, before.machine_open_weight)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -71,8 +71,13 @@ class Counts:
 
 def extract(
     events: pd.DataFrame, as_of: pd.Timestamp | None, non_engagement: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Numpy arrays of the rows that matter (profile set, before ``as_of`` when given)."""
+) -> dict[str, Any]:
+    """Numpy arrays of the rows that matter (profile set, before ``as_of`` when given).
+
+    Profiles come as ``profile`` (int64 code per row) into ``profiles`` (the distinct ids, an
+    Index): a log repeats each id many times, and matching the distinct ids once
+    (:func:`profile_codes`) costs far less than hashing every row's text.
+    """
     missing = [c for c in _REQUIRED_COLUMNS if c not in events.columns]
     if missing:
         raise DataContractError(f"events lack column(s) {', '.join(missing)}")
@@ -92,14 +97,21 @@ def extract(
     is_other = ~(is_send | is_resp) & ~etype.isin(list(non_engagement)).fillna(True).to_numpy(bool)
     campaign = frame["campaign_id"].astype("string")
     camp_codes, _ = pd.factorize(campaign, use_na_sentinel=True)
+    profile, profiles = pd.factorize(frame["profile_id"].astype("string"))
     return {
-        "profile_id": frame["profile_id"].astype("string").to_numpy(dtype=object),
+        "profile": profile.astype(np.int64),
+        "profiles": pd.Index(pd.array(profiles, dtype="string"), name="profile_id"),
         "sec": sec,
         "is_send": is_send,
         "is_resp": is_resp,
         "is_other": is_other,
         "campaign": camp_codes.astype(np.int64),
     }
+
+
+def profile_codes(raw: dict[str, Any], index: pd.Index) -> np.ndarray:
+    """Position in ``index`` of each row's profile (-1 where it is not there)."""
+    return index.get_indexer(raw["profiles"]).astype(np.int64)[raw["profile"]]
 
 
 def max_sec(raw: dict[str, np.ndarray]) -> int:

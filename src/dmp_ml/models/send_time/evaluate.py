@@ -99,7 +99,7 @@ def evaluate_send_time(
     base_conv = ZoneConverter(base_names)
 
     raw = curves.extract(events_after, None, model.non_engagement_events)
-    codes = index.get_indexer(raw["profile_id"])
+    codes = curves.profile_codes(raw, index)
     machine = (model.machine_open_seconds, model.machine_open_weight)
     after = curves.evidence(raw, codes, curves.max_sec(raw) + 1, *machine, start_sec=as_of_sec)
     hp, hsec = after.act_p, after.act_sec
@@ -120,7 +120,7 @@ def evaluate_send_time(
     # pre-cutoff history for the baselines
     if training_events is not None:
         traw = curves.extract(training_events, model.as_of_, model.non_engagement_events)
-        before = curves.evidence(traw, index.get_indexer(traw["profile_id"]), as_of_sec, *machine)
+        before = curves.evidence(traw, curves.profile_codes(traw, index), as_of_sec, *machine)
     else:
         before = curves.evidence(raw, codes, as_of_sec, *machine)
     if len(before.act_p) == 0:
@@ -237,7 +237,7 @@ def held_out(model: SendTimeModel, events: pd.DataFrame) -> HeldOut:
     as_of_sec = int(model.as_of_.value // 1_000_000_000)
     index = model.profile_ids_
     raw = curves.extract(events, None, model.non_engagement_events)
-    codes = index.get_indexer(raw["profile_id"])
+    codes = curves.profile_codes(raw, index)
     end_sec = curves.max_sec(raw) + 1
     machine = (model.machine_open_seconds, model.machine_open_weight)
     ev = curves.evidence(raw, codes, end_sec, *machine, start_sec=as_of_sec)

@@ -219,10 +219,10 @@ class SendTimeModel(EstimatorParams):
         self._check_params()
         as_of_ts = utc_timestamp(as_of, "as_of", DataContractError)
         raw = curves.extract(events, as_of_ts, self.non_engagement_events)
-        profile_index = profile_universe(raw["profile_id"], timezones)
+        profile_index = profile_universe(raw["profiles"], timezones)
         if len(profile_index) == 0:
             raise InsufficientDataError("send time: no profile has events before as_of")
-        codes = profile_index.get_indexer(raw["profile_id"])
+        codes = curves.profile_codes(raw, profile_index)
         as_of_sec = int(as_of_ts.value // 1_000_000_000)
         full = curves.evidence(
             raw, codes, as_of_sec, self.machine_open_seconds, self.machine_open_weight
@@ -558,7 +558,7 @@ class SendTimeModel(EstimatorParams):
         as_of = change.as_of
         timezones = change.timezones
         raw = curves.extract(change.events, as_of, self.non_engagement_events)
-        codes = ids.get_indexer(pd.Index(raw["profile_id"], dtype="string"))
+        codes = curves.profile_codes(raw, ids)
         as_of_sec = int(as_of.value // 1_000_000_000)
         ev = curves.evidence(
             raw, codes, as_of_sec, self.machine_open_seconds, self.machine_open_weight
