@@ -163,6 +163,12 @@ class SendTimeSettings(_Section):
         description="Consecutive holdout_days periods before as_of on which the guard compares "
         "the curves with the plain baselines (pooled).",
     )
+    guard_profiles: int = Field(
+        20_000,
+        ge=1,
+        description="The guard stops adding periods once it holds this many held-out "
+        "(profile, period) pairs.",
+    )
     evaluation_days: int = Field(
         28, gt=0, description="Train pipeline: last days before as_of scored by the offline eval."
     )

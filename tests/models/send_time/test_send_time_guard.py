@@ -102,6 +102,13 @@ def test_the_guard_pools_consecutive_held_out_windows(world: dict) -> None:
     early = world["as_of"] - pd.Timedelta(days=40)
     short = SendTimeModel(**ONE, guard_windows=3).fit(events, early, zones).guard_
     assert short is not None and short[MODEL]["n_windows"] == 1
+    # a population large enough for one period decides on the latest period alone
+    enough = int(one[MODEL]["n_profiles"])
+    latest = SendTimeModel(**ONE, guard_windows=3, guard_profiles=enough).fit(events, as_of, zones)
+    assert latest.guard_ is not None and latest.guard_[MODEL]["n_windows"] == 1
+    assert latest.guard_[MODEL]["hit_rate"] == one[MODEL]["hit_rate"]
+    two = SendTimeModel(**ONE, guard_windows=3, guard_profiles=enough + 1).fit(events, as_of, zones)
+    assert two.guard_ is not None and two.guard_[MODEL]["n_windows"] == 2
 
 
 def test_only_a_significant_gain_replaces_the_model() -> None:

@@ -106,7 +106,8 @@ def compare(
     profile's next engagement in the window is the target of the hit rate (its best hour of
     day within one hour, circularly), all its engagement hours there of the log-likelihood
     (curve normalised over the week). The figures pool every (profile, window) pair, so one
-    window's luck (a few hundred profiles) does not decide alone. A window without history
+    window's luck (a few hundred profiles) does not decide alone; windows stop once the pool
+    holds ``guard_profiles`` pairs. A window without history
     before it or without engagement in it is skipped; None when every window is.
     """
     length = pd.Timedelta(days=float(model.holdout_days))
@@ -125,6 +126,8 @@ def compare(
         for name, (hit, ll) in window.items():
             hits.setdefault(name, []).append(hit)
             logliks.setdefault(name, []).append(ll)
+        if sum(len(h) for h in hits[MODEL]) >= model.guard_profiles:
+            break  # enough held-out profiles: earlier periods would only cost refits
     if not used:
         return None
     pooled = {name: np.concatenate(parts) for name, parts in hits.items()}

@@ -97,6 +97,10 @@ class SendTimeModel(EstimatorParams):
     guard_windows : int
         Consecutive ``holdout_days`` periods before ``as_of`` the guard pools (rolling origin;
         each needs a refit, and more periods make its choice less of a coin toss).
+    guard_profiles : int
+        The guard stops adding periods once it has this many held-out (profile, period)
+        pairs: a large population decides on its latest period alone (a hit-rate difference
+        over 20,000 profiles has a standard error near 0.003), a small one pools them all.
 
     Attributes
     ----------
@@ -162,6 +166,7 @@ class SendTimeModel(EstimatorParams):
         ),
         guard_baselines: bool = True,
         guard_windows: int = 3,
+        guard_profiles: int = 20_000,
     ) -> None:
         self.prior_strength_candidates = prior_strength_candidates
         self.cohort_strength_candidates = cohort_strength_candidates
@@ -182,6 +187,7 @@ class SendTimeModel(EstimatorParams):
         self.non_engagement_events = non_engagement_events
         self.guard_baselines = guard_baselines
         self.guard_windows = guard_windows
+        self.guard_profiles = guard_profiles
 
     # ---------------------------------------------------------------- construction helpers
 
