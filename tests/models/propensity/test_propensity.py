@@ -351,6 +351,7 @@ def test_train_propensity_validates_on_the_latest_snapshot_and_scores_as_of() ->
         "baseline_rf_logreg",
         "baseline_single",
         "baseline_bgnbd",  # no purchase history columns here: the base rate
+        "baseline_rfm_lightgbm",
         "blend",  # the model stacked with the best baseline, cross-fitted
     }
     m = result.metrics

@@ -55,7 +55,8 @@ class PropensityResult:
     """Everything one propensity training produced.
 
     ``metrics`` maps ``model`` (calibrated, cross-fitted), ``model_uncalibrated``,
-    ``baseline_rf_logreg``, ``baseline_single`` and ``baseline_bgnbd`` to
+    ``baseline_rf_logreg``, ``baseline_single``, ``baseline_bgnbd``,
+    ``baseline_rfm_lightgbm`` (and ``blend`` when it could be cross-fitted) to
     :func:`dmp_ml.metrics.classification_report` dicts computed on the validation snapshot.
     ``scores`` has ``profile_id, score, percentile`` for every profile of the score table
     (percentile in (0, 100], 100 = most likely).
@@ -101,6 +102,7 @@ class PropensityResult:
                     "RF logistic baseline": pred["p_baseline_rf_logreg"],
                     f"single: {self.baseline_single_feature}": pred["p_baseline_single"],
                     "BG/NBD baseline": pred["p_baseline_bgnbd"],
+                    "RFM LightGBM baseline": pred["p_baseline_rfm_lightgbm"],
                 },
                 title=f"Cumulative gains: {self.target_event} in {self.horizon_days} d",
             ),
@@ -115,6 +117,7 @@ class PropensityResult:
             "baseline_rf_logreg_roc_auc": m["baseline_rf_logreg"]["roc_auc"],
             "baseline_single_roc_auc": m["baseline_single"]["roc_auc"],
             "baseline_bgnbd_roc_auc": m["baseline_bgnbd"]["roc_auc"],
+            "baseline_rfm_lightgbm_roc_auc": m["baseline_rfm_lightgbm"]["roc_auc"],
             "ece_before_calibration": m["model_uncalibrated"]["ece"],
             "ece_after_calibration": m["model"]["ece"],
             "served_roc_auc": m[self.served]["roc_auc"],
