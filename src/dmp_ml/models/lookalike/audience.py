@@ -20,8 +20,8 @@ positive-unlabeled LightGBM alone, scoring every eligible profile). The simplest
 standard error of the best serves.
 
 ``raw_centroid`` has no index over its space: it scores every eligible profile (a chunked
-matrix product over ``raw_``, O(profiles x numeric features) per request; well under a second
-for a million profiles and a few dozen features, but linear in the population).
+matrix product over ``raw_``, O(profiles x numeric features) per request: about 0.9 CPU s for
+a million profiles of 40 features on one thread, linear in the population).
 """
 
 from __future__ import annotations
