@@ -4,29 +4,24 @@ still sees the seed."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from ports import free_port
 
 import dmp_ml
 import dmp_ml.demo
-from dmp_ml.service.app import build_service
-from dmp_ml.settings import Settings, load_settings
+from dmp_ml.settings import load_settings
+
+from .conftest import TOKEN, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "guard-5e2a"
-
 
 @pytest.fixture(scope="module")
-def crippled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Settings]:
+def crippled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sparse retail world trained with a one-dimensional embedding and a PU classifier
     that cannot split (every leaf must hold more rows than the seed has)."""
     workdir = tmp_path_factory.mktemp("guard") / "W"
@@ -34,43 +29,26 @@ def crippled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Settings]:
     look = settings.lookalike.model_copy(
         update={"pca_components": 1, "pu_n_estimators": 1, "pu_min_child_samples": 100_000}
     )
-    settings = settings.model_copy(update={"lookalike": look, "api_token": TOKEN})
+    settings = settings.model_copy(update={"lookalike": look})
     world = dmp_ml.demo.generate_retail_world(800, days=365, seed=3)
     dmp_ml.train(world.events, "end", workdir, settings=settings)
-    return workdir, settings
+    return workdir
 
 
 @pytest.fixture(scope="module")
-def served(crippled: tuple[Path, Settings]) -> Iterator[str]:
-    service = build_service(crippled[1])
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(service.to_asgi(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="guard-service", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+def served(crippled: Path) -> Iterator[str]:
+    """``dmp-ml serve`` on that workdir (the bundle carries its lookalike settings)."""
+    proc, url, _ = start_server(crippled)
     try:
-        while True:
-            assert thread.is_alive(), "the service stopped"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service is not ready after 60 s"
-            time.sleep(0.1)
         yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        stop_server(proc)
 
 
 def test_the_service_answers_with_the_raw_centroid_the_guard_picked(
-    crippled: tuple[Path, Settings], served: str
+    crippled: Path, served: str
 ) -> None:
-    bundle = dmp_ml.load_bundle(crippled[0])
+    bundle = dmp_ml.load_bundle(crippled)
     frame = bundle.features.frame
     # the seed: half of the heaviest buyers; the other half is what a good audience finds
     count = frame["purchase_count_total"].fillna(0)
