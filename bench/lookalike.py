@@ -153,7 +153,7 @@ def demo_world(
                         "heldout_recall": float(curve["expected_recall"].iloc[0]),
                     }
                 )
-            # what a request gets: the guard's pick among hybrid, centroid and classifier
+            # what a request gets: the guard's pick among the four candidates
             audience = model.expand(seed_ids, size=rest)
             truth = members.difference(pd.Index(seed_ids))
             quality = audience.diagnostics["expected_quality"] or {}

@@ -98,11 +98,10 @@ def test_every_model_run_logs_its_charts_and_the_events_it_saw(
     # held-out seeds are found far more often than a random audience would find them
     assert lookalike["heldout_lift_at_seed_size"] > 1.5
     # every lookalike candidate's held-out recall is logged; the step says which one serves
-    assert {"heldout_recall_hybrid", "heldout_recall_centroid", "heldout_recall_classifier"} <= set(
-        lookalike
-    )
+    candidates = ("raw_centroid", "centroid", "hybrid", "classifier")
+    assert {f"heldout_recall_{name}" for name in candidates} <= set(lookalike)
     details = manifest["steps"]["lookalike"]
-    assert details["served"] in ("hybrid", "centroid", "classifier")
+    assert details["served"] in candidates
     assert f"serving {details['served']}" in details["comparison"]
 
 

@@ -304,10 +304,11 @@ def head_to_head(
 ) -> HeadToHead:
     """Score ``champion`` and ``challenger`` on the challenger's validation snapshot.
 
-    Both use their *holdout* booster (trained without that snapshot, as the champion gate does)
-    and both raw scores are calibrated out-of-fold with the same folds and method, so neither
-    model's calibrator has seen the row it scores. With ``baselines``, the challenger's
-    recency/frequency logistic and single-feature baselines are added.
+    Both score with what their bundle serves, fitted without that snapshot (the *holdout*
+    booster or baseline, as the champion gate does; a blend's stack itself is fitted on the
+    challenger's snapshot) and both raw scores are calibrated out-of-fold with the same folds
+    and method, so neither model's calibrator has seen the row it scores. With ``baselines``,
+    the challenger's recency/frequency logistic and single-feature baselines are added.
 
     Returns
     -------
@@ -322,7 +323,9 @@ def head_to_head(
     method, folds, seed = model.calibration, model.calibration_folds, model.seed
     raw = {
         labels[0]: champion.predict_raw(val.X, which="holdout"),
-        labels[1]: model.validation_predictions_["raw"].to_numpy(dtype=np.float64),
+        # what the challenger's bundle serves (LightGBM, a baseline or the blend), as the
+        # champion's side is scored
+        labels[1]: model.predict_raw(val.X, which="holdout"),
     }
     probs = {name: _cross_fit(r, y, method, folds, seed) for name, r in raw.items()}
     if baselines:

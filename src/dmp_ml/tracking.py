@@ -512,8 +512,12 @@ def decide_champion(
         return ChampionDecision(True, "no champion yet")
     val = new.validation
     y = val.y
-    new_raw = new.model.validation_predictions_["raw"].to_numpy()
-    new_p = val.predictions["p_model"].to_numpy()
+    if new.model.served == "model":
+        new_raw = new.model.validation_predictions_["raw"].to_numpy()
+        new_p = val.predictions["p_model"].to_numpy()
+    else:  # what the bundle serves (a baseline, or the blend), as the champion is scored
+        new_raw = new.model.predict_raw(val.X, which="holdout")
+        new_p = new.model.calibrator_.predict(new_raw)
     try:
         champ_raw = champion.predict_raw(val.X, which="holdout")
         champ_p = champion.calibrator_.predict(champ_raw)

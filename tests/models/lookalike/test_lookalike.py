@@ -417,8 +417,10 @@ def test_index_retrieval_gives_the_exact_audience(world) -> None:
         )
         by_index = LookalikeModel(forced, n_threads=1).fit(table)
         assert by_index.build_report_["kind"] in {"ivf", "hnsw"}
-        got = by_index.expand(seed, size=150, exclude_ids=list(table.frame.index[:50]))
-        want = exhaustive.expand(seed, size=150, exclude_ids=list(table.frame.index[:50]))
+        # the embedding centroid: the raw-feature one has no index and always scores everyone
+        kwargs = {"size": 150, "exclude_ids": list(table.frame.index[:50]), "method": "centroid"}
+        got = by_index.expand(seed, **kwargs)
+        want = exhaustive.expand(seed, **kwargs)
         assert got.diagnostics["retrieval"] == "index"
         assert want.diagnostics["retrieval"] == "exhaustive"
         pd.testing.assert_frame_equal(got.frame, want.frame)
@@ -559,13 +561,14 @@ def test_guard_serves_a_plain_candidate_when_the_hybrid_is_crippled() -> None:
     audience = model.expand(seed, size=600)
     d = audience.diagnostics
     recall = d["candidate_recall"]
-    assert set(recall) == {"hybrid", "centroid", "classifier"}
-    assert d["method"] == "centroid"
-    assert recall["centroid"] > recall["hybrid"]
-    assert d["expected_quality"]["recall"] == recall["centroid"]
-    assert any("method: centroid" in line for line in audience.lines())
+    assert set(recall) == {"raw_centroid", "hybrid", "centroid", "classifier"}
+    plain = d["method"]
+    assert plain in ("raw_centroid", "centroid")
+    assert recall[plain] > recall["hybrid"]
+    assert d["expected_quality"]["recall"] == recall[plain]
+    assert any(f"method: {plain}" in line for line in audience.lines())
     # the answer is the chosen candidate's ranking, and truly better than the hybrid's
-    forced = model.expand(seed, size=600, method="centroid")
+    forced = model.expand(seed, size=600, method=plain)
     assert list(forced.frame["profile_id"]) == list(audience.frame["profile_id"])
     hybrid = model.expand(seed, size=600, method="hybrid")
     truth = members.difference(seed)
@@ -574,21 +577,98 @@ def test_guard_serves_a_plain_candidate_when_the_hybrid_is_crippled() -> None:
     assert served_precision > hybrid_precision + 0.1
 
 
-def test_guard_serves_the_centroid_when_no_candidate_is_clearly_better(model, world) -> None:
+def test_guard_serves_a_plain_centroid_when_no_candidate_is_clearly_better(model, world) -> None:
     _, groups = world
     members = _members(groups, 2)
     seed = list(members[:150])
     d = model.expand(seed, size=400).diagnostics
     recall = d["candidate_recall"]
-    assert list(recall) == ["centroid", "hybrid", "classifier"]
-    # within a few held-out seeds of each other: the plain centroid serves, and loses nothing
+    assert list(recall) == ["raw_centroid", "centroid", "hybrid", "classifier"]
+    # within a few held-out seeds of each other: a plain centroid serves, and loses nothing
     assert max(recall.values()) - min(recall.values()) < 0.1
-    assert d["method"] == "centroid" and recall["centroid"] > 0.3
+    assert d["method"] in ("raw_centroid", "centroid") and recall[d["method"]] > 0.3
     truth = members.difference(seed)
     for method in ("hybrid", "classifier"):
         other = model.expand(seed, size=400, method=method).frame["profile_id"]
         served = model.expand(seed, size=400).frame["profile_id"]
         assert np.isin(served, truth).mean() >= np.isin(other, truth).mean() - 0.02
+
+
+def _factor_world(n: int = 3000, seed: int = 0) -> tuple[FeatureTable, pd.Index]:
+    """Two loud correlated blocks of noise and three quiet features that carry the group.
+
+    A two-dimensional PCA embedding keeps the two loud blocks and loses the group; the raw
+    features, z-scored, still carry it.
+    """
+    rng = np.random.default_rng(seed)
+    member = rng.random(n) < 0.2
+    loud = rng.normal(0, 3, (2, n))
+    cols = {f"loud{k}_{j}": loud[k] + rng.normal(0, 0.3, n) for k in range(2) for j in range(4)}
+    cols.update({f"signal{j}": rng.normal(np.where(member, 1.2, 0.0), 1.0) for j in range(3)})
+    frame = pd.DataFrame(cols)
+    frame.index = pd.Index([f"f{i:05d}" for i in range(n)], name="profile_id", dtype="string")
+    spec = FeatureSpec(
+        version="test",
+        as_of=pd.Timestamp("2026-01-01", tz="UTC"),
+        columns={c: "float64" for c in frame.columns},
+        categorical=[],
+    )
+    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    return table, frame.index[member]
+
+
+def test_guard_serves_the_raw_centroid_when_the_embedding_loses_the_signal(tmp_path) -> None:
+    table, members = _factor_world()
+    # an embedding that keeps two dimensions, and a one-split PU classifier
+    crippled = FAST.model_copy(
+        update={"pca_components": 2, "pu_n_estimators": 1, "pu_num_leaves": 2}
+    )
+    model = LookalikeModel(crippled, n_threads=1).fit(table)
+    seed = list(members[:300])
+    truth = members.difference(seed)
+    audience = model.expand(seed, size=len(truth))
+    d = audience.diagnostics
+    assert d["method"] == "raw_centroid" and d["retrieval"] == "exhaustive"
+    recall = d["candidate_recall"]
+    assert recall["raw_centroid"] > recall["centroid"] + 0.2
+
+    def precision(frame: pd.DataFrame) -> float:
+        return float(frame["profile_id"].isin(truth).mean())
+
+    centroid = model.expand(seed, size=len(truth), method="centroid").frame
+    assert precision(audience.frame) > precision(centroid) + 0.2
+    assert precision(audience.frame) > 2 * len(truth) / (len(table) - len(seed))
+    # the saved model answers the same, whether or not it stored the raw spread (older bundles)
+    model.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "lookalike.json"
+    for drop in (False, True):
+        if drop:
+            meta = json.loads(meta_path.read_text())
+            del meta["population"]["raw_std"]
+            meta_path.write_text(json.dumps(meta))
+        again = LookalikeModel.load(tmp_path / "m", n_threads=1).expand(seed, size=len(truth))
+        assert again.diagnostics["method"] == "raw_centroid"
+        pd.testing.assert_frame_equal(again.frame, audience.frame)
+
+
+def test_a_table_without_numeric_features_offers_no_raw_centroid() -> None:
+    n = 600
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"plan": pd.Categorical(rng.choice(["a", "b", "c"], n))})
+    frame.index = pd.Index([f"c{i:04d}" for i in range(n)], name="profile_id", dtype="string")
+    spec = FeatureSpec(
+        version="test",
+        as_of=pd.Timestamp("2026-01-01", tz="UTC"),
+        columns={"plan": "category"},
+        categorical=["plan"],
+    )
+    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    model = LookalikeModel(FAST, n_threads=1).fit(table)
+    assert "raw_centroid" not in model.candidates()
+    seed = list(frame.index[frame["plan"] == "a"][:100])
+    assert "raw_centroid" not in model.expand(seed, size=50).diagnostics["candidate_recall"]
+    with pytest.raises(RequestError):
+        model.expand(seed, size=50, method="raw_centroid")
 
 
 def test_the_simplest_candidate_within_one_standard_error_of_the_best_serves() -> None:
@@ -649,7 +729,7 @@ def test_an_attribute_only_log_gets_the_classifier_when_it_is_clearly_better() -
     assert precision(audience.frame) > 10 * len(truth) / (n - len(seed))
 
 
-@pytest.mark.parametrize("method", ["hybrid", "centroid", "classifier"])
+@pytest.mark.parametrize("method", ["raw_centroid", "hybrid", "centroid", "classifier"])
 def test_every_candidate_excludes_seeds_excluded_erased_and_withdrawn(world, method) -> None:
     table, groups = world
     model = LookalikeModel(FAST, n_threads=1).fit(table)
@@ -716,5 +796,5 @@ def test_attribute_only_profiles_carry_the_audience() -> None:
     truth = members.difference(seed)
     assert np.isin(audience.frame["profile_id"], truth).mean() > 0.9
     d = audience.diagnostics
-    assert d["method"] in ("hybrid", "centroid", "classifier")
+    assert d["method"] in ("raw_centroid", "hybrid", "centroid", "classifier")
     assert {f["feature"].split("=")[0] for f in d["distinguishing_features"]} & {"age", "plan"}

@@ -174,12 +174,14 @@ class LookalikeModel:
         var = np.maximum(total_sq / max(1, count) - mean**2, 0.0)
         with np.errstate(all="ignore"), quiet_nan_warnings():
             means = np.nanmean(self.raw_[keep], axis=0, dtype=np.float64)
+            sds = np.nanstd(self.raw_[keep], axis=0, dtype=np.float64)
         vec_mean = vec_total / max(1, count)
         self.population_ = {
             "mean": mean,
             "std": np.sqrt(var),
             "median": self.embedder_.center_,  # as of the fit
             "raw_mean": means,
+            "raw_std": sds,  # with raw_mean: the z-scores of the raw_centroid candidate
             "vec_mean": vec_mean,
             "vec_std": np.sqrt(np.maximum(vec_sq / max(1, count) - vec_mean**2, 0.0)),
         }
@@ -203,15 +205,15 @@ class LookalikeModel:
         exclude_ids : profile ids that must not be returned (e.g. existing customers)
         method : one of ``CANDIDATES`` to force it; None (default): the guard serves the
             simplest candidate whose held-out seed recall is within one standard error of the
-            best (the plain centroid unless another is clearly better)
+            best (a plain centroid unless another is clearly better)
 
         Returns
         -------
         Audience
             Never contains a seed, an excluded id or a profile outside the table. Diagnostics
             keys: seeds_given, seeds_matched, unknown_seed_count, unknown_seed_ids (first 100),
-            excluded, population, size, reach, method (the candidate that ranked it: hybrid,
-            centroid or classifier, chosen by held-out seed recall), hybrid_method,
+            excluded, population, size, reach, method (the candidate that ranked it: raw_centroid,
+            centroid, hybrid or classifier, chosen by held-out seed recall), hybrid_method,
             candidate_recall ({candidate: held-out recall}; empty when the seed is too small to
             hold out), classifier_weight, n_centroids,
             retrieval, seed_too_small, seed_too_small_message, seed_not_distinctive, warnings,
@@ -226,8 +228,9 @@ class LookalikeModel:
             No seed id is in the table.
         """
         size_req, reach_req = self._check_request(size, reach)
-        if method is not None and method not in CANDIDATES:
-            raise RequestError("method", f"must be one of {', '.join(CANDIDATES)}, got {method!r}")
+        offered = self.candidates()
+        if method is not None and method not in offered:
+            raise RequestError("method", f"must be one of {', '.join(offered)}, got {method!r}")
         with threadpool_limits(limits=self.threads):
             plan = self._plan(seed_ids, exclude_ids, size_req, reach_req)
             s = self.settings
@@ -247,7 +250,7 @@ class LookalikeModel:
                     m: holdout_quality(
                         self, plan, [plan.size], rerank, weight, method=m, classifiers=classifiers
                     )[0]
-                    for m in (CANDIDATES if method is None else (method,))
+                    for m in (offered if method is None else (method,))
                 }
                 served = choose_method(candidates) if method is None else method
                 for row in candidates.values():
@@ -316,6 +319,11 @@ class LookalikeModel:
             ][: s.n_distinguishing],
         }
         return Audience(frame=frame, diagnostics=diagnostics)
+
+    def candidates(self) -> tuple[str, ...]:
+        """The rankers this model can serve, simplest first (:data:`.audience.CANDIDATES`;
+        ``raw_centroid`` only when the table has a numeric feature)."""
+        return tuple(m for m in CANDIDATES if m != "raw_centroid" or self.raw_.shape[1] > 0)
 
     def quality_curve(
         self,
@@ -583,6 +591,10 @@ class LookalikeModel:
         self.population_ = {
             k: np.asarray(v, dtype=np.float64) for k, v in meta["population"].items()
         }
+        if "raw_std" not in self.population_:  # saved before the raw_centroid candidate
+            keep = ~self.removed_
+            with np.errstate(all="ignore"), quiet_nan_warnings():
+                self.population_["raw_std"] = np.nanstd(self.raw_[keep], axis=0, dtype=np.float64)
         self.spec_ = FeatureSpec.from_dict(meta["spec"]) if meta["spec"] else None
         self.build_report_ = meta["build_report"]
         return self

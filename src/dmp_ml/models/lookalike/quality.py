@@ -152,7 +152,7 @@ def _recovered(
 def choose_method(qualities: dict[str, dict[str, Any]]) -> str:
     """The candidate that serves: the simplest one within ``SWITCH_SE`` of the best held out.
 
-    ``qualities`` maps each candidate, simplest first (the plain centroid), to its
+    ``qualities`` maps each candidate, simplest first (the raw-feature centroid), to its
     :func:`holdout_quality` row (same held-out seeds for all). The one-standard-error rule:
     the best held-out recall sets the bar, and the first (simplest) candidate whose recall is
     within ``SWITCH_SE`` standard errors of the paired difference (per held-out seed) of it

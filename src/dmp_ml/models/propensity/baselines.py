@@ -4,6 +4,8 @@ The first two read only recency and frequency columns, chosen by name so they wo
 subset the feature table has: :class:`RecencyFrequencyBaseline` (a logistic regression on all of
 them) and :class:`SingleFeatureBaseline` (the best one alone). :class:`BGNBDBaseline` is the
 buy-till-you-die model of the target event (BG/NBD, fitted with the ``lifetimes`` library).
+:class:`RFMLightGBMBaseline` is one plain LightGBM on the recency, frequency, value and tenure
+columns (the afternoon's RFM model: fixed small trees, nothing tuned).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "Baseline",
     "FREQUENCY_PATTERN",
     "RECENCY_PATTERN",
+    "RFMLightGBMBaseline",
     "RecencyFrequencyBaseline",
     "SingleFeatureBaseline",
     "baseline_from_dict",
@@ -224,6 +227,87 @@ class SingleFeatureBaseline:
         return state
 
 
+VALUE_PATTERN = re.compile(r"^value_|(^|_)tenure_days$")
+"""Value (``value_sum_90d``, ``value_mean``) and tenure (``purchase_tenure_days``) columns: the
+M of RFM and a customer's age, read by :class:`RFMLightGBMBaseline` with recency/frequency."""
+
+_RFM_LGBM = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 20,
+    "deterministic": True,
+    "force_row_wise": True,
+    "num_threads": 1,
+    "seed": 0,
+    "verbosity": -1,
+}
+_RFM_ROUNDS = 200
+
+
+class RFMLightGBMBaseline:
+    """One plain LightGBM (200 trees of 15 leaves, rate 0.05) on recency, frequency, value and
+    tenure columns, chosen by name (:func:`recency_frequency_columns`, ``VALUE_PATTERN``).
+
+    Missing values stay missing (LightGBM routes them). With no such column it predicts the
+    training base rate.
+    """
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray | pd.Series) -> RFMLightGBMBaseline:
+        import lightgbm as lgb
+
+        y = np.asarray(y, dtype=np.int64)
+        numeric = [c for c in map(str, X.columns) if pd.api.types.is_numeric_dtype(X[c].dtype)]
+        recency, frequency = recency_frequency_columns(numeric)
+        value = [c for c in numeric if "__" not in c and VALUE_PATTERN.search(c)]
+        self.columns_ = recency + frequency + [c for c in value if c not in recency + frequency]
+        self.base_rate_ = float(y.mean())
+        self.booster_: lgb.Booster | None = None
+        if not self.columns_ or y.min() == y.max():
+            logger.warning("no RFM columns or one class: RFM LightGBM baseline = base rate")
+            return self
+        data = lgb.Dataset(self._matrix(X), label=y, feature_name=self._names())
+        self.booster_ = lgb.train(_RFM_LGBM, data, num_boost_round=_RFM_ROUNDS)
+        return self
+
+    def _names(self) -> list[str]:
+        return [f"f{i}" for i in range(len(self.columns_))]
+
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        cols = [
+            pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+            if c in X.columns
+            else np.full(len(X), np.nan)
+            for c in self.columns_
+        ]
+        return np.column_stack(cols) if cols else np.empty((len(X), 0))
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        if self.booster_ is None:
+            return np.full(len(X), self.base_rate_)
+        return np.asarray(self.booster_.predict(self._matrix(X), num_threads=1))
+
+    def contributions(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        """Per-row SHAP log-odds contribution of each input column, shape (n, k)."""
+        if self.booster_ is None:
+            return [], np.zeros((len(X), 0))
+        contrib = self.booster_.predict(self._matrix(X), pred_contrib=True, num_threads=1)
+        return list(self.columns_), np.asarray(contrib)[:, :-1]
+
+    def reason_inputs(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The values :meth:`contributions` names, one column each (shown with a reason)."""
+        return X.reindex(columns=self.columns_)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (what :func:`baseline_from_dict` reads back)."""
+        return {
+            "kind": "rfm_lightgbm",
+            "columns": self.columns_,
+            "base_rate": self.base_rate_,
+            "booster": self.booster_.model_to_string() if self.booster_ is not None else None,
+        }
+
+
 WEEK_DAYS = 7.0
 """BG/NBD is fitted in weeks: day-scale ages make its optimiser lose precision."""
 
@@ -409,11 +493,20 @@ def _logistic(coef: list[float], intercept: float) -> LogisticRegression:
     return model
 
 
-Baseline = RecencyFrequencyBaseline | SingleFeatureBaseline | BGNBDBaseline
+Baseline = RecencyFrequencyBaseline | SingleFeatureBaseline | BGNBDBaseline | RFMLightGBMBaseline
 
 
 def baseline_from_dict(state: dict[str, Any]) -> Baseline:
     """Rebuild a fitted baseline from :meth:`to_dict` state."""
+    if state["kind"] == "rfm_lightgbm":
+        import lightgbm as lgb
+
+        rfm = RFMLightGBMBaseline()
+        rfm.columns_ = list(state["columns"])
+        rfm.base_rate_ = float(state["base_rate"])
+        text = state.get("booster")
+        rfm.booster_ = lgb.Booster(model_str=text) if text else None
+        return rfm
     if state["kind"] == "bgnbd":
         bgnbd = BGNBDBaseline(state["target_event"], state["horizon_days"], state["penalizer"])
         bgnbd.base_rate_ = float(state["base_rate"])
@@ -449,6 +542,7 @@ BASELINES: dict[str, Callable[[str, int], Baseline]] = {
     "baseline_rf_logreg": lambda target_event, horizon_days: RecencyFrequencyBaseline(),
     "baseline_single": lambda target_event, horizon_days: SingleFeatureBaseline(),
     "baseline_bgnbd": BGNBDBaseline,
+    "baseline_rfm_lightgbm": lambda target_event, horizon_days: RFMLightGBMBaseline(),
 }
 """The plain baselines every propensity model is measured against, by report name: each makes
 an unfitted baseline for ``(target_event, horizon_days)``."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit
+from scipy.special import expit
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedKFold
 
@@ -30,6 +30,7 @@ from dmp_ml import metrics
 from dmp_ml.errors import BundleError
 from dmp_ml.models.base import constructor_args
 from dmp_ml.models.propensity.baselines import Baseline, baseline_from_dict
+from dmp_ml.models.propensity.blend import BLEND, Blend, baseline_logit
 from dmp_ml.models.propensity.calibration import Calibrator
 
 if TYPE_CHECKING:
@@ -367,8 +368,25 @@ class PropensityModel(BaseEstimator):
 
     @property
     def served(self) -> str:
-        """What answers: ``model`` (LightGBM) or the name of the baseline that beat it."""
+        """What answers: ``model`` (LightGBM), the name of the baseline that beat it, or
+        ``blend`` (LightGBM stacked with a baseline, :mod:`.blend`)."""
         return getattr(self, "served_", "model")
+
+    def serve_blend(
+        self, blend: Blend, holdout: Baseline, final: Baseline, calibrator: Calibrator
+    ) -> PropensityModel:
+        """Answer with LightGBM stacked with a baseline (the blend won on held-out time).
+
+        ``holdout``/``final`` are the baseline's two fits, like the boosters; ``calibrator``
+        maps the blended log-odds to a probability (fitted on the validation snapshot).
+        """
+        self._check_fitted()
+        self.served_ = BLEND
+        self.blend_ = blend
+        self.holdout_baseline_ = holdout
+        self.baseline_ = final
+        self.calibrator_ = calibrator
+        return self
 
     def serve_baseline(self, name: str, holdout: Baseline, final: Baseline) -> PropensityModel:
         """Answer with a plain baseline instead of LightGBM (it won on held-out time).
@@ -390,11 +408,14 @@ class PropensityModel(BaseEstimator):
             return np.empty(0)
         if self.served != "model":
             baseline = self._fitted(which, self.baseline_, self.holdout_baseline_)
-            return logit(np.clip(baseline.predict_proba(X), 1e-9, 1 - 1e-9))
+            base_raw = baseline_logit(baseline.predict_proba(X))
+            if self.served != BLEND:
+                return base_raw
         booster = self._booster(which)
-        return np.asarray(
+        raw = np.asarray(
             booster.predict(self._prepare(X), raw_score=True, num_threads=self.n_threads)
         )
+        return self.blend_.raw(raw, base_raw) if self.served == BLEND else raw
 
     def predict_proba(self, X: pd.DataFrame, which: str = "final") -> np.ndarray:
         """Calibrated probabilities of the target event, shape (n,).
@@ -418,7 +439,7 @@ class PropensityModel(BaseEstimator):
         n = self.n_reasons if n is None else n
         if len(X) == 0 or n <= 0:
             return [[] for _ in range(len(X))]
-        if self.served != "model":
+        if self.served not in ("model", BLEND):
             names, contrib = self.baseline_.contributions(X)
             k = min(n, contrib.shape[1])
             top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
@@ -428,6 +449,8 @@ class PropensityModel(BaseEstimator):
         prepared = self._prepare(X)
         contrib = self.booster_.predict(prepared, pred_contrib=True, num_threads=self.n_threads)
         contrib = np.asarray(contrib)[:, :-1]
+        if self.served == BLEND:  # the model's share of the blended log-odds
+            contrib = contrib * self.blend_.a
         k = min(n, contrib.shape[1])
         top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
         values = {
@@ -466,6 +489,8 @@ class PropensityModel(BaseEstimator):
         if self.served != "model":
             meta["baseline"] = self.baseline_.to_dict()
             meta["holdout_baseline"] = self.holdout_baseline_.to_dict()
+        if self.served == BLEND:
+            meta["blend"] = self.blend_.to_dict()
         (path / _META_FILE).write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
         return path
 
@@ -510,6 +535,8 @@ class PropensityModel(BaseEstimator):
         if model.served_ != "model":
             model.baseline_ = baseline_from_dict(meta["baseline"])
             model.holdout_baseline_ = baseline_from_dict(meta["holdout_baseline"])
+        if model.served_ == BLEND:
+            model.blend_ = Blend.from_dict(meta["blend"])
         return model
 
     # ---------------------------------------------------------------------------- refresh
