@@ -142,7 +142,7 @@ def features(
         if consent:
             cons = load_consent(consent, consent_mapping, settings=settings.contract).frame
         steps.next()
-        table = build_features(loaded.frame, as_of, prof, cons, settings)
+        table = build_features(loaded.frame, as_of, prof, cons, settings, encoded=loaded.encoded)
         steps.next()
         table.to_parquet(out_path)
     from rich.table import Table
