@@ -25,6 +25,7 @@ from zoneinfo import available_timezones
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pandas.tseries.api import guess_datetime_format
 
 from dmp_ml import _readers, identity, rows
@@ -324,12 +325,21 @@ def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list
 
 
 def _text(frame: pd.DataFrame, column: str) -> pd.Series:
-    """A column as stripped text with empty strings as NA (absent column: all NA)."""
+    """A column as stripped text with empty strings as NA (absent column: all NA).
+
+    Worked in Arrow (``pandas``' string methods convert to and from it on every call).
+    """
     if column not in frame.columns:
         return rows.missing_text(frame.index)
-    col = frame[column].astype("string").str.strip()
-    empty = (col == "").to_numpy(bool, na_value=False)
-    return col.mask(empty) if empty.any() else col
+    if not isinstance(frame[column].array, pd.arrays.ArrowStringArray):  # numbers, objects, ...
+        col = frame[column].astype("string").str.strip()
+        empty = (col == "").to_numpy(bool, na_value=False)
+        return col.mask(empty) if empty.any() else col
+    text = pc.utf8_trim_whitespace(identity.arrow_strings(frame[column]))
+    empty = pc.equal(text, "")
+    if pc.any(empty).as_py():
+        text = pc.if_else(empty, pa.scalar(None, text.type), text)
+    return pd.Series(pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string")
 
 
 # --------------------------------------------------------------------------- times
