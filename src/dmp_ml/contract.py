@@ -24,9 +24,11 @@ from zoneinfo import available_timezones
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pandas.tseries.api import guess_datetime_format
 
-from dmp_ml import _readers, rows
+from dmp_ml import _readers, identity, rows
 from dmp_ml.errors import DataContractError
 from dmp_ml.mapping import ColumnMapping, load_mapping
 from dmp_ml.settings import ContractSettings
@@ -46,6 +48,7 @@ EVENT_COLUMNS = [
     "value",
 ]
 REQUIRED_EVENT_COLUMNS = ["event_time", "event_type"]
+ID_COLUMNS = ["cookie_id", "profile_id"]
 SOURCES = ("first_party", "second_party", "third_party")
 WELL_KNOWN_EVENT_TYPES = (
     "page_view",
@@ -106,6 +109,10 @@ class LoadResult:
     frame: pd.DataFrame
     quarantine: pd.DataFrame
     report: LoadReport
+    encoded: dict[str, tuple[np.ndarray, pa.Array]] = field(default_factory=dict, repr=False)
+    """Events: the id columns' dictionary codes, row for row with ``frame`` (see
+    :func:`dmp_ml.identity.encode`), computed once for the duplicate check and handed on to
+    :func:`dmp_ml.features.build_features` (``encoded=``); empty when not computed."""
 
     def write_quarantine(self, path: str | Path) -> Path:
         """Write the quarantined rows (all text columns plus ``reason``) to Parquet."""
@@ -223,13 +230,19 @@ def _load(
         bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
+    encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
     if dedupe and len(frame):
-        frame, dupes = _collapse_duplicates(frame)
+        encoded = identity.encode_many(frame, [c for c in ID_COLUMNS if c in frame.columns])
+        frame, dupes, kept = _collapse_duplicates(frame, encoded)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)
+            # the first copy of a row is kept, so every value keeps its first appearance:
+            # the kept codes are what encoding the kept rows would give
+            encoded = {c: (codes[kept], values) for c, (codes, values) in encoded.items()}
     frame = frame.drop(columns=["_row_number"], errors="ignore")
     if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
+        encoded = {}  # codes follow first appearance, which sorting changes
     by_reason = (
         quarantine["reason"].value_counts().sort_index().to_dict() if len(quarantine) else {}
     )
@@ -254,7 +267,7 @@ def _load(
         report.rows_loaded,
         report.rows_quarantined,
     )
-    return LoadResult(frame=frame, quarantine=quarantine, report=report)
+    return LoadResult(frame=frame, quarantine=quarantine, report=report, encoded=encoded)
 
 
 def _utc_now(now: pd.Timestamp | str | None) -> pd.Timestamp:
@@ -285,18 +298,21 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _collapse_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Quarantine the later copies of rows equal in every column (the first copy is kept)."""
+def _collapse_duplicates(
+    frame: pd.DataFrame, encoded: dict[str, tuple[np.ndarray, pa.Array]]
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Quarantine the later copies of rows equal in every column (the first copy is kept);
+    returns the kept rows, the quarantined copies and the mask of kept rows."""
     row_numbers = frame.pop("_row_number")
-    duplicated = rows.duplicated_rows(frame)
+    duplicated = rows.duplicated_rows(frame, {c: codes for c, (codes, _) in encoded.items()})
     if not duplicated.any():
-        return frame, frame.iloc[:0]
+        return frame, frame.iloc[:0], ~duplicated
     dupes = frame.loc[duplicated].copy()
     for column in dupes.columns:
         dupes[column] = _as_text(dupes[column])
     dupes["row_number"] = row_numbers.loc[duplicated].astype("int64")
     dupes["reason"] = pd.Series("duplicate_event", index=dupes.index, dtype="string")
-    return rows.keep_rows(frame, ~duplicated), dupes.reset_index(drop=True)
+    return rows.keep_rows(frame, ~duplicated), dupes.reset_index(drop=True), ~duplicated
 
 
 def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list[str]) -> None:
@@ -309,12 +325,21 @@ def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list
 
 
 def _text(frame: pd.DataFrame, column: str) -> pd.Series:
-    """A column as stripped text with empty strings as NA (absent column: all NA)."""
+    """A column as stripped text with empty strings as NA (absent column: all NA).
+
+    Worked in Arrow (``pandas``' string methods convert to and from it on every call).
+    """
     if column not in frame.columns:
         return rows.missing_text(frame.index)
-    col = frame[column].astype("string").str.strip()
-    empty = (col == "").to_numpy(bool, na_value=False)
-    return col.mask(empty) if empty.any() else col
+    if not isinstance(frame[column].array, pd.arrays.ArrowStringArray):  # numbers, objects, ...
+        col = frame[column].astype("string").str.strip()
+        empty = (col == "").to_numpy(bool, na_value=False)
+        return col.mask(empty) if empty.any() else col
+    text = pc.utf8_trim_whitespace(identity.arrow_strings(frame[column]))
+    empty = pc.equal(text, "")
+    if pc.any(empty).as_py():
+        text = pc.if_else(empty, pa.scalar(None, text.type), text)
+    return pd.Series(pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string")
 
 
 # --------------------------------------------------------------------------- times

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -271,8 +271,16 @@ class IdCodes:
         return self.columns["profile_id"]
 
 
-def encode_ids(events: pd.DataFrame, extra: Iterable[str] = ()) -> IdCodes:
-    """Validate the event frame's shape and encode ``cookie_id``, ``profile_id`` (and ``extra``)."""
+def encode_ids(
+    events: pd.DataFrame,
+    extra: Iterable[str] = (),
+    encoded: Mapping[str, tuple[np.ndarray, pa.Array]] | None = None,
+) -> IdCodes:
+    """Validate the event frame's shape and encode ``cookie_id``, ``profile_id`` (and ``extra``).
+
+    ``encoded``: columns already encoded by :func:`encode` (e.g. by the loader, see
+    ``LoadResult.encoded``), row for row with ``events``; they are used as given.
+    """
     if not isinstance(events, pd.DataFrame):
         raise DataContractError(f"events must be a DataFrame, got {type(events).__name__}")
     if "event_time" not in events.columns:
@@ -285,7 +293,15 @@ def encode_ids(events: pd.DataFrame, extra: Iterable[str] = ()) -> IdCodes:
         *[c for c in extra if c not in ("cookie_id", "profile_id")],
     ]
     t = time_ns(events["event_time"])
-    return IdCodes(n=len(events), t=t, columns=encode_many(events, columns))
+    given = {c: v for c, v in (encoded or {}).items() if c in columns and len(v[0]) == len(events)}
+    done = (
+        encode_many(events, [c for c in columns if c not in given])
+        if len(given) < len(columns)
+        else {}
+    )
+    return IdCodes(
+        n=len(events), t=t, columns={c: given[c] if c in given else done[c] for c in columns}
+    )
 
 
 # --------------------------------------------------------------------------- the graph

@@ -7,24 +7,40 @@ collision never merges two different rows.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def duplicated_rows(frame: pd.DataFrame) -> np.ndarray:
+def duplicated_rows(
+    frame: pd.DataFrame, codes: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
     """``frame.duplicated(keep="first")`` as a boolean array, without comparing every row.
 
     Rows are narrowed down by a hash of their values, one column at a time, keeping only rows
     whose hash so far repeats; what is left is compared value by value.
+
+    Parameters
+    ----------
+    frame : the rows, (n, k).
+    codes : integer codes (n,) of some columns, already computed (e.g. dictionary codes of the
+        id columns): equal values get equal codes, and every missing value one code. Used as
+        those columns' keys instead of encoding them again.
     """
+    codes = codes or {}
     candidates = _may_repeat(frame)
     hashed = np.zeros(len(candidates), dtype=np.uint64)
     for number, column in enumerate(frame.columns):
         if not len(candidates):
             break
-        hashed = _mix(hashed * _GOLDEN + _column_key(frame[column], candidates, len(frame)))
+        if column in codes:
+            key = codes[column][candidates].astype(np.int64).view(np.uint64)
+        else:
+            key = _column_key(frame[column], candidates, len(frame))
+        hashed = _mix(hashed * _GOLDEN + key)
         if number == 0:  # the first column alone rarely tells rows apart (times repeat)
             continue
         repeats = _repeats(hashed, exact=len(hashed) <= _EXACT_REPEATS)

@@ -121,7 +121,9 @@ def features(
     """Build point-in-time features per profile and write them to Parquet."""
     from dmp_ml.contract import load_consent, load_events, load_profiles
     from dmp_ml.features import build_features
+    from dmp_ml.pages import disable_huge_pages
 
+    disable_huge_pages()  # gigabytes of short-lived memory: 4 kB pages cost far less to fault
     feature_overrides = {"engine": engine, "dask_scheduler": scheduler}
     settings = settings_for(config)
     if any(v is not None for v in feature_overrides.values()):
@@ -142,7 +144,7 @@ def features(
         if consent:
             cons = load_consent(consent, consent_mapping, settings=settings.contract).frame
         steps.next()
-        table = build_features(loaded.frame, as_of, prof, cons, settings)
+        table = build_features(loaded.frame, as_of, prof, cons, settings, encoded=loaded.encoded)
         steps.next()
         table.to_parquet(out_path)
     from rich.table import Table

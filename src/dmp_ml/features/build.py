@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -90,6 +90,7 @@ def build_features(
     categories: Sequence[str] | None = None,
     reference: FeatureSpec | None = None,
     engine: FeatureEngine | None = None,
+    encoded: Mapping[str, tuple[np.ndarray, pa.Array]] | None = None,
 ) -> FeatureTable:
     """Features of every eligible profile from the events before ``as_of``.
 
@@ -109,6 +110,8 @@ def build_features(
     engine : where the reductions run; default: the one ``settings.features.engine`` names
         (e.g. ``dmp_ml.scale.DaskEngine(client)`` for a given Dask client). Every engine gives
         the same table, bit for bit.
+    encoded : the id columns' dictionary codes as the loader computed them
+        (``LoadResult.encoded``), row for row with ``events``; saves encoding them again.
 
     Returns
     -------
@@ -120,7 +123,7 @@ def build_features(
     engine = engine if engine is not None else engine_for(fs)
     # Arrow work (encoding, lookups, sorting) runs in a helper thread while NumPy works here
     with small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
-        codes = identity.encode_ids(events)
+        codes = identity.encode_ids(events, encoded=encoded)
         extra = helper.submit(identity.encode_many, events, ENCODED_COLUMNS, 1)
         return _build(
             events,
