@@ -32,10 +32,14 @@ is stored in the workdir's event store (``W/events/incoming/<batch>.parquet``, w
   ``IndexIDMap2`` (``remove_ids`` + ``add_with_ids``; index types that cannot remove get the
   old row masked and a new one appended). Population statistics refresh at retrain.
 
-The result is re-published as a new bundle version (atomic pointer swap, checksums valid);
-service workers pick it up through the pointer. Writers serialise on the workdir lock.
-:class:`Refresher` keeps the history and the bundle in memory between batches (one per
-service worker); :func:`apply_events` is the one-shot form.
+The result is published as a *delta version* (:mod:`dmp_ml.delta`): only the touched
+profiles' rows, next to the base bundle, so what a batch writes grows with the batch, not with
+the population (atomic pointer swap, checksums valid); service workers pick it up through the
+pointer and overlay the deltas on the mapped base. Once the deltas over the base pass
+``refresh.max_deltas`` or ``refresh.max_delta_bytes`` the refresh compacts instead: it
+re-publishes the whole bundle as a new base (so does :func:`compact`, and ``train``). Writers
+serialise on the workdir lock. :class:`Refresher` keeps the history and the bundle in memory
+between batches (one per service worker); :func:`apply_events` is the one-shot form.
 """
 
 from __future__ import annotations
@@ -53,16 +57,16 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml import layout, store
-from dmp_ml.bundle import live_bundle_path, load_bundle
+from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
+from dmp_ml.delta import Delta, merge_table
 from dmp_ml.erasure import erasure_stamp, read_erasure_list
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
-from dmp_ml.mapped import writable, write_rows
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.settings import ContractSettings, Settings
+from dmp_ml.settings import ContractSettings, RefreshSettings, Settings
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -188,7 +192,7 @@ def write_consent_state(
 def _consent_records(
     bundle: ModelBundle, subset: pd.DataFrame, settings: Settings
 ) -> pd.DataFrame | None:
-    path = Path(bundle.path) / layout.CONSENT_STATE_FILE
+    path = bundle.file(layout.CONSENT_STATE_FILE)
     if not path.exists():
         return None
     withdrawn = set(pd.read_parquet(path)["key_sha256"].astype(str))
@@ -235,10 +239,12 @@ class Refresher:
         workdir: str | Path,
         n_threads: int | None = 1,
         contract: ContractSettings | None = None,
+        refresh: RefreshSettings | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.n_threads = n_threads
         self.contract = contract or ContractSettings()
+        self.refresh = refresh or RefreshSettings()
         self._bundle: ModelBundle | None = None
         self._history: pd.DataFrame | None = None
         self._raw_scores: pd.Series | None = None
@@ -492,7 +498,6 @@ class Refresher:
         removed = frame_b.index[frame_b.index.isin(affected) & ~frame_b.index.isin(out)]
         created = out[~out.isin(frame_b.index)]
         updated = out[out.isin(frame_b.index)]
-        bundle.features = _merge_table(bundle.features, rows, removed, table, affected, cookies)
 
         # what every model is handed: the touched profiles, their features and history
         resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
@@ -507,12 +512,25 @@ class Refresher:
             ),
             timezones=timezones,
         )
+        links = table.cookie_map
+        if links is not None:
+            links = links[links.isin(rows.frame.index).to_numpy(bool)]
+        delta = Delta(
+            change=change,
+            hour_of_week=rows.hour_of_week,
+            scores=None,
+            cookie_map=links,
+            relinked=affected,
+            cookies=cookies,
+        )
+        bundle.features = merge_table(bundle.features, delta)
 
         # scores
         if bundle.scores is not None and bundle.propensity is not None:
             bundle.scores, self._raw_scores = bundle.propensity.rescore(
                 bundle.scores, self._population_raw(bundle), change
             )
+            delta = replace(delta, scores=bundle.scores.loc[out])
         lap("scores")
 
         # send-time curves
@@ -526,11 +544,8 @@ class Refresher:
         lap("lookalike")
 
         # channel and content affinity: the affected profiles recounted from their history
-        extra_files: dict[str, Any] = {}
         if getattr(bundle, "affinity_model", None) is not None:
             bundle.affinity_model.update(change)
-            for file_name, writer in bundle.affinity_model.writers().items():
-                extra_files[f"{bundle.affinity_model.name}/{file_name}"] = writer
         lap("affinity")
 
         # publish
@@ -542,20 +557,33 @@ class Refresher:
             profiles_refreshed=int(len(refreshed)),
             last_applied_at=pd.Timestamp.now(tz="UTC").isoformat(),
         )
-        store.republish(
-            bundle,
-            self.workdir,
-            tag="refresh",
-            manifest_update={"refresh": refresh_meta},
-            extra_files={
-                REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False),
-                **extra_files,
-            },
-            drop_ids=removed,
-        )
-        # kept for the next batch: the copies edited in memory give way to the new version's
-        # mapped files (which no longer maps the version the batch started from)
-        bundle.remap()
+        extra_files = {REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False)}
+        info = bundle.manifest.get(DELTA_KEY) or {}
+        if (
+            len(bundle.deltas) < self.refresh.max_deltas
+            and int(info.get("bytes", 0)) < self.refresh.max_delta_bytes
+        ):
+            # the batch's rows next to the base; the bundle in memory already holds them
+            store.publish_delta(
+                bundle,
+                self.workdir,
+                delta,
+                tag="refresh",
+                manifest_update={"refresh": refresh_meta},
+                extra_files=extra_files,
+            )
+        else:
+            store.republish(
+                bundle,
+                self.workdir,
+                tag="compact",
+                manifest_update={"refresh": refresh_meta},
+                extra_files=extra_files,
+                drop_ids=removed,
+            )
+            # the copies edited in memory give way to the new base's mapped files (and no
+            # file of the versions it replaces stays mapped)
+            bundle.remap()
         lap("publish")
         logger.info(
             "refresh %s: %d events, %d profiles updated, %d new, %d removed -> bundle %s",
@@ -577,6 +605,21 @@ class Refresher:
         )
 
 
+def compact(workdir: str | Path) -> str | None:
+    """Fold the live bundle's deltas into a new base version (published like any version).
+
+    Returns the new version, or None when the live bundle has no deltas. Answers do not
+    change: the new base holds what base and deltas gave together.
+    """
+    with store.workdir_lock(workdir):
+        bundle = load_bundle(workdir)
+        if not bundle.deltas:
+            return None
+        store.republish(bundle, workdir, tag="compact", manifest_update={})
+    logger.info("compacted %d deltas into bundle %s", len(bundle.deltas), bundle.version)
+    return str(bundle.version)
+
+
 def apply_events(
     target: ModelBundle | str | Path,
     events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
@@ -584,6 +627,7 @@ def apply_events(
     mapping: ColumnMapping | str | Path | None = None,
     profiles: pd.DataFrame | None = None,
     contract: ContractSettings | None = None,
+    refresh: RefreshSettings | None = None,
 ) -> RefreshReport:
     """Apply one batch to the live bundle of a workdir (or of a loaded bundle's workdir).
 
@@ -591,7 +635,8 @@ def apply_events(
     to see the new version named in the report.
     """
     workdir = target if isinstance(target, str | Path) else store.bundle_workdir(target)
-    return Refresher(workdir, contract=contract).apply(events, mapping=mapping, profiles=profiles)
+    refresher = Refresher(workdir, contract=contract, refresh=refresh)
+    return refresher.apply(events, mapping=mapping, profiles=profiles)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -681,53 +726,10 @@ def _new_rows(
     return replace(table, frame=frame, hour_of_week=how)
 
 
-def _merge_table(
-    current: FeatureTable,
-    rows: FeatureTable,
-    removed: pd.Index,
-    table: FeatureTable,
-    affected: pd.Index,
-    cookies: pd.Index,
-) -> FeatureTable:
-    """The bundle's table with ``rows`` replacing/adding profiles and ``removed`` gone.
-
-    When the batch only changes profiles the table has, their rows are written in place: a
-    table mapped from the bundle's files (copy-on-write) then copies only the pages of those
-    rows; otherwise the table is rebuilt (a private copy until the refresh publishes it).
-    """
-    frame = current.frame
-    pos = frame.index.get_indexer(rows.frame.index)
-    if len(removed) == 0 and bool((pos >= 0).all()):
-        merged = frame
-        write_rows(merged, pos, rows.frame[list(frame.columns)])
-        how = writable(current.hour_of_week)
-        how[pos] = rows.hour_of_week
-    else:
-        drop = frame.index.isin(rows.frame.index) | frame.index.isin(removed)
-        merged = pd.concat([frame.loc[~drop], rows.frame])
-        how = np.vstack([current.hour_of_week[~drop], rows.hour_of_week])
-        order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
-        merged = merged.iloc[order]
-        how = how[order]
-    cookie_map = current.cookie_map
-    if cookie_map is not None:
-        stale = cookie_map.index.isin(cookies) | cookie_map.isin(affected).to_numpy(bool)
-        fresh = table.cookie_map
-        if fresh is not None:
-            fresh = fresh[fresh.isin(rows.frame.index).to_numpy(bool)]
-            cookie_map = pd.concat([cookie_map[~stale], fresh]).sort_index()
-        else:
-            cookie_map = cookie_map[~stale]
-        cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
-    summary = dict(current.summary)
-    summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows.frame)
-    return replace(current, frame=merged, hour_of_week=how, cookie_map=cookie_map, summary=summary)
-
-
 def _refreshed_frame(
     bundle: ModelBundle, ids: pd.Index, removed: pd.Index, as_of: pd.Timestamp
 ) -> pd.DataFrame:
-    path = Path(bundle.path) / REFRESHED_FILE
+    path = bundle.file(REFRESHED_FILE)
     previous = (
         pd.read_parquet(path)
         if path.exists()

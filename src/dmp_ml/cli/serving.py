@@ -57,7 +57,10 @@ def events(
     from dmp_ml.refresh import apply_events
 
     batch = input_file(batch, legacy_batch, "events")
-    report = apply_events(workdir, batch, mapping=mapping, contract=settings_for(None).contract)
+    settings = settings_for(None)
+    report = apply_events(
+        workdir, batch, mapping=mapping, contract=settings.contract, refresh=settings.refresh
+    )
     out.print(
         f"{report.rows_accepted:,} of {report.rows_received:,} events applied "
         f"({report.rows_quarantined:,} quarantined, {report.rows_erased:,} of erased profiles); "

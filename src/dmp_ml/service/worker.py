@@ -282,7 +282,10 @@ class ServiceWorker:
             try:
                 if self._refresher is None:
                     self._refresher = Refresher(
-                        self.workdir, n_threads=self.threads, contract=self.settings.contract
+                        self.workdir,
+                        n_threads=self.threads,
+                        contract=self.settings.contract,
+                        refresh=self.settings.refresh,
                     )
                 # loaded here before any batch is reported applied; other workers: the poll
                 drain(self.workdir, self._refresher, on_applied=self.reload_quietly)
