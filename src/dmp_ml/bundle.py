@@ -160,6 +160,29 @@ def references(path: Path) -> set[str]:
     return {str(info["base"]), *(str(v) for v in info["chain"])} - {path.name}
 
 
+_BASES: dict[tuple[str, int], dict[str, Any]] = {}
+_BASES_LOCK = threading.Lock()
+
+
+def _verified_base(base: Path) -> dict[str, Any]:
+    """The base's manifest, its files verified once per process: a base never changes (bundle
+    files are immutable), and every delta over it would hash the whole base again."""
+    try:
+        key = (str(base.resolve()), (base / MANIFEST).stat().st_mtime_ns)
+    except OSError as exc:
+        raise BundleError(f"the base bundle {base} of a delta is missing: {exc}") from exc
+    with _BASES_LOCK:
+        known = _BASES.get(key)
+    if known is not None and all((base / f).is_file() for f in known.get("files", {})):
+        return known
+    manifest = read_manifest(base, verify=True)
+    with _BASES_LOCK:
+        if len(_BASES) >= 4:
+            _BASES.pop(next(iter(_BASES)))
+        _BASES[key] = manifest
+    return manifest
+
+
 def delta_chain(path: Path, manifest: Mapping[str, Any]) -> tuple[Path, dict[str, Any], list[Path]]:
     """The base bundle, its verified manifest and the delta directories (oldest first, ``path``
     last) of the bundle at ``path``; ``(path, manifest, [])`` for a full bundle."""
@@ -168,7 +191,7 @@ def delta_chain(path: Path, manifest: Mapping[str, Any]) -> tuple[Path, dict[str
         return path, dict(manifest), []
     root = path.resolve().parent
     base = root / str(info["base"])
-    base_manifest = read_manifest(base, verify=True)
+    base_manifest = _verified_base(base)
     if base_manifest.get(DELTA_KEY):
         raise BundleError(f"{path}: the base {base.name} of a delta is itself a delta")
     chain = [root / str(v) for v in info["chain"]]

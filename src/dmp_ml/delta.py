@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
 from dmp_ml.models.base import ProfileUpdate
@@ -69,6 +71,15 @@ class Delta:
     cookie_map: pd.Series | None
     relinked: pd.Index
     cookies: pd.Index
+
+
+def members(values: pd.Index | pd.Series, of: object) -> np.ndarray:
+    """Which of ``values`` (ids as text) are in ``of``, shape (len(values),): a hash lookup in
+    Arrow, where pandas' ``isin`` on Arrow strings walks ``of`` value by value in Python."""
+    keys = pa.array(values.astype("string")).cast(pa.large_string())
+    given = of if isinstance(of, pd.Index | pd.Series) else [str(v) for v in of]  # type: ignore[attr-defined]
+    pool = pa.array(pd.array(given, dtype="string")).cast(pa.large_string())
+    return np.asarray(pc.is_in(keys, value_set=pool).fill_null(False), dtype=bool)
 
 
 def _ids(values: object) -> pd.Index:
@@ -151,11 +162,11 @@ def merge_rows(frame: pd.DataFrame, rows: pd.DataFrame, removed: pd.Index) -> pd
     new frame sorted by id.
     """
     pos = frame.index.get_indexer(rows.index)
-    gone = frame.index.isin(removed)
+    gone = members(frame.index, removed)
     if not gone.any() and bool((pos >= 0).all()):
         write_rows(frame, pos, rows[list(frame.columns)])
         return frame
-    drop = frame.index.isin(rows.index) | gone
+    drop = members(frame.index, rows.index) | gone
     merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
     order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
     return merged.iloc[order]
@@ -168,13 +179,14 @@ def merge_table(current: FeatureTable, delta: Delta) -> FeatureTable:
     removed = delta.change.removed
     frame = current.frame
     pos = frame.index.get_indexer(rows.index)
-    if not frame.index.isin(removed).any() and bool((pos >= 0).all()):
+    gone = members(frame.index, removed)
+    if not gone.any() and bool((pos >= 0).all()):
         merged = frame
         write_rows(merged, pos, rows[list(frame.columns)])
         how = writable(current.hour_of_week)
         how[pos] = delta.hour_of_week
     else:
-        drop = frame.index.isin(rows.index) | frame.index.isin(removed)
+        drop = members(frame.index, rows.index) | gone
         merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
         how = np.vstack([current.hour_of_week[~drop], delta.hour_of_week])
         order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
@@ -183,9 +195,7 @@ def merge_table(current: FeatureTable, delta: Delta) -> FeatureTable:
         merged.index = pd.Index(merged.index, dtype="string", name="profile_id")
     cookie_map = current.cookie_map
     if cookie_map is not None:
-        stale = cookie_map.index.isin(delta.cookies) | cookie_map.isin(delta.relinked).to_numpy(
-            bool
-        )
+        stale = members(cookie_map.index, delta.cookies) | members(cookie_map, delta.relinked)
         if delta.cookie_map is not None:
             cookie_map = pd.concat([cookie_map[~stale], delta.cookie_map]).sort_index()
         else:

@@ -59,7 +59,7 @@ import pandas as pd
 from dmp_ml import layout, store
 from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
-from dmp_ml.delta import Delta, merge_table
+from dmp_ml.delta import Delta, members, merge_table
 from dmp_ml.erasure import erasure_stamp, read_erasure_list
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
@@ -386,13 +386,13 @@ class Refresher:
         p0 = pd.Index(ids_from["profile_id"].dropna().unique(), dtype="string")
         c0 = pd.Index(ids_from["cookie_id"].dropna().unique(), dtype="string")
         h_cookie, h_profile = history["cookie_id"], history["profile_id"]
-        h_c0 = h_cookie.isin(c0).to_numpy(bool)
+        h_c0 = members(h_cookie, c0)
         p1 = pd.Index(h_profile[h_c0].dropna().unique(), dtype="string")
         known = p0.union(p1)
-        h_known = h_profile.isin(known).to_numpy(bool)
+        h_known = members(h_profile, known)
         cookies = pd.Index(h_cookie[h_known | h_c0].dropna().unique(), dtype="string")
         cookies = cookies.union(c0)
-        h_mask = h_known | h_cookie.isin(cookies).to_numpy(bool)
+        h_mask = h_known | members(h_cookie, cookies)
         past = history.loc[h_mask].reset_index(drop=True)
 
         # exact re-sends of stored events are duplicates (a retried request changes nothing)
@@ -480,12 +480,12 @@ class Refresher:
             subset, as_of, tz_frame, consent, settings, erased=erased, reference=spec
         )
         lap("features")
-        out = table.frame.index[table.frame.index.isin(affected)]
+        out = table.frame.index[members(table.frame.index, affected)]
         if consent is None and "consent" in bundle.manifest.get("inputs", {}):
             # no withdrawn-id list in this bundle: a profile that had events before but is
             # not in the bundle may have withdrawn consent; it waits for the next train
             seen = _seen_before(past, out)
-            held = out[~out.isin(frame_b.index) & seen]
+            held = out[~members(out, frame_b.index) & seen]
             if len(held):
                 warnings.append(
                     f"{len(held)} profiles with earlier events are not in the bundle; without "
@@ -495,13 +495,13 @@ class Refresher:
         else:
             held = out[:0]
         rows = _new_rows(table, out, bundle, spec, fs, as_of, profiles)
-        removed = frame_b.index[frame_b.index.isin(affected) & ~frame_b.index.isin(out)]
-        created = out[~out.isin(frame_b.index)]
-        updated = out[out.isin(frame_b.index)]
+        removed = frame_b.index[members(frame_b.index, affected) & ~members(frame_b.index, out)]
+        created = out[~members(out, frame_b.index)]
+        updated = out[members(out, frame_b.index)]
 
         # what every model is handed: the touched profiles, their features and history
         resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
-        touched = resolved["profile_id"].astype("string").isin(out).to_numpy(bool)
+        touched = members(resolved["profile_id"], out)
         change = ProfileUpdate(
             as_of=as_of,
             profile_ids=out,
@@ -514,7 +514,7 @@ class Refresher:
         )
         links = table.cookie_map
         if links is not None:
-            links = links[links.isin(rows.frame.index).to_numpy(bool)]
+            links = links[members(links, rows.frame.index)]
         delta = Delta(
             change=change,
             hour_of_week=rows.hour_of_week,
@@ -648,12 +648,12 @@ def _timezones(
     """Known time zone per affected profile: the bundle's attribute, else ``profiles``."""
     parts = []
     if "timezone" in frame.columns:
-        mine = frame.loc[frame.index.isin(ids), "timezone"].astype("string")
+        mine = frame.loc[members(frame.index, ids), "timezone"].astype("string")
         parts.append(mine)
     if profiles is not None and "timezone" in profiles.columns and "profile_id" in profiles:
         given = profiles.set_index(profiles["profile_id"].astype("string"))["timezone"]
         given = given.astype("string")
-        given = given[given.index.isin(ids) & ~given.index.isin(frame.index)]
+        given = given[members(given.index, ids) & ~members(given.index, frame.index)]
         parts.append(given)
     if not parts:
         return None
@@ -705,7 +705,7 @@ def _new_rows(
     if profiles is not None and "profile_id" in profiles.columns:
         given = profiles.drop_duplicates("profile_id", keep="first")
         given = given.set_index(pd.Index(given["profile_id"].astype("string")))
-    is_new = ~ids.isin(base.index)
+    is_new = ~members(ids, base.index)
     for col in base.columns:
         if col in event_cols:
             continue
@@ -741,7 +741,7 @@ def _refreshed_frame(
         )
     )
     previous["profile_id"] = previous["profile_id"].astype("string")
-    previous = previous[~previous["profile_id"].isin(ids.union(removed))]
+    previous = previous[~members(previous["profile_id"], ids.union(removed))]
     fresh = pd.DataFrame(
         {
             "profile_id": pd.array(ids.to_numpy(dtype=object), dtype="string"),
@@ -750,4 +750,4 @@ def _refreshed_frame(
     )
     live = bundle.features.frame.index
     out = pd.concat([previous, fresh], ignore_index=True)
-    return out[out["profile_id"].isin(live)].sort_values("profile_id", ignore_index=True)
+    return out[members(out["profile_id"], live)].sort_values("profile_id", ignore_index=True)
