@@ -38,8 +38,10 @@ the population (atomic pointer swap, checksums valid); service workers pick it u
 pointer and overlay the deltas on the mapped base. Once the deltas over the base pass
 ``refresh.max_deltas`` or ``refresh.max_delta_bytes`` the refresh compacts instead: it
 re-publishes the whole bundle as a new base (so does :func:`compact`, and ``train``). Writers
-serialise on the workdir lock. :class:`Refresher` keeps the history and the bundle in memory
-between batches (one per service worker); :func:`apply_events` is the one-shot form.
+serialise on the workdir lock. :class:`Refresher` keeps the bundle in memory between batches
+(one per service worker) but not the history: each batch reads its affected profiles' events
+from the event store (:func:`dmp_ml.store.history_of`, filtered file by file as read);
+:func:`apply_events` is the one-shot form.
 """
 
 from __future__ import annotations
@@ -246,7 +248,6 @@ class Refresher:
         self.contract = contract or ContractSettings()
         self.refresh = refresh or RefreshSettings()
         self._bundle: ModelBundle | None = None
-        self._history: pd.DataFrame | None = None
         self._raw_scores: pd.Series | None = None
         self._erasure_stamp: tuple[int, int, int] | None = None
         self._pending: pd.DataFrame | None = None
@@ -263,7 +264,7 @@ class Refresher:
             self._bundle = load_bundle(live, n_threads=self.n_threads)
             if current is not None:
                 gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
-            self._history = store.history_events(self.workdir)
+            store.history_files(self.workdir)  # refuses a workdir without the history
             self._raw_scores = None
             self._erasure_stamp = stamp
             # stored batches the live bundle does not reflect (stored while a train ran, or
@@ -322,11 +323,9 @@ class Refresher:
         lap("validate")
         with store.workdir_lock(self.workdir):
             bundle = self._sync()
-            history = self._history
-            assert history is not None
             lap("sync")
             try:
-                return self._apply_locked(bundle, history, loaded, profiles, seconds, lap)
+                return self._apply_locked(bundle, loaded, profiles, seconds, lap)
             except BaseException:
                 self._bundle = None  # half-edited: reload from disk next time
                 raise
@@ -349,9 +348,8 @@ class Refresher:
                 quarantine=pd.DataFrame({"reason": pd.Series([], dtype="string")}),
                 report=LoadReport("<pending>", "events", 0, 0, 0, {}),
             )
-            assert self._history is not None
             try:
-                return self._apply_locked(bundle, self._history, empty, None, {}, lambda _: None)
+                return self._apply_locked(bundle, empty, None, {}, lambda _: None)
             except BaseException:
                 self._bundle = None
                 raise
@@ -359,7 +357,6 @@ class Refresher:
     def _apply_locked(
         self,
         bundle: ModelBundle,
-        history: pd.DataFrame,
         loaded: LoadResult,
         profiles: pd.DataFrame | None,
         seconds: dict[str, float],
@@ -381,19 +378,18 @@ class Refresher:
         erased_rows = store.purge_mask(batch, erased) if erased else np.zeros(len(batch), bool)
         batch = batch.loc[~erased_rows].reset_index(drop=True)
 
-        # the affected closure over history + batch (+ batches not yet in a train bundle)
+        # the affected closure over history + batch (+ batches not yet in a train bundle), read
+        # from the event store with filters: the profiles the batch names and those sharing a
+        # cookie with it, then every cookie of theirs, then all their events
         ids_from = batch if self._pending is None else pd.concat([batch, self._pending])
         p0 = pd.Index(ids_from["profile_id"].dropna().unique(), dtype="string")
         c0 = pd.Index(ids_from["cookie_id"].dropna().unique(), dtype="string")
-        h_cookie, h_profile = history["cookie_id"], history["profile_id"]
-        h_c0 = members(h_cookie, c0)
-        p1 = pd.Index(h_profile[h_c0].dropna().unique(), dtype="string")
-        known = p0.union(p1)
-        h_known = members(h_profile, known)
-        cookies = pd.Index(h_cookie[h_known | h_c0].dropna().unique(), dtype="string")
-        cookies = cookies.union(c0)
-        h_mask = h_known | members(h_cookie, cookies)
-        past = history.loc[h_mask].reset_index(drop=True)
+        links = ["profile_id", "cookie_id"]
+        p1 = store.history_of(self.workdir, cookies=c0, columns=links)["profile_id"]
+        known = p0.union(pd.Index(p1.dropna().unique(), dtype="string"))
+        theirs = store.history_of(self.workdir, profiles=known, columns=links)["cookie_id"]
+        cookies = pd.Index(theirs.dropna().unique(), dtype="string").union(c0)
+        past = store.history_of(self.workdir, profiles=known, cookies=cookies)
 
         # exact re-sends of stored events are duplicates (a retried request changes nothing)
         duplicate = np.isin(store.row_keys(batch), store.row_keys(past)) if len(past) else None
@@ -454,7 +450,6 @@ class Refresher:
         pending = self._pending
         if batch.empty and pending is None:
             return report()
-        self._history = pd.concat([history, batch], ignore_index=True)
         self._pending = None
         work = batch if pending is None else pd.concat([batch, pending], ignore_index=True)
 

@@ -243,6 +243,52 @@ def history_events(workdir: str | Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
+def history_files(workdir: str | Path) -> list[Path]:
+    """The files of the event history: the base events, then the unmerged refresh batches."""
+    base = layout.base_events(workdir)
+    if not base.exists():
+        raise BundleError(
+            f"no event history in {layout.events_dir(workdir)}: a near-real-time refresh needs the "
+            "training events (train records them with dmp_ml.store.record_training_events)"
+        )
+    return [base, *unmerged_batches(workdir)]
+
+
+def history_of(
+    workdir: str | Path,
+    profiles: Iterable[str] = (),
+    cookies: Iterable[str] = (),
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
+    """The stored events of ``profiles`` or of ``cookies`` (the history of
+    :func:`history_events`), read file by file with the filter applied as each is read, so
+    memory holds the matches, not the history. With ``columns``, only those (as stored)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    wanted_p = pa.array([str(p) for p in profiles], type=pa.string())
+    wanted_c = pa.array([str(c) for c in cookies], type=pa.string())
+    parts = []
+    for path in history_files(workdir):
+        names = set(pq.read_schema(path).names)
+        test = None
+        for column, values in (("profile_id", wanted_p), ("cookie_id", wanted_c)):
+            if len(values) and column in names:
+                hit = pc.field(column).isin(values)
+                test = hit if test is None else test | hit
+        if test is None:
+            continue
+        keep = [c for c in columns if c in names] if columns is not None else None
+        parts.append(pq.read_table(path, columns=keep, filters=test).to_pandas())
+    if columns is not None:
+        empty = pd.DataFrame({c: pd.Series([], dtype="string") for c in columns})
+        frame = pd.concat(parts, ignore_index=True) if parts else empty
+        return frame.astype({c: "string" for c in columns if c in ("profile_id", "cookie_id")})
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return contract_frame(frame)
+
+
 def new_batch_name(now: pd.Timestamp) -> str:
     """A sortable, unique batch name: UTC time to the microsecond and a random suffix."""
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond:06d}-{uuid.uuid4().hex[:8]}"
