@@ -4,6 +4,8 @@ into a new base with the same answers, and an erasure after a delta leaves no tr
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +135,16 @@ def test_compaction_folds_the_deltas_into_a_base_with_the_same_answers(
 ) -> None:
     workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
     before = load_bundle(workdir)
-    version = compact(workdir)
+    done = subprocess.run(
+        [sys.executable, "-m", "dmp_ml.cli", "compact", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
     after = load_bundle(workdir)
-    assert version == after.version and not after.deltas and after.base_path == after.path
+    assert f"bundle {after.version}" in done.stdout
+    assert not after.deltas and after.base_path == after.path
     assert DELTA_KEY not in after.manifest
     assert after.features.frame.index.equals(before.features.frame.index)
     _assert_same(before, after, refreshed.touched)

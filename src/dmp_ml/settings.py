@@ -345,7 +345,10 @@ class RefreshSettings(_Section):
     """Near-real-time refresh: when the deltas over the base bundle are folded into a new base."""
 
     max_deltas: int = Field(
-        8, ge=1, description="A refresh that would make more deltas over the base compacts."
+        4,
+        ge=1,
+        description="A refresh that would make more deltas over the base compacts. Each load "
+        "replays every delta (more: slower reloads; fewer: more whole re-publishes).",
     )
     max_delta_bytes: int = Field(
         256 * 1024 * 1024,

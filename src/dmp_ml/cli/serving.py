@@ -42,6 +42,17 @@ def forget(
         raise typer.Exit(1)
 
 
+def compact(workdir: WorkdirOpt = Path("models")) -> None:
+    """Fold the refresh deltas over the live bundle into a new base bundle."""
+    from dmp_ml.refresh import compact as compact_deltas
+
+    version = compact_deltas(workdir)
+    if version is None:
+        out.print("no deltas over the live bundle: nothing to compact")
+    else:
+        out.print(f"deltas folded into bundle {version}", highlight=False)
+
+
 def events(
     batch: Annotated[
         Path | None, typer.Option("--events", help="New events, CSV or Parquet (data contract).")
