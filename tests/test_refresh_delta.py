@@ -4,6 +4,7 @@ into a new base with the same answers, and an erasure after a delta leaves no tr
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,9 +16,17 @@ import pandas as pd
 import pytest
 
 from dmp_ml import layout
-from dmp_ml.bundle import DELTA_KEY, ModelBundle, load_bundle, read_features_index, read_manifest
+from dmp_ml.bundle import (
+    DELTA_KEY,
+    ModelBundle,
+    live_bundle_path,
+    load_bundle,
+    read_features_index,
+    read_manifest,
+)
 from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget
+from dmp_ml.errors import BundleError
 from dmp_ml.refresh import Refresher, compact
 from dmp_ml.settings import RefreshSettings
 
@@ -183,3 +192,45 @@ def test_erasure_after_a_delta_removes_the_profile_everywhere(
     again = load_bundle(workdir)
     assert again.deltas and gone not in again.features.frame.index
     assert again.score([gone]).unknown_ids == [gone]
+
+
+def test_a_delta_whose_base_or_chain_is_damaged_is_refused(
+    refreshed: Refreshed, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    live = load_bundle(workdir, lazy=True)
+    first = live.deltas[0] / layout.DELTA_DIR / "features.npy"
+    first.write_bytes(first.read_bytes()[:-8] + bytes(8))  # a delta under the live one
+    with pytest.raises(BundleError, match="corrupt"):
+        load_bundle(workdir)
+    shutil.rmtree(live.base_path)
+    with pytest.raises(BundleError):
+        load_bundle(workdir)
+
+
+def test_a_loaded_bundle_extended_by_a_new_delta_answers_as_a_fresh_load(
+    refreshed: Refreshed,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    tmp_path: Path,
+) -> None:
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    old = load_bundle(workdir)
+    ids = refreshed.touched
+    before = _answers(old, ids)
+    batch = _batch(demo_world.events, old.as_of, 300, 5)
+    Refresher(workdir).apply(batch)
+    fresh = load_bundle(workdir)
+    extended = old.extended(fresh.path, read_manifest(fresh.path))
+    assert extended is not None and extended.version == fresh.version
+    assert [p.name for p in extended.deltas] == [p.name for p in fresh.deltas]
+    named = {*ids, *batch["profile_id"].dropna().astype(str)}
+    now = sorted(named & set(fresh.features.frame.index))
+    _assert_same(extended, fresh, now)
+    # the bundle it came from (still answering requests meanwhile) did not change
+    after = _answers(old, ids)
+    for key in before:
+        pd.testing.assert_frame_equal(before[key], after[key])
+    assert extended.extended(fresh.path, fresh.manifest) is None  # nothing newer
+    compact(workdir)
+    assert fresh.extended(live_bundle_path(workdir), read_manifest(workdir / "bundle")) is None

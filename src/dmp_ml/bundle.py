@@ -31,6 +31,7 @@ corrupt bundle is refused with :class:`~dmp_ml.errors.BundleError`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -135,7 +136,8 @@ def read_features_index(bundle_dir: Path) -> Any:
         info = json.loads(manifest_path.read_text(encoding="utf-8")).get(DELTA_KEY)
         if isinstance(info, dict):
             root = bundle_dir.resolve().parent
-            base, chain = root / str(info["base"]), [root / str(v) for v in info["chain"]]
+            base_name, names = _chain_names(info)
+            base, chain = root / base_name, [root / v for v in names]
     path = base / FEATURES_DIR / "features.parquet"
     if not path.exists():
         raise BundleError(f"{bundle_dir} has no feature table")
@@ -148,6 +150,22 @@ def read_features_index(bundle_dir: Path) -> Any:
     return pd.Index(index, dtype="string", name="profile_id")
 
 
+def _version_name(value: object) -> str:
+    """A version named in a delta's manifest: a plain directory name in ``bundles/``."""
+    name = str(value)
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise BundleError(f"a delta's manifest names {name!r}, which is not a bundle version")
+    return name
+
+
+def _chain_names(info: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The base and the chain a delta's manifest names (checked to be version names)."""
+    chain = info.get("chain")
+    if not isinstance(chain, list):
+        raise BundleError("a delta's manifest has no chain of versions")
+    return _version_name(info.get("base")), [_version_name(v) for v in chain]
+
+
 def references(path: Path) -> set[str]:
     """The versions the bundle at ``path`` needs besides itself: a delta version's base and
     the deltas before it (none for a full bundle, or when its manifest cannot be read)."""
@@ -157,7 +175,11 @@ def references(path: Path) -> set[str]:
         return set()
     if not isinstance(info, dict):
         return set()
-    return {str(info["base"]), *(str(v) for v in info["chain"])} - {path.name}
+    try:
+        base, chain = _chain_names(info)
+    except BundleError:
+        return set()
+    return {base, *chain} - {path.name}
 
 
 _BASES: dict[tuple[str, int], dict[str, Any]] = {}
@@ -189,12 +211,15 @@ def delta_chain(path: Path, manifest: Mapping[str, Any]) -> tuple[Path, dict[str
     info = manifest.get(DELTA_KEY)
     if not info:
         return path, dict(manifest), []
+    if not isinstance(info, Mapping):
+        raise BundleError(f"{path / MANIFEST} is corrupt: {DELTA_KEY} is not a JSON object")
     root = path.resolve().parent
-    base = root / str(info["base"])
+    base_name, names = _chain_names(info)
+    base = root / base_name
     base_manifest = _verified_base(base)
     if base_manifest.get(DELTA_KEY):
         raise BundleError(f"{path}: the base {base.name} of a delta is itself a delta")
-    chain = [root / str(v) for v in info["chain"]]
+    chain = [root / v for v in names]
     for link in chain:
         if link.resolve() != path.resolve():
             read_manifest(link, verify=True)
@@ -373,6 +398,14 @@ def trained_models(manifest: Mapping[str, Any]) -> list[str]:
     return [name for name in REGISTRY if steps.get(name, {}).get("status") == TRAINED]
 
 
+def detached(model: BundleModel) -> BundleModel:
+    """A copy of ``model`` that its ``update`` and ``forget`` can change while ``model`` keeps
+    answering: the model's own ``detached()`` where it changes arrays in place (lookalike),
+    else a shallow copy (the others replace their arrays on update)."""
+    own = getattr(model, "detached", None)
+    return own() if callable(own) else copy.copy(model)
+
+
 def load_models(
     path: Path, manifest: Mapping[str, Any], n_threads: int | None = None
 ) -> dict[str, BundleModel]:
@@ -543,18 +576,51 @@ class ModelBundle:
         if self.scores is not None and self.scores.index.equals(self.features.frame.index):
             self.scores.index = self.features.frame.index  # one id index (and hash table)
 
-    def overlay(self, delta: Delta) -> None:
-        """Apply a refresh's rows in place: features, scores, and every model's ``update``
-        with the delta's change (a lazily loaded model gets it when it loads)."""
+    def overlay(self, delta: Delta, in_place: bool = True) -> None:
+        """Apply a refresh's rows: features, scores, and every model's ``update`` with the
+        delta's change (a lazily loaded model gets it when it loads). Without ``in_place`` the
+        feature and score arrays are replaced, not written into."""
         change = delta.change
-        self.features = merge_table(self.features, delta)
+        self.features = merge_table(self.features, delta, in_place=in_place)
         if self.scores is not None and delta.scores is not None:
-            self.scores = merge_rows(self.scores, delta.scores, change.removed)
+            self.scores = merge_rows(self.scores, delta.scores, change.removed, in_place=in_place)
         if isinstance(self.models, LazyModels):
             self.models.update(change)
         else:
             for model in self.models.values():
                 model.update(change)
+
+    def extended(self, path: Path, manifest: dict[str, Any]) -> ModelBundle | None:
+        """The bundle at ``path`` (a verified ``manifest``) built from this one, when it is
+        this one plus newer deltas: only those are read and overlaid, on copies, so this bundle
+        keeps answering unchanged meanwhile. A service worker reloads so after a refresh
+        instead of mapping the base and replaying every delta again. None when ``path`` is not
+        such an extension (another base, a full bundle) or this bundle loads models lazily."""
+        info = manifest.get(DELTA_KEY)
+        if not isinstance(info, Mapping) or isinstance(self.models, LazyModels):
+            return None
+        base, names = _chain_names(info)
+        mine = [link.name for link in self.deltas]
+        if base != self.base_path.resolve().name or names[: len(mine)] != mine:
+            return None
+        root = path.resolve().parent
+        fresh = [root / name for name in names[len(mine) :]]
+        if not fresh:
+            return None
+        for link in fresh:
+            if link.resolve() != path.resolve():
+                read_manifest(link, verify=True)
+        new = copy.copy(self)
+        new.path, new.manifest = path, manifest
+        new.version = manifest["bundle_version"]
+        new.as_of = pd.Timestamp(manifest["as_of"])
+        new.deltas = list(self.deltas)
+        new._forgotten = set(self._forgotten)
+        new.models = {name: detached(model) for name, model in self.models.items()}
+        for link in fresh:
+            new.overlay(read_delta(link / layout.DELTA_DIR), in_place=False)
+            new.deltas.append(link)
+        return new
 
     def file(self, relative: str) -> Path:
         """Where the bundle's file ``relative`` is: in the newest delta that has it, else in

@@ -154,16 +154,18 @@ def read_delta(directory: Path) -> Delta:
     )
 
 
-def merge_rows(frame: pd.DataFrame, rows: pd.DataFrame, removed: pd.Index) -> pd.DataFrame:
+def merge_rows(
+    frame: pd.DataFrame, rows: pd.DataFrame, removed: pd.Index, in_place: bool = True
+) -> pd.DataFrame:
     """``frame`` with ``rows`` replacing or adding profiles and ``removed`` gone.
 
-    When only rows ``frame`` has change, they are written in place (a frame mapped
-    copy-on-write copies only those rows' pages) and ``frame`` itself is returned; otherwise a
-    new frame sorted by id.
+    When only rows ``frame`` has change (and ``in_place``), they are written in place (a frame
+    mapped copy-on-write copies only those rows' pages) and ``frame`` itself is returned;
+    otherwise a new frame sorted by id, ``frame`` unchanged.
     """
     pos = frame.index.get_indexer(rows.index)
     gone = members(frame.index, removed)
-    if not gone.any() and bool((pos >= 0).all()):
+    if in_place and not gone.any() and bool((pos >= 0).all()):
         write_rows(frame, pos, rows[list(frame.columns)])
         return frame
     drop = members(frame.index, rows.index) | gone
@@ -172,15 +174,17 @@ def merge_rows(frame: pd.DataFrame, rows: pd.DataFrame, removed: pd.Index) -> pd
     return merged.iloc[order]
 
 
-def merge_table(current: FeatureTable, delta: Delta) -> FeatureTable:
+def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> FeatureTable:
     """The feature table ``current`` with the delta's rows replacing/adding profiles, its
-    removed profiles gone and the cookie links of its relinked profiles redone."""
+    removed profiles gone and the cookie links of its relinked profiles redone (rows written
+    into ``current``'s arrays when it only changes existing ones and ``in_place``; else new
+    arrays, ``current`` unchanged)."""
     rows = delta.change.features
     removed = delta.change.removed
     frame = current.frame
     pos = frame.index.get_indexer(rows.index)
     gone = members(frame.index, removed)
-    if not gone.any() and bool((pos >= 0).all()):
+    if in_place and not gone.any() and bool((pos >= 0).all()):
         merged = frame
         write_rows(merged, pos, rows[list(frame.columns)])
         how = writable(current.hour_of_week)
