@@ -131,13 +131,11 @@ def read_features_index(bundle_dir: Path) -> Any:
     """The profile ids of a bundle's feature table, without loading the bundle (a delta
     version's: its base's with the chain's profiles added and removed)."""
     base, chain = bundle_dir, []
-    manifest_path = bundle_dir / MANIFEST
-    if manifest_path.exists():
-        info = json.loads(manifest_path.read_text(encoding="utf-8")).get(DELTA_KEY)
-        if isinstance(info, dict):
-            root = bundle_dir.resolve().parent
-            base_name, names = _chain_names(info)
-            base, chain = root / base_name, [root / v for v in names]
+    info = _delta_info(bundle_dir)
+    if info is not None:
+        root = bundle_dir.resolve().parent
+        base_name, names = _chain_names(info)
+        base, chain = root / base_name, [root / v for v in names]
     path = base / FEATURES_DIR / "features.parquet"
     if not path.exists():
         raise BundleError(f"{bundle_dir} has no feature table")
@@ -148,6 +146,17 @@ def read_features_index(bundle_dir: Path) -> Any:
         index = index.difference(pd.Index(change["removed"], dtype="string"))
         index = index.union(pd.Index(change["profile_ids"], dtype="string"))
     return pd.Index(index, dtype="string", name="profile_id")
+
+
+def _delta_info(path: Path) -> Mapping[str, Any] | None:
+    """The ``delta`` entry of the manifest at ``path``, read without verifying anything; None
+    for a full bundle or a manifest that cannot be read (loading it says why)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    info = manifest.get(DELTA_KEY) if isinstance(manifest, dict) else None
+    return info if isinstance(info, dict) else None
 
 
 def _version_name(value: object) -> str:
@@ -169,11 +178,8 @@ def _chain_names(info: Mapping[str, Any]) -> tuple[str, list[str]]:
 def references(path: Path) -> set[str]:
     """The versions the bundle at ``path`` needs besides itself: a delta version's base and
     the deltas before it (none for a full bundle, or when its manifest cannot be read)."""
-    try:
-        info = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get(DELTA_KEY)
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(info, dict):
+    info = _delta_info(path)
+    if info is None:
         return set()
     try:
         base, chain = _chain_names(info)
