@@ -24,6 +24,13 @@ and checks that nothing was lost (every event accepted is in the event store).
     python bench/realtime.py                       # 5,000 profiles x 90 days
     python bench/realtime.py --profiles 20000 --batches 100,1000,10000 --repeats 3
     python bench/realtime.py --profiles 2000 --batches "" --http-seconds 30   # 5 + 5 threads
+
+Visibility against the population (``--populations``): for each size, trains a world, starts a
+real server and POSTs ``--visible-batches`` batches of ``--visible-events`` events, timing from
+the POST until ``POST /score`` of a profile the batch touched answers from it (its
+``events_used`` changes): what a client sees, reload of every worker included.
+
+    python bench/realtime.py --populations 5000,20000 --batches 1000 --repeats 3
 """
 
 from __future__ import annotations
@@ -92,8 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-clients", type=int, default=5)
     parser.add_argument("--http-batch", type=int, default=50, help="events per POST /events")
     parser.add_argument("--workers", type=int, default=1, help="server workers")
+    parser.add_argument(
+        "--populations", default="", help="profile counts, each measured in turn (see doc)"
+    )
+    parser.add_argument("--visible-batches", type=int, default=3, help="POSTs per population")
+    parser.add_argument("--visible-events", type=int, default=1000, help="events per POST")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    sizes = [int(s) for s in args.populations.split(",") if s.strip()]
+    if sizes:
+        rows = []
+        for n in sizes:
+            rows.append(run_world(args, n))
+        print(
+            f"{'profiles':>9} {'events':>10} {'apply s':>8} {'visible s':>9} {'HTTP visible s':>15}"
+        )
+        for r in rows:
+            print(
+                f"{r['profiles']:>9} {r['events']:>10,} {r['apply_s']:>8.2f} "
+                f"{r['visible_s']:>9.2f} {r['http_visible_s']:>15.2f}"
+            )
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
 
     tmp = None
     if args.workdir is None:
@@ -193,6 +221,89 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_world(args: argparse.Namespace, n_profiles: int) -> dict[str, Any]:
+    """One population: in-process apply and visibility, then visibility over HTTP."""
+    tmp = Path(tempfile.mkdtemp(prefix="dmp-realtime-"))
+    workdir = tmp / "w"
+    try:
+        world = generate_demo_world(n_profiles=n_profiles, days=args.days, seed=0)
+        train(
+            world.events,
+            "end",
+            workdir,
+            profiles=world.profiles,
+            consent=world.consent,
+            settings=fast_settings(workdir),
+        )
+        store.record_training_events(workdir, world.events)
+        bundle = load_bundle(workdir)
+        rng = np.random.default_rng(0)
+        refresher = Refresher(workdir)
+        apply_s, visible_s = [], []
+        for _ in range(args.repeats):
+            batch = make_batch(world.events, bundle.as_of, args.visible_events, rng, args.new_share)
+            t0 = time.perf_counter()
+            refresher.apply(batch)
+            t1 = time.perf_counter()
+            live = load_bundle(workdir)
+            live.score(batch["profile_id"].dropna().head(1).tolist())
+            visible_s.append(time.perf_counter() - t0)
+            apply_s.append(t1 - t0)
+        del refresher, live
+        http = http_visibility(workdir, world.events, bundle, args, rng)
+        row = {
+            "profiles": n_profiles,
+            "events": len(world.events),
+            "apply_s": statistics.median(apply_s),
+            "visible_s": statistics.median(visible_s),
+            "http_visible_s": statistics.median(http),
+            "http_visible_all_s": [round(h, 3) for h in http],
+        }
+        print(json.dumps(row), flush=True)
+        return row
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def http_visibility(
+    workdir: Path,
+    events: pd.DataFrame,
+    bundle: Any,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+) -> list[float]:
+    """Seconds from ``POST /events`` until ``/score`` of a touched profile answers from it."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from load import start_server, stop_server
+
+    token = "bench-token"
+    proc, url = start_server(workdir, args.workers, token, workdir.parent / "server.log")
+    out = []
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+            for _ in range(args.visible_batches):
+                batch = make_batch(events, bundle.as_of, args.visible_events, rng, args.new_share)
+                probe = batch["profile_id"].dropna().value_counts().index[:5].tolist()
+                before = client.post("/score", json={"profile_ids": probe}, timeout=60).json()
+                seen = {r["profile_id"]: r["events_used"] for r in before["results"]}
+                t0 = time.perf_counter()
+                r = client.post("/events", json={"events": _records(batch)}, timeout=300)
+                if r.status_code not in (200, 202):
+                    log = (workdir.parent / "server.log").read_text()[-3000:]
+                    raise SystemExit(f"POST /events: {r.status_code} {r.text[:300]}\n{log}")
+                while time.perf_counter() - t0 < 600:
+                    now = client.post("/score", json={"profile_ids": probe}, timeout=60).json()
+                    if any(seen.get(x["profile_id"]) != x["events_used"] for x in now["results"]):
+                        break
+                    time.sleep(0.02)
+                out.append(time.perf_counter() - t0)
+    finally:
+        stop_server(proc)
+    return out
+
+
 def _records(batch: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for row in batch.to_dict("records"):
@@ -200,7 +311,11 @@ def _records(batch: pd.DataFrame) -> list[dict[str, Any]]:
         for key, value in row.items():
             if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
                 continue
-            record[key] = value.isoformat() if isinstance(value, pd.Timestamp) else value
+            record[key] = (
+                value.isoformat(timespec="microseconds")
+                if isinstance(value, pd.Timestamp)
+                else value
+            )
         out.append(record)
     return out
 

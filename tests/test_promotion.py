@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
+import pandas as pd
 import pytest
 
 from dmp_ml.bundle import BENTO_MODEL_NAME, bento_bundle_path, live_bundle_path, load_bundle
@@ -15,6 +16,7 @@ from dmp_ml.erasure import add_to_erasure_list, forget, scrub_bento_models
 from dmp_ml.errors import BundleError
 from dmp_ml.pipeline import train
 from dmp_ml.promotion import promote
+from dmp_ml.refresh import apply_events
 from dmp_ml.settings import Settings
 
 pytestmark = pytest.mark.slow  # trains bundles and promotes them to a BentoML store
@@ -62,6 +64,25 @@ def test_promote_stores_the_champion_bundle_as_a_bento_model(trained: Trained) -
     assert served.version == live.version
     ids = list(live.features.frame.index[:50])
     assert served.score(ids).frame.equals(live.score(ids).frame)
+
+
+def test_promoting_a_refreshed_bundle_stores_it_whole(
+    trained: Trained, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    workdir = copy_workdir(trained.workdir, tmp_path / "w")
+    live = load_bundle(workdir)
+    p = str(live.features.frame.index[0])
+    when = (live.as_of + pd.Timedelta(hours=1)).isoformat()
+    apply_events(workdir, [{"event_time": when, "profile_id": p, "event_type": "purchase"}])
+    refreshed = load_bundle(workdir)
+    assert refreshed.deltas  # a delta version over the trained base
+    settings = trained.settings.model_copy(update={"workdir": workdir})
+    promotion = promote(workdir, settings=settings)
+    served = load_bundle(promotion.path)
+    assert not served.deltas and served.version == refreshed.version
+    ids = [p, *live.features.frame.index[1:50]]
+    assert served.score(ids).frame.equals(refreshed.score(ids).frame)
+    assert served.features.frame.loc[p].equals(refreshed.features.frame.loc[p])
 
 
 def test_promote_refuses_a_bundle_holding_an_erased_profile(

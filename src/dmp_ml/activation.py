@@ -97,7 +97,7 @@ def write_contacts(
 
 def read_contacts(bundle: ModelBundle) -> pd.Series | None:
     """``profile_id -> email_sha256`` of the bundle, or None when it carries no contacts."""
-    path = Path(bundle.path) / CONTACTS_FILE
+    path = bundle.file(CONTACTS_FILE)
     if not path.exists():
         return None
     frame = pd.read_parquet(path)

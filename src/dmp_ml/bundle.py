@@ -18,6 +18,11 @@ in the page cache and a worker's private memory holds little more than the profi
 bundle files are never changed in place (a refresh or an erasure publishes a new version).
 Format 2 introduced the mapped feature table and scores; format 1 bundles are refused (retrain).
 
+A refresh publishes a *delta version* (:mod:`dmp_ml.delta`): only the touched profiles' rows,
+its manifest's ``delta`` naming the base version and the chain of deltas over it. Loading one
+maps the base and overlays the chain in order (:attr:`ModelBundle.base_path`,
+:attr:`ModelBundle.deltas`); pruning keeps every version a kept one needs.
+
 A bundle is written into a temporary directory, checked, then published by renaming it into
 ``bundles/`` and atomically replacing the ``bundle`` pointer: a run that fails leaves the
 previous bundle live and intact. Loading verifies every file's checksum, so a partial or
@@ -26,6 +31,7 @@ corrupt bundle is refused with :class:`~dmp_ml.errors.BundleError`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -44,10 +50,12 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from dmp_ml import layout
+from dmp_ml.delta import Delta, merge_rows, merge_table, read_delta
 from dmp_ml.errors import BundleError
 from dmp_ml.hashing import sha256_file
 from dmp_ml.mapped import map_frame, write_frame
 from dmp_ml.models import REGISTRY, BundleModel, model_class
+from dmp_ml.models.base import ProfileUpdate
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureTable
@@ -72,6 +80,8 @@ BENTO_MODEL_NAME = "dmp-ml-bundle"
 """The BentoML model that ``dmp-ml promote`` stores bundles as."""
 BENTO_BUNDLE_DIR = "bundle"
 """The bundle's directory inside a BentoML model's directory."""
+DELTA_KEY = "delta"
+"""The manifest key of a delta version: ``{"base": version, "chain": [versions], "bytes": n}``."""
 
 
 def live_bundle_path(workdir: str | Path) -> Path:
@@ -118,12 +128,108 @@ def bentoml_quiet() -> ModuleType:
 
 
 def read_features_index(bundle_dir: Path) -> Any:
-    """The profile ids of a bundle's feature table, without loading the bundle."""
-    path = bundle_dir / FEATURES_DIR / "features.parquet"
+    """The profile ids of a bundle's feature table, without loading the bundle (a delta
+    version's: its base's with the chain's profiles added and removed)."""
+    base, chain = bundle_dir, []
+    info = _delta_info(bundle_dir)
+    if info is not None:
+        root = bundle_dir.resolve().parent
+        base_name, names = _chain_names(info)
+        base, chain = root / base_name, [root / v for v in names]
+    path = base / FEATURES_DIR / "features.parquet"
     if not path.exists():
         raise BundleError(f"{bundle_dir} has no feature table")
     ids = pd.read_parquet(path, columns=["profile_id"])["profile_id"]
-    return pd.Index(ids.astype("string"), name="profile_id")
+    index = pd.Index(ids.astype("string"), name="profile_id")
+    for link in chain:
+        change = json.loads((link / layout.DELTA_DIR / "change.json").read_text(encoding="utf-8"))
+        index = index.difference(pd.Index(change["removed"], dtype="string"))
+        index = index.union(pd.Index(change["profile_ids"], dtype="string"))
+    return pd.Index(index, dtype="string", name="profile_id")
+
+
+def _delta_info(path: Path) -> Mapping[str, Any] | None:
+    """The ``delta`` entry of the manifest at ``path``, read without verifying anything; None
+    for a full bundle or a manifest that cannot be read (loading it says why)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    info = manifest.get(DELTA_KEY) if isinstance(manifest, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def _version_name(value: object) -> str:
+    """A version named in a delta's manifest: a plain directory name in ``bundles/``."""
+    name = str(value)
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise BundleError(f"a delta's manifest names {name!r}, which is not a bundle version")
+    return name
+
+
+def _chain_names(info: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The base and the chain a delta's manifest names (checked to be version names)."""
+    chain = info.get("chain")
+    if not isinstance(chain, list):
+        raise BundleError("a delta's manifest has no chain of versions")
+    return _version_name(info.get("base")), [_version_name(v) for v in chain]
+
+
+def references(path: Path) -> set[str]:
+    """The versions the bundle at ``path`` needs besides itself: a delta version's base and
+    the deltas before it (none for a full bundle, or when its manifest cannot be read)."""
+    info = _delta_info(path)
+    if info is None:
+        return set()
+    try:
+        base, chain = _chain_names(info)
+    except BundleError:
+        return set()
+    return {base, *chain} - {path.name}
+
+
+_BASES: dict[tuple[str, int], dict[str, Any]] = {}
+_BASES_LOCK = threading.Lock()
+
+
+def _verified_base(base: Path) -> dict[str, Any]:
+    """The base's manifest, its files verified once per process: a base never changes (bundle
+    files are immutable), and every delta over it would hash the whole base again."""
+    try:
+        key = (str(base.resolve()), (base / MANIFEST).stat().st_mtime_ns)
+    except OSError as exc:
+        raise BundleError(f"the base bundle {base} of a delta is missing: {exc}") from exc
+    with _BASES_LOCK:
+        known = _BASES.get(key)
+    if known is not None and all((base / f).is_file() for f in known.get("files", {})):
+        return known
+    manifest = read_manifest(base, verify=True)
+    with _BASES_LOCK:
+        if len(_BASES) >= 4:
+            _BASES.pop(next(iter(_BASES)))
+        _BASES[key] = manifest
+    return manifest
+
+
+def delta_chain(path: Path, manifest: Mapping[str, Any]) -> tuple[Path, dict[str, Any], list[Path]]:
+    """The base bundle, its verified manifest and the delta directories (oldest first, ``path``
+    last) of the bundle at ``path``; ``(path, manifest, [])`` for a full bundle."""
+    info = manifest.get(DELTA_KEY)
+    if not info:
+        return path, dict(manifest), []
+    if not isinstance(info, Mapping):
+        raise BundleError(f"{path / MANIFEST} is corrupt: {DELTA_KEY} is not a JSON object")
+    root = path.resolve().parent
+    base_name, names = _chain_names(info)
+    base = root / base_name
+    base_manifest = _verified_base(base)
+    if base_manifest.get(DELTA_KEY):
+        raise BundleError(f"{path}: the base {base.name} of a delta is itself a delta")
+    chain = [root / v for v in names]
+    for link in chain:
+        if link.resolve() != path.resolve():
+            read_manifest(link, verify=True)
+    return base, base_manifest, chain
 
 
 def _checksums(root: Path) -> dict[str, str]:
@@ -277,10 +383,15 @@ def _point_to(workdir: Path, target: Path) -> None:
 
 
 def _prune(versions: Path, keep: int, live: Path) -> None:
-    # version names start with their creation time, so name order is age order
+    # version names start with their creation time, so name order is age order; a kept delta
+    # version keeps its base and the deltas before it
     done = sorted(p for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for old in done[:-keep]:
-        if old != live:
+    kept = {p.name for p in done[-keep:]} | {live.name}
+    needed = set(kept)
+    for name in kept:
+        needed |= references(versions / name)
+    for old in done:
+        if old.name not in needed:
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -291,6 +402,14 @@ def trained_models(manifest: Mapping[str, Any]) -> list[str]:
     """The registered models a bundle holds: those whose step in ``steps`` trained."""
     steps = manifest.get("steps", {})
     return [name for name in REGISTRY if steps.get(name, {}).get("status") == TRAINED]
+
+
+def detached(model: BundleModel) -> BundleModel:
+    """A copy of ``model`` that its ``update`` and ``forget`` can change while ``model`` keeps
+    answering: the model's own ``detached()`` where it changes arrays in place (lookalike),
+    else a shallow copy (the others replace their arrays on update)."""
+    own = getattr(model, "detached", None)
+    return own() if callable(own) else copy.copy(model)
 
 
 def load_models(
@@ -315,7 +434,16 @@ class LazyModels(Mapping[str, BundleModel]):
         self._names = trained_models(manifest)
         self._n_threads = n_threads
         self._loaded: dict[str, BundleModel] = {}
+        self._changes: list[ProfileUpdate] = []
         self._lock = threading.Lock()
+
+    def update(self, change: ProfileUpdate) -> None:
+        """Bring every model up to date with ``change``: those loaded now, the others (in
+        order with earlier changes) when they load."""
+        with self._lock:
+            self._changes.append(change)
+            for model in self._loaded.values():
+                model.update(change)
 
     def __getitem__(self, name: str) -> BundleModel:
         if name not in self._names:
@@ -328,6 +456,8 @@ class LazyModels(Mapping[str, BundleModel]):
                     raise BundleError(
                         f"bundle {self._path}: its {name} model cannot be loaded: {exc}"
                     ) from exc
+                for change in self._changes:
+                    model.update(change)
                 self._loaded[name] = model
             return self._loaded[name]
 
@@ -418,29 +548,93 @@ class ModelBundle:
         self.models: Mapping[str, BundleModel]
         self.features: FeatureTable
         self.scores: pd.DataFrame | None
+        self.base_path: Path = path
+        """The full bundle the answers rest on (:attr:`path` itself unless a delta version)."""
+        self.deltas: list[Path] = []
+        """The delta versions overlaid on :attr:`base_path`, oldest first."""
         self._read(lazy)
         self._forgotten: set[str] = set()
 
     def _read(self, lazy: bool) -> None:
-        """Load the models and map the feature table and the scores of :attr:`path`."""
-        path, manifest, n_threads = self.path, self.manifest, self._n_threads
+        """Load the models and map the feature table and the scores of :attr:`path` (of its
+        base, with its deltas overlaid in order, for a delta version)."""
+        base, base_manifest, chain = delta_chain(self.path, self.manifest)
+        self.base_path, self.deltas = base, []
+        n_threads = self._n_threads
         self.models = (
-            LazyModels(path, manifest, n_threads)
+            LazyModels(base, base_manifest, n_threads)
             if lazy
-            else load_models(path, manifest, n_threads)
+            else load_models(base, base_manifest, n_threads)
         )
         self._read_tables()
+        for link in chain:
+            self.overlay(read_delta(link / layout.DELTA_DIR))
+            self.deltas.append(link)
         if not lazy:
             self._share_ids()
 
     def _read_tables(self) -> None:
-        """Map the feature table and the scores of :attr:`path` (one id index when equal)."""
+        """Map the feature table and the scores of :attr:`base_path` (one id index when equal)."""
         from dmp_ml.features import FeatureTable
 
-        self.features = FeatureTable.read(self.path / FEATURES_DIR)
-        self.scores = read_scores(self.path) if "propensity" in self.models else None
+        self.features = FeatureTable.read(self.base_path / FEATURES_DIR)
+        self.scores = read_scores(self.base_path) if "propensity" in self.models else None
         if self.scores is not None and self.scores.index.equals(self.features.frame.index):
             self.scores.index = self.features.frame.index  # one id index (and hash table)
+
+    def overlay(self, delta: Delta, in_place: bool = True) -> None:
+        """Apply a refresh's rows: features, scores, and every model's ``update`` with the
+        delta's change (a lazily loaded model gets it when it loads). Without ``in_place`` the
+        feature and score arrays are replaced, not written into."""
+        change = delta.change
+        self.features = merge_table(self.features, delta, in_place=in_place)
+        if self.scores is not None and delta.scores is not None:
+            self.scores = merge_rows(self.scores, delta.scores, change.removed, in_place=in_place)
+        if isinstance(self.models, LazyModels):
+            self.models.update(change)
+        else:
+            for model in self.models.values():
+                model.update(change)
+
+    def extended(self, path: Path, manifest: dict[str, Any]) -> ModelBundle | None:
+        """The bundle at ``path`` (a verified ``manifest``) built from this one, when it is
+        this one plus newer deltas: only those are read and overlaid, on copies, so this bundle
+        keeps answering unchanged meanwhile. A service worker reloads so after a refresh
+        instead of mapping the base and replaying every delta again. None when ``path`` is not
+        such an extension (another base, a full bundle) or this bundle loads models lazily."""
+        info = manifest.get(DELTA_KEY)
+        if not isinstance(info, Mapping) or isinstance(self.models, LazyModels):
+            return None
+        base, names = _chain_names(info)
+        mine = [link.name for link in self.deltas]
+        if base != self.base_path.resolve().name or names[: len(mine)] != mine:
+            return None
+        root = path.resolve().parent
+        fresh = [root / name for name in names[len(mine) :]]
+        if not fresh:
+            return None
+        for link in fresh:
+            if link.resolve() != path.resolve():
+                read_manifest(link, verify=True)
+        new = copy.copy(self)
+        new.path, new.manifest = path, manifest
+        new.version = manifest["bundle_version"]
+        new.as_of = pd.Timestamp(manifest["as_of"])
+        new.deltas = list(self.deltas)
+        new._forgotten = set(self._forgotten)
+        new.models = {name: detached(model) for name, model in self.models.items()}
+        for link in fresh:
+            new.overlay(read_delta(link / layout.DELTA_DIR), in_place=False)
+            new.deltas.append(link)
+        return new
+
+    def file(self, relative: str) -> Path:
+        """Where the bundle's file ``relative`` is: in the newest delta that has it, else in
+        the base (a path that may not exist)."""
+        for link in reversed(self.deltas):
+            if (link / relative).exists():
+                return link / relative
+        return self.base_path / relative
 
     def _share_ids(self) -> None:
         """Models whose profile list is the table's use the table's index: one copy of the

@@ -366,7 +366,9 @@ def forget(
             if cookie_map is not None:
                 cookies |= set(cookie_map.index[cookie_map.isin(drop).to_numpy(bool)].astype(str))
             removed = remove_profiles(private, drop)
-            if any(removed.values()):
+            # a delta version is always compacted: its base may hold rows of a profile that a
+            # delta removed (folded into another), which no loaded answer shows any more
+            if any(removed.values()) or private.deltas:
                 erasures = int(private.manifest.get("erasure", {}).get("profiles_removed", 0))
                 path = store.republish(
                     private,

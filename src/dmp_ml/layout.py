@@ -4,6 +4,7 @@
 
     W/bundle -> bundles/<version>        the live bundle pointer (see dmp_ml.bundle)
     W/bundles/<version>/                 bundle versions (``.tmp-*`` while being written)
+    W/bundles/<version>/delta/           a refresh's rows, over a base version (dmp_ml.delta)
     W/erasure.jsonl                      the erasure list (``erasure.txt``: its former format)
     W/.erasure.lock                      writers of the erasure list serialise on it
     W/.dmp-ml.lock                       writers of bundles and events (forget, refresh)
@@ -46,6 +47,8 @@ SPOOL_STATE_FILE = "spool.json"
 SEGMENTS_DIR = "segments"
 CAMPAIGNS_DIR = "campaigns"
 MLFLOW_DB = "mlflow.db"
+DELTA_DIR = "delta"
+"""Inside a delta version's directory: the rows its refresh changed (see dmp_ml.delta)."""
 CONSENT_STATE_FILE = "consent_state.parquet"
 """Inside a bundle directory: the hashed ids whose consent was withdrawn."""
 

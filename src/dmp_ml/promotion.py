@@ -27,8 +27,10 @@ from dmp_ml import layout
 from dmp_ml.bundle import (
     BENTO_BUNDLE_DIR,
     BENTO_MODEL_NAME,
+    DELTA_KEY,
     bento_bundle_path,
     bentoml_quiet,
+    load_bundle,
     read_features_index,
     read_manifest,
 )
@@ -142,7 +144,17 @@ def promote(
             metadata={"as_of": str(manifest.get("as_of")), "source": str(path)},
         ) as model:
             try:
-                shutil.copytree(path, Path(model.path) / BENTO_BUNDLE_DIR)
+                if manifest.get(DELTA_KEY):  # a refresh's delta: the model gets it whole
+                    from dmp_ml.store import write_bundle_files
+
+                    write_bundle_files(
+                        load_bundle(path, n_threads=1),
+                        Path(model.path) / BENTO_BUNDLE_DIR,
+                        version=str(manifest["bundle_version"]),
+                        manifest_update={},
+                    )
+                else:
+                    shutil.copytree(path, Path(model.path) / BENTO_BUNDLE_DIR)
             except OSError as exc:  # the model is not saved when this block raises
                 raise BundleError(f"bundle {path.name} changed while it was copied: {exc}") from exc
         tag = str(model.tag)

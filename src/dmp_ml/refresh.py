@@ -32,10 +32,16 @@ is stored in the workdir's event store (``W/events/incoming/<batch>.parquet``, w
   ``IndexIDMap2`` (``remove_ids`` + ``add_with_ids``; index types that cannot remove get the
   old row masked and a new one appended). Population statistics refresh at retrain.
 
-The result is re-published as a new bundle version (atomic pointer swap, checksums valid);
-service workers pick it up through the pointer. Writers serialise on the workdir lock.
-:class:`Refresher` keeps the history and the bundle in memory between batches (one per
-service worker); :func:`apply_events` is the one-shot form.
+The result is published as a *delta version* (:mod:`dmp_ml.delta`): only the touched
+profiles' rows, next to the base bundle, so what a batch writes grows with the batch, not with
+the population (atomic pointer swap, checksums valid); service workers pick it up through the
+pointer and overlay the deltas on the mapped base. Once the deltas over the base pass
+``refresh.max_deltas`` or ``refresh.max_delta_bytes`` the refresh compacts instead: it
+re-publishes the whole bundle as a new base (so does :func:`compact`, and ``train``). Writers
+serialise on the workdir lock. :class:`Refresher` keeps the bundle in memory between batches
+(one per service worker) but not the history: each batch reads its affected profiles' events
+from the event store (:func:`dmp_ml.store.history_of`, filtered file by file as read);
+:func:`apply_events` is the one-shot form.
 """
 
 from __future__ import annotations
@@ -53,16 +59,16 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml import layout, store
-from dmp_ml.bundle import live_bundle_path, load_bundle
+from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
+from dmp_ml.delta import Delta, members, merge_table
 from dmp_ml.erasure import erasure_stamp, read_erasure_list
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
-from dmp_ml.mapped import writable, write_rows
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.settings import ContractSettings, Settings
+from dmp_ml.settings import ContractSettings, RefreshSettings, Settings
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -188,7 +194,7 @@ def write_consent_state(
 def _consent_records(
     bundle: ModelBundle, subset: pd.DataFrame, settings: Settings
 ) -> pd.DataFrame | None:
-    path = Path(bundle.path) / layout.CONSENT_STATE_FILE
+    path = bundle.file(layout.CONSENT_STATE_FILE)
     if not path.exists():
         return None
     withdrawn = set(pd.read_parquet(path)["key_sha256"].astype(str))
@@ -235,12 +241,13 @@ class Refresher:
         workdir: str | Path,
         n_threads: int | None = 1,
         contract: ContractSettings | None = None,
+        refresh: RefreshSettings | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.n_threads = n_threads
         self.contract = contract or ContractSettings()
+        self.refresh = refresh or RefreshSettings()
         self._bundle: ModelBundle | None = None
-        self._history: pd.DataFrame | None = None
         self._raw_scores: pd.Series | None = None
         self._erasure_stamp: tuple[int, int, int] | None = None
         self._pending: pd.DataFrame | None = None
@@ -257,7 +264,7 @@ class Refresher:
             self._bundle = load_bundle(live, n_threads=self.n_threads)
             if current is not None:
                 gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
-            self._history = store.history_events(self.workdir)
+            store.history_files(self.workdir)  # refuses a workdir without the history
             self._raw_scores = None
             self._erasure_stamp = stamp
             # stored batches the live bundle does not reflect (stored while a train ran, or
@@ -316,11 +323,9 @@ class Refresher:
         lap("validate")
         with store.workdir_lock(self.workdir):
             bundle = self._sync()
-            history = self._history
-            assert history is not None
             lap("sync")
             try:
-                return self._apply_locked(bundle, history, loaded, profiles, seconds, lap)
+                return self._apply_locked(bundle, loaded, profiles, seconds, lap)
             except BaseException:
                 self._bundle = None  # half-edited: reload from disk next time
                 raise
@@ -343,9 +348,8 @@ class Refresher:
                 quarantine=pd.DataFrame({"reason": pd.Series([], dtype="string")}),
                 report=LoadReport("<pending>", "events", 0, 0, 0, {}),
             )
-            assert self._history is not None
             try:
-                return self._apply_locked(bundle, self._history, empty, None, {}, lambda _: None)
+                return self._apply_locked(bundle, empty, None, {}, lambda _: None)
             except BaseException:
                 self._bundle = None
                 raise
@@ -353,7 +357,6 @@ class Refresher:
     def _apply_locked(
         self,
         bundle: ModelBundle,
-        history: pd.DataFrame,
         loaded: LoadResult,
         profiles: pd.DataFrame | None,
         seconds: dict[str, float],
@@ -375,19 +378,18 @@ class Refresher:
         erased_rows = store.purge_mask(batch, erased) if erased else np.zeros(len(batch), bool)
         batch = batch.loc[~erased_rows].reset_index(drop=True)
 
-        # the affected closure over history + batch (+ batches not yet in a train bundle)
+        # the affected closure over history + batch (+ batches not yet in a train bundle), read
+        # from the event store with filters: the profiles the batch names and those sharing a
+        # cookie with it, then every cookie of theirs, then all their events
         ids_from = batch if self._pending is None else pd.concat([batch, self._pending])
         p0 = pd.Index(ids_from["profile_id"].dropna().unique(), dtype="string")
         c0 = pd.Index(ids_from["cookie_id"].dropna().unique(), dtype="string")
-        h_cookie, h_profile = history["cookie_id"], history["profile_id"]
-        h_c0 = h_cookie.isin(c0).to_numpy(bool)
-        p1 = pd.Index(h_profile[h_c0].dropna().unique(), dtype="string")
-        known = p0.union(p1)
-        h_known = h_profile.isin(known).to_numpy(bool)
-        cookies = pd.Index(h_cookie[h_known | h_c0].dropna().unique(), dtype="string")
-        cookies = cookies.union(c0)
-        h_mask = h_known | h_cookie.isin(cookies).to_numpy(bool)
-        past = history.loc[h_mask].reset_index(drop=True)
+        links = ["profile_id", "cookie_id"]
+        p1 = store.history_of(self.workdir, cookies=c0, columns=links)["profile_id"]
+        known = p0.union(pd.Index(p1.dropna().unique(), dtype="string"))
+        theirs = store.history_of(self.workdir, profiles=known, columns=links)["cookie_id"]
+        cookies = pd.Index(theirs.dropna().unique(), dtype="string").union(c0)
+        past = store.history_of(self.workdir, profiles=known, cookies=cookies)
 
         # exact re-sends of stored events are duplicates (a retried request changes nothing)
         duplicate = np.isin(store.row_keys(batch), store.row_keys(past)) if len(past) else None
@@ -448,7 +450,6 @@ class Refresher:
         pending = self._pending
         if batch.empty and pending is None:
             return report()
-        self._history = pd.concat([history, batch], ignore_index=True)
         self._pending = None
         work = batch if pending is None else pd.concat([batch, pending], ignore_index=True)
 
@@ -474,12 +475,12 @@ class Refresher:
             subset, as_of, tz_frame, consent, settings, erased=erased, reference=spec
         )
         lap("features")
-        out = table.frame.index[table.frame.index.isin(affected)]
+        out = table.frame.index[members(table.frame.index, affected)]
         if consent is None and "consent" in bundle.manifest.get("inputs", {}):
             # no withdrawn-id list in this bundle: a profile that had events before but is
             # not in the bundle may have withdrawn consent; it waits for the next train
             seen = _seen_before(past, out)
-            held = out[~out.isin(frame_b.index) & seen]
+            held = out[~members(out, frame_b.index) & seen]
             if len(held):
                 warnings.append(
                     f"{len(held)} profiles with earlier events are not in the bundle; without "
@@ -489,14 +490,13 @@ class Refresher:
         else:
             held = out[:0]
         rows = _new_rows(table, out, bundle, spec, fs, as_of, profiles)
-        removed = frame_b.index[frame_b.index.isin(affected) & ~frame_b.index.isin(out)]
-        created = out[~out.isin(frame_b.index)]
-        updated = out[out.isin(frame_b.index)]
-        bundle.features = _merge_table(bundle.features, rows, removed, table, affected, cookies)
+        removed = frame_b.index[members(frame_b.index, affected) & ~members(frame_b.index, out)]
+        created = out[~members(out, frame_b.index)]
+        updated = out[members(out, frame_b.index)]
 
         # what every model is handed: the touched profiles, their features and history
         resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events
-        touched = resolved["profile_id"].astype("string").isin(out).to_numpy(bool)
+        touched = members(resolved["profile_id"], out)
         change = ProfileUpdate(
             as_of=as_of,
             profile_ids=out,
@@ -507,12 +507,25 @@ class Refresher:
             ),
             timezones=timezones,
         )
+        links = table.cookie_map
+        if links is not None:
+            links = links[members(links, rows.frame.index)]
+        delta = Delta(
+            change=change,
+            hour_of_week=rows.hour_of_week,
+            scores=None,
+            cookie_map=links,
+            relinked=affected,
+            cookies=cookies,
+        )
+        bundle.features = merge_table(bundle.features, delta)
 
         # scores
         if bundle.scores is not None and bundle.propensity is not None:
             bundle.scores, self._raw_scores = bundle.propensity.rescore(
                 bundle.scores, self._population_raw(bundle), change
             )
+            delta = replace(delta, scores=bundle.scores.loc[out])
         lap("scores")
 
         # send-time curves
@@ -526,11 +539,8 @@ class Refresher:
         lap("lookalike")
 
         # channel and content affinity: the affected profiles recounted from their history
-        extra_files: dict[str, Any] = {}
         if getattr(bundle, "affinity_model", None) is not None:
             bundle.affinity_model.update(change)
-            for file_name, writer in bundle.affinity_model.writers().items():
-                extra_files[f"{bundle.affinity_model.name}/{file_name}"] = writer
         lap("affinity")
 
         # publish
@@ -542,20 +552,33 @@ class Refresher:
             profiles_refreshed=int(len(refreshed)),
             last_applied_at=pd.Timestamp.now(tz="UTC").isoformat(),
         )
-        store.republish(
-            bundle,
-            self.workdir,
-            tag="refresh",
-            manifest_update={"refresh": refresh_meta},
-            extra_files={
-                REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False),
-                **extra_files,
-            },
-            drop_ids=removed,
-        )
-        # kept for the next batch: the copies edited in memory give way to the new version's
-        # mapped files (which no longer maps the version the batch started from)
-        bundle.remap()
+        extra_files = {REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False)}
+        info = bundle.manifest.get(DELTA_KEY) or {}
+        if (
+            len(bundle.deltas) < self.refresh.max_deltas
+            and int(info.get("bytes", 0)) < self.refresh.max_delta_bytes
+        ):
+            # the batch's rows next to the base; the bundle in memory already holds them
+            store.publish_delta(
+                bundle,
+                self.workdir,
+                delta,
+                tag="refresh",
+                manifest_update={"refresh": refresh_meta},
+                extra_files=extra_files,
+            )
+        else:
+            store.republish(
+                bundle,
+                self.workdir,
+                tag="compact",
+                manifest_update={"refresh": refresh_meta},
+                extra_files=extra_files,
+                drop_ids=removed,
+            )
+            # the copies edited in memory give way to the new base's mapped files (and no
+            # file of the versions it replaces stays mapped)
+            bundle.remap()
         lap("publish")
         logger.info(
             "refresh %s: %d events, %d profiles updated, %d new, %d removed -> bundle %s",
@@ -577,6 +600,21 @@ class Refresher:
         )
 
 
+def compact(workdir: str | Path) -> str | None:
+    """Fold the live bundle's deltas into a new base version (published like any version).
+
+    Returns the new version, or None when the live bundle has no deltas. Answers do not
+    change: the new base holds what base and deltas gave together.
+    """
+    with store.workdir_lock(workdir):
+        bundle = load_bundle(workdir)
+        if not bundle.deltas:
+            return None
+        store.republish(bundle, workdir, tag="compact", manifest_update={})
+    logger.info("compacted %d deltas into bundle %s", len(bundle.deltas), bundle.version)
+    return str(bundle.version)
+
+
 def apply_events(
     target: ModelBundle | str | Path,
     events: pd.DataFrame | Sequence[Mapping[str, Any]] | str | Path,
@@ -584,6 +622,7 @@ def apply_events(
     mapping: ColumnMapping | str | Path | None = None,
     profiles: pd.DataFrame | None = None,
     contract: ContractSettings | None = None,
+    refresh: RefreshSettings | None = None,
 ) -> RefreshReport:
     """Apply one batch to the live bundle of a workdir (or of a loaded bundle's workdir).
 
@@ -591,7 +630,8 @@ def apply_events(
     to see the new version named in the report.
     """
     workdir = target if isinstance(target, str | Path) else store.bundle_workdir(target)
-    return Refresher(workdir, contract=contract).apply(events, mapping=mapping, profiles=profiles)
+    refresher = Refresher(workdir, contract=contract, refresh=refresh)
+    return refresher.apply(events, mapping=mapping, profiles=profiles)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -603,12 +643,12 @@ def _timezones(
     """Known time zone per affected profile: the bundle's attribute, else ``profiles``."""
     parts = []
     if "timezone" in frame.columns:
-        mine = frame.loc[frame.index.isin(ids), "timezone"].astype("string")
+        mine = frame.loc[members(frame.index, ids), "timezone"].astype("string")
         parts.append(mine)
     if profiles is not None and "timezone" in profiles.columns and "profile_id" in profiles:
         given = profiles.set_index(profiles["profile_id"].astype("string"))["timezone"]
         given = given.astype("string")
-        given = given[given.index.isin(ids) & ~given.index.isin(frame.index)]
+        given = given[members(given.index, ids) & ~members(given.index, frame.index)]
         parts.append(given)
     if not parts:
         return None
@@ -660,7 +700,7 @@ def _new_rows(
     if profiles is not None and "profile_id" in profiles.columns:
         given = profiles.drop_duplicates("profile_id", keep="first")
         given = given.set_index(pd.Index(given["profile_id"].astype("string")))
-    is_new = ~ids.isin(base.index)
+    is_new = ~members(ids, base.index)
     for col in base.columns:
         if col in event_cols:
             continue
@@ -681,53 +721,10 @@ def _new_rows(
     return replace(table, frame=frame, hour_of_week=how)
 
 
-def _merge_table(
-    current: FeatureTable,
-    rows: FeatureTable,
-    removed: pd.Index,
-    table: FeatureTable,
-    affected: pd.Index,
-    cookies: pd.Index,
-) -> FeatureTable:
-    """The bundle's table with ``rows`` replacing/adding profiles and ``removed`` gone.
-
-    When the batch only changes profiles the table has, their rows are written in place: a
-    table mapped from the bundle's files (copy-on-write) then copies only the pages of those
-    rows; otherwise the table is rebuilt (a private copy until the refresh publishes it).
-    """
-    frame = current.frame
-    pos = frame.index.get_indexer(rows.frame.index)
-    if len(removed) == 0 and bool((pos >= 0).all()):
-        merged = frame
-        write_rows(merged, pos, rows.frame[list(frame.columns)])
-        how = writable(current.hour_of_week)
-        how[pos] = rows.hour_of_week
-    else:
-        drop = frame.index.isin(rows.frame.index) | frame.index.isin(removed)
-        merged = pd.concat([frame.loc[~drop], rows.frame])
-        how = np.vstack([current.hour_of_week[~drop], rows.hour_of_week])
-        order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
-        merged = merged.iloc[order]
-        how = how[order]
-    cookie_map = current.cookie_map
-    if cookie_map is not None:
-        stale = cookie_map.index.isin(cookies) | cookie_map.isin(affected).to_numpy(bool)
-        fresh = table.cookie_map
-        if fresh is not None:
-            fresh = fresh[fresh.isin(rows.frame.index).to_numpy(bool)]
-            cookie_map = pd.concat([cookie_map[~stale], fresh]).sort_index()
-        else:
-            cookie_map = cookie_map[~stale]
-        cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
-    summary = dict(current.summary)
-    summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows.frame)
-    return replace(current, frame=merged, hour_of_week=how, cookie_map=cookie_map, summary=summary)
-
-
 def _refreshed_frame(
     bundle: ModelBundle, ids: pd.Index, removed: pd.Index, as_of: pd.Timestamp
 ) -> pd.DataFrame:
-    path = Path(bundle.path) / REFRESHED_FILE
+    path = bundle.file(REFRESHED_FILE)
     previous = (
         pd.read_parquet(path)
         if path.exists()
@@ -739,7 +736,7 @@ def _refreshed_frame(
         )
     )
     previous["profile_id"] = previous["profile_id"].astype("string")
-    previous = previous[~previous["profile_id"].isin(ids.union(removed))]
+    previous = previous[~members(previous["profile_id"], ids.union(removed))]
     fresh = pd.DataFrame(
         {
             "profile_id": pd.array(ids.to_numpy(dtype=object), dtype="string"),
@@ -748,4 +745,4 @@ def _refreshed_frame(
     )
     live = bundle.features.frame.index
     out = pd.concat([previous, fresh], ignore_index=True)
-    return out[out["profile_id"].isin(live)].sort_values("profile_id", ignore_index=True)
+    return out[members(out["profile_id"], live)].sort_values("profile_id", ignore_index=True)

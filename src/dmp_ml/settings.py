@@ -347,6 +347,22 @@ class ServiceSettings(_Section):
     )
 
 
+class RefreshSettings(_Section):
+    """Near-real-time refresh: when the deltas over the base bundle are folded into a new base."""
+
+    max_deltas: int = Field(
+        4,
+        ge=1,
+        description="A refresh that would make more deltas over the base compacts. Each load "
+        "replays every delta (more: slower reloads; fewer: more whole re-publishes).",
+    )
+    max_delta_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="A refresh that would make the deltas over the base larger compacts.",
+    )
+
+
 class Settings(BaseSettings):
     """Every tunable of dmp-ml, with its default (see the module doc for where values come from)."""
 
@@ -371,6 +387,7 @@ class Settings(BaseSettings):
     send_time: SendTimeSettings = SendTimeSettings()
     lookalike: LookalikeSettings = LookalikeSettings()
     service: ServiceSettings = ServiceSettings()
+    refresh: RefreshSettings = RefreshSettings()
     affinity: AffinitySettings = AffinitySettings()
     campaigns: CampaignSettings = CampaignSettings()
 

@@ -36,11 +36,13 @@ from filelock import FileLock
 from dmp_ml import bundle as bundle_io
 from dmp_ml import layout
 from dmp_ml.contract import EVENT_COLUMNS
+from dmp_ml.delta import write_delta
 from dmp_ml.errors import BundleError
 from dmp_ml.files import write_json_atomic
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
+    from dmp_ml.delta import Delta
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +243,52 @@ def history_events(workdir: str | Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
+def history_files(workdir: str | Path) -> list[Path]:
+    """The files of the event history: the base events, then the unmerged refresh batches."""
+    base = layout.base_events(workdir)
+    if not base.exists():
+        raise BundleError(
+            f"no event history in {layout.events_dir(workdir)}: a near-real-time refresh needs the "
+            "training events (train records them with dmp_ml.store.record_training_events)"
+        )
+    return [base, *unmerged_batches(workdir)]
+
+
+def history_of(
+    workdir: str | Path,
+    profiles: Iterable[str] = (),
+    cookies: Iterable[str] = (),
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
+    """The stored events of ``profiles`` or of ``cookies`` (the history of
+    :func:`history_events`), read file by file with the filter applied as each is read, so
+    memory holds the matches, not the history. With ``columns``, only those (as stored)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    wanted_p = pa.array([str(p) for p in profiles], type=pa.string())
+    wanted_c = pa.array([str(c) for c in cookies], type=pa.string())
+    parts = []
+    for path in history_files(workdir):
+        names = set(pq.read_schema(path).names)
+        test = None
+        for column, values in (("profile_id", wanted_p), ("cookie_id", wanted_c)):
+            if len(values) and column in names:
+                hit = pc.field(column).isin(values)
+                test = hit if test is None else test | hit
+        if test is None:
+            continue
+        keep = [c for c in columns if c in names] if columns is not None else None
+        parts.append(pq.read_table(path, columns=keep, filters=test).to_pandas())
+    if columns is not None:
+        empty = pd.DataFrame({c: pd.Series([], dtype="string") for c in columns})
+        frame = pd.concat(parts, ignore_index=True) if parts else empty
+        return frame.astype({c: "string" for c in columns if c in ("profile_id", "cookie_id")})
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return contract_frame(frame)
+
+
 def new_batch_name(now: pd.Timestamp) -> str:
     """A sortable, unique batch name: UTC time to the microsecond and a random suffix."""
     return f"{now:%Y%m%dT%H%M%S}{now.microsecond:06d}-{uuid.uuid4().hex[:8]}"
@@ -383,6 +431,57 @@ def republish(
     return final
 
 
+def publish_delta(
+    bundle: ModelBundle,
+    workdir: str | Path,
+    delta: Delta,
+    *,
+    tag: str,
+    manifest_update: Mapping[str, Any],
+    extra_files: Mapping[str, Callable[[Path], object]] | None = None,
+) -> Path:
+    """Publish ``delta`` (the rows a refresh changed) as a new live version over the loaded
+    ``bundle``'s base; return its directory.
+
+    The version holds only its manifest, ``delta/`` (:func:`dmp_ml.delta.write_delta`) and
+    ``extra_files``; its manifest is ``bundle``'s with ``manifest_update`` and the chain (see
+    :data:`dmp_ml.bundle.DELTA_KEY`). ``bundle`` must already hold the delta's rows in memory:
+    afterwards its ``path``, ``version``, ``manifest`` and ``deltas`` describe the new version.
+    """
+    version = new_version(tag)
+    info = bundle.manifest.get(bundle_io.DELTA_KEY) or {}
+    with bundle_io.write_bundle(workdir, version) as tmp:
+        size = write_delta(tmp / layout.DELTA_DIR, delta)
+        for rel, writer in dict(extra_files or {}).items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            writer(target)
+            size += target.stat().st_size
+        base = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
+        manifest = bundle_io.finish_manifest(
+            tmp,
+            {
+                **base,
+                **dict(manifest_update),
+                "train_version": training_version(bundle.manifest),
+                "bundle_version": version,
+                "parent_version": bundle.version,
+                "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+                bundle_io.DELTA_KEY: {
+                    "base": Path(bundle.base_path).resolve().name,
+                    "chain": [Path(d).name for d in bundle.deltas] + [version],
+                    "bytes": int(info.get("bytes", 0)) + size,
+                },
+            },
+        )
+    final = layout.versions_dir(workdir) / version
+    bundle.path = final
+    bundle.version = version
+    bundle.manifest = manifest
+    bundle.deltas.append(final)
+    return final
+
+
 def write_bundle_files(
     bundle: ModelBundle,
     dest: Path,
@@ -401,14 +500,19 @@ def write_bundle_files(
     relative path to a writer called with its destination. The manifest (checksums
     included) is written last.
     """
-    source = Path(bundle.path)
     dest.mkdir(parents=True, exist_ok=True)
     extra_files = dict(extra_files or {})
     drop = pd.Index([str(p) for p in drop_ids], dtype="string")
-    rewritten = (bundle_io.FEATURES_DIR, bundle_io.SCORES_FILE, *bundle.models)
-    for item in sorted(source.rglob("*")):
-        rel = item.relative_to(source)
-        if item.is_dir() or rel.name == bundle_io.MANIFEST:
+    rewritten = (bundle_io.FEATURES_DIR, bundle_io.SCORES_FILE, layout.DELTA_DIR, *bundle.models)
+    # the base's files, each replaced by the newest delta's copy where one has it
+    copied: dict[str, Path] = {}
+    for source in (Path(bundle.base_path), *map(Path, bundle.deltas)):
+        for item in source.rglob("*"):
+            if item.is_file():
+                copied[str(item.relative_to(source))] = item
+    for key in sorted(copied):
+        item, rel = copied[key], Path(key)
+        if rel.name == bundle_io.MANIFEST:
             continue
         if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in rewritten):
             continue
@@ -428,7 +532,11 @@ def write_bundle_files(
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         writer(target)
-    base = {k: v for k, v in bundle.manifest.items() if k not in ("files", "format_version")}
+    base = {
+        k: v
+        for k, v in bundle.manifest.items()
+        if k not in ("files", "format_version", bundle_io.DELTA_KEY)
+    }
     return bundle_io.save_bundle(
         dest,
         features=bundle.features,
@@ -446,13 +554,15 @@ def write_bundle_files(
 
 
 def delete_other_versions(workdir: str | Path, keep: Path) -> list[str]:
-    """Delete every bundle version but ``keep`` (after an erasure, old ones hold the data)."""
+    """Delete every bundle version but ``keep`` and the versions it needs (a delta version's
+    base and earlier deltas): after an erasure, old ones hold the data."""
     versions = layout.versions_dir(workdir)
+    needed = {Path(keep).resolve().name} | bundle_io.references(Path(keep))
     deleted = []
     for path in sorted(versions.iterdir()):
         if path.name.startswith("."):
             continue  # a bundle being written by a concurrent train
-        if path.is_dir() and path.resolve() != Path(keep).resolve():
+        if path.is_dir() and path.name not in needed:
             shutil.rmtree(path, ignore_errors=True)
             deleted.append(path.name)
     return deleted

@@ -42,6 +42,17 @@ def forget(
         raise typer.Exit(1)
 
 
+def compact(workdir: WorkdirOpt = Path("models")) -> None:
+    """Fold the refresh deltas over the live bundle into a new base bundle."""
+    from dmp_ml.refresh import compact as compact_deltas
+
+    version = compact_deltas(workdir)
+    if version is None:
+        out.print("no deltas over the live bundle: nothing to compact")
+    else:
+        out.print(f"deltas folded into bundle {version}", highlight=False)
+
+
 def events(
     batch: Annotated[
         Path | None, typer.Option("--events", help="New events, CSV or Parquet (data contract).")
@@ -57,7 +68,10 @@ def events(
     from dmp_ml.refresh import apply_events
 
     batch = input_file(batch, legacy_batch, "events")
-    report = apply_events(workdir, batch, mapping=mapping, contract=settings_for(None).contract)
+    settings = settings_for(None)
+    report = apply_events(
+        workdir, batch, mapping=mapping, contract=settings.contract, refresh=settings.refresh
+    )
     out.print(
         f"{report.rows_accepted:,} of {report.rows_received:,} events applied "
         f"({report.rows_quarantined:,} quarantined, {report.rows_erased:,} of erased profiles); "

@@ -120,12 +120,17 @@ class ServiceWorker:
 
     def _load(self, path: Path) -> Any:
         """Load ``path`` and make it live; raise BundleError (old bundle stays) if it is bad."""
-        from dmp_ml.bundle import load_bundle
+        from dmp_ml.bundle import load_bundle, read_manifest
         from dmp_ml.erasure import erased_in, read_erasure_list
 
         started = time.perf_counter()
         try:
-            bundle = load_bundle(path, n_threads=self.threads)
+            # a refresh's delta over the live bundle: overlaid on copies of it, not reloaded
+            live = self._bundle
+            extended = None
+            if live is not None:
+                extended = live.extended(path, read_manifest(path, verify=True))
+            bundle = extended if extended is not None else load_bundle(path, n_threads=self.threads)
         except BundleError:
             raise
         except Exception as exc:  # whatever a damaged file raises, the old bundle stays
@@ -282,7 +287,10 @@ class ServiceWorker:
             try:
                 if self._refresher is None:
                     self._refresher = Refresher(
-                        self.workdir, n_threads=self.threads, contract=self.settings.contract
+                        self.workdir,
+                        n_threads=self.threads,
+                        contract=self.settings.contract,
+                        refresh=self.settings.refresh,
                     )
                 # loaded here before any batch is reported applied; other workers: the poll
                 drain(self.workdir, self._refresher, on_applied=self.reload_quietly)

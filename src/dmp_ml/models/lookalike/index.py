@@ -9,6 +9,7 @@ where it cannot.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -259,6 +260,15 @@ class LookalikeIndex:
             self.index_ = faiss.deserialize_index(faiss.serialize_index(self.index_))
             self.mapped_ = False
         return self.index_
+
+    def detached(self) -> LookalikeIndex:
+        """A copy whose FAISS index is its own (in private memory), so changing it leaves this
+        one as it is."""
+        other = copy.copy(self)
+        other.index_ = faiss.deserialize_index(faiss.serialize_index(self.index_))
+        other.mapped_ = False
+        other.removed_ = np.array(self.removed_, copy=True)
+        return other
 
     def remove_ids(self, ids: Iterable[int]) -> int:
         """Remove ``ids`` from the index; where the index type cannot, they are masked instead."""

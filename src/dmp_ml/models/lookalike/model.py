@@ -13,6 +13,7 @@ them back to profile ids. Everything is deterministic for the same inputs and mo
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -514,6 +515,18 @@ class LookalikeModel:
             live = np.flatnonzero(~self.removed_)
             self.index_ = self.new_index().fit(self.vectors_[live], ids=live)
         return int(len(pos))
+
+    def detached(self) -> Self:
+        """A copy that :meth:`update` and :meth:`forget` can change while this model keeps
+        answering (a service worker builds its next bundle so): the index and the per-profile
+        arrays copied, the fitted parts shared."""
+        other = copy.copy(self)
+        other.raw_, other.codes_, other.vectors_ = (
+            np.array(a, copy=True) for a in (self.raw_, self.codes_, self.vectors_)
+        )
+        other.removed_ = np.array(self.removed_, copy=True)
+        other.index_ = self.index_.detached()
+        return other
 
     def _own_arrays(self) -> None:
         """Arrays that can be changed in place (a copy-on-write mapping copies only the pages

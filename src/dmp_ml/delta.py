@@ -1,0 +1,210 @@
+"""Refresh deltas: the rows one batch of fresh events changed, kept next to the base bundle.
+
+A near-real-time refresh (:mod:`dmp_ml.refresh`) does not re-publish the whole bundle: it
+publishes a *delta version*, a bundle directory (``W/bundles/<version>/``, published like any
+version, checksums and atomic pointer swap included) that holds only its manifest and
+``delta/`` with the rows of the profiles the batch touched. Its manifest's ``delta`` names the
+base bundle and the chain of deltas over it (oldest first, itself last), so loading
+(:func:`dmp_ml.bundle.load_bundle`) maps the base and overlays each delta in order: a later
+delta wins. What one batch writes grows with the batch, not with the population.
+
+Files of ``delta/`` (:func:`write_delta`, :func:`read_delta`)::
+
+    features.npy, features.parquet   the touched profiles' feature rows (dmp_ml.mapped)
+    hour_of_week.npy                 their hour-of-week counts
+    scores.npy, scores.parquet       their propensity scores (when the bundle has them)
+    events.parquet                   their complete resolved history: each model's ``update``
+                                     derives its rows (send-time curves, lookalike vectors,
+                                     affinity counts) from it and the features, on load too
+    cookie_map.parquet               the cookie links of the touched profiles
+    change.json                      as_of, removed ids, the profiles and cookies whose links
+                                     were redone, known time zones
+
+A compaction (``train``, or :func:`dmp_ml.refresh.compact` once the chain passes
+``refresh.max_deltas`` or ``refresh.max_delta_bytes``) writes base and deltas as one new base.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
+from dmp_ml.models.base import ProfileUpdate
+
+if TYPE_CHECKING:
+    from dmp_ml.features import FeatureTable
+
+_FEATURES = "features"
+_SCORES = "scores"
+_HOW = "hour_of_week.npy"
+_EVENTS = "events.parquet"
+_COOKIES = "cookie_map.parquet"
+_CHANGE = "change.json"
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one refresh changed.
+
+    Attributes
+    ----------
+    change : the touched profiles, as every model's ``update`` is handed them; its
+        ``features`` are the new feature rows, shape (n, f).
+    hour_of_week : their hour-of-week counts, shape (n, 168), rows as ``change.features``.
+    scores : their propensity scores indexed by ``profile_id``, shape (n, s); None without.
+    cookie_map : the cookie-to-profile links of the touched profiles (None without a map).
+    relinked : profiles whose cookie links were redone (the batch's affected closure).
+    cookies : cookies whose links were redone.
+    """
+
+    change: ProfileUpdate
+    hour_of_week: np.ndarray
+    scores: pd.DataFrame | None
+    cookie_map: pd.Series | None
+    relinked: pd.Index
+    cookies: pd.Index
+
+
+def members(values: pd.Index | pd.Series, of: object) -> np.ndarray:
+    """Which of ``values`` (ids as text) are in ``of``, shape (len(values),): a hash lookup in
+    Arrow, where pandas' ``isin`` on Arrow strings walks ``of`` value by value in Python."""
+    keys = pa.array(values.astype("string")).cast(pa.large_string())
+    given = of if isinstance(of, pd.Index | pd.Series) else [str(v) for v in of]  # type: ignore[attr-defined]
+    pool = pa.array(pd.array(given, dtype="string")).cast(pa.large_string())
+    return np.asarray(pc.is_in(keys, value_set=pool).fill_null(False), dtype=bool)
+
+
+def _ids(values: object) -> pd.Index:
+    return pd.Index([str(v) for v in values], dtype="string", name="profile_id")  # type: ignore[attr-defined]
+
+
+def write_delta(directory: Path, delta: Delta) -> int:
+    """Write ``delta`` into ``directory`` (created); returns the bytes written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    change = delta.change
+    write_frame(directory, _FEATURES, change.features)
+    write_array(directory / _HOW, np.asarray(delta.hour_of_week, dtype=np.float64))
+    if delta.scores is not None:
+        write_frame(directory, _SCORES, delta.scores)
+    change.events.to_parquet(directory / _EVENTS, index=False)
+    if delta.cookie_map is not None:
+        delta.cookie_map.rename("profile_id").rename_axis("cookie_id").reset_index().to_parquet(
+            directory / _COOKIES, index=False
+        )
+    zones = change.timezones
+    meta = {
+        "as_of": change.as_of.isoformat(),
+        "profile_ids": [str(p) for p in change.profile_ids],
+        "removed": [str(p) for p in change.removed],
+        "relinked": [str(p) for p in delta.relinked],
+        "cookies": [str(c) for c in delta.cookies],
+        "timezones": None
+        if zones is None
+        else {str(k): (None if pd.isna(v) else str(v)) for k, v in zones.items()},
+    }
+    (directory / _CHANGE).write_text(json.dumps(meta), encoding="utf-8")
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def read_delta(directory: Path) -> Delta:
+    """Read a delta :func:`write_delta` wrote (the feature and score rows mapped)."""
+    meta = json.loads((directory / _CHANGE).read_text(encoding="utf-8"))
+    features = map_frame(directory, _FEATURES)
+    features.index = _ids(features.index)
+    scores = None
+    if (directory / f"{_SCORES}.parquet").exists():
+        scores = map_frame(directory, _SCORES)
+        scores.index = _ids(scores.index)
+    events = pd.read_parquet(directory / _EVENTS)
+    cookie_map = None
+    if (directory / _COOKIES).exists():
+        links = pd.read_parquet(directory / _COOKIES)
+        cookie_map = pd.Series(
+            links["profile_id"].astype("string").to_numpy(),
+            index=pd.Index(links["cookie_id"].astype("string"), name="cookie_id"),
+            name="profile_id",
+        )
+    zones = None
+    if meta["timezones"] is not None:
+        zones = pd.Series(meta["timezones"], dtype="string")
+        zones.index = _ids(zones.index)
+    change = ProfileUpdate(
+        as_of=pd.Timestamp(meta["as_of"]),
+        profile_ids=_ids(meta["profile_ids"]),
+        removed=_ids(meta["removed"]),
+        features=features,
+        events=events,
+        timezones=zones,
+    )
+    return Delta(
+        change=change,
+        hour_of_week=map_array(directory / _HOW),
+        scores=scores,
+        cookie_map=cookie_map,
+        relinked=_ids(meta["relinked"]),
+        cookies=pd.Index([str(c) for c in meta["cookies"]], dtype="string"),
+    )
+
+
+def merge_rows(
+    frame: pd.DataFrame, rows: pd.DataFrame, removed: pd.Index, in_place: bool = True
+) -> pd.DataFrame:
+    """``frame`` with ``rows`` replacing or adding profiles and ``removed`` gone.
+
+    When only rows ``frame`` has change (and ``in_place``), they are written in place (a frame
+    mapped copy-on-write copies only those rows' pages) and ``frame`` itself is returned;
+    otherwise a new frame sorted by id, ``frame`` unchanged.
+    """
+    pos = frame.index.get_indexer(rows.index)
+    gone = members(frame.index, removed)
+    if in_place and not gone.any() and bool((pos >= 0).all()):
+        write_rows(frame, pos, rows[list(frame.columns)])
+        return frame
+    drop = members(frame.index, rows.index) | gone
+    merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
+    order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
+    return merged.iloc[order]
+
+
+def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> FeatureTable:
+    """The feature table ``current`` with the delta's rows replacing/adding profiles, its
+    removed profiles gone and the cookie links of its relinked profiles redone (rows written
+    into ``current``'s arrays when it only changes existing ones and ``in_place``; else new
+    arrays, ``current`` unchanged)."""
+    rows = delta.change.features
+    removed = delta.change.removed
+    frame = current.frame
+    pos = frame.index.get_indexer(rows.index)
+    gone = members(frame.index, removed)
+    if in_place and not gone.any() and bool((pos >= 0).all()):
+        merged = frame
+        write_rows(merged, pos, rows[list(frame.columns)])
+        how = writable(current.hour_of_week)
+        how[pos] = delta.hour_of_week
+    else:
+        drop = members(frame.index, rows.index) | gone
+        merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
+        how = np.vstack([current.hour_of_week[~drop], delta.hour_of_week])
+        order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
+        merged = merged.iloc[order]
+        how = how[order]
+        merged.index = pd.Index(merged.index, dtype="string", name="profile_id")
+    cookie_map = current.cookie_map
+    if cookie_map is not None:
+        stale = members(cookie_map.index, delta.cookies) | members(cookie_map, delta.relinked)
+        if delta.cookie_map is not None:
+            cookie_map = pd.concat([cookie_map[~stale], delta.cookie_map]).sort_index()
+        else:
+            cookie_map = cookie_map[~stale]
+        cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
+    summary = dict(current.summary)
+    summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows)
+    return replace(current, frame=merged, hour_of_week=how, cookie_map=cookie_map, summary=summary)
