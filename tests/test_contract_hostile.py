@@ -71,6 +71,30 @@ def test_an_out_of_bounds_date_quarantines_its_row_only(
     assert result.quarantine["event_time"].iloc[0] == when  # the original text is kept
 
 
+def test_times_to_the_nanosecond_and_to_the_second_load_together(tmp_path: Path) -> None:
+    """One batch mixing precisions (a tracker writing nanoseconds, another whole seconds),
+    with and without an offset, loads every row, each to its microsecond."""
+    path = write(
+        tmp_path,
+        HEADER
+        + "2026-01-01T10:00:00.123456789+00:00,c-ns,,page_view,,\n"
+        + "2026-01-01T10:00:01+00:00,c-s,,page_view,,\n"
+        + "2026-01-01T10:00:02.987654321,c-ns-naive,,page_view,,\n"
+        + "2026-01-01 10:00:03,c-s-naive,,page_view,,\n",
+    )
+    result = load_events(path, now=NOW)
+    assert_accounted(result)
+    assert result.report.rows_quarantined == 0
+    times = dict(zip(result.frame["cookie_id"], result.frame["event_time"], strict=True))
+    day = pd.Timestamp("2026-01-01 10:00", tz="UTC")
+    assert times == {
+        "c-ns": day + pd.Timedelta(microseconds=123456),
+        "c-s": day + pd.Timedelta(seconds=1),
+        "c-ns-naive": day + pd.Timedelta(seconds=2, microseconds=987654),
+        "c-s-naive": day + pd.Timedelta(seconds=3),
+    }
+
+
 def test_parquet_timestamps_beyond_nanoseconds_are_quarantined(tmp_path: Path) -> None:
     times = pa.array(
         [np.datetime64("9999-01-01", "us"), np.datetime64("1200-01-01", "us")]

@@ -466,6 +466,7 @@ def _guess(
     if not naive.any():
         return out
     local = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
+    local = local.astype("datetime64[us]")
     left = local.isna()
     if left.any():
         rest = text[naive][left]
@@ -478,18 +479,20 @@ def _guess(
         other = ~numeric & ~rest.str.fullmatch(_NUMBER).fillna(False).to_numpy(bool)
         if other.any():
             parsed[other] = _by_formats(rest[other], None, mixed=True)
-        local = local.astype("datetime64[us]")
         local[left[left].index] = parsed
     out[naive] = _localize(local, mapping.timezone)
     return out
 
 
 def _iso_or_mixed(text: pd.Series, utc: bool) -> pd.Series:
-    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=utc)
+    """ISO-8601 text (else any format pandas recognises) in microseconds, the log's unit: a
+    value written to the nanosecond is truncated to its microsecond, not refused."""
+    unit = "datetime64[us, UTC]" if utc else "datetime64[us]"
+    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=utc).astype(unit)
     retry = parsed.isna() & text.notna()
     if retry.any():
-        parsed = parsed.astype("datetime64[us, UTC]" if utc else "datetime64[us]")
-        parsed[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=utc)
+        again = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=utc)
+        parsed[retry] = again.astype(unit)
     return parsed
 
 
