@@ -510,13 +510,16 @@ class Refresher:
         links = table.cookie_map
         if links is not None:
             links = links[members(links, rows.frame.index)]
+        relinked, redone = _held_ids(bundle.features, out, links, affected, cookies)
+        if timezones is not None:
+            change = replace(change, timezones=timezones[members(timezones.index, relinked)])
         delta = Delta(
             change=change,
             hour_of_week=rows.hour_of_week,
             scores=None,
             cookie_map=links,
-            relinked=affected,
-            cookies=cookies,
+            relinked=relinked,
+            cookies=redone,
         )
         bundle.features = merge_table(bundle.features, delta)
 
@@ -656,6 +659,29 @@ def _timezones(
     out = out[~out.index.duplicated(keep="first")]
     out.index = pd.Index(out.index, dtype="string", name="profile_id")
     return out
+
+
+def _held_ids(
+    current: FeatureTable,
+    out: pd.Index,
+    links: pd.Series | None,
+    affected: pd.Index,
+    cookies: pd.Index,
+) -> tuple[pd.Index, pd.Index]:
+    """The affected profiles and cookies a delta records (to redo their cookie links): only
+    those the bundle holds before or after the batch. A batch may name profiles without
+    consent (or their devices); their ids are never written into a bundle file, and leaving
+    them out changes nothing, since the bundle holds no link of theirs to redo."""
+    held = members(affected, current.frame.index) | members(affected, out)
+    old = current.cookie_map
+    if old is not None:
+        held |= members(affected, old)
+    in_links = np.zeros(len(cookies), dtype=bool)
+    if old is not None:
+        in_links |= members(cookies, old.index)
+    if links is not None:
+        in_links |= members(cookies, links.index)
+    return affected[held], cookies[in_links]
 
 
 def _seen_before(past: pd.DataFrame, ids: pd.Index) -> np.ndarray:
