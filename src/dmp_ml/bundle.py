@@ -188,26 +188,43 @@ def references(path: Path) -> set[str]:
     return {base, *chain} - {path.name}
 
 
-_BASES: dict[tuple[str, int], dict[str, Any]] = {}
+_BASES: dict[tuple[str, int], tuple[dict[str, Any], dict[str, tuple[int, int]]]] = {}
 _BASES_LOCK = threading.Lock()
+
+
+def _file_stats(base: Path, files: Iterable[str]) -> dict[str, tuple[int, int]] | None:
+    """(size, mtime_ns) of each of ``files`` under ``base``; None when one is missing."""
+    stats = {}
+    for name in files:
+        try:
+            st = (base / name).stat()
+        except OSError:
+            return None
+        stats[name] = (st.st_size, st.st_mtime_ns)
+    return stats
 
 
 def _verified_base(base: Path) -> dict[str, Any]:
     """The base's manifest, its files verified once per process: a base never changes (bundle
-    files are immutable), and every delta over it would hash the whole base again."""
+    files are immutable), and every delta over it would hash the whole base again. A file
+    whose size or modification time changed since is hashed again (so a base truncated or
+    rewritten under a long-running worker is refused, not served)."""
     try:
         key = (str(base.resolve()), (base / MANIFEST).stat().st_mtime_ns)
     except OSError as exc:
         raise BundleError(f"the base bundle {base} of a delta is missing: {exc}") from exc
     with _BASES_LOCK:
         known = _BASES.get(key)
-    if known is not None and all((base / f).is_file() for f in known.get("files", {})):
-        return known
+    if known is not None and _file_stats(base, known[0].get("files", {})) == known[1]:
+        return known[0]
+    # stated before hashing: a file changed while it is hashed is hashed again next time
+    stats = _file_stats(base, read_manifest(base, verify=False).get("files", {}))
     manifest = read_manifest(base, verify=True)
     with _BASES_LOCK:
         if len(_BASES) >= 4:
             _BASES.pop(next(iter(_BASES)))
-        _BASES[key] = manifest
+        if stats is not None:
+            _BASES[key] = (manifest, stats)
     return manifest
 
 
