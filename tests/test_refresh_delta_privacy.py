@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dmp_ml import activation, layout
-from dmp_ml.bundle import ModelBundle, live_bundle_path, load_bundle
+from dmp_ml.bundle import ModelBundle, live_bundle_path, load_bundle, read_features_index
 from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget, read_erasure_list
 from dmp_ml.errors import BundleError, UnknownProfileError
@@ -340,3 +340,23 @@ def test_a_service_worker_refuses_a_damaged_delta_and_keeps_erasures(
         _assert_absent(extended, [world.seeds[0]], world.seeds[1:])
     finally:
         worker.shutdown()
+
+
+def test_a_corrupt_delta_change_file_is_reported_in_one_line_by_serve(
+    world: World, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    """``dmp-ml serve`` reads the live bundle's ids before starting (example requests): a
+    truncated ``delta/change.json`` is one line on stderr, not a traceback."""
+    workdir = copy_workdir(world.workdir, tmp_path / "w")
+    live = live_bundle_path(workdir)
+    target = live / layout.DELTA_DIR / "change.json"
+    target.write_bytes(target.read_bytes()[:20])
+    with pytest.raises(BundleError, match="change.json"):
+        read_features_index(live)
+    done = subprocess.run(
+        [sys.executable, "-m", "dmp_ml.cli", "serve", "--workdir", str(workdir), "--port", "3987"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "change.json" in lines[0], done.stderr

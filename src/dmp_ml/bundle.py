@@ -139,12 +139,19 @@ def read_features_index(bundle_dir: Path) -> Any:
     path = base / FEATURES_DIR / "features.parquet"
     if not path.exists():
         raise BundleError(f"{bundle_dir} has no feature table")
-    ids = pd.read_parquet(path, columns=["profile_id"])["profile_id"]
+    try:
+        ids = pd.read_parquet(path, columns=["profile_id"])["profile_id"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path} is corrupt: {type(exc).__name__}") from exc
     index = pd.Index(ids.astype("string"), name="profile_id")
     for link in chain:
-        change = json.loads((link / layout.DELTA_DIR / "change.json").read_text(encoding="utf-8"))
-        index = index.difference(pd.Index(change["removed"], dtype="string"))
-        index = index.union(pd.Index(change["profile_ids"], dtype="string"))
+        change_file = link / layout.DELTA_DIR / "change.json"
+        try:
+            change = json.loads(change_file.read_text(encoding="utf-8"))
+            index = index.difference(pd.Index(change["removed"], dtype="string"))
+            index = index.union(pd.Index(change["profile_ids"], dtype="string"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{change_file} is missing or corrupt: {type(exc).__name__}") from exc
     return pd.Index(index, dtype="string", name="profile_id")
 
 
