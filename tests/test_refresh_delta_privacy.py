@@ -360,3 +360,35 @@ def test_a_corrupt_delta_change_file_is_reported_in_one_line_by_serve(
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "change.json" in lines[0], done.stderr
+
+
+def test_a_disk_full_while_writing_a_delta_leaves_no_version_and_is_repaired(
+    world: World, copy_workdir: CopyWorkdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from dmp_ml import delta as delta_module
+    from dmp_ml import store
+    from dmp_ml.errors import StorageError
+
+    workdir = copy_workdir(world.workdir, tmp_path / "w")
+    good = load_bundle(workdir)
+    versions = sorted(p.name for p in layout.versions_dir(workdir).iterdir())
+    real = delta_module.write_delta
+
+    def full(directory: Path, delta: delta_module.Delta) -> int:
+        real(directory, delta)  # half the files written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    t = good.as_of + pd.Timedelta(hours=6)
+    refresher = Refresher(workdir)
+    monkeypatch.setattr(store, "write_delta", full)
+    with pytest.raises(StorageError):
+        refresher.apply([_event(t, "purchase", "p-after-full"), _event(t, "view", world.known)])
+    monkeypatch.undo()
+    assert live_bundle_path(workdir).name == good.version
+    assert sorted(p.name for p in layout.versions_dir(workdir).iterdir()) == versions
+    assert load_bundle(workdir).score(["p-after-full"]).unknown_ids == ["p-after-full"]
+    report = refresher.apply([_event(t, "purchase", world.seeds[2])])
+    assert report.profiles_created == 1  # the stored batch, applied with the next one
+    assert load_bundle(workdir).score(["p-after-full"]).unknown_ids == []
