@@ -392,3 +392,20 @@ def test_a_disk_full_while_writing_a_delta_leaves_no_version_and_is_repaired(
     report = refresher.apply([_event(t, "purchase", world.seeds[2])])
     assert report.profiles_created == 1  # the stored batch, applied with the next one
     assert load_bundle(workdir).score(["p-after-full"]).unknown_ids == []
+
+
+def test_compaction_never_folds_a_listed_profile_into_the_new_base(
+    world: World, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    """A forget killed after listing the ids (its first, durable step) leaves them in the
+    deltas; ``compact`` scrubs them instead of writing them into a new base."""
+    from dmp_ml.erasure import add_to_erasure_list
+
+    workdir = copy_workdir(world.workdir, tmp_path / "w")
+    assert load_bundle(workdir).deltas
+    add_to_erasure_list(workdir, [NEWCOMER, world.known])
+    version = compact(workdir)
+    after = load_bundle(workdir)
+    assert version == after.version and not after.deltas
+    _assert_absent(after, [NEWCOMER, world.known], world.seeds)
+    assert _files_holding(workdir, [NEWCOMER, world.known]) == {}

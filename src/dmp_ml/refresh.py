@@ -62,7 +62,7 @@ from dmp_ml import layout, store
 from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
 from dmp_ml.delta import Delta, members, merge_table
-from dmp_ml.erasure import erasure_stamp, read_erasure_list
+from dmp_ml.erasure import apply_erasure_list, erasure_stamp, read_erasure_list
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
@@ -607,12 +607,16 @@ def compact(workdir: str | Path) -> str | None:
     """Fold the live bundle's deltas into a new base version (published like any version).
 
     Returns the new version, or None when the live bundle has no deltas. Answers do not
-    change: the new base holds what base and deltas gave together.
+    change: the new base holds what base and deltas gave together, less any profile on the
+    erasure list that a delta still holds (a ``forget`` killed after listing it): that one is
+    forgotten first (:func:`dmp_ml.erasure.apply_erasure_list`, which compacts), never folded
+    into the new base.
     """
+    scrubbed = apply_erasure_list(workdir)
     with store.workdir_lock(workdir):
         bundle = load_bundle(workdir)
         if not bundle.deltas:
-            return None
+            return None if scrubbed is None else scrubbed.bundle_version
         store.republish(bundle, workdir, tag="compact", manifest_update={})
     logger.info("compacted %d deltas into bundle %s", len(bundle.deltas), bundle.version)
     return str(bundle.version)
