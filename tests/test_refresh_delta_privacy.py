@@ -409,3 +409,31 @@ def test_compaction_never_folds_a_listed_profile_into_the_new_base(
     assert version == after.version and not after.deltas
     _assert_absent(after, [NEWCOMER, world.known], world.seeds)
     assert _files_holding(workdir, [NEWCOMER, world.known]) == {}
+
+
+def test_a_refresh_that_compacts_never_folds_a_listed_profile_into_the_new_base(
+    world: World, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    from dmp_ml.erasure import add_to_erasure_list
+    from dmp_ml.settings import RefreshSettings
+
+    workdir = copy_workdir(world.workdir, tmp_path / "w")
+    live = load_bundle(workdir)
+    assert len(live.deltas) == 2
+    add_to_erasure_list(workdir, [NEWCOMER])  # a forget killed after its first step
+    t = pd.Timestamp(live.manifest["refresh"]["features_as_of"]) + pd.Timedelta(hours=1)
+    Refresher(workdir, refresh=RefreshSettings(max_deltas=2)).apply(
+        [_event(t, "purchase", world.seeds[3])]
+    )
+    after = load_bundle(workdir)
+    assert not after.deltas  # the refresh compacted
+    _assert_absent(after, [NEWCOMER], world.seeds)
+    assert NEWCOMER.encode() not in b"".join(
+        p.read_bytes() for p in after.path.rglob("*") if p.is_file() and p.suffix != ".parquet"
+    )
+    assert not any(
+        NEWCOMER in str(v)
+        for p in after.path.rglob("*.parquet")
+        for col in pq.read_table(p).columns
+        for v in col.to_pylist()
+    )

@@ -62,7 +62,13 @@ from dmp_ml import layout, store
 from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
 from dmp_ml.delta import Delta, members, merge_table
-from dmp_ml.erasure import apply_erasure_list, erasure_stamp, read_erasure_list
+from dmp_ml.erasure import (
+    apply_erasure_list,
+    erased_in,
+    erasure_stamp,
+    read_erasure_list,
+    remove_profiles,
+)
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
@@ -547,6 +553,18 @@ class Refresher:
         lap("affinity")
 
         # publish
+        info = bundle.manifest.get(DELTA_KEY) or {}
+        as_delta = (
+            len(bundle.deltas) < self.refresh.max_deltas
+            and int(info.get("bytes", 0)) < self.refresh.max_delta_bytes
+        )
+        listed = pd.Index([], dtype="string")
+        if not as_delta:
+            # a listed profile the bundle still holds (a forget killed after listing it) is
+            # never folded into the new base
+            listed = pd.Index(erased_in(bundle, erased), dtype="string")
+            if len(listed):
+                remove_profiles(bundle, listed)
         refreshed = _refreshed_frame(bundle, out, removed, as_of)
         refresh_meta.update(
             features_as_of=as_of.isoformat(),
@@ -556,11 +574,7 @@ class Refresher:
             last_applied_at=pd.Timestamp.now(tz="UTC").isoformat(),
         )
         extra_files = {REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False)}
-        info = bundle.manifest.get(DELTA_KEY) or {}
-        if (
-            len(bundle.deltas) < self.refresh.max_deltas
-            and int(info.get("bytes", 0)) < self.refresh.max_delta_bytes
-        ):
+        if as_delta:
             # the batch's rows next to the base; the bundle in memory already holds them
             store.publish_delta(
                 bundle,
@@ -577,7 +591,7 @@ class Refresher:
                 tag="compact",
                 manifest_update={"refresh": refresh_meta},
                 extra_files=extra_files,
-                drop_ids=removed,
+                drop_ids=removed.union(listed),
             )
             # the copies edited in memory give way to the new base's mapped files (and no
             # file of the versions it replaces stays mapped)
