@@ -437,3 +437,29 @@ def test_a_refresh_that_compacts_never_folds_a_listed_profile_into_the_new_base(
         for col in pq.read_table(p).columns
         for v in col.to_pylist()
     )
+
+
+def test_forgetting_a_profile_a_delta_folded_away_leaves_no_copy_in_the_base(
+    world: World, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    """An anonymous profile of the base that a batch folds into a known one (its cookie now
+    linked) is gone from every answer, but the base's files still hold it: forgetting it
+    deletes those too."""
+    workdir = copy_workdir(world.workdir, tmp_path / "w")
+    live = load_bundle(workdir)
+    cookie_map = live.features.cookie_map
+    assert cookie_map is not None
+    anon = cookie_map[cookie_map.str.startswith("anon:")]
+    cookie, folded = str(anon.index[0]), str(anon.iloc[0])
+    t = pd.Timestamp(live.manifest["refresh"]["features_as_of"]) + pd.Timedelta(hours=1)
+    report = Refresher(workdir).apply([_event(t, "purchase", world.seeds[4], cookie)])
+    assert report.profiles_removed == 1
+    delta = load_bundle(workdir)
+    assert folded not in delta.features.frame.index
+    assert _files_holding(workdir, [folded])  # the base still has its rows
+    forget(workdir, [folded])
+    after = load_bundle(workdir)
+    assert not after.deltas
+    assert after.score([folded]).unknown_ids == [folded]
+    assert _files_holding(workdir, [folded]) == {}
+    assert folded in read_erasure_list(workdir)
