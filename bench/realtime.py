@@ -58,6 +58,24 @@ from dmp_ml.refresh import Refresher
 from dmp_ml.settings import Settings
 
 
+def trained_world(workdir: Path, n_profiles: int, days: int) -> tuple[Any, float]:
+    """A demo world (seed 0) trained into ``workdir`` with fast model settings, its events in
+    the workdir's event store as ``train`` on a file would leave them; and the seconds that
+    training and recording took."""
+    world = generate_demo_world(n_profiles=n_profiles, days=days, seed=0)
+    started = time.perf_counter()
+    train(
+        world.events,
+        "end",
+        workdir,
+        profiles=world.profiles,
+        consent=world.consent,
+        settings=fast_settings(workdir),
+    )
+    store.record_training_events(workdir, world.events)
+    return world, time.perf_counter() - started
+
+
 def fast_settings(workdir: Path) -> Settings:
     one = {
         "prior_strength_candidates": [10.0],
@@ -131,18 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir
         shutil.rmtree(workdir, ignore_errors=True)
     try:
-        world = generate_demo_world(n_profiles=args.profiles, days=args.days, seed=0)
-        started = time.perf_counter()
-        train(
-            world.events,
-            "end",
-            workdir,
-            profiles=world.profiles,
-            consent=world.consent,
-            settings=fast_settings(workdir),
-        )
-        store.record_training_events(workdir, world.events)
-        train_s = time.perf_counter() - started
+        world, train_s = trained_world(workdir, args.profiles, args.days)
         bundle = load_bundle(workdir)
         print(
             f"world: {args.profiles} profiles x {args.days} days, {len(world.events):,} events; "
@@ -226,16 +233,7 @@ def run_world(args: argparse.Namespace, n_profiles: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="dmp-realtime-"))
     workdir = tmp / "w"
     try:
-        world = generate_demo_world(n_profiles=n_profiles, days=args.days, seed=0)
-        train(
-            world.events,
-            "end",
-            workdir,
-            profiles=world.profiles,
-            consent=world.consent,
-            settings=fast_settings(workdir),
-        )
-        store.record_training_events(workdir, world.events)
+        world, _ = trained_world(workdir, n_profiles, args.days)
         bundle = load_bundle(workdir)
         rng = np.random.default_rng(0)
         refresher = Refresher(workdir)

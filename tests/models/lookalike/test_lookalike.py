@@ -520,22 +520,30 @@ def test_forget_leaves_no_vector_in_an_index_that_cannot_remove(world) -> None:
 # -- the guard: never worse than a plain candidate ------------------------------------------
 
 
-def _weak_world(n: int = 8000, seed: int = 0) -> tuple[FeatureTable, pd.Index]:
-    """A group set apart by many small shifts (no single feature tells it), plus noise."""
-    rng = np.random.default_rng(seed)
-    member = rng.random(n) < 0.2
-    cols = {f"signal{j}": rng.normal(np.where(member, 0.5, 0.0), 1.0) for j in range(20)}
-    cols.update({f"noise{j}": rng.normal(0, 1, n) for j in range(10)})
+def _float_table(cols: dict[str, np.ndarray], prefix: str) -> FeatureTable:
+    """A feature table of float columns ``cols``, profiles ``<prefix>00000``, ``...``."""
     frame = pd.DataFrame(cols)
-    frame.index = pd.Index([f"w{i:05d}" for i in range(n)], name="profile_id", dtype="string")
+    n = len(frame)
+    frame.index = pd.Index(
+        [f"{prefix}{i:05d}" for i in range(n)], name="profile_id", dtype="string"
+    )
     spec = FeatureSpec(
         version="test",
         as_of=pd.Timestamp("2026-01-01", tz="UTC"),
         columns={c: "float64" for c in frame.columns},
         categorical=[],
     )
-    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
-    return table, frame.index[member]
+    return FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+
+
+def _weak_world(n: int = 8000, seed: int = 0) -> tuple[FeatureTable, pd.Index]:
+    """A group set apart by many small shifts (no single feature tells it), plus noise."""
+    rng = np.random.default_rng(seed)
+    member = rng.random(n) < 0.2
+    cols = {f"signal{j}": rng.normal(np.where(member, 0.5, 0.0), 1.0) for j in range(20)}
+    cols.update({f"noise{j}": rng.normal(0, 1, n) for j in range(10)})
+    table = _float_table(cols, "w")
+    return table, table.frame.index[member]
 
 
 def test_guard_serves_a_plain_candidate_when_the_hybrid_is_crippled() -> None:
@@ -605,16 +613,8 @@ def _factor_world(n: int = 3000, seed: int = 0) -> tuple[FeatureTable, pd.Index]
     loud = rng.normal(0, 3, (2, n))
     cols = {f"loud{k}_{j}": loud[k] + rng.normal(0, 0.3, n) for k in range(2) for j in range(4)}
     cols.update({f"signal{j}": rng.normal(np.where(member, 1.2, 0.0), 1.0) for j in range(3)})
-    frame = pd.DataFrame(cols)
-    frame.index = pd.Index([f"f{i:05d}" for i in range(n)], name="profile_id", dtype="string")
-    spec = FeatureSpec(
-        version="test",
-        as_of=pd.Timestamp("2026-01-01", tz="UTC"),
-        columns={c: "float64" for c in frame.columns},
-        categorical=[],
-    )
-    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
-    return table, frame.index[member]
+    table = _float_table(cols, "f")
+    return table, table.frame.index[member]
 
 
 def test_guard_serves_the_raw_centroid_when_the_embedding_loses_the_signal(tmp_path) -> None:
