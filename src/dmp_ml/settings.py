@@ -164,10 +164,7 @@ class SendTimeSettings(_Section):
         "the curves with the plain baselines (pooled).",
     )
     guard_profiles: int = Field(
-        20_000,
-        ge=1,
-        description="The guard stops adding periods once it holds this many held-out "
-        "(profile, period) pairs.",
+        20_000, ge=1, description="The guard adds no period once it has this many held-out pairs."
     )
     evaluation_days: int = Field(
         28, gt=0, description="Train pipeline: last days before as_of scored by the offline eval."
