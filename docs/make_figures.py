@@ -210,7 +210,15 @@ LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "bundle",
-        ("bundle.py", "mapped.py", "layout.py", "pipeline.py", "refresh.py", "tracking.py"),
+        (
+            "bundle.py",
+            "mapped.py",
+            "delta.py",
+            "layout.py",
+            "pipeline.py",
+            "refresh.py",
+            "tracking.py",
+        ),
     ),
     (
         "answers",
@@ -234,8 +242,9 @@ def layout_figure(out: Path) -> Path:
             )
         )
         ax.text(x + width / 2, 0.92, stage, ha="center", va="top", fontsize=11, weight="bold")
+        step = min(0.13, 0.72 / max(1, len(modules)))  # the longest list fits in the box
         for j, module in enumerate(modules):
-            ax.text(x + width / 2, 0.75 - j * 0.13, module, ha="center", va="top", fontsize=8)
+            ax.text(x + width / 2, 0.77 - j * step, module, ha="center", va="top", fontsize=8)
         if i < n - 1:
             ax.annotate(
                 "",
