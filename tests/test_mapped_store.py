@@ -18,10 +18,11 @@ from dmp_ml.mapped import is_mapped
 from dmp_ml.refresh import apply_events
 
 _LOAD = r"""
-import ctypes, gc, json, sys
+import gc, json, sys
 # no transparent huge pages: where the kernel grants them to every allocation, each counts
 # in 2 MB steps and private memory measures the rounding, not what the model holds
-ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
+from dmp_ml.pages import disable_huge_pages
+disable_huge_pages()
 from pathlib import Path
 import numpy as np
 from dmp_ml.models import model_class
