@@ -391,11 +391,12 @@ class Refresher:
         p0 = pd.Index(ids_from["profile_id"].dropna().unique(), dtype="string")
         c0 = pd.Index(ids_from["cookie_id"].dropna().unique(), dtype="string")
         links = ["profile_id", "cookie_id"]
-        p1 = store.history_of(self.workdir, cookies=c0, columns=links)["profile_id"]
+        files = store.history_files(self.workdir)
+        p1 = store.history_of(self.workdir, cookies=c0, columns=links, files=files)["profile_id"]
         known = p0.union(pd.Index(p1.dropna().unique(), dtype="string"))
-        theirs = store.history_of(self.workdir, profiles=known, columns=links)["cookie_id"]
-        cookies = pd.Index(theirs.dropna().unique(), dtype="string").union(c0)
-        past = store.history_of(self.workdir, profiles=known, cookies=cookies)
+        theirs = store.history_of(self.workdir, profiles=known, columns=links, files=files)
+        cookies = pd.Index(theirs["cookie_id"].dropna().unique(), dtype="string").union(c0)
+        past = store.history_of(self.workdir, profiles=known, cookies=cookies, files=files)
 
         # exact re-sends of stored events are duplicates (a retried request changes nothing)
         duplicate = np.isin(store.row_keys(batch), store.row_keys(past)) if len(past) else None
@@ -482,23 +483,24 @@ class Refresher:
         )
         lap("features")
         out = table.frame.index[members(table.frame.index, affected)]
+        in_bundle = frame_b.index.get_indexer(out) >= 0  # the bundle's own (cached) hash table
         if consent is None and "consent" in bundle.manifest.get("inputs", {}):
             # no withdrawn-id list in this bundle: a profile that had events before but is
             # not in the bundle may have withdrawn consent; it waits for the next train
             seen = _seen_before(past, out)
-            held = out[~members(out, frame_b.index) & seen]
+            held = out[~in_bundle & seen]
             if len(held):
                 warnings.append(
                     f"{len(held)} profiles with earlier events are not in the bundle; without "
                     "the consent state (consent_state.parquet) they wait for the next train"
                 )
-            out = out[~out.isin(held)]
+            kept = ~out.isin(held)
+            out, in_bundle = out[kept], in_bundle[kept]
         else:
             held = out[:0]
         rows = _new_rows(table, out, bundle, spec, fs, as_of, profiles)
         removed = frame_b.index[members(frame_b.index, affected) & ~members(frame_b.index, out)]
-        created = out[~members(out, frame_b.index)]
-        updated = out[members(out, frame_b.index)]
+        created, updated = out[~in_bundle], out[in_bundle]
 
         # what every model is handed: the touched profiles, their features and history
         resolved = resolve_identity(subset, as_of, fs, consent=consent, erased=erased).events

@@ -259,10 +259,12 @@ def history_of(
     profiles: Iterable[str] = (),
     cookies: Iterable[str] = (),
     columns: list[str] | None = None,
+    files: list[Path] | None = None,
 ) -> pd.DataFrame:
     """The stored events of ``profiles`` or of ``cookies`` (the history of
     :func:`history_events`), read file by file with the filter applied as each is read, so
-    memory holds the matches, not the history. With ``columns``, only those (as stored)."""
+    memory holds the matches, not the history. With ``columns``, only those (as stored);
+    ``files``: :func:`history_files` listed once for several reads of the same history."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -270,7 +272,7 @@ def history_of(
     wanted_p = pa.array([str(p) for p in profiles], type=pa.string())
     wanted_c = pa.array([str(c) for c in cookies], type=pa.string())
     parts = []
-    for path in history_files(workdir):
+    for path in history_files(workdir) if files is None else files:
         names = set(pq.read_schema(path).names)
         test = None
         for column, values in (("profile_id", wanted_p), ("cookie_id", wanted_c)):

@@ -120,7 +120,7 @@ class ServiceWorker:
 
     def _load(self, path: Path) -> Any:
         """Load ``path`` and make it live; raise BundleError (old bundle stays) if it is bad."""
-        from dmp_ml.bundle import load_bundle, read_manifest
+        from dmp_ml.bundle import DELTA_KEY, load_bundle, read_manifest
         from dmp_ml.erasure import erased_in, read_erasure_list
 
         started = time.perf_counter()
@@ -128,7 +128,8 @@ class ServiceWorker:
             # a refresh's delta over the live bundle: overlaid on copies of it, not reloaded
             live = self._bundle
             extended = None
-            if live is not None:
+            # only a delta version (small) is verified here; a full one is verified by loading
+            if live is not None and read_manifest(path, verify=False).get(DELTA_KEY):
                 extended = live.extended(path, read_manifest(path, verify=True))
             bundle = extended if extended is not None else load_bundle(path, n_threads=self.threads)
         except BundleError:
