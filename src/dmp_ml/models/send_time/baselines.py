@@ -97,6 +97,7 @@ def compare(
     as_of: pd.Timestamp,
     timezones: pd.Series | None,
     selection: dict[str, Any],
+    raw: dict[str, Any],
 ) -> dict[str, dict[str, float]] | None:
     """Held-out hit rate (+-1 h) and log-likelihood of the model and every baseline.
 
@@ -105,9 +106,10 @@ def compare(
     selected hyper-parameters and the baselines are built from the same history; every
     profile's next engagement in the window is the target of the hit rate (its best hour of
     day within one hour, circularly), all its engagement hours there of the log-likelihood
-    (curve normalised over the week). The figures pool every (profile, window) pair, so one
-    window's luck (a few hundred profiles) does not decide alone; windows stop once the pool
-    holds ``guard_profiles`` pairs. A window without history
+    (curve normalised over the week). ``raw`` is ``events`` extracted before ``as_of``
+    (:func:`.curves.extract`); each window reads its part of it. The figures pool every
+    (profile, window) pair, so one window's luck (a few hundred profiles) does not decide
+    alone; windows stop once the pool holds ``guard_profiles`` pairs. A window without history
     before it or without engagement in it is skipped; None when every window is.
     """
     length = pd.Timedelta(days=float(model.holdout_days))
@@ -119,7 +121,7 @@ def compare(
     used = 0
     for k in range(max(1, int(model.guard_windows))):
         end = as_of - k * length
-        window = _window(type(model)(**params), events, end, end - length, timezones)
+        window = _window(type(model)(**params), events, raw, end, end - length, timezones)
         if window is None:
             continue
         used += 1
@@ -149,6 +151,7 @@ def compare(
 def _window(
     unfitted: SendTimeModel,
     events: pd.DataFrame,
+    raw: dict[str, Any],
     end: pd.Timestamp,
     split: pd.Timestamp,
     timezones: pd.Series | None,
@@ -160,8 +163,7 @@ def _window(
         logger.info("send time guard: window before %s skipped: %s", end.date(), exc)
         return None
     index = before.profile_ids_
-    raw = curves.extract(events, end, before.non_engagement_events)
-    codes = curves.profile_codes(raw, index)
+    codes = curves.profile_codes(raw, index)  # rows at or after `end` are left out below
     split_sec = int(split.value // 1_000_000_000)
     end_sec = int(end.value // 1_000_000_000)
     machine = (before.machine_open_seconds, before.machine_open_weight)

@@ -311,7 +311,7 @@ class SendTimeModel(EstimatorParams):
         glob = baselines.global_curve(counts.activity, fitted["global_shape"])
         guard = None
         if self.guard_baselines:
-            guard = baselines.compare(self, events, as_of_ts, timezones, selected)
+            guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw)
         served = baselines.choose_served(guard)
         if served != baselines.MODEL:
             shape, basis = baselines.baseline_shapes(
