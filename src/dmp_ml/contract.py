@@ -48,7 +48,6 @@ EVENT_COLUMNS = [
     "value",
 ]
 REQUIRED_EVENT_COLUMNS = ["event_time", "event_type"]
-ID_COLUMNS = ["cookie_id", "profile_id"]
 SOURCES = ("first_party", "second_party", "third_party")
 WELL_KNOWN_EVENT_TYPES = (
     "page_view",
@@ -232,7 +231,9 @@ def _load(
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
     if dedupe and len(frame):
-        encoded = identity.encode_many(frame, [c for c in ID_COLUMNS if c in frame.columns])
+        encoded = identity.encode_many(
+            frame, [c for c in identity.ID_COLUMNS if c in frame.columns]
+        )
         frame, dupes, kept = _collapse_duplicates(frame, encoded)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)

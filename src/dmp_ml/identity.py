@@ -56,6 +56,9 @@ from dmp_ml.times import utc
 
 logger = logging.getLogger(__name__)
 
+ID_COLUMNS = ("cookie_id", "profile_id")
+"""The event columns that identify who acted: identity links them."""
+
 ANON_PREFIX = "anon:"
 T = TypeVar("T")
 _DAY_NS = 86_400 * 10**9
@@ -287,21 +290,11 @@ def encode_ids(
         raise DataContractError("events: missing required column 'event_time'")
     if "cookie_id" not in events.columns and "profile_id" not in events.columns:
         raise DataContractError("events: need a cookie_id or a profile_id column (or both)")
-    columns = [
-        "cookie_id",
-        "profile_id",
-        *[c for c in extra if c not in ("cookie_id", "profile_id")],
-    ]
+    columns = [*ID_COLUMNS, *[c for c in extra if c not in ID_COLUMNS]]
     t = time_ns(events["event_time"])
     given = {c: v for c, v in (encoded or {}).items() if c in columns and len(v[0]) == len(events)}
-    done = (
-        encode_many(events, [c for c in columns if c not in given])
-        if len(given) < len(columns)
-        else {}
-    )
-    return IdCodes(
-        n=len(events), t=t, columns={c: given[c] if c in given else done[c] for c in columns}
-    )
+    done = encode_many(events, [c for c in columns if c not in given])
+    return IdCodes(n=len(events), t=t, columns={c: given.get(c) or done[c] for c in columns})
 
 
 # --------------------------------------------------------------------------- the graph

@@ -66,7 +66,7 @@ _LAZY = {
     "engine_for": "dmp_ml.features.build",
     "feature_settings": "dmp_ml.features.build",
     "finalize": "dmp_ml.features.build",
-    "small_pages": "dmp_ml.features.build",
+    "small_pages": "dmp_ml.pages",
     "LocalClock": "dmp_ml.features.clock",
     "local_hour_of_week": "dmp_ml.features.clock",
     "utc_hour_of_week": "dmp_ml.features.clock",
@@ -94,7 +94,6 @@ if TYPE_CHECKING:  # pragma: no cover
         engine_for,
         feature_settings,
         finalize,
-        small_pages,
     )
     from dmp_ml.features.clock import LocalClock, local_hour_of_week, utc_hour_of_week
     from dmp_ml.features.params import (
@@ -112,6 +111,7 @@ if TYPE_CHECKING:  # pragma: no cover
         FeatureSpec,
         FeatureTable,
     )
+    from dmp_ml.pages import small_pages
 
 
 __all__ = [

@@ -8,9 +8,7 @@ cluster: :class:`dmp_ml.scale.DaskEngine`), and :func:`finalize` completes the t
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -28,13 +26,9 @@ from dmp_ml.features.params import (
 )
 from dmp_ml.features.profiles import profile_attributes, profile_timezones
 from dmp_ml.features.table import FEATURE_VERSION, FeatureSpec, FeatureTable
+from dmp_ml.pages import small_pages
 from dmp_ml.settings import FeatureSettings, Settings, load_settings
 from dmp_ml.times import utc
-
-try:  # private, but documented with NUMPY_MADVISE_HUGEPAGE; used only as a speed hint
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # pragma: no cover - numpy < 2
-    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
 
 class FeatureEngine(Protocol):
@@ -329,22 +323,3 @@ class FeatureBuilder:
             erased=self.erased,
         )
         return identity.resolution_from(self.events, res)
-
-
-@contextlib.contextmanager
-def small_pages() -> Iterator[None]:
-    """Build without NumPy's transparent-huge-page hint, unless ``NUMPY_MADVISE_HUGEPAGE`` is set.
-
-    The build writes ~1.5 GB of fresh output per 10M events in scattered order; on the 2-core
-    VMs we target, faulting that memory in as 2 MB huge pages costs 1.5-4x more than as 4 kB
-    pages (measured). The hint only affects speed; it is restored on exit.
-    """
-    setter = getattr(_multiarray, "_set_madvise_hugepage", None)
-    if setter is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
-        yield
-        return
-    previous = setter(False)
-    try:
-        yield
-    finally:
-        setter(previous)
