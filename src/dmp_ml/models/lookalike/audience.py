@@ -472,10 +472,8 @@ def kmeans(
         min_points_per_centroid=1,  # a seed of 60 may have 2 clusters: no warning for that
         max_points_per_centroid=max(1, _KMEANS_MAX_POINTS // k),
     )
-    if len(points) < _KMEANS_THREADED_POINTS:
-        with threadpool_limits(limits=1):
-            clustering.train(points)
-    else:
+    # a small seed clusters faster on one thread; None leaves the thread count as it is
+    with threadpool_limits(limits=1 if len(points) < _KMEANS_THREADED_POINTS else None):
         clustering.train(points)
     centroids = _unit(clustering.centroids)
     assign = np.argmax(points @ centroids.T, axis=1)

@@ -173,9 +173,7 @@ class LookalikeModel:
             count += len(rows)
         mean = total / max(1, count)
         var = np.maximum(total_sq / max(1, count) - mean**2, 0.0)
-        with np.errstate(all="ignore"), quiet_nan_warnings():
-            means = np.nanmean(self.raw_[keep], axis=0, dtype=np.float64)
-            sds = np.nanstd(self.raw_[keep], axis=0, dtype=np.float64)
+        means, sds = _raw_moments(self.raw_, keep)
         vec_mean = vec_total / max(1, count)
         self.population_ = {
             "mean": mean,
@@ -605,9 +603,18 @@ class LookalikeModel:
             k: np.asarray(v, dtype=np.float64) for k, v in meta["population"].items()
         }
         if "raw_std" not in self.population_:  # saved before the raw_centroid candidate
-            keep = ~self.removed_
-            with np.errstate(all="ignore"), quiet_nan_warnings():
-                self.population_["raw_std"] = np.nanstd(self.raw_[keep], axis=0, dtype=np.float64)
+            self.population_["raw_std"] = _raw_moments(self.raw_, ~self.removed_)[1]
         self.spec_ = FeatureSpec.from_dict(meta["spec"]) if meta["spec"] else None
         self.build_report_ = meta["build_report"]
         return self
+
+
+def _raw_moments(raw: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each raw feature over the ``keep`` rows, NaN ignored
+    (NaN where a feature has no value), shapes (n_raw,)."""
+    kept = raw[keep]
+    with np.errstate(all="ignore"), quiet_nan_warnings():
+        return (
+            np.nanmean(kept, axis=0, dtype=np.float64),
+            np.nanstd(kept, axis=0, dtype=np.float64),
+        )
