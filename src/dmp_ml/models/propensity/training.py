@@ -225,8 +225,8 @@ def train_propensity(
     served = choose_served(aucs)
     blend, blend_raw = _blend_candidate(model, predictions, aucs, y_valid, ps.seed)
     if blend is not None and blend_raw is not None:
-        report[BLEND] = metrics.classification_report(y_valid, expit(blend_raw))
-        predictions[f"p_{BLEND}"] = expit(blend_raw)
+        predictions[f"p_{BLEND}"] = p_blend = expit(blend_raw)
+        report[BLEND] = metrics.classification_report(y_valid, p_blend)
         aucs[BLEND] = float(report[BLEND]["roc_auc"])
         if aucs[BLEND] > aucs[served]:
             served = BLEND
