@@ -50,7 +50,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from dmp_ml import layout
-from dmp_ml.delta import Delta, merge_rows, merge_table, read_delta
+from dmp_ml.delta import CHANGE_FILE, Delta, merge_rows, merge_table, read_delta
 from dmp_ml.errors import BundleError
 from dmp_ml.hashing import sha256_file
 from dmp_ml.mapped import map_frame, write_frame
@@ -145,7 +145,7 @@ def read_features_index(bundle_dir: Path) -> Any:
         raise BundleError(f"{path} is corrupt: {type(exc).__name__}") from exc
     index = pd.Index(ids.astype("string"), name="profile_id")
     for link in chain:
-        change_file = link / layout.DELTA_DIR / "change.json"
+        change_file = link / layout.DELTA_DIR / CHANGE_FILE
         try:
             change = json.loads(change_file.read_text(encoding="utf-8"))
             index = index.difference(pd.Index(change["removed"], dtype="string"))

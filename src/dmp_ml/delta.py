@@ -47,7 +47,8 @@ _SCORES = "scores"
 _HOW = "hour_of_week.npy"
 _EVENTS = "events.parquet"
 _COOKIES = "cookie_map.parquet"
-_CHANGE = "change.json"
+CHANGE_FILE = "change.json"
+"""The delta's change record (ids, links, as_of), read without the rest by the bundle index."""
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,13 @@ def write_delta(directory: Path, delta: Delta) -> int:
         if zones is None
         else {str(k): (None if pd.isna(v) else str(v)) for k, v in zones.items()},
     }
-    (directory / _CHANGE).write_text(json.dumps(meta), encoding="utf-8")
+    (directory / CHANGE_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 def read_delta(directory: Path) -> Delta:
     """Read a delta :func:`write_delta` wrote (the feature and score rows mapped)."""
-    meta = json.loads((directory / _CHANGE).read_text(encoding="utf-8"))
+    meta = json.loads((directory / CHANGE_FILE).read_text(encoding="utf-8"))
     features = map_frame(directory, _FEATURES)
     features.index = _ids(features.index)
     scores = None
@@ -163,15 +164,30 @@ def merge_rows(
     mapped copy-on-write copies only those rows' pages) and ``frame`` itself is returned;
     otherwise a new frame sorted by id, ``frame`` unchanged.
     """
-    pos = frame.index.get_indexer(rows.index)
-    gone = members(frame.index, removed)
-    if in_place and not gone.any() and bool((pos >= 0).all()):
+    pos, drop = _merge_plan(frame.index, rows.index, removed, in_place)
+    if drop is None:
         write_rows(frame, pos, rows[list(frame.columns)])
         return frame
-    drop = members(frame.index, rows.index) | gone
     merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
-    order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
-    return merged.iloc[order]
+    return merged.iloc[_id_order(merged.index)]
+
+
+def _merge_plan(
+    index: pd.Index, rows: pd.Index, removed: pd.Index, in_place: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions of ``rows`` in ``index`` (-1 for new ones), and which rows of ``index`` a new
+    frame leaves out (replaced or removed); None when the rows are written in place instead."""
+    pos = index.get_indexer(rows)
+    gone = members(index, removed)
+    if in_place and not gone.any() and bool((pos >= 0).all()):
+        return pos, None
+    drop = gone.copy()  # Arrow may hand its result out read-only
+    drop[pos[pos >= 0]] = True
+    return pos, drop
+
+
+def _id_order(index: pd.Index) -> np.ndarray:
+    return np.argsort(index.to_numpy(dtype=object), kind="stable")
 
 
 def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> FeatureTable:
@@ -182,18 +198,16 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
     rows = delta.change.features
     removed = delta.change.removed
     frame = current.frame
-    pos = frame.index.get_indexer(rows.index)
-    gone = members(frame.index, removed)
-    if in_place and not gone.any() and bool((pos >= 0).all()):
+    pos, drop = _merge_plan(frame.index, rows.index, removed, in_place)
+    if drop is None:
         merged = frame
         write_rows(merged, pos, rows[list(frame.columns)])
         how = writable(current.hour_of_week)
         how[pos] = delta.hour_of_week
     else:
-        drop = members(frame.index, rows.index) | gone
         merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
         how = np.vstack([current.hour_of_week[~drop], delta.hour_of_week])
-        order = np.argsort(merged.index.to_numpy(dtype=object), kind="stable")
+        order = _id_order(merged.index)
         merged = merged.iloc[order]
         how = how[order]
         merged.index = pd.Index(merged.index, dtype="string", name="profile_id")
