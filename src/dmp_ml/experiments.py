@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pydantic import ValidationError
-from sklearn.model_selection import StratifiedKFold
 
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError, ConfigError
@@ -282,19 +281,6 @@ class HeadToHead:
     figures: dict[str, Figure] = field(default_factory=dict)
 
 
-def _cross_fit(raw: np.ndarray, y: np.ndarray, method: str, folds: int, seed: int) -> np.ndarray:
-    """Out-of-fold calibrated probabilities (each row scored by a calibrator not fitted on it)."""
-    n_pos = int(y.sum())
-    k = min(folds, n_pos, len(y) - n_pos)
-    if k < 2:
-        return Calibrator(method="identity").predict(raw)
-    out = np.empty_like(raw, dtype=np.float64)
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for fit_idx, eval_idx in splitter.split(raw.reshape(-1, 1), y):
-        out[eval_idx] = Calibrator.fit(raw[fit_idx], y[fit_idx], method).predict(raw[eval_idx])
-    return out
-
-
 def head_to_head(
     challenger: PropensityResult,
     champion: PropensityModel,
@@ -327,7 +313,7 @@ def head_to_head(
         # champion's side is scored
         labels[1]: model.predict_raw(val.X, which="holdout"),
     }
-    probs = {name: _cross_fit(r, y, method, folds, seed) for name, r in raw.items()}
+    probs = {name: Calibrator.cross_fitted(r, y, method, folds, seed) for name, r in raw.items()}
     if baselines:
         single = challenger.baseline_single_feature or "best single feature"
         probs["RF logistic baseline"] = val.predictions["p_baseline_rf_logreg"].to_numpy()

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+
+from dmp_ml.models.propensity.calibration import cross_fit
 
 __all__ = ["BLEND", "Blend", "baseline_logit"]
 
@@ -75,16 +76,12 @@ class Blend:
         None when the labels cannot be split into two folds with both classes.
         """
         y = np.asarray(y, dtype=np.int64)
-        n_pos = int(y.sum())
-        folds = min(folds, n_pos, len(y) - n_pos)
-        if folds < 2:
-            return None
-        out = np.empty(len(y))
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        for fit_idx, eval_idx in splitter.split(np.zeros((len(y), 1)), y):
-            stack = cls.fit("", model_raw[fit_idx], baseline_raw[fit_idx], y[fit_idx])
-            out[eval_idx] = stack.raw(model_raw[eval_idx], baseline_raw[eval_idx])
-        return out
+
+        def fit_predict(fit: np.ndarray, ev: np.ndarray) -> np.ndarray:
+            stack = cls.fit("", model_raw[fit], baseline_raw[fit], y[fit])
+            return stack.raw(model_raw[ev], baseline_raw[ev])
+
+        return cross_fit(y, folds, seed, fit_predict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "a": self.a, "b": self.b, "c": self.c}

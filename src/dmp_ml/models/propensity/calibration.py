@@ -6,6 +6,8 @@ MLflow artifact carry it as plain numbers.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +16,35 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 
-__all__ = ["Calibrator"]
+__all__ = ["Calibrator", "cross_fit"]
+
+logger = logging.getLogger(__name__)
+
+
+def cross_fit(
+    y: np.ndarray,
+    folds: int,
+    seed: int,
+    fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray | None:
+    """Out-of-fold predictions (n,): every row predicted by a fit that did not see it.
+
+    ``fit_predict(fit_idx, eval_idx)`` fits on the rows ``fit_idx`` and returns predictions for
+    ``eval_idx``. Stratified folds (at most ``folds``, fewer when a class is rarer), shuffled
+    with ``seed``. None when ``y`` (n,) cannot be split into two folds holding both classes.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    n_pos = int(y.sum())
+    k = min(folds, n_pos, len(y) - n_pos)
+    if k < 2:
+        return None
+    out = np.empty(len(y), dtype=np.float64)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fit_idx, eval_idx in splitter.split(np.zeros((len(y), 1)), y):
+        out[eval_idx] = fit_predict(fit_idx, eval_idx)
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,3 +118,24 @@ class Calibrator:
         xs = blocks["x"].to_numpy(dtype=np.float64)
         order = np.argsort(xs, kind="stable")
         return cls(method="isotonic", x=tuple(xs[order]), y=tuple(values[order]))
+
+    @classmethod
+    def cross_fitted(
+        cls, raw: np.ndarray, y: np.ndarray, method: str, folds: int, seed: int
+    ) -> np.ndarray:
+        """Out-of-fold calibrated probabilities (n,): no row scored by a calibrator fitted on it.
+
+        Uncalibrated (``expit(raw)``) when the labels cannot be split into two folds.
+        """
+        raw = np.asarray(raw, dtype=np.float64)
+        y = np.asarray(y)
+        out = cross_fit(
+            y,
+            folds,
+            seed,
+            lambda fit, ev: cls.fit(raw[fit], y[fit], method).predict(raw[ev]),
+        )
+        if out is None:
+            logger.warning("too few positives/negatives to cross-fit calibration; uncalibrated")
+            return np.asarray(expit(raw))
+        return out

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 from sklearn.base import BaseEstimator
-from sklearn.model_selection import StratifiedKFold
 
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError
@@ -275,7 +274,9 @@ class PropensityModel(BaseEstimator):
 
         raw_valid = self.holdout_booster_.predict(Xv, raw_score=True, num_threads=self.n_threads)
         p_before = expit(raw_valid)
-        p_after = self._cross_fitted_calibration(raw_valid, yv)
+        p_after = Calibrator.cross_fitted(
+            raw_valid, yv, self.calibration, self.calibration_folds, self.seed
+        )
         self.calibrator_ = Calibrator.fit(raw_valid, yv, self.calibration)
         self.validation_ = {
             "uncalibrated": metrics.classification_report(yv, p_before),
@@ -334,20 +335,6 @@ class PropensityModel(BaseEstimator):
         )
         best = max(int(booster.best_iteration or booster.current_iteration()), 1)
         return lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), best
-
-    def _cross_fitted_calibration(self, raw: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Out-of-fold calibrated probabilities: no row is scored by a calibrator fitted on it."""
-        n_pos = int(y.sum())
-        folds = min(self.calibration_folds, n_pos, len(y) - n_pos)
-        if folds < 2:
-            logger.warning("too few positives/negatives to cross-fit calibration; uncalibrated")
-            return expit(raw)
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.seed)
-        out = np.empty_like(raw)
-        for fit_idx, eval_idx in splitter.split(raw.reshape(-1, 1), y):
-            cal = Calibrator.fit(raw[fit_idx], y[fit_idx], self.calibration)
-            out[eval_idx] = cal.predict(raw[eval_idx])
-        return out
 
     # -------------------------------------------------------------------------- predict
 
