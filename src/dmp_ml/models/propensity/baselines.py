@@ -69,6 +69,18 @@ def recency_frequency_columns(columns: Iterable[str]) -> tuple[list[str], list[s
     return recency, frequency
 
 
+def _column(X: pd.DataFrame, c: str) -> np.ndarray:
+    """Column ``c`` of ``X`` as float64 (n,), NaN where missing or not numeric, or absent."""
+    if c not in X.columns:
+        return np.full(len(X), np.nan)
+    return pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+
+
+def _stack(cols: list[np.ndarray], n: int) -> np.ndarray:
+    """Columns side by side, shape (n, len(cols)); (n, 0) for none."""
+    return np.column_stack(cols) if cols else np.empty((n, 0))
+
+
 class _RFTransform:
     """log1p of recency (missing = never: 10 years / longest seen) and frequency (missing = 0)."""
 
@@ -90,14 +102,10 @@ class _RFTransform:
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         cols = []
         for c in self.columns_:
-            v = (
-                pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
-                if c in X.columns
-                else np.full(len(X), np.nan)
-            )
+            v = _column(X, c)
             fill = self.fill_.get(c, 0.0)
             cols.append(np.log1p(np.clip(np.where(np.isnan(v), fill, v), 0, None)))
-        return np.column_stack(cols) if cols else np.empty((len(X), 0))
+        return _stack(cols, len(X))
 
     def to_dict(self) -> dict[str, Any]:
         return {"recency": self.recency_, "frequency": self.frequency_, "fill": self.fill_}
@@ -274,13 +282,7 @@ class RFMLightGBMBaseline:
         return [f"f{i}" for i in range(len(self.columns_))]
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
-        cols = [
-            pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
-            if c in X.columns
-            else np.full(len(X), np.nan)
-            for c in self.columns_
-        ]
-        return np.column_stack(cols) if cols else np.empty((len(X), 0))
+        return _stack([_column(X, c) for c in self.columns_], len(X))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         if self.booster_ is None:
