@@ -218,6 +218,8 @@ def _load(
             if flag in raw.columns:
                 reason = _mark(reason, raw[flag].to_numpy(bool), label)
         source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
+        if ctx.mapping.rewrites:  # its rules read the text as a plain read gives it
+            source = _readers.plain_text(source)
         mapped, dropped = ctx.mapping.apply(source)
         if not dropped.isna().all():
             reason = reason.fillna(dropped)
@@ -226,7 +228,10 @@ def _load(
         keep = reason.isna().to_numpy(bool)
         good.append(valid if keep.all() else rows.keep_rows(valid, keep))
         # selected, not sliced: a slice of the raw batch would keep all of its text alive
-        bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
+        if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
+            bad.append(_no_quarantine(raw.columns))
+        else:
+            bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
@@ -286,6 +291,15 @@ def _quarantine_rows(raw: pd.DataFrame, reason: pd.Series) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _no_quarantine(columns: pd.Index) -> pd.DataFrame:
+    """What :func:`_quarantine_rows` gives for no rows, without selecting from the batch."""
+    text = [str(c) for c in columns if c not in (*_readers.FLAGS, _readers.ROW_NUMBER)]
+    out = pd.DataFrame({c: pd.Series([], dtype="string") for c in text})
+    out["row_number"] = pd.Series([], dtype="int64")
+    out["reason"] = pd.Series([], dtype="string")
+    return out
+
+
 def _as_text(col: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col):
         return col.dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("string")
@@ -325,22 +339,46 @@ def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list
         )
 
 
-def _text(frame: pd.DataFrame, column: str) -> pd.Series:
-    """A column as stripped text with empty strings as NA (absent column: all NA).
+def _text(frame: pd.DataFrame, column: str, lower: bool = False) -> pd.Series:
+    """A column as stripped text with empty strings as NA (absent column: all NA); ``lower``:
+    in lower case.
 
-    Worked in Arrow (``pandas``' string methods convert to and from it on every call).
+    Worked in Arrow (``pandas``' string methods convert to and from it on every call); a
+    dictionary column (Parquet text) on its distinct values, then decoded once.
     """
     if column not in frame.columns:
         return rows.missing_text(frame.index)
-    if not isinstance(frame[column].array, pd.arrays.ArrowStringArray):  # numbers, objects, ...
+    values = frame[column].array
+    if isinstance(values, pd.arrays.ArrowStringArray):
+        text = _clean(identity.arrow_strings(frame[column]), lower)
+    elif _is_text_dictionary(frame[column].dtype):
+        chunks = values.__arrow_array__().chunks
+        text = pa.chunked_array(
+            [pc.take(_clean(c.dictionary, lower), c.indices) for c in chunks], type=pa.string()
+        )
+    else:  # numbers, objects, ...
         col = frame[column].astype("string").str.strip()
         empty = (col == "").to_numpy(bool, na_value=False)
-        return col.mask(empty) if empty.any() else col
-    text = pc.utf8_trim_whitespace(identity.arrow_strings(frame[column]))
+        col = col.mask(empty) if empty.any() else col
+        return col.str.lower() if lower else col
+    return pd.Series(pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string")
+
+
+def _is_text_dictionary(dtype: Any) -> bool:
+    return (
+        isinstance(dtype, pd.ArrowDtype)
+        and pa.types.is_dictionary(dtype.pyarrow_dtype)
+        and pa.types.is_string(dtype.pyarrow_dtype.value_type)
+    )
+
+
+def _clean(text: pa.Array | pa.ChunkedArray, lower: bool) -> pa.Array | pa.ChunkedArray:
+    """Trimmed text, empty strings as nulls, in lower case when asked."""
+    text = pc.utf8_trim_whitespace(text)
     empty = pc.equal(text, "")
     if pc.any(empty).as_py():
         text = pc.if_else(empty, pa.scalar(None, text.type), text)
-    return pd.Series(pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string")
+    return pc.utf8_lower(text) if lower else text
 
 
 # --------------------------------------------------------------------------- times
@@ -630,10 +668,10 @@ def _validate_events(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> p
     out["event_time"], time_problem = parse_times(
         frame["event_time"], ctx.mapping, "event_time", ctx.latest_event, ctx.day_first
     )
-    for column in ("cookie_id", "profile_id", "event_type", "channel", "source", "campaign_id"):
+    for column in ("cookie_id", "profile_id", "event_type", "channel", "campaign_id"):
         out[column] = _text(frame, column)
     out["category"] = _text(frame, "category")
-    out["source"] = out["source"].str.lower().fillna("first_party")
+    out["source"] = _text(frame, "source", lower=True).fillna("first_party")
     value, bad_value = _numbers(frame, "value")
     present = value.notna().to_numpy(bool)
     infinite = present & ~np.isfinite(value.to_numpy(np.float64, na_value=np.nan))
@@ -690,7 +728,7 @@ def _validate_consent(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> 
     out = pd.DataFrame(index=frame.index)
     out["profile_id"] = _text(frame, "profile_id")
     out["cookie_id"] = _text(frame, "cookie_id")
-    out["purpose"] = _text(frame, "purpose").str.lower()
+    out["purpose"] = _text(frame, "purpose", lower=True)
     granted = frame["granted"]
     if pd.api.types.is_bool_dtype(granted):
         out["granted"] = granted.astype("boolean")
