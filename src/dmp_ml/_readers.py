@@ -111,16 +111,26 @@ def _oversized(columns: list[pa.Array | pa.ChunkedArray], limit: int) -> np.ndar
     mask = None
     for col in columns:
         if pa.types.is_dictionary(col.type) and _is_text(col.type.value_type):
-            col = _dictionary_lengths(col)  # each row's length, from its dictionary value's
-        elif not _is_text(col.type):
+            if _longest_value(col) <= limit:
+                continue
+            lengths = _dictionary_lengths(col)  # each row's length, from its dictionary value's
+        elif _is_text(col.type):
+            lengths = pc.binary_length(col)
+        else:
             continue
-        lengths = col if pa.types.is_integer(col.type) else pc.binary_length(col)
         longest = pc.max(lengths).as_py()
         if longest is None or longest <= limit:
             continue
         over = pc.fill_null(pc.greater(lengths, limit), False).to_numpy(zero_copy_only=False)
         mask = over if mask is None else mask | over
     return mask
+
+
+def _longest_value(col: pa.DictionaryArray | pa.ChunkedArray) -> int:
+    """The byte length of the longest value in the dictionaries of ``col`` (0 when none)."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    longest = [pc.max(pc.binary_length(c.dictionary)).as_py() for c in chunks]
+    return max((n for n in longest if n is not None), default=0)
 
 
 def _dictionary_lengths(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

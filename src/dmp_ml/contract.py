@@ -209,6 +209,7 @@ def _load(
     ctx = _Context(kind, mapping, settings, _utc_now(now))
     good: list[pd.DataFrame] = []
     bad: list[pd.DataFrame] = []
+    shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
     rows_read = 0
     batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
     for raw in _readers.prefetched(batches):
@@ -229,7 +230,9 @@ def _load(
         good.append(valid if keep.all() else rows.keep_rows(valid, keep))
         # selected, not sliced: a slice of the raw batch would keep all of its text alive
         if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
-            bad.append(_no_quarantine(raw.columns))
+            if tuple(raw.columns) not in shapes:
+                bad.append(_no_quarantine(raw.columns))
+                shapes.add(tuple(raw.columns))
         else:
             bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
     frame = _concat(good) if good else pd.DataFrame()
@@ -239,13 +242,14 @@ def _load(
         encoded = identity.encode_many(
             frame, [c for c in identity.ID_COLUMNS if c in frame.columns]
         )
+        frame = _decode_ids(frame)
         frame, dupes, kept = _collapse_duplicates(frame, encoded)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)
             # the first copy of a row is kept, so every value keeps its first appearance:
             # the kept codes are what encoding the kept rows would give
             encoded = {c: (codes[kept], values) for c, (codes, values) in encoded.items()}
-    frame = frame.drop(columns=["_row_number"], errors="ignore")
+    frame = _decode_ids(frame.drop(columns=["_row_number"], errors="ignore"))
     if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
         encoded = {}  # codes follow first appearance, which sorting changes
@@ -339,12 +343,15 @@ def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list
         )
 
 
-def _text(frame: pd.DataFrame, column: str, lower: bool = False) -> pd.Series:
+def _text(
+    frame: pd.DataFrame, column: str, lower: bool = False, dictionary: bool = False
+) -> pd.Series:
     """A column as stripped text with empty strings as NA (absent column: all NA); ``lower``:
     in lower case.
 
     Worked in Arrow (``pandas``' string methods convert to and from it on every call); a
-    dictionary column (Parquet text) on its distinct values, then decoded once.
+    dictionary column (Parquet text) on its distinct values, then decoded once, or kept a
+    dictionary (``dictionary``: its codes serve the id encoding, see :func:`_decode_ids`).
     """
     if column not in frame.columns:
         return rows.missing_text(frame.index)
@@ -353,6 +360,10 @@ def _text(frame: pd.DataFrame, column: str, lower: bool = False) -> pd.Series:
         text = _clean(identity.arrow_strings(frame[column]), lower)
     elif _is_text_dictionary(frame[column].dtype):
         chunks = values.__arrow_array__().chunks
+        if dictionary:
+            kind = frame[column].dtype.pyarrow_dtype
+            kept = pa.chunked_array([_clean_dictionary(c, lower) for c in chunks], type=kind)
+            return pd.Series(pd.arrays.ArrowExtensionArray(kept), index=frame.index)
         text = pa.chunked_array(
             [pc.take(_clean(c.dictionary, lower), c.indices) for c in chunks], type=pa.string()
         )
@@ -370,6 +381,31 @@ def _is_text_dictionary(dtype: Any) -> bool:
         and pa.types.is_dictionary(dtype.pyarrow_dtype)
         and pa.types.is_string(dtype.pyarrow_dtype.value_type)
     )
+
+
+def _clean_dictionary(codes: pa.DictionaryArray, lower: bool) -> pa.DictionaryArray:
+    """A dictionary array with its values cleaned (:func:`_clean`); a value that becomes
+    missing makes its rows' codes null, so that the rows read as missing."""
+    values = _clean(codes.dictionary, lower)
+    indices = codes.indices
+    if values.null_count:
+        missing = pc.take(pc.is_null(values), indices)
+        indices = pc.if_else(missing, pa.scalar(None, indices.type), indices)
+    return pa.DictionaryArray.from_arrays(indices, values)
+
+
+def _decode_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the id columns the validator kept as dictionaries decoded to text."""
+    for column in identity.ID_COLUMNS:
+        if column in frame.columns and _is_text_dictionary(frame[column].dtype):
+            chunks = frame[column].array.__arrow_array__().chunks
+            text = pa.chunked_array(
+                [pc.take(c.dictionary, c.indices) for c in chunks], type=pa.string()
+            )
+            frame[column] = pd.Series(
+                pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string"
+            )
+    return frame
 
 
 def _clean(text: pa.Array | pa.ChunkedArray, lower: bool) -> pa.Array | pa.ChunkedArray:
@@ -668,7 +704,9 @@ def _validate_events(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> p
     out["event_time"], time_problem = parse_times(
         frame["event_time"], ctx.mapping, "event_time", ctx.latest_event, ctx.day_first
     )
-    for column in ("cookie_id", "profile_id", "event_type", "channel", "campaign_id"):
+    for column in identity.ID_COLUMNS:  # dictionaries, if read so: encoded on their values
+        out[column] = _text(frame, column, dictionary=True)
+    for column in ("event_type", "channel", "campaign_id"):
         out[column] = _text(frame, column)
     out["category"] = _text(frame, "category")
     out["source"] = _text(frame, "source", lower=True).fillna("first_party")

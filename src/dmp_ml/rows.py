@@ -55,7 +55,7 @@ def duplicated_rows(
         candidates = candidates[_repeats(hashed, exact=True)]
     duplicated = np.zeros(len(frame), dtype=bool)
     if len(candidates):
-        repeated = frame.iloc[candidates].duplicated(keep="first").to_numpy(bool)
+        repeated = _take_rows(frame, candidates).duplicated(keep="first").to_numpy(bool)
         duplicated[candidates[repeated]] = True
     return duplicated
 
@@ -83,7 +83,7 @@ def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     for column in frame.columns:
         values = frame[column].array
         if isinstance(values, pd.arrays.ArrowStringArray):
-            whole = pa.chunked_array(pa.array(values))
+            whole = values.__arrow_array__()
             kept = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
             columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
         else:
@@ -209,9 +209,32 @@ def _column_key(col: pd.Series, rows: np.ndarray, n_rows: int) -> np.ndarray:
     equal 64-bit keys. Missing equals missing, as in ``DataFrame.duplicated``.
     """
     if len(rows) < n_rows // 4:  # few rows left: encode only those
-        col = col.iloc[rows]
+        col = _take(col, rows)
         rows = np.arange(len(rows))
     return _keys(col)[rows]
+
+
+def _take_rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """``frame.iloc[positions]`` for sorted ``positions`` (see :func:`_take`)."""
+    return pd.DataFrame({c: _take(frame[c], positions) for c in frame.columns})
+
+
+def _take(col: pd.Series, positions: np.ndarray) -> pd.Series:
+    """``col.iloc[positions]`` (fresh index) for sorted ``positions``: Arrow text is taken chunk
+    by chunk (pandas, and Arrow itself, join a column's chunks into one before taking)."""
+    values = col.array
+    if not isinstance(values, pd.arrays.ArrowStringArray):
+        return col.iloc[positions].reset_index(drop=True)
+    chunked = values.__arrow_array__()
+    bounds = np.cumsum([0, *(len(c) for c in chunked.chunks)])
+    cuts = np.searchsorted(positions, bounds)
+    parts = [
+        chunk.take(pa.array(positions[a:b] - start))
+        for chunk, start, a, b in zip(chunked.chunks, bounds[:-1], cuts[:-1], cuts[1:], strict=True)
+        if b > a
+    ]
+    taken = pa.chunked_array(parts, type=chunked.type)
+    return pd.Series(pd.arrays.ArrowStringArray(taken)).astype(col.dtype)
 
 
 def _keys(col: pd.Series) -> np.ndarray:
