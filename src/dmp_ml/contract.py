@@ -364,9 +364,7 @@ def _text(
             kind = frame[column].dtype.pyarrow_dtype
             kept = pa.chunked_array([_clean_dictionary(c, lower) for c in chunks], type=kind)
             return pd.Series(pd.arrays.ArrowExtensionArray(kept), index=frame.index)
-        text = pa.chunked_array(
-            [pc.take(_clean(c.dictionary, lower), c.indices) for c in chunks], type=pa.string()
-        )
+        text = _decoded(chunks, lambda values: _clean(values, lower))
     else:  # numbers, objects, ...
         col = frame[column].astype("string").str.strip()
         empty = (col == "").to_numpy(bool, na_value=False)
@@ -394,14 +392,23 @@ def _clean_dictionary(codes: pa.DictionaryArray, lower: bool) -> pa.DictionaryAr
     return pa.DictionaryArray.from_arrays(indices, values)
 
 
+def _decoded(
+    chunks: list[pa.DictionaryArray], clean: Callable[[pa.Array], pa.Array]
+) -> pa.ChunkedArray:
+    """Dictionary chunks decoded to text, each dictionary's values passed through ``clean``
+    first; as ``large_string``, the type pandas keeps its text in (no copy on the way in)."""
+    return pa.chunked_array(
+        [pc.take(clean(c.dictionary.cast(pa.large_string())), c.indices) for c in chunks],
+        type=pa.large_string(),
+    )
+
+
 def _decode_ids(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the id columns the validator kept as dictionaries decoded to text."""
     for column in identity.ID_COLUMNS:
         if column in frame.columns and _is_text_dictionary(frame[column].dtype):
             chunks = frame[column].array.__arrow_array__().chunks
-            text = pa.chunked_array(
-                [pc.take(c.dictionary, c.indices) for c in chunks], type=pa.string()
-            )
+            text = _decoded(chunks, lambda values: values)
             frame[column] = pd.Series(
                 pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string"
             )

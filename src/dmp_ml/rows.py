@@ -87,7 +87,7 @@ def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
             kept = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
             columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
         else:
-            columns[column] = pd.Series(values[keep])
+            columns[column] = pd.Series(values[keep], copy=False)  # a fresh array already
     return pd.DataFrame(columns)
 
 
