@@ -33,6 +33,7 @@ def duplicated_rows(
     codes = codes or {}
     candidates, ticks = _may_repeat(frame)
     hashed = np.zeros(len(candidates), dtype=np.uint64)
+    raw = ticks is not None  # runs compare hashes for equality only: the first key as it is
     for number, column in enumerate(frame.columns):
         if not len(candidates):
             break
@@ -42,7 +43,7 @@ def duplicated_rows(
             key = codes[column][candidates].astype(np.int64).view(np.uint64)
         else:
             key = _column_key(frame[column], candidates, len(frame))
-        hashed = _mix(hashed * _GOLDEN + key)
+        hashed, raw = (key, False) if raw else (_mix(hashed * _GOLDEN + key), raw)
         if ticks is not None:
             repeats = _repeats_in_runs(hashed, ticks)
             candidates, hashed, ticks = candidates[repeats], hashed[repeats], ticks[repeats]
