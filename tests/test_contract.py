@@ -431,3 +431,44 @@ def test_the_loaders_id_codes_are_the_loaded_frames_and_give_the_same_features(
     # out of time order: the loader sorts, and hands no codes on
     frame.iloc[::-1].to_parquet(path, index=False)
     assert load_events(path).encoded == {}
+
+
+def test_parquet_text_loads_as_the_same_log_written_as_csv(tmp_path: Path) -> None:
+    """Parquet text is read as dictionaries and cleaned on its distinct values: padded and
+    blank ids, upper-case sources and bad rows come out as they do from the CSV of the log."""
+    rng = np.random.default_rng(7)
+    n = 3_000
+    ids = np.array(["c1", " c1", "c2 ", "", "  ", "c3", None], dtype=object)
+    profiles = np.array(["p1", "p1 ", "", None, "p2"], dtype=object)
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.Series(
+                pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(n) // 3, "s")
+            ).dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "cookie_id": ids[rng.integers(0, len(ids), n)],
+            "profile_id": profiles[rng.integers(0, len(profiles), n)],
+            "event_type": rng.choice(["page_view", " purchase", ""], n),
+            "source": rng.choice(["First_Party", "third_party ", "nobody", ""], n),
+            "value": rng.choice(["1.5", "x", "", "2"], n),
+        }
+    )
+    frame.loc[frame.index % 97 == 5] = frame.loc[frame.index % 97 == 4].to_numpy()  # copies
+    parquet, csv = tmp_path / "events.parquet", tmp_path / "events.csv"
+    frame.to_parquet(parquet, index=False, row_group_size=700)
+    frame.to_csv(csv, index=False)
+    settings = ContractSettings(chunk_rows=500)
+    from_parquet = load_events(parquet, settings=settings)
+    from_csv = load_events(csv, settings=settings)
+    assert_accounted(from_parquet)
+    assert from_parquet.report.quarantined_by_reason == from_csv.report.quarantined_by_reason
+    assert from_parquet.report.quarantined_by_reason["missing_id"] > 0
+    assert from_parquet.report.quarantined_by_reason["duplicate_event"] > 0
+    pd.testing.assert_frame_equal(from_parquet.frame, from_csv.frame)
+    assert sorted(from_parquet.quarantine["row_number"]) == sorted(
+        from_csv.quarantine["row_number"]
+    )
+    assert set(from_parquet.encoded) == {"cookie_id", "profile_id"}
+    for column, (codes, values) in from_parquet.encoded.items():
+        expected_codes, expected_values = encode(from_parquet.frame[column], len(codes))
+        np.testing.assert_array_equal(codes, expected_codes)
+        assert values.equals(expected_values)

@@ -422,3 +422,22 @@ def test_the_cli_reads_profiles_and_consent_through_their_mappings(tmp_path: Pat
     assert table["timezone"].tolist() == ["Europe/Paris"]  # Zone, renamed by its mapping
     assert table["Tier"].tolist() == ["gold"]
     assert table["event_count_total"].tolist() == [4]  # 13/12: the events column is day first
+
+
+def test_an_oversized_parquet_field_quarantines_its_row_only(tmp_path: Path) -> None:
+    """Parquet text is read as dictionaries: the length limit still applies row by row."""
+    long = "y" * 100
+    frame = pd.DataFrame(
+        {
+            "event_time": ["2026-01-01T10:00:00Z"] * 6,
+            "cookie_id": ["c1", long, "c2", "c1", "c3", long],
+            "event_type": ["page_view", "purchase", "page_view", long, "purchase", "page_view"],
+        }
+    )
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path, index=False, row_group_size=3)
+    result = load_events(path, None, ContractSettings(max_field_bytes=64, chunk_rows=2), now=NOW)
+    assert_accounted(result)
+    assert result.report.quarantined_by_reason == {"field_too_large": 3}
+    assert sorted(result.quarantine["row_number"]) == [2, 4, 6]
+    assert result.frame["cookie_id"].tolist() == ["c1", "c2", "c3"]

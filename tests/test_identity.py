@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from dmp_ml.errors import DataContractError
-from dmp_ml.identity import resolve_identity
+from dmp_ml.identity import encode, resolve_identity
 from dmp_ml.settings import FeatureSettings
 
 AS_OF = pd.Timestamp("2024-06-01", tz="UTC")
@@ -257,3 +258,25 @@ def test_bad_input_is_a_contract_error():
         resolve_identity(pd.DataFrame({"event_time": pd.DatetimeIndex([AS_OF])}), AS_OF)
     with pytest.raises(DataContractError, match="datetime"):
         resolve_identity(pd.DataFrame({"event_time": ["x"], "cookie_id": ["c"]}), AS_OF)
+
+
+def test_dictionary_column_encodes_like_its_text() -> None:
+    """Parquet text arrives as a dictionary per batch: same codes and values as the plain text
+    (first appearance across batches, a value in several dictionaries once, missing rows -1)."""
+    rng = np.random.default_rng(0)
+    words = pa.array(["a", "b", None, "c", "d", "b"])  # a missing and a repeated entry
+    chunks = [
+        pa.DictionaryArray.from_arrays(
+            pa.array(rng.integers(0, 6 - offset, 40), mask=rng.random(40) < 0.2, type=pa.int32()),
+            words.slice(offset),
+        )
+        for offset in (3, 0, 1)
+    ]
+    column = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array(chunks)))
+    plain = [chunk.dictionary.take(chunk.indices) for chunk in chunks]
+    text = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array(plain)), dtype="string")
+    codes, values = encode(column, len(column))
+    expected_codes, expected_values = encode(text, len(text))
+    np.testing.assert_array_equal(codes, expected_codes)
+    assert values.to_pylist() == expected_values.to_pylist()
+    assert (codes == -1).sum() == text.isna().sum() > 0

@@ -102,13 +102,22 @@ def _duplicates(path: Path, names: list[str]) -> None:
         seen.add(name)
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def _oversized(columns: list[pa.Array | pa.ChunkedArray], limit: int) -> np.ndarray | None:
     """Rows with a text field longer than ``limit`` bytes (None when there are none)."""
     mask = None
     for col in columns:
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        if pa.types.is_dictionary(col.type) and _is_text(col.type.value_type):
+            if _longest_value(col) <= limit:
+                continue
+            lengths = _dictionary_lengths(col)  # each row's length, from its dictionary value's
+        elif _is_text(col.type):
+            lengths = pc.binary_length(col)
+        else:
             continue
-        lengths = pc.binary_length(col)
         longest = pc.max(lengths).as_py()
         if longest is None or longest <= limit:
             continue
@@ -117,9 +126,47 @@ def _oversized(columns: list[pa.Array | pa.ChunkedArray], limit: int) -> np.ndar
     return mask
 
 
+def _longest_value(col: pa.DictionaryArray | pa.ChunkedArray) -> int:
+    """The byte length of the longest value in the dictionaries of ``col`` (0 when none)."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    longest = [pc.max(pc.binary_length(c.dictionary)).as_py() for c in chunks]
+    return max((n for n in longest if n is not None), default=0)
+
+
+def _dictionary_lengths(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The byte length of each row's value in a dictionary-encoded text column."""
+    if isinstance(col, pa.ChunkedArray):
+        return pa.chunked_array([_dictionary_lengths(c) for c in col.chunks], type=pa.int64())
+    lengths = pc.binary_length(col.dictionary).cast(pa.int64())
+    return pc.take(lengths, col.indices)
+
+
+def _arrow_dictionaries(kind: pa.DataType) -> pd.ArrowDtype | None:
+    """Dictionary columns stay Arrow dictionaries in pandas (not categoricals built value by
+    value): the contract works on their few distinct values (see ``contract._text``)."""
+    return pd.ArrowDtype(kind) if pa.types.is_dictionary(kind) else None
+
+
+def plain_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its Arrow dictionary columns decoded to text, as a plain read gives them."""
+    columns = {}
+    for name in frame.columns:
+        dtype = frame[name].dtype
+        if isinstance(dtype, pd.ArrowDtype) and pa.types.is_dictionary(dtype.pyarrow_dtype):
+            values = frame[name].array.__arrow_array__()
+            plain = values.cast(dtype.pyarrow_dtype.value_type)
+            columns[name] = pd.Series(plain.to_pandas(), index=frame.index, name=name)
+    return frame.assign(**columns) if columns else frame
+
+
 def _parquet_batches(path: Path, batch_rows: int, max_field_bytes: int) -> Iterator[pd.DataFrame]:
     try:
         parquet = pq.ParquetFile(path)
+        # text read as Parquet stores it, a dictionary per row group and codes (no decoding
+        # into one string per row: the contract trims and checks the distinct values only)
+        text = [f.name for f in parquet.schema_arrow if _is_text(f.type)]
+        if text:
+            parquet = pq.ParquetFile(path, read_dictionary=text)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataContractError(f"{path}: not a readable Parquet file ({exc})") from exc
     start = 1
@@ -128,7 +175,7 @@ def _parquet_batches(path: Path, batch_rows: int, max_field_bytes: int) -> Itera
     empty = True
     for batch in _parquet_parts(parquet, batch_rows):
         too_large = _oversized(batch.columns, max_field_bytes)
-        frame = batch.to_pandas()
+        frame = batch.to_pandas(types_mapper=_arrow_dictionaries)
         frame[ROW_NUMBER] = range(start, start + len(frame))
         if too_large is not None:
             frame[TOO_LARGE] = too_large

@@ -209,6 +209,7 @@ def _load(
     ctx = _Context(kind, mapping, settings, _utc_now(now))
     good: list[pd.DataFrame] = []
     bad: list[pd.DataFrame] = []
+    shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
     rows_read = 0
     batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
     for raw in _readers.prefetched(batches):
@@ -218,6 +219,8 @@ def _load(
             if flag in raw.columns:
                 reason = _mark(reason, raw[flag].to_numpy(bool), label)
         source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
+        if ctx.mapping.rewrites:  # its rules read the text as a plain read gives it
+            source = _readers.plain_text(source)
         mapped, dropped = ctx.mapping.apply(source)
         if not dropped.isna().all():
             reason = reason.fillna(dropped)
@@ -226,7 +229,12 @@ def _load(
         keep = reason.isna().to_numpy(bool)
         good.append(valid if keep.all() else rows.keep_rows(valid, keep))
         # selected, not sliced: a slice of the raw batch would keep all of its text alive
-        bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
+        if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
+            if tuple(raw.columns) not in shapes:
+                bad.append(_no_quarantine(raw.columns))
+                shapes.add(tuple(raw.columns))
+        else:
+            bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
@@ -234,13 +242,14 @@ def _load(
         encoded = identity.encode_many(
             frame, [c for c in identity.ID_COLUMNS if c in frame.columns]
         )
+        frame = _decode_ids(frame)
         frame, dupes, kept = _collapse_duplicates(frame, encoded)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)
             # the first copy of a row is kept, so every value keeps its first appearance:
             # the kept codes are what encoding the kept rows would give
             encoded = {c: (codes[kept], values) for c, (codes, values) in encoded.items()}
-    frame = frame.drop(columns=["_row_number"], errors="ignore")
+    frame = _decode_ids(frame.drop(columns=["_row_number"], errors="ignore"))
     if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
         encoded = {}  # codes follow first appearance, which sorting changes
@@ -286,6 +295,15 @@ def _quarantine_rows(raw: pd.DataFrame, reason: pd.Series) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _no_quarantine(columns: pd.Index) -> pd.DataFrame:
+    """What :func:`_quarantine_rows` gives for no rows, without selecting from the batch."""
+    text = [str(c) for c in columns if c not in (*_readers.FLAGS, _readers.ROW_NUMBER)]
+    out = pd.DataFrame({c: pd.Series([], dtype="string") for c in text})
+    out["row_number"] = pd.Series([], dtype="int64")
+    out["reason"] = pd.Series([], dtype="string")
+    return out
+
+
 def _as_text(col: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col):
         return col.dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("string")
@@ -325,22 +343,85 @@ def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list
         )
 
 
-def _text(frame: pd.DataFrame, column: str) -> pd.Series:
-    """A column as stripped text with empty strings as NA (absent column: all NA).
+def _text(
+    frame: pd.DataFrame, column: str, lower: bool = False, dictionary: bool = False
+) -> pd.Series:
+    """A column as stripped text with empty strings as NA (absent column: all NA); ``lower``:
+    in lower case.
 
-    Worked in Arrow (``pandas``' string methods convert to and from it on every call).
+    Worked in Arrow (``pandas``' string methods convert to and from it on every call); a
+    dictionary column (Parquet text) on its distinct values, then decoded once, or kept a
+    dictionary (``dictionary``: its codes serve the id encoding, see :func:`_decode_ids`).
     """
     if column not in frame.columns:
         return rows.missing_text(frame.index)
-    if not isinstance(frame[column].array, pd.arrays.ArrowStringArray):  # numbers, objects, ...
+    values = frame[column].array
+    if isinstance(values, pd.arrays.ArrowStringArray):
+        text = _clean(identity.arrow_strings(frame[column]), lower)
+    elif _is_text_dictionary(frame[column].dtype):
+        chunks = values.__arrow_array__().chunks
+        if dictionary:
+            kind = frame[column].dtype.pyarrow_dtype
+            kept = pa.chunked_array([_clean_dictionary(c, lower) for c in chunks], type=kind)
+            return pd.Series(pd.arrays.ArrowExtensionArray(kept), index=frame.index)
+        text = _decoded(chunks, lambda values: _clean(values, lower))
+    else:  # numbers, objects, ...
         col = frame[column].astype("string").str.strip()
         empty = (col == "").to_numpy(bool, na_value=False)
-        return col.mask(empty) if empty.any() else col
-    text = pc.utf8_trim_whitespace(identity.arrow_strings(frame[column]))
+        col = col.mask(empty) if empty.any() else col
+        return col.str.lower() if lower else col
+    return pd.Series(pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string")
+
+
+def _is_text_dictionary(dtype: Any) -> bool:
+    return (
+        isinstance(dtype, pd.ArrowDtype)
+        and pa.types.is_dictionary(dtype.pyarrow_dtype)
+        and pa.types.is_string(dtype.pyarrow_dtype.value_type)
+    )
+
+
+def _clean_dictionary(codes: pa.DictionaryArray, lower: bool) -> pa.DictionaryArray:
+    """A dictionary array with its values cleaned (:func:`_clean`); a value that becomes
+    missing makes its rows' codes null, so that the rows read as missing."""
+    values = _clean(codes.dictionary, lower)
+    indices = codes.indices
+    if values.null_count:
+        missing = pc.take(pc.is_null(values), indices)
+        indices = pc.if_else(missing, pa.scalar(None, indices.type), indices)
+    return pa.DictionaryArray.from_arrays(indices, values)
+
+
+def _decoded(
+    chunks: list[pa.DictionaryArray], clean: Callable[[pa.Array], pa.Array]
+) -> pa.ChunkedArray:
+    """Dictionary chunks decoded to text, each dictionary's values passed through ``clean``
+    first; as ``large_string``, the type pandas keeps its text in (no copy on the way in)."""
+    return pa.chunked_array(
+        [pc.take(clean(c.dictionary.cast(pa.large_string())), c.indices) for c in chunks],
+        type=pa.large_string(),
+    )
+
+
+def _decode_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the id columns the validator kept as dictionaries decoded to text."""
+    for column in identity.ID_COLUMNS:
+        if column in frame.columns and _is_text_dictionary(frame[column].dtype):
+            chunks = frame[column].array.__arrow_array__().chunks
+            text = _decoded(chunks, lambda values: values)
+            frame[column] = pd.Series(
+                pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string"
+            )
+    return frame
+
+
+def _clean(text: pa.Array | pa.ChunkedArray, lower: bool) -> pa.Array | pa.ChunkedArray:
+    """Trimmed text, empty strings as nulls, in lower case when asked."""
+    text = pc.utf8_trim_whitespace(text)
     empty = pc.equal(text, "")
     if pc.any(empty).as_py():
         text = pc.if_else(empty, pa.scalar(None, text.type), text)
-    return pd.Series(pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string")
+    return pc.utf8_lower(text) if lower else text
 
 
 # --------------------------------------------------------------------------- times
@@ -630,10 +711,12 @@ def _validate_events(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> p
     out["event_time"], time_problem = parse_times(
         frame["event_time"], ctx.mapping, "event_time", ctx.latest_event, ctx.day_first
     )
-    for column in ("cookie_id", "profile_id", "event_type", "channel", "source", "campaign_id"):
+    for column in identity.ID_COLUMNS:  # dictionaries, if read so: encoded on their values
+        out[column] = _text(frame, column, dictionary=True)
+    for column in ("event_type", "channel", "campaign_id"):
         out[column] = _text(frame, column)
     out["category"] = _text(frame, "category")
-    out["source"] = out["source"].str.lower().fillna("first_party")
+    out["source"] = _text(frame, "source", lower=True).fillna("first_party")
     value, bad_value = _numbers(frame, "value")
     present = value.notna().to_numpy(bool)
     infinite = present & ~np.isfinite(value.to_numpy(np.float64, na_value=np.nan))
@@ -690,7 +773,7 @@ def _validate_consent(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> 
     out = pd.DataFrame(index=frame.index)
     out["profile_id"] = _text(frame, "profile_id")
     out["cookie_id"] = _text(frame, "cookie_id")
-    out["purpose"] = _text(frame, "purpose").str.lower()
+    out["purpose"] = _text(frame, "purpose", lower=True)
     granted = frame["granted"]
     if pd.api.types.is_bool_dtype(granted):
         out["granted"] = granted.astype("boolean")

@@ -95,6 +95,12 @@ class ColumnMapping:
     derive: dict[str, tuple[str, ...]] = field(default_factory=dict)
     drop: tuple[DropRule, ...] = ()
 
+    @property
+    def rewrites(self) -> bool:
+        """Whether the mapping does more than rename and add constant columns (rules that
+        read values: drop rules, derived columns, integer ids)."""
+        return bool(self.drop or self.derive or self.integer_ids)
+
     def source_columns(self) -> set[str]:
         """Columns of the input file this mapping reads."""
         used = set(self.rename)

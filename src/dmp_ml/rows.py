@@ -31,24 +31,32 @@ def duplicated_rows(
         those columns' keys instead of encoding them again.
     """
     codes = codes or {}
-    candidates = _may_repeat(frame)
+    candidates, ticks = _may_repeat(frame)
     hashed = np.zeros(len(candidates), dtype=np.uint64)
+    raw = ticks is not None  # runs compare hashes for equality only: the first key as it is
     for number, column in enumerate(frame.columns):
         if not len(candidates):
             break
+        if ticks is not None and column == "event_time":
+            continue  # equal times are what the runs already group
         if column in codes:
             key = codes[column][candidates].astype(np.int64).view(np.uint64)
         else:
             key = _column_key(frame[column], candidates, len(frame))
-        hashed = _mix(hashed * _GOLDEN + key)
+        hashed, raw = (key, False) if raw else (_mix(hashed * _GOLDEN + key), raw)
+        if ticks is not None:
+            repeats = _repeats_in_runs(hashed, ticks)
+            candidates, hashed, ticks = candidates[repeats], hashed[repeats], ticks[repeats]
+            continue
         if number == 0:  # the first column alone rarely tells rows apart (times repeat)
             continue
         repeats = _repeats(hashed, exact=len(hashed) <= _EXACT_REPEATS)
         candidates, hashed = candidates[repeats], hashed[repeats]
-    candidates = candidates[_repeats(hashed, exact=True)]
+    if ticks is None:
+        candidates = candidates[_repeats(hashed, exact=True)]
     duplicated = np.zeros(len(frame), dtype=bool)
     if len(candidates):
-        repeated = frame.iloc[candidates].duplicated(keep="first").to_numpy(bool)
+        repeated = _take_rows(frame, candidates).duplicated(keep="first").to_numpy(bool)
         duplicated[candidates[repeated]] = True
     return duplicated
 
@@ -76,11 +84,11 @@ def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     for column in frame.columns:
         values = frame[column].array
         if isinstance(values, pd.arrays.ArrowStringArray):
-            whole = pa.chunked_array(pa.array(values))
+            whole = values.__arrow_array__()
             kept = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
             columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
         else:
-            columns[column] = pd.Series(values[keep])
+            columns[column] = pd.Series(values[keep], copy=False)  # a fresh array already
     return pd.DataFrame(columns)
 
 
@@ -118,19 +126,52 @@ def _cut(
     return out
 
 
-def _may_repeat(frame: pd.DataFrame) -> np.ndarray:
-    """Positions of the rows that could equal another row: all, unless times tell them apart.
+def _may_repeat(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions of the rows that could equal another row, and their times when that helps.
 
     In a log in time order (the usual case) copies of a row sit in one run of equal times, so
-    only rows whose time equals a neighbour's need comparing.
+    only rows whose time equals a neighbour's need comparing, and only within their run: their
+    times (int64 ticks) are returned with them. Otherwise every row, and None.
     """
-    positions = np.arange(len(frame))
     times = frame["event_time"] if "event_time" in frame.columns else None
     if len(frame) < 2 or times is None or times.hasnans or not times.is_monotonic_increasing:
-        return positions
+        return np.arange(len(frame)), None
     ticks = times.array.asi8
     same = ticks[1:] == ticks[:-1]
-    return positions[np.concatenate([same, [False]]) | np.concatenate([[False], same])]
+    paired = np.zeros(len(ticks), dtype=bool)
+    paired[:-1] = same
+    paired[1:] |= same
+    positions = np.flatnonzero(paired)
+    return positions, ticks[positions]
+
+
+def _repeats_in_runs(hashed: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    """Which entries share their hash with another entry of the same time.
+
+    ``ticks`` is sorted, so the entries of one time form a run: each entry is compared with the
+    one 1, 2, ... places later while that one is still in its run (runs are short: no sort and
+    no hash table over millions of entries).
+    """
+    n = len(hashed)
+    repeats = np.zeros(n, dtype=bool)
+    if n < 2:
+        return repeats
+    in_run = ticks[1:] == ticks[:-1]
+    hit = in_run & (hashed[1:] == hashed[:-1])
+    repeats[:-1] |= hit
+    repeats[1:] |= hit
+    first = np.flatnonzero(in_run)  # entries whose run goes on: the only ones to look further
+    step = 2
+    while len(first):
+        first = first[first + step < n]
+        later = first + step
+        in_run = ticks[later] == ticks[first]
+        first, later = first[in_run], later[in_run]
+        hit = hashed[first] == hashed[later]
+        repeats[first[hit]] = True
+        repeats[later[hit]] = True
+        step += 1
+    return repeats
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -169,9 +210,32 @@ def _column_key(col: pd.Series, rows: np.ndarray, n_rows: int) -> np.ndarray:
     equal 64-bit keys. Missing equals missing, as in ``DataFrame.duplicated``.
     """
     if len(rows) < n_rows // 4:  # few rows left: encode only those
-        col = col.iloc[rows]
+        col = _take(col, rows)
         rows = np.arange(len(rows))
     return _keys(col)[rows]
+
+
+def _take_rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """``frame.iloc[positions]`` for sorted ``positions`` (see :func:`_take`)."""
+    return pd.DataFrame({c: _take(frame[c], positions) for c in frame.columns})
+
+
+def _take(col: pd.Series, positions: np.ndarray) -> pd.Series:
+    """``col.iloc[positions]`` (fresh index) for sorted ``positions``: Arrow text is taken chunk
+    by chunk (pandas, and Arrow itself, join a column's chunks into one before taking)."""
+    values = col.array
+    if not isinstance(values, pd.arrays.ArrowStringArray):
+        return col.iloc[positions].reset_index(drop=True)
+    chunked = values.__arrow_array__()
+    bounds = np.cumsum([0, *(len(c) for c in chunked.chunks)])
+    cuts = np.searchsorted(positions, bounds)
+    parts = [
+        chunk.take(pa.array(positions[a:b] - start))
+        for chunk, start, a, b in zip(chunked.chunks, bounds[:-1], cuts[:-1], cuts[1:], strict=True)
+        if b > a
+    ]
+    taken = pa.chunked_array(parts, type=chunked.type)
+    return pd.Series(pd.arrays.ArrowStringArray(taken)).astype(col.dtype)
 
 
 def _keys(col: pd.Series) -> np.ndarray:
