@@ -296,8 +296,13 @@ def _raw_z(model: LookalikeModel, rows: np.ndarray) -> np.ndarray:
     """
     pop = model.population_
     sd = np.where(pop["raw_std"] > 1e-12, pop["raw_std"], 1.0)
-    z = (model.raw_[rows].astype(np.float64) - pop["raw_mean"]) / sd
-    return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    # in place, and one mask for NaN and both infinities (what nan_to_num to 0 does in four
+    # passes): the same values at half the cost, and every request scores tens of thousands
+    z = model.raw_[rows].astype(np.float64)
+    z -= pop["raw_mean"]
+    z /= sd
+    z[~np.isfinite(z)] = 0.0
+    return z.astype(np.float32)
 
 
 def raw_vectors(model: LookalikeModel, rows: np.ndarray) -> np.ndarray:
@@ -305,7 +310,11 @@ def raw_vectors(model: LookalikeModel, rows: np.ndarray) -> np.ndarray:
 
     An all-mean profile (or a forgotten one, wiped to NaN) is the zero vector: cosine 0.
     """
-    return _unit(_raw_z(model, rows))
+    z = _raw_z(model, rows)  # a new array: normalised in place, as :func:`_unit` would
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    z /= norms
+    return z
 
 
 def _query_directions(model: LookalikeModel, seeds: np.ndarray, means: np.ndarray) -> np.ndarray:
