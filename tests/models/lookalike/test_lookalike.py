@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from dmp_ml.errors import ConfigError, RequestError, UnknownProfileError
 from dmp_ml.features import FeatureSpec, FeatureTable, build_features
@@ -20,6 +21,7 @@ from dmp_ml.models.lookalike import (
     LookalikeModel,
     brute_force_search,
 )
+from dmp_ml.models.lookalike.audience import CANDIDATES, fit_ranker
 from dmp_ml.models.lookalike.pu import (
     NativeBooster,
     PackageBooster,
@@ -349,6 +351,22 @@ def test_the_pu_classifier_through_lib_lightgbm_is_the_one_lightgbm_train_fits(
         assert native.dtype == package.dtype == np.float64
         assert np.array_equal(native, package)  # the same trees, value for value
         assert native.std() > 0.1  # and a classifier that tells rows apart
+
+
+@pytest.mark.parametrize("method", CANDIDATES)
+def test_a_request_scores_the_same_with_blas_on_one_thread(model, world, method) -> None:
+    # a request runs its matrix products on one BLAS thread (LookalikeModel.request_threads):
+    # the similarities must be the ones more threads give, bit for bit
+    _, groups = world
+    seeds = np.sort(model.profile_ids_.get_indexer(_seed(groups, 2, 160))).astype(np.int64)
+    ranker = fit_ranker(model, seeds, True, 0.5, seeds, salt=0, method=method)
+    rows = np.arange(len(model.profile_ids_))
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = ranker.similarity(rows)
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = ranker.similarity(rows)
+    assert np.array_equal(one, two)
+    assert model.request_threads()["blas"] == 1
 
 
 def test_quality_curve_recall_grows_with_size(model, world) -> None:
