@@ -8,7 +8,7 @@ the fits themselves. So :func:`fit_pu` calls the library that package wraps
 (``lib_lightgbm``, shipped inside it) through ctypes, with the same calls and the same
 arguments as ``lightgbm.train`` and ``Booster.predict(raw_score=True)``: the same trees and
 the same margins (the tests compare both, value for value). Where that library cannot be
-found, the Python package fits them.
+found, or is not LightGBM 4's (the C API called here), the Python package fits them.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # the C API's constants (LightGBM's c_api.h)
+_API_MAJOR = "4"  # the LightGBM major version whose C API this module calls
 _FLOAT32 = 0
 _ROW_MAJOR = 1
 _PREDICT_RAW_SCORE = 1
@@ -174,7 +175,7 @@ class NativeBooster:
 @cache
 def native_library() -> ctypes.CDLL | None:
     """``lib_lightgbm`` of the installed ``lightgbm`` package, loaded without importing the
-    package (None where it cannot be found or loaded)."""
+    package (None where it cannot be found or loaded, or is not of LightGBM 4)."""
     spec = importlib.util.find_spec("lightgbm")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -183,6 +184,13 @@ def native_library() -> ctypes.CDLL | None:
     )
     for location in spec.submodule_search_locations:
         package = Path(location)
+        try:  # the package reads its version from this file too
+            version = (package / "VERSION.txt").read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if version.split(".")[0] != _API_MAJOR:
+            logger.debug("LightGBM %s: the lightgbm package fits the PU classifiers", version)
+            return None
         # where the package itself looks (lightgbm/libpath.py)
         for candidate in (package / "lib" / name, package / "bin" / name, package.parent / name):
             if candidate.is_file():
