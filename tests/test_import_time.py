@@ -165,3 +165,28 @@ def test_a_small_seed_expands_without_lightgbm_or_scikit_learn(
     expected = bundle.lookalike(seeds, size=40).frame
     assert written["profile_id"].tolist() == expected["profile_id"].tolist()
     assert np.allclose(written["score"], expected["score"])
+
+
+def test_a_large_seed_fits_its_classifiers_without_importing_lightgbm_or_scikit_learn(
+    trained_workdir: Path, tmp_path: Path
+) -> None:
+    # the guard fits a PU classifier per held-out part; lib_lightgbm fits it, not the package
+    # (whose import brings scikit-learn and scipy.stats: about a second of a fresh process)
+    bundle = load_bundle(trained_workdir)
+    seeds = bundle.features.frame.index[::3][:120].tolist()
+    assert len(seeds) >= bundle.lookalike_model.settings.min_seed
+    (tmp_path / "seeds.txt").write_text("\n".join(seeds) + "\n")
+    out, report = tmp_path / "audience.csv", tmp_path / "diagnostics.json"
+    args = ("lookalike", "--workdir", trained_workdir, "--seeds", tmp_path / "seeds.txt")
+    code, loaded, output = run_cli(*args, "--size", "60", "--out", out, "--diagnostics", report)
+    assert code == 0, output
+    for library in ("lightgbm", *TRAINING_ONLY):
+        assert library not in loaded, f"dmp-ml lookalike imported {library}"
+    expected = bundle.lookalike(seeds, size=60)
+    written = json.loads(report.read_text())
+    assert "classifier" in written["candidate_recall"]  # the classifiers were fitted
+    assert written["candidate_recall"] == expected.diagnostics["candidate_recall"]
+    assert written["method"] == expected.diagnostics["method"]
+    audience = pd.read_csv(out, dtype={"profile_id": str})
+    assert audience["profile_id"].tolist() == expected.frame["profile_id"].tolist()
+    assert np.allclose(audience["score"], expected.frame["score"])

@@ -231,7 +231,9 @@ class SendTimeSettings(_Section):
 class LookalikeSettings(_Section):
     """Embedding, FAISS index and seed expansion."""
 
-    threads: int = Field(0, ge=0, description="FAISS/BLAS/LightGBM threads; 0: every core.")
+    threads: int = Field(
+        0, ge=0, description="FAISS/BLAS/LightGBM threads; 0: every core (a request: BLAS on one)."
+    )
     # embedding
     clip: float = Field(5.0, gt=0, description="Bound of the robust z-score (median/IQR).")
     max_levels: int = Field(10, ge=0, description="Most frequent levels one-hot per category.")

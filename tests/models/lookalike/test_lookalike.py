@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from dmp_ml.errors import ConfigError, RequestError, UnknownProfileError
 from dmp_ml.features import FeatureSpec, FeatureTable, build_features
@@ -19,6 +20,15 @@ from dmp_ml.models.lookalike import (
     LookalikeIndex,
     LookalikeModel,
     brute_force_search,
+)
+from dmp_ml.models.lookalike.audience import CANDIDATES, fit_ranker
+from dmp_ml.models.lookalike.pu import (
+    NativeBooster,
+    PackageBooster,
+    classifier_matrix,
+    fit_pu,
+    native_library,
+    pu_params,
 )
 from dmp_ml.models.lookalike.quality import choose_method
 from dmp_ml.settings import LookalikeSettings, Settings
@@ -317,6 +327,46 @@ def test_rerank_beats_similarity_for_large_seeds_and_costs_little_for_small(mode
             both = model.quality_curve(seed, size, rerank=True, truth_ids=members)
             gains.append(both["precision"].iloc[0] - sim["precision"].iloc[0])
         assert np.mean(gains) >= margin, (n_seed, gains)
+
+
+@pytest.mark.parametrize("n_seed", [40, 300])
+def test_the_pu_classifier_through_lib_lightgbm_is_the_one_lightgbm_train_fits(
+    model, world, n_seed
+) -> None:
+    assert native_library() is not None  # the installed package ships its library
+    rng = np.random.default_rng(n_seed)
+    rows = rng.permutation(len(model.profile_ids_))
+    seeds, negatives = np.sort(rows[:n_seed]), np.sort(rows[n_seed : n_seed + 1500])
+    assert isinstance(fit_pu(model, seeds, negatives, seed=7), NativeBooster)
+    fit = (
+        classifier_matrix(model, np.concatenate([seeds, negatives])),
+        np.concatenate([np.ones(n_seed), np.zeros(len(negatives))]),
+        pu_params(model, n_seed, len(negatives), seed=7),
+        model.settings.pu_n_estimators,
+    )
+    X = classifier_matrix(model, rows)
+    for threads in (1, 2):
+        native = NativeBooster(*fit).margin(X, num_threads=threads)
+        package = PackageBooster(*fit).margin(X, num_threads=threads)
+        assert native.dtype == package.dtype == np.float64
+        assert np.array_equal(native, package)  # the same trees, value for value
+        assert native.std() > 0.1  # and a classifier that tells rows apart
+
+
+@pytest.mark.parametrize("method", CANDIDATES)
+def test_a_request_scores_the_same_with_blas_on_one_thread(model, world, method) -> None:
+    # a request runs its matrix products on one BLAS thread (LookalikeModel.request_threads):
+    # the similarities must be the ones more threads give, bit for bit
+    _, groups = world
+    seeds = np.sort(model.profile_ids_.get_indexer(_seed(groups, 2, 160))).astype(np.int64)
+    ranker = fit_ranker(model, seeds, True, 0.5, seeds, salt=0, method=method)
+    rows = np.arange(len(model.profile_ids_))
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = ranker.similarity(rows)
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = ranker.similarity(rows)
+    assert np.array_equal(one, two)
+    assert model.request_threads()["blas"] == 1
 
 
 def test_quality_curve_recall_grows_with_size(model, world) -> None:

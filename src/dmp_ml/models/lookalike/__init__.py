@@ -3,6 +3,7 @@
 - :mod:`.embedding`: :class:`Embedder`, the feature table as unit vectors;
 - :mod:`.index`: :class:`LookalikeIndex`, FAISS search tuned to a recall target;
 - :mod:`.audience`: :class:`Audience` and the seed-conditioned ranking that builds it;
+- :mod:`.pu`: the positive-unlabeled classifier a request fits (LightGBM's C library);
 - :mod:`.quality`: held-out recall and the features that distinguish a seed;
 - :mod:`.model`: :class:`LookalikeModel`, which owns the lifecycle (fit, expand, update,
   forget, save, load).
