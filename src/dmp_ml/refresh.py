@@ -40,8 +40,11 @@ pointer and overlay the deltas on the mapped base. Once the deltas over the base
 re-publishes the whole bundle as a new base (so does :func:`compact`, and ``train``). Writers
 serialise on the workdir lock. :class:`Refresher` keeps the bundle in memory between batches
 (one per service worker) but not the history: each batch reads its affected profiles' events
-from the event store (:func:`dmp_ml.store.history_of`, filtered file by file as read);
-:func:`apply_events` is the one-shot form.
+from the event store (:func:`dmp_ml.store.history_of`, the base events through their index,
+:mod:`dmp_ml.event_index`); it loads the models lazily (a delta is written from the change, so
+the send-time, lookalike and affinity models load only for a compaction, replaying the
+changes) and ranks new scores against the stored raw scores; :func:`apply_events` is the
+one-shot form.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ them that failed the contract. Writers (forget, refresh) serialise on :func:`wor
 The event store holds contract frames; it is what a refresh recomputes profiles from and what
 the next ``train`` adds to its input (:func:`merge_incoming`), so no event applied to the live
 service is lost at the next retrain. Forgotten profiles are purged from every file here
-(:func:`purge_event_files`).
+(:func:`purge_event_files`). The base events have an index by profile and cookie
+(:mod:`dmp_ml.event_index`) through which a refresh reads only the touched profiles' rows;
+whoever rewrites ``base.parquet`` drops it first (it holds the same events).
 
 :func:`republish` writes a loaded, edited :class:`~dmp_ml.bundle.ModelBundle` as a new bundle
 version through :func:`dmp_ml.bundle.write_bundle` and the bundle codec
