@@ -17,7 +17,6 @@ from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget, read_erasure_list
 from dmp_ml.errors import RequestError
 from dmp_ml.identity import latest_consent
-from dmp_ml.models.lookalike import LookalikeModel
 from dmp_ml.refresh import Refresher, RefreshReport, apply_events
 from dmp_ml.segments import evaluate
 from dmp_ml.settings import Settings
@@ -369,9 +368,10 @@ def test_a_refresh_that_failed_midway_is_repaired_by_the_next_one(
     def broken(*args: object, **kwargs: object) -> int:
         raise RuntimeError("disk full")
 
-    # loaded before the update breaks: loading a delta version replays the models' update
+    # loaded before the publish breaks: features and scores are edited in memory by then
     assert refresher.catch_up() is None
-    monkeypatch.setattr(LookalikeModel, "update", broken)
+    monkeypatch.setattr(store, "publish_delta", broken)
+    monkeypatch.setattr(store, "republish", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         refresher.apply([{"event_time": _iso(t), "profile_id": "p-new-2", "event_type": "x"}])
     monkeypatch.undo()

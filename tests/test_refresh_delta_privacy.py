@@ -21,7 +21,7 @@ from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget, read_erasure_list
 from dmp_ml.errors import BundleError, UnknownProfileError
 from dmp_ml.identity import latest_consent
-from dmp_ml.models.lookalike import LookalikeModel
+from dmp_ml.models.propensity import PropensityModel
 from dmp_ml.refresh import Refresher, compact
 
 CopyWorkdir = Callable[[Path, Path], Path]
@@ -240,11 +240,13 @@ def test_a_refresh_failing_midway_leaves_the_last_good_bundle_answering(
     assert refresher.catch_up() is None  # loaded (and its deltas replayed) before it breaks
 
     def broken(*args: object, **kwargs: object) -> int:
-        raise RuntimeError("lookalike update failed")
+        raise RuntimeError("rescoring failed")
 
+    # midway: the features are merged in memory by then (the refresher loads the other
+    # models lazily, so their updates do not run for a delta)
     t = good.as_of + pd.Timedelta(hours=5)
-    monkeypatch.setattr(LookalikeModel, "update", broken)
-    with pytest.raises(RuntimeError, match="lookalike update failed"):
+    monkeypatch.setattr(PropensityModel, "rescore", broken)
+    with pytest.raises(RuntimeError, match="rescoring failed"):
         refresher.apply([_event(t, "purchase", world.known), _event(t, "purchase", "p-x")])
     monkeypatch.undo()
     assert live_bundle_path(workdir).name == good.version

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
 from dmp_ml.models.base import ProfileUpdate
+from dmp_ml.rows import id_merge_order
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureTable
@@ -168,8 +169,8 @@ def merge_rows(
     if drop is None:
         write_rows(frame, pos, rows[list(frame.columns)])
         return frame
-    merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
-    return merged.iloc[_id_order(merged.index)]
+    order = id_merge_order(frame.index, drop, rows.index)
+    return pd.concat([frame, rows[list(frame.columns)]]).iloc[order]
 
 
 def _merge_plan(
@@ -184,10 +185,6 @@ def _merge_plan(
     drop = gone.copy()  # Arrow may hand its result out read-only
     drop[pos[pos >= 0]] = True
     return pos, drop
-
-
-def _id_order(index: pd.Index) -> np.ndarray:
-    return np.argsort(index.to_numpy(dtype=object), kind="stable")
 
 
 def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> FeatureTable:
@@ -205,20 +202,29 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
         how = writable(current.hour_of_week)
         how[pos] = delta.hour_of_week
     else:
-        merged = pd.concat([frame.loc[~drop], rows[list(frame.columns)]])
-        how = np.vstack([current.hour_of_week[~drop], delta.hour_of_week])
-        order = _id_order(merged.index)
-        merged = merged.iloc[order]
-        how = how[order]
+        # one id-sorted merge order, found without sorting the population's ids
+        order = id_merge_order(frame.index, drop, rows.index)
+        merged = pd.concat([frame, rows[list(frame.columns)]]).iloc[order]
+        how = np.concatenate([current.hour_of_week, delta.hour_of_week])[order]
         merged.index = pd.Index(merged.index, dtype="string", name="profile_id")
     cookie_map = current.cookie_map
     if cookie_map is not None:
         stale = members(cookie_map.index, delta.cookies) | members(cookie_map, delta.relinked)
-        if delta.cookie_map is not None:
-            cookie_map = pd.concat([cookie_map[~stale], delta.cookie_map]).sort_index()
+        links = delta.cookie_map
+        if (
+            links is not None
+            and cookie_map.index.is_unique
+            and links.index.is_unique
+            and not members(links.index, cookie_map.index[~stale]).any()
+        ):  # no cookie twice: the id-sorted merge, no sort of every cookie
+            order = id_merge_order(cookie_map.index, stale, links.index)
+            cookie_map = pd.concat([cookie_map, links]).iloc[order]
         else:
-            cookie_map = cookie_map[~stale]
-        cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
+            if links is not None:
+                cookie_map = pd.concat([cookie_map[~stale], links]).sort_index()
+            else:
+                cookie_map = cookie_map[~stale]
+            cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
     summary = dict(current.summary)
     summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows)
     return replace(current, frame=merged, hour_of_week=how, cookie_map=cookie_map, summary=summary)

@@ -40,8 +40,11 @@ pointer and overlay the deltas on the mapped base. Once the deltas over the base
 re-publishes the whole bundle as a new base (so does :func:`compact`, and ``train``). Writers
 serialise on the workdir lock. :class:`Refresher` keeps the bundle in memory between batches
 (one per service worker) but not the history: each batch reads its affected profiles' events
-from the event store (:func:`dmp_ml.store.history_of`, filtered file by file as read);
-:func:`apply_events` is the one-shot form.
+from the event store (:func:`dmp_ml.store.history_of`, the base events through their index,
+:mod:`dmp_ml.event_index`); it loads the models lazily (a delta is written from the change, so
+the send-time, lookalike and affinity models load only for a compaction, replaying the
+changes) and ranks new scores against the stored raw scores; :func:`apply_events` is the
+one-shot form.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml import layout, store
-from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
+from dmp_ml.bundle import DELTA_KEY, LazyModels, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
 from dmp_ml.delta import Delta, members, merge_table
 from dmp_ml.erasure import (
@@ -70,6 +73,7 @@ from dmp_ml.erasure import (
     remove_profiles,
 )
 from dmp_ml.errors import RequestError, storage_errors_in
+from dmp_ml.event_index import ensure_index
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
@@ -267,7 +271,7 @@ class Refresher:
         stamp = self._stamp()
         current = self._bundle
         if current is None or Path(current.path).resolve() != live or stamp != self._erasure_stamp:
-            self._bundle = load_bundle(live, n_threads=self.n_threads)
+            self._bundle = load_bundle(live, n_threads=self.n_threads, lazy=True)
             if current is not None:
                 gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
             store.history_files(self.workdir)  # refuses a workdir without the history
@@ -294,11 +298,22 @@ class Refresher:
             self._settings = (bundle.version, settings)
         return self._settings[1]
 
-    def _population_raw(self, bundle: ModelBundle) -> pd.Series:
+    def _population_raw(self, bundle: ModelBundle, skip: pd.Index) -> pd.Series:
+        """Every profile's raw score (log-odds): the bundle's stored ``raw`` column where it
+        has one (train stores it; each delta carries its profiles'), so a batch does not score
+        the whole population again; profiles without one (older bundles) are scored, but for
+        ``skip`` (the batch's profiles: NaN, their new raw scores replace them)."""
         if self._raw_scores is None:
             assert bundle.propensity is not None
             frame = bundle.features.frame
-            raw = bundle.propensity.predict_raw(frame) if len(frame) else np.zeros(0)
+            scores = bundle.scores
+            if scores is not None and "raw" in scores.columns and scores.index.is_unique:
+                raw = scores["raw"].reindex(frame.index).to_numpy(dtype=np.float64, copy=True)
+            else:
+                raw = np.full(len(frame), np.nan)
+            missing = np.isnan(raw) & ~members(frame.index, skip)
+            if missing.any():
+                raw[missing] = bundle.propensity.predict_raw(frame.loc[missing])
             self._raw_scores = pd.Series(raw, index=frame.index)
         return self._raw_scores
 
@@ -392,11 +407,12 @@ class Refresher:
         c0 = pd.Index(ids_from["cookie_id"].dropna().unique(), dtype="string")
         links = ["profile_id", "cookie_id"]
         files = store.history_files(self.workdir)
-        p1 = store.history_of(self.workdir, cookies=c0, columns=links, files=files)["profile_id"]
+        read = {"files": files, "index": ensure_index(self.workdir)}
+        p1 = store.history_of(self.workdir, cookies=c0, columns=links, **read)["profile_id"]
         known = p0.union(pd.Index(p1.dropna().unique(), dtype="string"))
-        theirs = store.history_of(self.workdir, profiles=known, columns=links, files=files)
+        theirs = store.history_of(self.workdir, profiles=known, columns=links, **read)
         cookies = pd.Index(theirs["cookie_id"].dropna().unique(), dtype="string").union(c0)
-        past = store.history_of(self.workdir, profiles=known, cookies=cookies, files=files)
+        past = store.history_of(self.workdir, profiles=known, cookies=cookies, **read)
 
         # exact re-sends of stored events are duplicates (a retried request changes nothing)
         duplicate = np.isin(store.row_keys(batch), store.row_keys(past)) if len(past) else None
@@ -534,25 +550,22 @@ class Refresher:
         # scores
         if bundle.scores is not None and bundle.propensity is not None:
             bundle.scores, self._raw_scores = bundle.propensity.rescore(
-                bundle.scores, self._population_raw(bundle), change
+                bundle.scores, self._population_raw(bundle, out.union(removed)), change
             )
             delta = replace(delta, scores=bundle.scores.loc[out])
         lap("scores")
 
-        # send-time curves
-        if bundle.send_time_model is not None:
-            bundle.send_time_model.update(change)
-        lap("send_time")
-
-        # lookalike vectors
-        if bundle.lookalike_model is not None:
-            bundle.lookalike_model.update(change)
-        lap("lookalike")
-
-        # channel and content affinity: the affected profiles recounted from their history
-        if getattr(bundle, "affinity_model", None) is not None:
-            bundle.affinity_model.update(change)
-        lap("affinity")
+        # send-time curves, lookalike vectors, affinity counts: each model's update recomputes
+        # the touched profiles from their history. The refresher loads models lazily: one not
+        # loaded only records the change and replays it if it loads (a compaction writes it);
+        # a delta is published from the change itself, so a batch never copies their arrays
+        if isinstance(bundle.models, LazyModels):
+            bundle.models.update(change)
+        else:
+            for model_name, model in bundle.models.items():
+                if model_name != "propensity":
+                    model.update(change)
+        lap("models")
 
         # publish
         info = bundle.manifest.get(DELTA_KEY) or {}

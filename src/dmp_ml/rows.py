@@ -265,3 +265,33 @@ def _mix(values: np.ndarray) -> np.ndarray:
     values = values ^ (values >> np.uint64(27))
     values = values * np.uint64(0x94D049BB133111EB)
     return values ^ (values >> np.uint64(31))
+
+
+def id_merge_order(ids: pd.Index, drop: np.ndarray, new: pd.Index) -> np.ndarray:
+    """Where each row of the id-sorted merge of ``ids`` (less the ``drop`` rows) and ``new``
+    comes from, as positions in ``ids`` followed by ``new`` (n + k rows), shape (kept + k,).
+
+    Equal to a stable ``argsort`` of the kept ids followed by the new ones, mapped back to
+    those positions. When ``ids`` is sorted and unique and ``new`` unique and apart from the
+    kept ids (a refresh's rows over a bundle's table), only ``new`` is sorted and searched
+    for: no sort over the whole population, whose ids are Python strings.
+    """
+    kept = np.flatnonzero(~np.asarray(drop, dtype=bool))
+    held = ids.to_numpy(dtype=object)[kept]
+    fresh = new.to_numpy(dtype=object)
+    n = len(ids)
+    new_order = np.argsort(fresh, kind="stable")
+    fresh = fresh[new_order]
+    at = np.searchsorted(held, fresh, side="left") if len(held) else np.zeros(len(fresh), int)
+    sorted_held = bool((held[1:] > held[:-1]).all()) if len(held) > 1 else True
+    clash = bool(len(fresh) and len(held) and (held[np.minimum(at, len(held) - 1)] == fresh).any())
+    unique = bool((fresh[1:] > fresh[:-1]).all()) if len(fresh) > 1 else True
+    if not (sorted_held and unique) or clash:
+        sources = np.concatenate([kept, n + np.arange(len(new), dtype=np.int64)])
+        merged = np.concatenate([held, new.to_numpy(dtype=object)])
+        return sources[np.argsort(merged, kind="stable")]
+    out = np.empty(len(held) + len(fresh), dtype=np.int64)
+    out[at + np.arange(len(fresh))] = n + new_order
+    # a kept row moves down by the number of new rows that sort before it
+    out[np.arange(len(held)) + np.searchsorted(at, np.arange(len(held)), side="right")] = kept
+    return out

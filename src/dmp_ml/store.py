@@ -8,7 +8,9 @@ them that failed the contract. Writers (forget, refresh) serialise on :func:`wor
 The event store holds contract frames; it is what a refresh recomputes profiles from and what
 the next ``train`` adds to its input (:func:`merge_incoming`), so no event applied to the live
 service is lost at the next retrain. Forgotten profiles are purged from every file here
-(:func:`purge_event_files`).
+(:func:`purge_event_files`). The base events have an index by profile and cookie
+(:mod:`dmp_ml.event_index`) through which a refresh reads only the touched profiles' rows;
+whoever rewrites ``base.parquet`` drops it first (it holds the same events).
 
 :func:`republish` writes a loaded, edited :class:`~dmp_ml.bundle.ModelBundle` as a new bundle
 version through :func:`dmp_ml.bundle.write_bundle` and the bundle codec
@@ -38,6 +40,7 @@ from dmp_ml import layout
 from dmp_ml.contract import EVENT_COLUMNS
 from dmp_ml.delta import write_delta
 from dmp_ml.errors import BundleError
+from dmp_ml.event_index import EventIndex, build_index, drop_index
 from dmp_ml.files import write_json_atomic
 
 if TYPE_CHECKING:
@@ -180,10 +183,12 @@ def record_training_events(
         for batch in incoming_batches(workdir):
             if np.isin(row_keys(read_events_file(batch)), keys).all():
                 merged.append(batch.name)
+        drop_index(workdir)  # the old index holds the old events
         path = write_parquet_atomic(frame, layout.base_events(workdir))
         write_json_atomic(
             layout.events_state(workdir), {"merged": merged, "bundle_version": bundle_version}
         )
+        build_index(workdir)  # refresh reads the touched profiles' events through it
     return path
 
 
@@ -260,19 +265,32 @@ def history_of(
     cookies: Iterable[str] = (),
     columns: list[str] | None = None,
     files: list[Path] | None = None,
+    index: EventIndex | None = None,
 ) -> pd.DataFrame:
     """The stored events of ``profiles`` or of ``cookies`` (the history of
     :func:`history_events`), read file by file with the filter applied as each is read, so
     memory holds the matches, not the history. With ``columns``, only those (as stored);
-    ``files``: :func:`history_files` listed once for several reads of the same history."""
+    ``files``: :func:`history_files` listed once for several reads of the same history;
+    ``index``: the base events' index (:func:`dmp_ml.event_index.ensure_index`), through
+    which only the matching rows of the base events are read (the same rows, in the same
+    order, as filtering the file)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     wanted_p = pa.array([str(p) for p in profiles], type=pa.string())
     wanted_c = pa.array([str(c) for c in cookies], type=pa.string())
+    base = layout.base_events(workdir)
     parts = []
     for path in history_files(workdir) if files is None else files:
+        if index is not None and path == base:
+            if len(wanted_p) or len(wanted_c):
+                rows = np.union1d(
+                    index.rows("profile_id", wanted_p.to_pylist()),
+                    index.rows("cookie_id", wanted_c.to_pylist()),
+                )
+                parts.append(index.take(rows, columns).to_pandas())
+            continue
         names = set(pq.read_schema(path).names)
         test = None
         for column, values in (("profile_id", wanted_p), ("cookie_id", wanted_c)):
@@ -387,6 +405,8 @@ def purge_event_files(
     for path, frame in frames.items():
         mask = purge_mask(frame, ids, found)
         if mask.any():
+            if path == base:
+                drop_index(workdir)  # it holds the base's events; refresh rebuilds it
             write_parquet_atomic(frame.loc[~mask].reset_index(drop=True), path)
             removed[str(path.relative_to(workdir))] = int(mask.sum())
     return removed, found, unreadable

@@ -358,9 +358,12 @@ def test_train_propensity_validates_on_the_latest_snapshot_and_scores_as_of() ->
     assert m["model"]["roc_auc"] > m["baseline_rf_logreg"]["roc_auc"]
     assert m["model"]["roc_auc"] > m["baseline_single"]["roc_auc"]
     assert result.baseline_single_feature == "days_since_last_purchase"
-    # scores: one row per profile at as_of, calibrated probability and percentile
+    # scores: one row per profile at as_of, calibrated probability, percentile and the raw
+    # log-odds it ranks by (kept so that a refresh ranks new scores without re-scoring all)
     s = result.scores
-    assert list(s.columns) == ["profile_id", "score", "percentile"]
+    assert list(s.columns) == ["profile_id", "score", "percentile", "raw"]
+    np.testing.assert_array_equal(s["raw"], result.model.predict_raw(X_score))
+    assert s.sort_values("raw")["percentile"].is_monotonic_increasing
     assert s["profile_id"].tolist() == X_score.index.tolist()
     assert s["score"].between(0, 1).all() and s["percentile"].between(0, 100).all()
     assert s["percentile"].max() == 100

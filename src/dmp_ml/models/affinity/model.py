@@ -39,6 +39,7 @@ from scipy import sparse
 from dmp_ml.errors import BundleError
 from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
+from dmp_ml.rows import id_merge_order
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -189,15 +190,15 @@ class AffinityModel:
         self._check_fitted()
         changed = pd.Index(sorted({str(p) for p in change.profile_ids}), dtype="string")
         gone = pd.Index([str(p) for p in change.removed], dtype="string").union(changed)
-        keep = ~self.profile_ids_.isin(gone)
-        ch_keep, cat_keep = self.channel_counts_[keep], self.category_counts_[keep]
+        drop = self.profile_ids_.isin(gone)
         rows = self._engagement(change.events, changed)
         ch_new, cat_new = self._matrices(rows, changed)
-        ids = self.profile_ids_[keep].append(changed)
-        order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
+        # the kept rows and the recounted ones in id order, found without sorting every id
+        order = id_merge_order(self.profile_ids_, drop, changed)
+        ids = self.profile_ids_.append(changed)
         self.profile_ids_ = pd.Index(ids.to_numpy(dtype=object)[order], dtype="string")
-        self.channel_counts_ = np.vstack([ch_keep, ch_new])[order]
-        self.category_counts_ = sparse.vstack([cat_keep, cat_new]).tocsr()[order]
+        self.channel_counts_ = np.concatenate([self.channel_counts_, ch_new])[order]
+        self.category_counts_ = sparse.vstack([self.category_counts_, cat_new]).tocsr()[order]
         self.as_of_ = max(self.as_of_, pd.Timestamp(change.as_of))
         return self
 

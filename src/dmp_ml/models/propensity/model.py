@@ -544,7 +544,8 @@ class PropensityModel(BaseEstimator):
         Parameters
         ----------
         scores : DataFrame
-            ``score, percentile`` indexed by ``profile_id`` (the bundle's scores).
+            ``score, percentile`` (and ``raw`` when stored) indexed by ``profile_id`` (the
+            bundle's scores).
         population_raw : Series
             Raw score (log-odds) of every scored profile, indexed by ``profile_id``.
         change : ProfileUpdate
@@ -568,6 +569,8 @@ class PropensityModel(BaseEstimator):
             {"score": np.asarray(score, dtype=np.float64), "percentile": pct},
             index=pd.Index(frame.index, name="profile_id"),
         )
+        if "raw" in scores.columns:  # kept with the scores: the next batch ranks against it
+            fresh["raw"] = np.asarray(raw, dtype=np.float64)
         kept = scores.drop(index=touched, errors="ignore")
         raw_after = pd.concat([others, pd.Series(raw, index=frame.index)])
         return pd.concat([kept, fresh]), raw_after

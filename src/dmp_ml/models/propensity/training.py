@@ -58,8 +58,9 @@ class PropensityResult:
     ``baseline_rf_logreg``, ``baseline_single``, ``baseline_bgnbd``,
     ``baseline_rfm_lightgbm`` (and ``blend`` when it could be cross-fitted) to
     :func:`dmp_ml.metrics.classification_report` dicts computed on the validation snapshot.
-    ``scores`` has ``profile_id, score, percentile`` for every profile of the score table
-    (percentile in (0, 100], 100 = most likely).
+    ``scores`` has ``profile_id, score, percentile, raw`` for every profile of the score table
+    (percentile in (0, 100], 100 = most likely; ``raw`` the log-odds, which a refresh ranks a
+    new score against instead of scoring the whole population again).
     """
 
     model: PropensityModel
@@ -263,7 +264,7 @@ def train_propensity(
             aucs[served],
             aucs["model"],
         )
-    scores = score_profiles(model, score_table)
+    scores = score_profiles(model, score_table, raw=True)
     counts = {
         "train_rows": len(y_train),
         "train_positives": int(y_train.sum()),
@@ -327,20 +328,28 @@ def _blend_candidate(
     return Blend.fit(best, model_raw, base_raw, y_valid), oof
 
 
-def score_profiles(model: PropensityModel, table: FeatureTable) -> pd.DataFrame:
-    """``profile_id, score, percentile`` for every profile of ``table``.
+def score_profiles(model: PropensityModel, table: FeatureTable, raw: bool = False) -> pd.DataFrame:
+    """``profile_id, score, percentile`` for every profile of ``table`` (and ``raw`` with
+    ``raw``: the model's log-odds the percentile ranks by).
 
     ``score`` is the calibrated probability; ``percentile`` in (0, 100] ranks by the model's raw
     score (same order as ``score``, but without the ties calibration can introduce).
     """
     X = table.frame
-    raw = model.predict_raw(X)
-    score = model.calibrator_.predict(raw)
-    pct = pd.Series(raw).rank(method="max", pct=True).to_numpy() * 100 if len(raw) else raw
-    return pd.DataFrame(
+    log_odds = model.predict_raw(X)
+    score = model.calibrator_.predict(log_odds)
+    pct = (
+        pd.Series(log_odds).rank(method="max", pct=True).to_numpy() * 100
+        if len(log_odds)
+        else log_odds
+    )
+    out = pd.DataFrame(
         {
             "profile_id": pd.array(X.index.astype(str), dtype="string"),
             "score": score.astype(np.float64),
             "percentile": np.asarray(pct, dtype=np.float64),
         }
     )
+    if raw:
+        out["raw"] = np.asarray(log_odds, dtype=np.float64)
+    return out

@@ -38,6 +38,7 @@ from dmp_ml.models.send_time.zones import (
     profile_universe,
     valid_zone,
 )
+from dmp_ml.rows import id_merge_order
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -659,13 +660,18 @@ class SendTimeModel(EstimatorParams):
         self.zones_ = zones
         self.cohorts_ = cohorts
         self.cohort_shapes_ = cohort_shapes
+        # the new profiles merged in id order (found without sorting every id), each array
+        # copied once, never written in place (a detached copy shares them with the live one)
+        added = pd.Index(ids[~old], dtype="string")
+        order = id_merge_order(self.profile_ids_, np.zeros(len(self.profile_ids_), bool), added)
+        moved = not bool((order == np.arange(len(order))).all())
         for name, values in rows.items():
-            current = np.array(getattr(self, name), copy=True)
-            current[existing[old]] = values[old].astype(current.dtype, copy=False)
-            setattr(self, name, np.concatenate([current, values[~old].astype(current.dtype)]))
-        all_ids = self.profile_ids_.append(pd.Index(ids[~old], dtype="string"))
-        self.profile_ids_ = pd.Index(all_ids, name="profile_id")
-        self.take_profiles(np.argsort(self.profile_ids_.to_numpy(dtype=object), kind="stable"))
+            held = np.asarray(getattr(self, name))
+            merged = np.concatenate([held, values[~old].astype(held.dtype)])
+            merged[existing[old]] = values[old].astype(held.dtype, copy=False)
+            setattr(self, name, merged[order] if moved else merged)
+        all_ids = self.profile_ids_.append(added)
+        self.profile_ids_ = pd.Index(all_ids[order] if moved else all_ids, name="profile_id")
         logger.debug("send time: %d curves refreshed", n)
         return self
 
