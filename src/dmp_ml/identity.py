@@ -274,6 +274,16 @@ class IdCodes:
         return self.columns["profile_id"]
 
 
+def check_events(events: pd.DataFrame) -> None:
+    """Raise :class:`DataContractError` unless ``events`` has what identity reads."""
+    if not isinstance(events, pd.DataFrame):
+        raise DataContractError(f"events must be a DataFrame, got {type(events).__name__}")
+    if "event_time" not in events.columns:
+        raise DataContractError("events: missing required column 'event_time'")
+    if "cookie_id" not in events.columns and "profile_id" not in events.columns:
+        raise DataContractError("events: need a cookie_id or a profile_id column (or both)")
+
+
 def encode_ids(
     events: pd.DataFrame,
     extra: Iterable[str] = (),
@@ -284,12 +294,7 @@ def encode_ids(
     ``encoded``: columns already encoded by :func:`encode` (e.g. by the loader, see
     ``LoadResult.encoded``), row for row with ``events``; they are used as given.
     """
-    if not isinstance(events, pd.DataFrame):
-        raise DataContractError(f"events must be a DataFrame, got {type(events).__name__}")
-    if "event_time" not in events.columns:
-        raise DataContractError("events: missing required column 'event_time'")
-    if "cookie_id" not in events.columns and "profile_id" not in events.columns:
-        raise DataContractError("events: need a cookie_id or a profile_id column (or both)")
+    check_events(events)
     columns = [*ID_COLUMNS, *[c for c in extra if c not in ID_COLUMNS]]
     t = time_ns(events["event_time"])
     given = {c: v for c, v in (encoded or {}).items() if c in columns and len(v[0]) == len(events)}
@@ -530,8 +535,8 @@ def row_facts(
     (by profile), ``co_*`` over cookie-only rows (by cookie); ``pmin``/``pmax`` the least and
     greatest profile each cookie is linked to (min != max: shared); ``seen_w``/``linked_w``
     withdrawn cookies seen / seen with a profile. With ``edges``, also ``edges``: the distinct
-    (cookie, profile) link keys ``cookie * (n_profiles + 1) + profile`` and ``edge_last`` the
-    last time each was seen (what a partition hands to a reduction keyed by id).
+    (cookie, profile) link keys ``cookie * (n_profiles + 1) + profile`` (what a partition
+    hands to a reduction keyed by id).
     """
     n_c, n_p = sizes
     big = np.iinfo(np.int64).max
@@ -551,7 +556,7 @@ def row_facts(
         "n_withdrawn_rows": 0,
     }
     any_withdrawn_c = bool(withdrawn_c.any())
-    keys, times = [], []
+    keys = []
     for sl in slices:
         tt, c, p = t[sl], cookie[sl], profile[sl]
         before = (tt < as_of_ns) & (tt != _NAT)
@@ -580,14 +585,9 @@ def row_facts(
         np.maximum.at(f["pmax"], c_b, p_b)
         np.maximum.at(f["link_last"], c_b, tt[both])
         if edges:
-            keys.append(c_b.astype(np.int64) * (n_p + 1) + p_b)
-            times.append(tt[both])
+            keys.append(np.unique(c_b.astype(np.int64) * (n_p + 1) + p_b))
     if edges:
-        all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
-        f["edges"], where = np.unique(all_keys, return_inverse=True)
-        f["edge_last"] = np.full(len(f["edges"]), _NAT, dtype=np.int64)
-        if len(all_keys):
-            np.maximum.at(f["edge_last"], where, np.concatenate(times))
+        f["edges"] = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
     return f
 
 

@@ -32,15 +32,19 @@ from dmp_ml.times import utc
 
 
 class FeatureEngine(Protocol):
-    """Where the per-event work runs: ``gather`` the eligible events, then ``aggregate`` them.
+    """Where the per-event work runs: ``resolve`` identity, ``gather`` the eligible events,
+    then ``aggregate`` them.
 
-    ``gather(events, codes, rows, profile_codes, params)`` takes the eligible rows ``rows`` of
+    ``resolve(events, codes, as_of, fs, consent=, links=, erased=)`` returns
+    :func:`dmp_ml.identity.resolve_codes`'s result; ``gather(events, codes, rows,
+    profile_codes, params)`` takes the eligible rows ``rows`` of
     ``events`` with their profile (0..n-1); ``aggregate(gathered, n, params, tz_codes,
     tz_names)`` returns ``block`` (n_columns, n) and ``how`` (n, 168) as :func:`aggregate`
     does. Between the two calls the builder drops the encoded log, so ``gather`` should copy
     out of it what ``aggregate`` needs (and nothing more).
     """
 
+    resolve: Callable[..., identity.Resolved]
     gather: Callable[[pd.DataFrame, identity.IdCodes, np.ndarray, np.ndarray, FeatureParams], Any]
     aggregate: Callable[
         [Any, int, FeatureParams, np.ndarray, Sequence[str]], tuple[np.ndarray, np.ndarray]
@@ -48,10 +52,31 @@ class FeatureEngine(Protocol):
 
 
 class PandasEngine:
-    """In process: :func:`gather` then :func:`aggregate` over all profiles at once."""
+    """In process: identity over the encoded log, then :func:`gather` and :func:`aggregate`
+    over all profiles at once."""
 
     gather = staticmethod(gather)
     aggregate = staticmethod(aggregate)
+
+    def __enter__(self) -> PandasEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def resolve(
+        self,
+        events: pd.DataFrame,
+        codes: identity.IdCodes,
+        as_of: pd.Timestamp,
+        fs: FeatureSettings,
+        *,
+        consent: pd.DataFrame | None = None,
+        links: pd.DataFrame | None = None,
+        erased: Iterable[str] = (),
+    ) -> identity.Resolved:
+        """:func:`dmp_ml.identity.resolve_codes` over ``codes`` (``events`` is not read)."""
+        return identity.resolve_codes(codes, as_of, fs, consent=consent, links=links, erased=erased)
 
 
 def engine_for(fs: FeatureSettings) -> FeatureEngine:
@@ -153,7 +178,7 @@ def _build(
 ) -> FeatureTable:
     """The build over encoded ids; ``extra`` (the other encoded columns) may still be in
     flight on ``helper`` while identity is resolved."""
-    res = identity.resolve_codes(codes, as_of, fs, consent=consent, links=links, erased=erased)
+    res = engine.resolve(events, codes, as_of, fs, consent=consent, links=links, erased=erased)
     if extra is not None:
         codes = identity.IdCodes(codes.n, codes.t, {**codes.columns, **extra.result()})
     params = params_from_codes(codes, res.rows, as_of, fs, categories, reference)
@@ -264,7 +289,9 @@ class FeatureBuilder:
 
     Training builds one table per snapshot cutoff; encoding the log's text columns is the
     largest fixed cost of a build, and this pays it once. ``build(as_of)`` equals
-    ``build_features(events, as_of, profiles, consent, settings, links=..., erased=...)``.
+    ``build_features(events, as_of, profiles, consent, settings, links=..., erased=...)``;
+    identity and features run on the engine ``features.engine`` names. ``with builder:`` holds
+    that engine open (a Dask client, a local cluster started once) for every call inside.
     """
 
     def __init__(
@@ -284,8 +311,16 @@ class FeatureBuilder:
         self.links = links
         self.erased = tuple(str(e) for e in erased)
         self._fs = feature_settings(settings)
+        self.engine = engine_for(self._fs)
         with small_pages():
             self._codes = identity.encode_ids(events, extra=ENCODED_COLUMNS)
+
+    def __enter__(self) -> FeatureBuilder:
+        self.engine.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.__exit__(*exc)
 
     def build(
         self,
@@ -309,14 +344,15 @@ class FeatureBuilder:
                 self.erased,
                 categories,
                 reference,
-                engine_for(self._fs),
+                self.engine,
             )
 
     def resolve(self, as_of: pd.Timestamp | str) -> identity.Resolution:
         """Identity as of ``as_of`` (see :func:`dmp_ml.identity.resolve_identity`)."""
-        res = identity.resolve_codes(
+        res = self.engine.resolve(
+            self.events,
             self._codes,
-            as_of,
+            utc(as_of, "as_of"),
             self._fs,
             consent=self.consent,
             links=self.links,

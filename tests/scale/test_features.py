@@ -7,28 +7,10 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("dask.dataframe")
-distributed = pytest.importorskip("distributed")
 
-from dmp_ml.demo import generate_demo_world  # noqa: E402
 from dmp_ml.features import FeatureBuilder, FeatureTable, build_features  # noqa: E402
 from dmp_ml.scale import DaskEngine  # noqa: E402
 from dmp_ml.settings import FeatureSettings, Settings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def world():
-    return generate_demo_world(n_profiles=300, days=60, seed=3)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as c,
-    ):
-        yield c
 
 
 def _assert_same(a: FeatureTable, b: FeatureTable) -> None:

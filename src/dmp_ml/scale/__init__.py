@@ -1,0 +1,16 @@
+"""Scale-out: the training stages, run partition-wise on Dask (``features.engine: dask``).
+
+* :mod:`~dmp_ml.scale.cluster`: the client (given, by address, or a local cluster).
+* :mod:`~dmp_ml.scale.identity`: the identity graph over partitions of the log.
+* :mod:`~dmp_ml.scale.features`: :class:`DaskEngine`, the engine ``build_features`` and
+  ``train`` use: identity and the feature reductions.
+
+Every stage gives the local engine's result. Dask is an optional extra:
+``pip install 'dmp-ml[scale]'``.
+"""
+
+from __future__ import annotations
+
+from dmp_ml.scale.features import DaskEngine, partition_features
+
+__all__ = ["DaskEngine", "partition_features"]
