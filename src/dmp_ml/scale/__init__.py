@@ -4,6 +4,8 @@
 * :mod:`~dmp_ml.scale.identity`: the identity graph over partitions of the log.
 * :mod:`~dmp_ml.scale.features`: :class:`DaskEngine`, the engine ``build_features`` and
   ``train`` use: identity and the feature reductions.
+* :mod:`~dmp_ml.scale.send_time`: :class:`DaskCurves`, the send-time curves (per-profile
+  counts by partition, population priors by a reduction).
 
 Every stage gives the local engine's result. Dask is an optional extra:
 ``pip install 'dmp-ml[scale]'``.
@@ -12,5 +14,6 @@ Every stage gives the local engine's result. Dask is an optional extra:
 from __future__ import annotations
 
 from dmp_ml.scale.features import DaskEngine, partition_features
+from dmp_ml.scale.send_time import DaskCurves
 
-__all__ = ["DaskEngine", "partition_features"]
+__all__ = ["DaskCurves", "DaskEngine", "partition_features"]
