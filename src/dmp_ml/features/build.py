@@ -175,10 +175,13 @@ def _build(
     categories: Sequence[str] | None,
     reference: FeatureSpec | None,
     engine: FeatureEngine,
+    res: identity.Resolved | None = None,
 ) -> FeatureTable:
     """The build over encoded ids; ``extra`` (the other encoded columns) may still be in
-    flight on ``helper`` while identity is resolved."""
-    res = engine.resolve(events, codes, as_of, fs, consent=consent, links=links, erased=erased)
+    flight on ``helper`` while identity is resolved (``res``: already resolved as of
+    ``as_of``)."""
+    if res is None:
+        res = engine.resolve(events, codes, as_of, fs, consent=consent, links=links, erased=erased)
     if extra is not None:
         codes = identity.IdCodes(codes.n, codes.t, {**codes.columns, **extra.result()})
     params = params_from_codes(codes, res.rows, as_of, fs, categories, reference)
@@ -292,6 +295,11 @@ class FeatureBuilder:
     ``build_features(events, as_of, profiles, consent, settings, links=..., erased=...)``;
     identity and features run on the engine ``features.engine`` names. ``with builder:`` holds
     that engine open (a Dask client, a local cluster started once) for every call inside.
+
+    Identity is resolved once per cutoff: the builder keeps the identity at the latest cutoff
+    it was asked for (the one a train scores and serves at) and at the most recent other one
+    (a snapshot's features and the previous snapshot's labels share it).
+    ``resolved_cutoffs`` lists every cutoff it resolved, in order.
     """
 
     def __init__(
@@ -312,6 +320,8 @@ class FeatureBuilder:
         self.erased = tuple(str(e) for e in erased)
         self._fs = feature_settings(settings)
         self.engine = engine_for(self._fs)
+        self.resolved_cutoffs: list[pd.Timestamp] = []
+        self._kept: dict[pd.Timestamp, identity.Resolved] = {}
         with small_pages():
             self._codes = identity.encode_ids(events, extra=ENCODED_COLUMNS)
 
@@ -330,13 +340,15 @@ class FeatureBuilder:
         reference: FeatureSpec | None = None,
     ) -> FeatureTable:
         """Features as of ``as_of`` (see :func:`build_features`)."""
+        as_of = utc(as_of, "as_of")
+        res = self.resolved(as_of)
         with small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
             return _build(
                 self.events,
                 self._codes,
                 None,
                 helper,
-                utc(as_of, "as_of"),
+                as_of,
                 self.profiles,
                 self.consent,
                 self._fs,
@@ -345,17 +357,43 @@ class FeatureBuilder:
                 categories,
                 reference,
                 self.engine,
+                res,
             )
+
+    def resolved(self, as_of: pd.Timestamp | str) -> identity.Resolved:
+        """Identity as of ``as_of`` over the encoded log, resolved at most once per cutoff
+        while kept (see the class doc)."""
+        as_of = utc(as_of, "as_of")
+        if as_of not in self._kept:
+            res = self.engine.resolve(
+                self.events,
+                self._codes,
+                as_of,
+                self._fs,
+                consent=self.consent,
+                links=self.links,
+                erased=self.erased,
+            )
+            self.resolved_cutoffs.append(as_of)
+            latest = max([as_of, *self._kept])
+            self._kept = {t: r for t, r in self._kept.items() if t == latest}
+            self._kept[as_of] = res
+        return self._kept[as_of]
 
     def resolve(self, as_of: pd.Timestamp | str) -> identity.Resolution:
         """Identity as of ``as_of`` (see :func:`dmp_ml.identity.resolve_identity`)."""
-        res = self.engine.resolve(
-            self.events,
-            self._codes,
-            utc(as_of, "as_of"),
-            self._fs,
-            consent=self.consent,
-            links=self.links,
-            erased=self.erased,
-        )
-        return identity.resolution_from(self.events, res)
+        return identity.resolution_from(self.events, self.resolved(as_of))
+
+    def positives(
+        self, as_of: pd.Timestamp | str, start: pd.Timestamp, end: pd.Timestamp, event_type: str
+    ) -> pd.Index:
+        """Profiles (identity as of ``as_of``) with an ``event_type`` event in ``[start,
+        end)``, sorted: read from the encoded log, no copy of the resolved events."""
+        res = self.resolved(as_of)
+        kind, vocab = self._codes.columns["event_type"]
+        target = identity.lookup([event_type], vocab)[0]
+        if target < 0:
+            return res.profiles.index[:0]
+        t = self._codes.t[res.rows]
+        hit = (kind[res.rows] == target) & (t >= utc(start).value) & (t < utc(end).value)
+        return res.profiles.index[np.unique(res.profile_codes[hit])]

@@ -29,7 +29,6 @@ def train_step(ctx: TrainContext) -> StepOutcome:
         erased=ctx.erased,
         score_table=ctx.features,
         builder=ctx.builder,
-        resolve=ctx.resolve,
     )
     result = train_propensity(snapshots, ctx.features, ctx.settings)
     ctx.models["propensity"] = result.model
