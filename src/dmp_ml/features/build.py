@@ -35,8 +35,9 @@ class FeatureEngine(Protocol):
     """Where the per-event work runs: ``resolve`` identity, ``gather`` the eligible events,
     then ``aggregate`` them.
 
-    ``resolve(events, codes, as_of, fs, consent=, links=, erased=)`` returns
-    :func:`dmp_ml.identity.resolve_codes`'s result; ``gather(events, codes, rows,
+    An engine is a context manager (``with engine:`` holds its resources, e.g. a Dask client,
+    for several calls). ``resolve(events, codes, as_of, fs, consent=, links=, erased=)``
+    returns :func:`dmp_ml.identity.resolve_codes`'s result; ``gather(events, codes, rows,
     profile_codes, params)`` takes the eligible rows ``rows`` of
     ``events`` with their profile (0..n-1); ``aggregate(gathered, n, params, tz_codes,
     tz_names)`` returns ``block`` (n_columns, n) and ``how`` (n, 168) as :func:`aggregate`
@@ -45,6 +46,11 @@ class FeatureEngine(Protocol):
     """
 
     resolve: Callable[..., identity.Resolved]
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
     gather: Callable[[pd.DataFrame, identity.IdCodes, np.ndarray, np.ndarray, FeatureParams], Any]
     aggregate: Callable[
         [Any, int, FeatureParams, np.ndarray, Sequence[str]], tuple[np.ndarray, np.ndarray]
@@ -140,8 +146,9 @@ def build_features(
     """
     fs = feature_settings(settings)
     engine = engine if engine is not None else engine_for(fs)
-    # Arrow work (encoding, lookups, sorting) runs in a helper thread while NumPy works here
-    with small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
+    # Arrow work (encoding, lookups, sorting) runs in a helper thread while NumPy works here;
+    # the engine is held open for the whole build (Dask: one client for identity and features)
+    with engine, small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
         codes = identity.encode_ids(events, encoded=encoded)
         extra = helper.submit(identity.encode_many, events, ENCODED_COLUMNS, 1)
         return _build(

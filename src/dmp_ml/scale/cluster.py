@@ -43,7 +43,7 @@ def client_for(scheduler: Any) -> Iterator[Any]:
                 n_workers=1,
                 threads_per_worker=os.cpu_count() or 1,
                 processes=False,
-                dashboard_address=None,
+                dashboard_address=":0",
             ) as cluster,
             Client(cluster) as client,
         ):
@@ -60,7 +60,8 @@ def client_for(scheduler: Any) -> Iterator[Any]:
 
 class Session:
     """One client for a series of Dask calls: ``with engine:`` holds it open (a local cluster
-    is then started once, not per call); outside such a block each call opens its own."""
+    is then started once, not per call; blocks nest); outside such a block each call opens
+    its own."""
 
     scheduler: Any = None
 
@@ -68,20 +69,24 @@ class Session:
         self.scheduler = scheduler
         self._stack: contextlib.ExitStack | None = None
         self._client: Any = None
+        self._depth = 0
 
     def __enter__(self) -> Session:
         if self._stack is None:
             self._stack = contextlib.ExitStack()
             self._client = self._stack.enter_context(client_for(self.scheduler))
+        self._depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self.close()
 
     def close(self) -> None:
         """Close the held client (and its local cluster, if one was started)."""
         if self._stack is not None:
-            stack, self._stack, self._client = self._stack, None, None
+            stack, self._stack, self._client, self._depth = self._stack, None, None, 0
             stack.close()
 
     @contextlib.contextmanager
