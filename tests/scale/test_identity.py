@@ -8,7 +8,7 @@ import pytest
 
 from dmp_ml.features import FeatureBuilder
 from dmp_ml.identity import Resolution, encode_ids, resolution_from, resolve_identity
-from dmp_ml.scale.identity import resolve_on_dask
+from dmp_ml.scale.identity import resolve_on_dask, scatter_log
 from dmp_ml.settings import FeatureSettings, Settings
 
 AS_OF = pd.Timestamp("2024-06-01", tz="UTC")
@@ -23,7 +23,8 @@ def _assert_same(expected: Resolution, got: Resolution) -> None:
 
 def _on_dask(events, as_of, client, npartitions, fs=None, **kw) -> Resolution:
     fs = fs or FeatureSettings()
-    return resolution_from(events, resolve_on_dask(events, as_of, fs, client, npartitions, **kw))
+    parts = scatter_log(client, events, npartitions)
+    return resolution_from(events, resolve_on_dask(parts, as_of, fs, client, **kw))
 
 
 def _every_rule() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -83,6 +83,11 @@ class Session:
         if self._depth == 0:
             self.close()
 
+    @property
+    def held(self) -> bool:
+        """Whether a ``with`` block holds the client open."""
+        return self._client is not None
+
     def close(self) -> None:
         """Close the held client (and its local cluster, if one was started)."""
         if self._stack is not None:
@@ -97,3 +102,12 @@ class Session:
             return
         with client_for(self.scheduler) as client:
             yield client
+
+
+def map_parts(client: Any, func: Any, *per_part: list[Any], shared: tuple = ()) -> list[Any]:
+    """``func(a_i, b_i, ..., *shared)`` for each i over the lists ``per_part`` (futures or
+    values), as futures; ``shared`` is sent to the workers once. (Not ``client.map`` with
+    keyword arguments: it names a large keyword's data after the keyword, so two calls with
+    the same keyword can collide.)"""
+    sent = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
+    return [client.submit(func, *args, *sent, pure=False) for args in zip(*per_part, strict=True)]

@@ -29,8 +29,8 @@ import pandas as pd
 from dmp_ml import identity
 from dmp_ml.features import HOURS_PER_WEEK, HOW_PREFIX, FeatureParams
 from dmp_ml.features.aggregate import ENCODED_COLUMNS, aggregate, gather
-from dmp_ml.scale.cluster import Session, require_dask
-from dmp_ml.scale.identity import resolve_on_dask
+from dmp_ml.scale.cluster import Session, map_parts, require_dask
+from dmp_ml.scale.identity import resolve_on_dask, scatter_log
 from dmp_ml.settings import FeatureSettings
 
 logger = logging.getLogger(__name__)
@@ -82,8 +82,14 @@ class DaskEngine(Session):
 
     def __init__(self, scheduler: Any = None, npartitions: int = 8) -> None:
         super().__init__(scheduler)
-        self._dd = require_dask()
+        require_dask()
         self.npartitions = npartitions
+        self._log: tuple[pd.DataFrame | None, list[Any] | None] = (None, None)
+
+    def close(self) -> None:
+        """Release the log's partitions, then the client (see :class:`Session`)."""
+        self._log = (None, None)
+        super().close()
 
     def resolve(
         self,
@@ -97,17 +103,16 @@ class DaskEngine(Session):
         erased: Iterable[str] = (),
     ) -> identity.Resolved:
         """Identity as of ``as_of``, partition-wise (:func:`resolve_on_dask`); ``codes`` is
-        not read: each partition encodes its own ids."""
+        not read: each partition encodes its own ids. While the engine is held (``with
+        engine:``) the log's partitions stay on the workers for every later cutoff."""
         with self.client() as client:
+            log, parts = self._log
+            if log is not events or parts is None:
+                parts = scatter_log(client, events, self.npartitions)
+                if self.held:  # one log at a time, kept with the frame it came from
+                    self._log = (events, parts)
             return resolve_on_dask(
-                events,
-                as_of,
-                fs,
-                client,
-                self.npartitions,
-                consent=consent,
-                links=links,
-                erased=erased,
+                parts, as_of, fs, client, consent=consent, links=links, erased=erased
             )
 
     def gather(
@@ -136,22 +141,23 @@ class DaskEngine(Session):
         tz_codes: np.ndarray,
         tz_names: Sequence[str],
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``block`` (n_columns, n) and ``how`` (n, 168), computed partition-wise."""
-        nparts = max(1, min(self.npartitions, n))
-        ddf = self._dd.from_pandas(gathered, npartitions=nparts, sort=True)
-        meta = partition_features(gathered.iloc[:0], params, tz_codes, tz_names)
-        lazy = ddf.map_partitions(
-            partition_features, params, tz_codes, list(tz_names), meta=meta, align_dataframes=False
-        )
+        """``block`` (n_columns, n) and ``how`` (n, 168), computed partition-wise (ranges of
+        profiles: every row of a profile in one partition)."""
+        rows_profile = gathered.index.to_numpy(dtype=np.int64)
+        bounds = np.unique(np.linspace(0, n, max(1, min(self.npartitions, n)) + 1).astype(int))
+        cuts = np.searchsorted(rows_profile, bounds)
+        parts = [gathered.iloc[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         with self.client() as client:
             logger.info(
-                "dask: %d profiles in %d partitions on %s",
-                n,
-                ddf.npartitions,
-                client.scheduler.address,
+                "dask: %d profiles in %d partitions on %s", n, len(parts), client.scheduler.address
             )
-            result = client.compute(lazy).result()
-        result = result.sort_index()
+            futures = map_parts(
+                client,
+                partition_features,
+                client.scatter(parts or [gathered], hash=False),
+                shared=(params, tz_codes, list(tz_names)),
+            )
+            result = pd.concat(client.gather(futures))
         if len(result) != n or not np.array_equal(result.index.to_numpy(), np.arange(n)):
             raise RuntimeError("dask partitions lost or duplicated profiles")  # pragma: no cover
         block = np.array(result[params.columns()].to_numpy(dtype=np.float64).T, order="C")

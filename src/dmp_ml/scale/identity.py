@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dmp_ml import identity
+from dmp_ml.scale.cluster import map_parts
 from dmp_ml.settings import FeatureSettings
 from dmp_ml.times import utc
 
@@ -63,14 +65,27 @@ def id_frame(events: pd.DataFrame) -> pd.DataFrame:
     return events[cols].reset_index(drop=True)
 
 
-def _codes(part: pd.DataFrame) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, pa.Array]]]:
-    return identity.time_ns(part["event_time"]), identity.encode_many(
-        part, list(identity.ID_COLUMNS), threads=1
+@dataclass(frozen=True)
+class EncodedPart:
+    """One partition of the log, its ids encoded over its own vocabularies (done once, kept on
+    the worker for every cutoff): row ``positions`` in the log, times and id codes."""
+
+    positions: np.ndarray
+    codes: identity.IdCodes
+
+
+def encode_part(part: pd.DataFrame) -> EncodedPart:
+    """:class:`EncodedPart` of a partition of :func:`id_frame`."""
+    codes = identity.IdCodes(
+        n=len(part),
+        t=identity.time_ns(part["event_time"]),
+        columns=identity.encode_many(part, list(identity.ID_COLUMNS), threads=1),
     )
+    return EncodedPart(part.index.to_numpy(dtype=np.int64), codes)
 
 
 def partition_facts(
-    part: pd.DataFrame, as_of_ns: int, withdrawn_cookies: list[str]
+    part: EncodedPart, as_of_ns: int, withdrawn_cookies: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Pass 1 over one partition: per-cookie facts, per-profile facts, the distinct
     cookie-profile edges, and the counts ``n_before``/``n_withdrawn_rows`` (one row).
@@ -79,14 +94,12 @@ def partition_facts(
     the local engine's vocabulary does), keyed by the id string in column ``cookie_id`` or
     ``profile_id``.
     """
-    t, columns = _codes(part)
-    c, c_vocab = columns["cookie_id"]
-    p, p_vocab = columns["profile_id"]
+    t, n = part.codes.t, part.codes.n
+    c, c_vocab = part.codes.cookie
+    p, p_vocab = part.codes.profile
     n_c, n_p = len(c_vocab), len(p_vocab)
     withdrawn = identity.cookie_flags(withdrawn_cookies, c_vocab)
-    f = identity.row_facts(
-        t, c, p, (n_c, n_p), as_of_ns, withdrawn, [slice(0, len(part))], edges=True
-    )
+    f = identity.row_facts(t, c, p, (n_c, n_p), as_of_ns, withdrawn, [slice(0, n)], edges=True)
     cookies = pd.DataFrame(
         {
             "cookie_id": pd.array(c_vocab, dtype=_TEXT),
@@ -120,61 +133,80 @@ def partition_facts(
 
 
 def partition_rows(
-    part: pd.DataFrame, graph: identity.Graph, cookie_vocab: pa.Array, profile_vocab: pa.Array
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pass 2 over one partition: the row positions used (from the partition's index), their
-    output profile row, and the distinct (shared cookie, profile) keys, in ``graph``'s codes."""
-    t, columns = _codes(part)
+    part: EncodedPart, graph: identity.Graph, cookie_vocab: pa.Array, profile_vocab: pa.Array
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Pass 2 over one partition: the row positions used (in the log), their output profile
+    row, the distinct (shared cookie, profile) keys in ``graph``'s codes, and the partition's
+    number of rows."""
+    t = part.codes.t
     glob = {}
     for name, vocab in (("cookie_id", cookie_vocab), ("profile_id", profile_vocab)):
-        local, local_vocab = columns[name]
+        local, local_vocab = part.codes.columns[name]
         to_global = np.append(identity.lookup(local_vocab, vocab), -1)  # code -1 stays -1
         glob[name] = to_global[local]
     rows, code, pairs = identity.used_rows(t, glob["cookie_id"], glob["profile_id"], graph)
-    return part.index.to_numpy(dtype=np.int64)[rows], code, pairs
+    return part.positions[rows], code, pairs, part.codes.n
+
+
+def scatter_log(client: Any, events: pd.DataFrame, npartitions: int) -> list[Any]:
+    """The log's identity columns (:func:`id_frame`) in ``npartitions`` row ranges, placed on
+    the workers and encoded there once (futures of :class:`EncodedPart`): every cutoff's
+    resolution reads them there."""
+    frame = id_frame(events)
+    n = len(frame)
+    bounds = np.unique(np.linspace(0, n, max(1, min(npartitions, n)) + 1).astype(np.int64))
+    parts = [frame.iloc[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return map_parts(client, encode_part, client.scatter(parts or [frame], hash=False))
+
+
+def merge_tables(a: tuple[pd.DataFrame, ...], b: tuple[pd.DataFrame, ...]) -> tuple:
+    """Two sets of pass-1 tables (over disjoint rows) as one, one row per id (or edge)."""
+    cookies = pd.concat([a[0], b[0]]).groupby("cookie_id", as_index=False, sort=False)
+    profiles = pd.concat([a[1], b[1]]).groupby("profile_id", as_index=False, sort=False)
+    return (
+        cookies.agg(_COOKIE_AGG),
+        profiles.agg(_PROFILE_AGG),
+        pd.concat([a[2], b[2]]).drop_duplicates(ignore_index=True),
+        a[3] + b[3],
+    )
+
+
+def _tree(client: Any, items: list[Any]) -> Any:
+    """The pass-1 tables of every partition merged pairwise on the cluster (a tree)."""
+    while len(items) > 1:
+        pairs = [
+            client.submit(merge_tables, a, b, pure=False)
+            for a, b in zip(items[::2], items[1::2], strict=False)
+        ]
+        items = pairs + ([items[-1]] if len(items) % 2 else [])
+    return items[0]
 
 
 def resolve_on_dask(
-    events: pd.DataFrame,
+    parts: list[Any],
     as_of: pd.Timestamp | str,
     settings: FeatureSettings,
     client: Any,
-    npartitions: int,
     *,
     consent: pd.DataFrame | None = None,
     links: pd.DataFrame | None = None,
     erased: Iterable[str] = (),
 ) -> identity.Resolved:
-    """:func:`dmp_ml.identity.resolve_codes` of ``events`` computed on ``client`` over
-    ``npartitions`` partitions of the log (see the module doc); equal to the local result."""
-    import dask
-    import dask.dataframe as dd
-
+    """:func:`dmp_ml.identity.resolve_codes` computed on ``client`` over the log's partitions
+    ``parts`` (:func:`scatter_log`; see the module doc); equal to the local result."""
     as_of = utc(as_of, "as_of")
-    frame = id_frame(events)
-    ddf = dd.from_pandas(frame, npartitions=max(1, min(npartitions, len(frame))), sort=False)
     withdrawn = identity.withdrawn_cookies(consent, settings)
-    parts = ddf.to_delayed()
-    metas = partition_facts(frame.iloc[:0], 0, [])
-    facts = [dask.delayed(partition_facts, nout=4)(d, int(as_of.value), withdrawn) for d in parts]
-    tables = [dd.from_delayed([x[i] for x in facts], meta=metas[i]) for i in range(4)]
-    cookies = tables[0].groupby("cookie_id").agg(_COOKIE_AGG)
-    profiles = tables[1].groupby("profile_id").agg(_PROFILE_AGG)
-    edges = tables[2].groupby("cookie_id")["profile_id"].agg(["min", "max"])
-    counts = tables[3].sum()
-    logger.info(
-        "dask identity: %d events in %d partitions on %s",
-        len(frame),
-        ddf.npartitions,
-        client.scheduler.address,
-    )
-    cookies, profiles, edges, counts = client.gather(
-        client.compute([cookies, profiles, edges, counts])
-    )
+    logger.info("dask identity: %d partitions on %s", len(parts), client.scheduler.address)
+    facts = map_parts(client, partition_facts, parts, shared=(int(as_of.value), withdrawn))
+    cookies, profiles, edges, counts = client.gather(_tree(client, facts))
+    cookies = cookies.set_index("cookie_id")
+    profiles = profiles.set_index("profile_id")
+    # the least and greatest profile per cookie: its component label, and whether it is shared
+    edges = edges.groupby("cookie_id", sort=False)["profile_id"].agg(["min", "max"])
     cookie_vocab = pa.array(cookies.index.to_numpy(dtype=object), type=pa.string())
     profile_vocab = pa.array(profiles.index.to_numpy(dtype=object), type=pa.string())
     link_c, link_p, profile_vocab = identity.link_pairs(links, as_of, cookie_vocab, profile_vocab)
-    f = _facts(cookies, profiles, edges, counts, cookie_vocab, profile_vocab)
+    f = _facts(cookies, profiles, edges, counts.iloc[0], cookie_vocab, profile_vocab)
     np.minimum.at(f["pmin"], link_c, link_p)
     np.maximum.at(f["pmax"], link_c, link_p)
     withdrawn_c = identity.cookie_flags(withdrawn, cookie_vocab)
@@ -182,12 +214,14 @@ def resolve_on_dask(
         f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, consent=consent, erased=erased
     )
     del f
-    shipped = client.scatter([graph, cookie_vocab, profile_vocab], broadcast=True, hash=False)
-    out = client.gather(client.compute([dask.delayed(partition_rows)(d, *shipped) for d in parts]))
+    out = client.gather(
+        map_parts(client, partition_rows, parts, shared=(graph, cookie_vocab, profile_vocab))
+    )
     rows = np.concatenate([x[0] for x in out])
     code = np.concatenate([x[1] for x in out])
     pairs = np.unique(np.concatenate([graph.link_pairs(link_c, link_p), *[x[2] for x in out]]))
-    return graph.resolved(rows, code, pairs, len(frame))
+    events_in = sum(int(x[3]) for x in out)
+    return graph.resolved(rows, code, pairs, events_in)
 
 
 def _facts(

@@ -30,6 +30,7 @@ from dmp_ml.models.send_time import baselines, curves
 from dmp_ml.models.send_time.curves import HOURS_PER_WEEK, Counts, Evidence
 from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, hyper
 from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
+from dmp_ml.scale.cluster import map_parts
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class DaskCurves:
                 client.scheduler.address,
             )
             parts = client.scatter(ranges, hash=False)
-            counts = client.map(range_counts, parts, zones=inputs.zones, pure=False)
+            counts = map_parts(client, range_counts, parts, shared=(list(inputs.zones),))
             totals = client.gather(client.map(range_totals, counts, pure=False))
             sends = np.concatenate([t[0] for t in totals])
             resp = np.concatenate([t[1] for t in totals])
@@ -211,15 +212,8 @@ class DaskCurves:
             located = inputs.source != 2
             everyone = bool(act[located].sum() + resp[located].sum() <= 0)
             partial = client.gather(
-                client.map(
-                    range_pools,
-                    counts,
-                    parts,
-                    g=g,
-                    strength=strength,
-                    n_cohorts=n_cohorts,
-                    everyone=everyone,
-                    pure=False,
+                map_parts(
+                    client, range_pools, counts, parts, shared=(g, strength, n_cohorts, everyone)
                 )
             )
             k_pop = curves.kernel(bandwidth, 0.0)
@@ -227,18 +221,13 @@ class DaskCurves:
                 level: curves.smooth_block(k_pop, **_summed([p[level] for p in partial]))
                 for level in ("cohort", "pool")
             }
-            [shared] = client.scatter([population], broadcast=True, hash=False)
             out = client.gather(
-                client.map(
+                map_parts(
+                    client,
                     range_curves,
                     counts,
                     parts,
-                    g=g,
-                    population=shared,
-                    selected=dict(inputs.selected),
-                    strength=strength,
-                    mixture=inputs.mixture,
-                    pure=False,
+                    shared=(g, population, dict(inputs.selected), strength, inputs.mixture),
                 )
             )
         per_profile = Counts(sends[:, None], resp[:, None], act[:, None])
@@ -265,14 +254,11 @@ class DaskCurves:
         with self.session.client() as client:
             parts = client.scatter(self._ranges, hash=False)
             out = client.gather(
-                client.map(
+                map_parts(
+                    client,
                     range_baseline,
                     parts,
-                    zones=self._zones,
-                    name=name,
-                    baseline_global=fitted.baseline_global,
-                    cohort_shapes=fitted.cohort_shapes,
-                    pure=False,
+                    shared=(self._zones, name, fitted.baseline_global, fitted.cohort_shapes),
                 )
             )
         return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
