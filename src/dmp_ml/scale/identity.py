@@ -10,14 +10,16 @@ component label is the least profile it links to, and one round of min-label pro
 the edges is already the fixed point; the cookie is shared when its least and greatest labels
 differ. That round is a reduction over the edge table.
 
-* **Pass 1, per partition.** Each partition of the log (``event_time`` and the id columns, rows
-  in input order) encodes its own ids and computes its per-id facts: per cookie (cookie-only
+* **Once per log.** The log's ``event_time`` and id columns are split into row ranges, sent to
+  the workers and encoded there, each over its own vocabularies (:func:`scatter_log`); every
+  cutoff reads these partitions.
+* **Pass 1, per partition.** Each partition computes its per-id facts: per cookie (cookie-only
   events, first and last seen, withdrawn cookies seen), per profile, the distinct
   cookie-profile edges and two counts, keyed by the id strings.
-* **Reduction.** Dask aggregates each table by id (a tree of partial aggregations: sums,
-  minima, maxima), then by cookie over the edges (least and greatest profile). The client
-  receives one row per id, never one per event, and decides attribution, expiry, consent and
-  erasure with :func:`~dmp_ml.identity.attribute`.
+* **Reduction.** A tree of tasks merges the partitions' tables by id (sums, minima, maxima;
+  edges deduplicated). The client receives one row per id and per edge, never one per event,
+  takes each cookie's least and greatest profile over its edges, and decides attribution,
+  expiry, consent and erasure with :func:`~dmp_ml.identity.attribute`.
 * **Pass 2, per partition.** The decided graph (per-id arrays) is sent to the workers once;
   each partition lists its used rows with their output profile.
 
