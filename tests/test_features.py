@@ -336,3 +336,19 @@ def test_chunked_and_two_thread_paths_give_identical_results(monkeypatch):
     pd.testing.assert_frame_equal(got.frame, expected.frame, check_exact=True)
     np.testing.assert_array_equal(got.hour_of_week, expected.hour_of_week)
     assert got.summary == expected.summary
+
+
+def test_builder_positives_are_the_resolved_events_of_the_type_in_the_window(demo_world):
+    from dmp_ml.features import FeatureBuilder
+    from dmp_ml.models.propensity import make_labels
+
+    builder = FeatureBuilder(demo_world.events, demo_world.profiles, demo_world.consent)
+    end = demo_world.end - pd.Timedelta(days=5)
+    start = end - pd.Timedelta(days=20)
+    resolution = builder.resolve(end)
+    for event_type in ("purchase", "email_click", "no_such_event"):
+        labels = make_labels(resolution.events, start, 20, event_type, resolution.profiles.index)
+        positives = builder.positives(end, start, end, event_type)
+        assert list(positives) == list(labels.index[labels == 1])
+    assert len(builder.positives(end, start, end, "purchase")) > 10
+    assert builder.resolved_cutoffs == [end]  # one identity for all three questions

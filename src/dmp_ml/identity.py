@@ -316,6 +316,16 @@ class IdCodes:
         return self.columns["profile_id"]
 
 
+def check_events(events: pd.DataFrame) -> None:
+    """Raise :class:`DataContractError` unless ``events`` has what identity reads."""
+    if not isinstance(events, pd.DataFrame):
+        raise DataContractError(f"events must be a DataFrame, got {type(events).__name__}")
+    if "event_time" not in events.columns:
+        raise DataContractError("events: missing required column 'event_time'")
+    if "cookie_id" not in events.columns and "profile_id" not in events.columns:
+        raise DataContractError("events: need a cookie_id or a profile_id column (or both)")
+
+
 def encode_ids(
     events: pd.DataFrame,
     extra: Iterable[str] = (),
@@ -326,12 +336,7 @@ def encode_ids(
     ``encoded``: columns already encoded by :func:`encode` (e.g. by the loader, see
     ``LoadResult.encoded``), row for row with ``events``; they are used as given.
     """
-    if not isinstance(events, pd.DataFrame):
-        raise DataContractError(f"events must be a DataFrame, got {type(events).__name__}")
-    if "event_time" not in events.columns:
-        raise DataContractError("events: missing required column 'event_time'")
-    if "cookie_id" not in events.columns and "profile_id" not in events.columns:
-        raise DataContractError("events: need a cookie_id or a profile_id column (or both)")
+    check_events(events)
     columns = [*ID_COLUMNS, *[c for c in extra if c not in ID_COLUMNS]]
     t = time_ns(events["event_time"])
     given = {c: v for c, v in (encoded or {}).items() if c in columns and len(v[0]) == len(events)}
@@ -407,10 +412,12 @@ def latest_consent(consent: pd.DataFrame | None, purpose: str) -> tuple[list[str
     return profiles, cookies
 
 
-def _link_pairs(
-    links: pd.DataFrame | None, as_of_ns: int, cookie_vocab: pa.Array, profile_vocab: pa.Array
+def link_pairs(
+    links: pd.DataFrame | None, as_of: pd.Timestamp, cookie_vocab: pa.Array, profile_vocab: pa.Array
 ) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-    """Codes of the links frame's pairs; profile ids new to the log extend the vocabulary."""
+    """Codes of the links frame's pairs linked before ``as_of``; profile ids new to the log
+    extend the vocabulary. A cookie not in ``cookie_vocab`` (never in the log) is dropped."""
+    as_of_ns = int(as_of.value)
     empty = np.zeros(0, dtype=np.int64)
     if links is None or len(links) == 0:
         return empty, empty, profile_vocab
@@ -471,107 +478,288 @@ def resolve_codes(
     """The identity graph over encoded ids (see the module doc for the rules).
 
     Two chunked passes over the rows: the first gathers per-cookie and per-profile facts
-    (links, counts, first and last seen, split by profile-keyed and cookie-only rows), from
-    which attribution and eligibility follow without touching the rows; the second lists the
-    eligible rows with their output profile row.
+    (:func:`row_facts`), from which :func:`attribute` decides attribution and eligibility
+    without touching the rows; the second lists the eligible rows with their output profile
+    row (:func:`used_rows`).
     """
     as_of = utc(as_of, "as_of")
-    as_of_ns = int(as_of.value)
-    horizon = as_of_ns - int(settings.cookie_ttl_days) * _DAY_NS
-    t = codes.t
     cc_all, cookie_vocab = codes.cookie
     pc_all, profile_vocab = codes.profile
-    link_c, link_p, profile_vocab = _link_pairs(links, as_of_ns, cookie_vocab, profile_vocab)
+    link_c, link_p, profile_vocab = link_pairs(links, as_of, cookie_vocab, profile_vocab)
     n_c, n_p = len(cookie_vocab), len(profile_vocab)
-    big = np.iinfo(np.int64).max
-
-    # per-id flags, each with a trailing False "null" slot so that code -1 indexes it
-    withdrawn_p_ids, withdrawn_c_ids = latest_consent(consent, settings.consent_purpose)
-    withdrawn_p = np.zeros(n_p + 1, dtype=bool)
-    withdrawn_c = np.zeros(n_c + 1, dtype=bool)
-    withdrawn_p[lookup(withdrawn_p_ids, profile_vocab)] = True
-    withdrawn_c[lookup(withdrawn_c_ids, cookie_vocab)] = True
-    withdrawn_p[-1] = withdrawn_c[-1] = False
-    erased_ids = [str(e) for e in erased]
-    erased_p = np.zeros(n_p + 1, dtype=bool)
-    erased_c = np.zeros(n_c + 1, dtype=bool)
-    erased_p[lookup(erased_ids, profile_vocab)] = True
-    anon_ids = [e[len(ANON_PREFIX) :] for e in erased_ids if e.startswith(ANON_PREFIX)]
-    erased_c[lookup(anon_ids, cookie_vocab)] = True
-    erased_p[-1] = erased_c[-1] = False
-    any_withdrawn_c = bool(withdrawn_c.any())
-
-    # pass 1: per-id facts. pk_* over profile-keyed rows (by profile), co_* over cookie-only
-    # rows (by cookie), links (min and max profile per cookie: min != max means shared).
+    withdrawn_c = cookie_flags(withdrawn_cookies(consent, settings), cookie_vocab)
     # Two workers take half of the chunks each, with their own accumulators, then merge
     # (counts, minima and maxima: exact whatever the split).
-    def facts(slices: list[slice]) -> dict[str, Any]:
-        f: dict[str, Any] = {
-            "n_pk": np.zeros(n_p, dtype=np.int64),
-            "pk_last": np.full(n_p, _NAT, dtype=np.int64),
-            "pk_first": np.full(n_p, big, dtype=np.int64),
-            "n_co": np.zeros(n_c, dtype=np.int64),
-            "co_last": np.full(n_c, _NAT, dtype=np.int64),
-            "co_first": np.full(n_c, big, dtype=np.int64),
-            "pmin": np.full(n_c + 1, n_p, dtype=np.int64),
-            "pmax": np.full(n_c + 1, -1, dtype=np.int64),
-            "link_last": np.full(n_c, _NAT, dtype=np.int64),
-            "seen_w": np.zeros(n_c + 1, dtype=bool),
-            "linked_w": np.zeros(n_c + 1, dtype=bool),
-            "n_before": 0,
-            "n_withdrawn_rows": 0,
-        }
-        for sl in slices:
-            tt, c, p = t[sl], cc_all[sl], pc_all[sl]
-            before = (tt < as_of_ns) & (tt != _NAT)
-            f["n_before"] += int(np.count_nonzero(before))
-            has_p = p >= 0
-            ok = before & ((c >= 0) | has_p)
-            if any_withdrawn_c:
-                w = ok & withdrawn_c[c]
-                f["n_withdrawn_rows"] += int(np.count_nonzero(w))
-                f["seen_w"][c[w]] = True
-                f["linked_w"][c[w & has_p]] = True
-                ok &= ~w
-            pk = ok & has_p
-            co = ok & ~has_p
-            both = pk & (c >= 0)
-            p_pk, t_pk = p[pk], tt[pk]
-            f["n_pk"] += np.bincount(p_pk, minlength=n_p)
-            np.maximum.at(f["pk_last"], p_pk, t_pk)
-            np.minimum.at(f["pk_first"], p_pk, t_pk)
-            c_co, t_co = c[co], tt[co]
-            f["n_co"] += np.bincount(c_co, minlength=n_c)
-            np.maximum.at(f["co_last"], c_co, t_co)
-            np.minimum.at(f["co_first"], c_co, t_co)
-            c_b, p_b = c[both], p[both]
-            np.minimum.at(f["pmin"], c_b, p_b)
-            np.maximum.at(f["pmax"], c_b, p_b)
-            np.maximum.at(f["link_last"], c_b, tt[both])
-        return f
-
-    merge = {
-        "n_pk": np.add,
-        "n_co": np.add,
-        "n_before": np.add,
-        "n_withdrawn_rows": np.add,
-        "pk_last": np.maximum,
-        "co_last": np.maximum,
-        "pmax": np.maximum,
-        "link_last": np.maximum,
-        "pk_first": np.minimum,
-        "co_first": np.minimum,
-        "pmin": np.minimum,
-        "seen_w": np.logical_or,
-        "linked_w": np.logical_or,
-    }
-    parts = in_two(facts, list(chunks(codes.n)))
+    parts = in_two(
+        lambda slices: row_facts(
+            codes.t, cc_all, pc_all, (n_c, n_p), int(as_of.value), withdrawn_c, slices
+        ),
+        list(chunks(codes.n)),
+    )
     f = parts[0]
     for other in parts[1:]:
-        f = {k: merge[k](f[k], other[k]) for k in f}
+        f = merge_facts(f, other)
     del parts
     np.minimum.at(f["pmin"], link_c, link_p)
     np.maximum.at(f["pmax"], link_c, link_p)
+    graph = attribute(
+        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, consent=consent, erased=erased
+    )
+    del f
+    # pass 2: chunks are independent: two workers, results kept in chunk order
+    done = [
+        x
+        for part in in_two(
+            lambda slices: [
+                used_rows(codes.t[sl], cc_all[sl], pc_all[sl], graph, sl.start) for sl in slices
+            ],
+            list(chunks(codes.n)),
+        )
+        for x in part
+    ]
+    shared_pairs = [graph.link_pairs(link_c, link_p), *[x[2] for x in done]]
+    rows = np.concatenate([x[0] for x in done]) if done else np.zeros(0, dtype=np.int64)
+    code = np.concatenate([x[1] for x in done]) if done else np.zeros(0, dtype=np.int32)
+    return graph.resolved(rows, code, np.unique(np.concatenate(shared_pairs)), codes.n)
+
+
+def withdrawn_cookies(consent: pd.DataFrame | None, settings: FeatureSettings) -> list[str]:
+    """Cookie ids whose latest consent record for ``settings.consent_purpose`` withdraws."""
+    return latest_consent(consent, settings.consent_purpose)[1]
+
+
+def cookie_flags(ids: Iterable[str] | pa.Array, vocab: pa.Array) -> np.ndarray:
+    """(len(vocab) + 1,) bool: which of ``vocab`` are in ``ids``; the trailing False slot is
+    what code -1 (no cookie) indexes."""
+    flags = np.zeros(len(vocab) + 1, dtype=bool)
+    flags[lookup(ids, vocab)] = True
+    flags[-1] = False
+    return flags
+
+
+FACT_MERGE: dict[str, Callable[[Any, Any], Any]] = {
+    "n_pk": np.add,
+    "n_co": np.add,
+    "n_before": np.add,
+    "n_withdrawn_rows": np.add,
+    "pk_last": np.maximum,
+    "co_last": np.maximum,
+    "pmax": np.maximum,
+    "link_last": np.maximum,
+    "pk_first": np.minimum,
+    "co_first": np.minimum,
+    "pmin": np.minimum,
+    "seen_w": np.logical_or,
+    "linked_w": np.logical_or,
+}
+"""How two :func:`row_facts` results over disjoint rows combine into the facts of both."""
+
+
+def merge_facts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The facts of the rows of ``a`` and ``b`` together (same vocabularies)."""
+    return {k: FACT_MERGE[k](a[k], b[k]) for k in FACT_MERGE}
+
+
+def row_facts(
+    t: np.ndarray,
+    cookie: np.ndarray,
+    profile: np.ndarray,
+    sizes: tuple[int, int],
+    as_of_ns: int,
+    withdrawn_c: np.ndarray,
+    slices: Iterable[slice],
+    edges: bool = False,
+) -> dict[str, Any]:
+    """Pass 1 of the graph: per-id facts of the rows in ``slices``.
+
+    ``t``, ``cookie``, ``profile`` are row arrays (times in ns, int32 codes, -1 null) over
+    vocabularies of ``sizes`` = (n_cookies, n_profiles). ``pk_*`` are over profile-keyed rows
+    (by profile), ``co_*`` over cookie-only rows (by cookie); ``pmin``/``pmax`` the least and
+    greatest profile each cookie is linked to (min != max: shared); ``seen_w``/``linked_w``
+    withdrawn cookies seen / seen with a profile. With ``edges``, also ``edges``: the distinct
+    (cookie, profile) link keys ``cookie * (n_profiles + 1) + profile`` (what a partition
+    hands to a reduction keyed by id).
+    """
+    n_c, n_p = sizes
+    big = np.iinfo(np.int64).max
+    f: dict[str, Any] = {
+        "n_pk": np.zeros(n_p, dtype=np.int64),
+        "pk_last": np.full(n_p, _NAT, dtype=np.int64),
+        "pk_first": np.full(n_p, big, dtype=np.int64),
+        "n_co": np.zeros(n_c, dtype=np.int64),
+        "co_last": np.full(n_c, _NAT, dtype=np.int64),
+        "co_first": np.full(n_c, big, dtype=np.int64),
+        "pmin": np.full(n_c + 1, n_p, dtype=np.int64),
+        "pmax": np.full(n_c + 1, -1, dtype=np.int64),
+        "link_last": np.full(n_c, _NAT, dtype=np.int64),
+        "seen_w": np.zeros(n_c + 1, dtype=bool),
+        "linked_w": np.zeros(n_c + 1, dtype=bool),
+        "n_before": 0,
+        "n_withdrawn_rows": 0,
+    }
+    any_withdrawn_c = bool(withdrawn_c.any())
+    keys = []
+    for sl in slices:
+        tt, c, p = t[sl], cookie[sl], profile[sl]
+        before = (tt < as_of_ns) & (tt != _NAT)
+        f["n_before"] += int(np.count_nonzero(before))
+        has_p = p >= 0
+        ok = before & ((c >= 0) | has_p)
+        if any_withdrawn_c:
+            w = ok & withdrawn_c[c]
+            f["n_withdrawn_rows"] += int(np.count_nonzero(w))
+            f["seen_w"][c[w]] = True
+            f["linked_w"][c[w & has_p]] = True
+            ok &= ~w
+        pk = ok & has_p
+        co = ok & ~has_p
+        both = pk & (c >= 0)
+        p_pk, t_pk = p[pk], tt[pk]
+        f["n_pk"] += np.bincount(p_pk, minlength=n_p)
+        np.maximum.at(f["pk_last"], p_pk, t_pk)
+        np.minimum.at(f["pk_first"], p_pk, t_pk)
+        c_co, t_co = c[co], tt[co]
+        f["n_co"] += np.bincount(c_co, minlength=n_c)
+        np.maximum.at(f["co_last"], c_co, t_co)
+        np.minimum.at(f["co_first"], c_co, t_co)
+        c_b, p_b = c[both], p[both]
+        np.minimum.at(f["pmin"], c_b, p_b)
+        np.maximum.at(f["pmax"], c_b, p_b)
+        np.maximum.at(f["link_last"], c_b, tt[both])
+        if edges:
+            keys.append(np.unique(c_b.astype(np.int64) * (n_p + 1) + p_b))
+    if edges:
+        f["edges"] = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+    return f
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Attribution and eligibility decided from the per-id facts (:func:`attribute`).
+
+    ``cookie_out`` (n_cookies + 1,) and ``profile_out`` (n_profiles + 1,) give a row's output
+    profile row from its cookie (cookie-only rows) or its profile; -1: nobody (the trailing
+    entry serves code -1). ``withdrawn_c`` flags withdrawn cookies, ``shared`` shared cookies
+    (both (n_cookies + 1,), the trailing slot False). The rest is what :meth:`resolved` assembles.
+    """
+
+    as_of: pd.Timestamp
+    n_profiles: int
+    withdrawn_c: np.ndarray
+    shared: np.ndarray
+    cookie_out: np.ndarray
+    profile_out: np.ndarray
+    ids: pa.Array
+    slots: np.ndarray
+    n_excl: np.ndarray
+    n_events: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    cookie_ids: pa.Array
+    cookie_profile: np.ndarray
+    summary: dict[str, int]
+
+    def link_pairs(self, link_c: np.ndarray, link_p: np.ndarray) -> np.ndarray:
+        """Keys ``cookie * (n_profiles + 1) + profile`` of the links on shared cookies."""
+        on = self.shared[link_c]
+        return np.unique(link_c[on] * (self.n_profiles + 1) + link_p[on])
+
+    def resolved(
+        self, rows: np.ndarray, code: np.ndarray, shared_pairs: np.ndarray, events_in: int
+    ) -> Resolved:
+        """The :class:`Resolved` from pass 2: the used ``rows`` and their output ``code``, the
+        distinct (shared cookie, profile) keys, and the number of input rows."""
+        n_p, slots = self.n_profiles, self.slots
+        n_shared = np.bincount(shared_pairs % (n_p + 1), minlength=n_p)[:n_p]
+        is_anon = slots >= n_p
+        at = np.where(is_anon, n_p, slots)  # anonymous: one cookie, never shared
+        index = pd.Index(pd.array(self.ids, dtype="string"), name="profile_id")
+        profiles = pd.DataFrame(
+            {
+                "is_anonymous": is_anon,
+                "n_cookies": np.append(self.n_excl + n_shared, 1)[at].astype(np.int64),
+                "n_shared_devices": np.append(n_shared, 0)[at].astype(np.int64),
+                "n_events": self.n_events[slots].astype(np.int64),
+                "first_seen": pd.to_datetime(self.first[slots], unit="ns", utc=True),
+                "last_seen": pd.to_datetime(self.last[slots], unit="ns", utc=True),
+            },
+            index=index,
+        )
+        summary = {**self.summary, "events_in": int(events_in), "events_used": int(len(rows))}
+        summary = {k: summary[k] for k in SUMMARY_KEYS}
+        logger.info(
+            "identity as of %s: %d known + %d anonymous profiles, %d shared devices, "
+            "%d expired cookies, %d excluded by consent, %d erased, %d events used",
+            self.as_of.isoformat(),
+            summary["profiles_known"],
+            summary["profiles_anonymous"],
+            summary["shared_devices"],
+            summary["expired_cookies"],
+            summary["excluded_by_consent"],
+            summary["excluded_by_erasure"],
+            summary["events_used"],
+        )
+        return Resolved(
+            as_of=self.as_of,
+            rows=rows,
+            profile_codes=code,
+            profiles=profiles,
+            summary=summary,
+            _ids=self.ids,
+            _cookie_ids=self.cookie_ids,
+            _cookie_profile=self.cookie_profile,
+        )
+
+
+SUMMARY_KEYS = (
+    "profiles_known",
+    "profiles_anonymous",
+    "shared_devices",
+    "expired_cookies",
+    "profiles_expired",
+    "known_profiles_expired",
+    "profiles_lapsed",
+    "excluded_by_consent",
+    "excluded_by_erasure",
+    "cookies_withdrawn",
+    "events_in",
+    "events_before_as_of",
+    "events_used",
+    "events_unattributed_shared_device",
+    "events_excluded_by_consent",
+    "events_excluded_by_erasure",
+    "events_expired",
+    "cookies_resolvable",
+)
+
+
+def attribute(
+    f: dict[str, Any],
+    as_of: pd.Timestamp,
+    settings: FeatureSettings,
+    cookie_vocab: pa.Array,
+    profile_vocab: pa.Array,
+    withdrawn_c: np.ndarray,
+    *,
+    consent: pd.DataFrame | None = None,
+    erased: Iterable[str] = (),
+) -> Graph:
+    """Attribution, eligibility and the output ids from the merged facts ``f`` of every row
+    (links included in ``pmin``/``pmax``): the rules of the module doc, over per-id arrays.
+
+    The vocabularies may be in any order and may hold ids never seen before ``as_of``: the
+    result does not depend on either.
+    """
+    as_of_ns = int(as_of.value)
+    horizon = as_of_ns - int(settings.cookie_ttl_days) * _DAY_NS
+    n_c, n_p = len(cookie_vocab), len(profile_vocab)
+    big = np.iinfo(np.int64).max
+    erased_ids = [str(e) for e in erased]
+    withdrawn_p = cookie_flags(latest_consent(consent, settings.consent_purpose)[0], profile_vocab)
+    erased_p = cookie_flags(erased_ids, profile_vocab)
+    anon_ids = [e[len(ANON_PREFIX) :] for e in erased_ids if e.startswith(ANON_PREFIX)]
+    erased_c = cookie_flags(anon_ids, cookie_vocab)
+
     pmin, pmax, n_co, co_last, co_first = (
         f["pmin"],
         f["pmax"],
@@ -581,8 +769,6 @@ def resolve_codes(
     )
     n_pk, pk_last, pk_first, link_last = f["n_pk"], f["pk_last"], f["pk_first"], f["link_last"]
     seen_w, linked_w = f["seen_w"], f["linked_w"]
-    n_before, n_withdrawn_rows = int(f["n_before"]), int(f["n_withdrawn_rows"])
-    del f
     linked = pmax[:-1] >= 0
     shared = linked & (pmin[:-1] != pmax[:-1])
     exclusive = linked & ~shared
@@ -590,8 +776,6 @@ def resolve_codes(
     cookie_last = np.maximum(co_last, link_last)
     seen_c = cookie_last > _NAT
     expired_c = seen_c & (cookie_last < horizon)
-    cookies_withdrawn = int(seen_w[:-1].sum())
-    anon_withdrawn = int((seen_w & ~linked_w)[:-1].sum())
 
     # attribution. slot = profile code, or n_p + cookie code for an anonymous cookie; the
     # cookie-only rows of a shared cookie belong to nobody
@@ -604,8 +788,6 @@ def resolve_codes(
     np.add.at(n_events, owner[excl], n_co[excl])
     np.maximum.at(last, owner[excl], co_last[excl])
     np.minimum.at(first, owner[excl], co_first[excl])
-    n_unattributed = int(n_co[shared].sum())
-    del n_pk, pk_last, pk_first, co_last, co_first, link_last
 
     has = n_events > 0
     is_erased = np.concatenate([erased_p[:-1], erased_c[:-1]])
@@ -634,60 +816,14 @@ def resolve_codes(
     slots_sorted = np.concatenate([known, n_p + anon_ok])[order]
     out_code = np.full(n_slots + 1, -1, dtype=np.int64)  # trailing -1: nobody / null
     out_code[slots_sorted] = np.arange(len(slots_sorted))
-    # a cookie-only row's output row, by cookie (the trailing entry serves cookie code -1)
     cookie_out = np.append(
         np.where(exclusive, out_code[np.where(exclusive, owner, n_slots)], -1), -1
     )
     cookie_out[:-1][anon] = out_code[n_p + np.flatnonzero(anon)]
-    profile_out = np.append(out_code[:n_p], -1)
-
-    # pass 2: the rows used and their output row; distinct (shared cookie, profile) pairs.
-    # Chunks are independent: two workers, results kept in chunk order.
-    shared_ext = np.append(shared, False)
-
-    def used_rows(slices: list[slice]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        out = []
-        for sl in slices:
-            tt, c, p = t[sl], cc_all[sl], pc_all[sl]
-            ok = (tt < as_of_ns) & (tt != _NAT)
-            if any_withdrawn_c:
-                ok &= ~withdrawn_c[c]
-            code = np.where(p >= 0, profile_out[p], cookie_out[c])
-            used = ok & (code >= 0)
-            on_shared = ok & (p >= 0) & shared_ext[c]
-            pairs = np.unique(c[on_shared].astype(np.int64) * (n_p + 1) + p[on_shared])
-            out.append((np.flatnonzero(used) + sl.start, code[used].astype(np.int32), pairs))
-        return out
-
-    done = [x for part in in_two(used_rows, list(chunks(codes.n))) for x in part]
-    shared_pairs = [np.unique(link_c[shared[link_c]] * (n_p + 1) + link_p[shared[link_c]])]
-    shared_pairs += [x[2] for x in done]
-    rows = np.concatenate([x[0] for x in done]) if done else np.zeros(0, dtype=np.int64)
-    code = np.concatenate([x[1] for x in done]) if done else np.zeros(0, dtype=np.int32)
-
-    # per-profile cookie counts: exclusive cookies plus distinct shared cookies
-    n_excl = np.bincount(owner[excl], minlength=n_p)[:n_p]
-    pairs = np.unique(np.concatenate(shared_pairs))
-    n_shared = np.bincount(pairs % (n_p + 1), minlength=n_p)[:n_p]
-    is_anon = slots_sorted >= n_p
-    at = np.where(is_anon, n_p, slots_sorted)  # anonymous: one cookie, never shared
-    index = pd.Index(pd.array(ids, dtype="string"), name="profile_id")
-    profiles = pd.DataFrame(
-        {
-            "is_anonymous": is_anon,
-            "n_cookies": np.append(n_excl + n_shared, 1)[at].astype(np.int64),
-            "n_shared_devices": np.append(n_shared, 0)[at].astype(np.int64),
-            "n_events": n_events[slots_sorted].astype(np.int64),
-            "first_seen": pd.to_datetime(first[slots_sorted], unit="ns", utc=True),
-            "last_seen": pd.to_datetime(last[slots_sorted], unit="ns", utc=True),
-        },
-        index=index,
-    )
-
     # resolvable cookies (for cookie-keyed requests)
     ok = seen_c & ~expired_c & ~shared & ~withdrawn_c[:-1] & (cookie_out[:-1] >= 0)
     cookie_rows = np.flatnonzero(ok)
-
+    is_anon = slots_sorted >= n_p
     summary = {
         "profiles_known": int((~is_anon).sum()),
         "profiles_anonymous": int(is_anon.sum()),
@@ -696,37 +832,48 @@ def resolve_codes(
         "profiles_expired": int(ex_expired.sum()),
         "known_profiles_expired": int(ex_expired[:n_p].sum()),
         "profiles_lapsed": int((lapsed_known & ~is_erased[:n_p] & ~is_withdrawn[:n_p]).sum()),
-        "excluded_by_consent": int(ex_consent.sum()) + anon_withdrawn,
+        "excluded_by_consent": int(ex_consent.sum()) + int((seen_w & ~linked_w)[:-1].sum()),
         "excluded_by_erasure": int(ex_erased.sum()),
-        "cookies_withdrawn": cookies_withdrawn,
-        "events_in": int(codes.n),
-        "events_before_as_of": n_before,
-        "events_used": int(len(rows)),
-        "events_unattributed_shared_device": n_unattributed,
-        "events_excluded_by_consent": n_withdrawn_rows + int(n_events[ex_consent].sum()),
+        "cookies_withdrawn": int(seen_w[:-1].sum()),
+        "events_before_as_of": int(f["n_before"]),
+        "events_unattributed_shared_device": int(n_co[shared].sum()),
+        "events_excluded_by_consent": int(f["n_withdrawn_rows"]) + int(n_events[ex_consent].sum()),
         "events_excluded_by_erasure": int(n_events[ex_erased].sum()),
         "events_expired": int(n_events[ex_expired].sum()),
         "cookies_resolvable": int(len(cookie_rows)),
     }
-    logger.info(
-        "identity as of %s: %d known + %d anonymous profiles, %d shared devices, "
-        "%d expired cookies, %d excluded by consent, %d erased, %d events used",
-        as_of.isoformat(),
-        summary["profiles_known"],
-        summary["profiles_anonymous"],
-        summary["shared_devices"],
-        summary["expired_cookies"],
-        summary["excluded_by_consent"],
-        summary["excluded_by_erasure"],
-        summary["events_used"],
-    )
-    return Resolved(
+    return Graph(
         as_of=as_of,
-        rows=rows,
-        profile_codes=code,
-        profiles=profiles,
+        n_profiles=n_p,
+        withdrawn_c=withdrawn_c,
+        shared=np.append(shared, False),
+        cookie_out=cookie_out,
+        profile_out=np.append(out_code[:n_p], -1),
+        ids=ids,
+        slots=slots_sorted,
+        n_excl=np.bincount(owner[excl], minlength=n_p)[:n_p],
+        n_events=n_events,
+        first=first,
+        last=last,
+        cookie_ids=cookie_vocab.take(pa.array(cookie_rows)),
+        cookie_profile=cookie_out[cookie_rows],
         summary=summary,
-        _ids=ids,
-        _cookie_ids=cookie_vocab.take(pa.array(cookie_rows)),
-        _cookie_profile=cookie_out[cookie_rows],
     )
+
+
+def used_rows(
+    t: np.ndarray, cookie: np.ndarray, profile: np.ndarray, graph: Graph, start: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 2 over some rows (times in ns, cookie and profile codes of ``graph``'s
+    vocabularies): positions (plus ``start``) of the rows used, their output profile row
+    (int32), and the distinct (shared cookie, profile) keys of the rows on shared cookies."""
+    as_of_ns = int(graph.as_of.value)
+    n_p = graph.n_profiles
+    ok = (t < as_of_ns) & (t != _NAT)
+    if graph.withdrawn_c.any():
+        ok &= ~graph.withdrawn_c[cookie]
+    code = np.where(profile >= 0, graph.profile_out[profile], graph.cookie_out[cookie])
+    used = ok & (code >= 0)
+    on_shared = ok & (profile >= 0) & graph.shared[cookie]
+    pairs = np.unique(cookie[on_shared].astype(np.int64) * (n_p + 1) + profile[on_shared])
+    return np.flatnonzero(used) + start, code[used].astype(np.int32), pairs

@@ -164,19 +164,8 @@ def _train(
             fingerprint=fingerprint,
             events_source=str(events) if not isinstance(events, pd.DataFrame) else "dataframe",
         )
-        for name, step in STEPS:
-            if on_step:
-                on_step(name, "running")
-            clock = time.perf_counter()
-            try:
-                outcomes[name] = step(ctx)
-            except InsufficientDataError as exc:
-                logger.warning("%s skipped: %s", name, exc)
-                outcomes[name] = StepOutcome("skipped", reason=str(exc))
-            outcomes[name].seconds = seconds[name] = time.perf_counter() - clock
-            logger.info("train step %s: %s in %.1f s", name, outcomes[name].status, seconds[name])
-            if on_step:
-                on_step(name, outcomes[name].status)
+        with ctx.builder:  # one engine (e.g. one Dask client) for every step
+            _run_steps(ctx, outcomes, seconds, on_step)
         clock = time.perf_counter()
         record_training_events(workdir, events_df, ctx.erased, bundle_version=version)
         assert ctx.features is not None
@@ -210,6 +199,28 @@ def _train(
     return TrainResult(
         bundle_io.live_bundle_path(workdir), version, manifest, outcomes, loads, seconds
     )
+
+
+def _run_steps(
+    ctx: TrainContext,
+    outcomes: dict[str, StepOutcome],
+    seconds: dict[str, float],
+    on_step: StepCallback | None,
+) -> None:
+    """Run every step of :data:`STEPS` in order, timing each; a step lacking data is skipped."""
+    for name, step in STEPS:
+        if on_step:
+            on_step(name, "running")
+        clock = time.perf_counter()
+        try:
+            outcomes[name] = step(ctx)
+        except InsufficientDataError as exc:
+            logger.warning("%s skipped: %s", name, exc)
+            outcomes[name] = StepOutcome("skipped", reason=str(exc))
+        outcomes[name].seconds = seconds[name] = time.perf_counter() - clock
+        logger.info("train step %s: %s in %.1f s", name, outcomes[name].status, seconds[name])
+        if on_step:
+            on_step(name, outcomes[name].status)
 
 
 def _log_seconds(

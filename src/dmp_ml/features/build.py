@@ -32,14 +32,24 @@ from dmp_ml.times import utc
 
 
 class FeatureEngine(Protocol):
-    """Where the per-event work runs: ``gather`` the eligible events, then ``aggregate`` them.
+    """Where the per-event work runs: ``resolve`` identity, ``gather`` the eligible events,
+    then ``aggregate`` them.
 
-    ``gather(events, codes, rows, profile_codes, params)`` takes the eligible rows ``rows`` of
+    An engine is a context manager (``with engine:`` holds its resources, e.g. a Dask client,
+    for several calls). ``resolve(events, codes, as_of, fs, consent=, links=, erased=)``
+    returns :func:`dmp_ml.identity.resolve_codes`'s result; ``gather(events, codes, rows,
+    profile_codes, params)`` takes the eligible rows ``rows`` of
     ``events`` with their profile (0..n-1); ``aggregate(gathered, n, params, tz_codes,
     tz_names)`` returns ``block`` (n_columns, n) and ``how`` (n, 168) as :func:`aggregate`
     does. Between the two calls the builder drops the encoded log, so ``gather`` should copy
     out of it what ``aggregate`` needs (and nothing more).
     """
+
+    resolve: Callable[..., identity.Resolved]
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
     gather: Callable[[pd.DataFrame, identity.IdCodes, np.ndarray, np.ndarray, FeatureParams], Any]
     aggregate: Callable[
@@ -48,10 +58,31 @@ class FeatureEngine(Protocol):
 
 
 class PandasEngine:
-    """In process: :func:`gather` then :func:`aggregate` over all profiles at once."""
+    """In process: identity over the encoded log, then :func:`gather` and :func:`aggregate`
+    over all profiles at once."""
 
     gather = staticmethod(gather)
     aggregate = staticmethod(aggregate)
+
+    def __enter__(self) -> PandasEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def resolve(
+        self,
+        events: pd.DataFrame,
+        codes: identity.IdCodes,
+        as_of: pd.Timestamp,
+        fs: FeatureSettings,
+        *,
+        consent: pd.DataFrame | None = None,
+        links: pd.DataFrame | None = None,
+        erased: Iterable[str] = (),
+    ) -> identity.Resolved:
+        """:func:`dmp_ml.identity.resolve_codes` over ``codes`` (``events`` is not read)."""
+        return identity.resolve_codes(codes, as_of, fs, consent=consent, links=links, erased=erased)
 
 
 def engine_for(fs: FeatureSettings) -> FeatureEngine:
@@ -115,8 +146,9 @@ def build_features(
     """
     fs = feature_settings(settings)
     engine = engine if engine is not None else engine_for(fs)
-    # Arrow work (encoding, lookups, sorting) runs in a helper thread while NumPy works here
-    with small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
+    # Arrow work (encoding, lookups, sorting) runs in a helper thread while NumPy works here;
+    # the engine is held open for the whole build (Dask: one client for identity and features)
+    with engine, small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
         codes = identity.encode_ids(events, encoded=encoded)
         extra = helper.submit(identity.encode_many, events, ENCODED_COLUMNS, 1)
         return _build(
@@ -150,10 +182,13 @@ def _build(
     categories: Sequence[str] | None,
     reference: FeatureSpec | None,
     engine: FeatureEngine,
+    res: identity.Resolved | None = None,
 ) -> FeatureTable:
     """The build over encoded ids; ``extra`` (the other encoded columns) may still be in
-    flight on ``helper`` while identity is resolved."""
-    res = identity.resolve_codes(codes, as_of, fs, consent=consent, links=links, erased=erased)
+    flight on ``helper`` while identity is resolved (``res``: already resolved as of
+    ``as_of``)."""
+    if res is None:
+        res = engine.resolve(events, codes, as_of, fs, consent=consent, links=links, erased=erased)
     if extra is not None:
         codes = identity.IdCodes(codes.n, codes.t, {**codes.columns, **extra.result()})
     params = params_from_codes(codes, res.rows, as_of, fs, categories, reference)
@@ -264,7 +299,14 @@ class FeatureBuilder:
 
     Training builds one table per snapshot cutoff; encoding the log's text columns is the
     largest fixed cost of a build, and this pays it once. ``build(as_of)`` equals
-    ``build_features(events, as_of, profiles, consent, settings, links=..., erased=...)``.
+    ``build_features(events, as_of, profiles, consent, settings, links=..., erased=...)``;
+    identity and features run on the engine ``features.engine`` names. ``with builder:`` holds
+    that engine open (a Dask client, a local cluster started once) for every call inside.
+
+    Identity is resolved once per cutoff: the builder keeps the identity at the latest cutoff
+    it was asked for (the one a train scores and serves at) and at the most recent other one
+    (a snapshot's features and the previous snapshot's labels share it).
+    ``resolved_cutoffs`` lists every cutoff it resolved, in order.
     """
 
     def __init__(
@@ -284,8 +326,18 @@ class FeatureBuilder:
         self.links = links
         self.erased = tuple(str(e) for e in erased)
         self._fs = feature_settings(settings)
+        self.engine = engine_for(self._fs)
+        self.resolved_cutoffs: list[pd.Timestamp] = []
+        self._kept: dict[pd.Timestamp, identity.Resolved] = {}
         with small_pages():
             self._codes = identity.encode_ids(events, extra=ENCODED_COLUMNS)
+
+    def __enter__(self) -> FeatureBuilder:
+        self.engine.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.__exit__(*exc)
 
     def build(
         self,
@@ -295,13 +347,15 @@ class FeatureBuilder:
         reference: FeatureSpec | None = None,
     ) -> FeatureTable:
         """Features as of ``as_of`` (see :func:`build_features`)."""
+        as_of = utc(as_of, "as_of")
+        res = self.resolved(as_of)
         with small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
             return _build(
                 self.events,
                 self._codes,
                 None,
                 helper,
-                utc(as_of, "as_of"),
+                as_of,
                 self.profiles,
                 self.consent,
                 self._fs,
@@ -309,17 +363,44 @@ class FeatureBuilder:
                 self.erased,
                 categories,
                 reference,
-                engine_for(self._fs),
+                self.engine,
+                res,
             )
+
+    def resolved(self, as_of: pd.Timestamp | str) -> identity.Resolved:
+        """Identity as of ``as_of`` over the encoded log, resolved at most once per cutoff
+        while kept (see the class doc)."""
+        as_of = utc(as_of, "as_of")
+        if as_of not in self._kept:
+            res = self.engine.resolve(
+                self.events,
+                self._codes,
+                as_of,
+                self._fs,
+                consent=self.consent,
+                links=self.links,
+                erased=self.erased,
+            )
+            self.resolved_cutoffs.append(as_of)
+            latest = max([as_of, *self._kept])
+            self._kept = {t: r for t, r in self._kept.items() if t == latest}
+            self._kept[as_of] = res
+        return self._kept[as_of]
 
     def resolve(self, as_of: pd.Timestamp | str) -> identity.Resolution:
         """Identity as of ``as_of`` (see :func:`dmp_ml.identity.resolve_identity`)."""
-        res = identity.resolve_codes(
-            self._codes,
-            as_of,
-            self._fs,
-            consent=self.consent,
-            links=self.links,
-            erased=self.erased,
-        )
-        return identity.resolution_from(self.events, res)
+        return identity.resolution_from(self.events, self.resolved(as_of))
+
+    def positives(
+        self, as_of: pd.Timestamp | str, start: pd.Timestamp, end: pd.Timestamp, event_type: str
+    ) -> pd.Index:
+        """Profiles (identity as of ``as_of``) with an ``event_type`` event in ``[start,
+        end)``, sorted: read from the encoded log, no copy of the resolved events."""
+        res = self.resolved(as_of)
+        kind, vocab = self._codes.columns["event_type"]
+        target = identity.lookup([event_type], vocab)[0]
+        if target < 0:
+            return res.profiles.index[:0]
+        t = self._codes.t[res.rows]
+        hit = (kind[res.rows] == target) & (t >= utc(start).value) & (t < utc(end).value)
+        return res.profiles.index[np.unique(res.profile_codes[hit])]

@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -60,6 +60,55 @@ _DEFAULT_LGBM = {
     "cat_l2": 10.0,
     "max_bin": 255,
 }
+
+
+class BoosterTrainer(Protocol):
+    """Where LightGBM boosters are trained: ``train(params, X, y, cat_cols, num_boost_round,
+    valid=None, early_stopping_rounds=0)`` -> (booster, trees kept); with ``valid`` the
+    booster is cut at the iteration early stopping on it would keep."""
+
+    def train(
+        self,
+        params: dict[str, Any],
+        X: pd.DataFrame,
+        y: np.ndarray,
+        cat_cols: list[str],
+        num_boost_round: int,
+        valid: tuple[pd.DataFrame, np.ndarray] | None = None,
+        early_stopping_rounds: int = 0,
+    ) -> tuple[lgb.Booster, int]: ...
+
+
+class LocalBoosters:
+    """In process: ``lightgbm.train`` (with its early stopping on ``valid``)."""
+
+    def train(
+        self,
+        params: dict[str, Any],
+        X: pd.DataFrame,
+        y: np.ndarray,
+        cat_cols: list[str],
+        num_boost_round: int,
+        valid: tuple[pd.DataFrame, np.ndarray] | None = None,
+        early_stopping_rounds: int = 0,
+    ) -> tuple[lgb.Booster, int]:
+        """A booster of at most ``num_boost_round`` trees and the trees kept."""
+        if valid is None:
+            data = lgb.Dataset(X, y, categorical_feature=cat_cols)
+            booster = lgb.train(params, data, num_boost_round=num_boost_round)
+            return booster, booster.current_iteration()
+        train_set = lgb.Dataset(X, y, categorical_feature=cat_cols, free_raw_data=False)
+        valid_set = lgb.Dataset(*valid, reference=train_set, categorical_feature=cat_cols)
+        booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=num_boost_round,
+            valid_sets=[valid_set],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+        )
+        best = max(int(booster.best_iteration or booster.current_iteration()), 1)
+        return lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), best
 
 
 def is_categorical(s: pd.Series) -> bool:
@@ -240,6 +289,7 @@ class PropensityModel(BaseEstimator):
         y_train: Sequence[int] | np.ndarray | pd.Series,
         X_valid: pd.DataFrame,
         y_valid: Sequence[int] | np.ndarray | pd.Series,
+        trainer: BoosterTrainer | None = None,
     ) -> PropensityModel:
         """Train with early stopping on the (later) validation data, calibrate, then refit.
 
@@ -249,7 +299,10 @@ class PropensityModel(BaseEstimator):
             Same columns (``X_valid`` is reindexed to ``X_train``'s columns); numeric or
             categorical (pandas ``category``/string columns are treated as categorical).
         y_train, y_valid : array-like of 0/1, shape (n,)
+        trainer : where the boosters are trained (default :class:`LocalBoosters`, in process;
+            e.g. ``dmp_ml.scale.DaskBoosters``, ``lightgbm.dask`` on a cluster).
         """
+        trainer = trainer if trainer is not None else LocalBoosters()
         yt = np.asarray(y_train, dtype=np.float64)
         yv = np.asarray(y_valid, dtype=np.float64)
         if len(yt) != len(X_train) or len(yv) != len(X_valid):
@@ -262,7 +315,7 @@ class PropensityModel(BaseEstimator):
         self.leaf_size_auc_: dict[int, float] = {}
         chosen: tuple[float, int, int, lgb.Booster] | None = None
         for leaf in self.leaf_size_candidates(len(yt)):
-            booster, best = self._fit_holdout(Xt, yt, Xv, yv, cat_cols, leaf)
+            booster, best = self._fit_holdout(Xt, yt, Xv, yv, cat_cols, leaf, trainer)
             raw = booster.predict(Xv, raw_score=True, num_threads=self.n_threads)
             auc = float(metrics.roc_auc(yv, raw)) if 0 < yv.sum() < len(yv) else 0.5
             self.leaf_size_auc_[leaf] = auc
@@ -288,12 +341,13 @@ class PropensityModel(BaseEstimator):
         ).assign(p_calibrated=p_after)
 
         if self.refit:
-            full = lgb.Dataset(
+            self.booster_, _ = trainer.train(
+                params,
                 pd.concat([Xt, Xv], ignore_index=True),
                 np.concatenate([yt, yv]),
-                categorical_feature=cat_cols,
+                cat_cols,
+                self.best_iteration_,
             )
-            self.booster_ = lgb.train(params, full, num_boost_round=self.best_iteration_)
         else:
             self.booster_ = self.holdout_booster_
         self.feature_importance_ = pd.Series(
@@ -321,20 +375,18 @@ class PropensityModel(BaseEstimator):
         yv: np.ndarray,
         cat_cols: list[str],
         min_child_samples: int,
+        trainer: BoosterTrainer,
     ) -> tuple[lgb.Booster, int]:
         """A booster early-stopped on the validation data, cut at its best iteration."""
-        train_set = lgb.Dataset(Xt, yt, categorical_feature=cat_cols, free_raw_data=False)
-        valid_set = lgb.Dataset(Xv, yv, reference=train_set, categorical_feature=cat_cols)
-        booster = lgb.train(
+        return trainer.train(
             self._lgb_params(min_child_samples),
-            train_set,
-            num_boost_round=self.n_estimators,
-            valid_sets=[valid_set],
-            valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            Xt,
+            yt,
+            cat_cols,
+            self.n_estimators,
+            valid=(Xv, yv),
+            early_stopping_rounds=self.early_stopping_rounds,
         )
-        best = max(int(booster.best_iteration or booster.current_iteration()), 1)
-        return lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), best
 
     # -------------------------------------------------------------------------- predict
 

@@ -8,7 +8,7 @@ aligned to the columns of the score table (features as of ``as_of``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +18,6 @@ from dmp_ml.features import FeatureBuilder, FeatureTable
 from dmp_ml.models.propensity.model import is_categorical
 
 if TYPE_CHECKING:
-    from dmp_ml.identity import Resolution
     from dmp_ml.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -95,7 +94,6 @@ def build_snapshots(
     links: pd.DataFrame | None = None,
     score_table: FeatureTable | None = None,
     builder: FeatureBuilder | None = None,
-    resolve: Callable[[pd.Timestamp], Resolution] | None = None,
 ) -> tuple[list[tuple[FeatureTable, pd.Series]], FeatureTable]:
     """Labelled snapshots at ``as_of - k * horizon`` (k = 1..n_snapshots) and the score table.
 
@@ -108,9 +106,11 @@ def build_snapshots(
 
     Pass ``score_table`` (the features as of ``as_of``, built with the same inputs) to reuse it
     instead of building it again; it is returned unchanged. Pass ``builder`` (a
-    :class:`~dmp_ml.features.FeatureBuilder` over the same inputs) to reuse its encoded log,
-    and ``resolve`` (its ``resolve``, or one that keeps what it resolved) to share the identity
-    at the label cutoffs with other steps: the last one is ``as_of``.
+    :class:`~dmp_ml.features.FeatureBuilder` over the same inputs) to reuse its encoded log
+    and the identity it resolved: a snapshot's labels and the next snapshot's features share
+    the identity at their cutoff, resolved once (on the builder's engine, e.g. Dask), and the
+    labels are read from the encoded log (:meth:`FeatureBuilder.positives`) without copying
+    the resolved events.
     """
     from dmp_ml.identity import ANON_PREFIX
 
@@ -121,8 +121,6 @@ def build_snapshots(
         builder = FeatureBuilder(events, profiles, consent, settings, links=links, erased=erased)
     if score_table is None:
         score_table = builder.build(as_of_ts)
-    if resolve is None:
-        resolve = builder.resolve
     elif score_table.spec.as_of != as_of_ts:
         raise ValueError(
             f"score_table is as of {score_table.spec.as_of}, not {as_of_ts}: build it at as_of"
@@ -134,19 +132,20 @@ def build_snapshots(
         if len(table) == 0:
             logger.info("snapshot at %s has no eligible profiles; skipped", cutoff)
             continue
-        resolved = resolve(cutoff + horizon)
         ids = pd.Index(table.frame.index.astype("string"))
         label_ids = ids.to_series(index=ids)
         anon = ids.str.startswith(ANON_PREFIX)
         if anon.any():
-            later = resolved.cookie_map.astype("string")
+            later = builder.resolved(cutoff + horizon).cookie_map().astype("string")
             cookies = ids[anon].str.slice(len(ANON_PREFIX))
             mapped = later.reindex(cookies).to_numpy(dtype=object, na_value=None)
             label_ids[anon] = [
                 m if m is not None else i for m, i in zip(mapped, ids[anon], strict=True)
             ]
-        labels = make_labels(
-            resolved.events, cutoff, ps.horizon_days, ps.target_event, label_ids.to_numpy()
+        positives = builder.positives(cutoff + horizon, cutoff, cutoff + horizon, ps.target_event)
+        labels = pd.Series(
+            pd.Index(label_ids.to_numpy(), dtype="string").isin(positives).astype(np.int64),
+            index=ids,
         )
         snapshots.append((table, pd.Series(labels.to_numpy(), index=ids, name="label")))
         logger.info(

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmp_ml.training_context import StepOutcome, TrainContext, comparison
 
+if TYPE_CHECKING:
+    from dmp_ml.models.propensity.model import BoosterTrainer
+
 logger = logging.getLogger(__name__)
+
+
+def _trainer(ctx: TrainContext) -> BoosterTrainer | None:
+    """Where the boosters are trained: ``lightgbm.dask`` on the train's Dask client when
+    ``features.engine: dask`` (:class:`dmp_ml.scale.propensity.DaskBoosters`), else in process."""
+    fs = ctx.settings.features
+    if fs.engine != "dask":
+        return None
+    from dmp_ml.scale.propensity import DaskBoosters
+
+    return DaskBoosters(ctx.builder.engine, fs.dask_partitions)
 
 
 def train_step(ctx: TrainContext) -> StepOutcome:
@@ -29,9 +43,8 @@ def train_step(ctx: TrainContext) -> StepOutcome:
         erased=ctx.erased,
         score_table=ctx.features,
         builder=ctx.builder,
-        resolve=ctx.resolve,
     )
-    result = train_propensity(snapshots, ctx.features, ctx.settings)
+    result = train_propensity(snapshots, ctx.features, ctx.settings, _trainer(ctx))
     ctx.models["propensity"] = result.model
     ctx.scores = result.scores.set_index("profile_id")
     logged = log_propensity_run(result, ctx.settings, register=False, **ctx.run_labels())

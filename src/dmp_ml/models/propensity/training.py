@@ -27,7 +27,7 @@ from dmp_ml.models.propensity.baselines import (
 )
 from dmp_ml.models.propensity.blend import BLEND, Blend, baseline_logit
 from dmp_ml.models.propensity.calibration import Calibrator
-from dmp_ml.models.propensity.model import PropensityModel
+from dmp_ml.models.propensity.model import BoosterTrainer, PropensityModel
 from dmp_ml.models.propensity.snapshots import align_features
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ def train_propensity(
     snapshots: Sequence[tuple[FeatureTable, pd.Series]],
     score_table: FeatureTable,
     settings: Settings,
+    trainer: BoosterTrainer | None = None,
 ) -> PropensityResult:
     """Train, validate and score a propensity model from labelled snapshots.
 
@@ -155,6 +156,8 @@ def train_propensity(
         them with :func:`align_features`) and its profiles are scored.
     settings : Settings
         Its ``propensity`` section configures the model and the minimum counts.
+    trainer : where the model's boosters are trained (default in process; see
+        :meth:`PropensityModel.fit`). The baselines are fitted in process.
 
     Raises
     ------
@@ -202,7 +205,7 @@ def train_propensity(
     }
     model = PropensityModel.from_settings(settings)
     model.info_ = info
-    model.fit(X_train, y_train, X_valid, y_valid)
+    model.fit(X_train, y_train, X_valid, y_valid, trainer=trainer)
     rf, single = baselines["baseline_rf_logreg"], baselines["baseline_single"]
     predictions = pd.DataFrame(
         {

@@ -341,21 +341,25 @@ def smooth_parts(
     k = kernel(bandwidth, rho)
     k_pop = kernel(bandwidth, 0.0)
     take = (lambda x: x) if rows is None else (lambda x: x[rows])
-
-    def parts(
-        kernel: np.ndarray, resp: np.ndarray, act: np.ndarray, expo: np.ndarray, mu: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        return {
-            "resp": smooth(np.atleast_2d(resp), kernel),
-            "act": smooth(np.atleast_2d(act), kernel),
-            "expo": smooth(np.atleast_2d(expo), kernel),
-            "mu": np.reshape(mu, (-1, 1)),
-        }
-
     return {
-        "rows": parts(k, take(pooled.resp), take(pooled.act), take(pooled.expo), take(pooled.mu)),
-        "cohort": parts(k_pop, **pooled.cohort),
-        "pool": parts(k_pop, **pooled.pool),
+        "rows": smooth_block(
+            k, take(pooled.resp), take(pooled.act), take(pooled.expo), take(pooled.mu)
+        ),
+        "cohort": smooth_block(k_pop, **pooled.cohort),
+        "pool": smooth_block(k_pop, **pooled.pool),
+    }
+
+
+def smooth_block(
+    kernel: np.ndarray, resp: np.ndarray, act: np.ndarray, expo: np.ndarray, mu: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Rows of responses, engagement hours and exposures (k, 168) smoothed with ``kernel``;
+    ``mu`` (k,) as a column. Row by row: a block of rows gives what the whole would."""
+    return {
+        "resp": smooth(np.atleast_2d(resp), kernel),
+        "act": smooth(np.atleast_2d(act), kernel),
+        "expo": smooth(np.atleast_2d(expo), kernel),
+        "mu": np.reshape(mu, (-1, 1)),
     }
 
 

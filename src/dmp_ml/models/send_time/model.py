@@ -29,6 +29,7 @@ from dmp_ml.models.send_time.decision import (
     check_quiet_hours,
     utc_timestamp,
 )
+from dmp_ml.models.send_time.fitting import CurveEngine, CurveInputs, LocalCurves, hyper
 from dmp_ml.models.send_time.selection import select
 from dmp_ml.models.send_time.zones import (
     TIMEZONE_SOURCES,
@@ -206,6 +207,7 @@ class SendTimeModel(EstimatorParams):
         timezones: pd.Series | None = None,
         *,
         selection: Mapping[str, Any] | None = None,
+        engine: CurveEngine | None = None,
     ) -> SendTimeModel:
         """Fit the curves from resolved events strictly before ``as_of``.
 
@@ -222,6 +224,10 @@ class SendTimeModel(EstimatorParams):
         selection : dict, optional
             An earlier fit's ``selection_`` (same log, earlier ``as_of``): its hyper-parameters
             are reused, not searched again; calibration and guard are fitted on this data.
+        engine : CurveEngine, optional
+            Where the served curves are computed from the evidence (default
+            :class:`~.fitting.LocalCurves`, in process; e.g. ``dmp_ml.scale.DaskCurves``).
+            Every engine gives the same curves (to float rounding).
         """
         self._check_params()
         as_of_ts = utc_timestamp(as_of, "as_of", DataContractError)
@@ -272,53 +278,39 @@ class SendTimeModel(EstimatorParams):
             as_of_sec,
             chosen=selection,
         )
-        alpha = selected["prior_strength"]
-        beta = selected["cohort_strength"]
-        rho = selected["day_pooling"]
-        bandwidth = selected["bandwidth"]
-        activity_weight = selected["activity_weight"]
-        sharpness = selected["sharpness"]
-
-        # ---- final fit on everything before as_of
-        counts = curves.count_hours(full, n, zone_code, converter)
-        kind = "rate" if counts.sends.sum() > 0 and counts.responses.sum() > 0 else "activity"
-        pooled = curves.pool_counts(
-            counts, cohort_code, len(cohort_names), source, self.rate_prior_strength
+        engine = engine if engine is not None else LocalCurves()
+        fc = engine.fit(
+            CurveInputs(
+                full=full,
+                n=n,
+                zones=zones,
+                zone_code=zone_code,
+                cohort_code=cohort_code,
+                n_cohorts=len(cohort_names),
+                source=source,
+                mixture=mixture,
+                selected=selected,
+                rate_strength=self.rate_prior_strength,
+                span_hours=curves.span_hours(raw, as_of_sec),
+            )
         )
-        smoothed = curves.smoothed(
-            curves.smooth_parts(pooled, None, rho, bandwidth), activity_weight
-        )
-        fitted = curves.shapes(
-            smoothed,
-            cohort_code,
-            alpha,
-            beta,
-            mixture=mixture,
-            source=source,
-            sharpness=sharpness,
-        )
-        rate, rate_global = curves.rates(
-            counts, kind, self.rate_prior_strength, curves.span_hours(raw, as_of_sec)
-        )
-        calibration = selected.get("calibration") if kind == "rate" else None
-
-        weight = fitted["data_weight"]
+        alpha, beta, rho, bandwidth, activity_weight, sharpness = hyper(selected)
+        calibration = selected.get("calibration") if fc.kind == "rate" else None
+        weight = fc.data_weight
         basis = np.where(
             weight >= self.basis_profile_min_weight,
             0,
             np.where(source == 2, 2, 1),
         ).astype(np.int8)
         # ---- the guard: serve a plain baseline when it beats the curves on held-out time
-        glob = baselines.global_curve(counts.activity, fitted["global_shape"])
         guard = None
         if self.guard_baselines:
             guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw)
         served = baselines.choose_served(guard)
+        shape, shape_sd = fc.shape, fc.shape_sd
         if served != baselines.MODEL:
-            shape, basis = baselines.baseline_shapes(
-                served, counts.activity, glob, fitted["cohort_shapes"], cohort_code
-            )
-            fitted = {**fitted, "shape": shape, "shape_sd": np.zeros_like(shape)}
+            shape, basis = engine.baseline(served, fc, cohort_code)
+            shape_sd = np.zeros_like(shape)
 
         self.as_of_ = as_of_ts
         self.profile_ids_ = profile_index
@@ -327,18 +319,18 @@ class SendTimeModel(EstimatorParams):
         self.timezone_source_code_ = source.astype(np.int8)
         self.cohorts_ = cohort_names
         self.cohort_code_ = cohort_code.astype(np.int64)
-        self.local_shape_ = fitted["shape"].astype(np.float32)
-        self.local_shape_sd_ = fitted["shape_sd"].astype(np.float32)
+        self.local_shape_ = shape.astype(np.float32)
+        self.local_shape_sd_ = shape_sd.astype(np.float32)
         self.calibration_ = calibration
-        self.global_shape_ = fitted["global_shape"]
-        self.cohort_shapes_ = fitted["cohort_shapes"]
-        self.rate_ = rate
-        self.global_rate_ = float(rate_global)
+        self.global_shape_ = fc.global_shape
+        self.cohort_shapes_ = fc.cohort_shapes
+        self.rate_ = fc.rate
+        self.global_rate_ = fc.global_rate
         self.data_weight_ = weight
         self.basis_code_ = basis
-        self.n_engagement_hours_ = counts.activity.sum(axis=1)
-        self.n_sends_ = counts.sends.sum(axis=1)
-        self.probability_kind_ = kind
+        self.n_engagement_hours_ = fc.engagement_hours
+        self.n_sends_ = fc.sends
+        self.probability_kind_ = fc.kind
         self.prior_strength_ = float(alpha)
         self.cohort_strength_ = float(beta)
         self.bandwidth_ = float(bandwidth)
@@ -348,7 +340,7 @@ class SendTimeModel(EstimatorParams):
         self.selection_ = selected
         self.served_ = served
         self.guard_ = guard
-        self.baseline_global_ = glob
+        self.baseline_global_ = fc.baseline_global
         self.n_events_used_ = int(len(full.act_p) + len(full.send_p))
         logger.info("send time: %s", baselines.comparison_line(guard, served))
         logger.info(

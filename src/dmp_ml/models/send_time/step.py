@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from dmp_ml.models.send_time import SendTimeModel
+    from dmp_ml.models.send_time.fitting import CurveEngine
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,15 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     resolved = ctx.resolve(ctx.as_of).events
     resolved = resolved[resolved["profile_id"].isin(eligible)]
     train_part = resolved[resolved["event_time"] < cutoff]
-    before = SendTimeModel.from_settings(ctx.settings).fit(train_part, cutoff, timezones)
+    engine = _curve_engine(ctx)
+    before = SendTimeModel.from_settings(ctx.settings).fit(
+        train_part, cutoff, timezones, engine=engine
+    )
     evaluation = evaluate_send_time(
         before, resolved, timezones=timezones, training_events=train_part
     )
     model = SendTimeModel.from_settings(ctx.settings).fit(
-        resolved, ctx.as_of, timezones, selection=before.selection_
+        resolved, ctx.as_of, timezones, selection=before.selection_, engine=engine
     )
     ctx.models["send_time"] = model
     metrics = _flat_metrics(evaluation)
@@ -123,6 +127,17 @@ def _charts(
     else:
         logger.info("send time: no held-out sends with both outcomes, no reliability diagram")
     return charts, found
+
+
+def _curve_engine(ctx: TrainContext) -> CurveEngine | None:
+    """Where the served curves are fitted: on the train's Dask client when
+    ``features.engine: dask`` (:class:`dmp_ml.scale.send_time.DaskCurves`), else in process."""
+    fs = ctx.settings.features
+    if fs.engine != "dask":
+        return None
+    from dmp_ml.scale.send_time import DaskCurves
+
+    return DaskCurves(ctx.builder.engine, fs.dask_partitions)
 
 
 def _timezones(profiles: pd.DataFrame | None) -> pd.Series | None:

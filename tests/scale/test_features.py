@@ -7,28 +7,10 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("dask.dataframe")
-distributed = pytest.importorskip("distributed")
 
-from dmp_ml.demo import generate_demo_world  # noqa: E402
 from dmp_ml.features import FeatureBuilder, FeatureTable, build_features  # noqa: E402
 from dmp_ml.scale import DaskEngine  # noqa: E402
 from dmp_ml.settings import FeatureSettings, Settings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def world():
-    return generate_demo_world(n_profiles=300, days=60, seed=3)
-
-
-@pytest.fixture(scope="module")
-def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as c,
-    ):
-        yield c
 
 
 def _assert_same(a: FeatureTable, b: FeatureTable) -> None:
@@ -78,3 +60,16 @@ def test_feature_builder_on_dask_reuses_its_encoded_log_and_equals_pandas(world,
     got = FeatureBuilder(world.events, world.profiles, world.consent, settings).build(as_of)
     expected = build_features(world.events, as_of, world.profiles, world.consent, Settings())
     _assert_same(expected, got)
+
+
+def test_a_held_engine_keeps_one_local_cluster_across_builds(world):
+    engine = DaskEngine(None, npartitions=2)  # no scheduler: a local cluster of its own
+    with engine:
+        with engine.client() as first:
+            pass
+        a = build_features(world.events, world.end, world.profiles, engine=engine)
+        b = build_features(world.events, world.end, world.profiles, engine=engine)
+        with engine.client() as after:
+            assert after is first  # the builds entered and left the engine without closing it
+    pd.testing.assert_frame_equal(a.frame, b.frame, check_exact=True)
+    assert first.status == "closed"  # leaving the outer block closes it

@@ -1,0 +1,137 @@
+"""The served send-time curves from the evidence: per-profile counts, population priors, the
+posterior per profile. One call for the fit, one for a baseline the guard may serve instead.
+
+The work has three parts: per-profile hour-of-week counts (a map over profiles), the
+population's priors (cohort and global sums of those counts: a reduction), and each profile's
+posterior given the priors (a map again). :class:`LocalCurves` does them over all profiles at
+once; :class:`dmp_ml.scale.send_time.DaskCurves` partition by partition on Dask. Both take a
+:class:`CurveInputs` and return :class:`FittedCurves`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from dmp_ml.models.send_time import baselines, curves
+from dmp_ml.models.send_time.curves import Evidence
+from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
+
+
+@dataclass(frozen=True)
+class CurveInputs:
+    """What the curves are fitted from: evidence sorted by profile (as
+    :func:`~dmp_ml.models.send_time.curves.evidence` returns it), each profile's zone and
+    cohort, the zone mixture for profiles left in UTC, the selected hyper-parameters."""
+
+    full: Evidence
+    n: int
+    zones: list[str]
+    zone_code: np.ndarray
+    cohort_code: np.ndarray
+    n_cohorts: int
+    source: np.ndarray
+    mixture: ZoneMixture | None
+    selected: Mapping[str, Any]
+    rate_strength: float
+    span_hours: float
+
+
+@dataclass
+class FittedCurves:
+    """The fitted curves of ``n`` profiles.
+
+    ``shape``, ``shape_sd`` (n, 168): posterior relative intensity per local hour of week and
+    its sd; ``global_shape`` (168,), ``cohort_shapes`` (n_cohorts, 168): the priors;
+    ``data_weight`` (n,): share from the profile's own evidence; ``rate`` (n,) and
+    ``global_rate``: response rate per send (``kind == "rate"``) or activity rate per hour
+    (``"activity"``); ``engagement_hours``, ``sends`` (n,): totals per profile;
+    ``baseline_global`` (168,): the population's engagement share per local hour of week.
+    """
+
+    shape: np.ndarray
+    shape_sd: np.ndarray
+    global_shape: np.ndarray
+    cohort_shapes: np.ndarray
+    data_weight: np.ndarray
+    rate: np.ndarray
+    global_rate: float
+    kind: str
+    engagement_hours: np.ndarray
+    sends: np.ndarray
+    baseline_global: np.ndarray
+
+
+class CurveEngine(Protocol):
+    """Where the curves are computed: ``fit(inputs)``, then, if the guard serves a baseline,
+    ``baseline(name, fitted, cohort_code)`` -> (shape (n, 168), basis code (n,))."""
+
+    def fit(self, inputs: CurveInputs) -> FittedCurves: ...
+
+    def baseline(
+        self, name: str, fitted: FittedCurves, cohort_code: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def hyper(selected: Mapping[str, Any]) -> tuple[float, float, float, float, float, float]:
+    """(prior strength, cohort strength, day pooling, bandwidth, activity weight, sharpness)."""
+    return (
+        selected["prior_strength"],
+        selected["cohort_strength"],
+        selected["day_pooling"],
+        selected["bandwidth"],
+        selected["activity_weight"],
+        selected["sharpness"],
+    )
+
+
+class LocalCurves:
+    """In process, every profile at once (keeps the activity counts for :meth:`baseline`)."""
+
+    def fit(self, inputs: CurveInputs) -> FittedCurves:
+        """The curves from ``inputs`` (see the module doc)."""
+        alpha, beta, rho, bandwidth, activity_weight, sharpness = hyper(inputs.selected)
+        converter = ZoneConverter(inputs.zones)
+        counts = curves.count_hours(inputs.full, inputs.n, inputs.zone_code, converter)
+        kind = "rate" if counts.sends.sum() > 0 and counts.responses.sum() > 0 else "activity"
+        pooled = curves.pool_counts(
+            counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
+        )
+        smoothed = curves.smoothed(
+            curves.smooth_parts(pooled, None, rho, bandwidth), activity_weight
+        )
+        fitted = curves.shapes(
+            smoothed,
+            inputs.cohort_code,
+            alpha,
+            beta,
+            mixture=inputs.mixture,
+            source=inputs.source,
+            sharpness=sharpness,
+        )
+        rate, rate_global = curves.rates(counts, kind, inputs.rate_strength, inputs.span_hours)
+        self.activity_ = counts.activity
+        return FittedCurves(
+            shape=fitted["shape"],
+            shape_sd=fitted["shape_sd"],
+            global_shape=fitted["global_shape"],
+            cohort_shapes=fitted["cohort_shapes"],
+            data_weight=fitted["data_weight"],
+            rate=rate,
+            global_rate=float(rate_global),
+            kind=kind,
+            engagement_hours=counts.activity.sum(axis=1),
+            sends=counts.sends.sum(axis=1),
+            baseline_global=baselines.global_curve(counts.activity, fitted["global_shape"]),
+        )
+
+    def baseline(
+        self, name: str, fitted: FittedCurves, cohort_code: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Baseline ``name``'s curves and basis codes for the profiles of the last fit."""
+        return baselines.baseline_shapes(
+            name, self.activity_, fitted.baseline_global, fitted.cohort_shapes, cohort_code
+        )

@@ -1,0 +1,264 @@
+"""Send-time curves on Dask: per-profile counts by partition, population priors by a reduction.
+
+:class:`DaskCurves` is a :class:`dmp_ml.models.send_time.fitting.CurveEngine`. The profiles
+are split into contiguous ranges; each range's evidence (sends with their response weight,
+engagement hours: sorted by profile, so a range is a slice) goes to a worker, which counts its
+profiles' hours of week once and keeps the counts there. Then:
+
+1. each partition returns its profiles' totals (sends, responses, engagement hours: one number
+   per profile); the client derives the population response rate and the rates exactly as the
+   local fit does;
+2. each partition sums its counts per zone cohort and over the located population; the client
+   adds the partial sums (a reduction) and smooths them: the priors;
+3. each partition computes its profiles' posterior curves given the priors, with the local
+   fit's own functions.
+
+Per-profile values are the local fit's, bit for bit, given the priors; the priors are sums in
+another order, so curves agree with the local engine's to float rounding (about 1e-15).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dmp_ml.models.send_time import baselines, curves
+from dmp_ml.models.send_time.curves import HOURS_PER_WEEK, Counts, Evidence
+from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, hyper
+from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
+from dmp_ml.scale.cluster import map_parts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProfileRange:
+    """The evidence of profiles ``lo``..``hi - 1`` (codes shifted to start at 0) with their
+    zone, cohort and zone source."""
+
+    lo: int
+    hi: int
+    evidence: Evidence
+    zone_code: np.ndarray
+    cohort_code: np.ndarray
+    source: np.ndarray
+
+
+def split_profiles(inputs: CurveInputs, nparts: int) -> list[ProfileRange]:
+    """``inputs``' profiles in at most ``nparts`` contiguous ranges, with their evidence."""
+    full, n = inputs.full, inputs.n
+    bounds = np.unique(np.linspace(0, n, max(1, min(nparts, n)) + 1).astype(np.int64))
+    s_cut = np.searchsorted(full.send_p, bounds)
+    a_cut = np.searchsorted(full.act_p, bounds)
+    out = []
+    for i in range(len(bounds) - 1):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        s, a = slice(s_cut[i], s_cut[i + 1]), slice(a_cut[i], a_cut[i + 1])
+        ev = Evidence(
+            full.send_p[s] - lo,
+            full.send_sec[s],
+            full.send_resp[s],
+            full.act_p[a] - lo,
+            full.act_sec[a],
+        )
+        rows = slice(lo, hi)
+        out.append(
+            ProfileRange(
+                lo, hi, ev, inputs.zone_code[rows], inputs.cohort_code[rows], inputs.source[rows]
+            )
+        )
+    return out
+
+
+def range_counts(part: ProfileRange, zones: list[str]) -> Counts:
+    """Hours of week per profile of the range: sends, responses, engagement hours."""
+    return curves.count_hours(
+        part.evidence, part.hi - part.lo, part.zone_code, ZoneConverter(zones)
+    )
+
+
+def range_totals(counts: Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per profile: sends, responses, engagement hours; and engagement per hour of week."""
+    return (
+        counts.sends.sum(axis=1),
+        counts.responses.sum(axis=1),
+        counts.activity.sum(axis=1),
+        counts.activity.sum(axis=0),
+    )
+
+
+def _rows(counts: Counts, g: float, strength: float) -> dict[str, np.ndarray]:
+    """The range's rows as :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them."""
+    sends_tot = counts.sends.sum(axis=1)
+    resp_tot = counts.responses.sum(axis=1)
+    rate = (resp_tot + strength * g) / (sends_tot + strength)
+    return {
+        "resp": counts.responses,
+        "act": counts.activity,
+        "expo": rate[:, None] * counts.sends,
+        "mu": counts.activity.sum(axis=1) / HOURS_PER_WEEK,
+    }
+
+
+def range_pools(
+    counts: Counts,
+    part: ProfileRange,
+    g: float,
+    strength: float,
+    n_cohorts: int,
+    everyone: bool,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The range's share of the cohort sums and of the global pool (its located profiles, or
+    all when ``everyone``)."""
+    rows = _rows(counts, g, strength)
+    located = np.ones(len(part.source), bool) if everyone else part.source != 2
+    cohort = {
+        k: curves.group_sum(rows[k], part.cohort_code, n_cohorts) for k in ("resp", "act", "expo")
+    }
+    cohort["mu"] = np.bincount(part.cohort_code, weights=rows["mu"], minlength=n_cohorts)
+    pool = {k: rows[k][located].sum(axis=0) for k in ("resp", "act", "expo")}
+    pool["mu"] = np.array(rows["mu"][located].sum())
+    return {"cohort": cohort, "pool": pool}
+
+
+def range_curves(
+    counts: Counts,
+    part: ProfileRange,
+    g: float,
+    population: Mapping[str, dict[str, np.ndarray]],
+    selected: Mapping[str, Any],
+    strength: float,
+    mixture: ZoneMixture | None,
+) -> dict[str, np.ndarray]:
+    """The range's posterior (:func:`~dmp_ml.models.send_time.curves.shapes`: ``shape``,
+    ``shape_sd`` (k, 168), ``data_weight`` (k,), and the priors ``global_shape``,
+    ``cohort_shapes``), given the smoothed population parts (``cohort``, ``pool``)."""
+    alpha, beta, rho, bandwidth, activity_weight, sharpness = hyper(selected)
+    rows = _rows(counts, g, strength)
+    parts = {"rows": curves.smooth_block(curves.kernel(bandwidth, rho), **rows), **population}
+    fitted = curves.shapes(
+        curves.smoothed(parts, activity_weight),
+        part.cohort_code,
+        alpha,
+        beta,
+        mixture=mixture,
+        source=part.source,
+        rows=np.arange(part.lo, part.hi),
+        sharpness=sharpness,
+    )
+    return fitted
+
+
+def range_baseline(
+    part: ProfileRange,
+    zones: list[str],
+    name: str,
+    baseline_global: np.ndarray,
+    cohort_shapes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline ``name``'s curves and basis codes for the range."""
+    activity = range_counts(part, zones).activity
+    return baselines.baseline_shapes(
+        name, activity, baseline_global, cohort_shapes, part.cohort_code
+    )
+
+
+def _summed(partials: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Key by key, the sum of the partitions' partial sums (in partition order)."""
+    return {k: np.sum([p[k] for p in partials], axis=0) for k in partials[0]}
+
+
+class DaskCurves:
+    """Fit the served send-time curves on Dask (see the module doc).
+
+    Parameters
+    ----------
+    session : a :class:`dmp_ml.scale.cluster.Session` (e.g. the ``DaskEngine`` of a train).
+    npartitions : how many profile ranges.
+    """
+
+    def __init__(self, session: Any, npartitions: int = 8) -> None:
+        self.session = session
+        self.npartitions = npartitions
+        self._ranges: list[ProfileRange] = []
+        self._zones: list[str] = []
+
+    def fit(self, inputs: CurveInputs) -> FittedCurves:
+        """The curves from ``inputs``, partition-wise."""
+        _, _, rho, bandwidth, _, _ = hyper(inputs.selected)
+        strength, n_cohorts = inputs.rate_strength, inputs.n_cohorts
+        ranges = split_profiles(inputs, self.npartitions)
+        self._ranges, self._zones = ranges, list(inputs.zones)
+        with self.session.client() as client:
+            logger.info(
+                "dask send time: %d profiles in %d ranges on %s",
+                inputs.n,
+                len(ranges),
+                client.scheduler.address,
+            )
+            parts = client.scatter(ranges, hash=False)
+            counts = map_parts(client, range_counts, parts, shared=(list(inputs.zones),))
+            totals = client.gather(client.map(range_totals, counts, pure=False))
+            sends = np.concatenate([t[0] for t in totals])
+            resp = np.concatenate([t[1] for t in totals])
+            act = np.concatenate([t[2] for t in totals])
+            act_how = np.sum([t[3] for t in totals], axis=0)
+            kind = "rate" if sends.sum() > 0 and resp.sum() > 0 else "activity"
+            g = resp.sum() / sends.sum() if sends.sum() > 0 else 0.0
+            located = inputs.source != 2
+            everyone = bool(act[located].sum() + resp[located].sum() <= 0)
+            partial = client.gather(
+                map_parts(
+                    client, range_pools, counts, parts, shared=(g, strength, n_cohorts, everyone)
+                )
+            )
+            k_pop = curves.kernel(bandwidth, 0.0)
+            population = {
+                level: curves.smooth_block(k_pop, **_summed([p[level] for p in partial]))
+                for level in ("cohort", "pool")
+            }
+            out = client.gather(
+                map_parts(
+                    client,
+                    range_curves,
+                    counts,
+                    parts,
+                    shared=(g, population, dict(inputs.selected), strength, inputs.mixture),
+                )
+            )
+        per_profile = Counts(sends[:, None], resp[:, None], act[:, None])
+        rate, rate_global = curves.rates(per_profile, kind, strength, inputs.span_hours)
+        return FittedCurves(
+            shape=np.concatenate([o["shape"] for o in out]),
+            shape_sd=np.concatenate([o["shape_sd"] for o in out]),
+            global_shape=out[0]["global_shape"],  # every range has the same priors
+            cohort_shapes=out[0]["cohort_shapes"],
+            data_weight=np.concatenate([o["data_weight"] for o in out]),
+            rate=rate,
+            global_rate=float(rate_global),
+            kind=kind,
+            engagement_hours=act,
+            sends=sends,
+            baseline_global=baselines.global_curve(act_how[None, :], out[0]["global_shape"]),
+        )
+
+    def baseline(
+        self, name: str, fitted: FittedCurves, cohort_code: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Baseline ``name``'s curves and basis codes for the profiles of the last fit,
+        partition-wise (each range counts its hours again: the guard rarely serves one)."""
+        with self.session.client() as client:
+            parts = client.scatter(self._ranges, hash=False)
+            out = client.gather(
+                map_parts(
+                    client,
+                    range_baseline,
+                    parts,
+                    shared=(self._zones, name, fitted.baseline_global, fitted.cohort_shapes),
+                )
+            )
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])

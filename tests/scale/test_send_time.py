@@ -1,0 +1,77 @@
+"""Send-time curves on Dask equal the local fit's (to float rounding of the population sums)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmp_ml.identity import resolve_identity
+from dmp_ml.models.send_time import SendTimeModel
+from dmp_ml.models.send_time.baselines import BASELINES
+from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, LocalCurves
+from dmp_ml.scale import DaskCurves, DaskEngine
+
+TOL = 1e-12
+
+
+class KeepingInputs(LocalCurves):
+    """The local engine, keeping what it was asked to fit (to give the same to Dask)."""
+
+    def fit(self, inputs: CurveInputs) -> FittedCurves:
+        self.inputs = inputs
+        return super().fit(inputs)
+
+
+@pytest.fixture(scope="module")
+def resolved(world):
+    return resolve_identity(world.events, world.end, consent=world.consent).events
+
+
+@pytest.fixture(scope="module")
+def timezones(world):
+    return world.profiles.set_index("profile_id")["timezone"]
+
+
+def _assert_close(a: FittedCurves, b: FittedCurves) -> None:
+    assert a.kind == b.kind
+    for name in ("shape", "shape_sd", "data_weight", "global_shape", "cohort_shapes", "rate"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape, name
+        np.testing.assert_allclose(y, x, rtol=TOL, atol=TOL, err_msg=name)
+    for name in ("engagement_hours", "sends", "baseline_global"):  # counts: exact
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+    assert a.global_rate == pytest.approx(b.global_rate, rel=TOL)
+
+
+@pytest.mark.parametrize("npartitions", [1, 3, 7])
+def test_dask_curves_equal_the_local_fit_and_every_baseline(
+    world, resolved, timezones, client, npartitions
+):
+    local = KeepingInputs()
+    model = SendTimeModel(guard_baselines=False).fit(resolved, world.end, timezones, engine=local)
+    expected = local.fit(local.inputs)
+    assert model.probability_kind_ == "rate" and expected.shape.shape == (
+        len(model.profile_ids_),
+        168,
+    )
+    dask_curves = DaskCurves(DaskEngine(client), npartitions)
+    got = dask_curves.fit(local.inputs)
+    _assert_close(expected, got)
+    cohort = local.inputs.cohort_code
+    for name in BASELINES:
+        want_shape, want_basis = local.baseline(name, expected, cohort)
+        shape, basis = dask_curves.baseline(name, got, cohort)
+        np.testing.assert_allclose(shape, want_shape, rtol=TOL, atol=TOL, err_msg=name)
+        np.testing.assert_array_equal(basis, want_basis)
+
+
+def test_send_time_model_on_dask_serves_the_same_curves(world, resolved, timezones, client):
+    cutoff = world.end - np.timedelta64(10, "D")
+    kw = {"timezones": timezones}
+    local = SendTimeModel().fit(resolved, cutoff, **kw)
+    dask = SendTimeModel().fit(resolved, cutoff, **kw, engine=DaskCurves(DaskEngine(client), 4))
+    assert dask.served_ == local.served_ and dask.guard_ == local.guard_
+    for name in ("local_shape_", "local_shape_sd_", "rate_", "data_weight_", "basis_code_"):
+        np.testing.assert_allclose(getattr(dask, name), getattr(local, name), rtol=TOL, atol=TOL)
+    np.testing.assert_array_equal(dask.best_hour_, local.best_hour_)
+    np.testing.assert_allclose(dask.cohort_shapes_, local.cohort_shapes_, rtol=TOL, atol=TOL)
