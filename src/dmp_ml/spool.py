@@ -136,9 +136,8 @@ def batch_status(workdir: str | Path, batch: str) -> dict[str, Any]:
     """Where ``batch`` is: ``queued`` (with the batches ahead), ``applied`` or ``unknown``."""
     if not _BATCH.match(batch):
         raise RequestError("batch", "not a batch id (as returned by POST /events)")
-    done = status_dir(workdir) / f"{batch}.json"
-    if done.exists():
-        return json.loads(done.read_text(encoding="utf-8"))
+    # The queue is read before the applied record: the applier writes the record, then
+    # removes the spooled file, so a batch gone from the queue has its record by then.
     queue = [p.stem for p in pending(workdir)]
     if batch in queue:
         ahead = queue.index(batch)
@@ -149,6 +148,9 @@ def batch_status(workdir: str | Path, batch: str) -> dict[str, Any]:
             "estimated_seconds_to_visible": _estimate(workdir, ahead + 1),
             "last_error": _read_state(workdir).get("last_error"),
         }
+    done = status_dir(workdir) / f"{batch}.json"
+    if done.exists():
+        return json.loads(done.read_text(encoding="utf-8"))
     return {"status": "unknown", "batch": batch}
 
 
