@@ -121,11 +121,7 @@ class NativeBooster:
         dataset, booster = ctypes.c_void_p(), ctypes.c_void_p()
         _call(
             lib.LGBM_DatasetCreateFromMat,
-            X.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-            ctypes.c_int(_FLOAT32),
-            ctypes.c_int32(X.shape[0]),
-            ctypes.c_int32(X.shape[1]),
-            ctypes.c_int(_ROW_MAJOR),
+            *_matrix_args(X),
             ctypes.c_char_p(text),
             None,
             ctypes.byref(dataset),
@@ -155,11 +151,7 @@ class NativeBooster:
         _call(
             lib.LGBM_BoosterPredictForMat,
             self._booster,
-            X.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-            ctypes.c_int(_FLOAT32),
-            ctypes.c_int32(X.shape[0]),
-            ctypes.c_int32(X.shape[1]),
-            ctypes.c_int(_ROW_MAJOR),
+            *_matrix_args(X),
             ctypes.c_int(_PREDICT_RAW_SCORE),
             ctypes.c_int(0),  # from the first tree
             ctypes.c_int(0),  # to the last (what Booster.predict passes without early stopping)
@@ -202,6 +194,17 @@ def native_library() -> ctypes.CDLL | None:
                 lib.LGBM_GetLastError.restype = ctypes.c_char_p
                 return lib
     return None
+
+
+def _matrix_args(X: np.ndarray) -> tuple[Any, ...]:
+    """How the C API takes a contiguous float32 matrix: data, type, rows, columns, order."""
+    return (
+        X.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+        ctypes.c_int(_FLOAT32),
+        ctypes.c_int32(X.shape[0]),
+        ctypes.c_int32(X.shape[1]),
+        ctypes.c_int(_ROW_MAJOR),
+    )
 
 
 def _param_text(params: dict[str, Any]) -> bytes:
