@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,25 @@ def test_bad_bodies_and_batch_ids_are_refused_by_field(workdir: Path) -> None:
     with pytest.raises(RequestError):
         spool.batch_status(workdir, "../../etc/passwd")
     assert spool.batch_status(workdir, "20260101T000000000000-0123abcd")["status"] == "unknown"
+
+
+def test_a_batch_applied_while_its_status_is_read_is_reported_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The applier writes the record, then removes the spooled file; a status read that falls
+    between the two steps must not call the batch unknown (the service answered 404)."""
+    as_of = pd.Timestamp("2026-01-01", tz="UTC")
+    receipt = spool.accept(tmp_path, batch(as_of, "ck-race"))
+    listing = spool.pending
+
+    def applier_finishes_first(workdir: Path) -> list[Path]:
+        # the applier completes right as the status read looks at the queue
+        folder = spool.status_dir(workdir)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"status": "applied", "batch": receipt.batch}
+        (folder / f"{receipt.batch}.json").write_text(json.dumps(record))
+        (spool.spool_dir(workdir) / f"{receipt.batch}.parquet").unlink(missing_ok=True)
+        return listing(workdir)
+
+    monkeypatch.setattr(spool, "pending", applier_finishes_first)
+    assert spool.batch_status(tmp_path, receipt.batch)["status"] == "applied"
