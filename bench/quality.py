@@ -28,6 +28,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightgbm as lgb
@@ -255,17 +256,21 @@ def evaluate(
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data sets, cutoffs and horizon to judge on (shared with ``bench/guard.py``)."""
     parser.add_argument("--events", type=Path, default=RETAIL)
     parser.add_argument("--cutoffs", nargs="+", default=None)
     parser.add_argument("--horizon", type=int, default=90)
     parser.add_argument("--demo", type=int, metavar="N", help="demo worlds of N profiles")
     parser.add_argument("--retail-demo", type=int, metavar="N", help="sparse retail demo worlds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    rows: list[dict[str, object]] = []
+
+
+Run = tuple[str, pd.DataFrame, str, pd.DataFrame | None, pd.DataFrame | None]
+
+
+def data_sets(args: argparse.Namespace) -> Iterator[Run]:
+    """(name, events, cutoff, profiles, consent) for every data set and cutoff asked for."""
     if args.demo or args.retail_demo:
         from dmp_ml.demo import generate_retail_world
 
@@ -277,22 +282,23 @@ def main() -> int:
                 world = generate_retail_world(args.retail_demo, seed=seed)
                 name = f"retail demo {args.retail_demo} seed {seed}"
             end = world.events["event_time"].max().floor("D")
-            cutoffs = args.cutoffs or [str((end - pd.Timedelta(days=args.horizon)).date())]
-            for cutoff in cutoffs:
-                rows += evaluate(
-                    name,
-                    world.events,
-                    cutoff,
-                    args.horizon,
-                    profiles=world.profiles,
-                    consent=world.consent,
-                )
+            for cutoff in args.cutoffs or [str((end - pd.Timedelta(days=args.horizon)).date())]:
+                yield name, world.events, cutoff, world.profiles, world.consent
     else:
-        cutoffs = args.cutoffs or ["2011-06-01", "2011-09-01", "2011-10-01"]
         mapping = MAPPINGS_DIR / "online_retail.yaml"
         frame = dmp_ml.load_events(args.events, mapping=mapping).frame
-        for cutoff in cutoffs:
-            rows += evaluate(args.events.stem, frame, cutoff, args.horizon)
+        for cutoff in args.cutoffs or ["2011-06-01", "2011-09-01", "2011-10-01"]:
+            yield args.events.stem, frame, cutoff, None, None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows: list[dict[str, object]] = []
+    for name, events, cutoff, profiles, consent in data_sets(args):
+        rows += evaluate(name, events, cutoff, args.horizon, profiles=profiles, consent=consent)
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     print(f"horizon {args.horizon} days; every figure on events after the cutoff")
