@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,11 @@ def test_too_little_data_skips_propensity_and_the_rest_goes_on(tiny) -> None:
     assert list(manifest["seconds"]) == stages[:-2]
     for name, outcome in result.steps.items():
         assert manifest["steps"][name]["seconds"] == outcome.seconds == result.seconds[name]
+    # and each stage's peak memory: at least the interpreter with pandas loaded, and within
+    # the machine's memory
+    assert list(result.peak_mb) == stages and list(manifest["peak_mb"]) == stages[:-2]
+    machine_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    assert all(30 < mb < machine_mb for mb in result.peak_mb.values())
 
     bundle = load_bundle(root / "W")
     with pytest.raises(BundleError, match="no propensity model"):
@@ -92,6 +98,7 @@ def test_every_model_run_logs_its_charts_and_the_events_it_saw(
         # the train's timing table is on every run of the bundle
         assert run.data.metrics[f"seconds_{step}"] == pytest.approx(manifest["seconds"][step])
         assert {"seconds_inputs", "seconds_features", "seconds_save"} <= set(run.data.metrics)
+        assert run.data.metrics[f"peak_mb_{step}"] == pytest.approx(manifest["peak_mb"][step])
     send_time = client.get_run(manifest["steps"]["send_time"]["mlflow_run_id"]).data.metrics
     assert send_time["heldout_sends"] > 0 and 0 <= send_time["heldout_ece"] < 1
     lookalike = client.get_run(manifest["steps"]["lookalike"]["mlflow_run_id"]).data.metrics

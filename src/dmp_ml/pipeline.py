@@ -40,6 +40,7 @@ from dmp_ml.errors import InsufficientDataError, storage_errors
 from dmp_ml.features import FeatureBuilder
 from dmp_ml.mapping import ColumnMapping
 from dmp_ml.models import REGISTRY, train_step
+from dmp_ml.peak_memory import StagePeaks
 from dmp_ml.refresh import write_consent_state
 from dmp_ml.settings import Settings, load_settings
 from dmp_ml.store import merge_incoming, record_training_events
@@ -56,7 +57,9 @@ class TrainResult:
     """The published bundle, what each step did, and the wall seconds of every stage.
 
     ``seconds`` maps ``inputs`` (loading and validating the files), each step and ``publish``
-    (MLflow registration after the bundle went live) to wall seconds, in run order.
+    (MLflow registration after the bundle went live) to wall seconds, in run order;
+    ``peak_mb`` maps the same stages to the peak resident MB of this process during each
+    (:mod:`dmp_ml.peak_memory`; empty where it cannot be measured).
     """
 
     bundle_path: Path
@@ -65,6 +68,7 @@ class TrainResult:
     steps: dict[str, StepOutcome]
     loads: dict[str, dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_mb: dict[str, float] = field(default_factory=dict)
 
 
 StepCallback = Callable[[str, str], None]
@@ -134,6 +138,7 @@ def _train(
     profiles, consent = people
     mapping, profiles_mapping, consent_mapping = mappings
     clock = time.perf_counter()
+    peaks = StagePeaks()
     workdir.mkdir(parents=True, exist_ok=True)
     loads: dict[str, dict[str, Any]] = {}
     events_df = _input(events, "events", load_events, mapping, settings, workdir, loads)
@@ -149,6 +154,7 @@ def _train(
     version = f"{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}"
     outcomes: dict[str, StepOutcome] = {}
     seconds = {"inputs": time.perf_counter() - clock}
+    peaks.mark("inputs")
     with bundle_io.write_bundle(workdir, version) as tmp:
         erased = read_erasure_list(workdir)
         ctx = TrainContext(
@@ -165,7 +171,7 @@ def _train(
             events_source=str(events) if not isinstance(events, pd.DataFrame) else "dataframe",
         )
         with ctx.builder:  # one engine (e.g. one Dask client) for every step
-            _run_steps(ctx, outcomes, seconds, on_step)
+            _run_steps(ctx, outcomes, (seconds, peaks), on_step)
         clock = time.perf_counter()
         record_training_events(workdir, events_df, ctx.erased, bundle_version=version)
         assert ctx.features is not None
@@ -184,30 +190,35 @@ def _train(
                 "inputs": loads,
                 "steps": {name: outcome.to_dict() for name, outcome in outcomes.items()},
                 "seconds": dict(seconds),  # inputs and steps; saving and publishing follow
+                "peak_mb": dict(peaks.mb),  # the same stages' peak resident MB
                 "settings": settings.model_dump(mode="json", exclude={"api_token"}),
                 "mlflow_tracking_uri": settings.tracking_uri(),
             },
         )
     seconds["save"] = time.perf_counter() - clock
+    peaks.mark("save")
     clock = time.perf_counter()
     # only now that the bundle is live: a registry version never names an unpublished bundle
     for name, register in ctx.after_publish:
         outcomes[name].details.update(register())
     apply_erasure_list(workdir)  # an erasure that landed while this run trained
     seconds["publish"] = time.perf_counter() - clock
-    _log_seconds(outcomes, seconds, settings)
+    peaks.mark("publish")
+    _log_seconds(outcomes, seconds, peaks.mb, settings)
     return TrainResult(
-        bundle_io.live_bundle_path(workdir), version, manifest, outcomes, loads, seconds
+        bundle_io.live_bundle_path(workdir), version, manifest, outcomes, loads, seconds, peaks.mb
     )
 
 
 def _run_steps(
     ctx: TrainContext,
     outcomes: dict[str, StepOutcome],
-    seconds: dict[str, float],
+    timing: tuple[dict[str, float], StagePeaks],
     on_step: StepCallback | None,
 ) -> None:
-    """Run every step of :data:`STEPS` in order, timing each; a step lacking data is skipped."""
+    """Run every step of :data:`STEPS` in order, timing each and taking its peak memory; a
+    step lacking data is skipped."""
+    seconds, peaks = timing
     for name, step in STEPS:
         if on_step:
             on_step(name, "running")
@@ -218,13 +229,23 @@ def _run_steps(
             logger.warning("%s skipped: %s", name, exc)
             outcomes[name] = StepOutcome("skipped", reason=str(exc))
         outcomes[name].seconds = seconds[name] = time.perf_counter() - clock
-        logger.info("train step %s: %s in %.1f s", name, outcomes[name].status, seconds[name])
+        peaks.mark(name)
+        logger.info(
+            "train step %s: %s in %.1f s, peak %s MB",
+            name,
+            outcomes[name].status,
+            seconds[name],
+            peaks.mb.get(name, "?"),
+        )
         if on_step:
             on_step(name, outcomes[name].status)
 
 
 def _log_seconds(
-    outcomes: dict[str, StepOutcome], seconds: dict[str, float], settings: Settings
+    outcomes: dict[str, StepOutcome],
+    seconds: dict[str, float],
+    peak_mb: dict[str, float],
+    settings: Settings,
 ) -> None:
     """Add the run's timing table to every MLflow run it logged; the bundle is live already,
     so a tracking failure is logged, not raised."""
@@ -232,7 +253,7 @@ def _log_seconds(
 
     run_ids = [o.mlflow_run_id for o in outcomes.values() if o.mlflow_run_id]
     try:
-        log_seconds(run_ids, seconds, settings)
+        log_seconds(run_ids, seconds, peak_mb, settings)
     except Exception as exc:
         logger.error("logging step timings to MLflow failed: %s", exc)
 

@@ -356,14 +356,25 @@ def log_metrics_run(
     return run_id
 
 
-def log_seconds(run_ids: Iterable[str], seconds: Mapping[str, float], settings: Settings) -> None:
+def log_seconds(
+    run_ids: Iterable[str],
+    seconds: Mapping[str, float],
+    peak_mb: Mapping[str, float],
+    settings: Settings,
+) -> None:
     """Log a ``train`` run's timing table to each of its MLflow runs.
 
-    Every run gets ``seconds_<stage>`` for every stage (``inputs``, each step, ``save``,
-    ``publish``), so the table is visible from any run of the bundle.
+    Every run gets ``seconds_<stage>`` and ``peak_mb_<stage>`` (the train process's peak
+    resident MB) for every stage (``inputs``, each step, ``save``, ``publish``), so the table
+    is visible from any run of the bundle.
     """
     now = int(time.time() * 1000)
-    table = _finite({f"seconds_{stage}": float(value) for stage, value in seconds.items()})
+    table = _finite(
+        {
+            **{f"seconds_{stage}": float(value) for stage, value in seconds.items()},
+            **{f"peak_mb_{stage}": float(value) for stage, value in peak_mb.items()},
+        }
+    )
     with use_tracking_uri(settings.tracking_uri()) as client:
         for run_id in run_ids:
             client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in table.items()])

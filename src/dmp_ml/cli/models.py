@@ -94,6 +94,11 @@ def train(
         + ", ".join(f"{stage} {value:.1f}" for stage, value in result.seconds.items())
         + f"; total {sum(result.seconds.values()):.1f}"
     )
+    if result.peak_mb:
+        out.print(
+            "peak memory MB: "
+            + ", ".join(f"{stage} {value:.0f}" for stage, value in result.peak_mb.items())
+        )
     for kind, load in result.loads.items():
         if load.get("rows_quarantined"):
             out.print(

@@ -10,7 +10,7 @@ the fitted state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,9 @@ _REQUIRED_COLUMNS = ("event_time", "profile_id", "event_type", "campaign_id")
 _P_EPS = 1e-4
 _CALIBRATION_MIN_SENDS = 200
 _CALIBRATION_MIN_POSITIVES = 20
+BLOCK_ROWS = 8192
+"""Profiles whose posterior curves are computed at once (:func:`posterior_blocks`): bounds a
+fit's temporaries to about 350 MB whatever the population."""
 
 
 @dataclass
@@ -361,6 +364,49 @@ def smooth_block(
         "expo": smooth(np.atleast_2d(expo), kernel),
         "mu": np.reshape(mu, (-1, 1)),
     }
+
+
+def posterior_blocks(
+    pooled: Pooled,
+    cohort_code: np.ndarray,
+    source: np.ndarray,
+    mixture: ZoneMixture | None,
+    params: tuple[float, float, float, float, float, float],
+    block_rows: int = BLOCK_ROWS,
+) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+    """The posterior (:func:`shapes`, with sd) of every profile of ``pooled``, a block of
+    ``block_rows`` profiles at a time: ``(rows, fitted)`` in order of the rows.
+
+    ``params`` are (prior strength, cohort strength, day pooling, bandwidth, activity weight,
+    sharpness). The population parts are smoothed once; every row's values are those of one
+    call over all rows (each row is smoothed and shrunk on its own), while the temporaries
+    (about thirty arrays of (rows, 168) floats) stay the size of a block, not of the
+    population.
+    """
+    alpha, beta, rho, bandwidth, activity_weight, sharpness = params
+    k = kernel(bandwidth, rho)
+    k_pop = kernel(bandwidth, 0.0)
+    population = {
+        "cohort": smooth_block(k_pop, **pooled.cohort),
+        "pool": smooth_block(k_pop, **pooled.pool),
+    }
+    n = len(pooled.mu)
+    for lo in range(0, n, block_rows):
+        rows = slice(lo, min(lo + block_rows, n))
+        block = smooth_block(
+            k, pooled.resp[rows], pooled.act[rows], pooled.expo[rows], pooled.mu[rows]
+        )
+        fitted = shapes(
+            smoothed({"rows": block, **population}, activity_weight),
+            cohort_code[rows],
+            alpha,
+            beta,
+            mixture=mixture,
+            source=source[rows],
+            rows=np.arange(rows.start, rows.stop),
+            sharpness=sharpness,
+        )
+        yield rows, fitted
 
 
 def smoothed(parts: dict[str, dict[str, np.ndarray]], activity_weight: float) -> dict:

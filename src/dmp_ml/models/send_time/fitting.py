@@ -3,9 +3,9 @@ posterior per profile. One call for the fit, one for a baseline the guard may se
 
 The work has three parts: per-profile hour-of-week counts (a map over profiles), the
 population's priors (cohort and global sums of those counts: a reduction), and each profile's
-posterior given the priors (a map again). :class:`LocalCurves` does them over all profiles at
-once; :class:`dmp_ml.scale.send_time.DaskCurves` partition by partition on Dask. Both take a
-:class:`CurveInputs` and return :class:`FittedCurves`.
+posterior given the priors (a map again). :class:`LocalCurves` does them in process (the
+posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves` partition by partition
+on Dask. Both take a :class:`CurveInputs` and return :class:`FittedCurves`.
 """
 
 from __future__ import annotations
@@ -89,37 +89,34 @@ def hyper(selected: Mapping[str, Any]) -> tuple[float, float, float, float, floa
 
 
 class LocalCurves:
-    """In process, every profile at once (keeps the activity counts for :meth:`baseline`)."""
+    """In process: the counts of every profile at once, the posterior a block of profiles at a
+    time (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`); keeps the activity counts
+    for :meth:`baseline`."""
 
     def fit(self, inputs: CurveInputs) -> FittedCurves:
         """The curves from ``inputs`` (see the module doc)."""
-        alpha, beta, rho, bandwidth, activity_weight, sharpness = hyper(inputs.selected)
         converter = ZoneConverter(inputs.zones)
         counts = curves.count_hours(inputs.full, inputs.n, inputs.zone_code, converter)
         kind = "rate" if counts.sends.sum() > 0 and counts.responses.sum() > 0 else "activity"
         pooled = curves.pool_counts(
             counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
         )
-        smoothed = curves.smoothed(
-            curves.smooth_parts(pooled, None, rho, bandwidth), activity_weight
-        )
-        fitted = curves.shapes(
-            smoothed,
-            inputs.cohort_code,
-            alpha,
-            beta,
-            mixture=inputs.mixture,
-            source=inputs.source,
-            sharpness=sharpness,
-        )
+        shape = np.empty((inputs.n, curves.HOURS_PER_WEEK))
+        shape_sd = np.empty((inputs.n, curves.HOURS_PER_WEEK))
+        data_weight = np.empty(inputs.n)
+        for rows, fitted in curves.posterior_blocks(
+            pooled, inputs.cohort_code, inputs.source, inputs.mixture, hyper(inputs.selected)
+        ):
+            shape[rows], shape_sd[rows] = fitted["shape"], fitted["shape_sd"]
+            data_weight[rows] = fitted["data_weight"]
         rate, rate_global = curves.rates(counts, kind, inputs.rate_strength, inputs.span_hours)
         self.activity_ = counts.activity
         return FittedCurves(
-            shape=fitted["shape"],
-            shape_sd=fitted["shape_sd"],
-            global_shape=fitted["global_shape"],
+            shape=shape,
+            shape_sd=shape_sd,
+            global_shape=fitted["global_shape"],  # every block has the same priors
             cohort_shapes=fitted["cohort_shapes"],
-            data_weight=fitted["data_weight"],
+            data_weight=data_weight,
             rate=rate,
             global_rate=float(rate_global),
             kind=kind,

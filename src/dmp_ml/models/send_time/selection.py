@@ -136,22 +136,17 @@ def select(
     # calibrate P(response | send at h) on the held-out sends (old enough to be answered)
     calibration = None
     if counts.sends.sum() > 0 and counts.responses.sum() > 0:
-        parts = curves.smooth_parts(pooled, None, current["day_pooling"], current["bandwidth"])
-        sm = curves.smoothed(parts, current["activity_weight"])
-        shape = curves.shapes(
-            sm,
-            cohort_code,
-            current["prior_strength"],
-            current["cohort_strength"],
-            mixture=mixture,
-            source=source,
-            sharpness=current["sharpness"],
-        )["shape"]
         rate, _ = curves.rates(counts, "rate", model.rate_prior_strength, 1.0)
         late = (full.send_sec >= split_sec) & (full.send_sec < as_of_sec - CALIBRATION_LAG)
         sp = full.send_p[late]
         show = converter.local_how(full.send_sec[late], zone_code[sp])
-        calibration = curves.fit_calibration(rate[sp] * shape[sp, show], full.send_resp[late] >= 1)
+        at_send = np.empty(len(sp))  # each late send's curve value, block by block of profiles
+        for block, fitted in curves.posterior_blocks(
+            pooled, cohort_code, source, mixture, tuple(current[name] for name in space)
+        ):
+            mine = (sp >= block.start) & (sp < block.stop)
+            at_send[mine] = fitted["shape"][sp[mine] - block.start, show[mine]]
+        calibration = curves.fit_calibration(rate[sp] * at_send, full.send_resp[late] >= 1)
     return {
         **current,
         "heldout_loglik": best,
