@@ -433,6 +433,67 @@ def test_the_loaders_id_codes_are_the_loaded_frames_and_give_the_same_features(
     assert load_events(path).encoded == {}
 
 
+def test_parquet_text_kept_as_dictionaries_is_the_same_log_and_gives_the_same_features(
+    tmp_path: Path,
+) -> None:
+    """``load_events(dictionaries=True)`` (what ``dmp-ml features`` reads): padded, blank and
+    upper-case text, unknown and missing sources, copies across row groups: the same rows,
+    values, quarantine and features as the decoded load."""
+    rng = np.random.default_rng(11)
+    n = 4_000
+
+    def pick(values: list[str | None]) -> np.ndarray:
+        return np.array(values, dtype=object)[rng.integers(0, len(values), n)]
+
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(np.arange(n) // 3, "s"),
+            "cookie_id": pick(["c1", " c1", "c2 ", "", "c3", None, "c4"]),
+            "profile_id": pick(["p1", "p1 ", "", None, "p2", "p3"]),
+            "event_type": pick(["page_view", " purchase", "", "email_open", "email_click"]),
+            "channel": pick(["web", "Email ", None, ""]),
+            "source": pick(["First_Party", "third_party ", "nobody", "", None]),
+            "campaign_id": pick(["cmp1", "cmp2 ", None, ""]),
+            "category": pick(["shoes", " hats", None]),
+            "value": rng.choice([1.5, np.nan, 2.0], n),
+        }
+    )
+    frame.loc[frame.index % 89 == 7] = frame.loc[frame.index % 89 == 6].to_numpy()  # copies
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path, index=False, row_group_size=900)
+    settings = ContractSettings(chunk_rows=500)
+    decoded = load_events(path, settings=settings)
+    kept = load_events(path, settings=settings, dictionaries=True)
+    assert kept.report == decoded.report
+    assert kept.report.quarantined_by_reason["duplicate_event"] > 0
+    assert kept.report.quarantined_by_reason["unknown_source"] > 0
+    pd.testing.assert_frame_equal(kept.quarantine, decoded.quarantine)
+    text = [c for c in kept.frame.columns if isinstance(kept.frame[c].dtype, pd.ArrowDtype)]
+    assert {"cookie_id", "event_type", "source", "campaign_id"} <= set(text)
+    pd.testing.assert_frame_equal(
+        kept.frame.astype({c: "string" for c in text}), decoded.frame, check_dtype=False
+    )
+    for column, (codes, values) in kept.encoded.items():
+        expected_codes, expected_values = encode(decoded.frame[column], len(codes))
+        np.testing.assert_array_equal(codes, expected_codes)
+        assert values.equals(expected_values)
+    as_of = "2026-01-02"
+    fast = build_features(kept.frame, as_of, encoded=kept.encoded)
+    plain = build_features(decoded.frame, as_of, encoded=decoded.encoded)
+    assert fast.summary == plain.summary
+    pd.testing.assert_frame_equal(fast.frame, plain.frame, check_exact=True)
+    np.testing.assert_array_equal(fast.hour_of_week, plain.hour_of_week)
+    # out of time order: sorted the same way (each column's chunks joined)
+    frame.iloc[::-1].to_parquet(path, index=False, row_group_size=900)
+    decoded = load_events(path, settings=settings)
+    kept = load_events(path, settings=settings, dictionaries=True)
+    assert kept.report == decoded.report
+    pd.testing.assert_frame_equal(
+        kept.frame.astype({c: "string" for c in text}), decoded.frame, check_dtype=False
+    )
+
+
 def test_parquet_text_loads_as_the_same_log_written_as_csv(tmp_path: Path) -> None:
     """Parquet text is read as dictionaries and cleaned on its distinct values: padded and
     blank ids, upper-case sources and bad rows come out as they do from the CSV of the log."""

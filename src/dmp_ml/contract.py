@@ -109,7 +109,8 @@ class LoadResult:
     quarantine: pd.DataFrame
     report: LoadReport
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = field(default_factory=dict, repr=False)
-    """Events: the id columns' dictionary codes, row for row with ``frame`` (see
+    """Events: the id columns' dictionary codes (and those of the columns kept as dictionaries,
+    see ``load_events(dictionaries=True)``), row for row with ``frame`` (see
     :func:`dmp_ml.identity.encode`), computed once for the duplicate check and handed on to
     :func:`dmp_ml.features.build_features` (``encoded=``); empty when not computed."""
 
@@ -129,6 +130,8 @@ def load_events(
     mapping: ColumnMapping | str | Path | None = None,
     settings: ContractSettings | None = None,
     now: pd.Timestamp | None = None,
+    *,
+    dictionaries: bool = False,
 ) -> LoadResult:
     """Load an event log (CSV or Parquet) into the canonical event frame.
 
@@ -139,13 +142,26 @@ def load_events(
         mapping (``online_retail``); None for a file that already uses the contract's column names.
     settings : batch size, field and value limits, the future tolerance.
     now : the wall clock events may not pass (plus the tolerance); default the current time.
+    dictionaries : keep the text columns a Parquet file stores as dictionaries in that form
+        (``pd.ArrowDtype`` dictionary columns, cleaned on their distinct values) instead of
+        decoding one string per row; for :func:`dmp_ml.features.build_features`, which reads
+        them as codes (``LoadResult.encoded``). The rows, values and quarantine are the same.
 
     Returns
     -------
     LoadResult
         ``frame`` has the columns :data:`EVENT_COLUMNS` (UTC ``event_time``), sorted by time.
     """
-    return _load(path, "events", _validate_events, mapping, settings, dedupe=True, now=now)
+    return _load(
+        path,
+        "events",
+        _validate_events,
+        mapping,
+        settings,
+        dedupe=True,
+        now=now,
+        dictionaries=dictionaries,
+    )
 
 
 def load_profiles(
@@ -181,6 +197,7 @@ class _Context:
     now: pd.Timestamp
     warnings: dict[str, int] = field(default_factory=dict)
     day_first: dict[str, bool] = field(default_factory=dict)
+    dictionaries: bool = False
 
     @property
     def latest_event(self) -> pd.Timestamp:
@@ -200,13 +217,14 @@ def _load(
     settings: ContractSettings | None,
     dedupe: bool,
     now: pd.Timestamp | None,
+    dictionaries: bool = False,
 ) -> LoadResult:
     settings = settings or ContractSettings()
     if mapping is None:
         mapping = ColumnMapping()
     elif not isinstance(mapping, ColumnMapping):
         mapping = load_mapping(mapping)
-    ctx = _Context(kind, mapping, settings, _utc_now(now))
+    ctx = _Context(kind, mapping, settings, _utc_now(now), dictionaries=dictionaries)
     good: list[pd.DataFrame] = []
     bad: list[pd.DataFrame] = []
     shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
@@ -239,17 +257,24 @@ def _load(
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
     if dedupe and len(frame):
-        encoded = identity.encode_many(
-            frame, [c for c in identity.ID_COLUMNS if c in frame.columns]
-        )
-        frame = _decode_ids(frame)
+        # the ids (and the columns kept as dictionaries): their codes serve the duplicate check
+        columns = [c for c in identity.ID_COLUMNS if c in frame.columns]
+        if dictionaries:
+            columns += [
+                c for c in frame.columns if c not in columns and _is_text_dictionary(frame[c].dtype)
+            ]
+        encoded = identity.encode_many(frame, columns)
+        if not dictionaries:
+            frame = _decode_ids(frame)
         frame, dupes, kept = _collapse_duplicates(frame, encoded)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)
             # the first copy of a row is kept, so every value keeps its first appearance:
             # the kept codes are what encoding the kept rows would give
             encoded = {c: (codes[kept], values) for c, (codes, values) in encoded.items()}
-    frame = _decode_ids(frame.drop(columns=["_row_number"], errors="ignore"))
+    frame = frame.drop(columns=["_row_number"], errors="ignore")
+    if not dictionaries:
+        frame = _decode_ids(frame)
     if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
         encoded = {}  # codes follow first appearance, which sorting changes
@@ -326,12 +351,13 @@ def _collapse_duplicates(
     duplicated = rows.duplicated_rows(frame, {c: codes for c, (codes, _) in encoded.items()})
     if not duplicated.any():
         return frame, frame.iloc[:0], ~duplicated
-    dupes = frame.loc[duplicated].copy()
+    at = np.flatnonzero(duplicated)
+    dupes = rows.take_rows(frame, at)
     for column in dupes.columns:
         dupes[column] = _as_text(dupes[column])
-    dupes["row_number"] = row_numbers.loc[duplicated].astype("int64")
+    dupes["row_number"] = row_numbers.to_numpy(np.int64)[at]
     dupes["reason"] = pd.Series("duplicate_event", index=dupes.index, dtype="string")
-    return rows.keep_rows(frame, ~duplicated), dupes.reset_index(drop=True), ~duplicated
+    return rows.keep_rows(frame, ~duplicated), dupes, ~duplicated
 
 
 def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list[str]) -> None:
@@ -383,12 +409,15 @@ def _is_text_dictionary(dtype: Any) -> bool:
 
 def _clean_dictionary(codes: pa.DictionaryArray, lower: bool) -> pa.DictionaryArray:
     """A dictionary array with its values cleaned (:func:`_clean`); a value that becomes
-    missing makes its rows' codes null, so that the rows read as missing."""
+    missing makes its rows' codes null, so that the rows read as missing. The dictionary
+    itself holds no null (its unused entry is left empty): Arrow cannot join dictionaries
+    with nulls when a column's chunks are combined."""
     values = _clean(codes.dictionary, lower)
     indices = codes.indices
     if values.null_count:
         missing = pc.take(pc.is_null(values), indices)
         indices = pc.if_else(missing, pa.scalar(None, indices.type), indices)
+        values = pc.fill_null(values, "")
     return pa.DictionaryArray.from_arrays(indices, values)
 
 
@@ -401,6 +430,42 @@ def _decoded(
         [pc.take(clean(c.dictionary.cast(pa.large_string())), c.indices) for c in chunks],
         type=pa.large_string(),
     )
+
+
+def _filled(col: pd.Series, value: str) -> pd.Series:
+    """``col.fillna(value)``; a dictionary column is filled on its codes (nothing decoded)."""
+    if not _is_text_dictionary(col.dtype):
+        return col.fillna(value)
+    whole = col.array.__arrow_array__()
+    chunks = [_fill_dictionary(c, value) for c in whole.chunks]
+    filled = pa.chunked_array(chunks, type=whole.type)
+    return pd.Series(pd.arrays.ArrowExtensionArray(filled), index=col.index)
+
+
+def _isin(col: pd.Series, values: tuple[str, ...]) -> np.ndarray:
+    """``col.isin(values)`` as an array; a dictionary column is checked on its values."""
+    if not _is_text_dictionary(col.dtype):
+        return col.isin(values).to_numpy(bool)
+    value_set = pa.array(values, type=pa.string())
+    found = [
+        pc.take(pc.is_in(c.dictionary, value_set=value_set), c.indices)
+        for c in col.array.__arrow_array__().chunks
+    ]
+    hit = [pc.fill_null(f, False).to_numpy(zero_copy_only=False) for f in found]
+    return np.concatenate(hit) if hit else np.zeros(0, dtype=bool)
+
+
+def _fill_dictionary(codes: pa.DictionaryArray, value: str) -> pa.DictionaryArray:
+    """The missing rows of ``codes`` pointed at ``value`` (added to the dictionary if absent)."""
+    if not codes.null_count:
+        return codes
+    values = codes.dictionary
+    at = pc.index(values, value).as_py()
+    if at < 0:
+        at = len(values)
+        values = pa.concat_arrays([values, pa.array([value], type=values.type)])
+    indices = pc.fill_null(codes.indices, pa.scalar(at, codes.indices.type))
+    return pa.DictionaryArray.from_arrays(indices, values)
 
 
 def _decode_ids(frame: pd.DataFrame) -> pd.DataFrame:
@@ -713,10 +778,10 @@ def _validate_events(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> p
     )
     for column in identity.ID_COLUMNS:  # dictionaries, if read so: encoded on their values
         out[column] = _text(frame, column, dictionary=True)
-    for column in ("event_type", "channel", "campaign_id"):
-        out[column] = _text(frame, column)
-    out["category"] = _text(frame, "category")
-    out["source"] = _text(frame, "source", lower=True).fillna("first_party")
+    keep = ctx.dictionaries
+    for column in ("event_type", "channel", "campaign_id", "category"):
+        out[column] = _text(frame, column, dictionary=keep)
+    out["source"] = _filled(_text(frame, "source", lower=True, dictionary=keep), "first_party")
     value, bad_value = _numbers(frame, "value")
     present = value.notna().to_numpy(bool)
     infinite = present & ~np.isfinite(value.to_numpy(np.float64, na_value=np.nan))
@@ -726,7 +791,7 @@ def _validate_events(frame: pd.DataFrame, ctx: _Context, reason: pd.Series) -> p
     reason = _mark_times(reason, time_problem, "event_time")
     reason = _mark(reason, out["cookie_id"].isna() & out["profile_id"].isna(), "missing_id")
     reason = _mark(reason, out["event_type"].isna(), "missing_event_type")
-    reason = _mark(reason, ~out["source"].isin(SOURCES), "unknown_source")
+    reason = _mark(reason, ~_isin(out["source"], SOURCES), "unknown_source")
     reason = _mark(reason, bad_value, "non_numeric_value")
     reason = _mark(reason, infinite, "non_finite_value")
     reason = _mark(reason, huge, "value_out_of_range")

@@ -339,9 +339,20 @@ def encode_ids(
     check_events(events)
     columns = [*ID_COLUMNS, *[c for c in extra if c not in ID_COLUMNS]]
     t = time_ns(events["event_time"])
+    return IdCodes(n=len(events), t=t, columns=encode_given(events, columns, encoded))
+
+
+def encode_given(
+    events: pd.DataFrame,
+    columns: list[str],
+    encoded: Mapping[str, tuple[np.ndarray, pa.Array]] | None = None,
+    threads: int | None = None,
+) -> dict[str, tuple[np.ndarray, pa.Array]]:
+    """:func:`encode_many` of ``columns``, taking those already in ``encoded`` (row for row
+    with ``events``) as given."""
     given = {c: v for c, v in (encoded or {}).items() if c in columns and len(v[0]) == len(events)}
-    done = encode_many(events, [c for c in columns if c not in given])
-    return IdCodes(n=len(events), t=t, columns={c: given.get(c) or done[c] for c in columns})
+    done = encode_many(events, [c for c in columns if c not in given], threads)
+    return {c: given.get(c) or done[c] for c in columns}
 
 
 # --------------------------------------------------------------------------- the graph

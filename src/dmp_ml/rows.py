@@ -55,8 +55,12 @@ def duplicated_rows(
     if ticks is None:
         candidates = candidates[_repeats(hashed, exact=True)]
     duplicated = np.zeros(len(frame), dtype=bool)
-    if len(candidates):
-        repeated = _take_rows(frame, candidates).duplicated(keep="first").to_numpy(bool)
+    if len(candidates):  # confirmed on the values, or on the codes where they are given
+        left = take_rows(frame[[c for c in frame.columns if c not in codes]], candidates)
+        for column in codes:
+            if column in frame.columns:
+                left[column] = codes[column][candidates]
+        repeated = left.duplicated(keep="first").to_numpy(bool)
         duplicated[candidates[repeated]] = True
     return duplicated
 
@@ -87,9 +91,29 @@ def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
             whole = values.__arrow_array__()
             kept = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
             columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
+        elif _is_dictionary(values):  # chunk by chunk: only the codes are copied
+            whole = values.__arrow_array__()
+            kept = pa.chunked_array(_filter_chunks(whole, keep), type=whole.type)
+            columns[column] = pd.Series(pd.arrays.ArrowExtensionArray(kept))
         else:
             columns[column] = pd.Series(values[keep], copy=False)  # a fresh array already
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)
+
+
+def _is_dictionary(values: object) -> bool:
+    return isinstance(values, pd.arrays.ArrowExtensionArray) and pa.types.is_dictionary(
+        values.dtype.pyarrow_dtype
+    )
+
+
+def _filter_chunks(whole: pa.ChunkedArray, keep: np.ndarray) -> list[pa.Array]:
+    """The kept rows of each chunk (each keeps its own dictionary: none is unified)."""
+    out, offset = [], 0
+    for chunk in whole.chunks:
+        part = keep[offset : offset + len(chunk)]
+        out.append(chunk if part.all() else chunk.filter(pa.array(part)))
+        offset += len(chunk)
+    return out
 
 
 _MAX_SLICES_PER_CHUNK = 64  # a chunk losing more rows than this is filtered (copied) instead
@@ -215,16 +239,18 @@ def _column_key(col: pd.Series, rows: np.ndarray, n_rows: int) -> np.ndarray:
     return _keys(col)[rows]
 
 
-def _take_rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
-    """``frame.iloc[positions]`` for sorted ``positions`` (see :func:`_take`)."""
+def take_rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """``frame.iloc[positions]`` (fresh index) for sorted ``positions``, Arrow columns taken
+    chunk by chunk."""
     return pd.DataFrame({c: _take(frame[c], positions) for c in frame.columns})
 
 
 def _take(col: pd.Series, positions: np.ndarray) -> pd.Series:
-    """``col.iloc[positions]`` (fresh index) for sorted ``positions``: Arrow text is taken chunk
-    by chunk (pandas, and Arrow itself, join a column's chunks into one before taking)."""
+    """``col.iloc[positions]`` (fresh index) for sorted ``positions``: Arrow columns (text,
+    dictionaries) are taken chunk by chunk (pandas, and Arrow itself, join a column's chunks
+    into one before taking)."""
     values = col.array
-    if not isinstance(values, pd.arrays.ArrowStringArray):
+    if not isinstance(values, pd.arrays.ArrowExtensionArray):
         return col.iloc[positions].reset_index(drop=True)
     chunked = values.__arrow_array__()
     bounds = np.cumsum([0, *(len(c) for c in chunked.chunks)])
@@ -235,7 +261,9 @@ def _take(col: pd.Series, positions: np.ndarray) -> pd.Series:
         if b > a
     ]
     taken = pa.chunked_array(parts, type=chunked.type)
-    return pd.Series(pd.arrays.ArrowStringArray(taken)).astype(col.dtype)
+    if isinstance(values, pd.arrays.ArrowStringArray):
+        return pd.Series(pd.arrays.ArrowStringArray(taken)).astype(col.dtype)
+    return pd.Series(pd.arrays.ArrowExtensionArray(taken))
 
 
 def _keys(col: pd.Series) -> np.ndarray:

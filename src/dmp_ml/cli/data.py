@@ -135,7 +135,8 @@ def features(
     names = ["loading events", "loading profiles and consent", f"building features ({engine_name})"]
     with Steps("features", [*names, "writing Parquet"]) as steps:
         steps.next()
-        loaded = load_events(events, mapping=mapping, settings=settings.contract)
+        # text kept as Parquet's dictionaries: the build reads codes, never one string a row
+        loaded = load_events(events, mapping=mapping, settings=settings.contract, dictionaries=True)
         steps.next()
         prof = None
         if profiles:

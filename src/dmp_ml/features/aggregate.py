@@ -280,9 +280,14 @@ def gather(
     campaign_rows = np.flatnonzero((etype == params.open_index) | (etype == params.click_index))
     campaign = np.full(len(campaign_rows), -1, dtype=np.int64)
     if len(campaign_rows) and "campaign_id" in events.columns:
-        col = identity.arrow_strings(events["campaign_id"])
-        picked = col.take(pa.array(rows[campaign_rows]))
-        campaign = identity.encode(picked, len(campaign_rows))[0].astype(np.int64)
+        column = events["campaign_id"]
+        dtype = column.dtype
+        if isinstance(dtype, pd.ArrowDtype) and pa.types.is_dictionary(dtype.pyarrow_dtype):
+            campaign = identity.encode(column, len(column))[0][rows[campaign_rows]]
+        else:
+            picked = identity.arrow_strings(column).take(pa.array(rows[campaign_rows]))
+            campaign = identity.encode(picked, len(campaign_rows))[0]
+        campaign = campaign.astype(np.int64)
     return EventArrays(
         prof=_small_int(np.asarray(prof), 2**31),
         t=t,

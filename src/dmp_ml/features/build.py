@@ -135,8 +135,9 @@ def build_features(
     engine : where the reductions run; default: the one ``settings.features.engine`` names
         (e.g. ``dmp_ml.scale.DaskEngine(client)`` for a given Dask client). Every engine gives
         the same table, bit for bit.
-    encoded : the id columns' dictionary codes as the loader computed them
-        (``LoadResult.encoded``), row for row with ``events``; saves encoding them again.
+    encoded : columns' dictionary codes as the loader computed them (``LoadResult.encoded``:
+        the ids, and the text columns it kept as dictionaries), row for row with ``events``;
+        saves encoding them again.
 
     Returns
     -------
@@ -150,7 +151,7 @@ def build_features(
     # the engine is held open for the whole build (Dask: one client for identity and features)
     with engine, small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
         codes = identity.encode_ids(events, encoded=encoded)
-        extra = helper.submit(identity.encode_many, events, ENCODED_COLUMNS, 1)
+        extra = helper.submit(identity.encode_given, events, ENCODED_COLUMNS, encoded, 1)
         return _build(
             events,
             codes,

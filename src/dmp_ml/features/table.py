@@ -118,15 +118,19 @@ class FeatureTable:
         """One Parquet file: the frame, ``hour_of_week_000..167`` columns, spec and summary."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        how = pd.DataFrame(
-            self.hour_of_week,
-            index=self.frame.index,
-            columns=[f"{HOW_PREFIX}{h:03d}" for h in range(HOURS_PER_WEEK)],
-        )
-        table = pa.Table.from_pandas(pd.concat([self.frame, how], axis=1), preserve_index=True)
+        # the columns side by side without joining them into one block (a copy of the whole
+        # table); hour-of-week rows transposed once, so that each column is contiguous
+        columns = {name: self.frame[name] for name in self.frame.columns}
+        how = np.ascontiguousarray(self.hour_of_week.T)
+        columns.update({f"{HOW_PREFIX}{h:03d}": how[h] for h in range(HOURS_PER_WEEK)})
+        both = pd.DataFrame(columns, index=self.frame.index, copy=False)
+        table = pa.Table.from_pandas(both, preserve_index=True)
         meta = json.dumps({"spec": self.spec.to_dict(), "summary": self.summary}).encode()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: meta})
-        pq.write_table(table, path)
+        # dictionary pages for the text columns only: float features written plain take about
+        # half the time (the file reads back the same)
+        text = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+        pq.write_table(table, path, use_dictionary=text)
         return path
 
     @classmethod
