@@ -190,12 +190,14 @@ def refresh_visibility(workdir: Path, batch_size: int = 1000) -> dict[str, objec
     of ``workdir``, with the refresh's own phases (``RefreshReport.seconds``) and the load.
 
     Nothing of the bundle is loaded before the clock starts (as in a fresh ``dmp-ml events``
-    process): only the libraries are imported."""
+    process): only the libraries are imported. The copy's files are verified first, as the
+    writer of a bundle verifies them when it publishes (a copy has new inodes, so its first
+    reader would hash it again: see :func:`dmp_ml.bundle.verified_manifest`)."""
     import shutil
 
     import pandas as pd
 
-    from dmp_ml.bundle import MANIFEST, live_bundle_path, load_bundle
+    from dmp_ml.bundle import MANIFEST, live_bundle_path, load_bundle, verified_manifest
     from dmp_ml.models import REGISTRY, model_class
     from dmp_ml.refresh import apply_events
 
@@ -204,6 +206,7 @@ def refresh_visibility(workdir: Path, batch_size: int = 1000) -> dict[str, objec
     with tempfile.TemporaryDirectory(prefix="dmp-ml-scale-refresh-") as tmp:
         copy = Path(tmp) / "w"
         shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("demo"))
+        verified_manifest(live_bundle_path(copy))
         as_of = pd.Timestamp(json.loads((live_bundle_path(copy) / MANIFEST).read_text())["as_of"])
         events = pd.read_parquet(workdir / "demo" / "events.parquet")
         batch = events.sample(batch_size, random_state=0).reset_index(drop=True)

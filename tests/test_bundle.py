@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from dmp_ml.bundle import finish_manifest, live_bundle_path, read_manifest, write_bundle
+import dmp_ml.bundle
+from dmp_ml.bundle import (
+    finish_manifest,
+    live_bundle_path,
+    read_manifest,
+    verified_manifest,
+    write_bundle,
+)
 from dmp_ml.errors import BundleError
 
 
@@ -55,6 +63,34 @@ def test_corrupt_file_is_refused(tmp_path: Path) -> None:
     (live / "model.txt").unlink()
     with pytest.raises(BundleError, match="missing"):
         read_manifest(live)
+
+
+def test_a_published_bundle_is_not_hashed_again_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer hashes a bundle as it publishes and records its files' stats, so a reader
+    (a refresh, a worker) does not hash the whole base again, whose size grows with the
+    population; a file written since, even same-sized with its modification time put back,
+    is hashed again and refused."""
+    live = publish(tmp_path, "v1", "one")
+    hashed: list[str] = []
+    real = dmp_ml.bundle.sha256_file
+    monkeypatch.setattr(
+        dmp_ml.bundle, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p)
+    )
+    assert verified_manifest(live)["bundle_version"] == "v1"
+    assert hashed == []
+    target = live / "model.txt"
+    before = target.stat()
+    target.write_text("two")  # same size
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(BundleError, match="incomplete or corrupt"):
+        verified_manifest(live)
+    assert hashed == ["model.txt"]
+    target.write_text("one")
+    assert verified_manifest(live)["bundle_version"] == "v1"  # hashed, found good, recorded
+    assert verified_manifest(live)["bundle_version"] == "v1"
+    assert hashed == ["model.txt", "model.txt"]
 
 
 def test_missing_bundle_has_a_clear_error(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import dmp_ml.bundle
 from dmp_ml import layout
 from dmp_ml.bundle import (
     DELTA_KEY,
@@ -123,6 +124,31 @@ def test_a_batch_is_published_as_a_small_delta_over_the_untouched_base(
         features = pd.read_parquet(link / layout.DELTA_DIR / "features.parquet")
         assert len(features) < len(live.features.frame) / 2
     assert not (live.path / "features").exists()  # no feature table re-written
+
+
+def test_a_refresh_and_the_load_after_it_hash_the_delta_not_the_base(
+    refreshed: Refreshed,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The base is hashed once (a copy, with new inodes, by its first reader), then neither a
+    refresh nor the loads after it hash it again: what a batch costs to verify is its delta."""
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    base = load_bundle(workdir, lazy=True).base_path
+    hashed: list[Path] = []
+    real = dmp_ml.bundle.sha256_file
+    monkeypatch.setattr(dmp_ml.bundle, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    load_bundle(workdir)
+    assert hashed == []
+    batch = _batch(demo_world.events, load_bundle(workdir, lazy=True).as_of, 100, 4)
+    Refresher(workdir).apply(batch)
+    live = load_bundle(workdir)
+    assert live.base_path == base and hashed
+    assert not any(p.is_relative_to(base) for p in hashed)
+    base_bytes = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+    assert sum(p.stat().st_size for p in hashed if p.exists()) < base_bytes / 4
 
 
 def test_a_delta_gives_the_answers_of_a_whole_republish(refreshed: Refreshed) -> None:

@@ -67,6 +67,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"
+"""The stats of a bundle's files when they were last found as its manifest says (not covered
+by the checksums, like the manifest; see :func:`verified_manifest`)."""
 FORMAT_VERSION = 2
 FEATURES_DIR = "features"
 SCORES_FILE = "propensity/scores.parquet"
@@ -195,43 +198,63 @@ def references(path: Path) -> set[str]:
     return {base, *chain} - {path.name}
 
 
-_BASES: dict[tuple[str, int], tuple[dict[str, Any], dict[str, tuple[int, int]]]] = {}
-_BASES_LOCK = threading.Lock()
-
-
-def _file_stats(base: Path, files: Iterable[str]) -> dict[str, tuple[int, int]] | None:
-    """(size, mtime_ns) of each of ``files`` under ``base``; None when one is missing."""
+def _file_stats(path: Path, files: Iterable[str]) -> dict[str, list[int]] | None:
+    """Inode, size, modification and status-change times (ns) of each of ``files`` under
+    ``path``; None when one is missing. Writing a file, even with its old modification time
+    put back, moves its status-change time, which nobody can set."""
     stats = {}
     for name in files:
         try:
-            st = (base / name).stat()
+            st = (path / name).stat()
         except OSError:
             return None
-        stats[name] = (st.st_size, st.st_mtime_ns)
+        stats[name] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     return stats
 
 
-def _verified_base(base: Path) -> dict[str, Any]:
-    """The base's manifest, its files verified once per process: a base never changes (bundle
-    files are immutable), and every delta over it would hash the whole base again. A file
-    whose size or modification time changed since is hashed again (so a base truncated or
-    rewritten under a long-running worker is refused, not served)."""
+def _bundle_stats(path: Path) -> dict[str, list[int]] | None:
+    """:func:`_file_stats` of the manifest and every file it lists; None when one is missing
+    or the manifest cannot be read."""
     try:
-        key = (str(base.resolve()), (base / MANIFEST).stat().st_mtime_ns)
+        files = json.loads((path / MANIFEST).read_bytes()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return _file_stats(path, [MANIFEST, *files]) if isinstance(files, dict) else None
+
+
+def _record_verified(path: Path, stats: dict[str, list[int]] | None) -> None:
+    """Write :data:`VERIFIED` into the bundle at ``path``: the stats of its files taken before
+    they were hashed and found as the manifest says. Best effort (a read-only store stays
+    unrecorded and is hashed by every process)."""
+    if stats is None:
+        return
+    tmp = path / f"{VERIFIED}.{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(json.dumps(stats), encoding="utf-8")
+        os.replace(tmp, path / VERIFIED)
     except OSError as exc:
-        raise BundleError(f"the base bundle {base} of a delta is missing: {exc}") from exc
-    with _BASES_LOCK:
-        known = _BASES.get(key)
-    if known is not None and _file_stats(base, known[0].get("files", {})) == known[1]:
-        return known[0]
-    # stated before hashing: a file changed while it is hashed is hashed again next time
-    stats = _file_stats(base, read_manifest(base, verify=False).get("files", {}))
-    manifest = read_manifest(base, verify=True)
-    with _BASES_LOCK:
-        if len(_BASES) >= 4:
-            _BASES.pop(next(iter(_BASES)))
-        if stats is not None:
-            _BASES[key] = (manifest, stats)
+        tmp.unlink(missing_ok=True)
+        logger.debug("bundle %s: verification not recorded: %s", path, exc)
+
+
+def verified_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the bundle at ``path``, its files checked against it.
+
+    A bundle's files never change once published, so its files are hashed once (by the writer
+    as it publishes, or by the first process to read it) and the inode, size, modification and
+    status-change time of each is recorded (:data:`VERIFIED`); a later read hashes again only
+    when any of those differ: a file written, truncated, replaced or copied since is hashed
+    (and refused when damaged), so a refresh or a worker does not hash the whole base, which
+    grows with the population, on each load."""
+    stats = _bundle_stats(path)  # stated before hashing: a file changed meanwhile differs
+    try:
+        recorded = json.loads((path / VERIFIED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if stats is not None and recorded == stats:
+        return read_manifest(path, verify=False)
+    manifest = read_manifest(path, verify=True)
+    _record_verified(path, stats)
     return manifest
 
 
@@ -246,13 +269,13 @@ def delta_chain(path: Path, manifest: Mapping[str, Any]) -> tuple[Path, dict[str
     root = path.resolve().parent
     base_name, names = _chain_names(info)
     base = root / base_name
-    base_manifest = _verified_base(base)
+    base_manifest = verified_manifest(base)
     if base_manifest.get(DELTA_KEY):
         raise BundleError(f"{path}: the base {base.name} of a delta is itself a delta")
     chain = [root / v for v in names]
     for link in chain:
         if link.resolve() != path.resolve():
-            read_manifest(link, verify=True)
+            verified_manifest(link)
     return base, base_manifest, chain
 
 
@@ -260,7 +283,7 @@ def _checksums(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): sha256_file(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(VERIFIED)
     }
 
 
@@ -328,7 +351,9 @@ def write_bundle(workdir: str | Path, version: str) -> Iterator[Path]:
             tmp.mkdir()
             try:
                 yield tmp
+                stats = _bundle_stats(tmp)
                 read_manifest(tmp, verify=True)
+                _record_verified(tmp, stats)
                 final = versions / version
                 if final.exists():
                     raise BundleError(f"bundle version {version} already exists in {versions}")
@@ -822,13 +847,7 @@ def load_bundle(
     """
     location = Path(location)
     path = location if (location / MANIFEST).exists() else live_bundle_path(location)
-    manifest = read_manifest(path, verify=False)
-    if manifest.get(DELTA_KEY):
-        manifest = read_manifest(path, verify=True)  # its base: verified by delta_chain
-    else:
-        # verified as a base is (once per process while its files stay as they are): a
-        # refresh loads it, then the delta over it, and would hash the whole bundle twice
-        manifest = copy.deepcopy(_verified_base(path))
+    manifest = verified_manifest(path)  # a delta's base: verified by delta_chain
     try:
         return ModelBundle(path, manifest, n_threads=n_threads, lazy=lazy)
     except (OSError, ValueError, KeyError) as exc:

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.rows import id_merge_order
+from dmp_ml.rows import LazyRows, id_merge_order, stacked_take
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureTable
@@ -196,17 +196,26 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
     removed = delta.change.removed
     frame = current.frame
     pos, drop = _merge_plan(frame.index, rows.index, removed, in_place)
+    held, fresh = current.hour_of_week, delta.hour_of_week
     if drop is None:
         merged = frame
         write_rows(merged, pos, rows[list(frame.columns)])
-        how = writable(current.hour_of_week)
-        how[pos] = delta.hour_of_week
+
+        def build() -> np.ndarray:
+            how = writable(np.asarray(held))
+            how[pos] = fresh
+            return how
+
     else:
         # one id-sorted merge order, found without sorting the population's ids
         order = id_merge_order(frame.index, drop, rows.index)
         merged = pd.concat([frame, rows[list(frame.columns)]]).iloc[order]
-        how = np.concatenate([current.hour_of_week, delta.hour_of_week])[order]
         merged.index = pd.Index(merged.index, dtype="string", name="profile_id")
+
+        def build() -> np.ndarray:
+            return stacked_take(np.asarray(held), fresh, order)
+
+    how = LazyRows(build, (len(merged), *np.shape(fresh)[1:]))
     cookie_map = current.cookie_map
     if cookie_map is not None:
         stale = members(cookie_map.index, delta.cookies) | members(cookie_map, delta.relinked)
@@ -217,8 +226,8 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
             and links.index.is_unique
             and not members(links.index, cookie_map.index[~stale]).any()
         ):  # no cookie twice: the id-sorted merge, no sort of every cookie
-            order = id_merge_order(cookie_map.index, stale, links.index)
-            cookie_map = pd.concat([cookie_map, links]).iloc[order]
+            link_order = id_merge_order(cookie_map.index, stale, links.index)
+            cookie_map = pd.concat([cookie_map, links]).iloc[link_order]
         else:
             if links is not None:
                 cookie_map = pd.concat([cookie_map[~stale], links]).sort_index()

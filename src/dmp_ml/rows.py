@@ -1,4 +1,5 @@
-"""Rows of a frame: which repeat an earlier row exactly, and keeping a subset without copies.
+"""Rows of a frame: which repeat an earlier row exactly, keeping a subset without copies, the
+id-sorted merge of new rows, and a row array built only when something reads it.
 
 Used by the data contract on logs of millions of events: duplicates are found by a 64-bit
 hash of each row's values, narrowed column by column, and confirmed value by value, so a hash
@@ -7,7 +8,8 @@ collision never merges two different rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -322,4 +324,50 @@ def id_merge_order(ids: pd.Index, drop: np.ndarray, new: pd.Index) -> np.ndarray
     out[at + np.arange(len(fresh))] = n + new_order
     # a kept row moves down by the number of new rows that sort before it
     out[np.arange(len(held)) + np.searchsorted(at, np.arange(len(held)), side="right")] = kept
+    return out
+
+
+class LazyRows:
+    """A row array built on first use (then kept): the hour-of-week counts of a table with a
+    delta's rows merged in. Answers never read them, only a compaction or an erasure that
+    writes the table, so loading a delta with new profiles does not copy the population's
+    (n, 168) counts. Indexing and ``np.asarray`` build it."""
+
+    def __init__(self, build: Callable[[], np.ndarray], shape: tuple[int, ...]) -> None:
+        self._build: Callable[[], np.ndarray] | None = build
+        self._array: np.ndarray | None = None
+        self.shape = shape
+
+    def built(self) -> np.ndarray:
+        """The array (built now if it was not)."""
+        if self._array is None:
+            assert self._build is not None
+            self._array, self._build = self._build(), None
+        return self._array
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.built()[key]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self.built()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def stacked_take(first: np.ndarray, second: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``np.concatenate([first, second])[order]`` without the stacked copy: an id merge
+    order (:func:`id_merge_order`) is a few runs of consecutive rows, each copied as one slice,
+    so a merge of a few new rows into a population's array copies it once, not twice."""
+    n = len(first)
+    out = np.empty((len(order), *first.shape[1:]), dtype=np.result_type(first, second))
+    if len(order) == 0:
+        return out
+    order = np.asarray(order, dtype=np.int64)
+    cut = np.flatnonzero((np.diff(order) != 1) | (order[1:] == n)) + 1
+    for start, stop in zip(np.r_[0, cut], np.r_[cut, len(order)], strict=True):
+        src = int(order[start])
+        part, src = (first, src) if src < n else (second, src - n)
+        out[start:stop] = part[src : src + stop - start]
     return out

@@ -534,7 +534,7 @@ def write_bundle_files(
                 copied[str(item.relative_to(source))] = item
     for key in sorted(copied):
         item, rel = copied[key], Path(key)
-        if rel.name == bundle_io.MANIFEST:
+        if rel.name == bundle_io.MANIFEST or rel.name.startswith(bundle_io.VERIFIED):
             continue
         if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in rewritten):
             continue

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dmp_ml.errors import DataContractError, UnknownProfileError
 from dmp_ml.mapped import map_array, map_frame, write_array, write_frame
+from dmp_ml.rows import LazyRows
 
 FEATURE_VERSION = "1"
 HOURS_PER_WEEK = 168
@@ -79,7 +80,8 @@ class FeatureTable:
     frame : DataFrame, shape (n_profiles, n_features)
         Indexed by ``profile_id``; numeric features as float64, string attributes as category.
     hour_of_week : ndarray, shape (n_profiles, 168)
-        Engagement counts per local hour of week (hour 0 = Monday 00:00), row-aligned with frame.
+        Engagement counts per local hour of week (hour 0 = Monday 00:00), row-aligned with frame
+        (built on first use after a refresh merged rows in: :class:`dmp_ml.rows.LazyRows`).
     spec : FeatureSpec
     summary : dict
         Counts describing the build (profiles known/anonymous, shared devices, exclusions, ...).
@@ -89,7 +91,7 @@ class FeatureTable:
     """
 
     frame: pd.DataFrame
-    hour_of_week: np.ndarray
+    hour_of_week: np.ndarray | LazyRows
     spec: FeatureSpec
     summary: dict[str, int] = field(default_factory=dict)
     cookie_map: pd.Series | None = None
@@ -121,7 +123,7 @@ class FeatureTable:
         # the columns side by side without joining them into one block (a copy of the whole
         # table); hour-of-week rows transposed once, so that each column is contiguous
         columns = {name: self.frame[name] for name in self.frame.columns}
-        how = np.ascontiguousarray(self.hour_of_week.T)
+        how = np.ascontiguousarray(np.asarray(self.hour_of_week).T)
         columns.update({f"{HOW_PREFIX}{h:03d}": how[h] for h in range(HOURS_PER_WEEK)})
         both = pd.DataFrame(columns, index=self.frame.index, copy=False)
         table = pa.Table.from_pandas(both, preserve_index=True)

@@ -39,7 +39,7 @@ from scipy import sparse
 from dmp_ml.errors import BundleError
 from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
-from dmp_ml.rows import id_merge_order
+from dmp_ml.rows import id_merge_order, stacked_take
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -197,7 +197,7 @@ class AffinityModel:
         order = id_merge_order(self.profile_ids_, drop, changed)
         ids = self.profile_ids_.append(changed)
         self.profile_ids_ = pd.Index(ids.to_numpy(dtype=object)[order], dtype="string")
-        self.channel_counts_ = np.concatenate([self.channel_counts_, ch_new])[order]
+        self.channel_counts_ = stacked_take(self.channel_counts_, ch_new, order)
         self.category_counts_ = sparse.vstack([self.category_counts_, cat_new]).tocsr()[order]
         self.as_of_ = max(self.as_of_, pd.Timestamp(change.as_of))
         return self

@@ -39,7 +39,7 @@ from dmp_ml.models.send_time.zones import (
     profile_universe,
     valid_zone,
 )
-from dmp_ml.rows import id_merge_order
+from dmp_ml.rows import id_merge_order, stacked_take
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -656,14 +656,15 @@ class SendTimeModel(EstimatorParams):
         # copied once, never written in place (a detached copy shares them with the live one)
         added = pd.Index(ids[~old], dtype="string")
         order = id_merge_order(self.profile_ids_, np.zeros(len(self.profile_ids_), bool), added)
-        moved = not bool((order == np.arange(len(order))).all())
+        where = np.empty(len(order), dtype=np.int64)  # each held row's position after the merge
+        where[order] = np.arange(len(order))
         for name, values in rows.items():
             held = np.asarray(getattr(self, name))
-            merged = np.concatenate([held, values[~old].astype(held.dtype)])
-            merged[existing[old]] = values[old].astype(held.dtype, copy=False)
-            setattr(self, name, merged[order] if moved else merged)
+            merged = stacked_take(held, values[~old].astype(held.dtype), order)
+            merged[where[existing[old]]] = values[old].astype(held.dtype, copy=False)
+            setattr(self, name, merged)
         all_ids = self.profile_ids_.append(added)
-        self.profile_ids_ = pd.Index(all_ids[order] if moved else all_ids, name="profile_id")
+        self.profile_ids_ = pd.Index(all_ids[order], name="profile_id")
         logger.debug("send time: %d curves refreshed", n)
         return self
 
