@@ -26,6 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dmp_ml.errors import DataContractError
+from dmp_ml.rows import is_dictionary
 
 ROW_NUMBER = "_row_number"
 RAW_TEXT = "_raw_text"
@@ -152,7 +153,7 @@ def plain_text(frame: pd.DataFrame) -> pd.DataFrame:
     columns = {}
     for name in frame.columns:
         dtype = frame[name].dtype
-        if isinstance(dtype, pd.ArrowDtype) and pa.types.is_dictionary(dtype.pyarrow_dtype):
+        if is_dictionary(dtype):
             values = frame[name].array.__arrow_array__()
             plain = values.cast(dtype.pyarrow_dtype.value_type)
             columns[name] = pd.Series(plain.to_pandas(), index=frame.index, name=name)

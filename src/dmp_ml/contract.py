@@ -400,11 +400,7 @@ def _text(
 
 
 def _is_text_dictionary(dtype: Any) -> bool:
-    return (
-        isinstance(dtype, pd.ArrowDtype)
-        and pa.types.is_dictionary(dtype.pyarrow_dtype)
-        and pa.types.is_string(dtype.pyarrow_dtype.value_type)
-    )
+    return rows.is_dictionary(dtype) and pa.types.is_string(dtype.pyarrow_dtype.value_type)
 
 
 def _clean_dictionary(codes: pa.DictionaryArray, lower: bool) -> pa.DictionaryArray:

@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dmp_ml.errors import DataContractError
+from dmp_ml.rows import is_dictionary
 from dmp_ml.settings import FeatureSettings
 from dmp_ml.times import utc
 
@@ -186,11 +187,7 @@ def encode(
     """
     if col is None:
         return np.full(n, -1, dtype=np.int32), pa.array([], type=pa.string())
-    if (
-        isinstance(col, pd.Series)
-        and isinstance(col.dtype, pd.ArrowDtype)
-        and pa.types.is_dictionary(col.dtype.pyarrow_dtype)
-    ):
+    if isinstance(col, pd.Series) and is_dictionary(col.dtype):
         return _encode_dictionaries(col.array.__arrow_array__(), n)
     if isinstance(col, pd.Series) and isinstance(col.dtype, pd.CategoricalDtype):
         codes = np.asarray(col.cat.codes, dtype=np.int32)

@@ -93,7 +93,7 @@ def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
             whole = values.__arrow_array__()
             kept = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
             columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
-        elif _is_dictionary(values):  # chunk by chunk: only the codes are copied
+        elif is_dictionary(values.dtype):  # chunk by chunk: only the codes are copied
             whole = values.__arrow_array__()
             kept = pa.chunked_array(_filter_chunks(whole, keep), type=whole.type)
             columns[column] = pd.Series(pd.arrays.ArrowExtensionArray(kept))
@@ -102,10 +102,9 @@ def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
-def _is_dictionary(values: object) -> bool:
-    return isinstance(values, pd.arrays.ArrowExtensionArray) and pa.types.is_dictionary(
-        values.dtype.pyarrow_dtype
-    )
+def is_dictionary(dtype: object) -> bool:
+    """Whether ``dtype`` is an Arrow dictionary (what a Parquet read keeps as codes)."""
+    return isinstance(dtype, pd.ArrowDtype) and pa.types.is_dictionary(dtype.pyarrow_dtype)
 
 
 def _filter_chunks(whole: pa.ChunkedArray, keep: np.ndarray) -> list[pa.Array]:

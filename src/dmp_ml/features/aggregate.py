@@ -19,6 +19,7 @@ from dmp_ml.contract import SOURCES
 from dmp_ml.features.clock import LocalClock, utc_hour_of_week
 from dmp_ml.features.params import DAY_NS, FeatureParams, vocab_lut
 from dmp_ml.features.table import HOURS_PER_WEEK
+from dmp_ml.rows import is_dictionary
 
 ENCODED_COLUMNS = ["event_type", "channel", "source", "category"]
 """The text columns :func:`gather` reads as integer codes (besides the ids)."""
@@ -281,8 +282,7 @@ def gather(
     campaign = np.full(len(campaign_rows), -1, dtype=np.int64)
     if len(campaign_rows) and "campaign_id" in events.columns:
         column = events["campaign_id"]
-        dtype = column.dtype
-        if isinstance(dtype, pd.ArrowDtype) and pa.types.is_dictionary(dtype.pyarrow_dtype):
+        if is_dictionary(column.dtype):
             campaign = identity.encode(column, len(column))[0][rows[campaign_rows]]
         else:
             picked = identity.arrow_strings(column).take(pa.array(rows[campaign_rows]))
