@@ -409,6 +409,8 @@ def _clean_dictionary(codes: pa.DictionaryArray, lower: bool) -> pa.DictionaryAr
     itself holds no null (its unused entry is left empty): Arrow cannot join dictionaries
     with nulls when a column's chunks are combined."""
     values = _clean(codes.dictionary, lower)
+    if not values.null_count and values.equals(codes.dictionary):
+        return codes  # already clean (the usual case): the codes are not validated again
     indices = codes.indices
     if values.null_count:
         missing = pc.take(pc.is_null(values), indices)
