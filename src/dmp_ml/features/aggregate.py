@@ -280,7 +280,9 @@ def gather(
     etype = out["event_type"]
     campaign_rows = np.flatnonzero((etype == params.open_index) | (etype == params.click_index))
     campaign = np.full(len(campaign_rows), -1, dtype=np.int64)
-    if len(campaign_rows) and "campaign_id" in events.columns:
+    if len(campaign_rows) and "campaign_id" in codes.columns:  # coded by the loader
+        campaign = codes.columns["campaign_id"][0][rows[campaign_rows]].astype(np.int64)
+    elif len(campaign_rows) and "campaign_id" in events.columns:
         column = events["campaign_id"]
         if is_dictionary(column.dtype):
             campaign = identity.encode(column, len(column))[0][rows[campaign_rows]]
