@@ -39,3 +39,43 @@ def test_huge_pages_are_off_unless_the_user_asked_for_them(asked: bool) -> None:
     )
     # asked: left as this process has them (inherited), else switched off
     assert done.stdout.strip() == (f"False {_own_thp()}" if asked else "True 0")
+
+
+FAULTS = (
+    "import resource, sys\n"
+    "import numpy as np\n"
+    "from dmp_ml.pages import disable_huge_pages, keep_freed_memory\n"
+    "disable_huge_pages()  # as the features command runs: 4 kB pages\n"
+    "done = keep_freed_memory() if sys.argv[1] == 'keep' else False\n"
+    "np.ones(10_000_000)  # 80 MB, allocated once and freed\n"
+    "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+    "for _ in range(5):\n"
+    "    np.ones(10_000_000)\n"
+    "print(done, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator")
+def test_freed_columns_are_reused_without_new_page_faults() -> None:
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k != "NUMPY_MADVISE_HUGEPAGE"
+    }
+
+    def faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", FAULTS, mode],
+            capture_output=True,
+            text=True,
+            env=environ,
+            check=True,
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    done, kept = faults("keep")
+    _, returned = faults("return")
+    assert done == "True"
+    # five 80 MB columns: each faulted in again page by page when freed memory is returned
+    assert returned > 5 * 10_000
+    assert kept < returned / 10

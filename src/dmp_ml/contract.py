@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,12 +267,9 @@ def _load(
         encoded = identity.encode_many(frame, columns)
         if not dictionaries:
             frame = _decode_ids(frame)
-        frame, dupes, kept = _collapse_duplicates(frame, encoded)
+        frame, dupes, encoded = _collapse_duplicates(frame, encoded)
         if len(dupes):
             quarantine = pd.concat([quarantine, dupes], ignore_index=True)
-            # the first copy of a row is kept, so every value keeps its first appearance:
-            # the kept codes are what encoding the kept rows would give
-            encoded = {c: (codes[kept], values) for c, (codes, values) in encoded.items()}
     frame = frame.drop(columns=["_row_number"], errors="ignore")
     if not dictionaries:
         frame = _decode_ids(frame)
@@ -344,20 +342,27 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _collapse_duplicates(
     frame: pd.DataFrame, encoded: dict[str, tuple[np.ndarray, pa.Array]]
-) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, tuple[np.ndarray, pa.Array]]]:
     """Quarantine the later copies of rows equal in every column (the first copy is kept);
-    returns the kept rows, the quarantined copies and the mask of kept rows."""
+    returns the kept rows, the quarantined copies and the kept rows' codes (``encoded``)."""
     row_numbers = frame.pop("_row_number")
     duplicated = rows.duplicated_rows(frame, {c: codes for c, (codes, _) in encoded.items()})
     if not duplicated.any():
-        return frame, frame.iloc[:0], ~duplicated
-    at = np.flatnonzero(duplicated)
-    dupes = rows.take_rows(frame, at)
-    for column in dupes.columns:
-        dupes[column] = _as_text(dupes[column])
-    dupes["row_number"] = row_numbers.to_numpy(np.int64)[at]
-    dupes["reason"] = pd.Series("duplicate_event", index=dupes.index, dtype="string")
-    return rows.keep_rows(frame, ~duplicated), dupes, ~duplicated
+        return frame, frame.iloc[:0], encoded
+    kept = ~duplicated
+    with ThreadPoolExecutor(max_workers=1) as helper:  # the codes beside the columns
+        # the first copy of a row is kept, so every value keeps its first appearance: the
+        # kept codes are what encoding the kept rows would give
+        kept_codes = helper.submit(
+            lambda: {c: (codes[kept], values) for c, (codes, values) in encoded.items()}
+        )
+        at = np.flatnonzero(duplicated)
+        dupes = rows.take_rows(frame, at)
+        for column in dupes.columns:
+            dupes[column] = _as_text(dupes[column])
+        dupes["row_number"] = row_numbers.to_numpy(np.int64)[at]
+        dupes["reason"] = pd.Series("duplicate_event", index=dupes.index, dtype="string")
+        return rows.keep_rows(frame, kept), dupes, kept_codes.result()
 
 
 def _require(frame: pd.DataFrame, kind: str, required: list[str], expected: list[str]) -> None:
@@ -409,6 +414,8 @@ def _clean_dictionary(codes: pa.DictionaryArray, lower: bool) -> pa.DictionaryAr
     itself holds no null (its unused entry is left empty): Arrow cannot join dictionaries
     with nulls when a column's chunks are combined."""
     values = _clean(codes.dictionary, lower)
+    if not values.null_count and values.equals(codes.dictionary):
+        return codes  # already clean (the usual case): the codes are not validated again
     indices = codes.indices
     if values.null_count:
         missing = pc.take(pc.is_null(values), indices)

@@ -1,4 +1,5 @@
-"""Transparent huge pages off where they cost more than they give, unless the user asks for them.
+"""Memory pages: transparent huge pages off where they cost more than they give, and freed
+memory kept for reuse by a batch command, unless the user asks otherwise.
 
 On the 2-core VMs we target, ``dmp-ml features`` on a 10M-event log spent about a third of its
 CPU time in the kernel zeroing 2 MB huge pages (``perf``: ``clear_page_erms`` under
@@ -8,6 +9,12 @@ command spent about 3 CPU s less in the kernel (of about 17 s) and peaked 140 MB
 output byte for byte the same. :func:`disable_huge_pages` covers every allocator, for the whole
 process (a batch command); :func:`small_pages` drops only NumPy's own hint, around a feature
 build inside any process.
+
+The C allocator gives every block of 32 MB or more (a column of a few million rows) its own
+mapping and returns it to the kernel when freed, so the next such block is faulted in and
+zeroed page by page again: the same command took about 1.1 million page faults (4.3 GB of fresh
+pages for a 1.8 GB peak). :func:`keep_freed_memory` keeps freed blocks in the process for the
+next allocation: about 0.75 million faults, a third less kernel time, peak RSS a little higher.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ except ImportError:  # pragma: no cover - numpy < 2
 logger = logging.getLogger(__name__)
 
 _PR_SET_THP_DISABLE = 41  # linux/prctl.h
+_M_TRIM_THRESHOLD = -1  # malloc.h (glibc)
+_M_MMAP_MAX = -4
+_KEEP_BYTES = 2**31 - 1  # the largest trim threshold mallopt takes (an int)
 
 
 def disable_huge_pages() -> bool:
@@ -42,6 +52,26 @@ def disable_huge_pages() -> bool:
     except (OSError, AttributeError):  # no libc prctl
         done = False
     logger.debug("transparent huge pages %s", "off" if done else "left as they are")
+    return done
+
+
+def keep_freed_memory() -> bool:
+    """Have the C allocator (glibc) keep freed memory for reuse instead of unmapping it; True
+    when done.
+
+    For a batch command that allocates and frees columns of millions of rows: no block gets a
+    mapping of its own, and freed memory is returned to the kernel only beyond 2 GB free at
+    the top of the heap. Only speed and memory change, never results. Left alone off glibc and
+    when the user tunes the allocator (``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` set).
+    """
+    if not sys.platform.startswith("linux") or _user_tunes_malloc():
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    done = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES) == 1
+    logger.debug("freed memory %s", "kept for reuse" if done else "returned as usual")
     return done
 
 
@@ -66,3 +96,7 @@ def small_pages() -> Iterator[None]:
 
 def _user_wants_huge_pages() -> bool:
     return "NUMPY_MADVISE_HUGEPAGE" in os.environ
+
+
+def _user_tunes_malloc() -> bool:
+    return "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ

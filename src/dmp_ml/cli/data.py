@@ -119,11 +119,14 @@ def features(
     config: ConfigOpt = None,
 ) -> None:
     """Build point-in-time features per profile and write them to Parquet."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from dmp_ml.contract import load_consent, load_events, load_profiles
     from dmp_ml.features import build_features
-    from dmp_ml.pages import disable_huge_pages
+    from dmp_ml.pages import disable_huge_pages, keep_freed_memory
 
     disable_huge_pages()  # gigabytes of short-lived memory: 4 kB pages cost far less to fault
+    keep_freed_memory()  # ... and freed columns are reused, not faulted in again
     feature_overrides = {"engine": engine, "dask_scheduler": scheduler}
     settings = settings_for(config)
     if any(v is not None for v in feature_overrides.values()):
@@ -133,19 +136,26 @@ def features(
         settings = settings.model_copy(update={"features": section})
     engine_name = settings.features.engine
     names = ["loading events", "loading profiles and consent", f"building features ({engine_name})"]
-    with Steps("features", [*names, "writing Parquet"]) as steps:
+    with Steps("features", [*names, "writing Parquet"]) as steps, ThreadPoolExecutor(1) as side:
         steps.next()
+        # profiles and consent (small) are read beside the events, whose load leaves gaps
+        given = (
+            (load_profiles, profiles, profiles_mapping),
+            (load_consent, consent, consent_mapping),
+        )
+        prof, cons = (
+            side.submit(load, path, how, settings.contract) if path else None
+            for load, path, how in given
+        )
         # text kept as Parquet's dictionaries: the build reads codes, never one string a row
         loaded = load_events(events, mapping=mapping, settings=settings.contract, dictionaries=True)
         steps.next()
-        prof = None
-        if profiles:
-            prof = load_profiles(profiles, profiles_mapping, settings=settings.contract).frame
-        cons = None
-        if consent:
-            cons = load_consent(consent, consent_mapping, settings=settings.contract).frame
+        prof_frame = prof.result().frame if prof is not None else None
+        cons_frame = cons.result().frame if cons is not None else None
         steps.next()
-        table = build_features(loaded.frame, as_of, prof, cons, settings, encoded=loaded.encoded)
+        table = build_features(
+            loaded.frame, as_of, prof_frame, cons_frame, settings, encoded=loaded.encoded
+        )
         steps.next()
         table.to_parquet(out_path)
     from rich.table import Table

@@ -151,16 +151,25 @@ def aggregate(
                 hours = clock.hour_of_week(t[eng], tz_codes[prof[eng]])
             np.add.at(how_flat, prof[eng] * HOURS_PER_WEEK + hours, 1.0)
 
+    def campaigns() -> list[np.ndarray]:  # distinct campaigns opened, clicked (longest window)
+        cprof = a.prof[a.campaign_rows].astype(np.int64)
+        cet = a.etype[a.campaign_rows]
+        cin = p.as_of_ns - a.t[a.campaign_rows] <= bounds[-1]
+        picked = [cin & (cet == idx) for idx in (p.open_index, p.click_index)]
+        return [_unique_per_profile(cprof[rows], a.campaign[rows], n) for rows in picked]
+
     # the two halves write disjoint memory, so on a big log they run side by side (NumPy
     # releases the GIL in these loops); each keeps row order, so sums are the same either way
     if len(a) >= identity.PARALLEL_ROWS and (os.cpu_count() or 1) > 1:
         with ThreadPoolExecutor(max_workers=1) as pool:
             other = pool.submit(mixes)
             timing()
+            hits = campaigns()  # the lighter half takes them
             other.result()
     else:
         timing()
         mixes()
+        hits = campaigns()
 
     # windows are cumulative: bin b holds events in window b but not in window b-1
     # (row-wise, in place: no copy of the block)
@@ -214,13 +223,8 @@ def aggregate(
 
     # email: distinct campaigns opened / clicked in the longest window, capped at sends
     sends = block[count_rows[p.send_index, n_w - 1]]
-    cprof = a.prof[a.campaign_rows].astype(np.int64)
-    cet = a.etype[a.campaign_rows]
-    cin = p.as_of_ns - a.t[a.campaign_rows] <= bounds[-1]
-    for name, idx in (("_email_opens", p.open_index), ("_email_clicks", p.click_index)):
-        rows = cin & (cet == idx)
-        hits = _unique_per_profile(cprof[rows], a.campaign[rows], n)
-        block[pos[name]] = np.minimum(hits, sends)
+    for name, distinct in zip(("_email_opens", "_email_clicks"), hits, strict=True):
+        block[pos[name]] = np.minimum(distinct, sends)
     block[pos["_email_sends"]] = sends
     return block, how
 
@@ -280,7 +284,9 @@ def gather(
     etype = out["event_type"]
     campaign_rows = np.flatnonzero((etype == params.open_index) | (etype == params.click_index))
     campaign = np.full(len(campaign_rows), -1, dtype=np.int64)
-    if len(campaign_rows) and "campaign_id" in events.columns:
+    if len(campaign_rows) and "campaign_id" in codes.columns:  # coded by the loader
+        campaign = codes.columns["campaign_id"][0][rows[campaign_rows]].astype(np.int64)
+    elif len(campaign_rows) and "campaign_id" in events.columns:
         column = events["campaign_id"]
         if is_dictionary(column.dtype):
             campaign = identity.encode(column, len(column))[0][rows[campaign_rows]]

@@ -151,7 +151,9 @@ def build_features(
     # the engine is held open for the whole build (Dask: one client for identity and features)
     with engine, small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
         codes = identity.encode_ids(events, encoded=encoded)
-        extra = helper.submit(identity.encode_given, events, ENCODED_COLUMNS, encoded, 1)
+        # the campaign ids too when the loader coded them (else gather codes the few it reads)
+        given = [c for c in ("campaign_id",) if encoded is not None and c in encoded]
+        extra = helper.submit(identity.encode_given, events, [*ENCODED_COLUMNS, *given], encoded, 1)
         return _build(
             events,
             codes,
