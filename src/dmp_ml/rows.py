@@ -370,3 +370,82 @@ def stacked_take(first: np.ndarray, second: np.ndarray, order: np.ndarray) -> np
         part, src = (first, src) if src < n else (second, src - n)
         out[start:stop] = part[src : src + stop - start]
     return out
+
+
+class OverlaidRows:
+    """The rows of a base array (a mapped file's, shared by every worker and never written)
+    with a small block of private rows over it: rows changed since (by their position in the
+    base) and rows appended past its end. A refresh then costs what it changes, not a copy of
+    the population's array; reads by position (``rows[positions]``, slices, boolean masks)
+    return plain arrays, and ``np.asarray`` builds the whole array (a compaction writing it).
+    """
+
+    def __init__(self, base: np.ndarray) -> None:
+        self.base = base
+        self._at = np.zeros(0, dtype=np.int64)  # sorted positions held in ``_rows``
+        self._rows = np.empty((0, *base.shape[1:]), dtype=base.dtype)
+        self._length = len(base)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._length, *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _positions(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.arange(*key.indices(self._length), dtype=np.int64)
+        key = np.asarray(key)
+        if key.dtype == bool:
+            return np.flatnonzero(key)
+        return np.where(key < 0, key + self._length, key).astype(np.int64)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not len(self._at):
+            return self.base[key]
+        scalar = np.ndim(key) == 0 and not isinstance(key, slice)
+        pos = self._positions(np.atleast_1d(key) if scalar else key)
+        out = np.empty((len(pos), *self.base.shape[1:]), dtype=self.base.dtype)
+        in_base = pos < len(self.base)
+        out[in_base] = self.base[pos[in_base]]
+        slot = np.minimum(np.searchsorted(self._at, pos), len(self._at) - 1)
+        held = self._at[slot] == pos
+        out[held] = self._rows[slot[held]]
+        return out[0] if scalar else out
+
+    def __setitem__(self, key: Any, values: Any) -> None:
+        pos = self._positions(np.atleast_1d(key) if np.ndim(key) == 0 else key)
+        rows = np.broadcast_to(np.asarray(values, dtype=self.dtype), (len(pos), *self.shape[1:]))
+        slot = np.minimum(np.searchsorted(self._at, pos), max(len(self._at) - 1, 0))
+        held = (self._at[slot] == pos) if len(self._at) else np.zeros(len(pos), dtype=bool)
+        self._rows[slot[held]] = rows[held]
+        if not held.all():
+            at = np.concatenate([self._at, pos[~held]])
+            order = np.argsort(at, kind="stable")
+            self._at = at[order]
+            self._rows = np.concatenate([self._rows, rows[~held]])[order]
+
+    def append(self, rows: np.ndarray) -> None:
+        """Add ``rows`` past the end."""
+        start = self._length
+        self._length += len(rows)
+        self[np.arange(start, self._length, dtype=np.int64)] = rows
+
+    def copy(self) -> OverlaidRows:
+        """A copy whose changes leave this one as it is (the base shared, the rows copied)."""
+        other = OverlaidRows(self.base)
+        other._at, other._rows, other._length = self._at.copy(), self._rows.copy(), self._length
+        return other
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[np.arange(self._length)] if len(self._at) else np.array(self.base)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
