@@ -425,6 +425,8 @@ class OverlaidRows:
     def __setitem__(self, key: Any, values: Any) -> None:
         pos = self._positions(np.atleast_1d(key) if np.ndim(key) == 0 else key)
         rows = np.broadcast_to(np.asarray(values, dtype=self.dtype), (len(pos), *self.shape[1:]))
+        pos, last = np.unique(pos[::-1], return_index=True)  # a repeated position: last wins
+        rows = rows[::-1][last]
         slot = np.minimum(np.searchsorted(self._at, pos), max(len(self._at) - 1, 0))
         held = (self._at[slot] == pos) if len(self._at) else np.zeros(len(pos), dtype=bool)
         self._rows[slot[held]] = rows[held]
