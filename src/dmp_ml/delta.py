@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.rows import LazyRows, id_merge_order, stacked_take
+from dmp_ml.rows import LazyRows, id_merge_order, stacked_take, stacked_takes
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureTable
@@ -179,9 +179,10 @@ def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) ->
     concatenated and taken one by one. A refresh merging a few new profiles into a table of
     the population's rows pays one pass over it."""
     floats = [c for c in frame.columns if frame[c].dtype == np.float64 == rows[c].dtype]
+    pairs = [(frame[c].to_numpy(), rows[c].to_numpy()) for c in floats]
     values = np.empty((len(floats), len(order)), dtype=np.float64)
-    for j, column in enumerate(floats):
-        values[j] = stacked_take(frame[column].to_numpy(), rows[column].to_numpy(), order)
+    for j, taken in enumerate(stacked_takes(pairs, order)):
+        values[j] = taken
     index = frame.index.append(rows.index)[order]
     out = pd.DataFrame(values.T, index=index, columns=floats, copy=False)
     done = set(floats)

@@ -359,17 +359,40 @@ def stacked_take(first: np.ndarray, second: np.ndarray, order: np.ndarray) -> np
     """``np.concatenate([first, second])[order]`` without the stacked copy: an id merge
     order (:func:`id_merge_order`) is a few runs of consecutive rows, each copied as one slice,
     so a merge of a few new rows into a population's array copies it once, not twice."""
-    n = len(first)
-    out = np.empty((len(order), *first.shape[1:]), dtype=np.result_type(first, second))
-    if len(order) == 0:
-        return out
+    return stacked_takes([(first, second)], order)[0]
+
+
+def stacked_takes(
+    pairs: list[tuple[np.ndarray, np.ndarray]], order: np.ndarray
+) -> list[np.ndarray]:
+    """:func:`stacked_take` of each ``(first, second)`` pair (all ``first`` of one length) by
+    one ``order``: slice by slice when it is a few runs of consecutive rows, else gathered
+    (an order with the updated rows taken from ``second`` has two runs per updated row)."""
     order = np.asarray(order, dtype=np.int64)
+    out = [
+        np.empty((len(order), *first.shape[1:]), dtype=np.result_type(first, second))
+        for first, second in pairs
+    ]
+    if not pairs or not len(order):
+        return out
+    n = len(pairs[0][0])
     cut = np.flatnonzero((np.diff(order) != 1) | (order[1:] == n)) + 1
-    for start, stop in zip(np.r_[0, cut], np.r_[cut, len(order)], strict=True):
+    if len(cut) * _ROWS_PER_RUN > len(order):
+        from_first = order < n
+        head, tail = order[from_first], order[~from_first] - n
+        for taken, (first, second) in zip(out, pairs, strict=True):
+            taken[from_first] = first[head]
+            taken[~from_first] = second[tail]
+        return out
+    for start, stop in zip(np.r_[0, cut].tolist(), np.r_[cut, len(order)].tolist(), strict=True):
         src = int(order[start])
-        part, src = (first, src) if src < n else (second, src - n)
-        out[start:stop] = part[src : src + stop - start]
+        for taken, (first, second) in zip(out, pairs, strict=True):
+            part, at = (first, src) if src < n else (second, src - n)
+            taken[start:stop] = part[at : at + stop - start]
     return out
+
+
+_ROWS_PER_RUN = 256  # runs shorter than this on average: one gather beats a slice per run
 
 
 class OverlaidRows:
