@@ -256,4 +256,4 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
             cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
     summary = dict(current.summary)
     summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows)
-    return replace(current, frame=merged, hour_of_week=how, cookie_map=cookie_map, summary=summary)
+    return replace(current, frame=merged, hour_of_week=how, links=cookie_map, summary=summary)
