@@ -398,20 +398,24 @@ _ROWS_PER_RUN = 256  # runs shorter than this on average: one gather beats a sli
 class OverlaidRows:
     """The rows of a base array (a mapped file's, shared by every worker and never written)
     with a small block of private rows over it: rows changed since (by their position in the
-    base) and rows appended past its end. A refresh then costs what it changes, not a copy of
-    the population's array; reads by position (``rows[positions]``, slices, boolean masks)
-    return plain arrays, and ``np.asarray`` builds the whole array (a compaction writing it).
+    base) and rows added past its end, optionally read in another order (new rows merged in
+    id order, :meth:`merge`: a map from each row to where it is held, 8 bytes a row). A
+    refresh then costs what it changes, not a copy of the population's array; reads by
+    position (``rows[positions]``, slices, boolean masks) return plain arrays, and
+    ``np.asarray`` builds the whole array (a compaction writing it).
     """
 
     def __init__(self, base: np.ndarray) -> None:
         self.base = base
-        self._at = np.zeros(0, dtype=np.int64)  # sorted positions held in ``_rows``
+        self._at = np.zeros(0, dtype=np.int64)  # sorted places held in ``_rows``
         self._rows = np.empty((0, *base.shape[1:]), dtype=base.dtype)
-        self._length = len(base)
+        self._held = len(base)  # places: the base's rows, then those added
+        self._where: np.ndarray | None = None  # row -> place (None: the same)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self._length, *self.base.shape[1:])
+        length = self._held if self._where is None else len(self._where)
+        return (length, *self.base.shape[1:])
 
     @property
     def dtype(self) -> np.dtype:
@@ -422,31 +426,38 @@ class OverlaidRows:
         return self.base.ndim
 
     def __len__(self) -> int:
-        return self._length
+        return self.shape[0]
 
-    def _positions(self, key: Any) -> np.ndarray:
+    def _places(self, key: Any) -> np.ndarray:
+        """Where the rows ``key`` selects are held."""
         if isinstance(key, slice):
-            return np.arange(*key.indices(self._length), dtype=np.int64)
-        key = np.asarray(key)
-        if key.dtype == bool:
-            return np.flatnonzero(key)
-        return np.where(key < 0, key + self._length, key).astype(np.int64)
+            pos = np.arange(*key.indices(len(self)), dtype=np.int64)
+        else:
+            key = np.asarray(key)
+            if key.dtype == bool:
+                pos = np.flatnonzero(key)
+            else:
+                pos = np.where(key < 0, key + len(self), key).astype(np.int64)
+        return pos if self._where is None else self._where[pos]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not len(self._at):
+        if not len(self._at) and self._where is None:
             return self.base[key]
         scalar = np.ndim(key) == 0 and not isinstance(key, slice)
-        pos = self._positions(np.atleast_1d(key) if scalar else key)
+        pos = self._places(np.atleast_1d(key) if scalar else key)
         out = np.empty((len(pos), *self.base.shape[1:]), dtype=self.base.dtype)
         in_base = pos < len(self.base)
         out[in_base] = self.base[pos[in_base]]
-        slot = np.minimum(np.searchsorted(self._at, pos), len(self._at) - 1)
-        held = self._at[slot] == pos
-        out[held] = self._rows[slot[held]]
+        if len(self._at):
+            slot = np.minimum(np.searchsorted(self._at, pos), len(self._at) - 1)
+            held = self._at[slot] == pos
+            out[held] = self._rows[slot[held]]
         return out[0] if scalar else out
 
     def __setitem__(self, key: Any, values: Any) -> None:
-        pos = self._positions(np.atleast_1d(key) if np.ndim(key) == 0 else key)
+        self._put(self._places(np.atleast_1d(key) if np.ndim(key) == 0 else key), values)
+
+    def _put(self, pos: np.ndarray, values: Any) -> None:
         rows = np.broadcast_to(np.asarray(values, dtype=self.dtype), (len(pos), *self.shape[1:]))
         pos, last = np.unique(pos[::-1], return_index=True)  # a repeated position: last wins
         rows = rows[::-1][last]
@@ -459,18 +470,39 @@ class OverlaidRows:
             self._at = at[order]
             self._rows = np.concatenate([self._rows, rows[~held]])[order]
 
+    def _add(self, rows: np.ndarray) -> np.ndarray:
+        """Hold ``rows`` in new places; returns those places."""
+        places = np.arange(self._held, self._held + len(rows), dtype=np.int64)
+        self._held += len(rows)
+        self._put(places, rows)
+        return places
+
     def append(self, rows: np.ndarray) -> None:
         """Add ``rows`` past the end."""
-        start = self._length
-        self._length += len(rows)
-        self[np.arange(start, self._length, dtype=np.int64)] = rows
+        places = self._add(rows)
+        if self._where is not None:
+            self._where = np.concatenate([self._where, places])
+
+    def merge(self, rows: np.ndarray, order: np.ndarray) -> None:
+        """Add ``rows`` and read every row in ``order`` from now on: positions in this array
+        followed by ``rows`` (e.g. an :func:`id_merge_order`), as ``np.concatenate([self,
+        rows])[order]`` would be."""
+        places = self._add(rows)
+        where = np.arange(len(self), dtype=np.int64) if self._where is None else self._where
+        self._where = stacked_take(where, places, order)
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (positions), in that order."""
+        self._where = self._places(np.asarray(rows, dtype=np.int64))
 
     def copy(self) -> OverlaidRows:
         """A copy whose changes leave this one as it is (the base shared, the rows copied)."""
         other = OverlaidRows(self.base)
-        other._at, other._rows, other._length = self._at.copy(), self._rows.copy(), self._length
+        other._at, other._rows, other._held = self._at.copy(), self._rows.copy(), self._held
+        other._where = None if self._where is None else self._where.copy()
         return other
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        whole = self[np.arange(self._length)] if len(self._at) else np.array(self.base)
+        whole = self[np.arange(len(self))] if len(self._at) or self._where is not None else None
+        whole = np.array(self.base) if whole is None else whole
         return whole if dtype is None else whole.astype(dtype, copy=False)
