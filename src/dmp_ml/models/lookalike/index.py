@@ -4,7 +4,11 @@ A FAISS ``IndexIDMap2`` over unit vectors, searched by inner product (cosine): e
 search for small populations, a factory index (IVF or HNSW) beyond, with ``nprobe`` or
 ``efSearch`` tuned at build time until recall@100 against exact search reaches the target.
 Search excludes ids on request; ``remove_ids`` removes where the index type can and masks
-where it cannot.
+where it cannot. A flat index loaded from a bundle is mapped (shared by every worker) and never
+changed: the rows a refresh changes or adds go to a small side index in private memory, the
+base's superseded rows are left out of its searches, and the two results are merged (the
+base's first among equals, as when the rows are appended to one index); ``save`` writes the
+one index those changes in place would have left.
 """
 
 from __future__ import annotations
