@@ -10,7 +10,9 @@ bundle files are page cache, shared by every worker mapping them) and what each 
 audience of 10%) from the loaded bundle, with FAISS's exact search over the same vectors for
 reference; and the visibility of a 1,000-event refresh batch (``apply_events``, then loading
 the new version and answering from it; wall and CPU seconds, and the refresh's phases) on a
-copy of the workdir. With ``--workers 2`` it also
+copy of the workdir; and the private memory of a process that answers, then picks up two
+such batches as a service worker does (``ModelBundle.extended``) and answers again (the
+``refreshed MB`` column). With ``--workers 2`` it also
 starts ``dmp-ml serve`` with two workers and reports each worker's private memory after a
 round of requests. Prints one table; ``--plot`` draws it (``docs/scale.png``).
 
@@ -115,6 +117,54 @@ else:
                                 *(["scores"] if bundle.scores is not None else [])]}))
     sys.exit(0)
 print(json.dumps({"mb": (uss() - before) / 2**20}))
+"""
+
+_REFRESHED = r"""
+import gc, json, subprocess, sys
+from pathlib import Path
+from dmp_ml.bundle import live_bundle_path, load_bundle, read_manifest
+from dmp_ml.models import REGISTRY, model_class
+for name in REGISTRY:
+    model_class(name)
+import faiss, lightgbm, pyarrow.parquet, scipy.sparse  # noqa: F401
+
+def uss():
+    gc.collect()
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
+
+def answer(bundle):
+    ids = bundle.features.frame.index[:50].tolist()
+    bundle.score(ids)
+    bundle.send_time(ids)
+    bundle.lookalike(ids[:20], size=100)
+
+workdir, apply = Path(sys.argv[1]), sys.argv[2:]
+before = uss()
+bundle = load_bundle(workdir, n_threads=1)
+answer(bundle)
+out = {"answered_mb": (uss() - before) / 2**20}
+for k in range(2):  # a batch applied by another process, picked up as a worker reloads
+    subprocess.run([*apply, str(k)], check=True, stdout=subprocess.DEVNULL)
+    path = live_bundle_path(workdir)
+    bundle = bundle.extended(path, read_manifest(path, verify=True)) or load_bundle(path)
+    answer(bundle)
+    out[f"refreshed{k + 1}_mb"] = (uss() - before) / 2**20
+print(json.dumps(out))
+"""
+
+_APPLY = r"""
+import json, sys
+from pathlib import Path
+import pandas as pd
+from dmp_ml.bundle import MANIFEST, live_bundle_path
+from dmp_ml.refresh import apply_events
+events, workdir, k = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+as_of = pd.Timestamp(json.loads((live_bundle_path(workdir) / MANIFEST).read_text())["as_of"])
+batch = pd.read_parquet(events).sample(1000, random_state=k).reset_index(drop=True)
+offsets = pd.to_timedelta(range(1000), unit="s")
+batch["event_time"] = as_of + pd.Timedelta(minutes=1 + 30 * k) + offsets
+apply_events(workdir, batch)
 """
 
 
@@ -234,6 +284,33 @@ def refresh_visibility(workdir: Path, batch_size: int = 1000) -> dict[str, objec
         }
 
 
+def refreshed_memory(workdir: Path) -> dict[str, float]:
+    """Private MB of a process that loads the bundle and answers, then picks up two 1,000-event
+    refreshes (applied by another process, as ``/events`` or ``dmp-ml events`` does) the way a
+    service worker reloads (:meth:`dmp_ml.bundle.ModelBundle.extended`) and answers again; on
+    a copy of ``workdir``."""
+    import shutil
+
+    from dmp_ml.bundle import live_bundle_path, verified_manifest
+
+    with tempfile.TemporaryDirectory(prefix="dmp-ml-scale-worker-") as tmp:
+        copy = Path(tmp) / "w"
+        shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("demo"))
+        verified_manifest(live_bundle_path(copy))
+        apply = [sys.executable, "-c", _APPLY, str(workdir / "demo" / "events.parquet"), str(copy)]
+        out = subprocess.run(
+            [sys.executable, "-c", _REFRESHED, str(copy), *apply],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "worker_refreshed_mb": float(result["refreshed2_mb"]),
+        **{f"worker_{k}": v for k, v in result.items()},
+    }
+
+
 def bundle_size(workdir: Path) -> float:
     """MB on disk of the live bundle."""
     live = (workdir / "bundle").resolve()
@@ -325,7 +402,7 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
     panels = [
         ("train: peak memory, all processes (GB)", ["train_peak_gb"]),
         ("bundle on disk (MB)", ["bundle_mb"]),
-        ("private memory (MB)", ["load_mb", "answered_mb", "worker_max_mb"]),
+        ("private memory (MB)", ["load_mb", "answered_mb", "worker_refreshed_mb", "worker_max_mb"]),
         ("latency (ms)", ["score_p99_ms", "lookalike_ms", "exact_search_ms"]),
         ("refresh: 1,000 events visible after (s)", ["refresh_s"]),
     ]
@@ -368,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         row.update(measure(workdir, "latency"))
         if (workdir / "demo" / "events.parquet").exists():
             row.update(refresh_visibility(workdir))
+            row.update(refreshed_memory(workdir))
         if args.workers:
             row["worker_mb"] = serve_workers(workdir, args.workers)
             row["worker_max_mb"] = max(row["worker_mb"])  # type: ignore[type-var]
@@ -377,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{'profiles':>9} {'events':>10} {'train s':>8} {'peak GB':>8} {'bundle MB':>10} "
         f"{'load MB':>8} {'answered MB':>12} {'score p99 ms':>13} {'lookalike ms':>13} "
-        f"{'exact ms':>9} {'refresh s':>10}  workers' private MB; train seconds by stage"
+        f"{'exact ms':>9} {'refresh s':>10} {'refreshed MB':>13}  workers' private MB; "
+        "train seconds by stage"
     )
     for r in rows:
         g = r.get
@@ -387,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{g('train_peak_gb', nan):>8.2f} {g('bundle_mb'):>10.1f} {g('load_mb'):>8.1f} "
             f"{g('answered_mb'):>12.1f} {g('score_p99_ms', nan):>13.1f} "
             f"{g('lookalike_ms', nan):>13.1f} {g('exact_search_ms', nan):>9.1f} "
-            f"{g('refresh_s', nan):>10.2f}  {[round(w) for w in g('worker_mb', [])]}; {stages}"  # type: ignore[union-attr]
+            f"{g('refresh_s', nan):>10.2f} {g('worker_refreshed_mb', nan):>13.1f}  "
+            f"{[round(w) for w in g('worker_mb', [])]}; {stages}"  # type: ignore[union-attr]
         )
     if args.plot:
         plot(rows, args.plot)

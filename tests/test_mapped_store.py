@@ -164,6 +164,12 @@ def test_feature_table_and_scores_are_mapped_and_a_refresh_of_a_few_profiles_is_
 
     a, b = load_bundle(in_place, n_threads=1), load_bundle(rebuilt, n_threads=1)
     _tables_mapped(a)
+    # the lookalike model takes the batch's rows (3 updated, 1 new) over its mapped base: the
+    # FAISS index and the vectors stay the file's pages, the 4 rows are its own
+    look = b.lookalike_model
+    assert look is not None and look.index_.mapped_ and look.index_.side_.ntotal == 4
+    assert is_mapped(look.vectors_.base) and len(look.vectors_) == len(frame) + 1
+    assert look.index_.ntotal == len(frame) + 1
     after = a.features.frame
     assert (
         after.loc[touched, "event_count_total"] == frame.loc[touched, "event_count_total"] + 1
@@ -188,3 +194,20 @@ def test_feature_table_and_scores_are_mapped_and_a_refresh_of_a_few_profiles_is_
     old = load_bundle(before.path, n_threads=1)
     pd.testing.assert_frame_equal(old.features.frame, frame)
     pd.testing.assert_frame_equal(old.score(ids).frame, before.score(ids).frame)
+
+
+def test_a_loaded_bundle_reads_the_cookie_links_only_when_asked(trained_workdir: Path) -> None:
+    """Answers never need the cookie links (one per cookie: the table's largest private part
+    after the ids), so loading and answering leave them in their file; a refresh, an erasure
+    or an attribution reads them, as the file holds them."""
+    bundle = load_bundle(trained_workdir, n_threads=1)
+    ids = bundle.features.frame.index[:20].tolist()
+    bundle.score(ids)
+    bundle.send_time(ids)
+    bundle.lookalike(ids[:10], size=50)
+    links = bundle.features.links
+    assert isinstance(links, Path)
+    stored = pd.read_parquet(links)
+    cookie_map = bundle.features.cookie_map
+    assert cookie_map is not None and bundle.features.links is cookie_map
+    assert cookie_map.to_dict() == dict(zip(stored["cookie_id"], stored["profile_id"], strict=True))

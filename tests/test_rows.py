@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmp_ml.rows import duplicated_rows
+from dmp_ml.delta import stacked_frame
+from dmp_ml.rows import OverlaidRows, duplicated_rows, id_merge_order
 
 
 def _log(n: int, seed: int, in_time_order: bool) -> pd.DataFrame:
@@ -36,3 +37,57 @@ def test_duplicated_rows_matches_pandas(n: int, in_time_order: bool) -> None:
         np.testing.assert_array_equal(duplicated_rows(frame), expected)
         if n == 500:
             assert expected.sum() > 10  # the log does repeat rows, so the check means something
+
+
+def test_overlaid_rows_read_like_the_array_they_stand_for(tmp_path) -> None:
+    """Rows changed and appended over a base read back as the plain array changed the same
+    way would, by positions, slices and masks; the base (a mapped file) is never written, and
+    a copy changes apart from its original."""
+    rng = np.random.default_rng(0)
+    plain = rng.normal(size=(50, 3)).astype(np.float32)
+    np.save(tmp_path / "base.npy", plain)
+    rows = OverlaidRows(np.load(tmp_path / "base.npy", mmap_mode="r"))
+    rows[np.array([3, 40, 3])] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    plain[[3, 40, 3]] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    rows.append(np.ones((4, 3), dtype=np.float32))
+    plain = np.vstack([plain, np.ones((4, 3), dtype=np.float32)])
+    rows[np.array([52, 7])] = -1.0
+    plain[[52, 7]] = -1.0
+    twin = rows.copy()
+    twin[np.array([0])] = 99.0
+    assert rows.shape == plain.shape and len(rows) == 54
+    for key in (np.array([53, 3, 0, 40, 7, 52]), slice(2, 50, 3), plain[:, 0] > 0, 40, -1):
+        np.testing.assert_array_equal(rows[key], plain[key])
+    np.testing.assert_array_equal(np.asarray(rows), plain)
+    assert twin[0].tolist() == [99.0] * 3 and rows[0].tolist() != [99.0] * 3
+    np.testing.assert_array_equal(np.load(tmp_path / "base.npy")[[3, 7]], rows.base[[3, 7]])
+
+
+def test_stacked_frame_equals_concatenating_and_taking() -> None:
+    """The one-copy merge of new rows gives the frame ``concat`` + ``iloc`` gives: values,
+    dtypes (categories kept), column order and index."""
+    rng = np.random.default_rng(1)
+    ids = pd.Index([f"p{i:04d}" for i in range(0, 400, 2)], dtype="string", name="profile_id")
+    levels = ["a", "b", "c"]
+
+    def frame(index: pd.Index) -> pd.DataFrame:
+        n = len(index)
+        return pd.DataFrame(
+            {
+                "x": rng.normal(size=n),
+                "kind": pd.Categorical(rng.choice(levels, n), categories=levels),
+                "y": rng.normal(size=n),
+                "count": rng.integers(0, 9, n),
+            },
+            index=index,
+        )
+
+    base = frame(ids)
+    new = frame(pd.Index(["p0003", "p0151", "p9999", "a"], dtype="string", name="profile_id"))
+    drop = np.zeros(len(base), dtype=bool)
+    drop[[5, 17]] = True
+    order = id_merge_order(base.index, drop, new.index)
+    expected = pd.concat([base, new]).iloc[order]
+    merged = stacked_frame(base, new, order)
+    pd.testing.assert_frame_equal(merged, expected, check_exact=True)
+    assert merged.index.is_monotonic_increasing

@@ -675,6 +675,7 @@ class ModelBundle:
         for link in fresh:
             new.overlay(read_delta(link / layout.DELTA_DIR), in_place=False)
             new.deltas.append(link)
+        new._share_ids()  # the models' merged id lists: one index (and hash table) again
         return new
 
     def file(self, relative: str) -> Path:

@@ -294,7 +294,7 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
             table,
             frame=table.frame.loc[keep],
             hour_of_week=table.hour_of_week[keep],
-            cookie_map=cookie_map,
+            links=cookie_map,
             summary=summary,
         )
     if bundle.scores is not None:

@@ -359,14 +359,150 @@ def stacked_take(first: np.ndarray, second: np.ndarray, order: np.ndarray) -> np
     """``np.concatenate([first, second])[order]`` without the stacked copy: an id merge
     order (:func:`id_merge_order`) is a few runs of consecutive rows, each copied as one slice,
     so a merge of a few new rows into a population's array copies it once, not twice."""
-    n = len(first)
-    out = np.empty((len(order), *first.shape[1:]), dtype=np.result_type(first, second))
-    if len(order) == 0:
-        return out
+    return stacked_takes([(first, second)], order)[0]
+
+
+def stacked_takes(
+    pairs: list[tuple[np.ndarray, np.ndarray]], order: np.ndarray
+) -> list[np.ndarray]:
+    """:func:`stacked_take` of each ``(first, second)`` pair (all ``first`` of one length) by
+    one ``order``: slice by slice when it is a few runs of consecutive rows, else gathered
+    (an order with the updated rows taken from ``second`` has two runs per updated row)."""
     order = np.asarray(order, dtype=np.int64)
+    out = [
+        np.empty((len(order), *first.shape[1:]), dtype=np.result_type(first, second))
+        for first, second in pairs
+    ]
+    if not pairs or not len(order):
+        return out
+    n = len(pairs[0][0])
     cut = np.flatnonzero((np.diff(order) != 1) | (order[1:] == n)) + 1
-    for start, stop in zip(np.r_[0, cut], np.r_[cut, len(order)], strict=True):
+    if len(cut) * _ROWS_PER_RUN > len(order):
+        from_first = order < n
+        head, tail = order[from_first], order[~from_first] - n
+        for taken, (first, second) in zip(out, pairs, strict=True):
+            taken[from_first] = first[head]
+            taken[~from_first] = second[tail]
+        return out
+    for start, stop in zip(np.r_[0, cut].tolist(), np.r_[cut, len(order)].tolist(), strict=True):
         src = int(order[start])
-        part, src = (first, src) if src < n else (second, src - n)
-        out[start:stop] = part[src : src + stop - start]
+        for taken, (first, second) in zip(out, pairs, strict=True):
+            part, at = (first, src) if src < n else (second, src - n)
+            taken[start:stop] = part[at : at + stop - start]
     return out
+
+
+_ROWS_PER_RUN = 256  # runs shorter than this on average: one gather beats a slice per run
+
+
+class OverlaidRows:
+    """The rows of a base array (a mapped file's, shared by every worker and never written)
+    with a small block of private rows over it: rows changed since (by their position in the
+    base) and rows added past its end, optionally read in another order (new rows merged in
+    id order, :meth:`merge`: a map from each row to where it is held, 8 bytes a row). A
+    refresh then costs what it changes, not a copy of the population's array; reads by
+    position (``rows[positions]``, slices, boolean masks) return plain arrays, and
+    ``np.asarray`` builds the whole array (a compaction writing it).
+    """
+
+    def __init__(self, base: np.ndarray) -> None:
+        self.base = base
+        self._at = np.zeros(0, dtype=np.int64)  # sorted places held in ``_rows``
+        self._rows = np.empty((0, *base.shape[1:]), dtype=base.dtype)
+        self._held = len(base)  # places: the base's rows, then those added
+        self._where: np.ndarray | None = None  # row -> place (None: the same)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        length = self._held if self._where is None else len(self._where)
+        return (length, *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _places(self, key: Any) -> np.ndarray:
+        """Where the rows ``key`` selects are held."""
+        if isinstance(key, slice):
+            pos = np.arange(*key.indices(len(self)), dtype=np.int64)
+        else:
+            key = np.asarray(key)
+            if key.dtype == bool:
+                pos = np.flatnonzero(key)
+            else:
+                pos = np.where(key < 0, key + len(self), key).astype(np.int64)
+        return pos if self._where is None else self._where[pos]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not len(self._at) and self._where is None:
+            return self.base[key]
+        scalar = np.ndim(key) == 0 and not isinstance(key, slice)
+        pos = self._places(np.atleast_1d(key) if scalar else key)
+        out = np.empty((len(pos), *self.base.shape[1:]), dtype=self.base.dtype)
+        in_base = pos < len(self.base)
+        out[in_base] = self.base[pos[in_base]]
+        if len(self._at):
+            slot = np.minimum(np.searchsorted(self._at, pos), len(self._at) - 1)
+            held = self._at[slot] == pos
+            out[held] = self._rows[slot[held]]
+        return out[0] if scalar else out
+
+    def __setitem__(self, key: Any, values: Any) -> None:
+        self._put(self._places(np.atleast_1d(key) if np.ndim(key) == 0 else key), values)
+
+    def _put(self, pos: np.ndarray, values: Any) -> None:
+        rows = np.broadcast_to(np.asarray(values, dtype=self.dtype), (len(pos), *self.shape[1:]))
+        pos, last = np.unique(pos[::-1], return_index=True)  # a repeated position: last wins
+        rows = rows[::-1][last]
+        slot = np.minimum(np.searchsorted(self._at, pos), max(len(self._at) - 1, 0))
+        held = (self._at[slot] == pos) if len(self._at) else np.zeros(len(pos), dtype=bool)
+        self._rows[slot[held]] = rows[held]
+        if not held.all():
+            at = np.concatenate([self._at, pos[~held]])
+            order = np.argsort(at, kind="stable")
+            self._at = at[order]
+            self._rows = np.concatenate([self._rows, rows[~held]])[order]
+
+    def _add(self, rows: np.ndarray) -> np.ndarray:
+        """Hold ``rows`` in new places; returns those places."""
+        places = np.arange(self._held, self._held + len(rows), dtype=np.int64)
+        self._held += len(rows)
+        self._put(places, rows)
+        return places
+
+    def append(self, rows: np.ndarray) -> None:
+        """Add ``rows`` past the end."""
+        places = self._add(rows)
+        if self._where is not None:
+            self._where = np.concatenate([self._where, places])
+
+    def merge(self, rows: np.ndarray, order: np.ndarray) -> None:
+        """Add ``rows`` and read every row in ``order`` from now on: positions in this array
+        followed by ``rows`` (e.g. an :func:`id_merge_order`), as ``np.concatenate([self,
+        rows])[order]`` would be."""
+        places = self._add(rows)
+        where = np.arange(len(self), dtype=np.int64) if self._where is None else self._where
+        self._where = stacked_take(where, places, order)
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (positions), in that order."""
+        self._where = self._places(np.asarray(rows, dtype=np.int64))
+
+    def copy(self) -> OverlaidRows:
+        """A copy whose changes leave this one as it is (the base shared, the rows copied)."""
+        other = OverlaidRows(self.base)
+        other._at, other._rows, other._held = self._at.copy(), self._rows.copy(), self._held
+        other._where = None if self._where is None else self._where.copy()
+        return other
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[np.arange(len(self))] if len(self._at) or self._where is not None else None
+        whole = np.array(self.base) if whole is None else whole
+        return whole if dtype is None else whole.astype(dtype, copy=False)

@@ -98,16 +98,28 @@ class FeatureTable:
     spec : FeatureSpec
     summary : dict
         Counts describing the build (profiles known/anonymous, shared devices, exclusions, ...).
-    cookie_map : Series or None
+    links : Series, Path or None
         ``cookie_id -> profile_id`` for cookies a request can be resolved through (see
-        :class:`dmp_ml.identity.Resolution`).
+        :class:`dmp_ml.identity.Resolution`), or the Parquet file :meth:`read` found them in,
+        read on first use (:attr:`cookie_map`): answers never need them, only a refresh, an
+        erasure or an attribution does, so a serving worker does not hold a link per cookie.
     """
 
     frame: pd.DataFrame
     hour_of_week: np.ndarray | LazyRows
     spec: FeatureSpec
     summary: dict[str, int] = field(default_factory=dict)
-    cookie_map: pd.Series | None = None
+    links: pd.Series | Path | None = None
+
+    @property
+    def cookie_map(self) -> pd.Series | None:
+        """``cookie_id -> profile_id`` (read from the bundle's file on first use), or None."""
+        if isinstance(self.links, Path):
+            table = pq.read_table(self.links).to_pandas(
+                types_mapper={pa.string(): pd.StringDtype()}.get
+            )
+            object.__setattr__(self, "links", table.set_index("cookie_id")["profile_id"])
+        return self.links  # type: ignore[return-value]
 
     @property
     def profile_ids(self) -> pd.Index:
@@ -198,9 +210,4 @@ class FeatureTable:
             raise DataContractError(f"{directory}: the feature files do not match their spec")
         table = cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
         cookies = directory / "cookie_map.parquet"
-        if cookies.exists():
-            frame = pq.read_table(cookies).to_pandas(
-                types_mapper={pa.string(): pd.StringDtype()}.get
-            )
-            table = replace(table, cookie_map=frame.set_index("cookie_id")["profile_id"])
-        return table
+        return replace(table, links=cookies) if cookies.exists() else table

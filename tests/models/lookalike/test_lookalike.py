@@ -404,12 +404,17 @@ def test_save_load_round_trip_gives_identical_audiences(model, world, tmp_path) 
     pd.testing.assert_frame_equal(before.frame, after.frame)
     assert before.diagnostics == after.diagnostics
     np.testing.assert_array_equal(model.vectors_, loaded.vectors_)
-    # forgetting on a mapped model writes private copies and leaves the files as saved
+    # forgetting on a mapped model leaves the mapped index and arrays shared and the files as
+    # saved: the forgotten rows are superseded in memory, and a save leaves them out
     gone = list(_members(groups, 0)[:5])
     assert loaded.forget(gone) == 5
-    assert not loaded.index_.mapped_
+    assert loaded.index_.mapped_ and loaded.index_.ntotal == len(model.profile_ids_) - 5
+    assert isinstance(loaded.vectors_.base, np.memmap)
     assert set(gone).isdisjoint(loaded.expand(seed, size=250).frame["profile_id"])
     np.testing.assert_array_equal(np.load(tmp_path / "lookalike" / "vectors.npy"), model.vectors_)
+    resaved = LookalikeModel.load(loaded.save(tmp_path / "again"), n_threads=1)
+    assert resaved.index_.index_.ntotal == len(model.profile_ids_) - 5
+    assert set(gone).isdisjoint(resaved.expand(seed, size=250).frame["profile_id"])
 
 
 def test_forgotten_profiles_are_never_returned_nor_used(world, tmp_path) -> None:

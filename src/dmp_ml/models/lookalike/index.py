@@ -4,7 +4,11 @@ A FAISS ``IndexIDMap2`` over unit vectors, searched by inner product (cosine): e
 search for small populations, a factory index (IVF or HNSW) beyond, with ``nprobe`` or
 ``efSearch`` tuned at build time until recall@100 against exact search reaches the target.
 Search excludes ids on request; ``remove_ids`` removes where the index type can and masks
-where it cannot.
+where it cannot. A flat index loaded from a bundle is mapped (shared by every worker) and never
+changed: the rows a refresh changes or adds go to a small side index in private memory, the
+base's superseded rows are left out of its searches, and the two results are merged (the
+base's first among equals, as when the rows are appended to one index); ``save`` writes the
+one index those changes in place would have left.
 """
 
 from __future__ import annotations
@@ -158,6 +162,8 @@ class LookalikeIndex:
         else:
             self.kind_ = "other"
         self.removed_ = np.zeros(0, dtype=np.int64)
+        self.shadowed_ = np.zeros(0, dtype=np.int64)
+        self.side_: Any = None
         recall = 1.0
         if self.kind_ != "flat" and n > 0:
             recall = self._tune(vectors, ids, rng)
@@ -225,31 +231,50 @@ class LookalikeIndex:
 
     @property
     def ntotal(self) -> int:
-        """Vectors the index answers with (masked ones not counted)."""
-        return int(self.index_.ntotal) - len(self.removed_)
+        """Vectors the index answers with (masked and superseded ones not counted)."""
+        side = 0 if self.side_ is None else int(self.side_.ntotal)
+        return int(self.index_.ntotal) - len(self.removed_) - len(self.shadowed_) + side
 
     def search(
         self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ids by inner product for each query, never returning ``exclude_ids``.
 
-        Returns ``(sims, ids)`` of shape (q, k); ids are -1 where fewer results exist.
+        Returns ``(sims, ids)`` of shape (q, k); ids are -1 where fewer results exist. With
+        rows changed since loading (a flat index), the base (less the superseded rows) and the
+        side index are searched and their results merged, best first (the base's first among
+        equals, as when the changed rows were appended to one index).
         """
         self._set_threads()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        exclude = np.zeros(0, np.int64) if exclude_ids is None else np.asarray(exclude_ids)
+        k = max(1, min(int(k), self.ntotal + len(self.removed_)))
+        if self.side_ is None and not len(self.shadowed_):
+            return self._search(self.index_, queries, k, exclude)
+        sims, ids = self._search(self.index_, queries, k, np.union1d(exclude, self.shadowed_))
+        if self.side_ is not None and self.side_.ntotal:
+            more = self._search(self.side_, queries, k, exclude)
+            sims, ids = np.hstack([sims, more[0]]), np.hstack([ids, more[1]])
+        ranked = np.where(ids >= 0, sims, -np.inf)
+        order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+    def _search(
+        self, index: Any, queries: np.ndarray, k: int, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of one FAISS index, never returning the masked rows nor ``exclude``."""
         excluded = self.removed_
-        if exclude_ids is not None and len(exclude_ids):
-            excluded = np.union1d(excluded, np.asarray(exclude_ids, dtype=np.int64))
+        if len(exclude):
+            excluded = np.union1d(excluded, exclude.astype(np.int64))
         batch = selector = None
         if len(excluded):
             batch = faiss.IDSelectorBatch(excluded)
             selector = faiss.IDSelectorNot(batch)
-        k = max(1, min(int(k), int(self.index_.ntotal)))
         params = self._params(k, selector)
         if params is None:
-            sims, ids = self.index_.search(queries, k)
+            sims, ids = index.search(queries, k)
         else:
-            sims, ids = self.index_.search(queries, k, params=params)
+            sims, ids = index.search(queries, k, params=params)
         del batch, selector
         return sims, ids
 
@@ -262,19 +287,55 @@ class LookalikeIndex:
         return self.index_
 
     def detached(self) -> LookalikeIndex:
-        """A copy whose FAISS index is its own (in private memory), so changing it leaves this
-        one as it is."""
+        """A copy that can be changed while this one keeps answering: a flat index shares its
+        base (never changed once built or loaded) and copies its side index, the rows changed
+        since; other types copy their index into private memory."""
         other = copy.copy(self)
+        other.removed_ = np.array(self.removed_, copy=True)
+        other.shadowed_ = np.array(self.shadowed_, copy=True)
+        if self.kind_ == "flat":
+            if self.side_ is not None:
+                other.side_ = faiss.clone_index(self.side_)  # small, in private memory
+            return other
         other.index_ = faiss.deserialize_index(faiss.serialize_index(self.index_))
         other.mapped_ = False
-        other.removed_ = np.array(self.removed_, copy=True)
         return other
 
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add ``vectors`` (m, d) under ``ids`` (m,). A flat index keeps its base as it is and
+        adds them to a side index of the rows changed since (so a change costs what it adds,
+        not a copy of the base); other types add to their index."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.kind_ != "flat":
+            self.owned().add_with_ids(vectors, ids)
+            return
+        if self.side_ is None:
+            self.side_ = faiss.index_factory(
+                int(self.index_.d), "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT
+            )
+        self.side_.add_with_ids(vectors, ids)
+
+    def _side_ids(self) -> np.ndarray:
+        if self.side_ is None:
+            return np.zeros(0, dtype=np.int64)
+        return faiss.vector_to_array(self.side_.id_map).astype(np.int64)
+
     def remove_ids(self, ids: Iterable[int]) -> int:
-        """Remove ``ids`` from the index; where the index type cannot, they are masked instead."""
+        """Remove ``ids`` (held by the index) from it; where the index type cannot, they are
+        masked instead. A flat index removes them from its side index and supersedes those of
+        its base (left out of every search, and of the index it saves)."""
         arr = np.unique(np.asarray(list(ids), dtype=np.int64))
         if arr.size == 0:
             return 0
+        if self.kind_ == "flat":
+            in_side = np.isin(arr, self._side_ids())
+            if in_side.any():
+                assert self.side_ is not None
+                self.side_.remove_ids(arr[in_side])
+            before = len(self.shadowed_)
+            self.shadowed_ = np.union1d(self.shadowed_, arr[~in_side])
+            return int(in_side.sum()) + len(self.shadowed_) - before
         try:
             return int(self.owned().remove_ids(arr))
         except RuntimeError:
@@ -282,11 +343,25 @@ class LookalikeIndex:
             self.removed_ = np.union1d(self.removed_, arr)
             return len(self.removed_) - before
 
+    def merged(self) -> Any:
+        """One FAISS index with the base's rows less the superseded ones, then the side
+        index's rows (in the order they were added): the index the changes in place would
+        have left. Built in private memory; what :meth:`save` writes."""
+        if self.side_ is None and not len(self.shadowed_):
+            return self.index_
+        index = faiss.deserialize_index(faiss.serialize_index(self.index_))
+        if len(self.shadowed_):
+            index.remove_ids(self.shadowed_)
+        if self.side_ is not None and self.side_.ntotal:
+            vectors = self.side_.index.reconstruct_n(0, self.side_.ntotal)
+            index.add_with_ids(vectors, self._side_ids())
+        return index
+
     def save(self, directory: str | Path) -> Path:
         """Write ``index.faiss`` and ``index.json`` into ``directory``; returns it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index_, str(directory / "index.faiss"))
+        faiss.write_index(self.merged(), str(directory / "index.faiss"))
         meta = {
             "params": {
                 "exact_max_profiles": self.exact_max_profiles,
@@ -333,6 +408,8 @@ class LookalikeIndex:
         self.param_value_ = meta["param_value"]
         self.nlist_ = meta["nlist"]
         self.removed_ = np.asarray(meta["removed"], dtype=np.int64)
+        self.shadowed_ = np.zeros(0, dtype=np.int64)
+        self.side_ = None
         self.build_report_ = meta["build_report"]
         return self
 

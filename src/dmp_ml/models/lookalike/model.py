@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from dmp_ml.errors import BundleError, DataContractError, RequestError, UnknownProfileError
 from dmp_ml.features import FeatureSpec, FeatureTable
-from dmp_ml.mapped import map_array, writable, write_array
+from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.models.lookalike.audience import (
     CANDIDATES,
@@ -46,6 +46,7 @@ from dmp_ml.models.lookalike.quality import (
     holdout_quality,
     quiet_nan_warnings,
 )
+from dmp_ml.rows import OverlaidRows
 from dmp_ml.settings import LookalikeSettings
 
 if TYPE_CHECKING:
@@ -468,9 +469,12 @@ class LookalikeModel:
 
         ``change.removed`` profiles are forgotten. The others' rows of ``change.features`` are
         embedded with the fitted embedder: a profile the model holds is replaced in place
-        (``remove_ids`` + ``add_with_ids`` on the IDMap2) where the index type can remove,
-        else its old row is retired (masked) and a new one appended; a new profile is
-        appended. The embedder's scaling stays as fitted; a retrain re-estimates it.
+        (``remove_ids`` + ``add_with_ids``; a flat index supersedes the row of its mapped base
+        and holds the new one in its side index) where the index type can remove, else its old
+        row is retired (masked) and a new one appended; a new profile is appended. The arrays
+        hold the changed and new rows over their mapped base (:class:`OverlaidRows`), so a
+        batch costs its rows, not a copy of the population's. The embedder's scaling stays as
+        fitted; a retrain re-estimates it.
         """
         removed = [str(r) for r in change.removed]
         if removed:
@@ -485,30 +489,29 @@ class LookalikeModel:
         live = pos >= 0
         live[live] = ~self.removed_[pos[live]]
         in_place = self.index_.kind_ in ("flat", "ivf")
-        index = self.index_.owned()
+        self._overlay_arrays()
         if live.any() and in_place:
             p = pos[live].astype(np.int64)
-            index.remove_ids(p)
-            self._own_arrays()
+            self.index_.remove_ids(p)
             self.raw_[p] = raw[live]
             self.codes_[p] = codes[live]
             self.vectors_[p] = vectors[live]
-            index.add_with_ids(np.ascontiguousarray(vectors[live]), p)
+            self.index_.add_with_ids(vectors[live], p)
         append = ~live if in_place else np.ones(len(ids), dtype=bool)
         if (live & append).any():  # index types that mask: retire the old row, append a new one
             self._retire(np.unique(pos[live & append].astype(np.int64)))
         if append.any():
             start = len(self.profile_ids_)
             new_pos = np.arange(start, start + int(append.sum()), dtype=np.int64)
-            self.raw_ = np.vstack([self.raw_, raw[append]])
-            self.codes_ = np.vstack([self.codes_, codes[append]])
-            self.vectors_ = np.vstack([self.vectors_, vectors[append]])
+            self.raw_.append(raw[append])
+            self.codes_.append(codes[append])
+            self.vectors_.append(vectors[append])
             self.removed_ = np.concatenate([self.removed_, np.zeros(len(new_pos), dtype=bool)])
             self.profile_ids_ = pd.Index(
                 self.profile_ids_.append(pd.Index(ids[append], dtype="string")),
                 name="profile_id",
             )
-            index.add_with_ids(np.ascontiguousarray(vectors[append]), new_pos)
+            self.index_.add_with_ids(vectors[append], new_pos)
         return self
 
     def forget(self, profile_ids: Iterable[str]) -> int:
@@ -532,25 +535,28 @@ class LookalikeModel:
         answering (a service worker builds its next bundle so): the index and the per-profile
         arrays copied, the fitted parts shared."""
         other = copy.copy(self)
+        self._overlay_arrays()
         other.raw_, other.codes_, other.vectors_ = (
-            np.array(a, copy=True) for a in (self.raw_, self.codes_, self.vectors_)
+            a.copy() for a in (self.raw_, self.codes_, self.vectors_)
         )
         other.removed_ = np.array(self.removed_, copy=True)
         other.index_ = self.index_.detached()
         return other
 
-    def _own_arrays(self) -> None:
-        """Arrays that can be changed in place (a copy-on-write mapping copies only the pages
-        written; an array that cannot be written is copied)."""
-        self.raw_ = writable(self.raw_)
-        self.codes_ = writable(self.codes_)
-        self.vectors_ = writable(self.vectors_)
+    def _overlay_arrays(self) -> None:
+        """The per-profile arrays as a base with private rows over it (:class:`OverlaidRows`):
+        a change writes, and a copy (:meth:`detached`) copies, only the rows changed since the
+        arrays were loaded or fitted."""
+        for name in ARRAYS:
+            values = getattr(self, f"{name}_")
+            if not isinstance(values, OverlaidRows):
+                setattr(self, f"{name}_", OverlaidRows(values))
 
     def _retire(self, pos: np.ndarray) -> None:
         """Take rows out of the index (masked where it cannot remove) and wipe them."""
         self.index_.remove_ids(pos)
         self.removed_[pos] = True
-        self._own_arrays()
+        self._overlay_arrays()
         self.raw_[pos] = np.nan
         self.codes_[pos] = -1
         self.vectors_[pos] = 0.0

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,7 +40,7 @@ from dmp_ml.models.send_time.zones import (
     profile_universe,
     valid_zone,
 )
-from dmp_ml.rows import id_merge_order, stacked_take
+from dmp_ml.rows import OverlaidRows, id_merge_order, stacked_take
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
 _UNKNOWN_COHORT = "__unknown__"
 _CURVES = ("local_shape", "local_shape_sd")  # per profile, (n, 168): ``<name>.npy``, mapped
+_CURVE_ROWS = tuple(f"{name}_" for name in _CURVES)
 _FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
 
 
@@ -449,7 +451,7 @@ class SendTimeModel(EstimatorParams):
     def timing_(self) -> np.ndarray:
         """When each profile engages: the intensity normalised over the 168 local hours."""
         self.check_fitted()
-        shape = np.maximum(self.local_shape_.astype(np.float64), 1e-12)
+        shape = np.maximum(np.asarray(self.local_shape_, dtype=np.float64), 1e-12)
         return shape / shape.sum(axis=1, keepdims=True)
 
     @property
@@ -468,13 +470,14 @@ class SendTimeModel(EstimatorParams):
     def best_local_hour_(self) -> np.ndarray:
         """Best local hour of week per profile (0 = local Monday 00:00)."""
         self.check_fitted()
-        return self.local_shape_.argmax(axis=1)
+        return np.asarray(self.local_shape_).argmax(axis=1)
 
     @property
     def best_hour_(self) -> np.ndarray:
         """Best UTC hour of week per profile, using each zone's UTC offset at ``as_of``."""
         self.check_fitted()
-        return np.take_along_axis(self.local_shape_, self._utc_index(), axis=1).argmax(axis=1)
+        shape = np.asarray(self.local_shape_)
+        return np.take_along_axis(shape, self._utc_index(), axis=1).argmax(axis=1)
 
     def profiles_frame(self) -> pd.DataFrame:
         """One row per profile: zone, basis, best hour, its probability and posterior sd."""
@@ -520,12 +523,27 @@ class SendTimeModel(EstimatorParams):
         "local_shape_sd_",
     )
 
+    def detached(self) -> SendTimeModel:
+        """A copy that :meth:`update` and :meth:`forget` can change while this model keeps
+        answering: the rows the curves hold over their base copied, the rest shared (replaced,
+        never written, on update)."""
+        other = copy.copy(self)
+        for name in _CURVE_ROWS:
+            held = getattr(self, name)
+            if isinstance(held, OverlaidRows):
+                setattr(other, name, held.copy())
+        return other
+
     def take_profiles(self, rows: np.ndarray) -> SendTimeModel:
         """Keep only the profiles at positions ``rows`` (in place; erasure and refresh)."""
         rows = np.asarray(rows, dtype=np.int64)
         self.profile_ids_ = pd.Index(self.profile_ids_[rows], name="profile_id")
         for name in self._PROFILE_ROWS:
-            setattr(self, name, np.asarray(getattr(self, name))[rows])
+            held = getattr(self, name)
+            if isinstance(held, OverlaidRows):
+                held.select(rows)  # the rows kept read from where they are held
+            else:
+                setattr(self, name, np.asarray(held)[rows])
         return self
 
     def forget(self, profile_ids: Iterable[str]) -> int:
@@ -652,13 +670,22 @@ class SendTimeModel(EstimatorParams):
         self.zones_ = zones
         self.cohorts_ = cohorts
         self.cohort_shapes_ = cohort_shapes
-        # the new profiles merged in id order (found without sorting every id), each array
-        # copied once, never written in place (a detached copy shares them with the live one)
+        # the new profiles merged in id order (found without sorting every id); the curves
+        # (168 values a profile) take the batch's rows over their mapped base, the other
+        # arrays are copied once (never written in place: a detached copy shares them)
         added = pd.Index(ids[~old], dtype="string")
         order = id_merge_order(self.profile_ids_, np.zeros(len(self.profile_ids_), bool), added)
         where = np.empty(len(order), dtype=np.int64)  # each held row's position after the merge
         where[order] = np.arange(len(order))
         for name, values in rows.items():
+            if name in _CURVE_ROWS:
+                curves_held = getattr(self, name)
+                if not isinstance(curves_held, OverlaidRows):
+                    curves_held = OverlaidRows(curves_held)
+                curves_held[existing[old]] = values[old]
+                curves_held.merge(values[~old].astype(curves_held.dtype), order)
+                setattr(self, name, curves_held)
+                continue
             held = np.asarray(getattr(self, name))
             merged = stacked_take(held, values[~old].astype(held.dtype), order)
             merged[where[existing[old]]] = values[old].astype(held.dtype, copy=False)
