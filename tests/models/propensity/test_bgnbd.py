@@ -105,10 +105,12 @@ def test_expected_purchases_match_the_closed_form_and_stay_finite_where_it_break
     fitter.params_ = pd.Series(cdnow)
     closed = fitter.conditional_expected_number_of_purchases_up_to_time(13.0, x, t_x, T)
     np.testing.assert_allclose(bgnbd_expected(cdnow, 13.0, x, t_x, T), closed, rtol=1e-3)
-    # a log where nobody drops out fits a and b near 0: the closed form is NaN for everyone
-    # without a repeat, who must still be ranked by their age (no drop-out: (r + x)/(alpha + T))
-    none_drop = {"r": 3.4, "alpha": 7.0, "a": 1e-16, "b": 2e-5}
-    expected = bgnbd_expected(none_drop, 4.0, x, t_x, T)
+    # a log where nobody drops out fits a and b near 0 (these are a planted world's): the
+    # closed form is NaN for everyone without a repeat, who must still be ranked by their age
+    # (no drop-out: (r + x) / (alpha + T) a week)
+    bgnbd = BGNBDBaseline("purchase", horizon_days=28)
+    bgnbd.params_ = {"r": 3.38, "alpha": 6.96, "a": 8.4e-17, "b": 1.7e-5}
+    expected = bgnbd.expected_purchases(_history_frame(x, t_x, T))
     assert np.isfinite(expected).all()
     once = x == 0
-    np.testing.assert_allclose(expected[once], 3.4 / (7.0 + T[once]) * 4.0, rtol=1e-3)
+    np.testing.assert_allclose(expected[once], 3.38 / (6.96 + T[once]) * 4.0, rtol=1e-3)
