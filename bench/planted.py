@@ -7,11 +7,15 @@ holiday peak in late November and December, busier weekends). The planted probab
 purchase in ``[cutoff, cutoff + horizon)`` is exact: it knows each customer's type, rate and
 drop-out day. The bundle is trained on the log before the cutoff and judged on what happened
 after it, against the planted probabilities, the plain baselines of ``bench/quality.py`` and
-a ceiling: a LightGBM on each customer's purchase count, first and last purchase (the Poisson
-processes' sufficient statistics), fitted on 100,000 customers simulated from the same prior,
-which approximates the best any model of the log can do.
+the ceiling: the exact posterior probability given each customer's purchases before the cutoff
+and the prior they were drawn from (:func:`posterior`), the best any model of the log can do.
+The options move the world: ``--one-time 0 --lifetime inf --sigma 0.5`` is a low-signal one
+(everyone repeats at rates alike, the truth's AUC about 0.67), ``--days 200`` a short history.
+``se_*`` are paired-bootstrap standard errors of served minus the best baseline, the truth and
+the ceiling.
 
     python bench/planted.py --seeds 0 1 --horizon 30
+    python bench/planted.py --seeds 0 1 --one-time 0 --lifetime inf --sigma 0.5 --gap 45
 """
 
 from __future__ import annotations
@@ -22,13 +26,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from quality import _resolved, _settings, propensity_rows
+from quality import _auc, _resolved, _settings, paired_auc_se, propensity_scores
 
 import dmp_ml
-from dmp_ml import metrics
 
 DAY_S = 86_400.0
 START = pd.Timestamp("2024-01-01", tz="UTC")
@@ -46,10 +48,14 @@ def calendar(days: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Prior:
-    """How customers are drawn: the share who buy once only, the repeaters' mean lifetime."""
+    """How customers are drawn: the share who buy once only, the repeaters' mean lifetime, the
+    median days between a repeater's purchases and the spread of their log-rates (the smaller,
+    the more alike the customers and the less any model, the truth included, can rank them)."""
 
     one_time: float = 0.6
     lifetime_days: float = 250.0
+    median_gap_days: float = 45.0
+    sigma: float = 1.3
 
 
 def draw(n: int, days: int, rng: np.random.Generator, prior: Prior) -> dict[str, np.ndarray]:
@@ -57,7 +63,8 @@ def draw(n: int, days: int, rng: np.random.Generator, prior: Prior) -> dict[str,
     the first, shape (n, days)."""
     birth = rng.random(n) * days
     once = rng.random(n) < prior.one_time
-    rate = np.where(once, 0.0, np.minimum(rng.lognormal(np.log(1 / 45), 1.3, n), 1.0))
+    rates = rng.lognormal(-np.log(prior.median_gap_days), prior.sigma, n)
+    rate = np.where(once, 0.0, np.minimum(rates, 1.0))
     death = birth + rng.exponential(prior.lifetime_days, n)
     day = np.arange(days)
     # the share of each day a customer is alive after the first purchase
@@ -105,26 +112,65 @@ def world(n: int, days: int, seed: int, prior: Prior) -> tuple[pd.DataFrame, dic
     return events.sort_values("event_time", kind="stable").reset_index(drop=True), people
 
 
-def ceiling(
-    cutoff: int, horizon: int, seed: int, prior: Prior, n: int = 100_000
-) -> tuple[float, float]:
-    """ROC-AUC of a LightGBM on (purchases, days since first, days since last) fitted on
-    simulated customers, and the planted probabilities' AUC on the same held-out customers."""
-    rng = np.random.default_rng(seed + 7919)
-    people = draw(n, cutoff + horizon, rng, prior)
-    before = people["counts"][:, :cutoff]
-    seen = people["birth"] < cutoff
-    repeats = before.sum(axis=1)
-    last_day = np.where(repeats > 0, cutoff - 1 - np.argmax(before[:, ::-1] > 0, axis=1), -1)
-    last = np.maximum(last_day + 0.5, people["birth"])
-    X = np.c_[repeats, cutoff - people["birth"], cutoff - last][seen]
-    y = (people["counts"][:, cutoff : cutoff + horizon].sum(axis=1) > 0)[seen]
-    p = truth(people, cutoff, horizon)[seen]
-    half = len(y) // 2
-    clf = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, verbose=-1)
-    clf.fit(X[:half], y[:half])
-    best = metrics.roc_auc(y[half:], clf.predict_proba(X[half:])[:, 1])
-    return best, metrics.roc_auc(y[half:], p[half:])
+def posterior(events: pd.DataFrame, cutoff: int, horizon: int, prior: Prior) -> pd.Series:
+    """The best any model of the log can do: each customer's probability of a purchase in
+    ``[cutoff, cutoff + horizon)`` given their purchases before ``cutoff`` and the prior they
+    were drawn from (exact Bayes, on a grid of rates and daily drop-out days), per profile.
+
+    A customer's evidence is their first purchase ``b``, the number ``n`` of repeats and the
+    last one ``t``: a repeater with rate ``r`` alive until ``d`` has the likelihood
+    ``r**n exp(-r (C(min(d, cutoff)) - C(b)))`` for ``d > t`` (``C`` the cumulated calendar),
+    one who buys once only has 1 when ``n = 0``.
+    """
+    past = events[events["event_time"] < START + pd.Timedelta(days=cutoff)]
+    days = (past["event_time"] - START).dt.total_seconds() / DAY_S
+    by = days.groupby(past["profile_id"].astype(str))
+    ids, b, t = by.min().index, by.min().to_numpy(), by.max().to_numpy()
+    n = by.size().to_numpy() - 1
+    season = calendar(cutoff + horizon)
+    cum = np.r_[0.0, np.cumsum(season)]
+
+    def C(x: np.ndarray) -> np.ndarray:  # cumulated calendar at (fractional) day x
+        i = np.minimum(np.floor(x).astype(int), len(season) - 1)
+        return cum[i] + (x - i) * season[i]
+
+    mu, sd = -np.log(prior.median_gap_days), max(prior.sigma, 1e-3)
+    log_r = np.linspace(mu - 5 * sd, min(0.0, mu + 5 * sd), 400)
+    log_w = -0.5 * ((log_r - mu) / sd) ** 2
+    log_w -= np.logaddexp.reduce(log_w)
+    r = np.exp(log_r)
+    life = prior.lifetime_days
+    # log-likelihood of the repeats given each rate and survival to the cutoff, (customers, K)
+    base = log_w[None, :] + n[:, None] * log_r[None, :]
+    alive = base - r[None, :] * (C(np.full(1, cutoff)) - C(b))[:, None]
+    total = alive
+    if np.isfinite(life):
+        alive = alive - ((cutoff - b) / life)[:, None]
+        # drop-out in (t, cutoff): density exp(-(d - b)/life)/life, a midpoint per day
+        first = np.floor(t).astype(int)
+        mids = np.arange(cutoff) + 0.5
+        term = np.exp(-mids[:, None] / life - r[None, :] * C(mids)[:, None]) / life
+        after = np.flipud(np.cumsum(np.flipud(term), axis=0))  # sum over days >= j
+        later = np.vstack([after, np.zeros((1, len(r)))])[np.minimum(first + 1, cutoff)]
+        span = np.minimum(first + 1, cutoff) - t  # the rest of the last purchase's day
+        mid = t + span / 2
+        part = span[:, None] * np.exp(-mid[:, None] / life - r[None, :] * C(mid)[:, None]) / life
+        dead = base + (r[None, :] * C(b)[:, None] + (b / life)[:, None]) + np.log(later + part)
+        total = np.logaddexp(alive, dead)
+    # the chance of no purchase in the horizon for a repeater alive at the cutoff, per rate
+    steps = np.arange(horizon + 1)
+    exposure = C(cutoff + np.minimum(steps + 0.5, horizon)) - C(np.full(1, cutoff))
+    if np.isfinite(life):
+        mass = np.r_[np.diff(-np.exp(-steps / life)), np.exp(-horizon / life)]
+    else:
+        mass = np.r_[np.zeros(horizon), 1.0]
+    none = (mass[:, None] * np.exp(-exposure[:, None] * r[None, :])).sum(axis=0)
+    with np.errstate(divide="ignore"):
+        once = np.where(n == 0, np.log(prior.one_time), -np.inf)
+        repeater = np.log1p(-prior.one_time)
+    norm = np.logaddexp(once, repeater + np.logaddexp.reduce(total, axis=1))
+    buy = repeater + np.logaddexp.reduce(alive + np.log1p(-none)[None, :], axis=1)
+    return pd.Series(np.exp(buy - norm), index=ids)
 
 
 def evaluate(n: int, days: int, horizon: int, seed: int, prior: Prior) -> dict[str, object]:
@@ -137,20 +183,27 @@ def evaluate(n: int, days: int, horizon: int, seed: int, prior: Prior) -> dict[s
         result = dmp_ml.train(events[events["event_time"] < as_of], as_of, tmp, settings=settings)
         bundle = dmp_ml.load_bundle(result.bundle_path)
         history = _resolved(events, as_of + pd.Timedelta(days=horizon), settings)
-        row = propensity_rows(bundle, history, as_of, horizon)
+        y, scores = propensity_scores(bundle, history, as_of, horizon)
         served = result.steps["propensity"].details["served"]
-        ids = bundle.score().frame["profile_id"].astype(str)
+        held_out = result.steps["propensity"].metrics
+    ids = scores["served"].index
     index = pd.Index([f"p{i:06d}" for i in range(n)])
-    p_true = pd.Series(truth(people, cut_day, horizon), index=index).reindex(ids).to_numpy()
-    y = ids.isin(set(history.loc[history["event_time"] >= as_of, "profile_id"])).to_numpy()
-    best, truth_sim = ceiling(cut_day, horizon, seed, prior)
+    scores["truth"] = pd.Series(truth(people, cut_day, horizon), index=index).reindex(ids)
+    scores["ceiling"] = posterior(events, cut_day, horizon, prior).reindex(ids)
+    aucs = {name: _auc(y, s) for name, s in scores.items()}
+    best = max(("recency", "frequency", "rfm_lightgbm"), key=lambda k: aucs.get(k, -1.0))
     return {
         "seed": seed,
-        **{k: round(v, 3) for k, v in row.items()},
+        "positives": int(y.sum()),
+        "profiles": len(y),
+        **{k: round(v, 3) for k, v in aucs.items()},
+        "se_best": round(paired_auc_se(y, scores["served"], scores[best]), 3),
+        "se_truth": round(paired_auc_se(y, scores["served"], scores["truth"]), 3),
+        "se_ceiling": round(paired_auc_se(y, scores["served"], scores["ceiling"]), 3),
         "guard_served": served,
-        "truth": round(metrics.roc_auc(y.astype(int), p_true), 3),
-        "ceiling_sim": round(best, 3),
-        "truth_sim": round(truth_sim, 3),
+        "train_rows": int(held_out["n_train_rows"]),
+        "valid_model": round(held_out["model_roc_auc"], 3),
+        "valid_served": round(held_out["served_roc_auc"], 3),
     }
 
 
@@ -162,14 +215,17 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--one-time", type=float, default=0.6, help="share who buy once only")
     parser.add_argument("--lifetime", type=float, default=250.0, help="mean days; inf = forever")
+    parser.add_argument("--gap", type=float, default=45.0, help="repeaters' median days between")
+    parser.add_argument("--sigma", type=float, default=1.3, help="spread of repeaters' log-rates")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    prior = Prior(args.one_time, args.lifetime)
+    prior = Prior(args.one_time, args.lifetime, args.gap, args.sigma)
     rows = [evaluate(args.customers, args.days, args.horizon, s, prior) for s in args.seeds]
     pd.set_option("display.width", 250)
     print(
         f"planted world, {args.customers} customers ({args.one_time:.0%} buy once, repeaters live "
-        f"{args.lifetime:g} days on average), {args.days} days, horizon {args.horizon} days"
+        f"{args.lifetime:g} days on average, buy every {args.gap:g} days (median) with log-rate "
+        f"sd {args.sigma:g}), {args.days} days, horizon {args.horizon} days"
     )
     print(pd.DataFrame(rows).to_string(index=False))
     return 0

@@ -90,14 +90,32 @@ def _buyers(history: pd.DataFrame, start: pd.Timestamp, days: int) -> set[str]:
     return set(window["profile_id"])
 
 
+def _filled(score: pd.Series) -> np.ndarray:
+    """Scores with the unscored (NaN) ranked below every scored profile."""
+    return score.fillna(score.min() - 1 if score.notna().any() else 0.0).to_numpy()
+
+
 def _auc(y: np.ndarray, score: pd.Series) -> float:
-    filled = score.fillna(score.min() - 1 if score.notna().any() else 0.0)
-    return float(roc_auc_score(y, filled)) if 0 < y.sum() < len(y) else float("nan")
+    return float(roc_auc_score(y, _filled(score))) if 0 < y.sum() < len(y) else float("nan")
 
 
-def propensity_rows(
+def paired_auc_se(y: np.ndarray, a: pd.Series, b: pd.Series, draws: int = 200) -> float:
+    """Standard error of ROC-AUC(a) - ROC-AUC(b) over a paired bootstrap of the profiles."""
+    rng = np.random.default_rng(0)
+    sa, sb = _filled(a), _filled(b)
+    diffs = []
+    for _ in range(draws):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            diffs.append(roc_auc_score(y[i], sa[i]) - roc_auc_score(y[i], sb[i]))
+    return float(np.std(diffs))
+
+
+def propensity_scores(
     bundle: dmp_ml.ModelBundle, history: pd.DataFrame, cutoff: pd.Timestamp, horizon: int
-) -> dict[str, float]:
+) -> tuple[np.ndarray, dict[str, pd.Series]]:
+    """Who does the target event within the horizon after ``cutoff`` (0/1 per scored profile)
+    and every contender's scores for the same profiles: ``served``, then the baselines."""
     scored = bundle.score().frame.set_index("profile_id")["score"]
     ids = scored.index.astype(str)
     y = ids.isin(list(_buyers(history, cutoff, horizon))).astype(int)
@@ -105,26 +123,40 @@ def propensity_rows(
     earlier = cutoff - pd.Timedelta(days=horizon)
     train = _plain_features(history, earlier)
     label = train.index.isin(list(_buyers(history, earlier, horizon))).astype(int)
-    row = {
-        "positives": float(y.sum()),
-        "profiles": float(len(y)),
-        "served": _auc(y, pd.Series(scored.to_numpy(), index=ids)),
-        "recency": _auc(y, -now["recency"]),
-        "frequency": _auc(y, now["buys"]),
+    scores = {
+        "served": pd.Series(scored.to_numpy(), index=ids),
+        "recency": -now["recency"],
+        "frequency": now["buys"],
     }
     if 0 < label.sum() < len(label):
         model = lgb.LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=15, verbose=-1)
         model.fit(train, label)
-        row["rfm_lightgbm"] = _auc(y, pd.Series(model.predict_proba(now)[:, 1], index=ids))
-    return row
+        scores["rfm_lightgbm"] = pd.Series(model.predict_proba(now)[:, 1], index=ids)
+    return y, scores
 
 
-def _hit(predicted: pd.Series, actual: pd.Series) -> float:
-    both = pd.concat([predicted.rename("p"), actual.rename("a")], axis=1).dropna()
-    if both.empty:
-        return float("nan")
-    diff = (both["p"] - both["a"]).abs() % 24
-    return float((np.minimum(diff, 24 - diff) <= 1).mean())
+def propensity_rows(
+    bundle: dmp_ml.ModelBundle, history: pd.DataFrame, cutoff: pd.Timestamp, horizon: int
+) -> dict[str, float]:
+    """Each contender's ROC-AUC and ``se``, the paired standard error of served minus the best
+    baseline."""
+    y, scores = propensity_scores(bundle, history, cutoff, horizon)
+    aucs = {name: _auc(y, s) for name, s in scores.items()}
+    best = max((n for n in aucs if n != "served"), key=lambda n: np.nan_to_num(aucs[n], nan=-1))
+    return {
+        "positives": float(y.sum()),
+        "profiles": float(len(y)),
+        **aucs,
+        "se": paired_auc_se(y, scores["served"], scores[best]),
+    }
+
+
+def _hits(predicted: pd.Series, actual: pd.Series) -> pd.Series:
+    """1.0 where the predicted hour is within +-1 h of the actual one, per profile of
+    ``actual`` (NaN where nothing was predicted)."""
+    p = predicted.reindex(actual.index)
+    diff = (p - actual).abs() % 24
+    return (np.minimum(diff, 24 - diff) <= 1).astype("float64").where(p.notna())
 
 
 def send_time_rows(
@@ -148,11 +180,17 @@ def send_time_rows(
     hours = past["event_time"].dt.hour
     global_hour = int(hours.mode().iloc[0]) if len(hours) else 12
     own = hours.groupby(past["profile_id"]).agg(lambda h: h.mode().iloc[0])
+    hits = {
+        "served": _hits(served, actual),
+        "profile_mode_hour": _hits(own.reindex(actual.index).fillna(global_hour), actual),
+        "global_hour": _hits(pd.Series(global_hour, index=actual.index), actual),
+    }
+    best = max(("profile_mode_hour", "global_hour"), key=lambda n: hits[n].mean())
+    paired = (hits["served"] - hits[best]).dropna()
     return {
         "profiles": float(len(actual)),
-        "served": _hit(served, actual),
-        "profile_mode_hour": _hit(own.reindex(actual.index).fillna(global_hour), actual),
-        "global_hour": _hit(pd.Series(global_hour, index=actual.index), actual),
+        **{name: float(h.mean()) for name, h in hits.items()},
+        "se": float(paired.std() / np.sqrt(max(1, len(paired)))),
     }
 
 
@@ -186,16 +224,21 @@ def lookalike_rows(
         pu.predict_proba(numeric.set_axis(ids).loc[candidates.index])[:, 1], index=candidates.index
     )
 
-    def precision(chosen: pd.Index | pd.Series) -> float:
-        return float(pd.Index(chosen).isin(list(held)).mean())
-
+    chosen = {
+        "served": pd.Index(served),
+        "centroid": cosine.nlargest(size).index,
+        "pu_lightgbm": pu_score.nlargest(size).index,
+    }
+    precision = {name: float(c.isin(list(held)).mean()) for name, c in chosen.items()}
+    best = max(("centroid", "pu_lightgbm"), key=lambda n: precision[n])
+    # paired: only the future buyers one audience has and the other lacks make a difference
+    differ = chosen["served"].symmetric_difference(chosen[best]).isin(list(held)).sum()
     return {
         "seeds": float(len(seeds)),
         "audience": float(size),
-        "served": precision(served),
-        "centroid": precision(cosine.nlargest(size).index),
-        "pu_lightgbm": precision(pu_score.nlargest(size).index),
+        **precision,
         "random": len(held) / max(1, len(ids) - len(seeds)),
+        "se": float(np.sqrt(differ) / size),
     }
 
 
@@ -238,7 +281,7 @@ def evaluate(
             contenders = {
                 k: v
                 for k, v in figures.items()
-                if k not in ("positives", "profiles", "seeds", "audience", "random")
+                if k not in ("positives", "profiles", "seeds", "audience", "random", "se")
             }
             baselines = {k: v for k, v in contenders.items() if k != "served"}
             best = max(baselines, key=lambda k: -np.inf if np.isnan(baselines[k]) else baselines[k])

@@ -15,6 +15,7 @@ from dmp_ml.models.propensity.baselines import (
     BASELINES,
     BGNBDBaseline,
     baseline_from_dict,
+    bgnbd_expected,
     choose_served,
 )
 from dmp_ml.settings import Settings
@@ -90,3 +91,26 @@ def test_bgnbd_ranks_a_later_snapshot_of_a_sparse_world_and_round_trips(sparse) 
 def test_the_guard_can_serve_bgnbd() -> None:
     aucs = {"model": 0.70, "baseline_rf_logreg": 0.71, "baseline_bgnbd": 0.74}
     assert choose_served(aucs) == "baseline_bgnbd"
+
+
+def test_expected_purchases_match_the_closed_form_and_stay_finite_where_it_breaks() -> None:
+    from lifetimes import BetaGeoFitter
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 30, 500).astype(float)
+    T = rng.uniform(0.5, 60.0, 500)
+    t_x = np.where(x > 0, T * rng.uniform(0, 1, 500), 0.0)
+    cdnow = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    fitter = BetaGeoFitter()
+    fitter.params_ = pd.Series(cdnow)
+    closed = fitter.conditional_expected_number_of_purchases_up_to_time(13.0, x, t_x, T)
+    np.testing.assert_allclose(bgnbd_expected(cdnow, 13.0, x, t_x, T), closed, rtol=1e-3)
+    # a log where nobody drops out fits a and b near 0 (these are a planted world's): the
+    # closed form is NaN for everyone without a repeat, who must still be ranked by their age
+    # (no drop-out: (r + x) / (alpha + T) a week)
+    bgnbd = BGNBDBaseline("purchase", horizon_days=28)
+    bgnbd.params_ = {"r": 3.38, "alpha": 6.96, "a": 8.4e-17, "b": 1.7e-5}
+    expected = bgnbd.expected_purchases(_history_frame(x, t_x, T))
+    assert np.isfinite(expected).all()
+    once = x == 0
+    np.testing.assert_allclose(expected[once], 3.38 / (6.96 + T[once]) * 4.0, rtol=1e-3)

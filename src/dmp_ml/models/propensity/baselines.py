@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import betainc, expit
 from sklearn.linear_model import LogisticRegression
 
 from dmp_ml import metrics
@@ -314,6 +315,55 @@ WEEK_DAYS = 7.0
 """BG/NBD is fitted in weeks: day-scale ages make its optimiser lose precision."""
 
 
+_DROP_GRID = np.r_[0.0, np.geomspace(1e-8, 1.0, 160)]
+"""Bin edges of the drop-out probability ``p`` over which BG/NBD's expectation is summed."""
+_CHUNK_ROWS = 65_536
+
+
+def bgnbd_expected(
+    params: dict[str, float], t: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """BG/NBD's expected repeat events in ``(T, T + t]`` given ``x`` repeats, the last at
+    ``t_x`` (all arrays (n,), one time unit), for parameters ``r, alpha, a, b``.
+
+    Equal to equation (10) of Fader, Hardie and Lee (2005) (``lifetimes``'
+    ``conditional_expected_number_of_purchases_up_to_time``), computed without its
+    hypergeometric function: that closed form divides by ``a - 1`` and has poles where
+    ``a + b + x - 1`` is zero or a negative integer, so a fit near ``a = 1`` or one where nobody
+    seems to drop out (``a`` and ``b`` near 0) gives NaN or nonsense for whole groups of rows
+    (e.g. everyone without a repeat). Here ``P(alive)`` times, given alive, the mean over the
+    drop-out probability ``p ~ Beta(a, b + x)`` of ``(1 - (1 + p t / (alpha + T))**-(r + x)) / p``
+    (the Gamma rate integrated out), summed over fixed bins of ``p`` whose masses are exact
+    (regularised incomplete beta); within 1e-3 (relative) of the closed form where that one
+    is stable.
+    """
+    r, alpha, a, b = (float(params[k]) for k in ("r", "alpha", "a", "b"))
+    x, t_x, T = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T))
+    with np.errstate(divide="ignore"):
+        log_dead = np.where(
+            x > 0,
+            np.log(a)
+            - np.log(np.maximum(b + x - 1, 1e-300))
+            + (r + x) * np.log((alpha + T) / (alpha + t_x)),
+            -np.inf,
+        )
+    alive = expit(-log_dead)
+    edges = _DROP_GRID
+    mids = np.r_[0.0, np.sqrt(edges[1:-1] * edges[2:])]
+    repeats, which = np.unique(x, return_inverse=True)
+    mass = np.diff(betainc(a, b + repeats[:, None], edges[None, :]), axis=1)
+    mass /= np.maximum(mass.sum(axis=1, keepdims=True), 1e-300)
+    out = np.empty(len(x))
+    for start in range(0, len(x), _CHUNK_ROWS):
+        rows = slice(start, start + _CHUNK_ROWS)
+        theta, shape = t / (alpha + T[rows]), r + x[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            given = -np.expm1(-shape[:, None] * np.log1p(mids * theta[:, None])) / mids
+        given[:, 0] = shape * theta  # the limit p -> 0: no drop-out, the Gamma rate's mean
+        out[rows] = (mass[which[rows]] * given).sum(axis=1)
+    return alive * out
+
+
 def expected_column(target_event: str) -> str:
     """Name of the BG/NBD expected-events column of ``target_event`` (a derived feature)."""
     return f"{slug(target_event)}_expected_bgnbd"
@@ -326,7 +376,8 @@ class BGNBDBaseline:
     ``T = {event}_tenure_days`` and first-to-last span ``t_x = T - days_since_{event}`` (days,
     as of the row's cutoff) feed
     ``lifetimes.BetaGeoFitter`` (in weeks) over the rows with at least one event; a row's
-    score is the expected number of events in the next ``horizon_days`` given its history. A
+    score is the expected number of events in the next ``horizon_days`` given its history
+    (:func:`bgnbd_expected`, stable where ``lifetimes``' closed form is not). A
     2-input logistic fit (log1p of that expectation, and "never did it") maps scores to
     probabilities, so profiles without the event are ranked too. Without the columns (or a
     converged fit) it predicts the base rate.
@@ -379,8 +430,12 @@ class BGNBDBaseline:
         out = np.zeros(len(X))
         ok = ~np.isnan(T)
         if ok.any():
-            out[ok] = self._fitter().conditional_expected_number_of_purchases_up_to_time(
-                self.horizon_days / WEEK_DAYS, x[ok], t_x[ok] / WEEK_DAYS, T[ok] / WEEK_DAYS
+            out[ok] = bgnbd_expected(
+                self.params_,
+                self.horizon_days / WEEK_DAYS,
+                x[ok],
+                t_x[ok] / WEEK_DAYS,
+                T[ok] / WEEK_DAYS,
             )
         return np.clip(np.nan_to_num(out, nan=0.0, posinf=0.0), 0.0, None)
 
