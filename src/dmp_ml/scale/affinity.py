@@ -42,7 +42,9 @@ def split_profiles(events: pd.DataFrame, ids: pd.Index, nparts: int) -> list[Pro
     """The sorted ``ids`` in at most ``nparts`` contiguous ranges, each with its profiles'
     events in log order (rows of other profiles are left out)."""
     bounds = range_bounds(len(ids), nparts)
-    row = ids.get_indexer(events["profile_id"].astype("string"))
+    codes, uniques = pd.factorize(events["profile_id"])  # few distinct ids: look each up once
+    found = ids.get_indexer(pd.Index(uniques).astype("string"))
+    row = np.append(found, -1)[codes]  # code -1: a missing id
     kept = np.flatnonzero(row >= 0)
     part = np.searchsorted(bounds, row[kept], side="right") - 1
     order = np.argsort(part, kind="stable")
