@@ -6,6 +6,8 @@
   ``train`` use: identity and the feature reductions.
 * :mod:`~dmp_ml.scale.send_time`: :class:`DaskCurves`, the send-time curves (per-profile
   counts by partition, population priors by a reduction).
+* :mod:`~dmp_ml.scale.affinity`: :class:`DaskCounts`, the affinity counts (per-profile
+  counts by partition, vocabularies by a reduction).
 * :mod:`~dmp_ml.scale.propensity`: :class:`DaskBoosters`, the propensity boosters trained
   by ``lightgbm.dask``.
 
@@ -15,8 +17,9 @@ Every stage gives the local engine's result. Dask is an optional extra:
 
 from __future__ import annotations
 
+from dmp_ml.scale.affinity import DaskCounts
 from dmp_ml.scale.features import DaskEngine, partition_features
 from dmp_ml.scale.propensity import DaskBoosters
 from dmp_ml.scale.send_time import DaskCurves
 
-__all__ = ["DaskBoosters", "DaskCurves", "DaskEngine", "partition_features"]
+__all__ = ["DaskBoosters", "DaskCounts", "DaskCurves", "DaskEngine", "partition_features"]

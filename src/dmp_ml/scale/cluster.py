@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from dmp_ml.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -111,3 +113,23 @@ def map_parts(client: Any, func: Any, *per_part: list[Any], shared: tuple = ()) 
     the same keyword can collide.)"""
     sent = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
     return [client.submit(func, *args, *sent, pure=False) for args in zip(*per_part, strict=True)]
+
+
+def range_bounds(n: int, nparts: int) -> np.ndarray:
+    """Bounds of at most ``nparts`` contiguous, non-empty ranges of ``0..n`` (as even as can
+    be): range ``i`` is ``bounds[i]..bounds[i + 1] - 1``."""
+    return np.unique(np.linspace(0, n, max(1, min(nparts, n)) + 1).astype(np.int64))
+
+
+class PartitionedStage:
+    """A stage run on the client of ``session`` over ``npartitions`` partitions.
+
+    Parameters
+    ----------
+    session : a :class:`Session` (e.g. the ``DaskEngine`` of a train).
+    npartitions : how many partitions the stage's input is split into.
+    """
+
+    def __init__(self, session: Any, npartitions: int = 8) -> None:
+        self.session = session
+        self.npartitions = npartitions

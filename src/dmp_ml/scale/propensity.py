@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from dmp_ml.scale.cluster import require_dask
+from dmp_ml.scale.cluster import PartitionedStage, require_dask
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +42,9 @@ def best_iteration(booster: lgb.Booster, X: pd.DataFrame, y: np.ndarray, patienc
     return best_i + 1
 
 
-class DaskBoosters:
-    """Train LightGBM boosters with ``lightgbm.dask`` (see the module doc).
-
-    Parameters
-    ----------
-    session : a :class:`dmp_ml.scale.cluster.Session` (e.g. the ``DaskEngine`` of a train).
-    npartitions : how many partitions the training rows are split into.
-    """
-
-    def __init__(self, session: Any, npartitions: int = 8) -> None:
-        self.session = session
-        self.npartitions = npartitions
+class DaskBoosters(PartitionedStage):
+    """Train LightGBM boosters with ``lightgbm.dask`` (see the module doc), the training rows
+    in ``npartitions`` partitions."""
 
     def train(
         self,

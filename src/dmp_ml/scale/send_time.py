@@ -30,7 +30,7 @@ from dmp_ml.models.send_time import baselines, curves
 from dmp_ml.models.send_time.curves import HOURS_PER_WEEK, Counts, Evidence
 from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, hyper
 from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
-from dmp_ml.scale.cluster import map_parts
+from dmp_ml.scale.cluster import PartitionedStage, map_parts, range_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ProfileRange:
 def split_profiles(inputs: CurveInputs, nparts: int) -> list[ProfileRange]:
     """``inputs``' profiles in at most ``nparts`` contiguous ranges, with their evidence."""
     full, n = inputs.full, inputs.n
-    bounds = np.unique(np.linspace(0, n, max(1, min(nparts, n)) + 1).astype(np.int64))
+    bounds = range_bounds(n, nparts)
     s_cut = np.searchsorted(full.send_p, bounds)
     a_cut = np.searchsorted(full.act_p, bounds)
     out = []
@@ -172,18 +172,12 @@ def _summed(partials: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.sum([p[k] for p in partials], axis=0) for k in partials[0]}
 
 
-class DaskCurves:
-    """Fit the served send-time curves on Dask (see the module doc).
-
-    Parameters
-    ----------
-    session : a :class:`dmp_ml.scale.cluster.Session` (e.g. the ``DaskEngine`` of a train).
-    npartitions : how many profile ranges.
-    """
+class DaskCurves(PartitionedStage):
+    """Fit the served send-time curves on Dask (see the module doc) in ``npartitions``
+    profile ranges."""
 
     def __init__(self, session: Any, npartitions: int = 8) -> None:
-        self.session = session
-        self.npartitions = npartitions
+        super().__init__(session, npartitions)
         self._ranges: list[ProfileRange] = []
         self._zones: list[str] = []
 

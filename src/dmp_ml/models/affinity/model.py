@@ -30,7 +30,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AFFINITY_DIR", "AffinityModel", "display_hours"]
+__all__ = ["AFFINITY_DIR", "AffinityModel", "CountEngine", "display_hours"]
 
 AFFINITY_DIR = "affinity"
 """The model's directory in a bundle (its :attr:`AffinityModel.name`)."""
@@ -60,6 +60,14 @@ FORMAT_VERSION = 2
 POPULATION_FILE = "population.json"
 PROFILES_FILE = "profiles.parquet"
 OTHER_CHANNEL = "other"
+
+
+class CountEngine(Protocol):
+    """Where the counts are made: ``count(model, events, ids)`` sets ``model``'s vocabularies
+    (``channels_``, ``categories_``) and counts (``channel_counts_``, ``category_counts_``)
+    for the sorted ``ids``, as :meth:`AffinityModel.count` does in process."""
+
+    def count(self, model: AffinityModel, events: pd.DataFrame, ids: pd.Index) -> None: ...
 
 
 class AffinityModel:
@@ -120,8 +128,9 @@ class AffinityModel:
 
     # ------------------------------------------------------------------ fitting
 
-    def _engagement(self, events: pd.DataFrame, ids: pd.Index) -> pd.DataFrame:
-        """Engagement rows of ``ids``: profile_id, channel, category (text, may be missing)."""
+    def engagement(self, events: pd.DataFrame, ids: pd.Index) -> pd.DataFrame:
+        """Engagement rows of ``ids``: profile_id, channel, category (text, may be missing),
+        indexed by their labels in ``events``."""
         pid = events["profile_id"].astype("string")
         passive = events["event_type"].astype("string").isin(self.passive_event_types)
         keep = pid.isin(ids).to_numpy(bool, na_value=False) & ~passive.to_numpy(bool, na_value=True)
@@ -130,11 +139,14 @@ class AffinityModel:
                 "profile_id": pid[keep].to_numpy(dtype=object),
                 "channel": events["channel"].astype("string")[keep].to_numpy(dtype=object),
                 "category": events["category"].astype("string")[keep].to_numpy(dtype=object),
-            }
+            },
+            index=events.index[keep],
         )
         return out
 
-    def _matrices(self, rows: pd.DataFrame, ids: pd.Index) -> tuple[np.ndarray, sparse.csr_matrix]:
+    def matrices(self, rows: pd.DataFrame, ids: pd.Index) -> tuple[np.ndarray, sparse.csr_matrix]:
+        """Channel counts (dense) and category counts (CSR) of ``ids`` from :meth:`engagement`
+        rows, over the fitted vocabularies."""
         n = len(ids)
         row_of = ids.get_indexer(rows["profile_id"])
         ch = rows["channel"].where(rows["channel"].notna() & rows["channel"].isin(self.channels_))
@@ -153,24 +165,22 @@ class AffinityModel:
         return channel, category
 
     def fit(
-        self, events: pd.DataFrame, profile_ids: Iterable[str], as_of: pd.Timestamp | str
+        self,
+        events: pd.DataFrame,
+        profile_ids: Iterable[str],
+        as_of: pd.Timestamp | str,
+        engine: CountEngine | None = None,
     ) -> AffinityModel:
-        """Count each profile's engagement by channel and category.
+        """Count each profile's engagement by channel and category (by ``engine``, e.g.
+        :class:`dmp_ml.scale.affinity.DaskCounts`; None: :meth:`count`, in process).
 
         ``events`` are identity-resolved (``profile_id`` set on every row, see
         :meth:`dmp_ml.features.FeatureBuilder.resolve`) and before ``as_of``;
         ``profile_ids`` the eligible profiles (rows of other profiles are ignored).
         """
         ids = pd.Index(sorted({str(p) for p in profile_ids}), dtype="string")
-        rows = self._engagement(events, ids)
-        counts = rows["channel"].dropna().value_counts()
-        named = [str(c) for c in counts.index[: self.max_channels]]
-        extra = [OTHER_CHANNEL] if len(counts) > len(named) and OTHER_CHANNEL not in named else []
-        self.channels_ = pd.Index(named + extra, dtype="string")
-        cats = rows["category"].dropna().value_counts()
-        self.categories_ = pd.Index(sorted(str(c) for c in cats.index), dtype="string")
+        (engine or self).count(self, events, ids)
         self.profile_ids_ = ids
-        self.channel_counts_, self.category_counts_ = self._matrices(rows, ids)
         self.channel_share_ = _shares(self.channel_counts_.sum(axis=0))
         self.category_share_ = _shares(np.asarray(self.category_counts_.sum(axis=0)).ravel())
         self.as_of_ = pd.Timestamp(as_of)
@@ -182,6 +192,27 @@ class AffinityModel:
         )
         return self
 
+    @staticmethod
+    def count(model: AffinityModel, events: pd.DataFrame, ids: pd.Index) -> None:
+        """The in-process :class:`CountEngine`: vocabularies and counts from every row."""
+        rows = model.engagement(events, ids)
+        channels = rows["channel"].dropna().value_counts()
+        model.set_vocabularies(channels, rows["category"].dropna().unique())
+        model.channel_counts_, model.category_counts_ = model.matrices(rows, ids)
+
+    def set_vocabularies(self, channel_counts: pd.Series, categories: Iterable[str]) -> None:
+        """The channels: the ``max_channels`` most frequent of ``channel_counts`` (events per
+        channel, most first, ties in order of first appearance), and ``other`` for the rest;
+        the categories: the distinct ``categories``, sorted."""
+        named = [str(c) for c in channel_counts.index[: self.max_channels]]
+        extra = (
+            [OTHER_CHANNEL]
+            if len(channel_counts) > len(named) and OTHER_CHANNEL not in named
+            else []
+        )
+        self.channels_ = pd.Index(named + extra, dtype="string")
+        self.categories_ = pd.Index(sorted({str(c) for c in categories}), dtype="string")
+
     def update(self, change: ProfileUpdate) -> AffinityModel:
         """Recount the touched profiles from ``change.events`` (their full resolved history)
         and drop ``change.removed``. Population shares and vocabularies stay as trained (new
@@ -191,8 +222,8 @@ class AffinityModel:
         changed = pd.Index(sorted({str(p) for p in change.profile_ids}), dtype="string")
         gone = pd.Index([str(p) for p in change.removed], dtype="string").union(changed)
         drop = self.profile_ids_.isin(gone)
-        rows = self._engagement(change.events, changed)
-        ch_new, cat_new = self._matrices(rows, changed)
+        rows = self.engagement(change.events, changed)
+        ch_new, cat_new = self.matrices(rows, changed)
         # the kept rows and the recounted ones in id order, found without sorting every id
         order = id_merge_order(self.profile_ids_, drop, changed)
         ids = self.profile_ids_.append(changed)

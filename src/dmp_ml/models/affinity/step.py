@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dmp_ml.training_context import StepOutcome, TrainContext
+
+if TYPE_CHECKING:
+    from dmp_ml.models.affinity.model import CountEngine
 
 
 def train_step(ctx: TrainContext) -> StepOutcome:
@@ -12,6 +17,17 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     assert ctx.features is not None
     resolved = ctx.resolve(ctx.as_of).events
     model = AffinityModel.from_settings(ctx.settings)
-    model.fit(resolved, ctx.features.frame.index, ctx.as_of)
+    model.fit(resolved, ctx.features.frame.index, ctx.as_of, engine=_count_engine(ctx))
     ctx.models["affinity"] = model
     return StepOutcome("trained", metrics=model.summary())
+
+
+def _count_engine(ctx: TrainContext) -> CountEngine | None:
+    """Where the counts are made: on the train's Dask client when ``features.engine: dask``
+    (:class:`dmp_ml.scale.affinity.DaskCounts`), else in process."""
+    fs = ctx.settings.features
+    if fs.engine != "dask":
+        return None
+    from dmp_ml.scale.affinity import DaskCounts
+
+    return DaskCounts(ctx.builder.engine, fs.dask_partitions)
