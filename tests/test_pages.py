@@ -39,3 +39,35 @@ def test_huge_pages_are_off_unless_the_user_asked_for_them(asked: bool) -> None:
     )
     # asked: left as this process has them (inherited), else switched off
     assert done.stdout.strip() == (f"False {_own_thp()}" if asked else "True 0")
+
+
+FREED = (
+    "import sys, numpy as np\n"
+    "from dmp_ml.pages import map_large_blocks\n"
+    "done = map_large_blocks() if sys.argv[1] == 'map' else None\n"
+    "def rss():\n"
+    "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+    "big = np.ones(20 * 2**20 // 8)\n"
+    "del big  # glibc's default: the threshold now follows this block up to 20 MB\n"
+    "before = rss()\n"
+    "block = np.ones(10 * 2**20 // 8)\n"
+    "del block\n"
+    "print(done, (rss() - before) / 2**20)\n"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_a_freed_large_block_goes_back_to_the_system_once_large_blocks_are_mapped() -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+
+    def kept_mb(mode: str) -> tuple[str, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", FREED, mode], capture_output=True, text=True, env=environ
+        )
+        assert out.returncode == 0, out.stderr
+        done, kept = out.stdout.split()
+        return done, float(kept)
+
+    done, kept = kept_mb("map")
+    assert done == "True" and kept < 2  # the 10 MB block was a mapping: unmapped on free
+    assert kept_mb("default")[1] > 8  # glibc's default kept it in the heap

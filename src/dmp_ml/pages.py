@@ -8,6 +8,10 @@ command spent about 3 CPU s less in the kernel (of about 17 s) and peaked 140 MB
 output byte for byte the same. :func:`disable_huge_pages` covers every allocator, for the whole
 process (a batch command); :func:`small_pages` drops only NumPy's own hint, around a feature
 build inside any process.
+
+:func:`map_large_blocks` keeps glibc from serving large blocks out of its heap: a training's
+many temporaries of 1-30 MB, freed out of order, otherwise leave a heap whose pages are never
+given back, and each stage starts from the previous one's high-water mark.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ except ImportError:  # pragma: no cover - numpy < 2
 logger = logging.getLogger(__name__)
 
 _PR_SET_THP_DISABLE = 41  # linux/prctl.h
+_M_MMAP_THRESHOLD = -3  # malloc.h
+LARGE_BLOCK = 8 * 2**20
+"""Blocks of this many bytes or more get a mapping of their own (:func:`map_large_blocks`)."""
 
 
 def disable_huge_pages() -> bool:
@@ -42,6 +49,28 @@ def disable_huge_pages() -> bool:
     except (OSError, AttributeError):  # no libc prctl
         done = False
     logger.debug("transparent huge pages %s", "off" if done else "left as they are")
+    return done
+
+
+def map_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
+    """Give every allocation of ``threshold`` bytes or more its own mapping, returned to the
+    system when freed, for this process; True when done.
+
+    glibc starts at 128 kB and raises its mmap threshold to the size of each mapped block freed
+    (up to 32 MB): after a few, every array below 32 MB comes from the heap, and a heap
+    fragmented by temporaries freed out of order keeps its pages. ``dmp-ml train`` on the 20k
+    demo world peaked at 1.4 GB with the threshold fixed at 8 MB against 2.0 GB without, at
+    about 5 s more system CPU (of 45 s): faulting in fresh pages for each large block.
+    Only memory and speed change, never results. Left alone where the C library is not glibc
+    and when ``MALLOC_MMAP_THRESHOLD_`` is set (the user chose).
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        done = ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1
+    except (OSError, AttributeError):  # no glibc mallopt (e.g. musl)
+        done = False
+    logger.debug("mmap threshold %s", f"{threshold} bytes" if done else "left as it is")
     return done
 
 
