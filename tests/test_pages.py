@@ -71,3 +71,31 @@ def test_a_freed_large_block_goes_back_to_the_system_once_large_blocks_are_mappe
     done, kept = kept_mb("map")
     assert done == "True" and kept < 2  # the 10 MB block was a mapping: unmapped on free
     assert kept_mb("default")[1] > 8  # glibc's default kept it in the heap
+
+
+TRIMMED = (
+    "import numpy as np\n"
+    "from dmp_ml.pages import release_free_memory\n"
+    "def rss():\n"
+    "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+    "before = rss()\n"
+    "blocks = [np.ones(64 * 1024 // 8) for _ in range(3000)]  # 190 MB of heap blocks\n"
+    "pin = np.ones(64 * 1024 // 8)  # above them: the heap cannot shrink from its top\n"
+    "del blocks\n"
+    "freed = rss()\n"
+    "done = release_free_memory()\n"
+    "print(done, (freed - before) / 2**20, (rss() - before) / 2**20)\n"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_free_heap_pages_go_back_to_the_system_when_released() -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", TRIMMED], capture_output=True, text=True, env=environ
+    )
+    assert out.returncode == 0, out.stderr
+    done, freed, released = out.stdout.split()
+    assert done == "True"
+    assert float(freed) > 150  # freed, yet still held by the heap
+    assert float(released) < 20  # given back
