@@ -41,12 +41,23 @@ def test_huge_pages_are_off_unless_the_user_asked_for_them(asked: bool) -> None:
     assert done.stdout.strip() == (f"False {_own_thp()}" if asked else "True 0")
 
 
+RSS = "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+
+
+def _allocator_run(script: str, *args: str) -> list[str]:
+    """Run ``script`` in a fresh interpreter with glibc's malloc defaults; its printed words."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", RSS + script, *args], capture_output=True, text=True, env=environ
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
 FREED = (
     "import sys, numpy as np\n"
     "from dmp_ml.pages import map_large_blocks\n"
     "done = map_large_blocks() if sys.argv[1] == 'map' else None\n"
-    "def rss():\n"
-    "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
     "big = np.ones(20 * 2**20 // 8)\n"
     "del big  # glibc's default: the threshold now follows this block up to 20 MB\n"
     "before = rss()\n"
@@ -58,26 +69,14 @@ FREED = (
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
 def test_a_freed_large_block_goes_back_to_the_system_once_large_blocks_are_mapped() -> None:
-    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-
-    def kept_mb(mode: str) -> tuple[str, float]:
-        out = subprocess.run(
-            [sys.executable, "-c", FREED, mode], capture_output=True, text=True, env=environ
-        )
-        assert out.returncode == 0, out.stderr
-        done, kept = out.stdout.split()
-        return done, float(kept)
-
-    done, kept = kept_mb("map")
-    assert done == "True" and kept < 2  # the 10 MB block was a mapping: unmapped on free
-    assert kept_mb("default")[1] > 8  # glibc's default kept it in the heap
+    done, kept = _allocator_run(FREED, "map")
+    assert done == "True" and float(kept) < 2  # the 10 MB block was a mapping: unmapped
+    assert float(_allocator_run(FREED, "default")[1]) > 8  # glibc's default: kept in the heap
 
 
 TRIMMED = (
     "import numpy as np\n"
     "from dmp_ml.pages import release_free_memory\n"
-    "def rss():\n"
-    "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
     "before = rss()\n"
     "blocks = [np.ones(64 * 1024 // 8) for _ in range(3000)]  # 190 MB of heap blocks\n"
     "pin = np.ones(64 * 1024 // 8)  # above them: the heap cannot shrink from its top\n"
@@ -90,12 +89,7 @@ TRIMMED = (
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
 def test_free_heap_pages_go_back_to_the_system_when_released() -> None:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run(
-        [sys.executable, "-c", TRIMMED], capture_output=True, text=True, env=environ
-    )
-    assert out.returncode == 0, out.stderr
-    done, freed, released = out.stdout.split()
+    done, freed, released = _allocator_run(TRIMMED)
     assert done == "True"
     assert float(freed) > 150  # freed, yet still held by the heap
     assert float(released) < 20  # given back
