@@ -28,13 +28,19 @@ def test_steps_share_one_resolution_per_cutoff(tmp_path: Path) -> None:
         version="v",
         builder=builder,
     )
-    first = ctx.resolve(as_of)
-    assert ctx.resolve(as_of) is first  # the second step gets the same resolution
-    direct = builder.resolve(as_of)
-    pd.testing.assert_frame_equal(first.events, direct.events)
-    earlier = ctx.resolve(as_of - pd.Timedelta(days=30))
-    assert earlier is not first and len(earlier.events) < len(first.events)
-    assert ctx.resolve(as_of) is not first  # only the latest cutoff is kept
+    columns = ("event_time", "event_type")
+    first = ctx.resolve(as_of, columns)
+    second = ctx.resolve(as_of, ("channel",))
+    assert builder.resolved_cutoffs == [as_of]  # the second step reuses the identity
+    # each step gets only the columns it reads, equal to the whole resolved log's
+    direct = builder.resolve(as_of).events
+    assert list(first.events.columns) == ["event_time", "profile_id", "event_type"]
+    pd.testing.assert_frame_equal(first.events, direct[list(first.events.columns)])
+    pd.testing.assert_frame_equal(second.events, direct[["profile_id", "channel"]])
+    earlier = ctx.resolve(as_of - pd.Timedelta(days=30), columns)
+    assert len(earlier.events) < len(first.events)
+    ctx.resolve(as_of, columns)
+    assert len(builder.resolved_cutoffs) == 2  # the latest cutoff stays kept
 
 
 def test_an_outcome_carries_its_seconds_and_the_comparison_line_names_what_is_served() -> None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -132,8 +132,13 @@ def resolve_identity(
     return resolution_from(events, res)
 
 
-def resolution_from(events: pd.DataFrame, res: Resolved) -> Resolution:
-    """The public :class:`Resolution` of a :class:`Resolved` over ``events``."""
+def resolution_from(
+    events: pd.DataFrame, res: Resolved, columns: Sequence[str] | None = None
+) -> Resolution:
+    """The public :class:`Resolution` of a :class:`Resolved` over ``events``; its events hold
+    only ``columns`` (and ``profile_id``) when given, so the other columns are not copied."""
+    if columns is not None:
+        events = events[[c for c in events.columns if c in columns or c == "profile_id"]]
     if len(res.rows) == len(events):  # every row used: no copy of the log
         frame = events
     else:

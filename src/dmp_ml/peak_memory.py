@@ -5,7 +5,9 @@ Linux keeps a process's high-water mark of resident memory (``VmHWM`` in
 ``/proc/self/clear_refs``), so each stage of ``train`` can report its own peak, not the run's
 so far. Elsewhere (or where ``/proc`` is not writable) :class:`StagePeaks` measures nothing
 and the stages have no figure. Only this process is counted: Dask workers
-(``features.engine: dask``) are processes of their own.
+(``features.engine: dask``) are processes of their own. The reset also resets the maximum
+resident size ``getrusage`` reports (what ``/usr/bin/time`` prints): for a whole train, read
+the largest stage peak instead.
 """
 
 from __future__ import annotations

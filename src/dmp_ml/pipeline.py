@@ -40,6 +40,7 @@ from dmp_ml.errors import InsufficientDataError, storage_errors
 from dmp_ml.features import FeatureBuilder
 from dmp_ml.mapping import ColumnMapping
 from dmp_ml.models import REGISTRY, train_step
+from dmp_ml.pages import release_free_memory
 from dmp_ml.peak_memory import StagePeaks
 from dmp_ml.refresh import write_consent_state
 from dmp_ml.settings import Settings, load_settings
@@ -155,6 +156,7 @@ def _train(
     outcomes: dict[str, StepOutcome] = {}
     seconds = {"inputs": time.perf_counter() - clock}
     peaks.mark("inputs")
+    release_free_memory()  # the loaders' temporaries
     with bundle_io.write_bundle(workdir, version) as tmp:
         erased = read_erasure_list(workdir)
         ctx = TrainContext(
@@ -230,6 +232,7 @@ def _run_steps(
             outcomes[name] = StepOutcome("skipped", reason=str(exc))
         outcomes[name].seconds = seconds[name] = time.perf_counter() - clock
         peaks.mark(name)
+        release_free_memory()  # the step's temporaries: the next step starts from what is held
         logger.info(
             "train step %s: %s in %.1f s, peak %s MB",
             name,

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from dmp_ml.delta import Delta
 
 logger = logging.getLogger(__name__)
+_STRING = pd.StringDtype("pyarrow", na_value=pd.NA)
+"""The contract's text dtype (what ``pd.array(values, dtype="string")`` makes)."""
 
 _YOUNG_SECONDS = 120.0  # a spool file this new may be mid-write (accepting takes no lock)
 ANON_PREFIX = "anon:"
@@ -91,12 +93,19 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The contract's columns in order, with its dtypes (absent columns are all missing)."""
+    """The contract's columns in order, with its dtypes (absent columns are all missing).
+
+    A text column that is pandas ``string`` already is taken as it is, not spelled out as
+    Python strings and read back (a train's whole log: millions of objects per column).
+    """
     out = pd.DataFrame(index=range(len(frame)))
     for column in EVENT_COLUMNS:
         if column == "event_time":  # from the Series: to_numpy() boxes every tz-aware time
             times = frame[column] if column in frame.columns else [None] * len(frame)
             out[column] = pd.DatetimeIndex(pd.to_datetime(times, utc=True))
+            continue
+        if column in frame.columns and column != "value" and frame[column].dtype == _STRING:
+            out[column] = frame[column].array  # already the contract's text: no copy
             continue
         values = frame[column].to_numpy() if column in frame.columns else None
         if column == "value":

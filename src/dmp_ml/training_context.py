@@ -8,7 +8,7 @@ pipeline names no model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,17 +68,16 @@ class TrainContext:
     # (step, action) run once the bundle is published, e.g. MLflow model registration;
     # each returns details added to the step's outcome
     after_publish: list[tuple[str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
-    last_resolution: tuple[pd.Timestamp, Resolution] | None = field(default=None, repr=False)
 
-    def resolve(self, as_of: pd.Timestamp) -> Resolution:
-        """Identity as of ``as_of`` (``builder.resolve``), the latest one kept for the next step.
+    def resolve(self, as_of: pd.Timestamp, columns: Sequence[str]) -> Resolution:
+        """Identity as of ``as_of`` with the resolved events' ``columns`` (and ``profile_id``).
 
         Several steps need the identity at the same cutoff (the last labels of the propensity
-        snapshots, send time and affinity all at ``as_of``): it is resolved once.
+        snapshots, send time and affinity all at ``as_of``): the builder resolves it once and
+        keeps it. The events are copied per call, only the columns a step reads, so a step's
+        copy goes with the step instead of staying for the next ones.
         """
-        if self.last_resolution is None or self.last_resolution[0] != as_of:
-            self.last_resolution = (as_of, self.builder.resolve(as_of))
-        return self.last_resolution[1]
+        return self.builder.resolve(as_of, columns)
 
     def run_labels(self) -> dict[str, Any]:
         """MLflow run name and tags tying a run to this bundle (``dmp-ml promote`` reads them),

@@ -46,9 +46,11 @@ def train(
     """Train every model and publish a new bundle in WORKDIR (the old one stays on failure)."""
     from rich.table import Table
 
+    from dmp_ml.pages import map_large_blocks
     from dmp_ml.pipeline import STEPS
     from dmp_ml.pipeline import train as run_pipeline
 
+    map_large_blocks()  # a batch command: freed large temporaries go back to the system
     settings = settings_for(config, workdir=workdir)
     updates = {"target_event": target_event, "horizon_days": horizon_days}
     if any(v is not None for v in updates.values()):

@@ -388,9 +388,12 @@ class FeatureBuilder:
             self._kept[as_of] = res
         return self._kept[as_of]
 
-    def resolve(self, as_of: pd.Timestamp | str) -> identity.Resolution:
-        """Identity as of ``as_of`` (see :func:`dmp_ml.identity.resolve_identity`)."""
-        return identity.resolution_from(self.events, self.resolved(as_of))
+    def resolve(
+        self, as_of: pd.Timestamp | str, columns: Sequence[str] | None = None
+    ) -> identity.Resolution:
+        """Identity as of ``as_of`` (see :func:`dmp_ml.identity.resolve_identity`); its events
+        hold only ``columns`` (and ``profile_id``) when given."""
+        return identity.resolution_from(self.events, self.resolved(as_of), columns)
 
     def positives(
         self, as_of: pd.Timestamp | str, start: pd.Timestamp, end: pd.Timestamp, event_type: str

@@ -58,6 +58,8 @@ _CSR = ("data", "indices", "indptr")
 FORMAT_VERSION = 2
 """2: the counts as mapped ``.npy`` files (1: Parquet tables, refused: retrain)."""
 POPULATION_FILE = "population.json"
+EVENT_COLUMNS = ("profile_id", "event_type", "channel", "category")
+"""The only columns of the event log the affinity counts read."""
 PROFILES_FILE = "profiles.parquet"
 OTHER_CHANNEL = "other"
 

@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 def train_step(ctx: TrainContext) -> StepOutcome:
     """Fit the affinity model for every profile of the feature table."""
     from dmp_ml.models.affinity import AffinityModel
+    from dmp_ml.models.affinity.model import EVENT_COLUMNS
 
     assert ctx.features is not None
-    resolved = ctx.resolve(ctx.as_of).events
+    resolved = ctx.resolve(ctx.as_of, EVENT_COLUMNS).events
     model = AffinityModel.from_settings(ctx.settings)
     model.fit(resolved, ctx.features.frame.index, ctx.as_of, engine=_count_engine(ctx))
     ctx.models["affinity"] = model

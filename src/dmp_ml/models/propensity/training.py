@@ -184,6 +184,7 @@ def train_propensity(
     parts = [labelled(t, lab) for t, lab in ordered[:-1]]
     X_train = pd.concat([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
+    del parts  # the aligned snapshots, copied into X_train: not held through the fits
     X_valid, y_valid = labelled(*ordered[-1])
     _check_counts("training data (all snapshots but the last)", y_train, ps, target)
     _check_counts("validation snapshot (the most recent labelled one)", y_valid, ps, target)

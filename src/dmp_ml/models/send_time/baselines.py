@@ -183,20 +183,32 @@ def _window(
     next_hod = np.full(n, -1, dtype=np.int64)
     next_hod[hp[first]] = how[first] % 24
     glob = global_curve(activity, before.global_shape_)
-    candidates = {MODEL: before.timing_}
-    for name in BASELINES:
-        candidates[name] = baseline_shapes(
-            name, activity, glob, before.cohort_shapes_, before.cohort_code_
-        )[0]
+    names = (MODEL, *BASELINES)
+    best = {name: np.empty(n, dtype=np.int64) for name in names}
+    ll = {name: np.zeros(n) for name in names}
+    # every candidate's curves a block of profiles at a time: memory bounded by the block
+    by_profile = np.argsort(hp, kind="stable")  # a profile's hours keep their order
+    bounds = np.searchsorted(hp[by_profile], np.arange(0, n + curves.BLOCK_ROWS, curves.BLOCK_ROWS))
+    for b, start in enumerate(range(0, n, curves.BLOCK_ROWS)):
+        rows = slice(start, min(start + curves.BLOCK_ROWS, n))
+        mine = by_profile[bounds[b] : bounds[b + 1]]
+        for name in names:
+            if name == MODEL:
+                shape = curves.timing(before.local_shape_[rows])
+            else:
+                shape = baseline_shapes(
+                    name, activity[rows], glob, before.cohort_shapes_, before.cohort_code_[rows]
+                )[0]
+            q = shape / shape.sum(axis=1, keepdims=True)
+            best[name][rows] = curves.daily(q).argmax(axis=1)
+            at = np.log(np.maximum(q[hp[mine] - start, how[mine]], 1e-12))
+            ll[name][rows] = np.bincount(hp[mine] - start, weights=at, minlength=len(q))
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, shape in candidates.items():
-        q = shape / shape.sum(axis=1, keepdims=True)
-        best = curves.daily(q).argmax(axis=1)
-        d = np.abs(best[scored] - next_hod[scored]) % 24
-        ll = np.bincount(hp, weights=np.log(np.maximum(q[hp, how], 1e-12)), minlength=n)
+    for name in names:
+        d = np.abs(best[name][scored] - next_hod[scored]) % 24
         out[name] = (
             (np.minimum(d, 24 - d) <= 1).astype(np.float64),
-            ll[scored] / per_profile[scored],
+            ll[name][scored] / per_profile[scored],
         )
     return out
 

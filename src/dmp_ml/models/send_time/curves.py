@@ -39,7 +39,8 @@ CALIBRATION_LAG = 2 * 86_400
 """Calibration uses held-out sends at least this old (seconds), so they could be answered."""
 _EMAIL_SEND = "email_send"
 _EMAIL_RESPONSES = ("email_open", "email_click")
-_REQUIRED_COLUMNS = ("event_time", "profile_id", "event_type", "campaign_id")
+EVENT_COLUMNS = ("event_time", "profile_id", "event_type", "campaign_id")
+"""The only columns of the event log a send-time model reads."""
 _P_EPS = 1e-4
 _CALIBRATION_MIN_SENDS = 200
 _CALIBRATION_MIN_POSITIVES = 20
@@ -81,7 +82,7 @@ def extract(
     Index): a log repeats each id many times, and matching the distinct ids once
     (:func:`profile_codes`) costs far less than hashing every row's text.
     """
-    missing = [c for c in _REQUIRED_COLUMNS if c not in events.columns]
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
     if missing:
         raise DataContractError(f"events lack column(s) {', '.join(missing)}")
     times = events["event_time"]
@@ -100,7 +101,7 @@ def extract(
     is_other = ~(is_send | is_resp) & ~etype.isin(list(non_engagement)).fillna(True).to_numpy(bool)
     campaign = frame["campaign_id"].astype("string")
     camp_codes, _ = pd.factorize(campaign, use_na_sentinel=True)
-    profile, profiles = pd.factorize(frame["profile_id"].astype("string"))
+    profile, profiles = _factorize_ids(frame["profile_id"])
     return {
         "profile": profile.astype(np.int64),
         "profiles": pd.Index(pd.array(profiles, dtype="string"), name="profile_id"),
@@ -110,6 +111,15 @@ def extract(
         "is_other": is_other,
         "campaign": camp_codes.astype(np.int64),
     }
+
+
+def _factorize_ids(ids: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize`` of the ids as text (codes in order of first appearance); a
+    categorical (a resolved log's) is factorized by its codes, never spelled out row by row."""
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        codes, used = pd.factorize(ids.cat.codes.to_numpy())
+        return codes, ids.cat.categories[used]
+    return pd.factorize(ids.astype("string"))
 
 
 def profile_codes(raw: dict[str, Any], index: pd.Index) -> np.ndarray:
@@ -499,6 +509,12 @@ def group_sum(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarra
 def unit_mean(x: np.ndarray) -> np.ndarray:
     m = x.mean(axis=-1, keepdims=True)
     return x / np.where(m > 0, m, 1.0)
+
+
+def timing(shape: np.ndarray) -> np.ndarray:
+    """Relative intensities (n, 168) normalised over the 168 local hours, as float64."""
+    shape = np.maximum(shape.astype(np.float64), 1e-12)
+    return shape / shape.sum(axis=1, keepdims=True)
 
 
 def daily(q: np.ndarray) -> np.ndarray:

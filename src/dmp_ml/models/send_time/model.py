@@ -451,8 +451,7 @@ class SendTimeModel(EstimatorParams):
     def timing_(self) -> np.ndarray:
         """When each profile engages: the intensity normalised over the 168 local hours."""
         self.check_fitted()
-        shape = np.maximum(np.asarray(self.local_shape_, dtype=np.float64), 1e-12)
-        return shape / shape.sum(axis=1, keepdims=True)
+        return curves.timing(np.asarray(self.local_shape_))  # mapped or overlaid rows
 
     @property
     def curve_(self) -> np.ndarray:

@@ -37,16 +37,13 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     if timezones is not None:
         timezones = timezones[timezones.index.isin(eligible)]
     # honest evaluation: fit before the last `evaluation_days`, score on them, then refit on all
-    resolved = ctx.resolve(ctx.as_of).events
-    resolved = resolved[resolved["profile_id"].isin(eligible)]
-    train_part = resolved[resolved["event_time"] < cutoff]
+    resolved = _send_time_events(ctx, eligible)
     engine = _curve_engine(ctx)
+    # a fit reads only the rows before its cutoff: the whole log serves both (no copy of a part)
     before = SendTimeModel.from_settings(ctx.settings).fit(
-        train_part, cutoff, timezones, engine=engine
+        resolved, cutoff, timezones, engine=engine
     )
-    evaluation = evaluate_send_time(
-        before, resolved, timezones=timezones, training_events=train_part
-    )
+    evaluation = evaluate_send_time(before, resolved, timezones=timezones, training_events=resolved)
     model = SendTimeModel.from_settings(ctx.settings).fit(
         resolved, ctx.as_of, timezones, selection=before.selection_, engine=engine
     )
@@ -87,6 +84,16 @@ def train_step(ctx: TrainContext) -> StepOutcome:
             "comparison": comparison_line(model.guard_, model.served_),
         },
     )
+
+
+def _send_time_events(ctx: TrainContext, eligible: pd.Index) -> pd.DataFrame:
+    """The resolved log's rows of ``eligible`` profiles, only the columns a send-time model
+    reads (:data:`~dmp_ml.models.send_time.curves.EVENT_COLUMNS`): the rest is not copied."""
+    from dmp_ml.models.send_time.curves import EVENT_COLUMNS
+
+    resolved = ctx.resolve(ctx.as_of, EVENT_COLUMNS).events[list(EVENT_COLUMNS)]
+    mine = resolved["profile_id"].isin(eligible).to_numpy()
+    return resolved if mine.all() else resolved[mine]
 
 
 def _charts(
