@@ -181,8 +181,7 @@ def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) ->
     floats = [c for c in frame.columns if frame[c].dtype == np.float64 == rows[c].dtype]
     pairs = [(frame[c].to_numpy(), rows[c].to_numpy()) for c in floats]
     values = np.empty((len(floats), len(order)), dtype=np.float64)
-    for j, taken in enumerate(stacked_takes(pairs, order)):
-        values[j] = taken
+    stacked_takes(pairs, order, out=list(values))
     index = frame.index.append(rows.index)[order]
     out = pd.DataFrame(values.T, index=index, columns=floats, copy=False)
     done = set(floats)
