@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from dmp_ml.delta import stacked_frame
-from dmp_ml.rows import OverlaidRows, duplicated_rows, id_merge_order
+from dmp_ml.rows import OverlaidRows, duplicated_rows, id_merge_order, stacked_takes
 
 
 def _log(n: int, seed: int, in_time_order: bool) -> pd.DataFrame:
@@ -91,3 +91,30 @@ def test_stacked_frame_equals_concatenating_and_taking() -> None:
     merged = stacked_frame(base, new, order)
     pd.testing.assert_frame_equal(merged, expected, check_exact=True)
     assert merged.index.is_monotonic_increasing
+
+
+@pytest.mark.parametrize("n", [0, 3, 5000])
+@pytest.mark.parametrize("updated", [0, 40])
+def test_stacked_takes_equal_concatenating_and_taking(n: int, updated: int) -> None:
+    """Both ways of taking (runs of slices; one gather with the new rows patched over) give
+    ``concatenate`` + take, for 2-D rows, mixed dtypes and into given arrays."""
+    rng = np.random.default_rng(n + updated)
+    ids = pd.Index([f"p{i:05d}" for i in range(0, 2 * n, 2)], dtype="string")
+    new = pd.Index([f"p{i:05d}" for i in rng.choice(2 * n + 10, 7, replace=False)], dtype="string")
+    new = new[~new.isin(ids)]
+    updated = min(updated, n)
+    drop = np.zeros(n, dtype=bool)
+    drop[rng.choice(n, updated, replace=False)] = True
+    order = id_merge_order(ids, drop, new.append(ids[drop]))
+    k = len(order) - (n - updated)
+    pairs = [
+        (rng.normal(size=(n, 3)), rng.normal(size=(k, 3))),
+        (rng.integers(0, 9, n), rng.normal(size=k)),
+    ]
+    into = [np.empty((len(order), 3)), np.empty(len(order))]
+    got = stacked_takes(pairs, order)
+    assert stacked_takes(pairs, order, out=into) is into
+    for (first, second), taken, written in zip(pairs, got, into, strict=True):
+        expected = np.concatenate([first, second])[order]
+        np.testing.assert_array_equal(taken, expected)
+        np.testing.assert_array_equal(written, expected)

@@ -174,15 +174,14 @@ def merge_rows(
 
 def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
     """``pd.concat([frame, rows]).iloc[order]`` (``rows`` with ``frame``'s columns) with one
-    copy, not two: the float64 columns taken run by run (:func:`dmp_ml.rows.stacked_take`)
-    into one ``(n_columns, n_rows)`` array, the layout a mapped frame has, the other columns
-    concatenated and taken one by one. A refresh merging a few new profiles into a table of
-    the population's rows pays one pass over it."""
+    copy, not two: the float64 columns taken (:func:`dmp_ml.rows.stacked_takes`) straight
+    into the rows of one ``(n_columns, n_rows)`` array, the layout a mapped frame has, the
+    other columns concatenated and taken one by one. A refresh merging a few new profiles
+    into a table of the population's rows pays one pass over it."""
     floats = [c for c in frame.columns if frame[c].dtype == np.float64 == rows[c].dtype]
     pairs = [(frame[c].to_numpy(), rows[c].to_numpy()) for c in floats]
     values = np.empty((len(floats), len(order)), dtype=np.float64)
-    for j, taken in enumerate(stacked_takes(pairs, order)):
-        values[j] = taken
+    stacked_takes(pairs, order, out=list(values))
     index = frame.index.append(rows.index)[order]
     out = pd.DataFrame(values.T, index=index, columns=floats, copy=False)
     done = set(floats)

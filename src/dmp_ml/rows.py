@@ -363,26 +363,35 @@ def stacked_take(first: np.ndarray, second: np.ndarray, order: np.ndarray) -> np
 
 
 def stacked_takes(
-    pairs: list[tuple[np.ndarray, np.ndarray]], order: np.ndarray
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    order: np.ndarray,
+    out: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """:func:`stacked_take` of each ``(first, second)`` pair (all ``first`` of one length) by
-    one ``order``: slice by slice when it is a few runs of consecutive rows, else gathered
-    (an order with the updated rows taken from ``second`` has two runs per updated row)."""
+    one ``order``, into ``out`` (new arrays when None): slice by slice when it is a few runs
+    of consecutive rows, else gathered from ``first`` straight into the result and the rows
+    of ``second`` patched over (an order with the updated rows taken from ``second`` has two
+    runs per updated row); either way each result is written once."""
     order = np.asarray(order, dtype=np.int64)
-    out = [
-        np.empty((len(order), *first.shape[1:]), dtype=np.result_type(first, second))
-        for first, second in pairs
-    ]
+    if out is None:
+        out = [
+            np.empty((len(order), *first.shape[1:]), dtype=np.result_type(first, second))
+            for first, second in pairs
+        ]
     if not pairs or not len(order):
         return out
     n = len(pairs[0][0])
     cut = np.flatnonzero((np.diff(order) != 1) | (order[1:] == n)) + 1
     if len(cut) * _ROWS_PER_RUN > len(order):
-        from_first = order < n
-        head, tail = order[from_first], order[~from_first] - n
+        at = np.flatnonzero(order >= n)
+        head = np.minimum(order, max(n - 1, 0))  # rows of ``second`` patched over below
+        tail = order[at] - n
         for taken, (first, second) in zip(out, pairs, strict=True):
-            taken[from_first] = first[head]
-            taken[~from_first] = second[tail]
+            if n and taken.dtype == first.dtype:
+                np.take(first, head, axis=0, out=taken, mode="clip")
+            elif n:
+                taken[:] = first[head]
+            taken[at] = second[tail]
         return out
     for start, stop in zip(np.r_[0, cut].tolist(), np.r_[cut, len(order)].tolist(), strict=True):
         src = int(order[start])
