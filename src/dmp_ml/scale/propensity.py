@@ -1,7 +1,7 @@
 """Propensity boosters on Dask: LightGBM trained by ``lightgbm.dask`` on the cluster.
 
 :class:`DaskBoosters` is a :class:`dmp_ml.models.propensity.model.BoosterTrainer`. The
-training rows are split into partitions on the workers and ``lightgbm.dask`` trains one
+training rows are scattered to the workers in partitions and ``lightgbm.dask`` trains one
 booster over all of them (data-parallel LightGBM across the workers). ``lightgbm.dask`` has no
 early stopping, so a booster with a validation set is trained to ``num_boost_round`` trees and
 cut where LightGBM's early stopping would have stopped: the validation log-loss after each
@@ -63,8 +63,12 @@ class DaskBoosters(PartitionedStage):
 
         nparts = max(1, min(self.npartitions, len(X)))
         frame = X.assign(_label=np.asarray(y, dtype=np.float64))
+        bounds = np.linspace(0, len(frame), nparts + 1).astype(int)
+        parts = [frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
         with self.session.client() as client:
-            data = dd.from_pandas(frame, npartitions=nparts, sort=False)
+            # the rows travel to the workers as data, not inside the task graph
+            sent = client.scatter(parts, hash=False)
+            data = dd.from_delayed(sent, meta=frame.iloc[:0], verify_meta=False)
             model = DaskLGBMClassifier(
                 client=client, n_estimators=int(num_boost_round), **_sklearn_params(params)
             )
