@@ -63,6 +63,10 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "distributed", "bentoml", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        # distributed sets its own loggers' levels from dask's config when it is imported
+        # (after this), so the quiet default has to reach it through that config
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 def _show_version(value: bool) -> None:

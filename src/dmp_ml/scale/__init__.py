@@ -8,6 +8,8 @@
   counts by partition, population priors by a reduction).
 * :mod:`~dmp_ml.scale.affinity`: :class:`DaskCounts`, the affinity counts (per-profile
   counts by partition, vocabularies by a reduction).
+* :mod:`~dmp_ml.scale.lookalike`: :class:`DaskEmbedding`, the lookalike embedder fitted
+  from slice summaries and the profiles embedded slice by slice.
 * :mod:`~dmp_ml.scale.propensity`: :class:`DaskBoosters`, the propensity boosters trained
   by ``lightgbm.dask``.
 
@@ -19,7 +21,15 @@ from __future__ import annotations
 
 from dmp_ml.scale.affinity import DaskCounts
 from dmp_ml.scale.features import DaskEngine, partition_features
+from dmp_ml.scale.lookalike import DaskEmbedding
 from dmp_ml.scale.propensity import DaskBoosters
 from dmp_ml.scale.send_time import DaskCurves
 
-__all__ = ["DaskBoosters", "DaskCounts", "DaskCurves", "DaskEngine", "partition_features"]
+__all__ = [
+    "DaskBoosters",
+    "DaskCounts",
+    "DaskCurves",
+    "DaskEmbedding",
+    "DaskEngine",
+    "partition_features",
+]

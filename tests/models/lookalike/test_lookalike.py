@@ -22,6 +22,12 @@ from dmp_ml.models.lookalike import (
     brute_force_search,
 )
 from dmp_ml.models.lookalike.audience import CANDIDATES, fit_ranker
+from dmp_ml.models.lookalike.embedding import (
+    ColumnSummary,
+    numeric_raw,
+    robust_scale,
+    summarize,
+)
 from dmp_ml.models.lookalike.pu import (
     NativeBooster,
     PackageBooster,
@@ -121,6 +127,48 @@ def test_embedder_scales_robustly_and_returns_unit_float32_vectors() -> None:
     np.testing.assert_array_equal(raw, emb.arrays(frame)[0])
     np.testing.assert_array_equal(codes, emb.arrays(frame)[1])
     np.testing.assert_array_equal(again.transform(frame), vectors)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_median_and_iqr_from_value_counts_are_numpys_quantiles(n: int) -> None:
+    rng = np.random.default_rng(n)
+    col = rng.integers(0, 12, n).astype(np.float32) * np.float32(0.5)  # many ties
+    values, counts = np.unique(col, return_counts=True)
+    center, scale = robust_scale(values, counts)
+    q25, q50, q75 = np.quantile(col.astype(np.float64), [0.25, 0.5, 0.75])
+    assert center == pytest.approx(q50, abs=1e-12)
+    if q75 > q25:
+        assert scale == pytest.approx(q75 - q25, abs=1e-12)
+    # no spread between the quartiles: the mean absolute deviation, else 1
+    flat, counts = np.array([0.0, 1.0, 50.0], np.float32), np.array([1, 97, 2])
+    assert robust_scale(flat, counts) == (1.0, pytest.approx((1 + 2 * 49) / 100))
+    assert robust_scale(np.array([3.0], np.float32), np.array([5])) == (3.0, 1.0)
+    assert robust_scale(np.array([], np.float32), np.array([], np.int64)) == (0.0, 1.0)
+
+
+def test_slice_summaries_add_up_to_the_whole_tables() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "visits": rng.poisson(2.0, 500).astype(float),
+            "spend": np.where(rng.random(500) < 0.2, np.nan, rng.gamma(2.0, 10.0, 500)),
+            "tier": pd.array(rng.choice(["a", "b", None], 500), dtype="string"),
+        }
+    )
+    emb = Embedder()
+    numeric, categorical = emb.columns(frame)
+    whole = summarize(numeric_raw(frame, numeric), frame, categorical)
+    parts = [
+        summarize(numeric_raw(part, numeric), part, categorical)
+        for part in (frame.iloc[:100], frame.iloc[100:101], frame.iloc[101:])
+    ]
+    merged = ColumnSummary.merge(parts)
+    for (v1, c1), (v2, c2) in zip(whole.numeric, merged.numeric, strict=True):
+        np.testing.assert_array_equal(v1, v2)
+        np.testing.assert_array_equal(c1, c2)
+    assert merged.numeric[1][1].sum() == frame["spend"].notna().sum()  # NaN left out
+    for a, b in zip(whole.levels, merged.levels, strict=True):
+        assert a.sort_index().to_dict() == b.sort_index().to_dict()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Inner product of two vectors is their cosine similarity, which the FAISS index s
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,92 @@ logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 65_536
 """Rows handled at once by the array passes of the package (bounds temporary memory)."""
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    """What fitting an :class:`Embedder` needs of a slice of the feature table; summaries of
+    slices add up (:meth:`merge`) to the whole table's, exactly.
+
+    ``numeric`` holds, per numeric column, its sorted distinct float32 values (NaN left out)
+    and their counts; ``levels`` per text column the count of each value.
+    """
+
+    numeric: list[tuple[np.ndarray, np.ndarray]]
+    levels: list[pd.Series]
+
+    @classmethod
+    def merge(cls, parts: list[ColumnSummary]) -> ColumnSummary:
+        """The summary of the slices' union."""
+        numeric = []
+        for columns in zip(*(p.numeric for p in parts), strict=True):
+            values, inverse = np.unique(
+                np.concatenate([v for v, _ in columns]), return_inverse=True
+            )
+            counts = np.bincount(
+                inverse, weights=np.concatenate([c for _, c in columns]), minlength=len(values)
+            )
+            numeric.append((values, counts.astype(np.int64)))
+        levels = [
+            pd.concat(columns).groupby(level=0, sort=False).sum()
+            for columns in zip(*(p.levels for p in parts), strict=True)
+        ]
+        return cls(numeric, levels)
+
+
+def numeric_raw(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """``frame``'s ``columns`` as float32 (NaN for missing), row-major (n, len(columns))."""
+    # filled column by column into a column-major buffer, then made row-major once
+    raw = np.empty((len(columns), len(frame)), dtype=np.float32)
+    for j, col in enumerate(columns):
+        raw[j] = frame[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.ascontiguousarray(raw.T)
+
+
+def summarize(raw: np.ndarray, frame: pd.DataFrame, categorical: list[str]) -> ColumnSummary:
+    """The :class:`ColumnSummary` of one slice: its :func:`numeric_raw` and its text columns."""
+    numeric = []
+    for j in range(raw.shape[1]):
+        col = raw[:, j]
+        values, counts = np.unique(col[~np.isnan(col)], return_counts=True)
+        numeric.append((values, counts.astype(np.int64)))
+    levels = [frame[col].astype("string").value_counts(dropna=True) for col in categorical]
+    return ColumnSummary(numeric, levels)
+
+
+def robust_scale(values: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """Median and spread of a column given as sorted distinct ``values`` and their ``counts``.
+
+    The spread is the IQR (quartiles linearly interpolated between order statistics), else
+    the mean absolute deviation from the median, else 1; an empty column gives (0, 1).
+    """
+    n = int(counts.sum())
+    if n == 0:
+        return 0.0, 1.0
+    ends = np.cumsum(counts)
+    x = values.astype(np.float64)
+
+    def quantile(q: float) -> float:
+        h = q * (n - 1)
+        lo = int(np.floor(h))
+        a, b = x[np.searchsorted(ends, [lo, min(lo + 1, n - 1)], side="right")]
+        return float(a + (b - a) * (h - lo))
+
+    q25, q50, q75 = quantile(0.25), quantile(0.5), quantile(0.75)
+    spread = q75 - q25
+    if not spread > 0:
+        spread = float(np.dot(counts, np.abs(x - q50)) / n)
+    return q50, spread if spread > 0 else 1.0
+
+
+class EmbeddingEngine(Protocol):
+    """Where an embedder is fitted and the table embedded: ``fit_embed(embedder, frame)``
+    fits ``embedder`` on ``frame`` and returns its :meth:`Embedder.arrays` and vectors, as
+    :meth:`Embedder.fit_arrays` then :meth:`Embedder.embed` do in process."""
+
+    def fit_embed(
+        self, embedder: Embedder, frame: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class Embedder:
@@ -71,8 +158,21 @@ class Embedder:
 
         The lookalike model keeps those arrays (to re-rank and to explain a seed), so it fits
         with this instead of :meth:`fit` followed by :meth:`arrays`, which would read the
-        feature frame twice.
+        feature frame twice. The steps are public so that a scale-out engine can run them
+        slice by slice (:class:`EmbeddingEngine`) and give this result.
         """
+        numeric, categorical = self.columns(frame)
+        raw = numeric_raw(frame, numeric)
+        self.fit_summary(numeric, categorical, summarize(raw, frame, categorical))
+        codes = self.level_codes(frame)
+        if self.needs_pca:
+            rows = self.pca_rows(len(raw))
+            self.fit_pca(self.pre(raw[rows], codes[rows]))
+        return raw, codes
+
+    def columns(self, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+        """The numeric (and boolean) columns and the text or category columns of ``frame``
+        (others are ignored)."""
         numeric: list[str] = []
         categorical: list[str] = []
         for col in frame.columns:
@@ -83,59 +183,65 @@ class Embedder:
                 numeric.append(str(col))
             else:
                 logger.info("lookalike embedding ignores column %s of dtype %s", col, dtype)
+        return numeric, categorical
+
+    def fit_summary(
+        self, numeric: list[str], categorical: list[str], summary: ColumnSummary
+    ) -> Embedder:
+        """Learn the kept levels, medians and scales from the whole table's ``summary``."""
         levels: dict[str, list[str]] = {}
-        for col in categorical:
-            counts = frame[col].astype("string").value_counts(dropna=True)
+        for col, counts in zip(categorical, summary.levels, strict=True):
             counts = counts[counts >= self.min_level_count]
             ordered = sorted(counts.items(), key=lambda kv: (-int(kv[1]), str(kv[0])))
             kept = [str(level) for level, _ in ordered[: self.max_levels]]
             if kept:
                 levels[col] = kept
-        self.numeric_columns_ = numeric
-        self.categorical_columns_ = [c for c in categorical if c in levels]
-        self.levels_ = levels
         if not numeric and not levels:
             raise DataContractError("the feature table has no usable numeric or categorical column")
-        raw, codes = self.arrays(frame)
-        center = np.zeros(len(numeric))
-        scale = np.ones(len(numeric))
-        for j in range(len(numeric)):
-            col = raw[:, j].astype(np.float64)
-            col = col[~np.isnan(col)]
-            if col.size == 0:
-                continue
-            q25, q50, q75 = np.quantile(col, [0.25, 0.5, 0.75])
-            center[j] = q50
-            spread = q75 - q25
-            if not spread > 0:
-                spread = float(np.mean(np.abs(col - q50)))
-            scale[j] = spread if spread > 0 else 1.0
-        self.center_ = center
-        self.scale_ = scale
-        self.feature_names_ = numeric + [
+        self.numeric_columns_ = list(numeric)
+        self.categorical_columns_ = [c for c in categorical if c in levels]
+        self.levels_ = levels
+        spread = [robust_scale(values, counts) for values, counts in summary.numeric]
+        self.center_ = np.array([c for c, _ in spread], dtype=np.float64)
+        self.scale_ = np.array([s for _, s in spread], dtype=np.float64)
+        self.feature_names_ = list(numeric) + [
             f"{c}={level}" for c in self.categorical_columns_ for level in levels[c]
         ]
         self.pca_mean_: np.ndarray | None = None
         self.pca_components_: np.ndarray | None = None
-        n_features = len(self.feature_names_)
-        if self.n_components is not None and 0 < self.n_components < n_features:
+        self.dim_ = len(self.feature_names_)
+        return self
+
+    @property
+    def needs_pca(self) -> bool:
+        """Whether the fitted scaling is to be reduced by PCA (``n_components`` below the
+        number of scaled features)."""
+        return self.n_components is not None and 0 < self.n_components < len(self.feature_names_)
+
+    def pca_rows(self, n_rows: int) -> np.ndarray:
+        """The sorted rows of an ``n_rows`` table the PCA is fitted on (at most
+        ``max_fit_rows``, drawn with ``seed``)."""
+        rows = np.arange(n_rows)
+        if n_rows > self.max_fit_rows:
             rng = np.random.default_rng(self.seed)
-            rows = np.arange(len(raw))
-            if len(rows) > self.max_fit_rows:
-                rows = np.sort(rng.choice(rows, self.max_fit_rows, replace=False))
-            pre = self.pre(raw[rows], codes[rows]).astype(np.float64)
-            mean = pre.mean(axis=0)
-            centred = pre - mean
-            cov = centred.T @ centred / max(1, len(pre) - 1)
-            values, vectors = np.linalg.eigh(cov)
-            order = np.argsort(values)[::-1][: self.n_components]
-            comps = vectors[:, order].T
-            signs = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
-            signs[signs == 0] = 1.0
-            self.pca_mean_ = mean
-            self.pca_components_ = comps * signs[:, None]
-        self.dim_ = len(self.pca_components_) if self.pca_components_ is not None else n_features
-        return raw, codes
+            rows = np.sort(rng.choice(rows, self.max_fit_rows, replace=False))
+        return rows
+
+    def fit_pca(self, pre: np.ndarray) -> Embedder:
+        """Learn the PCA axes from the :meth:`pre` rows of :meth:`pca_rows`, shape (m, F)."""
+        pre = pre.astype(np.float64)
+        mean = pre.mean(axis=0)
+        centred = pre - mean
+        cov = centred.T @ centred / max(1, len(pre) - 1)
+        values, vectors = np.linalg.eigh(cov)
+        order = np.argsort(values)[::-1][: self.n_components]
+        comps = vectors[:, order].T
+        signs = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
+        signs[signs == 0] = 1.0
+        self.pca_mean_ = mean
+        self.pca_components_ = comps * signs[:, None]
+        self.dim_ = len(self.pca_components_)
+        return self
 
     # -- transforming ---------------------------------------------------------------------
     def arrays(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -148,15 +254,16 @@ class Embedder:
         ]
         if missing:
             raise DataContractError(f"feature table lacks columns the embedder needs: {missing}")
-        # filled column by column into a column-major buffer, then made row-major once
-        raw = np.empty((len(self.numeric_columns_), len(frame)), dtype=np.float32)
-        for j, col in enumerate(self.numeric_columns_):
-            raw[j] = frame[col].to_numpy(dtype=np.float64, na_value=np.nan)
+        return numeric_raw(frame, self.numeric_columns_), self.level_codes(frame)
+
+    def level_codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """The kept levels' codes of ``frame``'s categorical columns, int16 (n, n_categorical),
+        -1 for any other value."""
         codes = np.empty((len(self.categorical_columns_), len(frame)), dtype=np.int16)
         for j, col in enumerate(self.categorical_columns_):
             values = frame[col].astype("string").astype(object)
             codes[j] = pd.Categorical(values, categories=self.levels_[col]).codes
-        return np.ascontiguousarray(raw.T), np.ascontiguousarray(codes.T)
+        return np.ascontiguousarray(codes.T)
 
     def pre(self, raw: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Scaled, clipped numeric columns then one-hot levels (before PCA), float32 (n, F)."""

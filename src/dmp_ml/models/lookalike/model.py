@@ -38,7 +38,7 @@ from dmp_ml.models.lookalike.audience import (
     fit_ranker,
     rank,
 )
-from dmp_ml.models.lookalike.embedding import CHUNK_ROWS, Embedder
+from dmp_ml.models.lookalike.embedding import CHUNK_ROWS, Embedder, EmbeddingEngine
 from dmp_ml.models.lookalike.index import LookalikeIndex, resolve_threads
 from dmp_ml.models.lookalike.quality import (
     choose_method,
@@ -116,8 +116,13 @@ class LookalikeModel:
         return {"blas": 1, "openmp": self.threads}
 
     # -- fitting --------------------------------------------------------------------------
-    def fit(self, table: FeatureTable) -> Self:
-        """Embed every profile of ``table`` and build the index."""
+    def fit(self, table: FeatureTable, engine: EmbeddingEngine | None = None) -> Self:
+        """Embed every profile of ``table`` and build the index.
+
+        ``engine`` fits the embedder and embeds the table elsewhere (e.g. slice by slice on
+        Dask, :class:`dmp_ml.scale.lookalike.DaskEmbedding`) with the in-process result;
+        None: in process.
+        """
         s = self.settings
         if len(table) == 0:
             raise DataContractError("the feature table is empty: nothing to build a lookalike on")
@@ -130,10 +135,13 @@ class LookalikeModel:
                 n_components=s.pca_components,
                 seed=s.seed,
             )
-            raw, codes = self.embedder_.fit_arrays(table.frame)
-            self._set_data(
-                pd.Index(table.frame.index.astype("string"), name="profile_id"), raw, codes
-            )
+            if engine is None:
+                raw, codes = self.embedder_.fit_arrays(table.frame)
+                vectors = None
+            else:
+                raw, codes, vectors = engine.fit_embed(self.embedder_, table.frame)
+            ids = pd.Index(table.frame.index.astype("string"), name="profile_id")
+            self._set_data(ids, raw, codes, vectors)
             self.removed_ = np.zeros(len(raw), dtype=bool)
             self.index_ = self.new_index().fit(self.vectors_)
             self._population_stats()
@@ -160,13 +168,15 @@ class LookalikeModel:
             seed=s.seed,
         )
 
-    def _set_data(self, ids: pd.Index, raw: np.ndarray, codes: np.ndarray) -> None:
+    def _set_data(
+        self, ids: pd.Index, raw: np.ndarray, codes: np.ndarray, vectors: np.ndarray | None = None
+    ) -> None:
         if ids.has_duplicates:
             raise DataContractError("the feature table has duplicate profile ids")
         self.profile_ids_ = ids
         self.raw_ = raw
         self.codes_ = codes
-        self.vectors_ = self.embedder_.embed(raw, codes)
+        self.vectors_ = self.embedder_.embed(raw, codes) if vectors is None else vectors
 
     def _population_stats(self) -> None:
         """Population means/sds of the scaled features and medians of the raw ones."""

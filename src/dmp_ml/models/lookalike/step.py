@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from dmp_ml.features import FeatureTable
     from dmp_ml.models.lookalike import LookalikeModel
+    from dmp_ml.models.lookalike.embedding import EmbeddingEngine
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     from dmp_ml.tracking import log_metrics_run
 
     assert ctx.features is not None
-    model = LookalikeModel(ctx.settings.lookalike).fit(ctx.features)
+    model = LookalikeModel(ctx.settings.lookalike).fit(ctx.features, engine=_embedding_engine(ctx))
     ctx.models["lookalike"] = model
     report = {k: v for k, v in model.build_report_.items() if isinstance(v, int | float)}
     charts, chart_metrics, seed_text, guard = _charts(
@@ -52,6 +53,18 @@ def train_step(ctx: TrainContext) -> StepOutcome:
         mlflow_run_id=run_id,
         details={"build": model.build_report_, **guard},
     )
+
+
+def _embedding_engine(ctx: TrainContext) -> EmbeddingEngine | None:
+    """Where the embedder is fitted and the profiles embedded: on the train's Dask client when
+    ``features.engine: dask`` (:class:`dmp_ml.scale.lookalike.DaskEmbedding`), else in
+    process."""
+    fs = ctx.settings.features
+    if fs.engine != "dask":
+        return None
+    from dmp_ml.scale.lookalike import DaskEmbedding
+
+    return DaskEmbedding(ctx.builder.engine, fs.dask_partitions)
 
 
 def _charts(
