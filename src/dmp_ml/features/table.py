@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmp_ml.errors import DataContractError, UnknownProfileError
+from dmp_ml.id_index import IdIndex
 from dmp_ml.mapped import map_array, map_frame, write_array, write_frame
 from dmp_ml.rows import LazyRows
 
@@ -103,6 +104,9 @@ class FeatureTable:
         :class:`dmp_ml.identity.Resolution`), or the Parquet file :meth:`read` found them in,
         read on first use (:attr:`cookie_map`): answers never need them, only a refresh, an
         erasure or an attribution does, so a serving worker does not hold a link per cookie.
+    id_index : (Index, IdIndex) or None
+        The id index of ``frame``'s rows (:attr:`ids`) and the frame index it describes: a
+        table whose frame is replaced (another index object) builds its own on first use.
     """
 
     frame: pd.DataFrame
@@ -110,6 +114,27 @@ class FeatureTable:
     spec: FeatureSpec
     summary: dict[str, int] = field(default_factory=dict)
     links: pd.Series | Path | None = None
+    id_index: tuple[pd.Index, IdIndex] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ids(self) -> IdIndex:
+        """The rows' id index (:mod:`dmp_ml.id_index`): mapped from the bundle, or built from
+        the frame's ids on first use (a bundle written before id indexes, a table built in
+        memory), so that every id lookup is a binary search and not a hash table over the
+        population."""
+        index = self.frame.index
+        if self.id_index is None or self.id_index[0] is not index:
+            object.__setattr__(self, "id_index", (index, IdIndex.build(index)))
+        assert self.id_index is not None
+        return self.id_index[1]
+
+    def with_ids(self, ids: IdIndex) -> FeatureTable:
+        """This table with ``ids`` as its frame's id index (one a merge or a read found)."""
+        return replace(self, id_index=(self.frame.index, ids))
+
+    def rows(self, ids: Iterable[str]) -> np.ndarray:
+        """The row of each of ``ids`` (-1 for an unknown one), by binary search."""
+        return self.ids.rows(ids)
 
     @property
     def cookie_map(self) -> pd.Series | None:
@@ -133,8 +158,8 @@ class FeatureTable:
 
         Raises UnknownProfileError when none is known.
         """
-        wanted = pd.Index(pd.unique(pd.array([str(i) for i in ids], dtype="string")))
-        pos = self.frame.index.get_indexer(wanted)
+        wanted = pd.unique(pd.array([str(i) for i in ids], dtype="string"))
+        pos = self.rows(wanted)
         pos = pos[pos >= 0]
         if len(pos) == 0:
             raise UnknownProfileError("none of the requested profile ids has features")
@@ -183,9 +208,11 @@ class FeatureTable:
     def write(self, directory: str | Path) -> Path:
         """A directory the serving workers map (see :mod:`dmp_ml.mapped`): ``features.npy``
         (the float features), ``features.parquet`` (the profile ids and the other columns),
-        ``hour_of_week.npy``, ``table.json`` (spec and summary) and ``cookie_map.parquet``."""
+        ``ids.npy`` (the id index, :mod:`dmp_ml.id_index`), ``hour_of_week.npy``,
+        ``table.json`` (spec and summary) and ``cookie_map.parquet``."""
         directory = Path(directory)
         write_frame(directory, "features", self.frame)
+        self.ids.write(directory)
         meta = {"spec": self.spec.to_dict(), "summary": self.summary}
         (directory / TABLE_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         write_array(directory / HOW_FILE, np.asarray(self.hour_of_week, dtype=np.float64))
@@ -209,5 +236,13 @@ class FeatureTable:
         if list(frame.columns) != list(spec.columns) or how.shape != (len(frame), HOURS_PER_WEEK):
             raise DataContractError(f"{directory}: the feature files do not match their spec")
         table = cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
+        try:
+            ids = IdIndex.read(directory)
+        except (OSError, ValueError) as exc:
+            raise DataContractError(f"{directory}: not a readable id index ({exc})") from exc
+        if ids is not None:
+            if len(ids) != len(frame):
+                raise DataContractError(f"{directory}: the id index does not match the table")
+            table = table.with_ids(ids)
         cookies = directory / "cookie_map.parquet"
         return replace(table, links=cookies) if cookies.exists() else table
