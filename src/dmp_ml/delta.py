@@ -255,7 +255,7 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
             links is not None
             and cookie_map.index.is_unique
             and links.index.is_unique
-            and not members(links.index, cookie_map.index[~stale]).any()
+            and not (members(cookie_map.index, links.index) & ~stale).any()
         ):  # no cookie twice: the id-sorted merge, no sort of every cookie
             link_order = id_merge_order(cookie_map.index, stale, links.index)
             cookie_map = pd.concat([cookie_map, links]).iloc[link_order]
