@@ -27,7 +27,9 @@ A compaction (``train``, or :func:`dmp_ml.refresh.compact` once the chain passes
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -247,25 +249,44 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
             return stacked_take(np.asarray(held), fresh, order)
 
     how = LazyRows(build, (len(merged), *np.shape(fresh)[1:]))
-    cookie_map = current.cookie_map
-    if cookie_map is not None:
-        stale = members(cookie_map.index, delta.cookies) | members(cookie_map, delta.relinked)
-        links = delta.cookie_map
-        if (
-            links is not None
-            and cookie_map.index.is_unique
-            and links.index.is_unique
-            and not (members(cookie_map.index, links.index) & ~stale).any()
-        ):  # no cookie twice: the id-sorted merge, no sort of every cookie
-            link_order = id_merge_order(cookie_map.index, stale, links.index)
-            cookie_map = pd.concat([cookie_map, links]).iloc[link_order]
-        else:
-            if links is not None:
-                cookie_map = pd.concat([cookie_map[~stale], links]).sort_index()
-            else:
-                cookie_map = cookie_map[~stale]
-            cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
+    changed = (delta.cookies, delta.relinked, delta.cookie_map)
+    links = current.links
+    if isinstance(links, pd.Series):
+        links = merge_links(links, *changed)
+    elif links is not None:  # not read yet: merged when something reads them (answers never do)
+        links = partial(_merged_links, links, changed)
     summary = dict(current.summary)
     summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows)
-    table = replace(current, frame=merged, hour_of_week=how, links=cookie_map, summary=summary)
+    table = replace(current, frame=merged, hour_of_week=how, links=links, summary=summary)
     return table.with_ids(ids)
+
+
+def merge_links(
+    cookie_map: pd.Series, cookies: pd.Index, relinked: pd.Index, links: pd.Series | None
+) -> pd.Series:
+    """``cookie_map`` (``cookie_id -> profile_id``) with the links of ``cookies`` and of the
+    ``relinked`` profiles replaced by ``links`` (a delta's), sorted by cookie."""
+    stale = members(cookie_map.index, cookies) | members(cookie_map, relinked)
+    if (
+        links is not None
+        and cookie_map.index.is_unique
+        and links.index.is_unique
+        and not (members(cookie_map.index, links.index) & ~stale).any()
+    ):  # no cookie twice: the id-sorted merge, no sort of every cookie
+        link_order = id_merge_order(cookie_map.index, stale, links.index)
+        return pd.concat([cookie_map, links]).iloc[link_order]
+    if links is not None:
+        cookie_map = pd.concat([cookie_map[~stale], links]).sort_index()
+    else:
+        cookie_map = cookie_map[~stale]
+    return cookie_map[~cookie_map.index.duplicated(keep="last")]
+
+
+def _merged_links(
+    links: Path | Callable[[], pd.Series],
+    changed: tuple[pd.Index, pd.Index, pd.Series | None],
+) -> pd.Series:
+    """The cookie links ``links`` (a file, or links still to merge) with a delta's merged in."""
+    from dmp_ml.features.table import read_links
+
+    return merge_links(read_links(links) if isinstance(links, Path) else links(), *changed)

@@ -4,7 +4,7 @@ file for export, or a directory of mapped arrays in a bundle)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,12 @@ class FeatureSpec:
         )
 
 
+def read_links(path: Path) -> pd.Series:
+    """The ``cookie_id -> profile_id`` links a feature table directory holds (``path``)."""
+    table = pq.read_table(path).to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+    return table.set_index("cookie_id")["profile_id"]
+
+
 @dataclass(frozen=True)
 class FeatureTable:
     """Features of every eligible profile as of ``spec.as_of``.
@@ -99,11 +105,13 @@ class FeatureTable:
     spec : FeatureSpec
     summary : dict
         Counts describing the build (profiles known/anonymous, shared devices, exclusions, ...).
-    links : Series, Path or None
+    links : Series, Path, callable or None
         ``cookie_id -> profile_id`` for cookies a request can be resolved through (see
         :class:`dmp_ml.identity.Resolution`), or the Parquet file :meth:`read` found them in,
-        read on first use (:attr:`cookie_map`): answers never need them, only a refresh, an
-        erasure or an attribution does, so a serving worker does not hold a link per cookie.
+        read on first use (:attr:`cookie_map`), or what returns them with a refresh's links
+        merged in (:func:`dmp_ml.delta.merge_table`), called on first use: answers never need
+        them, only a refresh, an erasure or an attribution does, so a serving worker neither
+        holds a link per cookie nor merges a delta's links into the population's.
     id_index : (Index, IdIndex) or None
         The id index of ``frame``'s rows (:attr:`ids`) and the frame index it describes: a
         table whose frame is replaced (another index object) builds its own on first use.
@@ -113,7 +121,7 @@ class FeatureTable:
     hour_of_week: np.ndarray | LazyRows
     spec: FeatureSpec
     summary: dict[str, int] = field(default_factory=dict)
-    links: pd.Series | Path | None = None
+    links: pd.Series | Path | Callable[[], pd.Series] | None = None
     id_index: tuple[pd.Index, IdIndex] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -138,12 +146,12 @@ class FeatureTable:
 
     @property
     def cookie_map(self) -> pd.Series | None:
-        """``cookie_id -> profile_id`` (read from the bundle's file on first use), or None."""
+        """``cookie_id -> profile_id`` (read from the bundle's file, and the deltas' links
+        merged in, on first use), or None."""
         if isinstance(self.links, Path):
-            table = pq.read_table(self.links).to_pandas(
-                types_mapper={pa.string(): pd.StringDtype()}.get
-            )
-            object.__setattr__(self, "links", table.set_index("cookie_id")["profile_id"])
+            object.__setattr__(self, "links", read_links(self.links))
+        elif callable(self.links):
+            object.__setattr__(self, "links", self.links())
         return self.links  # type: ignore[return-value]
 
     @property
