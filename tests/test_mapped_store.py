@@ -4,10 +4,13 @@ the scores come from mapped files, and a refresh that changes a few rows stays c
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +214,100 @@ def test_a_loaded_bundle_reads_the_cookie_links_only_when_asked(trained_workdir:
     cookie_map = bundle.features.cookie_map
     assert cookie_map is not None and bundle.features.links is cookie_map
     assert cookie_map.to_dict() == dict(zip(stored["cookie_id"], stored["profile_id"], strict=True))
+
+
+_ANSWER = r"""
+import gc, json, sys
+from dmp_ml.pages import disable_huge_pages
+disable_huge_pages()
+from pathlib import Path
+from dmp_ml.bundle import load_bundle
+from dmp_ml.models import REGISTRY, model_class
+for name in REGISTRY:
+    model_class(name)
+import faiss, lightgbm  # noqa: F401
+
+def private_anon():
+    gc.collect()
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(l.split()[1]) * 1024 for l in f if l.startswith("Anonymous:"))
+
+bundle = load_bundle(Path(sys.argv[1]), n_threads=1)
+index = bundle.features.frame.index
+ids = [index[i] for i in range(0, len(index), max(1, len(index) // 60))][:60]
+before = private_anon()
+for _ in range(3):
+    assert len(bundle.score(ids + ["nobody"]).frame) == len(ids)
+    bundle.send_time(ids)
+    bundle.lookalike(ids[:20], size=100, exclude_ids=ids[20:])
+print(json.dumps({"answered": private_anon() - before, "profiles": len(index)}))
+"""
+
+
+def _replicated(bundle: ModelBundle, directory: Path, copies: int) -> Path:
+    """``bundle`` with every profile ``copies`` times (new ids, the feature table, scores,
+    send-time curves and lookalike vectors tiled), written by the bundle's own codec."""
+    from dmp_ml.bundle import save_bundle
+
+    table, scores = bundle.features, bundle.scores
+    look, send, propensity = bundle.lookalike_model, bundle.send_time_model, bundle.propensity
+    assert scores is not None and look is not None and send is not None and propensity is not None
+    look, send = copy.copy(look), copy.copy(send)
+    frame = pd.concat([table.frame] * copies)
+    frame.index = _ids(table.frame.index, copies)
+    how = np.tile(np.asarray(table.hour_of_week), (copies, 1))
+    features = replace(table, frame=frame, hour_of_week=how, links=None)
+    tiled = pd.concat([scores] * copies).set_axis(_ids(scores.index, copies))
+    look.raw_ = np.tile(np.asarray(look.raw_), (copies, 1))
+    look.codes_ = np.tile(np.asarray(look.codes_), (copies, 1))
+    look.vectors_ = np.tile(np.asarray(look.vectors_), (copies, 1))
+    look.removed_ = np.tile(look.removed_, copies)
+    look.profile_ids_ = _ids(look.profile_ids_, copies)
+    look.index_ = look.new_index().fit(np.ascontiguousarray(look.vectors_))
+    ids = send.profile_ids_
+    send.take_profiles(np.tile(np.arange(len(ids)), copies))
+    send.profile_ids_ = _ids(ids, copies)
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest.pop("files", None)
+    manifest["steps"]["affinity"] = {"status": "skipped", "reason": "not replicated"}
+    models = {"propensity": propensity, "send_time": send, "lookalike": look}
+    save_bundle(directory, features=features, models=models, scores=tiled, manifest=manifest)
+    return directory
+
+
+def _answer_growth(path: Path, runs: int = 3) -> int:
+    """Private memory a process gains by answering (score, send time, lookalike) from the
+    loaded bundle at ``path``: the least of a few runs (the allocator's arenas add noise).
+    Arrays of 64 kB and more are mapped and unmapped by the allocator (glibc's threshold,
+    fixed): what an answer only passes through (its work over the population's vectors)
+    goes back to the system instead of staying in a heap grown to its high-water mark."""
+    readings = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _ANSWER, str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(path.name, result)
+        readings.append(int(result["answered"]))
+    return min(readings)
+
+
+def test_answering_from_a_10x_larger_bundle_adds_no_private_memory_per_profile(
+    trained_workdir: Path, tmp_path: Path
+) -> None:
+    """Every id lookup of ``score``, ``send_time`` and ``lookalike`` (requested ids, seeds,
+    exclusions, eligibility) searches the bundle's mapped id index: answering from a bundle
+    with 30 times the profiles costs the same private memory. A hash table over the ids, what
+    pandas builds on a first lookup, would add about 85 bytes a profile (2-3 MB here). The
+    lookalike request stays under the seed count that fits a classifier, whose work over the
+    population's vectors is not a lookup."""
+    bundle = load_bundle(trained_workdir, n_threads=1)
+    small = _replicated(bundle, tmp_path / "x1", 1)
+    large = _replicated(bundle, tmp_path / "x30", 30)
+    n = len(bundle.features)
+    growth = _answer_growth(large) - _answer_growth(small)
+    assert growth < 1_000_000, (growth, 29 * n)

@@ -616,6 +616,8 @@ class ModelBundle:
             else load_models(base, base_manifest, n_threads)
         )
         self._read_tables()
+        if not lazy:
+            self._share_ids()  # the deltas' updates then go through the table's id index
         for link in chain:
             self.overlay(read_delta(link / layout.DELTA_DIR))
             self.deltas.append(link)
@@ -636,9 +638,14 @@ class ModelBundle:
         delta's change (a lazily loaded model gets it when it loads). Without ``in_place`` the
         feature and score arrays are replaced, not written into."""
         change = delta.change
-        self.features = merge_table(self.features, delta, in_place=in_place)
+        before = self.features
+        self.features = merge_table(before, delta, in_place=in_place)
         if self.scores is not None and delta.scores is not None:
-            self.scores = merge_rows(self.scores, delta.scores, change.removed, in_place=in_place)
+            aligned = self.scores.index is before.frame.index
+            ids = before.ids if aligned else None
+            self.scores = merge_rows(self.scores, delta.scores, change.removed, in_place, ids)
+            if aligned and self.scores.index.equals(self.features.frame.index):
+                self.scores.index = self.features.frame.index  # one id index again
         if isinstance(self.models, LazyModels):
             self.models.update(change)
         else:
@@ -687,13 +694,19 @@ class ModelBundle:
         return self.base_path / relative
 
     def _share_ids(self) -> None:
-        """Models whose profile list is the table's use the table's index: one copy of the
-        ids (and of the hash table a lookup builds) per worker instead of one per model."""
+        """Models whose profile list is the table's use the table's index and its id index
+        (:mod:`dmp_ml.id_index`): one copy of the ids per worker instead of one per model,
+        and lookups by binary search in the mapped ids instead of a hash table over them."""
         index = self.features.frame.index
         for model in self.models.values():
             ids = getattr(model, "profile_ids_", None)
-            if isinstance(ids, pd.Index) and ids is not index and ids.equals(index):
+            if isinstance(ids, pd.Index) and (ids is index or ids.equals(index)):
                 model.profile_ids_ = index  # type: ignore[attr-defined]
+                model.id_index_ = self.features.ids  # type: ignore[attr-defined]
+
+    def _rows(self, profile_ids: Iterable[str]) -> np.ndarray:
+        """The feature table's row of each of ``profile_ids`` (-1: unknown), by binary search."""
+        return self.features.rows(profile_ids)
 
     def remap(self) -> None:
         """Read the models, the feature table and the scores again from :attr:`path`, after
@@ -731,7 +744,10 @@ class ModelBundle:
         if profile_ids is None:
             profile_ids = self.scores.index
         ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
-        rows = self.scores.index.get_indexer(ids)
+        if self.scores.index is self.features.frame.index:  # the table's rows: its id index
+            rows = self._rows(ids)
+        else:
+            rows = self.scores.index.get_indexer(ids)
         found = rows >= 0
         if self._forgotten:
             found &= ~ids.isin(list(self._forgotten))
@@ -740,7 +756,7 @@ class ModelBundle:
         frame = self.scores.iloc[rows[found]][["score", "percentile"]].reset_index()
         frame = frame.join(self._basis(frame["profile_id"]))
         if explain and known:
-            X = self.features.frame.loc[known]
+            X = self.features.frame.iloc[self._rows(known)]
             propensity = self.propensity
             assert propensity is not None  # "propensity" is in self.models
             frame["reasons"] = propensity.explain(X)
@@ -749,7 +765,7 @@ class ModelBundle:
     def _basis(self, profile_ids: pd.Series) -> pd.DataFrame:
         """The history behind each profile's answers (rows aligned with ``profile_ids``)."""
         table = self.features.frame
-        rows = table.index.get_indexer(profile_ids.astype(str))
+        rows = self._rows(profile_ids.astype(str))
         known = rows >= 0
         basis = pd.DataFrame(index=profile_ids.index)
         for name, column in (
@@ -794,10 +810,9 @@ class ModelBundle:
             request["window_start"] = self.as_of
         decision = self.send_time_model.best_send_time(ids, **request)
         # only eligible (consented, unexpired, not forgotten) profiles ever get an answer; the
-        # lookup goes through the feature index's hash table (built once, then cached by pandas)
-        # rather than ``Series.isin(index)``, which walks the whole population on every call
+        # lookup is a binary search in the table's id index, not a pass over the population
         answered = decision.frame["profile_id"].to_numpy(dtype=object, na_value=None)
-        eligible = eligible_ids.get_indexer(answered) >= 0
+        eligible = self.features.ids.contains(answered)
         forgotten = self._forgotten
         gone = ~eligible | np.fromiter(
             (p in forgotten for p in answered), dtype=bool, count=len(answered)

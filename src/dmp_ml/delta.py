@@ -27,7 +27,9 @@ A compaction (``train``, or :func:`dmp_ml.refresh.compact` once the chain passes
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dmp_ml.id_index import IdIndex
 from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.rows import LazyRows, id_merge_order, stacked_take, stacked_takes
@@ -157,19 +160,25 @@ def read_delta(directory: Path) -> Delta:
 
 
 def merge_rows(
-    frame: pd.DataFrame, rows: pd.DataFrame, removed: pd.Index, in_place: bool = True
+    frame: pd.DataFrame,
+    rows: pd.DataFrame,
+    removed: pd.Index,
+    in_place: bool = True,
+    ids: IdIndex | None = None,
 ) -> pd.DataFrame:
     """``frame`` with ``rows`` replacing or adding profiles and ``removed`` gone.
 
     When only rows ``frame`` has change (and ``in_place``), they are written in place (a frame
     mapped copy-on-write copies only those rows' pages) and ``frame`` itself is returned;
-    otherwise a new frame sorted by id, ``frame`` unchanged.
+    otherwise a new frame sorted by id, ``frame`` unchanged. ``ids``: the id index of
+    ``frame``'s rows (built here when not given).
     """
-    pos, drop = _merge_plan(frame.index, rows.index, removed, in_place)
+    ids = IdIndex.build(frame.index) if ids is None else ids
+    pos, drop = _merge_plan(ids, len(frame), rows.index, removed, in_place)
     if drop is None:
         write_rows(frame, pos, rows[list(frame.columns)])
         return frame
-    return stacked_frame(frame, rows, id_merge_order(frame.index, drop, rows.index))
+    return stacked_frame(frame, rows, ids.merge_order(frame.index, drop, rows.index))
 
 
 def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
@@ -193,15 +202,18 @@ def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) ->
 
 
 def _merge_plan(
-    index: pd.Index, rows: pd.Index, removed: pd.Index, in_place: bool
+    ids: IdIndex, n: int, rows: pd.Index, removed: pd.Index, in_place: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Positions of ``rows`` in ``index`` (-1 for new ones), and which rows of ``index`` a new
-    frame leaves out (replaced or removed); None when the rows are written in place instead."""
-    pos = index.get_indexer(rows)
-    gone = members(index, removed)
-    if in_place and not gone.any() and bool((pos >= 0).all()):
+    """Positions of ``rows`` in the table of ``ids`` (``n`` rows; -1 for new ones), and which
+    of its rows a new frame leaves out (replaced or removed); None when the rows are written
+    in place instead. Found by binary search in the id index: no pass over the population."""
+    pos = ids.rows(rows)
+    gone = ids.rows(removed)
+    gone = gone[gone >= 0]
+    if in_place and not len(gone) and bool((pos >= 0).all()):
         return pos, None
-    drop = gone.copy()  # Arrow may hand its result out read-only
+    drop = np.zeros(n, dtype=bool)
+    drop[gone] = True
     drop[pos[pos >= 0]] = True
     return pos, drop
 
@@ -214,7 +226,8 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
     rows = delta.change.features
     removed = delta.change.removed
     frame = current.frame
-    pos, drop = _merge_plan(frame.index, rows.index, removed, in_place)
+    ids = current.ids
+    pos, drop = _merge_plan(ids, len(frame), rows.index, removed, in_place)
     held, fresh = current.hour_of_week, delta.hour_of_week
     if drop is None:
         merged = frame
@@ -226,33 +239,54 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
             return how
 
     else:
-        # one id-sorted merge order, found without sorting the population's ids
-        order = id_merge_order(frame.index, drop, rows.index)
+        # one id-sorted merge order, found by binary search in the id index
+        order = ids.merge_order(frame.index, drop, rows.index)
         merged = stacked_frame(frame, rows, order)
         merged.index = pd.Index(merged.index, dtype="string", name="profile_id")
+        ids = ids.merged(removed, rows.index, merged.index)
 
         def build() -> np.ndarray:
             return stacked_take(np.asarray(held), fresh, order)
 
     how = LazyRows(build, (len(merged), *np.shape(fresh)[1:]))
-    cookie_map = current.cookie_map
-    if cookie_map is not None:
-        stale = members(cookie_map.index, delta.cookies) | members(cookie_map, delta.relinked)
-        links = delta.cookie_map
-        if (
-            links is not None
-            and cookie_map.index.is_unique
-            and links.index.is_unique
-            and not members(links.index, cookie_map.index[~stale]).any()
-        ):  # no cookie twice: the id-sorted merge, no sort of every cookie
-            link_order = id_merge_order(cookie_map.index, stale, links.index)
-            cookie_map = pd.concat([cookie_map, links]).iloc[link_order]
-        else:
-            if links is not None:
-                cookie_map = pd.concat([cookie_map[~stale], links]).sort_index()
-            else:
-                cookie_map = cookie_map[~stale]
-            cookie_map = cookie_map[~cookie_map.index.duplicated(keep="last")]
+    changed = (delta.cookies, delta.relinked, delta.cookie_map)
+    links = current.links
+    if isinstance(links, pd.Series):
+        links = merge_links(links, *changed)
+    elif links is not None:  # not read yet: merged when something reads them (answers never do)
+        links = partial(_merged_links, links, changed)
     summary = dict(current.summary)
     summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows)
-    return replace(current, frame=merged, hour_of_week=how, links=cookie_map, summary=summary)
+    table = replace(current, frame=merged, hour_of_week=how, links=links, summary=summary)
+    return table.with_ids(ids)
+
+
+def merge_links(
+    cookie_map: pd.Series, cookies: pd.Index, relinked: pd.Index, links: pd.Series | None
+) -> pd.Series:
+    """``cookie_map`` (``cookie_id -> profile_id``) with the links of ``cookies`` and of the
+    ``relinked`` profiles replaced by ``links`` (a delta's), sorted by cookie."""
+    stale = members(cookie_map.index, cookies) | members(cookie_map, relinked)
+    if (
+        links is not None
+        and cookie_map.index.is_unique
+        and links.index.is_unique
+        and not (members(cookie_map.index, links.index) & ~stale).any()
+    ):  # no cookie twice: the id-sorted merge, no sort of every cookie
+        link_order = id_merge_order(cookie_map.index, stale, links.index)
+        return pd.concat([cookie_map, links]).iloc[link_order]
+    if links is not None:
+        cookie_map = pd.concat([cookie_map[~stale], links]).sort_index()
+    else:
+        cookie_map = cookie_map[~stale]
+    return cookie_map[~cookie_map.index.duplicated(keep="last")]
+
+
+def _merged_links(
+    links: Path | Callable[[], pd.Series],
+    changed: tuple[pd.Index, pd.Index, pd.Series | None],
+) -> pd.Series:
+    """The cookie links ``links`` (a file, or links still to merge) with a delta's merged in."""
+    from dmp_ml.features.table import read_links
+
+    return merge_links(read_links(links) if isinstance(links, Path) else links(), *changed)

@@ -308,11 +308,15 @@ class Refresher:
             assert bundle.propensity is not None
             frame = bundle.features.frame
             scores = bundle.scores
-            if scores is not None and "raw" in scores.columns and scores.index.is_unique:
+            if scores is not None and "raw" in scores.columns and scores.index is frame.index:
+                raw = scores["raw"].to_numpy(dtype=np.float64, copy=True)  # the table's rows
+            elif scores is not None and "raw" in scores.columns and scores.index.is_unique:
                 raw = scores["raw"].reindex(frame.index).to_numpy(dtype=np.float64, copy=True)
             else:
                 raw = np.full(len(frame), np.nan)
-            missing = np.isnan(raw) & ~members(frame.index, skip)
+            skipped = bundle.features.rows(skip)
+            missing = np.isnan(raw)
+            missing[skipped[skipped >= 0]] = False
             if missing.any():
                 raw[missing] = bundle.propensity.predict_raw(frame.loc[missing])
             self._raw_scores = pd.Series(raw, index=frame.index)
@@ -488,7 +492,7 @@ class Refresher:
         consent = _consent_records(bundle, subset, settings)
         frame_b = bundle.features.frame
         affected = known.union(pd.Index([f"{ANON_PREFIX}{c}" for c in c0], dtype="string"))
-        timezones = _timezones(frame_b, affected, profiles)
+        timezones = _timezones(bundle.features, affected, profiles)
         tz_frame = (
             pd.DataFrame({"profile_id": timezones.index, "timezone": timezones.to_numpy()})
             if timezones is not None
@@ -500,7 +504,7 @@ class Refresher:
         )
         lap("features")
         out = table.frame.index[members(table.frame.index, affected)]
-        in_bundle = frame_b.index.get_indexer(out) >= 0  # the bundle's own (cached) hash table
+        in_bundle = bundle.features.ids.contains(out)  # binary search in the bundle's id index
         if consent is None and "consent" in bundle.manifest.get("inputs", {}):
             # no withdrawn-id list in this bundle: a profile that had events before but is
             # not in the bundle may have withdrawn consent; it waits for the next train
@@ -516,7 +520,10 @@ class Refresher:
         else:
             held = out[:0]
         rows = _new_rows(table, out, bundle, spec, fs, as_of, profiles)
-        removed = frame_b.index[members(frame_b.index, affected) & ~members(frame_b.index, out)]
+        # the affected profiles the bundle holds that the batch's table no longer has, in the
+        # bundle's row order (found in its id index, not by a pass over the population)
+        held_rows = bundle.features.rows(affected)
+        removed = frame_b.index[np.sort(held_rows[(held_rows >= 0) & ~members(affected, out)])]
         created, updated = out[~in_bundle], out[in_bundle]
 
         # what every model is handed: the touched profiles, their features and history
@@ -675,17 +682,19 @@ def apply_events(
 
 
 def _timezones(
-    frame: pd.DataFrame, ids: pd.Index, profiles: pd.DataFrame | None
+    current: FeatureTable, ids: pd.Index, profiles: pd.DataFrame | None
 ) -> pd.Series | None:
     """Known time zone per affected profile: the bundle's attribute, else ``profiles``."""
     parts = []
+    frame = current.frame
     if "timezone" in frame.columns:
-        mine = frame.loc[members(frame.index, ids), "timezone"].astype("string")
+        rows = current.rows(ids)
+        mine = frame["timezone"].iloc[np.sort(rows[rows >= 0])].astype("string")
         parts.append(mine)
     if profiles is not None and "timezone" in profiles.columns and "profile_id" in profiles:
         given = profiles.set_index(profiles["profile_id"].astype("string"))["timezone"]
         given = given.astype("string")
-        given = given[members(given.index, ids) & ~members(given.index, frame.index)]
+        given = given[members(given.index, ids) & ~current.ids.contains(given.index)]
         parts.append(given)
     if not parts:
         return None
@@ -706,13 +715,14 @@ def _held_ids(
     those the bundle holds before or after the batch. A batch may name profiles without
     consent (or their devices); their ids are never written into a bundle file, and leaving
     them out changes nothing, since the bundle holds no link of theirs to redo."""
-    held = members(affected, current.frame.index) | members(affected, out)
+    held = current.ids.contains(affected) | members(affected, out)
     old = current.cookie_map
-    if old is not None:
-        held |= members(affected, old)
+    if old is not None:  # the population's links looked up in the batch's few ids, not the
+        # batch's ids in a set built from the population's links
+        held |= members(affected, old[members(old, affected)])
     in_links = np.zeros(len(cookies), dtype=bool)
     if old is not None:
-        in_links |= members(cookies, old.index)
+        in_links |= members(cookies, old.index[members(old.index, cookies)])
     if links is not None:
         in_links |= members(cookies, links.index)
     return affected[held], cookies[in_links]
@@ -760,12 +770,14 @@ def _new_rows(
     if profiles is not None and "profile_id" in profiles.columns:
         given = profiles.drop_duplicates("profile_id", keep="first")
         given = given.set_index(pd.Index(given["profile_id"].astype("string")))
-    is_new = ~members(ids, base.index)
+    at = bundle.features.rows(ids)  # binary search, no hash table over the population
+    is_new = at < 0
     for col in base.columns:
         if col in event_cols:
             continue
         dtype = base[col].dtype
-        values = np.array(base[col].reindex(ids).astype(object).to_numpy(na_value=None))
+        values = np.full(len(ids), None, dtype=object)
+        values[~is_new] = base[col].iloc[at[~is_new]].astype(object).to_numpy(na_value=None)
         if given is not None and col in given.columns and is_new.any():
             supplied = given[col].reindex(ids[is_new]).astype(object).to_numpy()
             values[is_new] = [None if _missing(v) else v for v in supplied]
@@ -803,6 +815,6 @@ def _refreshed_frame(
             "features_as_of": pd.Series([as_of] * len(ids), dtype="datetime64[ns, UTC]"),
         }
     )
-    live = bundle.features.frame.index
     out = pd.concat([previous, fresh], ignore_index=True)
-    return out[members(out["profile_id"], live)].sort_values("profile_id", ignore_index=True)
+    live = bundle.features.ids.contains(out["profile_id"])
+    return out[live].sort_values("profile_id", ignore_index=True)

@@ -4,7 +4,7 @@ file for export, or a directory of mapped arrays in a bundle)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmp_ml.errors import DataContractError, UnknownProfileError
+from dmp_ml.id_index import IdIndex
 from dmp_ml.mapped import map_array, map_frame, write_array, write_frame
 from dmp_ml.rows import LazyRows
 
@@ -84,6 +85,12 @@ class FeatureSpec:
         )
 
 
+def read_links(path: Path) -> pd.Series:
+    """The ``cookie_id -> profile_id`` links a feature table directory holds (``path``)."""
+    table = pq.read_table(path).to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+    return table.set_index("cookie_id")["profile_id"]
+
+
 @dataclass(frozen=True)
 class FeatureTable:
     """Features of every eligible profile as of ``spec.as_of``.
@@ -98,27 +105,53 @@ class FeatureTable:
     spec : FeatureSpec
     summary : dict
         Counts describing the build (profiles known/anonymous, shared devices, exclusions, ...).
-    links : Series, Path or None
+    links : Series, Path, callable or None
         ``cookie_id -> profile_id`` for cookies a request can be resolved through (see
         :class:`dmp_ml.identity.Resolution`), or the Parquet file :meth:`read` found them in,
-        read on first use (:attr:`cookie_map`): answers never need them, only a refresh, an
-        erasure or an attribution does, so a serving worker does not hold a link per cookie.
+        read on first use (:attr:`cookie_map`), or what returns them with a refresh's links
+        merged in (:func:`dmp_ml.delta.merge_table`), called on first use: answers never need
+        them, only a refresh, an erasure or an attribution does, so a serving worker neither
+        holds a link per cookie nor merges a delta's links into the population's.
+    id_index : (Index, IdIndex) or None
+        The id index of ``frame``'s rows (:attr:`ids`) and the frame index it describes: a
+        table whose frame is replaced (another index object) builds its own on first use.
     """
 
     frame: pd.DataFrame
     hour_of_week: np.ndarray | LazyRows
     spec: FeatureSpec
     summary: dict[str, int] = field(default_factory=dict)
-    links: pd.Series | Path | None = None
+    links: pd.Series | Path | Callable[[], pd.Series] | None = None
+    id_index: tuple[pd.Index, IdIndex] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ids(self) -> IdIndex:
+        """The rows' id index (:mod:`dmp_ml.id_index`): mapped from the bundle, or built from
+        the frame's ids on first use (a bundle written before id indexes, a table built in
+        memory), so that every id lookup is a binary search and not a hash table over the
+        population."""
+        index = self.frame.index
+        if self.id_index is None or self.id_index[0] is not index:
+            object.__setattr__(self, "id_index", (index, IdIndex.build(index)))
+        assert self.id_index is not None
+        return self.id_index[1]
+
+    def with_ids(self, ids: IdIndex) -> FeatureTable:
+        """This table with ``ids`` as its frame's id index (one a merge or a read found)."""
+        return replace(self, id_index=(self.frame.index, ids))
+
+    def rows(self, ids: Iterable[str]) -> np.ndarray:
+        """The row of each of ``ids`` (-1 for an unknown one), by binary search."""
+        return self.ids.rows(ids)
 
     @property
     def cookie_map(self) -> pd.Series | None:
-        """``cookie_id -> profile_id`` (read from the bundle's file on first use), or None."""
+        """``cookie_id -> profile_id`` (read from the bundle's file, and the deltas' links
+        merged in, on first use), or None."""
         if isinstance(self.links, Path):
-            table = pq.read_table(self.links).to_pandas(
-                types_mapper={pa.string(): pd.StringDtype()}.get
-            )
-            object.__setattr__(self, "links", table.set_index("cookie_id")["profile_id"])
+            object.__setattr__(self, "links", read_links(self.links))
+        elif callable(self.links):
+            object.__setattr__(self, "links", self.links())
         return self.links  # type: ignore[return-value]
 
     @property
@@ -133,8 +166,8 @@ class FeatureTable:
 
         Raises UnknownProfileError when none is known.
         """
-        wanted = pd.Index(pd.unique(pd.array([str(i) for i in ids], dtype="string")))
-        pos = self.frame.index.get_indexer(wanted)
+        wanted = pd.unique(pd.array([str(i) for i in ids], dtype="string"))
+        pos = self.rows(wanted)
         pos = pos[pos >= 0]
         if len(pos) == 0:
             raise UnknownProfileError("none of the requested profile ids has features")
@@ -183,9 +216,11 @@ class FeatureTable:
     def write(self, directory: str | Path) -> Path:
         """A directory the serving workers map (see :mod:`dmp_ml.mapped`): ``features.npy``
         (the float features), ``features.parquet`` (the profile ids and the other columns),
-        ``hour_of_week.npy``, ``table.json`` (spec and summary) and ``cookie_map.parquet``."""
+        ``ids.npy`` (the id index, :mod:`dmp_ml.id_index`), ``hour_of_week.npy``,
+        ``table.json`` (spec and summary) and ``cookie_map.parquet``."""
         directory = Path(directory)
         write_frame(directory, "features", self.frame)
+        self.ids.write(directory)
         meta = {"spec": self.spec.to_dict(), "summary": self.summary}
         (directory / TABLE_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         write_array(directory / HOW_FILE, np.asarray(self.hour_of_week, dtype=np.float64))
@@ -209,5 +244,13 @@ class FeatureTable:
         if list(frame.columns) != list(spec.columns) or how.shape != (len(frame), HOURS_PER_WEEK):
             raise DataContractError(f"{directory}: the feature files do not match their spec")
         table = cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
+        try:
+            ids = IdIndex.read(directory)
+        except (OSError, ValueError) as exc:
+            raise DataContractError(f"{directory}: not a readable id index ({exc})") from exc
+        if ids is not None:
+            if len(ids) != len(frame):
+                raise DataContractError(f"{directory}: the id index does not match the table")
+            table = table.with_ids(ids)
         cookies = directory / "cookie_map.parquet"
         return replace(table, links=cookies) if cookies.exists() else table

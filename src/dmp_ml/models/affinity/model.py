@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import sparse
 
 from dmp_ml.errors import BundleError
+from dmp_ml.id_index import IdIndex
 from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
 from dmp_ml.rows import id_merge_order, stacked_take
@@ -92,6 +93,9 @@ class AffinityModel:
     ----------
     profile_ids_ : Index
         Profiles with counts (every eligible profile at fit, sorted).
+    id_index_ : IdIndex or None
+        The id index of ``profile_ids_`` when a bundle shares its table's (the same ids):
+        :meth:`update` merges a batch's profiles by binary search in it, and keeps it.
     channels_, categories_ : Index
         The channel and category vocabularies (columns of the count matrices).
     channel_counts_ : ndarray (n_profiles, n_channels)
@@ -103,6 +107,7 @@ class AffinityModel:
 
     name: ClassVar[str] = AFFINITY_DIR
     """The model's directory in a bundle and its step in the manifest."""
+    id_index_: IdIndex | None = None
 
     def __init__(
         self,
@@ -223,13 +228,22 @@ class AffinityModel:
         self._check_fitted()
         changed = pd.Index(sorted({str(p) for p in change.profile_ids}), dtype="string")
         gone = pd.Index([str(p) for p in change.removed], dtype="string").union(changed)
-        drop = self.profile_ids_.isin(gone)
         rows = self.engagement(change.events, changed)
         ch_new, cat_new = self.matrices(rows, changed)
         # the kept rows and the recounted ones in id order, found without sorting every id
-        order = id_merge_order(self.profile_ids_, drop, changed)
+        # (with the table's id index, without reading any: binary searches)
+        if self.id_index_ is not None:
+            drop = np.zeros(len(self.profile_ids_), dtype=bool)
+            held = self.id_index_.rows(gone)
+            drop[held[held >= 0]] = True
+            order = self.id_index_.merge_order(self.profile_ids_, drop, changed)
+        else:
+            drop = self.profile_ids_.isin(gone)
+            order = id_merge_order(self.profile_ids_, drop, changed)
         ids = self.profile_ids_.append(changed)
-        self.profile_ids_ = pd.Index(ids.to_numpy(dtype=object)[order], dtype="string")
+        self.profile_ids_ = pd.Index(ids.take(order).array, dtype="string")
+        if self.id_index_ is not None:
+            self.id_index_ = self.id_index_.merged(change.removed, changed, self.profile_ids_)
         self.channel_counts_ = stacked_take(self.channel_counts_, ch_new, order)
         self.category_counts_ = sparse.vstack([self.category_counts_, cat_new]).tocsr()[order]
         self.as_of_ = max(self.as_of_, pd.Timestamp(change.as_of))
@@ -240,6 +254,7 @@ class AffinityModel:
         self._check_fitted()
         hit = self.profile_ids_.isin([str(p) for p in profile_ids])
         if hit.any():
+            self.id_index_ = None
             self.profile_ids_ = self.profile_ids_[~hit]
             self.channel_counts_ = self.channel_counts_[~hit]
             self.category_counts_ = self.category_counts_[~hit]

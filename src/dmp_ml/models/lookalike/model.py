@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from dmp_ml.errors import BundleError, DataContractError, RequestError, UnknownProfileError
 from dmp_ml.features import FeatureSpec, FeatureTable
+from dmp_ml.id_index import IdIndex, rows_of
 from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.models.lookalike.audience import (
@@ -73,6 +74,9 @@ class LookalikeModel:
     Attributes (after fit)
     ----------------------
     profile_ids_ : Index of the profiles, row-aligned with ``vectors_``
+    id_index_ : IdIndex or None, the id index of ``profile_ids_`` when a bundle shares its
+        table's: lookups search it instead of a hash table over the ids (a retired row stays
+        in it under its old id, masked by ``removed_``; new rows are appended to it)
     embedder_ : Embedder
     raw_ : (n, n_numeric) float32, the embedder's numeric inputs (NaN kept)
     codes_ : (n, n_categorical) int16, its level codes (-1: other)
@@ -85,6 +89,7 @@ class LookalikeModel:
     """
 
     name: ClassVar[str] = "lookalike"
+    id_index_: IdIndex | None = None
 
     def __init__(
         self, settings: LookalikeSettings | None = None, *, n_threads: int | None = None
@@ -425,7 +430,7 @@ class LookalikeModel:
     def _positions(self, ids: Iterable[str]) -> tuple[np.ndarray, list[str]]:
         """Sorted unique positions of known, not forgotten ids, and the unknown ids."""
         given = pd.Index(pd.array([str(i) for i in ids], dtype="string")).unique()
-        loc = self.profile_ids_.get_indexer(given)
+        loc = rows_of(self.profile_ids_, self.id_index_, given)
         known = loc >= 0
         pos = loc[known]
         pos = pos[~self.removed_[pos]] if len(pos) else pos
@@ -495,7 +500,7 @@ class LookalikeModel:
         raw, codes = self.embedder_.arrays(frame)
         vectors = self.embedder_.embed(raw, codes)
         ids = pd.Index(frame.index.astype("string"))
-        pos = self.profile_ids_.get_indexer(ids)
+        pos = rows_of(self.profile_ids_, self.id_index_, ids)
         live = pos >= 0
         live[live] = ~self.removed_[pos[live]]
         in_place = self.index_.kind_ in ("flat", "ivf")
@@ -521,6 +526,8 @@ class LookalikeModel:
                 self.profile_ids_.append(pd.Index(ids[append], dtype="string")),
                 name="profile_id",
             )
+            if self.id_index_ is not None:
+                self.id_index_ = self.id_index_.appended(ids[append])
             self.index_.add_with_ids(vectors[append], new_pos)
         return self
 

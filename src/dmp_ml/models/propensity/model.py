@@ -611,7 +611,9 @@ class PropensityModel(BaseEstimator):
         """
         self._check_fitted()
         touched = change.profile_ids.union(change.removed)
-        others = population_raw.drop(index=touched, errors="ignore")
+        # one pass over the ids with the batch's few as the set to look up (``drop`` would
+        # build a hash table over the population's ids, each batch, for each of the two)
+        others = population_raw[~population_raw.index.isin(touched)]
         frame = change.features
         raw = self.predict_raw(frame)
         score = self.calibrator_.predict(raw) if len(raw) else raw
@@ -623,7 +625,7 @@ class PropensityModel(BaseEstimator):
         )
         if "raw" in scores.columns:  # kept with the scores: the next batch ranks against it
             fresh["raw"] = np.asarray(raw, dtype=np.float64)
-        kept = scores.drop(index=touched, errors="ignore")
+        kept = scores[~scores.index.isin(touched)]
         raw_after = pd.concat([others, pd.Series(raw, index=frame.index)])
         return pd.concat([kept, fresh]), raw_after
 

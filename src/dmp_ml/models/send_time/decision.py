@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml.errors import RequestError, UnknownProfileError
+from dmp_ml.id_index import rows_of
 from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
 from dmp_ml.models.send_time.zones import (
     EPOCH_HOW_SHIFT,
@@ -138,7 +139,7 @@ def best_send_time(
         if isinstance(profile_ids, str):
             raise RequestError("profile_ids", "expected a list of ids, got one string")
         requested = pd.Index(pd.unique(pd.array([str(i) for i in profile_ids], "string")))
-        found = model.profile_ids_.get_indexer(requested)
+        found = rows_of(model.profile_ids_, model.id_index_, requested)
         unknown = requested[found < 0].tolist()
         if len(requested) and (found >= 0).sum() == 0:
             raise UnknownProfileError(

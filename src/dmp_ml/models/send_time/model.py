@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml.errors import BundleError, DataContractError, InsufficientDataError, RequestError
+from dmp_ml.id_index import IdIndex, rows_of
 from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import EstimatorParams, constructor_args
 from dmp_ml.models.send_time import baselines, curves
@@ -113,6 +114,10 @@ class SendTimeModel(EstimatorParams):
     profile_ids_ : Index
         Profiles with a curve (sorted): every profile with events before ``as_of``, plus the
         profiles listed in ``timezones``.
+    id_index_ : IdIndex or None
+        The id index of ``profile_ids_`` when a bundle shares its table's (the same ids):
+        lookups search it instead of building a hash table over the ids; kept through
+        :meth:`update` and :meth:`forget`.
     local_shape_, local_shape_sd_ : ndarray (n_profiles, 168), float32
         Posterior relative intensity (mean 1) per local hour of week, and its sd.
     local_curve_, local_curve_sd_ : ndarray (n_profiles, 168)
@@ -143,6 +148,7 @@ class SendTimeModel(EstimatorParams):
 
     name: ClassVar[str] = "send_time"
     """The model's directory in a bundle and its step in the manifest."""
+    id_index_: IdIndex | None = None
 
     def __init__(
         self,
@@ -537,6 +543,7 @@ class SendTimeModel(EstimatorParams):
         """Keep only the profiles at positions ``rows`` (in place; erasure and refresh)."""
         rows = np.asarray(rows, dtype=np.int64)
         self.profile_ids_ = pd.Index(self.profile_ids_[rows], name="profile_id")
+        self.id_index_ = None
         for name in self._PROFILE_ROWS:
             held = getattr(self, name)
             if isinstance(held, OverlaidRows):
@@ -548,11 +555,17 @@ class SendTimeModel(EstimatorParams):
     def forget(self, profile_ids: Iterable[str]) -> int:
         """Drop the curves of ``profile_ids`` (erasure); returns how many the model held."""
         self.check_fitted()
-        gone = pd.Index([str(p) for p in profile_ids], dtype="string")
-        hit = self.profile_ids_.isin(gone)
-        if hit.any():
-            self.take_profiles(np.flatnonzero(~hit))
-        return int(hit.sum())
+        gone = pd.Index([str(p) for p in profile_ids], dtype="string").unique()
+        rows = rows_of(self.profile_ids_, self.id_index_, gone)
+        if not (rows >= 0).any():
+            return 0
+        keep = np.ones(len(self.profile_ids_), dtype=bool)
+        keep[rows[rows >= 0]] = False
+        ids = self.id_index_
+        self.take_profiles(np.flatnonzero(keep))
+        if ids is not None:  # the kept ids stay in id order: the index follows
+            self.id_index_ = ids.merged(gone[rows >= 0], [], self.profile_ids_)
+        return int((rows >= 0).sum())
 
     # ---------------------------------------------------------------- near-real-time refresh
 
@@ -580,7 +593,7 @@ class SendTimeModel(EstimatorParams):
             raw, codes, as_of_sec, self.machine_open_seconds, self.machine_open_weight
         )
         n = len(ids)
-        existing = self.profile_ids_.get_indexer(ids)
+        existing = rows_of(self.profile_ids_, self.id_index_, ids)
         old = existing >= 0
         zones = list(self.zones_)
         cohorts = list(self.cohorts_)
@@ -673,7 +686,11 @@ class SendTimeModel(EstimatorParams):
         # (168 values a profile) take the batch's rows over their mapped base, the other
         # arrays are copied once (never written in place: a detached copy shares them)
         added = pd.Index(ids[~old], dtype="string")
-        order = id_merge_order(self.profile_ids_, np.zeros(len(self.profile_ids_), bool), added)
+        keep = np.zeros(len(self.profile_ids_), bool)
+        if self.id_index_ is not None:
+            order = self.id_index_.merge_order(self.profile_ids_, keep, added)
+        else:
+            order = id_merge_order(self.profile_ids_, keep, added)
         where = np.empty(len(order), dtype=np.int64)  # each held row's position after the merge
         where[order] = np.arange(len(order))
         for name, values in rows.items():
@@ -691,6 +708,8 @@ class SendTimeModel(EstimatorParams):
             setattr(self, name, merged)
         all_ids = self.profile_ids_.append(added)
         self.profile_ids_ = pd.Index(all_ids[order], name="profile_id")
+        if self.id_index_ is not None:
+            self.id_index_ = self.id_index_.merged([], added, self.profile_ids_)
         logger.debug("send time: %d curves refreshed", n)
         return self
 
