@@ -114,6 +114,21 @@ def test_repeat_purchases_are_days_not_order_lines() -> None:
     np.testing.assert_allclose(T, [age, age])
 
 
+def test_a_log_where_nobody_drops_out_still_fits_and_ranks() -> None:
+    # Poisson purchases at Gamma-distributed rates, no drop-out: the likelihood peaks at the
+    # edge (a -> 0) and the optimiser stops short of its default tolerance there (in this
+    # draw under every penalty too: the baseline predicted the base rate before the looser one)
+    rng = np.random.default_rng(5)
+    rate = rng.gamma(0.7, 1 / 8.8, 1000)  # purchases a week
+    T = rng.uniform(0.05, 30, 1000)
+    x = rng.poisson(rate * T).astype(float)
+    t_x = np.where(x > 0, T * rng.beta(np.maximum(x, 1), 1), 0.0)  # the last of x in (0, T)
+    y = (rng.poisson(rate * 4) > 0).astype(int)
+    bgnbd = BGNBDBaseline("purchase", horizon_days=28).fit(_history_frame(x, t_x, T), y)
+    assert bgnbd.params_ is not None and bgnbd.params_["a"] < 1e-3  # nobody drops out
+    assert metrics.roc_auc(y, bgnbd.predict_proba(_history_frame(x, t_x, T))) > 0.7
+
+
 def test_the_guard_can_serve_bgnbd() -> None:
     aucs = {"model": 0.70, "baseline_rf_logreg": 0.71, "baseline_bgnbd": 0.74}
     assert choose_served(aucs) == "baseline_bgnbd"
