@@ -15,6 +15,9 @@ figure is measured on what happened after it, the same events and cutoff for eve
   The served lookalike against centroid similarity and a plain positive-unlabelled LightGBM on
   the bundle's own features, and the base rate (a random audience).
 
+Under the table, one line per run: the propensity guard's candidates on its held-out window
+(as ``train`` reports them), what it chose, and what the saved bundle serves.
+
     python bench/quality.py                      # Online Retail, three cutoffs, 90 days
     python bench/quality.py --horizon 30
     python bench/quality.py --demo 3000 --seeds 0 1
@@ -242,6 +245,19 @@ def lookalike_rows(
     }
 
 
+def _guard_line(result: dmp_ml.TrainResult, bundle: dmp_ml.ModelBundle) -> str:
+    """The propensity guard's held-out comparison and what the loaded bundle serves."""
+    step = result.steps.get("propensity")
+    model = bundle.propensity
+    if step is None or step.status != "trained" or model is None:
+        return "propensity not trained"
+    serves = model.served
+    if serves == "blend":
+        serves += f" of model and {model.blend_.baseline}"
+    agrees = "" if model.served == step.details["served"] else " (NOT what the guard chose)"
+    return f"{step.details['comparison']}; the bundle serves {serves}{agrees}"
+
+
 def evaluate(
     name: str,
     events: pd.DataFrame | Path,
@@ -250,7 +266,8 @@ def evaluate(
     mapping: Path | None = None,
     profiles: pd.DataFrame | None = None,
     consent: pd.DataFrame | None = None,
-) -> list[dict[str, object]]:
+) -> tuple[list[dict[str, object]], str]:
+    """The table's rows for one data set and cutoff, and its guard line."""
     as_of = pd.Timestamp(cutoff, tz="UTC")
     frame = (
         dmp_ml.load_events(events, mapping=mapping).frame if isinstance(events, Path) else events
@@ -265,6 +282,7 @@ def evaluate(
         )
         seconds = time.perf_counter() - started
         bundle = dmp_ml.load_bundle(result.bundle_path)
+        guard = f"{name} {cutoff}: {_guard_line(result, bundle)}"
         end = as_of + pd.Timedelta(days=horizon)
         history = _resolved(frame[frame["event_time"] < end], end, settings)
         for model, measure in (
@@ -296,7 +314,7 @@ def evaluate(
                     "train_s": round(seconds, 1),
                 }
             )
-    return rows
+    return rows, guard
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -340,12 +358,18 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows: list[dict[str, object]] = []
+    guards: list[str] = []
     for name, events, cutoff, profiles, consent in data_sets(args):
-        rows += evaluate(name, events, cutoff, args.horizon, profiles=profiles, consent=consent)
+        run, guard = evaluate(
+            name, events, cutoff, args.horizon, profiles=profiles, consent=consent
+        )
+        rows += run
+        guards.append(guard)
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     print(f"horizon {args.horizon} days; every figure on events after the cutoff")
     print(table.to_string(index=False))
+    print("\n".join(guards))
     return 0
 
 

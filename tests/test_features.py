@@ -105,6 +105,9 @@ def test_counts_recency_value_and_tenure_on_a_hand_written_log(tiny: FeatureTabl
     assert p1["purchase_count_30d"] == 1
     assert p1["purchase_count_90d"] == 2
     assert p1["purchase_count_total"] == 3
+    assert p1["purchase_days_total"] == 3
+    # two opens 12 hours apart in one 24-hour period: two events, one occasion
+    assert (p1["email_open_count_total"], p1["email_open_days_total"]) == (2, 1)
     assert p1["days_since_purchase"] == 14.0
     assert p1["email_send_count_7d"] == 1
     assert p1["email_open_count_30d"] == 2

@@ -10,7 +10,9 @@ Only events with ``event_time < as_of`` count, after identity resolution
   ``event_count_{w}d``, ``event_count_total``, ``active_days_{w}d`` (how many of the 24-hour
   periods ``(as_of - (k + 1) days, as_of - k days]``, k < w, hold an event),
   ``activity_decayed`` (engagement events weighted ``0.5 ** (age_days / half_life_days)``);
-* per event type: ``{type}_count_{w}d``, ``{type}_count_total``, ``days_since_{type}``,
+* per event type: ``{type}_count_{w}d``, ``{type}_count_total``, ``{type}_days_total``
+  (occasions: how many of the 24-hour periods of ``active_days``, over the whole history,
+  hold one; a basket logged as ten order lines is one purchase day), ``days_since_{type}``,
   ``{type}_decayed``, ``{type}_tenure_days`` (since the first one) and
   ``{type}_mean_gap_days`` (first to last over count - 1: the mean time between them, NaN
   below two). The vocabulary is the well-known types (always present, so the schema is

@@ -72,6 +72,23 @@ def _unique_per_profile(prof: np.ndarray, campaign: np.ndarray, n: int) -> np.nd
     return out
 
 
+def _days_per_type(a: EventArrays, n: int, n_types: int, as_of_ns: int) -> np.ndarray:
+    """Distinct 24-hour periods ``(as_of - (k + 1) days, as_of - k days]`` holding an event,
+    per event type and profile, shape (n_types, n): the occasions a log with one row per order
+    line counts many times over."""
+    if len(a) == 0:
+        return np.zeros((n_types, n))
+    n_days = int((as_of_ns - int(a.t.min()) - 1) // DAY_NS) + 1
+    keys = np.empty(len(a), dtype=np.int64)  # (profile, type, period) as one number
+    for sl in identity.chunks(len(a)):
+        group = a.prof[sl].astype(np.int64) * n_types + a.etype[sl]
+        keys[sl] = group * n_days + (as_of_ns - a.t[sl] - 1) // DAY_NS
+    keys.sort()  # np.sort, not np.unique: a plain sort is many times faster here
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    groups = keys[first] // n_days
+    return np.bincount(groups, minlength=n * n_types).reshape(n, n_types).T.astype(np.float64)
+
+
 def aggregate(
     a: EventArrays, n: int, p: FeatureParams, tz_codes: np.ndarray, tz_names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -165,11 +182,15 @@ def aggregate(
             other = pool.submit(mixes)
             timing()
             hits = campaigns()  # the lighter half takes them
+            days = _days_per_type(a, n, len(slugs), p.as_of_ns)
             other.result()
     else:
         timing()
         mixes()
         hits = campaigns()
+        days = _days_per_type(a, n, len(slugs), p.as_of_ns)
+    block[[pos[f"{s}_days_total"] for s in slugs]] = days
+    del days
 
     # windows are cumulative: bin b holds events in window b but not in window b-1
     # (row-wise, in place: no copy of the block)

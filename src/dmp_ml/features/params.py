@@ -69,7 +69,7 @@ class FeatureParams:
         cols += ["activity_decayed"]
         for s in self.type_slugs:
             cols += [f"{s}_count_{d}d" for d in w]
-            cols += [f"{s}_count_total", f"days_since_{s}", f"{s}_decayed"]
+            cols += [f"{s}_count_total", f"{s}_days_total", f"days_since_{s}", f"{s}_decayed"]
             cols += [f"{s}_tenure_days", f"{s}_mean_gap_days"]
         cols += [f"value_sum_{d}d" for d in w] + ["value_sum_total", "value_mean"]
         cols += [f"category_share_{s}" for s in self.category_slugs] + ["category_share_other"]

@@ -43,7 +43,7 @@ def _history_frame(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> pd.DataFram
     them, in days)."""
     return pd.DataFrame(
         {
-            "purchase_count_total": x + 1.0,
+            "purchase_days_total": x + 1.0,
             "days_since_purchase": (T - t_x) * 7.0,
             "purchase_tenure_days": T * 7.0,
         }
@@ -86,6 +86,47 @@ def test_bgnbd_ranks_a_later_snapshot_of_a_sparse_world_and_round_trips(sparse) 
     names, contrib = loaded.contributions(X_test)
     assert names == ["purchase_expected_bgnbd", "never_purchase"] and contrib.shape[1] == 2
     assert list(loaded.reason_inputs(X_test).columns) == names
+
+
+def test_repeat_purchases_are_days_not_order_lines() -> None:
+    # an order-line log: every basket is many rows with the same timestamp or minutes apart
+    as_of = pd.Timestamp("2024-06-01", tz="UTC")
+    one_day = [
+        pd.Timestamp("2024-03-01 10:00", tz="UTC") + pd.Timedelta(minutes=i) for i in range(10)
+    ]
+    two_days = one_day[:5] + [t + pd.Timedelta(days=30) for t in one_day[5:]]
+    times = one_day + two_days
+    log = pd.DataFrame(
+        {
+            "event_time": pd.DatetimeIndex(times).as_unit("ns"),
+            "cookie_id": pd.array([None] * 20, dtype="string"),
+            "profile_id": pd.array(["one_day"] * 10 + ["two_days"] * 10, dtype="string"),
+            "event_type": pd.array(["purchase"] * 20, dtype="string"),
+            "value": np.full(20, 5.0),
+        }
+    )
+    X = dmp_ml.build_features(log, as_of).frame.loc[["one_day", "two_days"]]
+    assert X["purchase_count_total"].tolist() == [10, 10]
+    x, t_x, T = BGNBDBaseline("purchase").history(X)
+    assert x.tolist() == [0, 1]
+    age = (as_of - one_day[0]) / pd.Timedelta(days=1)
+    np.testing.assert_allclose(t_x, [0.0, 30 + 9 / 1440])  # first line to the last
+    np.testing.assert_allclose(T, [age, age])
+
+
+def test_a_log_where_nobody_drops_out_still_fits_and_ranks() -> None:
+    # Poisson purchases at Gamma-distributed rates, no drop-out: the likelihood peaks at the
+    # edge (a -> 0) and the optimiser stops short of its default tolerance there (in this
+    # draw under every penalty too: the baseline predicted the base rate before the looser one)
+    rng = np.random.default_rng(5)
+    rate = rng.gamma(0.7, 1 / 8.8, 1000)  # purchases a week
+    T = rng.uniform(0.05, 30, 1000)
+    x = rng.poisson(rate * T).astype(float)
+    t_x = np.where(x > 0, T * rng.beta(np.maximum(x, 1), 1), 0.0)  # the last of x in (0, T)
+    y = (rng.poisson(rate * 4) > 0).astype(int)
+    bgnbd = BGNBDBaseline("purchase", horizon_days=28).fit(_history_frame(x, t_x, T), y)
+    assert bgnbd.params_ is not None and bgnbd.params_["a"] < 1e-3  # nobody drops out
+    assert metrics.roc_auc(y, bgnbd.predict_proba(_history_frame(x, t_x, T))) > 0.7
 
 
 def test_the_guard_can_serve_bgnbd() -> None:

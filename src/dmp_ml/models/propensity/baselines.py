@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import math
 import re
@@ -313,6 +314,11 @@ class RFMLightGBMBaseline:
 
 WEEK_DAYS = 7.0
 """BG/NBD is fitted in weeks: day-scale ages make its optimiser lose precision."""
+TOL, LOOSE_TOL = 1e-7, 1e-6
+"""The BG/NBD optimiser's tolerance (``lifetimes``' default), and the one a fit is retried with
+when no penalty converges: where nobody seems to drop out the likelihood is highest at the
+edge (``a`` to 0, ``b`` without bound) and the optimiser stops there short of 1e-7, "precision
+loss" with its gradient already near 0 (Online Retail's purchase days, 2011)."""
 
 
 _DROP_GRID = np.r_[0.0, np.geomspace(1e-8, 1.0, 160)]
@@ -372,7 +378,8 @@ def expected_column(target_event: str) -> str:
 class BGNBDBaseline:
     """BG/NBD buy-till-you-die model of the target event, scored as expected purchases.
 
-    Each row's repeat count ``x = {event}_count_total - 1`` (at most one a day), age
+    Each row's repeat occasions ``x = {event}_days_total - 1`` (the days with the event after
+    the first: a basket logged as many order lines is one purchase), age
     ``T = {event}_tenure_days`` and first-to-last span ``t_x = T - days_since_{event}`` (days,
     as of the row's cutoff) feed
     ``lifetimes.BetaGeoFitter`` (in weeks) over the rows with at least one event; a row's
@@ -390,7 +397,8 @@ class BGNBDBaseline:
         The window the expectation is taken over (the propensity horizon).
     penalizer : float
         L2 penalty on the BG/NBD parameters (``lifetimes``' ``penalizer_coef``; 0 = plain
-        maximum likelihood). A fit that does not converge is retried with 1e-3, then 1e-2.
+        maximum likelihood). A fit that does not converge is retried with 1e-3, then 1e-2,
+        then all three again at the looser tolerance ``LOOSE_TOL``.
     """
 
     def __init__(
@@ -402,28 +410,26 @@ class BGNBDBaseline:
 
     def _columns(self) -> tuple[str, str, str]:
         s = slug(self.target_event)
-        return f"{s}_count_total", f"days_since_{s}", f"{s}_tenure_days"
+        return f"{s}_days_total", f"days_since_{s}", f"{s}_tenure_days"
 
-    def _history(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(x, t_x, T) per row, NaN where the event never happened; None without the columns."""
+    def history(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """BG/NBD's inputs per row in days: repeat occasions ``x`` (days with the event after
+        the first), span ``t_x`` from the first to the last (0 without a repeat) and age ``T``,
+        each (n,) and NaN where the event never happened; None without the columns."""
         if any(c not in X.columns for c in self._columns()):
             return None
-        count, since, age = (
+        days, since, age = (
             pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
             for c in self._columns()
         )
-        bought = (count >= 1) & (age > 0) & ~np.isnan(since)
-        T = np.where(bought, age, np.nan)
-        t_x = np.where(bought, np.clip(age - since, 0.0, None), np.nan)
-        # repeat occasions, at most one a day: a log with one row per order line counts a
-        # basket many times, and BG/NBD needs no repeat when first and last coincide
-        x = np.minimum(count - 1, np.floor(np.nan_to_num(t_x)))
-        t_x = np.where(x > 0, t_x, 0.0)  # no repeat: the span is 0 by definition
-        return np.where(bought, x, np.nan), np.where(bought, t_x, np.nan), T
+        bought = (days >= 1) & (age > 0) & ~np.isnan(since)
+        x = np.where(bought, days - 1, np.nan)
+        t_x = np.where(x > 0, np.clip(age - since, 0.0, None), 0.0)
+        return x, np.where(bought, t_x, np.nan), np.where(bought, age, np.nan)
 
     def expected_purchases(self, X: pd.DataFrame) -> np.ndarray:
         """Expected target events in the horizon per row (0 where it never happened), (n,)."""
-        history = self._history(X)
+        history = self.history(X)
         if history is None or self.params_ is None:
             return np.zeros(len(X))
         x, t_x, T = history
@@ -450,11 +456,12 @@ class BGNBDBaseline:
         return fitter
 
     def _fit_params(self, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> dict[str, float] | None:
-        """BG/NBD parameters (r, alpha, a, b); a stronger penalty when the fit does not
-        converge, None (with a warning) when it never does."""
+        """BG/NBD parameters (r, alpha, a, b); a stronger penalty, then a looser tolerance, when
+        the fit does not converge, None (with a warning) when it never does."""
         from lifetimes.utils import ConvergenceError
 
-        for penalizer in (self.penalizer, *(p for p in (1e-3, 1e-2) if p > self.penalizer)):
+        penalizers = (self.penalizer, *(p for p in (1e-3, 1e-2) if p > self.penalizer))
+        for tol, penalizer in itertools.product((TOL, LOOSE_TOL), penalizers):
             fitter = self._fitter()
             fitter.penalizer_coef = penalizer
             try:
@@ -465,16 +472,16 @@ class BGNBDBaseline:
                     np.errstate(all="ignore"),
                 ):
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    fitter.fit(x, t_x, T)
+                    fitter.fit(x, t_x, T, tol=tol)
             except ConvergenceError:
-                logger.info("BG/NBD fit did not converge with penalizer %g", penalizer)
+                logger.info("BG/NBD fit did not converge: penalizer %g, tol %g", penalizer, tol)
                 continue
             return {k: float(v) for k, v in fitter.params_.items()}
         logger.warning("BG/NBD fit did not converge: the BG/NBD baseline predicts the base rate")
         return None
 
     def _inputs(self, X: pd.DataFrame) -> np.ndarray:
-        history = self._history(X)
+        history = self.history(X)
         never = np.ones(len(X)) if history is None else np.isnan(history[2]).astype(np.float64)
         return np.column_stack([np.log1p(self.expected_purchases(X)), never])
 
@@ -483,7 +490,7 @@ class BGNBDBaseline:
         self.base_rate_ = float(y.mean())
         self.params_: dict[str, float] | None = None
         self.model_: LogisticRegression | None = None
-        history = self._history(X)
+        history = self.history(X)
         if history is None:
             logger.warning("no %s history columns: BG/NBD baseline = base rate", self.target_event)
             return self
@@ -519,7 +526,7 @@ class BGNBDBaseline:
     def reason_inputs(self, X: pd.DataFrame) -> pd.DataFrame:
         """Expected events in the horizon and "never did it" (0/1), as :meth:`contributions`
         names them."""
-        history = self._history(X)
+        history = self.history(X)
         never = np.ones(len(X)) if history is None else np.isnan(history[2]).astype(np.float64)
         values = np.column_stack([self.expected_purchases(X), never])
         return pd.DataFrame(values, index=X.index, columns=self._names())
