@@ -155,3 +155,32 @@ def test_expected_purchases_match_the_closed_form_and_stay_finite_where_it_break
     assert np.isfinite(expected).all()
     once = x == 0
     np.testing.assert_allclose(expected[once], 3.38 / (6.96 + T[once]) * 4.0, rtol=1e-3)
+
+
+def test_a_bundle_fitted_on_order_lines_keeps_scoring_as_it_was_trained() -> None:
+    # a BG/NBD state saved before purchase days were counted: its parameters were fitted on
+    # order lines (at most one repeat a day), and its feature table has no purchase_days_total
+    X = pd.DataFrame(
+        {
+            "purchase_count_total": [10.0, 3.0, 0.0],
+            "days_since_purchase": [6.0, 40.0, np.nan],
+            "purchase_tenure_days": [7.0, 100.0, np.nan],  # first and last a day apart
+        }
+    )
+    state = {
+        "kind": "bgnbd",
+        "target_event": "purchase",
+        "horizon_days": 30.0,
+        "penalizer": 0.0,
+        "base_rate": 0.1,
+        "params": {"r": 0.5, "alpha": 5.0, "a": 0.5, "b": 2.0},
+        "coef": [1.5, -1.0],
+        "intercept": -2.0,
+    }
+    old = baseline_from_dict(state)
+    x, t_x, T = old.history(X)
+    np.testing.assert_array_equal(x[:2], [1, 2])  # ten lines a day apart: one repeat
+    np.testing.assert_array_equal(t_x[:2], [1, 60])
+    assert np.isnan(T[2])
+    assert old.expected_purchases(X)[:2].min() > 0  # a refreshed buyer is scored, not zeroed
+    assert baseline_from_dict(state | {"occasions": "days"}).history(X) is None  # no such column

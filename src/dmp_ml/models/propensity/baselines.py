@@ -401,6 +401,12 @@ class BGNBDBaseline:
         then all three again at the looser tolerance ``LOOSE_TOL``.
     """
 
+    occasions: str = "days"
+    """What a repeat is: ``days`` with the event (this version's fits); ``events``, capped at
+    one a day, is how a bundle trained before purchase days were counted fitted its
+    parameters, so such a bundle keeps scoring a refreshed profile as it was trained
+    (its feature table has no ``{event}_days_total``)."""
+
     def __init__(
         self, target_event: str = "purchase", horizon_days: float = 90.0, penalizer: float = 0.0
     ) -> None:
@@ -410,7 +416,8 @@ class BGNBDBaseline:
 
     def _columns(self) -> tuple[str, str, str]:
         s = slug(self.target_event)
-        return f"{s}_days_total", f"days_since_{s}", f"{s}_tenure_days"
+        counted = f"{s}_days_total" if self.occasions == "days" else f"{s}_count_total"
+        return counted, f"days_since_{s}", f"{s}_tenure_days"
 
     def history(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """BG/NBD's inputs per row in days: repeat occasions ``x`` (days with the event after
@@ -423,8 +430,11 @@ class BGNBDBaseline:
             for c in self._columns()
         )
         bought = (days >= 1) & (age > 0) & ~np.isnan(since)
+        span = np.clip(age - since, 0.0, None)
+        if self.occasions == "events":  # at most one repeat a day
+            days = np.minimum(days, np.floor(np.nan_to_num(span)) + 1)
         x = np.where(bought, days - 1, np.nan)
-        t_x = np.where(x > 0, np.clip(age - since, 0.0, None), 0.0)
+        t_x = np.where(x > 0, span, 0.0)
         return x, np.where(bought, t_x, np.nan), np.where(bought, age, np.nan)
 
     def expected_purchases(self, X: pd.DataFrame) -> np.ndarray:
@@ -535,6 +545,7 @@ class BGNBDBaseline:
         """JSON-ready state (what :func:`baseline_from_dict` reads back)."""
         state: dict[str, Any] = {
             "kind": "bgnbd",
+            "occasions": self.occasions,
             "target_event": self.target_event,
             "horizon_days": float(self.horizon_days),
             "penalizer": float(self.penalizer),
@@ -573,6 +584,7 @@ def baseline_from_dict(state: dict[str, Any]) -> Baseline:
         return rfm
     if state["kind"] == "bgnbd":
         bgnbd = BGNBDBaseline(state["target_event"], state["horizon_days"], state["penalizer"])
+        bgnbd.occasions = state.get("occasions", "events")  # older bundles: order lines
         bgnbd.base_rate_ = float(state["base_rate"])
         bgnbd.params_ = state["params"]
         bgnbd.model_ = _logistic(state["coef"], state["intercept"]) if "coef" in state else None
