@@ -27,17 +27,11 @@ import pandas as pd
 from dmp_ml import bundle as bundle_io
 from dmp_ml import layout
 from dmp_ml.activation import write_contacts
-from dmp_ml.contract import (
-    LoadResult,
-    clock_limit,
-    data_end,
-    load_consent,
-    load_events,
-    load_profiles,
-)
+from dmp_ml.contract import LoadResult, clock_limit, data_end
 from dmp_ml.erasure import apply_erasure_list, read_erasure_list
 from dmp_ml.errors import InsufficientDataError, storage_errors
 from dmp_ml.features import FeatureBuilder
+from dmp_ml.inputs import load_inputs
 from dmp_ml.mapping import ColumnMapping
 from dmp_ml.models import REGISTRY, train_step
 from dmp_ml.pages import release_free_memory
@@ -142,15 +136,20 @@ def _train(
     peaks = StagePeaks()
     workdir.mkdir(parents=True, exist_ok=True)
     loads: dict[str, dict[str, Any]] = {}
-    events_df = _input(events, "events", load_events, mapping, settings, workdir, loads)
+    files = load_inputs(
+        *(None if isinstance(source, pd.DataFrame) else source for source in (events, *people)),
+        mapping=mapping,
+        profiles_mapping=profiles_mapping,
+        consent_mapping=consent_mapping,
+        settings=settings.contract,
+    )
+    events_df = _input(events, files.events, "events", files.seconds, workdir, loads)
     assert events_df is not None
     events_df = merge_incoming(events_df, workdir)  # batches applied by near-real-time refresh
     limit = clock_limit(settings.contract)
     as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else utc(as_of, "as_of")
-    profiles_df = _input(
-        profiles, "profiles", load_profiles, profiles_mapping, settings, workdir, loads
-    )
-    consent_df = _input(consent, "consent", load_consent, consent_mapping, settings, workdir, loads)
+    profiles_df = _input(profiles, files.profiles, "profiles", files.seconds, workdir, loads)
+    consent_df = _input(consent, files.consent, "consent", files.seconds, workdir, loads)
     fingerprint = _fingerprint(events_df)
     version = f"{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}"
     outcomes: dict[str, StepOutcome] = {}
@@ -263,26 +262,27 @@ def _log_seconds(
 
 def _input(
     source: str | Path | pd.DataFrame | None,
+    loaded: LoadResult | None,
     kind: str,
-    loader: Callable[..., LoadResult],
-    mapping: ColumnMapping | str | Path | None,
-    settings: Settings,
+    seconds: dict[str, float],
     workdir: Path,
     loads: dict[str, dict[str, Any]],
 ) -> pd.DataFrame | None:
-    if source is None:
-        return None
+    """The frame of one input: a frame given as it is, or the file :func:`load_inputs` loaded
+    (its quarantined rows written under the workdir); its report goes into ``loads``."""
     if isinstance(source, pd.DataFrame):
         loads[kind] = {"rows_loaded": len(source), "source": "dataframe"}
         return source
-    result = loader(source, mapping=mapping, settings=settings.contract)
-    report = result.report.to_dict()
-    if len(result.quarantine):
+    if loaded is None:
+        return None
+    report = loaded.report.to_dict()
+    if len(loaded.quarantine):
         report["quarantine"] = str(
-            result.write_quarantine(layout.quarantine_dir(workdir) / f"{kind}.parquet")
+            loaded.write_quarantine(layout.quarantine_dir(workdir) / f"{kind}.parquet")
         )
+    report["seconds"] = round(seconds[kind], 3)
     loads[kind] = report
-    return result.frame
+    return loaded.frame
 
 
 def _fingerprint(events: pd.DataFrame) -> str:

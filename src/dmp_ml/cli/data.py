@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,8 @@ from dmp_ml.cli.common import (
     out,
     settings_for,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def validate(
@@ -119,10 +122,8 @@ def features(
     config: ConfigOpt = None,
 ) -> None:
     """Build point-in-time features per profile and write them to Parquet."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from dmp_ml.contract import load_consent, load_events, load_profiles
     from dmp_ml.features import build_features
+    from dmp_ml.inputs import load_inputs
     from dmp_ml.pages import disable_huge_pages, keep_freed_memory
 
     disable_huge_pages()  # gigabytes of short-lived memory: 4 kB pages cost far less to fault
@@ -134,28 +135,36 @@ def features(
             update={k: v for k, v in feature_overrides.items() if v is not None}
         )
         settings = settings.model_copy(update={"features": section})
-    engine_name = settings.features.engine
-    names = ["loading events", "loading profiles and consent", f"building features ({engine_name})"]
-    with Steps("features", [*names, "writing Parquet"]) as steps, ThreadPoolExecutor(1) as side:
+    loading = "loading events" + (", profiles and consent" if profiles or consent else "")
+    names = [loading, f"building features ({settings.features.engine})", "writing Parquet"]
+    with Steps("features", names) as steps:
         steps.next()
-        # profiles and consent (small) are read beside the events, whose load leaves gaps
-        given = (
-            (load_profiles, profiles, profiles_mapping),
-            (load_consent, consent, consent_mapping),
-        )
-        prof, cons = (
-            side.submit(load, path, how, settings.contract) if path else None
-            for load, path, how in given
-        )
         # text kept as Parquet's dictionaries: the build reads codes, never one string a row
-        loaded = load_events(events, mapping=mapping, settings=settings.contract, dictionaries=True)
-        steps.next()
-        prof_frame = prof.result().frame if prof is not None else None
-        cons_frame = cons.result().frame if cons is not None else None
-        steps.next()
-        table = build_features(
-            loaded.frame, as_of, prof_frame, cons_frame, settings, encoded=loaded.encoded
+        inputs = load_inputs(
+            events,
+            profiles,
+            consent,
+            mapping=mapping,
+            profiles_mapping=profiles_mapping,
+            consent_mapping=consent_mapping,
+            settings=settings.contract,
+            dictionaries=True,
         )
+        logger.info(
+            "features: loaded %s",
+            ", ".join(f"{kind} in {seconds:.2f} s" for kind, seconds in inputs.seconds.items()),
+        )
+        steps.next()
+        assert inputs.events is not None
+        table = build_features(
+            inputs.events.frame,
+            as_of,
+            inputs.profiles.frame if inputs.profiles else None,
+            inputs.consent.frame if inputs.consent else None,
+            settings,
+            encoded=inputs.events.encoded,
+        )
+        del inputs  # the log is done with: its memory serves the write, not the exit
         steps.next()
         table.to_parquet(out_path)
     from rich.table import Table
