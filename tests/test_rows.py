@@ -39,6 +39,24 @@ def test_duplicated_rows_matches_pandas(n: int, in_time_order: bool) -> None:
             assert expected.sum() > 10  # the log does repeat rows, so the check means something
 
 
+def test_duplicated_rows_of_a_big_log_in_time_order_match_pandas() -> None:
+    """Enough rows sharing their time to be narrowed in two halves side by side."""
+    rng = np.random.default_rng(7)
+    n = 1_200_000
+    ids = np.array([f"p{i}" for i in range(400)], dtype=object)
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(np.sort(rng.integers(0, 400_000, n)), unit="s"),
+            "profile_id": pd.array(ids[rng.integers(0, 400, n)], dtype="string"),
+            "value": rng.integers(0, 5, n).astype(float),
+        }
+    )
+    expected = frame.duplicated(keep="first").to_numpy(bool)
+    assert 0 < expected.sum() < n
+    np.testing.assert_array_equal(duplicated_rows(frame), expected)
+
+
 def test_overlaid_rows_read_like_the_array_they_stand_for(tmp_path) -> None:
     """Rows changed and appended over a base read back as the plain array changed the same
     way would, by positions, slices and masks; the base (a mapped file) is never written, and

@@ -8,7 +8,9 @@ collision never merges two different rows.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,10 @@ def duplicated_rows(
     """``frame.duplicated(keep="first")`` as a boolean array, without comparing every row.
 
     Rows are narrowed down by a hash of their values, one column at a time, keeping only rows
-    whose hash so far repeats; what is left is compared value by value.
+    whose hash so far repeats; what is left is compared value by value. On a big log in time
+    order the rows are narrowed in two halves side by side, cut between two runs of equal
+    times (copies of a row share their time, so no pair of copies is cut apart; NumPy
+    releases the GIL in its loops).
 
     Parameters
     ----------
@@ -34,6 +39,47 @@ def duplicated_rows(
     """
     codes = codes or {}
     candidates, ticks = _may_repeat(frame)
+    cut = _between_runs(ticks) if len(candidates) >= _PARALLEL_CANDIDATES else 0
+    if cut:
+        assert ticks is not None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmp-ml-rows") as helper:
+            later = helper.submit(_narrow, frame, codes, candidates[cut:], ticks[cut:])
+            first = _narrow(frame, codes, candidates[:cut], ticks[:cut])
+            candidates = np.concatenate([first, later.result()])
+    else:
+        candidates = _narrow(frame, codes, candidates, ticks)
+    duplicated = np.zeros(len(frame), dtype=bool)
+    if len(candidates):  # confirmed on the values, or on the codes where they are given
+        left = take_rows(frame[[c for c in frame.columns if c not in codes]], candidates)
+        for column in codes:
+            if column in frame.columns:
+                left[column] = codes[column][candidates]
+        repeated = left.duplicated(keep="first").to_numpy(bool)
+        duplicated[candidates[repeated]] = True
+    return duplicated
+
+
+_PARALLEL_CANDIDATES = 1_000_000  # rows to narrow from which two threads narrow them
+
+
+def _between_runs(ticks: np.ndarray | None) -> int:
+    """A position near the middle of ``ticks`` (sorted) where a new time starts; 0 when none
+    (or when the rows are not in time order: ``ticks`` None)."""
+    if ticks is None or (os.cpu_count() or 1) < 2:
+        return 0
+    middle = len(ticks) // 2
+    cut = int(np.searchsorted(ticks, ticks[middle], side="left"))
+    return cut or int(np.searchsorted(ticks, ticks[middle], side="right")) % len(ticks)
+
+
+def _narrow(
+    frame: pd.DataFrame,
+    codes: Mapping[str, np.ndarray],
+    candidates: np.ndarray,
+    ticks: np.ndarray | None,
+) -> np.ndarray:
+    """The rows of ``candidates`` whose hash over every column repeats (within their run of
+    equal ``ticks`` when given): every repeated row, and perhaps a few others."""
     hashed = np.zeros(len(candidates), dtype=np.uint64)
     raw = ticks is not None  # runs compare hashes for equality only: the first key as it is
     for number, column in enumerate(frame.columns):
@@ -56,15 +102,7 @@ def duplicated_rows(
         candidates, hashed = candidates[repeats], hashed[repeats]
     if ticks is None:
         candidates = candidates[_repeats(hashed, exact=True)]
-    duplicated = np.zeros(len(frame), dtype=bool)
-    if len(candidates):  # confirmed on the values, or on the codes where they are given
-        left = take_rows(frame[[c for c in frame.columns if c not in codes]], candidates)
-        for column in codes:
-            if column in frame.columns:
-                left[column] = codes[column][candidates]
-        repeated = left.duplicated(keep="first").to_numpy(bool)
-        duplicated[candidates[repeated]] = True
-    return duplicated
+    return candidates
 
 
 def missing_text(index: pd.Index) -> pd.Series:
@@ -83,23 +121,28 @@ def keep_rows(frame: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     Arrow text columns are cut chunk by chunk without copying their text: a chunk that loses
     no row is kept as it is, one that loses a few rows becomes the zero-copy slices between
     them, and only a chunk that loses many rows is filtered (copied). Dropping a few duplicates
-    from a log of millions of events then copies none of its text.
+    from a log of millions of events then copies none of its text. On a big frame the columns
+    are cut two at a time (Arrow and NumPy release the GIL while they copy).
     """
     runs = _kept_runs(keep)
-    columns = {}
-    for column in frame.columns:
+
+    def kept(column: Any) -> pd.Series:
         values = frame[column].array
         if isinstance(values, pd.arrays.ArrowStringArray):
             whole = values.__arrow_array__()
-            kept = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
-            columns[column] = pd.Series(pd.arrays.ArrowStringArray(kept), dtype=values.dtype)
-        elif is_dictionary(values.dtype):  # chunk by chunk: only the codes are copied
+            cut = pa.chunked_array(_cut(whole, keep, runs), type=whole.type)
+            return pd.Series(pd.arrays.ArrowStringArray(cut), dtype=values.dtype)
+        if is_dictionary(values.dtype):  # chunk by chunk: only the codes are copied
             whole = values.__arrow_array__()
-            kept = pa.chunked_array(_filter_chunks(whole, keep), type=whole.type)
-            columns[column] = pd.Series(pd.arrays.ArrowExtensionArray(kept))
-        else:
-            columns[column] = pd.Series(values[keep], copy=False)  # a fresh array already
-    return pd.DataFrame(columns, copy=False)
+            cut = pa.chunked_array(_filter_chunks(whole, keep), type=whole.type)
+            return pd.Series(pd.arrays.ArrowExtensionArray(cut))
+        return pd.Series(values[keep], copy=False)  # a fresh array already
+
+    names = list(frame.columns)
+    if len(frame) < _PARALLEL_CANDIDATES or (os.cpu_count() or 1) < 2:
+        return pd.DataFrame({c: kept(c) for c in names}, copy=False)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dmp-ml-rows") as pool:
+        return pd.DataFrame(dict(zip(names, pool.map(kept, names), strict=True)), copy=False)
 
 
 def is_dictionary(dtype: object) -> bool:
