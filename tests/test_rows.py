@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,6 +57,26 @@ def test_duplicated_rows_of_a_big_log_in_time_order_match_pandas() -> None:
     expected = frame.duplicated(keep="first").to_numpy(bool)
     assert 0 < expected.sum() < n
     np.testing.assert_array_equal(duplicated_rows(frame), expected)
+
+
+def test_a_log_with_dates_only_is_checked_for_duplicates_quickly() -> None:
+    """Hundreds of thousands of rows share each time: no comparison of every pair in a run."""
+    rng = np.random.default_rng(3)
+    n = 1_000_000
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(np.sort(rng.integers(0, 4, n)), unit="D"),
+            "profile_id": pd.array(rng.integers(0, 50_000, n).astype(str), dtype="string"),
+            "value": rng.integers(0, 20, n).astype(float),
+        }
+    )
+    expected = frame.duplicated(keep="first").to_numpy(bool)
+    assert 0 < expected.sum() < n
+    started = time.process_time()
+    found = duplicated_rows(frame)
+    assert time.process_time() - started < 20  # pairwise within the runs: far longer
+    np.testing.assert_array_equal(found, expected)
 
 
 def test_overlaid_rows_read_like_the_array_they_stand_for(tmp_path) -> None:

@@ -213,18 +213,32 @@ def _may_repeat(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
     return positions, ticks[positions]
 
 
+_LONGEST_COMPARED_RUN = 32
+"""Runs of equal times up to this long are compared entry by entry; a longer one (a log with
+coarse times, e.g. dates only) would make that quadratic, so the entries are sorted instead."""
+
+
 def _repeats_in_runs(hashed: np.ndarray, ticks: np.ndarray) -> np.ndarray:
     """Which entries share their hash with another entry of the same time.
 
     ``ticks`` is sorted, so the entries of one time form a run: each entry is compared with the
-    one 1, 2, ... places later while that one is still in its run (runs are short: no sort and
-    no hash table over millions of entries).
+    one 1, 2, ... places later while that one is still in its run (runs are usually short: no
+    sort and no hash table over millions of entries). When a run is longer than
+    :data:`_LONGEST_COMPARED_RUN`, the entries are sorted by time and hash and neighbours
+    compared.
     """
     n = len(hashed)
     repeats = np.zeros(n, dtype=bool)
     if n < 2:
         return repeats
     in_run = ticks[1:] == ticks[:-1]
+    starts = np.flatnonzero(~in_run) + 1
+    if int(np.diff(starts, prepend=0, append=n).max()) > _LONGEST_COMPARED_RUN:
+        order = np.lexsort((hashed, ticks))
+        same = (ticks[order[1:]] == ticks[order[:-1]]) & (hashed[order[1:]] == hashed[order[:-1]])
+        repeats[order[1:][same]] = True
+        repeats[order[:-1][same]] = True
+        return repeats
     hit = in_run & (hashed[1:] == hashed[:-1])
     repeats[:-1] |= hit
     repeats[1:] |= hit
