@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dmp_ml.delta import stacked_frame
-from dmp_ml.rows import OverlaidRows, duplicated_rows, id_merge_order, stacked_takes
+from dmp_ml.rows import OverlaidRows, distinct, duplicated_rows, id_merge_order, stacked_takes
 
 
 def _log(n: int, seed: int, in_time_order: bool) -> pd.DataFrame:
@@ -158,3 +158,10 @@ def test_stacked_takes_equal_concatenating_and_taking(n: int, updated: int) -> N
         expected = np.concatenate([first, second])[order]
         np.testing.assert_array_equal(taken, expected)
         np.testing.assert_array_equal(written, expected)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 1000])
+def test_distinct_keys_are_numpys_unique(n: int) -> None:
+    keys = np.random.default_rng(n).integers(-5, 2**40, n) // 3
+    np.testing.assert_array_equal(distinct(keys), np.unique(keys))
+    np.testing.assert_array_equal(distinct(np.repeat(keys, 3)), np.unique(keys))

@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dmp_ml.errors import DataContractError
-from dmp_ml.rows import is_dictionary
+from dmp_ml.rows import distinct, is_dictionary
 from dmp_ml.settings import FeatureSettings
 from dmp_ml.times import utc
 
@@ -533,7 +533,7 @@ def resolve_codes(
     shared_pairs = [graph.link_pairs(link_c, link_p), *[x[2] for x in done]]
     rows = np.concatenate([x[0] for x in done]) if done else np.zeros(0, dtype=np.int64)
     code = np.concatenate([x[1] for x in done]) if done else np.zeros(0, dtype=np.int32)
-    return graph.resolved(rows, code, np.unique(np.concatenate(shared_pairs)), codes.n)
+    return graph.resolved(rows, code, distinct(np.concatenate(shared_pairs)), codes.n)
 
 
 def withdrawn_cookies(consent: pd.DataFrame | None, settings: FeatureSettings) -> list[str]:
@@ -640,9 +640,9 @@ def row_facts(
         np.maximum.at(f["pmax"], c_b, p_b)
         np.maximum.at(f["link_last"], c_b, tt[both])
         if edges:
-            keys.append(np.unique(c_b.astype(np.int64) * (n_p + 1) + p_b))
+            keys.append(distinct(c_b.astype(np.int64) * (n_p + 1) + p_b))
     if edges:
-        f["edges"] = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+        f["edges"] = distinct(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
     return f
 
 
@@ -675,7 +675,7 @@ class Graph:
     def link_pairs(self, link_c: np.ndarray, link_p: np.ndarray) -> np.ndarray:
         """Keys ``cookie * (n_profiles + 1) + profile`` of the links on shared cookies."""
         on = self.shared[link_c]
-        return np.unique(link_c[on] * (self.n_profiles + 1) + link_p[on])
+        return distinct(link_c[on] * (self.n_profiles + 1) + link_p[on])
 
     def resolved(
         self, rows: np.ndarray, code: np.ndarray, shared_pairs: np.ndarray, events_in: int
@@ -888,5 +888,5 @@ def used_rows(
     code = np.where(profile >= 0, graph.profile_out[profile], graph.cookie_out[cookie])
     used = ok & (code >= 0)
     on_shared = ok & (profile >= 0) & graph.shared[cookie]
-    pairs = np.unique(cookie[on_shared].astype(np.int64) * (n_p + 1) + profile[on_shared])
+    pairs = distinct(cookie[on_shared].astype(np.int64) * (n_p + 1) + profile[on_shared])
     return np.flatnonzero(used) + start, code[used].astype(np.int32), pairs

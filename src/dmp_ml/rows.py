@@ -105,6 +105,19 @@ def _narrow(
     return candidates
 
 
+def distinct(keys: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer array.
+
+    ``np.unique`` finds them with a hash table first (NumPy 2.3 and later), which on millions
+    of mostly distinct keys is tens of times slower than sorting a copy and keeping the values
+    that differ from their predecessor (2M distinct int64: 1.2 s against 0.03 s).
+    """
+    out = np.sort(keys, axis=None)
+    if len(out) > 1:
+        out = out[np.concatenate([[True], out[1:] != out[:-1]])]
+    return out
+
+
 def missing_text(index: pd.Index) -> pd.Series:
     """An all-missing ``string`` Series on ``index``, without writing a value per row.
 

@@ -19,7 +19,7 @@ from dmp_ml.contract import SOURCES
 from dmp_ml.features.clock import LocalClock, utc_hour_of_week
 from dmp_ml.features.params import DAY_NS, FeatureParams, vocab_lut
 from dmp_ml.features.table import HOURS_PER_WEEK
-from dmp_ml.rows import is_dictionary
+from dmp_ml.rows import distinct, is_dictionary
 
 ENCODED_COLUMNS = ["event_type", "channel", "source", "category"]
 """The text columns :func:`gather` reads as integer codes (besides the ids)."""
@@ -67,7 +67,7 @@ def _unique_per_profile(prof: np.ndarray, campaign: np.ndarray, n: int) -> np.nd
     out = np.bincount(prof[~has], minlength=n).astype(np.float64)
     if has.any():
         width = int(campaign[has].max()) + 1
-        keys = np.unique(prof[has] * width + campaign[has])
+        keys = distinct(prof[has] * width + campaign[has])
         out += np.bincount(keys // width, minlength=n)
     return out
 
@@ -244,8 +244,8 @@ def aggregate(
 
     # email: distinct campaigns opened / clicked in the longest window, capped at sends
     sends = block[count_rows[p.send_index, n_w - 1]]
-    for name, distinct in zip(("_email_opens", "_email_clicks"), hits, strict=True):
-        block[pos[name]] = np.minimum(distinct, sends)
+    for name, n_campaigns in zip(("_email_opens", "_email_clicks"), hits, strict=True):
+        block[pos[name]] = np.minimum(n_campaigns, sends)
     block[pos["_email_sends"]] = sends
     return block, how
 

@@ -27,6 +27,7 @@ from dmp_ml.features.params import (
 from dmp_ml.features.profiles import profile_attributes, profile_timezones
 from dmp_ml.features.table import FEATURE_VERSION, FeatureSpec, FeatureTable
 from dmp_ml.pages import small_pages
+from dmp_ml.rows import distinct
 from dmp_ml.settings import FeatureSettings, Settings, load_settings
 from dmp_ml.times import utc
 
@@ -407,4 +408,4 @@ class FeatureBuilder:
             return res.profiles.index[:0]
         t = self._codes.t[res.rows]
         hit = (kind[res.rows] == target) & (t >= utc(start).value) & (t < utc(end).value)
-        return res.profiles.index[np.unique(res.profile_codes[hit])]
+        return res.profiles.index[distinct(res.profile_codes[hit])]

@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dmp_ml import identity
+from dmp_ml.rows import distinct
 from dmp_ml.scale.cluster import map_parts
 from dmp_ml.settings import FeatureSettings
 from dmp_ml.times import utc
@@ -221,7 +222,7 @@ def resolve_on_dask(
     )
     rows = np.concatenate([x[0] for x in out])
     code = np.concatenate([x[1] for x in out])
-    pairs = np.unique(np.concatenate([graph.link_pairs(link_c, link_p), *[x[2] for x in out]]))
+    pairs = distinct(np.concatenate([graph.link_pairs(link_c, link_p), *[x[2] for x in out]]))
     events_in = sum(int(x[3]) for x in out)
     return graph.resolved(rows, code, pairs, events_in)
 
