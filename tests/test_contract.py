@@ -533,3 +533,23 @@ def test_parquet_text_loads_as_the_same_log_written_as_csv(tmp_path: Path) -> No
         expected_codes, expected_values = encode(from_parquet.frame[column], len(codes))
         np.testing.assert_array_equal(codes, expected_codes)
         assert values.equals(expected_values)
+
+
+def test_a_log_of_dates_without_times_loads_with_a_warning(tmp_path: Path, caplog) -> None:
+    days = pd.date_range("2026-01-01", periods=120, freq="D")
+    rows = "\n".join(f"{d:%Y-%m-%d},c{i % 7},purchase" for i, d in enumerate(days))
+    result = load_events(write(tmp_path, "event_time,cookie_id,event_type\n" + rows + "\n"))
+    assert_accounted(result)
+    assert result.report.warnings == {"every_event_at_one_time_of_day": 120}
+    assert "all 120 events are at 00:00 UTC" in caplog.text
+    # a log with times of day, or too short to tell, says nothing
+    timed = "\n".join(f"{d:%Y-%m-%d} {i % 24:02d}:15,c1,purchase" for i, d in enumerate(days))
+    assert (
+        load_events(write(tmp_path, "event_time,cookie_id,event_type\n" + timed)).report.warnings
+        == {}
+    )
+    few = "\n".join(rows.split("\n")[:20])
+    assert (
+        load_events(write(tmp_path, "event_time,cookie_id,event_type\n" + few)).report.warnings
+        == {}
+    )

@@ -276,6 +276,14 @@ def _load(
     if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
         encoded = {}  # codes follow first appearance, which sorting changes
+    if kind == "events" and (clock := one_time_of_day(frame["event_time"])) is not None:
+        ctx.warnings["every_event_at_one_time_of_day"] = len(frame)
+        logger.warning(
+            "events: all %d events are at %s UTC: the log holds dates, not times, so the "
+            "hour-of-week features and send-time curves cannot tell when profiles engage",
+            len(frame),
+            clock,
+        )
     by_reason = (
         quarantine["reason"].value_counts().sort_index().to_dict() if len(quarantine) else {}
     )
@@ -493,6 +501,26 @@ def _clean(text: pa.Array | pa.ChunkedArray, lower: bool) -> pa.Array | pa.Chunk
 
 
 # --------------------------------------------------------------------------- times
+
+
+ONE_TIME_OF_DAY_ROWS = 100
+"""Events from which a log whose times all share one time of day is taken for a log of dates."""
+
+
+def one_time_of_day(times: pd.Series) -> str | None:
+    """The one time of day (``HH:MM`` UTC) every one of at least :data:`ONE_TIME_OF_DAY_ROWS`
+    event times falls at, e.g. midnight in a log of dates; None when they differ (the first
+    thousand tell, almost always)."""
+    if len(times) < ONE_TIME_OF_DAY_ROWS:
+        return None
+    ticks = times.array.asi8
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[times.array.unit]
+    day = 86_400 * per_second
+    first = ticks[0] % day
+    if ((ticks[:1000] % day) != first).any() or ((ticks % day) != first).any():
+        return None
+    seconds = int(first) // per_second
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
 
 
 def data_end(events: pd.DataFrame, limit: pd.Timestamp | None = None) -> pd.Timestamp:
