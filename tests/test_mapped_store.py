@@ -281,7 +281,9 @@ def _answer_growth(path: Path, runs: int = 3) -> int:
     loaded bundle at ``path``: the least of a few runs (the allocator's arenas add noise).
     Arrays of 64 kB and more are mapped and unmapped by the allocator (glibc's threshold,
     fixed): what an answer only passes through (its work over the population's vectors)
-    goes back to the system instead of staying in a heap grown to its high-water mark."""
+    goes back to the system instead of staying in a heap grown to its high-water mark. The
+    allocator's other tunables are its defaults (``glibc.malloc.hugetlb=1`` in the caller's
+    environment would grow the heap in huge-page steps: megabytes of noise, not data)."""
     readings = []
     for _ in range(runs):
         out = subprocess.run(
@@ -289,7 +291,7 @@ def _answer_growth(path: Path, runs: int = 3) -> int:
             check=True,
             capture_output=True,
             text=True,
-            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "GLIBC_TUNABLES": ""},
         )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(path.name, result)
