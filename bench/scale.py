@@ -42,15 +42,11 @@ _PROBE = r"""
 import gc, json, sys, time
 from pathlib import Path
 
-def uss():
-    # anonymous bytes: what only this process holds, not backed by a file (the
-    # pages of a mapped bundle file are page cache, shared by whoever maps them)
-    gc.collect()
-    return private_anon("self")
+from dmp_ml.peak_memory import private_bytes
 
-def private_anon(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
+def uss():
+    gc.collect()
+    return private_bytes()
 
 import dmp_ml.bundle as b
 from dmp_ml.features import FeatureTable
@@ -128,10 +124,11 @@ for name in REGISTRY:
     model_class(name)
 import faiss, lightgbm, pyarrow.parquet, scipy.sparse  # noqa: F401
 
+from dmp_ml.peak_memory import private_bytes
+
 def uss():
     gc.collect()
-    with open("/proc/self/smaps_rollup") as f:
-        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
+    return private_bytes()
 
 def answer(bundle):
     ids = bundle.features.frame.index[:50].tolist()
@@ -166,12 +163,6 @@ offsets = pd.to_timedelta(range(1000), unit="s")
 batch["event_time"] = as_of + pd.Timedelta(minutes=1 + 30 * k) + offsets
 apply_events(workdir, batch)
 """
-
-
-def private_anon(pid: int | str) -> int:
-    """Anonymous (private, backed by no file) bytes of process ``pid`` (``self``: this one)."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
 
 
 def run(cmd: list[str], **kw: object) -> None:
@@ -339,6 +330,8 @@ def serve_workers(workdir: Path, n_workers: int) -> list[float]:
     """Serve with ``n_workers``, send a few requests; each worker's private (anonymous) MB."""
     import psutil
 
+    from dmp_ml.peak_memory import private_bytes
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -368,9 +361,9 @@ def serve_workers(workdir: Path, n_workers: int) -> list[float]:
                 pass
         time.sleep(1)
         workers = psutil.Process(server.pid).children(recursive=True)
-        return sorted(private_anon(p.pid) / 2**20 for p in workers if "python" in p.name().lower())[
-            -n_workers:
-        ]
+        return sorted(
+            private_bytes(p.pid) / 2**20 for p in workers if "python" in p.name().lower()
+        )[-n_workers:]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)

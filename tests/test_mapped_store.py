@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from dmp_ml.models import model_class
 
+from dmp_ml.peak_memory import private_bytes
+
 def private_anon():
     gc.collect()
-    with open("/proc/self/smaps_rollup") as f:
-        return sum(int(l.split()[1]) * 1024 for l in f if l.startswith("Anonymous:"))
+    return private_bytes()
 
 name, path = sys.argv[1], Path(sys.argv[2])
 cls = model_class(name)
@@ -228,10 +229,11 @@ for name in REGISTRY:
     model_class(name)
 import faiss, lightgbm  # noqa: F401
 
+from dmp_ml.peak_memory import private_bytes
+
 def private_anon():
     gc.collect()
-    with open("/proc/self/smaps_rollup") as f:
-        return sum(int(l.split()[1]) * 1024 for l in f if l.startswith("Anonymous:"))
+    return private_bytes()
 
 bundle = load_bundle(Path(sys.argv[1]), n_threads=1)
 index = bundle.features.frame.index

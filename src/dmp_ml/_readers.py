@@ -64,6 +64,8 @@ def iter_batches(
     """Yield the file's records in batches; raise DataContractError when it is unusable.
 
     A record with a text field longer than ``max_field_bytes`` (UTF-8) is flagged ``TOO_LARGE``.
+    The next batch is read while the caller works on this one (:func:`prefetched`; whole
+    Parquet row groups are read ahead two at a time by their own threads instead).
     """
     path = Path(path)
     if not path.exists():
@@ -75,7 +77,7 @@ def iter_batches(
     if file_format(path) == "parquet":
         yield from _parquet_batches(path, batch_rows, max_field_bytes)
     else:
-        yield from _csv_batches(path, max_field_bytes)
+        yield from prefetched(_csv_batches(path, max_field_bytes))
 
 
 def prefetched(items: Iterator[T]) -> Iterator[T]:
@@ -171,13 +173,15 @@ def _parquet_batches(path: Path, batch_rows: int, max_field_bytes: int) -> Itera
     (Arrow's threads decode the columns of one side by side, then wait for the slowest, often
     a text column rebuilt into a dictionary value by value).
     """
-    try:
-        parquet = pq.ParquetFile(path)
+
+    def opened() -> pq.ParquetFile:
         # text read as Parquet stores it, a dictionary per row group and codes (no decoding
         # into one string per row: the contract trims and checks the distinct values only)
-        text = [f.name for f in parquet.schema_arrow if _is_text(f.type)]
-        if text:
-            parquet = pq.ParquetFile(path, read_dictionary=text)
+        return pq.ParquetFile(path, read_dictionary=text or None)
+
+    try:
+        text = [f.name for f in pq.ParquetFile(path).schema_arrow if _is_text(f.type)]
+        parquet = opened()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataContractError(f"{path}: not a readable Parquet file ({exc})") from exc
     columns = parquet.schema_arrow.names
@@ -200,15 +204,24 @@ def _parquet_batches(path: Path, batch_rows: int, max_field_bytes: int) -> Itera
 
         def row_group(i: int) -> pd.DataFrame:
             if not hasattr(files, "parquet"):  # a reader of its own for each thread
-                files.parquet = pq.ParquetFile(path, read_dictionary=text or None)
+                files.parquet = opened()
             return frame_of(files.parquet.read_row_group(i), int(starts[i]))
 
         yield from _ordered_map(row_group, [i for i, size in enumerate(sizes) if size], 2)
     else:
-        start = 1
-        for batch in parquet.iter_batches(batch_size=batch_rows):
-            yield frame_of(batch, start)
-            start += len(batch)
+        yield from prefetched(_batched(parquet, batch_rows, frame_of))
+
+
+def _batched(
+    parquet: pq.ParquetFile,
+    batch_rows: int,
+    frame_of: Callable[[pa.RecordBatch, int], pd.DataFrame],
+) -> Iterator[pd.DataFrame]:
+    """The file's rows in batches of ``batch_rows``, numbered from 1."""
+    start = 1
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        yield frame_of(batch, start)
+        start += len(batch)
 
 
 def _ordered_map(work: Callable[[int], T], items: list[int], threads: int) -> Iterator[T]:

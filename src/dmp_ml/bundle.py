@@ -53,6 +53,7 @@ from dmp_ml import layout
 from dmp_ml.delta import CHANGE_FILE, Delta, merge_rows, merge_table, read_delta
 from dmp_ml.errors import BundleError
 from dmp_ml.hashing import sha256_file
+from dmp_ml.id_index import rows_of
 from dmp_ml.mapped import map_frame, write_frame
 from dmp_ml.models import REGISTRY, BundleModel, model_class
 from dmp_ml.models.base import ProfileUpdate
@@ -704,10 +705,6 @@ class ModelBundle:
                 model.profile_ids_ = index  # type: ignore[attr-defined]
                 model.id_index_ = self.features.ids  # type: ignore[attr-defined]
 
-    def _rows(self, profile_ids: Iterable[str]) -> np.ndarray:
-        """The feature table's row of each of ``profile_ids`` (-1: unknown), by binary search."""
-        return self.features.rows(profile_ids)
-
     def remap(self) -> None:
         """Read the models, the feature table and the scores again from :attr:`path`, after
         a re-publish wrote them there (refresh, erasure): the edited copies give way to the
@@ -744,10 +741,8 @@ class ModelBundle:
         if profile_ids is None:
             profile_ids = self.scores.index
         ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
-        if self.scores.index is self.features.frame.index:  # the table's rows: its id index
-            rows = self._rows(ids)
-        else:
-            rows = self.scores.index.get_indexer(ids)
+        aligned = self.scores.index is self.features.frame.index  # the table's rows: its index
+        rows = rows_of(self.scores.index, self.features.ids if aligned else None, ids)
         found = rows >= 0
         if self._forgotten:
             found &= ~ids.isin(list(self._forgotten))
@@ -756,7 +751,7 @@ class ModelBundle:
         frame = self.scores.iloc[rows[found]][["score", "percentile"]].reset_index()
         frame = frame.join(self._basis(frame["profile_id"]))
         if explain and known:
-            X = self.features.frame.iloc[self._rows(known)]
+            X = self.features.frame.iloc[self.features.rows(known)]
             propensity = self.propensity
             assert propensity is not None  # "propensity" is in self.models
             frame["reasons"] = propensity.explain(X)
@@ -765,7 +760,7 @@ class ModelBundle:
     def _basis(self, profile_ids: pd.Series) -> pd.DataFrame:
         """The history behind each profile's answers (rows aligned with ``profile_ids``)."""
         table = self.features.frame
-        rows = self._rows(profile_ids.astype(str))
+        rows = self.features.rows(profile_ids.astype(str))
         known = rows >= 0
         basis = pd.DataFrame(index=profile_ids.index)
         for name, column in (

@@ -231,7 +231,7 @@ def _load(
     shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
     rows_read = 0
     batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
-    for raw in _readers.prefetched(batches):
+    for raw in batches:
         rows_read += len(raw)
         reason = rows.missing_text(raw.index)
         for flag, label in _readers.FLAG_REASONS:

@@ -174,7 +174,7 @@ def merge_rows(
     ``frame``'s rows (built here when not given).
     """
     ids = IdIndex.build(frame.index) if ids is None else ids
-    pos, drop = _merge_plan(ids, len(frame), rows.index, removed, in_place)
+    pos, drop = _merge_plan(ids, rows.index, removed, in_place)
     if drop is None:
         write_rows(frame, pos, rows[list(frame.columns)])
         return frame
@@ -202,9 +202,9 @@ def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) ->
 
 
 def _merge_plan(
-    ids: IdIndex, n: int, rows: pd.Index, removed: pd.Index, in_place: bool
+    ids: IdIndex, rows: pd.Index, removed: pd.Index, in_place: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Positions of ``rows`` in the table of ``ids`` (``n`` rows; -1 for new ones), and which
+    """Positions of ``rows`` in the table of ``ids`` (-1 for new ones), and which
     of its rows a new frame leaves out (replaced or removed); None when the rows are written
     in place instead. Found by binary search in the id index: no pass over the population."""
     pos = ids.rows(rows)
@@ -212,7 +212,7 @@ def _merge_plan(
     gone = gone[gone >= 0]
     if in_place and not len(gone) and bool((pos >= 0).all()):
         return pos, None
-    drop = np.zeros(n, dtype=bool)
+    drop = np.zeros(len(ids), dtype=bool)
     drop[gone] = True
     drop[pos[pos >= 0]] = True
     return pos, drop
@@ -227,7 +227,7 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
     removed = delta.change.removed
     frame = current.frame
     ids = current.ids
-    pos, drop = _merge_plan(ids, len(frame), rows.index, removed, in_place)
+    pos, drop = _merge_plan(ids, rows.index, removed, in_place)
     held, fresh = current.hour_of_week, delta.hour_of_week
     if drop is None:
         merged = frame

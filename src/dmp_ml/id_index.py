@@ -240,17 +240,16 @@ class IdIndex:
         gone_keys = _keys(removed)
         new_keys = _keys(added)
         gone = set(self._gone.tolist())
-        extra = dict(zip(self._added.tolist(), range(len(self._added)), strict=True))
+        extra = set(self._added.tolist())
         if gone_keys and len(self._keys):
             at, found = _find(self._keys, gone_keys)
             gone.update(at[found].tolist())
-        for key in gone_keys:
-            extra.pop(key, None)
+        extra.difference_update(gone_keys)
         if new_keys and len(self._keys):
             at, found = _find(self._keys, new_keys)
             gone.difference_update(at[found].tolist())
             new_keys = [k for k, f in zip(new_keys, found, strict=True) if not f]
-        fresh = sorted(set(extra) | set(new_keys))
+        fresh = sorted(extra | set(new_keys))
         width = max((len(k) for k in fresh), default=1) or 1
         added_keys = np.array(fresh, dtype=f"S{width}").reshape(len(fresh))
         out = IdIndex(

@@ -9,12 +9,12 @@ caller waited for it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dmp_ml.contract import LoadResult, load_consent, load_events, load_profiles
 from dmp_ml.mapping import ColumnMapping
@@ -63,10 +63,11 @@ def load_inputs(
     """
     seconds: dict[str, float] = {}
 
-    def timed(kind: str, load: Callable[..., LoadResult], path: Any, how: MappingArg) -> LoadResult:
+    def timed(
+        kind: str, load: Callable[..., LoadResult], path: str | Path, how: MappingArg
+    ) -> LoadResult:
         clock = time.perf_counter()
-        extra = {"dictionaries": dictionaries} if kind == "events" else {}
-        result = load(path, mapping=how, settings=settings, **extra)
+        result = load(path, mapping=how, settings=settings)
         seconds[kind] = time.perf_counter() - clock
         return result
 
@@ -80,7 +81,8 @@ def load_inputs(
     ]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmp-ml-inputs") as side:
         pending = {kind: side.submit(timed, kind, *rest) for kind, *rest in beside}
-        loaded = None if events is None else timed("events", load_events, events, mapping)
+        load = functools.partial(load_events, dictionaries=dictionaries)
+        loaded = None if events is None else timed("events", load, events, mapping)
         done = {kind: future.result() for kind, future in pending.items()}
     order = ("events", "profiles", "consent")
     return Inputs(

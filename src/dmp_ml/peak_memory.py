@@ -7,7 +7,8 @@ so far. Elsewhere (or where ``/proc`` is not writable) :class:`StagePeaks` measu
 and the stages have no figure. Only this process is counted: Dask workers
 (``features.engine: dask``) are processes of their own. The reset also resets the maximum
 resident size ``getrusage`` reports (what ``/usr/bin/time`` prints): for a whole train, read
-the largest stage peak instead.
+the largest stage peak instead. :func:`private_bytes` reads what a process holds on its own
+(its anonymous memory), the figure the serving benchmarks and memory tests compare.
 """
 
 from __future__ import annotations
@@ -61,3 +62,11 @@ class StagePeaks:
             self.mb[stage] = round(peak / 2**20, 1)
             logger.debug("%s: peak resident memory %.0f MB", stage, self.mb[stage])
         self._measured = _reset_peak()
+
+
+def private_bytes(pid: int | str = "self") -> int:
+    """Anonymous bytes of process ``pid`` (``self``: this one): what only it holds, backed by
+    no file (the pages of a mapped bundle are page cache, shared by whoever maps them), from
+    ``/proc/<pid>/smaps_rollup`` (Linux; ``OSError`` elsewhere)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))

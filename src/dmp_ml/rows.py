@@ -105,14 +105,17 @@ def _narrow(
     return candidates
 
 
-def distinct(keys: np.ndarray) -> np.ndarray:
-    """The sorted distinct values of an integer array.
+def distinct(keys: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """The sorted distinct values of an integer array (``in_place``: ``keys``, a 1-d array the
+    caller no longer needs, is sorted instead of a copy).
 
     ``np.unique`` finds them with a hash table first (NumPy 2.3 and later), which on millions
-    of mostly distinct keys is tens of times slower than sorting a copy and keeping the values
-    that differ from their predecessor (2M distinct int64: 1.2 s against 0.03 s).
+    of mostly distinct keys is tens of times slower than sorting and keeping the values that
+    differ from their predecessor (2M distinct int64: 1.2 s against 0.03 s).
     """
-    out = np.sort(keys, axis=None)
+    if in_place:
+        keys.sort()
+    out = keys if in_place else np.sort(keys, axis=None)
     if len(out) > 1:
         out = out[np.concatenate([[True], out[1:] != out[:-1]])]
     return out

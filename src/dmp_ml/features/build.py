@@ -153,7 +153,7 @@ def build_features(
     with engine, small_pages(), ThreadPoolExecutor(max_workers=1) as helper:
         codes = identity.encode_ids(events, encoded=encoded)
         # the campaign ids too when the loader coded them (else gather codes the few it reads)
-        given = [c for c in ("campaign_id",) if encoded is not None and c in encoded]
+        given = ["campaign_id"] if encoded is not None and "campaign_id" in encoded else []
         extra = helper.submit(identity.encode_given, events, [*ENCODED_COLUMNS, *given], encoded, 1)
         return _build(
             events,

@@ -34,11 +34,6 @@ from dmp_ml.scale.cluster import PartitionedStage, map_parts, range_bounds
 logger = logging.getLogger(__name__)
 
 
-def slice_summary(raw: np.ndarray, part: pd.DataFrame, categorical: list[str]) -> ColumnSummary:
-    """The slice's :class:`ColumnSummary`."""
-    return summarize(raw, part, categorical)
-
-
 def slice_codes(part: pd.DataFrame, embedder: Embedder) -> np.ndarray:
     """The slice's level codes on the fitted levels."""
     return embedder.level_codes(part)
@@ -76,7 +71,7 @@ class DaskEmbedding(PartitionedStage):
             parts = client.scatter(slices, hash=False)
             raws = map_parts(client, numeric_raw, parts, shared=(numeric,))
             summaries = client.gather(
-                map_parts(client, slice_summary, raws, parts, shared=(categorical,))
+                map_parts(client, summarize, raws, parts, shared=(categorical,))
             )
             embedder.fit_summary(numeric, categorical, ColumnSummary.merge(summaries))
             codes = map_parts(client, slice_codes, parts, shared=(embedder,))
