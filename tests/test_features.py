@@ -108,6 +108,13 @@ def test_counts_recency_value_and_tenure_on_a_hand_written_log(tiny: FeatureTabl
     assert p1["purchase_days_total"] == 3
     # two opens 12 hours apart in one 24-hour period: two events, one occasion
     assert (p1["email_open_count_total"], p1["email_open_days_total"]) == (2, 1)
+    # the mean gap is between occasions: 2024-01-15 to 05-18 over two, and one day of opens
+    # is one occasion, not a gap of 12 hours
+    assert (
+        p1["purchase_mean_gap_days"]
+        == (pd.Timestamp("2024-05-18") - pd.Timestamp("2024-01-15")).days / 2
+    )
+    assert np.isnan(p1["email_open_mean_gap_days"])
     assert p1["days_since_purchase"] == 14.0
     assert p1["email_send_count_7d"] == 1
     assert p1["email_open_count_30d"] == 2

@@ -14,9 +14,9 @@ Only events with ``event_time < as_of`` count, after identity resolution
   (occasions: how many of the 24-hour periods of ``active_days``, over the whole history,
   hold one; a basket logged as ten order lines is one purchase day), ``days_since_{type}``,
   ``{type}_decayed``, ``{type}_tenure_days`` (since the first one) and
-  ``{type}_mean_gap_days`` (first to last over count - 1: the mean time between them, NaN
-  below two). The vocabulary is the well-known types (always present, so the schema is
-  stable) plus any other type with at least ``vocab_min_share`` of the events (at most
+  ``{type}_mean_gap_days`` (first to last over days_total - 1: the mean time between its
+  occasions, NaN below two). The vocabulary is the well-known types (always present, so the
+  schema is stable) plus any other type with at least ``vocab_min_share`` of the events (at most
   ``vocab_max_extra`` of them, the most frequent, ties by name); the rest is ``other_event``;
 * money: ``value_sum_{w}d``, ``value_sum_total``, ``value_mean`` (over events with a value);
 * mixes: ``category_share_<cat>`` for the top-K categories by event count (plus

@@ -205,8 +205,9 @@ def aggregate(
         never = np.isinf(block[r])
         block[r][never] = np.nan
         block[first][never] = np.nan
-        # mean days between the first and the last event of the type (NaN below two events)
-        repeats = block[pos[f"{s}_count_total"]] - 1
+        # mean days between the type's occasions: first to last over the distinct days after
+        # the first (NaN below two days; ten order lines of one basket are not ten gaps of 0)
+        repeats = block[pos[f"{s}_days_total"]] - 1
         with np.errstate(invalid="ignore", divide="ignore"):
             gap = (block[first] - block[r]) / repeats
         block[pos[f"{s}_mean_gap_days"]] = np.where(repeats > 0, gap, np.nan)
