@@ -29,7 +29,7 @@ N_PROFILES, DAYS, SEED = 800, 90, 3
 
 # Fixtures that train a bundle or start a server: every test using one is marked ``slow``, so
 # ``pytest -m "not slow"`` is the quick loop. Tests that train on their own carry the mark.
-SLOW_FIXTURES = frozenset({"trained_workdir", "trained", "server"})
+SLOW_FIXTURES = frozenset({"trained_workdir", "trained", "server", "retail_bundle", "runs"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -107,6 +107,7 @@ def test_a_log_too_small_to_label_says_why_and_score_names_the_reason(
     assert len(bundle.send_time(window_start=bundle.as_of).frame) > 0
 
 
+@pytest.mark.slow
 def test_cli_retail_world_and_a_clear_error_when_propensity_could_not_train(
     tmp_path: Path,
 ) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from pandas.testing import assert_frame_equal
 
 from dmp_ml.bundle import load_bundle
@@ -33,6 +34,7 @@ print("imported", len(names))
 """
 
 
+@pytest.mark.slow  # imports every module in a fresh interpreter
 def test_importing_every_module_reads_no_settings() -> None:
     env = {**os.environ, "DMP_ML_SERVICE__WORKERS": "not-a-number"}
     result = subprocess.run(

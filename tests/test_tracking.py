@@ -80,6 +80,7 @@ def test_default_tracking_uri_is_sqlite_in_the_workdir(settings) -> None:
     assert uri.startswith("sqlite:///") and uri.endswith("/work/mlflow.db")
 
 
+@pytest.mark.slow
 def test_the_guard_comparison_is_a_table_and_a_chart_in_the_run(settings) -> None:
     candidates = {"model": 0.712, "recency": 0.698, "frequency": 0.731}
     run_id = log_metrics_run(
@@ -281,6 +282,7 @@ print(json.dumps({{"file": dmp_ml.__file__, "p": np.asarray(p).tolist(), "used":
     assert used <= _closure(names), sorted(used - _closure(names))
 
 
+@pytest.mark.slow
 def test_registry_names_carry_the_horizon_and_old_champions_keep_working(
     settings, results, tmp_path
 ) -> None:
