@@ -75,3 +75,35 @@ def test_send_time_model_on_dask_serves_the_same_curves(world, resolved, timezon
         np.testing.assert_allclose(getattr(dask, name), getattr(local, name), rtol=TOL, atol=TOL)
     np.testing.assert_array_equal(dask.best_hour_, local.best_hour_)
     np.testing.assert_allclose(dask.cohort_shapes_, local.cohort_shapes_, rtol=TOL, atol=TOL)
+
+
+def test_the_guard_refits_on_dask_and_serves_the_same_baseline(world, resolved, timezones, client):
+    # every profile pulled onto a flattened population curve: a plain baseline wins the guard
+    crippled = {
+        "prior_strength_candidates": (1e7,),
+        "cohort_strength_candidates": (1e7,),
+        "day_pooling_candidates": (0.3,),
+        "bandwidth_candidates": (12.0,),
+        "activity_weight_candidates": (2.0,),
+        "sharpness_candidates": (1.0,),
+    }
+    fits: list[int] = []
+
+    class Counting(DaskCurves):
+        def fit(self, inputs: CurveInputs) -> FittedCurves:
+            fits.append(inputs.n)
+            return super().fit(inputs)
+
+    local = SendTimeModel(**crippled).fit(resolved, world.end, timezones)
+    dask = SendTimeModel(**crippled).fit(
+        resolved, world.end, timezones, engine=Counting(DaskEngine(client), 3)
+    )
+    assert local.served_ in BASELINES and dask.served_ == local.served_
+    # one refit per guard window, then the served fit, whose profiles the baseline is built for
+    assert len(fits) == 1 + local.guard_["model"]["n_windows"]
+    assert fits[-1] == len(local.profile_ids_)
+    assert dask.guard_.keys() == local.guard_.keys()
+    for name, figures in local.guard_.items():
+        assert dask.guard_[name] == pytest.approx(figures, rel=TOL, abs=TOL), name
+    np.testing.assert_allclose(dask.local_shape_, local.local_shape_, rtol=TOL, atol=TOL)
+    np.testing.assert_array_equal(dask.basis_code_, local.basis_code_)

@@ -24,6 +24,7 @@ from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
 from dmp_ml.models.send_time.zones import ZoneConverter
 
 if TYPE_CHECKING:
+    from dmp_ml.models.send_time.fitting import CurveEngine
     from dmp_ml.models.send_time.model import SendTimeModel
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def compare(
     timezones: pd.Series | None,
     selection: dict[str, Any],
     raw: dict[str, Any],
+    engine: CurveEngine | None = None,
 ) -> dict[str, dict[str, float]] | None:
     """Held-out hit rate (+-1 h) and log-likelihood of the model and every baseline.
 
@@ -110,7 +112,8 @@ def compare(
     (:func:`.curves.extract`); each window reads its part of it. The figures pool every
     (profile, window) pair, so one window's luck (a few hundred profiles) does not decide
     alone; windows stop once the pool holds ``guard_profiles`` pairs. A window without history
-    before it or without engagement in it is skipped; None when every window is.
+    before it or without engagement in it is skipped; None when every window is. The refits
+    run on ``engine`` (default in process).
     """
     length = pd.Timedelta(days=float(model.holdout_days))
     params = model.get_params()
@@ -121,7 +124,7 @@ def compare(
     used = 0
     for k in range(max(1, int(model.guard_windows))):
         end = as_of - k * length
-        window = _window(type(model)(**params), events, raw, end, end - length, timezones)
+        window = _window(type(model)(**params), events, raw, end, end - length, timezones, engine)
         if window is None:
             continue
         used += 1
@@ -155,10 +158,11 @@ def _window(
     end: pd.Timestamp,
     split: pd.Timestamp,
     timezones: pd.Series | None,
+    engine: CurveEngine | None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """Per scored profile of ``[split, end)``: each candidate's hit (0/1) and mean log-lik."""
     try:
-        before = unfitted.fit(events, split, timezones)
+        before = unfitted.fit(events, split, timezones, engine=engine)
     except InsufficientDataError as exc:  # no history before the window
         logger.info("send time guard: window before %s skipped: %s", end.date(), exc)
         return None

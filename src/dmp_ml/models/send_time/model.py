@@ -287,6 +287,13 @@ class SendTimeModel(EstimatorParams):
             chosen=selection,
         )
         engine = engine if engine is not None else LocalCurves()
+        # ---- the guard: serve a plain baseline when it beats the curves on held-out time. Its
+        # refits run on the engine too, before the served fit (the engine keeps its last fit
+        # for ``baseline``)
+        guard = None
+        if self.guard_baselines:
+            guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw, engine)
+        served = baselines.choose_served(guard)
         fc = engine.fit(
             CurveInputs(
                 full=full,
@@ -310,11 +317,6 @@ class SendTimeModel(EstimatorParams):
             0,
             np.where(source == 2, 2, 1),
         ).astype(np.int8)
-        # ---- the guard: serve a plain baseline when it beats the curves on held-out time
-        guard = None
-        if self.guard_baselines:
-            guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw)
-        served = baselines.choose_served(guard)
         shape, shape_sd = fc.shape, fc.shape_sd
         if served != baselines.MODEL:
             shape, basis = engine.baseline(served, fc, cohort_code)
