@@ -15,7 +15,11 @@ TOL = 1e-12
 
 
 class KeepingInputs(LocalCurves):
-    """The local engine, keeping what it was asked to fit (to give the same to Dask)."""
+    """The local engine, keeping what it was asked to select and fit (to give Dask the same)."""
+
+    def select(self, inputs, rows, search, sends):
+        self.selection = (inputs, rows, sends)
+        return super().select(inputs, rows, search, sends)
 
     def fit(self, inputs: CurveInputs) -> FittedCurves:
         self.inputs = inputs
@@ -65,12 +69,68 @@ def test_dask_curves_equal_the_local_fit_and_every_baseline(
         np.testing.assert_array_equal(basis, want_basis)
 
 
+@pytest.mark.parametrize("npartitions", [1, 3, 7])
+def test_dask_selection_pools_and_prices_the_sends_as_the_local_engine(
+    world, resolved, timezones, client, npartitions
+):
+    local = KeepingInputs()
+    SendTimeModel(guard_baselines=False).fit(resolved, world.end, timezones, engine=local)
+    inputs, rows, sends = local.selection
+    assert sends is not None and len(sends[0]) > 100 and 0 < len(rows) < inputs.n
+    seen = {}
+    chosen = {  # not the middle candidates: the sends are priced with what the search chose
+        "prior_strength": 3.0,
+        "cohort_strength": 3000.0,
+        "day_pooling": 0.1,
+        "bandwidth": 2.5,
+        "activity_weight": 4.0,
+        "sharpness": 1.5,
+    }
+
+    def search(name):
+        def chose(pooled):
+            seen[name] = pooled
+            return chosen
+
+        return chose
+
+    want_chosen, want = local.select(inputs, rows, search("local"), sends)
+    got_chosen, got = DaskCurves(DaskEngine(client), npartitions).select(
+        inputs, rows, search("dask"), sends
+    )
+    assert want_chosen == got_chosen == chosen
+    for name in ("resp", "act", "expo", "mu"):  # the scored profiles' rows: exact
+        want_rows = getattr(seen["local"], name)
+        assert len(want_rows) == len(rows)
+        np.testing.assert_array_equal(getattr(seen["dask"], name), want_rows, err_msg=name)
+    for level in ("cohort", "pool"):  # population sums: to float rounding
+        for name, value in getattr(seen["local"], level).items():
+            np.testing.assert_allclose(getattr(seen["dask"], level)[name], value, rtol=TOL)
+    assert want.shape == sends[0].shape
+    np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+    assert (
+        DaskCurves(DaskEngine(client), npartitions).select(inputs, rows, search("x"), None)[1]
+        is None
+    )
+
+
 def test_send_time_model_on_dask_serves_the_same_curves(world, resolved, timezones, client):
     cutoff = world.end - np.timedelta64(10, "D")
     kw = {"timezones": timezones}
     local = SendTimeModel().fit(resolved, cutoff, **kw)
     dask = SendTimeModel().fit(resolved, cutoff, **kw, engine=DaskCurves(DaskEngine(client), 4))
     assert dask.served_ == local.served_ and dask.guard_ == local.guard_
+    # the same search path and choice; scores and calibration to float rounding
+    chosen, heldout = dict(local.selection_), dict(dask.selection_)
+    assert len(chosen["evaluated"]) > 10 and chosen["calibration"] is not None
+    for key in ("evaluated", "calibration"):
+        want, got = chosen.pop(key), heldout.pop(key)
+        assert got == (
+            [pytest.approx(w, rel=1e-9) for w in want]
+            if key == "evaluated"
+            else pytest.approx(want, rel=1e-9)
+        ), key
+    assert heldout == pytest.approx(chosen, rel=1e-12)
     for name in ("local_shape_", "local_shape_sd_", "rate_", "data_weight_", "basis_code_"):
         np.testing.assert_allclose(getattr(dask, name), getattr(local, name), rtol=TOL, atol=TOL)
     np.testing.assert_array_equal(dask.best_hour_, local.best_hour_)

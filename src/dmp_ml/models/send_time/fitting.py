@@ -1,16 +1,18 @@
-"""The served send-time curves from the evidence: per-profile counts, population priors, the
-posterior per profile. One call for the fit, one for a baseline the guard may serve instead.
+"""The send-time curves from the evidence: per-profile counts, population priors, the
+posterior per profile. One call for the model selection's population work, one for the fit,
+one for a baseline the guard may serve instead.
 
 The work has three parts: per-profile hour-of-week counts (a map over profiles), the
 population's priors (cohort and global sums of those counts: a reduction), and each profile's
-posterior given the priors (a map again). :class:`LocalCurves` does them in process (the
-posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves` partition by partition
-on Dask. Both take a :class:`CurveInputs` and return :class:`FittedCurves`.
+posterior given the priors (a map again). The selection does the same on the evidence before
+its split, for the profiles it scores and at the held-out sends. :class:`LocalCurves` does them
+in process (the posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves`
+partition by partition on Dask. Both take a :class:`CurveInputs` and return the same values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,9 +67,30 @@ class FittedCurves:
     baseline_global: np.ndarray
 
 
+Search = Callable[[curves.Pooled], Mapping[str, float]]
+"""The hyper-parameter search of a selection: given the pooled evidence (the cohort and
+population sums, and the per-profile parts of the profiles it scores), the chosen values."""
+
+
 class CurveEngine(Protocol):
-    """Where the curves are computed: ``fit(inputs)``, then, if the guard serves a baseline,
-    ``baseline(name, fitted, cohort_code)`` -> (shape (n, 168), basis code (n,))."""
+    """Where the curves are computed: ``select(...)`` for the model selection, ``fit(inputs)``,
+    then, if the guard serves a baseline, ``baseline(name, fitted, cohort_code)`` -> (shape
+    (n, 168), basis code (n,)) for the profiles of the last fit."""
+
+    def select(
+        self,
+        inputs: CurveInputs,
+        rows: np.ndarray,
+        search: Search,
+        sends: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[Mapping[str, float], np.ndarray | None]:
+        """The population's part of a selection: ``inputs``' evidence pooled as
+        :func:`~dmp_ml.models.send_time.curves.pool_counts` does, with the per-profile parts
+        of ``rows`` (sorted) only, goes to ``search`` (run in process); then, with the values
+        it chose, each of ``sends`` (profile codes sorted, local hours of week) gets its
+        profile's response rate times its curve at that hour (None without ``sends``).
+        Returns the chosen values and those raw probabilities."""
+        ...
 
     def fit(self, inputs: CurveInputs) -> FittedCurves: ...
 
@@ -92,6 +115,44 @@ class LocalCurves:
     """In process: the counts of every profile at once, the posterior a block of profiles at a
     time (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`); keeps the activity counts
     for :meth:`baseline`."""
+
+    def select(
+        self,
+        inputs: CurveInputs,
+        rows: np.ndarray,
+        search: Search,
+        sends: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[Mapping[str, float], np.ndarray | None]:
+        """See :meth:`CurveEngine.select`: the counts of every profile at once, the curves at
+        the sends a block of profiles at a time."""
+        counts = curves.count_hours(
+            inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
+        )
+        pooled = curves.pool_counts(
+            counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
+        )
+        chosen = search(
+            curves.Pooled(
+                pooled.resp[rows],
+                pooled.act[rows],
+                pooled.expo[rows],
+                pooled.mu[rows],
+                pooled.cohort,
+                pooled.pool,
+            )
+        )
+        if sends is None:
+            return chosen, None
+        sp, how = sends
+        rate, _ = curves.rates(counts, "rate", inputs.rate_strength, 1.0)
+        at_send = np.empty(len(sp))
+        params = hyper(chosen)
+        for block, fitted in curves.posterior_blocks(
+            pooled, inputs.cohort_code, inputs.source, inputs.mixture, params
+        ):
+            mine = (sp >= block.start) & (sp < block.stop)
+            at_send[mine] = fitted["shape"][sp[mine] - block.start, how[mine]]
+        return chosen, rate[sp] * at_send
 
     def fit(self, inputs: CurveInputs) -> FittedCurves:
         """The curves from ``inputs`` (see the module doc)."""

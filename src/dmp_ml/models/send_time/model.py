@@ -233,7 +233,8 @@ class SendTimeModel(EstimatorParams):
             An earlier fit's ``selection_`` (same log, earlier ``as_of``): its hyper-parameters
             are reused, not searched again; calibration and guard are fitted on this data.
         engine : CurveEngine, optional
-            Where the served curves are computed from the evidence (default
+            Where the population-sized parts of the selection, the guard's refits and the
+            served curves are computed from the evidence (default
             :class:`~.fitting.LocalCurves`, in process; e.g. ``dmp_ml.scale.DaskCurves``).
             Every engine gives the same curves (to float rounding).
         """
@@ -269,6 +270,7 @@ class SendTimeModel(EstimatorParams):
             mixture.link(cohort_names)
 
         # ---- model selection on an internal time split
+        engine = engine if engine is not None else LocalCurves()
         split_sec = as_of_sec - int(self.holdout_days * 86400)
         selected = select(
             self,
@@ -284,9 +286,9 @@ class SendTimeModel(EstimatorParams):
             mixture,
             full,
             as_of_sec,
+            engine,
             chosen=selection,
         )
-        engine = engine if engine is not None else LocalCurves()
         # ---- the guard: serve a plain baseline when it beats the curves on held-out time. Its
         # refits run on the engine too, before the served fit (the engine keeps its last fit
         # for ``baseline``)
