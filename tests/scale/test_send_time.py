@@ -7,11 +7,19 @@ import pytest
 
 from dmp_ml.identity import resolve_identity
 from dmp_ml.models.send_time import SendTimeModel
-from dmp_ml.models.send_time.baselines import BASELINES
+from dmp_ml.models.send_time.baselines import BASELINES, MODEL
 from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, LocalCurves
 from dmp_ml.scale import DaskCurves, DaskEngine
 
 TOL = 1e-12
+ONE = {  # one candidate per hyper-parameter: no search
+    "prior_strength_candidates": (10.0,),
+    "cohort_strength_candidates": (300.0,),
+    "day_pooling_candidates": (0.3,),
+    "bandwidth_candidates": (1.5,),
+    "activity_weight_candidates": (2.0,),
+    "sharpness_candidates": (1.0,),
+}
 
 
 class KeepingInputs(LocalCurves):
@@ -140,12 +148,10 @@ def test_send_time_model_on_dask_serves_the_same_curves(world, resolved, timezon
 def test_the_guard_refits_on_dask_and_serves_the_same_baseline(world, resolved, timezones, client):
     # every profile pulled onto a flattened population curve: a plain baseline wins the guard
     crippled = {
+        **ONE,
         "prior_strength_candidates": (1e7,),
         "cohort_strength_candidates": (1e7,),
-        "day_pooling_candidates": (0.3,),
         "bandwidth_candidates": (12.0,),
-        "activity_weight_candidates": (2.0,),
-        "sharpness_candidates": (1.0,),
     }
     fits: list[int] = []
 
@@ -167,3 +173,29 @@ def test_the_guard_refits_on_dask_and_serves_the_same_baseline(world, resolved, 
         assert dask.guard_[name] == pytest.approx(figures, rel=TOL, abs=TOL), name
     np.testing.assert_allclose(dask.local_shape_, local.local_shape_, rtol=TOL, atol=TOL)
     np.testing.assert_array_equal(dask.basis_code_, local.basis_code_)
+
+
+@pytest.mark.parametrize("npartitions", [1, 3, 7])
+def test_dask_scores_a_guard_window_as_the_local_engine(
+    world, resolved, timezones, client, npartitions
+):
+    windows = []
+
+    class KeepingWindows(LocalCurves):
+        def score_guard(self, window):
+            windows.append(window)
+            return super().score_guard(window)
+
+    local = KeepingWindows()
+    model = SendTimeModel(**ONE).fit(resolved, world.end, timezones, engine=local)
+    assert len(windows) == model.guard_[MODEL]["n_windows"] == 2  # the third has no history
+    dask = DaskCurves(DaskEngine(client), npartitions)
+    for window in windows:
+        want = LocalCurves().score_guard(window)
+        got = dask.score_guard(window)
+        assert set(got) == {MODEL, *BASELINES}
+        n_scored = len(np.unique(window.after.act_p))
+        for name, (hit, ll) in want.items():
+            assert len(hit) == n_scored and hit.sum() > 0
+            np.testing.assert_array_equal(got[name][0], hit, err_msg=name)  # per profile: exact
+            np.testing.assert_array_equal(got[name][1], ll, err_msg=name)

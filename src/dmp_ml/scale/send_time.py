@@ -19,7 +19,9 @@ another order, so curves agree with the local engine's to float rounding (about 
 The model selection (:meth:`DaskCurves.select`) runs steps 1 and 2 on the evidence before its
 split, gathers the per-profile parts of the profiles its search scores (at most 5,000) and,
 with the values the search chose on the client, has each range compute its profiles' curves at
-their held-out sends (the calibration's inputs).
+their held-out sends (the calibration's inputs). The guard's refits are fits as above; each
+held-out window is scored by range (:meth:`DaskCurves.score_guard`) after a reduction of the
+ranges' engagement hours (the baselines' population curve: counts, so exact).
 """
 
 from __future__ import annotations
@@ -55,25 +57,18 @@ class ProfileRange:
 
 def split_profiles(inputs: CurveInputs, nparts: int) -> list[ProfileRange]:
     """``inputs``' profiles in at most ``nparts`` contiguous ranges, with their evidence."""
-    full, n = inputs.full, inputs.n
-    bounds = range_bounds(n, nparts)
-    s_cut = np.searchsorted(full.send_p, bounds)
-    a_cut = np.searchsorted(full.act_p, bounds)
+    bounds = range_bounds(inputs.n, nparts)
     out = []
-    for i in range(len(bounds) - 1):
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        s, a = slice(s_cut[i], s_cut[i + 1]), slice(a_cut[i], a_cut[i + 1])
-        ev = Evidence(
-            full.send_p[s] - lo,
-            full.send_sec[s],
-            full.send_resp[s],
-            full.act_p[a] - lo,
-            full.act_sec[a],
-        )
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         rows = slice(lo, hi)
         out.append(
             ProfileRange(
-                lo, hi, ev, inputs.zone_code[rows], inputs.cohort_code[rows], inputs.source[rows]
+                lo,
+                hi,
+                curves.evidence_range(inputs.full, lo, hi),
+                inputs.zone_code[rows],
+                inputs.cohort_code[rows],
+                inputs.source[rows],
             )
         )
     return out
@@ -196,6 +191,11 @@ def range_at_sends(
     fitted = range_curves(counts, part, g, population, selected, strength, mixture)
     rate = (counts.responses.sum(axis=1) + strength * g) / (counts.sends.sum(axis=1) + strength)
     return rate[send_p] * fitted["shape"][send_p, send_how]
+
+
+def _hours_of_week(activity: np.ndarray) -> np.ndarray:
+    """Engagement hours per hour of week, summed over the range's profiles."""
+    return activity.sum(axis=0)
 
 
 def _summed(partials: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -364,6 +364,32 @@ class DaskCurves(PartitionedStage):
             sends=c.sends,
             baseline_global=baselines.global_curve(c.activity_how[None, :], out[0]["global_shape"]),
         )
+
+    def score_guard(
+        self, window: baselines.GuardWindow
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """See :meth:`~dmp_ml.models.send_time.fitting.CurveEngine.score_guard`: each range
+        counts its profiles' engagement before the window, the client adds the ranges' hours
+        of week (the baselines' population curve), each range scores its profiles."""
+        bounds = range_bounds(len(window.zone_code), self.npartitions).tolist()
+        with self.session.client() as client:
+            parts = client.scatter(
+                [window.take(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)],
+                hash=False,
+            )
+            activity = client.map(baselines.window_activity, parts, pure=False)
+            hours = client.gather(client.map(_hours_of_week, activity, pure=False))
+            glob = baselines.global_curve(np.sum(hours, axis=0)[None, :], window.global_shape)
+            out = client.gather(
+                map_parts(client, baselines.score_profiles, parts, activity, shared=(glob,))
+            )
+        return {
+            name: (
+                np.concatenate([o[name][0] for o in out]),
+                np.concatenate([o[name][1] for o in out]),
+            )
+            for name in out[0]
+        }
 
     def baseline(
         self, name: str, fitted: FittedCurves, cohort_code: np.ndarray

@@ -5,7 +5,9 @@ one for a baseline the guard may serve instead.
 The work has three parts: per-profile hour-of-week counts (a map over profiles), the
 population's priors (cohort and global sums of those counts: a reduction), and each profile's
 posterior given the priors (a map again). The selection does the same on the evidence before
-its split, for the profiles it scores and at the held-out sends. :class:`LocalCurves` does them
+its split, for the profiles it scores and at the held-out sends; the guard scores its
+candidates profile by profile on each held-out window, given the population's engagement
+(a reduction). :class:`LocalCurves` does them
 in process (the posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves`
 partition by partition on Dask. Both take a :class:`CurveInputs` and return the same values.
 """
@@ -73,7 +75,8 @@ population sums, and the per-profile parts of the profiles it scores), the chose
 
 
 class CurveEngine(Protocol):
-    """Where the curves are computed: ``select(...)`` for the model selection, ``fit(inputs)``,
+    """Where the curves are computed: ``select(...)`` for the model selection, ``fit(inputs)``
+    (the guard's refits and the served fit), ``score_guard(window)`` for each guard window,
     then, if the guard serves a baseline, ``baseline(name, fitted, cohort_code)`` -> (shape
     (n, 168), basis code (n,)) for the profiles of the last fit."""
 
@@ -93,6 +96,13 @@ class CurveEngine(Protocol):
         ...
 
     def fit(self, inputs: CurveInputs) -> FittedCurves: ...
+
+    def score_guard(
+        self, window: baselines.GuardWindow
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """:func:`~dmp_ml.models.send_time.baselines.score_window`: per scored profile, every
+        guard candidate's hit and mean log-likelihood on one held-out window."""
+        ...
 
     def baseline(
         self, name: str, fitted: FittedCurves, cohort_code: np.ndarray
@@ -185,6 +195,12 @@ class LocalCurves:
             sends=counts.sends.sum(axis=1),
             baseline_global=baselines.global_curve(counts.activity, fitted["global_shape"]),
         )
+
+    def score_guard(
+        self, window: baselines.GuardWindow
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """See :meth:`CurveEngine.score_guard`; a block of profiles at a time."""
+        return baselines.score_window(window)
 
     def baseline(
         self, name: str, fitted: FittedCurves, cohort_code: np.ndarray
