@@ -1,4 +1,5 @@
-"""Send-time curves on Dask equal the local fit's (to float rounding of the population sums)."""
+"""Send-time training on Dask (zone inference, selection, guard, curves) equals the local
+engine's: per-profile values exactly, population sums to float rounding."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 
 from dmp_ml.identity import resolve_identity
-from dmp_ml.models.send_time import SendTimeModel
+from dmp_ml.models.send_time import SendTimeModel, curves
 from dmp_ml.models.send_time.baselines import BASELINES, MODEL
 from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, LocalCurves
+from dmp_ml.models.send_time.zones import assign_zones, known_zones, profile_universe
 from dmp_ml.scale import DaskCurves, DaskEngine
 
 TOL = 1e-12
@@ -199,3 +201,23 @@ def test_dask_scores_a_guard_window_as_the_local_engine(
             assert len(hit) == n_scored and hit.sum() > 0
             np.testing.assert_array_equal(got[name][0], hit, err_msg=name)  # per profile: exact
             np.testing.assert_array_equal(got[name][1], ll, err_msg=name)
+
+
+@pytest.mark.parametrize("npartitions", [1, 3, 7])
+def test_dask_infers_the_local_engines_zones(world, resolved, timezones, client, npartitions):
+    model = SendTimeModel()
+    raw = curves.extract(resolved, world.end, model.non_engagement_events)
+    index = profile_universe(raw["profiles"], timezones)
+    as_of_sec = int(world.end.value // 1_000_000_000)
+    ev = curves.evidence(raw, curves.profile_codes(raw, index), as_of_sec, 120.0, 0.1)
+    known = known_zones(index, timezones)
+    args = (known, ev, as_of_sec, None, 4, 0.6)
+    want = assign_zones(*args, LocalCurves())
+    got = assign_zones(*args, DaskCurves(DaskEngine(client), npartitions))
+    zone_of, source, mixture = want
+    assert (source == 1).sum() > 0 and (source == 2).sum() > 0  # some inferred, some left
+    np.testing.assert_array_equal(got[0], zone_of)
+    np.testing.assert_array_equal(got[1], source)
+    assert got[2].zones == mixture.zones
+    np.testing.assert_array_equal(got[2].offsets, mixture.offsets)
+    np.testing.assert_array_equal(got[2].weights, mixture.weights)  # profile by profile: exact

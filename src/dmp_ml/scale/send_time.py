@@ -19,7 +19,9 @@ another order, so curves agree with the local engine's to float rounding (about 
 The model selection (:meth:`DaskCurves.select`) runs steps 1 and 2 on the evidence before its
 split, gathers the per-profile parts of the profiles its search scores (at most 5,000) and,
 with the values the search chose on the client, has each range compute its profiles' curves at
-their held-out sends (the calibration's inputs). The guard's refits are fits as above; each
+their held-out sends (the calibration's inputs). The zone inference
+(:meth:`DaskCurves.map_profiles`) sums the ranges' hours of the profiles of known zone (counts:
+exact) and infers each range's zones on its worker. The guard's refits are fits as above; each
 held-out window is scored by range (:meth:`DaskCurves.score_guard`) after a reduction of the
 ranges' engagement hours (the baselines' population curve: counts, so exact).
 """
@@ -27,7 +29,7 @@ ranges' engagement hours (the baselines' population curve: counts, so exact).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,6 +279,24 @@ class DaskCurves(PartitionedStage):
         _, _, _, bandwidth, _, _ = hyper(selected)
         k_pop = curves.kernel(bandwidth, 0.0)
         return {level: curves.smooth_block(k_pop, **sums) for level, sums in counted.sums.items()}
+
+    def map_profiles(
+        self,
+        func: Callable[..., Any],
+        ev: Evidence,
+        rows: Sequence[np.ndarray],
+        shared: tuple = (),
+    ) -> list[Any]:
+        """See :meth:`~dmp_ml.models.send_time.fitting.CurveEngine.map_profiles`: a task per
+        range of profiles."""
+        bounds = range_bounds(len(rows[0]), self.npartitions).tolist()
+        spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+        with self.session.client() as client:
+            evs = client.scatter(
+                [curves.evidence_range(ev, lo, hi) for lo, hi in spans], hash=False
+            )
+            per_row = [client.scatter([r[lo:hi] for lo, hi in spans], hash=False) for r in rows]
+            return client.gather(map_parts(client, func, evs, *per_row, shared=shared))
 
     def select(
         self,

@@ -4,17 +4,18 @@ one for a baseline the guard may serve instead.
 
 The work has three parts: per-profile hour-of-week counts (a map over profiles), the
 population's priors (cohort and global sums of those counts: a reduction), and each profile's
-posterior given the priors (a map again). The selection does the same on the evidence before
-its split, for the profiles it scores and at the held-out sends; the guard scores its
-candidates profile by profile on each held-out window, given the population's engagement
-(a reduction). :class:`LocalCurves` does them
-in process (the posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves`
-partition by partition on Dask. Both take a :class:`CurveInputs` and return the same values.
+posterior given the priors (a map again). The zone inference sums the hours of the profiles
+of known zone and infers the others' zones profile by profile; the selection does as the fit
+on the evidence before its split, for the profiles it scores and at the held-out sends; the
+guard scores its candidates profile by profile on each held-out window, given the
+population's engagement (a reduction). :class:`LocalCurves` does them in process (the
+posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves` partition by partition
+on Dask. Both give the same values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,7 +76,8 @@ population sums, and the per-profile parts of the profiles it scores), the chose
 
 
 class CurveEngine(Protocol):
-    """Where the curves are computed: ``select(...)`` for the model selection, ``fit(inputs)``
+    """Where the curves are computed: ``map_profiles(...)`` for the zone inference,
+    ``select(...)`` for the model selection, ``fit(inputs)``
     (the guard's refits and the served fit), ``score_guard(window)`` for each guard window,
     then, if the guard serves a baseline, ``baseline(name, fitted, cohort_code)`` -> (shape
     (n, 168), basis code (n,)) for the profiles of the last fit."""
@@ -93,6 +95,19 @@ class CurveEngine(Protocol):
         it chose, each of ``sends`` (profile codes sorted, local hours of week) gets its
         profile's response rate times its curve at that hour (None without ``sends``).
         Returns the chosen values and those raw probabilities."""
+        ...
+
+    def map_profiles(
+        self,
+        func: Callable[..., Any],
+        ev: Evidence,
+        rows: Sequence[np.ndarray],
+        shared: tuple = (),
+    ) -> list[Any]:
+        """``func(evidence, *rows, *shared)`` on ranges of the profiles: each range's evidence
+        (``ev``'s, sorted by profile, codes from 0) and its slices of the per-profile arrays
+        ``rows``; the results in profile order. For work profile by profile (the zone
+        inference): the caller concatenates or sums the results."""
         ...
 
     def fit(self, inputs: CurveInputs) -> FittedCurves: ...
@@ -125,6 +140,16 @@ class LocalCurves:
     """In process: the counts of every profile at once, the posterior a block of profiles at a
     time (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`); keeps the activity counts
     for :meth:`baseline`."""
+
+    def map_profiles(
+        self,
+        func: Callable[..., Any],
+        ev: Evidence,
+        rows: Sequence[np.ndarray],
+        shared: tuple = (),
+    ) -> list[Any]:
+        """See :meth:`CurveEngine.map_profiles`: every profile as one range."""
+        return [func(ev, *rows, *shared)]
 
     def select(
         self,

@@ -233,8 +233,8 @@ class SendTimeModel(EstimatorParams):
             An earlier fit's ``selection_`` (same log, earlier ``as_of``): its hyper-parameters
             are reused, not searched again; calibration and guard are fitted on this data.
         engine : CurveEngine, optional
-            Where the population-sized parts of the selection, the guard's refits and the
-            served curves are computed from the evidence (default
+            Where the population-sized parts of the zone inference, the selection, the
+            guard and the served curves are computed from the evidence (default
             :class:`~.fitting.LocalCurves`, in process; e.g. ``dmp_ml.scale.DaskCurves``).
             Every engine gives the same curves (to float rounding).
         """
@@ -253,10 +253,17 @@ class SendTimeModel(EstimatorParams):
             raise InsufficientDataError("send time: no engagement events before as_of")
         n = len(profile_index)
 
+        engine = engine if engine is not None else LocalCurves()
         # ---- time zones: known, inferred from behaviour, else UTC
         known = known_zones(profile_index, timezones)
         zone_of, source, mixture = assign_zones(
-            known, full, as_of_sec, self.tz_candidates, self.tz_min_events, self.tz_min_posterior
+            known,
+            full,
+            as_of_sec,
+            self.tz_candidates,
+            self.tz_min_events,
+            self.tz_min_posterior,
+            engine,
         )
         zones, zone_code = np.unique(zone_of, return_inverse=True)
         zones = [str(z) for z in zones]
@@ -270,7 +277,6 @@ class SendTimeModel(EstimatorParams):
             mixture.link(cohort_names)
 
         # ---- model selection on an internal time split
-        engine = engine if engine is not None else LocalCurves()
         split_sec = as_of_sec - int(self.holdout_days * 86400)
         selected = select(
             self,
