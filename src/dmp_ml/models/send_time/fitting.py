@@ -1,6 +1,6 @@
-"""The send-time curves from the evidence: per-profile counts, population priors, the
-posterior per profile. One call for the model selection's population work, one for the fit,
-one for a baseline the guard may serve instead.
+"""The send-time model's population work on the evidence: per-profile counts, population
+priors, the posterior per profile; a call each for the zone inference, the model selection,
+the fit, the scoring of a guard window and a baseline the guard may serve instead.
 
 The work has three parts: per-profile hour-of-week counts (a map over profiles), the
 population's priors (cohort and global sums of those counts: a reduction), and each profile's
@@ -76,11 +76,11 @@ population sums, and the per-profile parts of the profiles it scores), the chose
 
 
 class CurveEngine(Protocol):
-    """Where the curves are computed: ``map_profiles(...)`` for the zone inference,
-    ``select(...)`` for the model selection, ``fit(inputs)``
-    (the guard's refits and the served fit), ``score_guard(window)`` for each guard window,
-    then, if the guard serves a baseline, ``baseline(name, fitted, cohort_code)`` -> (shape
-    (n, 168), basis code (n,)) for the profiles of the last fit."""
+    """Where the population work runs: ``map_profiles(...)`` for the zone inference,
+    ``select(...)`` for the model selection, ``fit(inputs)`` for the guard's refits and the
+    served fit, ``score_guard(window)`` for each guard window, then, if the guard serves a
+    baseline, ``baseline(name, fitted, cohort_code)`` -> (shape (n, 168), basis code (n,))
+    for the profiles of the last fit."""
 
     def select(
         self,
