@@ -15,12 +15,21 @@ profiles' hours of week once and keeps the counts there. Then:
 
 Per-profile values are the local fit's, bit for bit, given the priors; the priors are sums in
 another order, so curves agree with the local engine's to float rounding (about 1e-15).
+
+The model selection (:meth:`DaskCurves.select`) runs steps 1 and 2 on the evidence before its
+split, gathers the per-profile parts of the profiles its search scores (at most 5,000) and,
+with the values the search chose on the client, has each range compute its profiles' curves at
+their held-out sends (the calibration's inputs). The zone inference
+(:meth:`DaskCurves.map_profiles`) sums the ranges' hours of the profiles of known zone (counts:
+exact) and infers each range's zones on its worker. The guard's refits are fits as above; each
+held-out window is scored by range (:meth:`DaskCurves.score_guard`) after a reduction of the
+ranges' engagement hours (the baselines' population curve: counts, so exact).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +37,7 @@ import numpy as np
 
 from dmp_ml.models.send_time import baselines, curves
 from dmp_ml.models.send_time.curves import HOURS_PER_WEEK, Counts, Evidence
-from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, hyper
+from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, Search, hyper
 from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
 from dmp_ml.scale.cluster import PartitionedStage, map_parts, range_bounds
 
@@ -50,25 +59,18 @@ class ProfileRange:
 
 def split_profiles(inputs: CurveInputs, nparts: int) -> list[ProfileRange]:
     """``inputs``' profiles in at most ``nparts`` contiguous ranges, with their evidence."""
-    full, n = inputs.full, inputs.n
-    bounds = range_bounds(n, nparts)
-    s_cut = np.searchsorted(full.send_p, bounds)
-    a_cut = np.searchsorted(full.act_p, bounds)
+    bounds = range_bounds(inputs.n, nparts)
     out = []
-    for i in range(len(bounds) - 1):
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        s, a = slice(s_cut[i], s_cut[i + 1]), slice(a_cut[i], a_cut[i + 1])
-        ev = Evidence(
-            full.send_p[s] - lo,
-            full.send_sec[s],
-            full.send_resp[s],
-            full.act_p[a] - lo,
-            full.act_sec[a],
-        )
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         rows = slice(lo, hi)
         out.append(
             ProfileRange(
-                lo, hi, ev, inputs.zone_code[rows], inputs.cohort_code[rows], inputs.source[rows]
+                lo,
+                hi,
+                curves.evidence_range(inputs.full, lo, hi),
+                inputs.zone_code[rows],
+                inputs.cohort_code[rows],
+                inputs.source[rows],
             )
         )
     return out
@@ -167,9 +169,65 @@ def range_baseline(
     )
 
 
+def range_rows(
+    counts: Counts, rows: np.ndarray, g: float, strength: float
+) -> dict[str, np.ndarray]:
+    """The per-profile parts of the range's profiles ``rows`` (positions in the range), as
+    :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them."""
+    return {k: v[rows] for k, v in _rows(counts, g, strength).items()}
+
+
+def range_at_sends(
+    counts: Counts,
+    part: ProfileRange,
+    send_p: np.ndarray,
+    send_how: np.ndarray,
+    g: float,
+    population: Mapping[str, dict[str, np.ndarray]],
+    selected: Mapping[str, Any],
+    strength: float,
+    mixture: ZoneMixture | None,
+) -> np.ndarray:
+    """Each send's profile response rate times its curve at the send's local hour of week
+    (``send_p``: positions in the range)."""
+    fitted = range_curves(counts, part, g, population, selected, strength, mixture)
+    rate = (counts.responses.sum(axis=1) + strength * g) / (counts.sends.sum(axis=1) + strength)
+    return rate[send_p] * fitted["shape"][send_p, send_how]
+
+
+def _hours_of_week(activity: np.ndarray) -> np.ndarray:
+    """Engagement hours per hour of week, summed over the range's profiles."""
+    return activity.sum(axis=0)
+
+
 def _summed(partials: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Key by key, the sum of the partitions' partial sums (in partition order)."""
     return {k: np.sum([p[k] for p in partials], axis=0) for k in partials[0]}
+
+
+def _by_range(ranges: list[ProfileRange], codes: np.ndarray, *values: np.ndarray) -> list[list]:
+    """Per range, the sorted profile ``codes`` that fall in it (as positions in the range),
+    with the matching slices of ``values``."""
+    cut = np.searchsorted(codes, [r.lo for r in ranges] + [ranges[-1].hi])
+    return [
+        [codes[cut[i] : cut[i + 1]] - r.lo, *(v[cut[i] : cut[i + 1]] for v in values)]
+        for i, r in enumerate(ranges)
+    ]
+
+
+@dataclass
+class _Counted:
+    """The counts of one evidence on the workers, and what the client reduced from them."""
+
+    ranges: list[ProfileRange]
+    parts: list[Any]  # futures of the ranges
+    counts: list[Any]  # futures of their counts
+    sends: np.ndarray  # per profile
+    responses: np.ndarray
+    activity: np.ndarray
+    activity_how: np.ndarray  # engagement per hour of week, summed over the population
+    g: float  # the population's response rate
+    sums: dict[str, dict[str, np.ndarray]]  # unsmoothed cohort and pool sums
 
 
 class DaskCurves(PartitionedStage):
@@ -181,50 +239,137 @@ class DaskCurves(PartitionedStage):
         self._ranges: list[ProfileRange] = []
         self._zones: list[str] = []
 
-    def fit(self, inputs: CurveInputs) -> FittedCurves:
-        """The curves from ``inputs``, partition-wise."""
-        _, _, rho, bandwidth, _, _ = hyper(inputs.selected)
+    def _count(self, client: Any, inputs: CurveInputs) -> _Counted:
+        """Steps 1 and 2 of the module doc: counts by range, totals and partial sums reduced."""
         strength, n_cohorts = inputs.rate_strength, inputs.n_cohorts
         ranges = split_profiles(inputs, self.npartitions)
-        self._ranges, self._zones = ranges, list(inputs.zones)
+        logger.info(
+            "dask send time: %d profiles in %d ranges on %s",
+            inputs.n,
+            len(ranges),
+            client.scheduler.address,
+        )
+        parts = client.scatter(ranges, hash=False)
+        counts = map_parts(client, range_counts, parts, shared=(list(inputs.zones),))
+        totals = client.gather(client.map(range_totals, counts, pure=False))
+        sends = np.concatenate([t[0] for t in totals])
+        resp = np.concatenate([t[1] for t in totals])
+        act = np.concatenate([t[2] for t in totals])
+        g = resp.sum() / sends.sum() if sends.sum() > 0 else 0.0
+        located = inputs.source != 2
+        everyone = bool(act[located].sum() + resp[located].sum() <= 0)
+        partial = client.gather(
+            map_parts(client, range_pools, counts, parts, shared=(g, strength, n_cohorts, everyone))
+        )
+        return _Counted(
+            ranges=ranges,
+            parts=parts,
+            counts=counts,
+            sends=sends,
+            responses=resp,
+            activity=act,
+            activity_how=np.sum([t[3] for t in totals], axis=0),
+            g=g,
+            sums={level: _summed([p[level] for p in partial]) for level in ("cohort", "pool")},
+        )
+
+    @staticmethod
+    def _population(counted: _Counted, selected: Mapping[str, Any]) -> dict[str, Any]:
+        """The smoothed cohort and pool sums (the priors' evidence) for ``selected``."""
+        _, _, _, bandwidth, _, _ = hyper(selected)
+        k_pop = curves.kernel(bandwidth, 0.0)
+        return {level: curves.smooth_block(k_pop, **sums) for level, sums in counted.sums.items()}
+
+    def map_profiles(
+        self,
+        func: Callable[..., Any],
+        ev: Evidence,
+        rows: Sequence[np.ndarray],
+        shared: tuple = (),
+    ) -> list[Any]:
+        """See :meth:`~dmp_ml.models.send_time.fitting.CurveEngine.map_profiles`: a task per
+        range of profiles."""
+        bounds = range_bounds(len(rows[0]), self.npartitions).tolist()
+        spans = list(zip(bounds[:-1], bounds[1:], strict=True))
         with self.session.client() as client:
-            logger.info(
-                "dask send time: %d profiles in %d ranges on %s",
-                inputs.n,
-                len(ranges),
-                client.scheduler.address,
+            evs = client.scatter(
+                [curves.evidence_range(ev, lo, hi) for lo, hi in spans], hash=False
             )
-            parts = client.scatter(ranges, hash=False)
-            counts = map_parts(client, range_counts, parts, shared=(list(inputs.zones),))
-            totals = client.gather(client.map(range_totals, counts, pure=False))
-            sends = np.concatenate([t[0] for t in totals])
-            resp = np.concatenate([t[1] for t in totals])
-            act = np.concatenate([t[2] for t in totals])
-            act_how = np.sum([t[3] for t in totals], axis=0)
-            kind = "rate" if sends.sum() > 0 and resp.sum() > 0 else "activity"
-            g = resp.sum() / sends.sum() if sends.sum() > 0 else 0.0
-            located = inputs.source != 2
-            everyone = bool(act[located].sum() + resp[located].sum() <= 0)
-            partial = client.gather(
-                map_parts(
-                    client, range_pools, counts, parts, shared=(g, strength, n_cohorts, everyone)
+            per_row = [client.scatter([r[lo:hi] for lo, hi in spans], hash=False) for r in rows]
+            return client.gather(map_parts(client, func, evs, *per_row, shared=shared))
+
+    def select(
+        self,
+        inputs: CurveInputs,
+        rows: np.ndarray,
+        search: Search,
+        sends: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[Mapping[str, float], np.ndarray | None]:
+        """See :meth:`~dmp_ml.models.send_time.fitting.CurveEngine.select`: the counts and
+        partial sums by range, the scored profiles' rows gathered from their ranges, the
+        curves at the sends computed by each range for its profiles."""
+        strength = inputs.rate_strength
+        with self.session.client() as client:
+            c = self._count(client, inputs)
+            mine = [r[0] for r in _by_range(c.ranges, rows)]
+            picked = client.gather(
+                map_parts(client, range_rows, c.counts, mine, shared=(c.g, strength))
+            )
+            chosen = search(
+                curves.Pooled(
+                    *(
+                        np.concatenate([p[k] for p in picked])
+                        for k in ("resp", "act", "expo", "mu")
+                    ),
+                    cohort=c.sums["cohort"],
+                    pool=c.sums["pool"],
                 )
             )
-            k_pop = curves.kernel(bandwidth, 0.0)
-            population = {
-                level: curves.smooth_block(k_pop, **_summed([p[level] for p in partial]))
-                for level in ("cohort", "pool")
-            }
+            if sends is None:
+                return chosen, None
+            split = _by_range(c.ranges, *sends)
+            out = client.gather(
+                map_parts(
+                    client,
+                    range_at_sends,
+                    c.counts,
+                    c.parts,
+                    [s[0] for s in split],
+                    [s[1] for s in split],
+                    shared=(
+                        c.g,
+                        self._population(c, chosen),
+                        dict(chosen),
+                        strength,
+                        inputs.mixture,
+                    ),
+                )
+            )
+        return chosen, np.concatenate(out)
+
+    def fit(self, inputs: CurveInputs) -> FittedCurves:
+        """The curves from ``inputs``, partition-wise."""
+        strength = inputs.rate_strength
+        with self.session.client() as client:
+            c = self._count(client, inputs)
+            self._ranges, self._zones = c.ranges, list(inputs.zones)
             out = client.gather(
                 map_parts(
                     client,
                     range_curves,
-                    counts,
-                    parts,
-                    shared=(g, population, dict(inputs.selected), strength, inputs.mixture),
+                    c.counts,
+                    c.parts,
+                    shared=(
+                        c.g,
+                        self._population(c, inputs.selected),
+                        dict(inputs.selected),
+                        strength,
+                        inputs.mixture,
+                    ),
                 )
             )
-        per_profile = Counts(sends[:, None], resp[:, None], act[:, None])
+        kind = "rate" if c.sends.sum() > 0 and c.responses.sum() > 0 else "activity"
+        per_profile = Counts(c.sends[:, None], c.responses[:, None], c.activity[:, None])
         rate, rate_global = curves.rates(per_profile, kind, strength, inputs.span_hours)
         return FittedCurves(
             shape=np.concatenate([o["shape"] for o in out]),
@@ -235,10 +380,36 @@ class DaskCurves(PartitionedStage):
             rate=rate,
             global_rate=float(rate_global),
             kind=kind,
-            engagement_hours=act,
-            sends=sends,
-            baseline_global=baselines.global_curve(act_how[None, :], out[0]["global_shape"]),
+            engagement_hours=c.activity,
+            sends=c.sends,
+            baseline_global=baselines.global_curve(c.activity_how[None, :], out[0]["global_shape"]),
         )
+
+    def score_guard(
+        self, window: baselines.GuardWindow
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """See :meth:`~dmp_ml.models.send_time.fitting.CurveEngine.score_guard`: each range
+        counts its profiles' engagement before the window, the client adds the ranges' hours
+        of week (the baselines' population curve), each range scores its profiles."""
+        bounds = range_bounds(len(window.zone_code), self.npartitions).tolist()
+        with self.session.client() as client:
+            parts = client.scatter(
+                [window.take(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)],
+                hash=False,
+            )
+            activity = client.map(baselines.window_activity, parts, pure=False)
+            hours = client.gather(client.map(_hours_of_week, activity, pure=False))
+            glob = baselines.global_curve(np.sum(hours, axis=0)[None, :], window.global_shape)
+            out = client.gather(
+                map_parts(client, baselines.score_profiles, parts, activity, shared=(glob,))
+            )
+        return {
+            name: (
+                np.concatenate([o[name][0] for o in out]),
+                np.concatenate([o[name][1] for o in out]),
+            )
+            for name in out[0]
+        }
 
     def baseline(
         self, name: str, fitted: FittedCurves, cohort_code: np.ndarray

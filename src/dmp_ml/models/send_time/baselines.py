@@ -13,6 +13,7 @@ the same history) and
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from dmp_ml.models.send_time.curves import BASES, HOURS_PER_WEEK
 from dmp_ml.models.send_time.zones import ZoneConverter
 
 if TYPE_CHECKING:
+    from dmp_ml.models.send_time.fitting import CurveEngine
     from dmp_ml.models.send_time.model import SendTimeModel
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ def compare(
     timezones: pd.Series | None,
     selection: dict[str, Any],
     raw: dict[str, Any],
+    engine: CurveEngine,
 ) -> dict[str, dict[str, float]] | None:
     """Held-out hit rate (+-1 h) and log-likelihood of the model and every baseline.
 
@@ -110,7 +113,8 @@ def compare(
     (:func:`.curves.extract`); each window reads its part of it. The figures pool every
     (profile, window) pair, so one window's luck (a few hundred profiles) does not decide
     alone; windows stop once the pool holds ``guard_profiles`` pairs. A window without history
-    before it or without engagement in it is skipped; None when every window is.
+    before it or without engagement in it is skipped; None when every window is. The refits
+    and the scoring run on ``engine`` (:meth:`~.fitting.CurveEngine.score_guard`).
     """
     length = pd.Timedelta(days=float(model.holdout_days))
     params = model.get_params()
@@ -121,7 +125,7 @@ def compare(
     used = 0
     for k in range(max(1, int(model.guard_windows))):
         end = as_of - k * length
-        window = _window(type(model)(**params), events, raw, end, end - length, timezones)
+        window = _window(type(model)(**params), events, raw, end, end - length, timezones, engine)
         if window is None:
             continue
         used += 1
@@ -155,34 +159,94 @@ def _window(
     end: pd.Timestamp,
     split: pd.Timestamp,
     timezones: pd.Series | None,
+    engine: CurveEngine,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """Per scored profile of ``[split, end)``: each candidate's hit (0/1) and mean log-lik."""
     try:
-        before = unfitted.fit(events, split, timezones)
+        before = unfitted.fit(events, split, timezones, engine=engine)
     except InsufficientDataError as exc:  # no history before the window
         logger.info("send time guard: window before %s skipped: %s", end.date(), exc)
         return None
-    index = before.profile_ids_
-    codes = curves.profile_codes(raw, index)  # rows at or after `end` are left out below
+    codes = curves.profile_codes(raw, before.profile_ids_)  # rows at or after `end` left out
     split_sec = int(split.value // 1_000_000_000)
     end_sec = int(end.value // 1_000_000_000)
     machine = (before.machine_open_seconds, before.machine_open_weight)
-    past = curves.evidence(raw, codes, split_sec, *machine)
     after = curves.evidence(raw, codes, end_sec, *machine, start_sec=split_sec)
     if len(after.act_p) == 0:
         return None
-    n = len(index)
-    conv = ZoneConverter(before.zones_)
-    activity = curves.count_hours(past, n, before.zone_code_, conv).activity
-    hp, hsec = after.act_p, after.act_sec
-    how = conv.local_how(hsec, before.zone_code_[hp])
+    return engine.score_guard(
+        GuardWindow(
+            past=curves.evidence(raw, codes, split_sec, *machine),
+            after=after,
+            zones=list(before.zones_),
+            zone_code=before.zone_code_,
+            cohort_code=before.cohort_code_,
+            shape=before.local_shape_,
+            cohort_shapes=before.cohort_shapes_,
+            global_shape=before.global_shape_,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class GuardWindow:
+    """One held-out window of the guard for the profiles of a refit before it: their evidence
+    before the window (the baselines' history) and in it (the targets), both sorted by
+    profile as :func:`.curves.evidence` returns them; the refit's zones, cohorts and curves."""
+
+    past: curves.Evidence
+    after: curves.Evidence
+    zones: list[str]
+    zone_code: np.ndarray
+    cohort_code: np.ndarray
+    shape: np.ndarray  # (n, 168): the refit's local_shape_
+    cohort_shapes: np.ndarray
+    global_shape: np.ndarray
+
+    def take(self, lo: int, hi: int) -> GuardWindow:
+        """The window of profiles ``lo``..``hi - 1`` (codes shifted to start at 0)."""
+        return replace(
+            self,
+            past=curves.evidence_range(self.past, lo, hi),
+            after=curves.evidence_range(self.after, lo, hi),
+            zone_code=self.zone_code[lo:hi],
+            cohort_code=self.cohort_code[lo:hi],
+            shape=self.shape[lo:hi],
+        )
+
+
+def window_activity(window: GuardWindow) -> np.ndarray:
+    """Engagement hours per profile and local hour of week before the window (n, 168)."""
+    n = len(window.zone_code)
+    conv = ZoneConverter(window.zones)
+    return curves.count_hours(window.past, n, window.zone_code, conv).activity
+
+
+def score_window(window: GuardWindow) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every candidate's hit and mean log-likelihood per scored profile of ``window`` (see
+    :func:`compare`), in process."""
+    activity = window_activity(window)
+    return score_profiles(window, activity, global_curve(activity, window.global_shape))
+
+
+def score_profiles(
+    window: GuardWindow, activity: np.ndarray, glob: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per profile of ``window`` with engagement in it, in profile order: each candidate's
+    hit (its best hour of day within one hour of the next engagement's) and mean
+    log-likelihood of the engagement hours. ``activity``: :func:`window_activity`; ``glob``:
+    the population's engagement share per local hour of week. Each profile's figures are
+    its own: any range of profiles gives its part of the whole's."""
+    n = len(window.zone_code)
+    conv = ZoneConverter(window.zones)
+    hp, hsec = window.after.act_p, window.after.act_sec
+    how = conv.local_how(hsec, window.zone_code[hp])
     per_profile = np.bincount(hp, minlength=n)
     scored = per_profile > 0
     order = np.lexsort((hsec, hp))
-    first = order[np.r_[True, hp[order][1:] != hp[order][:-1]]]
+    first = order[np.r_[True, hp[order][1:] != hp[order][:-1]]] if len(hp) else order
     next_hod = np.full(n, -1, dtype=np.int64)
     next_hod[hp[first]] = how[first] % 24
-    glob = global_curve(activity, before.global_shape_)
     names = (MODEL, *BASELINES)
     best = {name: np.empty(n, dtype=np.int64) for name in names}
     ll = {name: np.zeros(n) for name in names}
@@ -194,10 +258,10 @@ def _window(
         mine = by_profile[bounds[b] : bounds[b + 1]]
         for name in names:
             if name == MODEL:
-                shape = curves.timing(before.local_shape_[rows])
+                shape = curves.timing(window.shape[rows])
             else:
                 shape = baseline_shapes(
-                    name, activity[rows], glob, before.cohort_shapes_, before.cohort_code_[rows]
+                    name, activity[rows], glob, window.cohort_shapes, window.cohort_code[rows]
                 )[0]
             q = shape / shape.sum(axis=1, keepdims=True)
             best[name][rows] = curves.daily(q).argmax(axis=1)

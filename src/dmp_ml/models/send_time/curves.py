@@ -187,6 +187,16 @@ def evidence(
     return Evidence(sp, ssec, resp, act_p.astype(np.int64), act_sec.astype(np.int64))
 
 
+def evidence_range(ev: Evidence, lo: int, hi: int) -> Evidence:
+    """The evidence of profiles ``lo``..``hi - 1`` of ``ev`` (sorted by profile, as
+    :func:`evidence` returns it), their codes shifted to start at 0."""
+    s = slice(*np.searchsorted(ev.send_p, [lo, hi]))
+    a = slice(*np.searchsorted(ev.act_p, [lo, hi]))
+    return Evidence(
+        ev.send_p[s] - lo, ev.send_sec[s], ev.send_resp[s], ev.act_p[a] - lo, ev.act_sec[a]
+    )
+
+
 def count_hours(ev: Evidence, n: int, zone_code: np.ndarray, conv: ZoneConverter) -> Counts:
     size = n * HOURS_PER_WEEK
     sh = conv.local_how(ev.send_sec, zone_code[ev.send_p])

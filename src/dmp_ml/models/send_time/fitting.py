@@ -1,16 +1,21 @@
-"""The served send-time curves from the evidence: per-profile counts, population priors, the
-posterior per profile. One call for the fit, one for a baseline the guard may serve instead.
+"""The send-time model's population work on the evidence: per-profile counts, population
+priors, the posterior per profile; a call each for the zone inference, the model selection,
+the fit, the scoring of a guard window and a baseline the guard may serve instead.
 
 The work has three parts: per-profile hour-of-week counts (a map over profiles), the
 population's priors (cohort and global sums of those counts: a reduction), and each profile's
-posterior given the priors (a map again). :class:`LocalCurves` does them in process (the
+posterior given the priors (a map again). The zone inference sums the hours of the profiles
+of known zone and infers the others' zones profile by profile; the selection does as the fit
+on the evidence before its split, for the profiles it scores and at the held-out sends; the
+guard scores its candidates profile by profile on each held-out window, given the
+population's engagement (a reduction). :class:`LocalCurves` does them in process (the
 posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves` partition by partition
-on Dask. Both take a :class:`CurveInputs` and return :class:`FittedCurves`.
+on Dask. Both give the same values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,11 +70,54 @@ class FittedCurves:
     baseline_global: np.ndarray
 
 
+Search = Callable[[curves.Pooled], Mapping[str, float]]
+"""The hyper-parameter search of a selection: given the pooled evidence (the cohort and
+population sums, and the per-profile parts of the profiles it scores), the chosen values."""
+
+
 class CurveEngine(Protocol):
-    """Where the curves are computed: ``fit(inputs)``, then, if the guard serves a baseline,
-    ``baseline(name, fitted, cohort_code)`` -> (shape (n, 168), basis code (n,))."""
+    """Where the population work runs: ``map_profiles(...)`` for the zone inference,
+    ``select(...)`` for the model selection, ``fit(inputs)`` for the guard's refits and the
+    served fit, ``score_guard(window)`` for each guard window, then, if the guard serves a
+    baseline, ``baseline(name, fitted, cohort_code)`` -> (shape (n, 168), basis code (n,))
+    for the profiles of the last fit."""
+
+    def select(
+        self,
+        inputs: CurveInputs,
+        rows: np.ndarray,
+        search: Search,
+        sends: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[Mapping[str, float], np.ndarray | None]:
+        """The population's part of a selection: ``inputs``' evidence pooled as
+        :func:`~dmp_ml.models.send_time.curves.pool_counts` does, with the per-profile parts
+        of ``rows`` (sorted) only, goes to ``search`` (run in process); then, with the values
+        it chose, each of ``sends`` (profile codes sorted, local hours of week) gets its
+        profile's response rate times its curve at that hour (None without ``sends``).
+        Returns the chosen values and those raw probabilities."""
+        ...
+
+    def map_profiles(
+        self,
+        func: Callable[..., Any],
+        ev: Evidence,
+        rows: Sequence[np.ndarray],
+        shared: tuple = (),
+    ) -> list[Any]:
+        """``func(evidence, *rows, *shared)`` on ranges of the profiles: each range's evidence
+        (``ev``'s, sorted by profile, codes from 0) and its slices of the per-profile arrays
+        ``rows``; the results in profile order. For work profile by profile (the zone
+        inference): the caller concatenates or sums the results."""
+        ...
 
     def fit(self, inputs: CurveInputs) -> FittedCurves: ...
+
+    def score_guard(
+        self, window: baselines.GuardWindow
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """:func:`~dmp_ml.models.send_time.baselines.score_window`: per scored profile, every
+        guard candidate's hit and mean log-likelihood on one held-out window."""
+        ...
 
     def baseline(
         self, name: str, fitted: FittedCurves, cohort_code: np.ndarray
@@ -92,6 +140,54 @@ class LocalCurves:
     """In process: the counts of every profile at once, the posterior a block of profiles at a
     time (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`); keeps the activity counts
     for :meth:`baseline`."""
+
+    def map_profiles(
+        self,
+        func: Callable[..., Any],
+        ev: Evidence,
+        rows: Sequence[np.ndarray],
+        shared: tuple = (),
+    ) -> list[Any]:
+        """See :meth:`CurveEngine.map_profiles`: every profile as one range."""
+        return [func(ev, *rows, *shared)]
+
+    def select(
+        self,
+        inputs: CurveInputs,
+        rows: np.ndarray,
+        search: Search,
+        sends: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[Mapping[str, float], np.ndarray | None]:
+        """See :meth:`CurveEngine.select`: the counts of every profile at once, the curves at
+        the sends a block of profiles at a time."""
+        counts = curves.count_hours(
+            inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
+        )
+        pooled = curves.pool_counts(
+            counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
+        )
+        chosen = search(
+            curves.Pooled(
+                pooled.resp[rows],
+                pooled.act[rows],
+                pooled.expo[rows],
+                pooled.mu[rows],
+                pooled.cohort,
+                pooled.pool,
+            )
+        )
+        if sends is None:
+            return chosen, None
+        sp, how = sends
+        rate, _ = curves.rates(counts, "rate", inputs.rate_strength, 1.0)
+        at_send = np.empty(len(sp))
+        params = hyper(chosen)
+        for block, fitted in curves.posterior_blocks(
+            pooled, inputs.cohort_code, inputs.source, inputs.mixture, params
+        ):
+            mine = (sp >= block.start) & (sp < block.stop)
+            at_send[mine] = fitted["shape"][sp[mine] - block.start, how[mine]]
+        return chosen, rate[sp] * at_send
 
     def fit(self, inputs: CurveInputs) -> FittedCurves:
         """The curves from ``inputs`` (see the module doc)."""
@@ -124,6 +220,12 @@ class LocalCurves:
             sends=counts.sends.sum(axis=1),
             baseline_global=baselines.global_curve(counts.activity, fitted["global_shape"]),
         )
+
+    def score_guard(
+        self, window: baselines.GuardWindow
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """See :meth:`CurveEngine.score_guard`; a block of profiles at a time."""
+        return baselines.score_window(window)
 
     def baseline(
         self, name: str, fitted: FittedCurves, cohort_code: np.ndarray

@@ -233,7 +233,8 @@ class SendTimeModel(EstimatorParams):
             An earlier fit's ``selection_`` (same log, earlier ``as_of``): its hyper-parameters
             are reused, not searched again; calibration and guard are fitted on this data.
         engine : CurveEngine, optional
-            Where the served curves are computed from the evidence (default
+            Where the population-sized parts of the zone inference, the selection, the
+            guard and the served curves are computed from the evidence (default
             :class:`~.fitting.LocalCurves`, in process; e.g. ``dmp_ml.scale.DaskCurves``).
             Every engine gives the same curves (to float rounding).
         """
@@ -252,10 +253,17 @@ class SendTimeModel(EstimatorParams):
             raise InsufficientDataError("send time: no engagement events before as_of")
         n = len(profile_index)
 
+        engine = engine if engine is not None else LocalCurves()
         # ---- time zones: known, inferred from behaviour, else UTC
         known = known_zones(profile_index, timezones)
         zone_of, source, mixture = assign_zones(
-            known, full, as_of_sec, self.tz_candidates, self.tz_min_events, self.tz_min_posterior
+            known,
+            full,
+            as_of_sec,
+            self.tz_candidates,
+            self.tz_min_events,
+            self.tz_min_posterior,
+            engine,
         )
         zones, zone_code = np.unique(zone_of, return_inverse=True)
         zones = [str(z) for z in zones]
@@ -284,9 +292,16 @@ class SendTimeModel(EstimatorParams):
             mixture,
             full,
             as_of_sec,
+            engine,
             chosen=selection,
         )
-        engine = engine if engine is not None else LocalCurves()
+        # ---- the guard: serve a plain baseline when it beats the curves on held-out time. Its
+        # refits run on the engine too, before the served fit (the engine keeps its last fit
+        # for ``baseline``)
+        guard = None
+        if self.guard_baselines:
+            guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw, engine)
+        served = baselines.choose_served(guard)
         fc = engine.fit(
             CurveInputs(
                 full=full,
@@ -310,11 +325,6 @@ class SendTimeModel(EstimatorParams):
             0,
             np.where(source == 2, 2, 1),
         ).astype(np.int8)
-        # ---- the guard: serve a plain baseline when it beats the curves on held-out time
-        guard = None
-        if self.guard_baselines:
-            guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw)
-        served = baselines.choose_served(guard)
         shape, shape_sd = fc.shape, fc.shape_sd
         if served != baselines.MODEL:
             shape, basis = engine.baseline(served, fc, cohort_code)

@@ -12,8 +12,10 @@ import numpy as np
 
 from dmp_ml.models.send_time import curves
 from dmp_ml.models.send_time.curves import CALIBRATION_LAG, Evidence
+from dmp_ml.models.send_time.fitting import CurveInputs
 
 if TYPE_CHECKING:
+    from dmp_ml.models.send_time.fitting import CurveEngine
     from dmp_ml.models.send_time.model import SendTimeModel
     from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
 
@@ -37,6 +39,7 @@ def select(
     mixture: ZoneMixture | None,
     full: Evidence,
     as_of_sec: int,
+    engine: CurveEngine,
     chosen: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Choose the hyper-parameters by held-out log-likelihood of engagement hours.
@@ -47,6 +50,11 @@ def select(
     middle candidates, until no single change improves the score. With the chosen values,
     the response probability is then calibrated on the held-out email sends (see
     :func:`~dmp_ml.models.send_time.curves.fit_calibration`).
+
+    The population's part (the counts before the split, pooled per cohort and overall, and
+    the curves at the held-out sends) runs on ``engine``
+    (:meth:`~dmp_ml.models.send_time.fitting.CurveEngine.select`); the search over the
+    sample of at most 5,000 profiles and the two-parameter calibration run here.
 
     ``chosen`` (the selection of an earlier fit on the same log up to an earlier cutoff) skips
     the search: its values are scored once on this split and the calibration is fitted anew.
@@ -59,11 +67,11 @@ def select(
         "activity_weight": sorted(float(v) for v in model.activity_weight_candidates),
         "sharpness": sorted(float(v) for v in model.sharpness_candidates),
     }
-    current = {name: values[len(values) // 2] for name, values in space.items()}
+    start = {name: values[len(values) // 2] for name, values in space.items()}
     if chosen is not None:
-        current = {name: float(chosen[name]) for name in space}
+        start = {name: float(chosen[name]) for name in space}
     elif all(len(values) == 1 for values in space.values()):
-        return {**current, "heldout_loglik": None, "calibration": None, "evaluated": []}
+        return {**start, "heldout_loglik": None, "calibration": None, "evaluated": []}
     train = curves.evidence(
         raw, codes, split_sec, model.machine_open_seconds, model.machine_open_weight
     )
@@ -77,9 +85,7 @@ def select(
     )
     if len(after.act_p) == 0 or len(train.act_p) + len(train.send_p) == 0:
         logger.warning("send time: no held-out engagement; using middle candidates")
-        return {**current, "heldout_loglik": None, "calibration": None, "evaluated": []}
-    counts = curves.count_hours(train, n, zone_code, converter)
-    pooled = curves.pool_counts(counts, cohort_code, n_cohorts, source, model.rate_prior_strength)
+        return {**start, "heldout_loglik": None, "calibration": None, "evaluated": []}
     hp = after.act_p
     hh = converter.local_how(after.act_sec, zone_code[hp])
     per_profile = np.bincount(hp, minlength=n)
@@ -91,65 +97,80 @@ def select(
     sel = pos[hp] >= 0
     hrow, hhow = pos[hp[sel]], hh[sel]
     n_rows = per_profile[rows]
-    part_cache: dict[tuple[float, float], dict[str, dict[str, np.ndarray]]] = {}
     scores: dict[tuple[float, ...], float] = {}
 
-    def score(params: dict[str, float]) -> float:
-        key = tuple(params[name] for name in space)
-        if key not in scores:
-            pkey = (params["day_pooling"], params["bandwidth"])
-            if pkey not in part_cache:
-                if len(part_cache) >= 4:  # bounded memory: drop the oldest
-                    part_cache.pop(next(iter(part_cache)))
-                part_cache[pkey] = curves.smooth_parts(pooled, rows, *pkey)
-            shape = curves.shapes(
-                curves.smoothed(part_cache[pkey], params["activity_weight"]),
-                cohort_code[rows],
-                params["prior_strength"],
-                params["cohort_strength"],
-                mixture=mixture,
-                source=source[rows],
-                rows=rows,
-                sharpness=params["sharpness"],
-                with_sd=False,
-            )["shape"]
-            log_total = np.log(shape.sum(axis=1))
-            ll = np.bincount(hrow, weights=np.log(shape[hrow, hhow]), minlength=len(rows))
-            scores[key] = float((ll / n_rows - log_total).mean())
-        return scores[key]
+    def search(pooled: curves.Pooled) -> dict[str, float]:
+        """Coordinate ascent on the sample (``pooled`` holds its rows only)."""
+        part_cache: dict[tuple[float, float], dict[str, dict[str, np.ndarray]]] = {}
 
-    best = score(current)
-    for _ in range(0 if chosen is not None else _SELECTION_MAX_ROUNDS):
-        improved = False
-        for name, values in space.items():
-            for value in values:
-                trial = {**current, name: value}
-                value_score = score(trial)
-                if value_score > best + 1e-9:
-                    best, current, improved = value_score, trial, True
-        if not improved:
-            break
+        def score(params: dict[str, float]) -> float:
+            key = tuple(params[name] for name in space)
+            if key not in scores:
+                pkey = (params["day_pooling"], params["bandwidth"])
+                if pkey not in part_cache:
+                    if len(part_cache) >= 4:  # bounded memory: drop the oldest
+                        part_cache.pop(next(iter(part_cache)))
+                    part_cache[pkey] = curves.smooth_parts(pooled, None, *pkey)
+                shape = curves.shapes(
+                    curves.smoothed(part_cache[pkey], params["activity_weight"]),
+                    cohort_code[rows],
+                    params["prior_strength"],
+                    params["cohort_strength"],
+                    mixture=mixture,
+                    source=source[rows],
+                    rows=rows,
+                    sharpness=params["sharpness"],
+                    with_sd=False,
+                )["shape"]
+                log_total = np.log(shape.sum(axis=1))
+                ll = np.bincount(hrow, weights=np.log(shape[hrow, hhow]), minlength=len(rows))
+                scores[key] = float((ll / n_rows - log_total).mean())
+            return scores[key]
+
+        current, best = start, score(start)
+        for _ in range(0 if chosen is not None else _SELECTION_MAX_ROUNDS):
+            improved = False
+            for name, values in space.items():
+                for value in values:
+                    trial = {**current, name: value}
+                    value_score = score(trial)
+                    if value_score > best + 1e-9:
+                        best, current, improved = value_score, trial, True
+            if not improved:
+                break
+        return current
+
+    # calibrate P(response | send at h) on the held-out sends (old enough to be answered),
+    # when the sends before the split were answered at all
+    sends = None
+    late = (full.send_sec >= split_sec) & (full.send_sec < as_of_sec - CALIBRATION_LAG)
+    if len(train.send_p) and train.send_resp.sum() > 0:
+        sp = full.send_p[late]
+        sends = (sp, converter.local_how(full.send_sec[late], zone_code[sp]))
+    inputs = CurveInputs(
+        full=train,
+        n=n,
+        zones=list(converter.zones),
+        zone_code=zone_code,
+        cohort_code=cohort_code,
+        n_cohorts=n_cohorts,
+        source=source,
+        mixture=mixture,
+        selected={},
+        rate_strength=model.rate_prior_strength,
+        span_hours=1.0,
+    )
+    current, at_send = engine.select(inputs, rows, search, sends)
+    calibration = None
+    if at_send is not None:
+        calibration = curves.fit_calibration(at_send, full.send_resp[late] >= 1)
     evaluated = [
         {**dict(zip(space, key, strict=True)), "heldout_loglik": value}
         for key, value in scores.items()
     ]
-    # calibrate P(response | send at h) on the held-out sends (old enough to be answered)
-    calibration = None
-    if counts.sends.sum() > 0 and counts.responses.sum() > 0:
-        rate, _ = curves.rates(counts, "rate", model.rate_prior_strength, 1.0)
-        late = (full.send_sec >= split_sec) & (full.send_sec < as_of_sec - CALIBRATION_LAG)
-        sp = full.send_p[late]
-        show = converter.local_how(full.send_sec[late], zone_code[sp])
-        at_send = np.empty(len(sp))  # each late send's curve value, block by block of profiles
-        for block, fitted in curves.posterior_blocks(
-            pooled, cohort_code, source, mixture, tuple(current[name] for name in space)
-        ):
-            mine = (sp >= block.start) & (sp < block.stop)
-            at_send[mine] = fitted["shape"][sp[mine] - block.start, show[mine]]
-        calibration = curves.fit_calibration(rate[sp] * at_send, full.send_resp[late] >= 1)
     return {
         **current,
-        "heldout_loglik": best,
+        "heldout_loglik": scores[tuple(current[name] for name in space)],
         "heldout_profiles": int(len(rows)),
         "calibration": calibration,
         "evaluated": evaluated,

@@ -17,6 +17,7 @@ from dmp_ml.models.send_time.curves import HOURS_PER_WEEK, group_sum, kernel, sm
 
 if TYPE_CHECKING:
     from dmp_ml.models.send_time.curves import Evidence
+    from dmp_ml.models.send_time.fitting import CurveEngine
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def assign_zones(
     candidates: Sequence[str] | None,
     min_events: int,
     min_posterior: float,
+    engine: CurveEngine,
 ) -> tuple[np.ndarray, np.ndarray, ZoneMixture | None]:
     """Zone name and source code (0 known, 1 inferred, 2 utc) per profile.
 
@@ -159,6 +161,10 @@ def assign_zones(
     the best offset reaches ``min_posterior`` the zone is inferred.
     Otherwise the profile stays in UTC, and the returned mixture (posterior with the
     population's zone shares as prior, likelihood tempered) serves as its prior curve.
+
+    The population's curve is a sum of the profiles' hours, and each profile's inference its
+    own: both run on ``engine``'s ranges of profiles
+    (:meth:`~dmp_ml.models.send_time.fitting.CurveEngine.map_profiles`).
     """
     n = len(known)
     zone_of = np.where(pd.isna(known), "UTC", known).astype(object)
@@ -171,18 +177,65 @@ def assign_zones(
     candidates = [z for z in dict.fromkeys([*listed, "UTC"]) if valid_zone(z)]
     # population local-time activity curve from profiles of known zone
     names = [str(z) for z in known_names]
-    conv = ZoneConverter(names)
     zmap = {z: i for i, z in enumerate(names)}
     kz = np.full(n, -1, dtype=np.int64)
     kz[~unknown] = [zmap[str(z)] for z in known[~unknown]]
-    mask = kz[ev.act_p] >= 0
-    how = conv.local_how(ev.act_sec[mask], kz[ev.act_p[mask]])
-    pop = np.bincount(how, minlength=HOURS_PER_WEEK).astype(float)
+    pop = np.sum(engine.map_profiles(known_hours, ev, (kz,), (names,)), axis=0)
     if pop.sum() < 10 * HOURS_PER_WEEK**0.5:
         return zone_of, source, None
     pop = smooth(pop[None, :], kernel(1.0, 0.0))[0]
     pop = np.maximum(pop / pop.sum(), 1e-4 / HOURS_PER_WEEK)
     pop /= pop.sum()
+    offsets = ZoneConverter(candidates).offsets_at(as_of_sec)
+    popularity = np.array(
+        [known_counts[names.index(z)] if z in names else 0 for z in candidates], dtype=float
+    )
+    inference = ZoneInference(candidates, pop, popularity, offsets, min_events, min_posterior)
+    parts = engine.map_profiles(infer_zones, ev, (zone_of, source), (inference,))
+    zone_of = np.concatenate([p[0] for p in parts])
+    clear = np.concatenate([p[1] for p in parts])
+    mixture = ZoneMixture(candidates, offsets, np.concatenate([p[2] for p in parts], axis=1))
+    source = np.where(clear, 1, source)
+    logger.info(
+        "send time: inferred a time zone for %d of %d profiles without one",
+        int(clear.sum()),
+        int(unknown.sum()),
+    )
+    return zone_of, source, mixture
+
+
+def known_hours(ev: Evidence, zone_code: np.ndarray, names: list[str]) -> np.ndarray:
+    """Engagement hours per local hour of week (168,) of the profiles of known zone
+    (``zone_code`` into ``names``; -1: unknown)."""
+    mask = zone_code[ev.act_p] >= 0
+    how = ZoneConverter(names).local_how(ev.act_sec[mask], zone_code[ev.act_p[mask]])
+    return np.bincount(how, minlength=HOURS_PER_WEEK).astype(float)
+
+
+@dataclass(frozen=True)
+class ZoneInference:
+    """What every profile's zone inference shares: the candidate zones, the population's
+    local-time activity share (168,), each candidate's number of known profiles and UTC offset
+    at ``as_of``, the engagement hours and posterior an inference needs."""
+
+    candidates: list[str]
+    pop: np.ndarray
+    popularity: np.ndarray
+    offsets: np.ndarray
+    min_events: int
+    min_posterior: float
+
+
+def infer_zones(
+    ev: Evidence, zone_of: np.ndarray, source: np.ndarray, inference: ZoneInference
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the profiles of ``ev`` (source 2: zone unknown): the zone (inferred where clear,
+    else as given), whether it was inferred, and the weights (n_candidates, n) of the prior
+    mixture of those left in UTC (zeros elsewhere). Profile by profile."""
+    candidates, pop, popularity = inference.candidates, inference.pop, inference.popularity
+    offsets = inference.offsets
+    n = len(source)
+    unknown = source == 2
     umask = unknown[ev.act_p]
     up, usec = ev.act_p[umask], ev.act_sec[umask]
     n_hours = np.bincount(up, minlength=n)
@@ -206,21 +259,17 @@ def assign_zones(
         )
         top = per_habit.max(axis=0)
         scores[i] = top + np.log(np.exp(per_habit - top).mean(axis=0))
-    offsets = cconv.offsets_at(as_of_sec)
-    popularity = np.array(
-        [known_counts[names.index(z)] if z in names else 0 for z in candidates], dtype=float
-    )
     # prior mixture for profiles that stay in UTC: population shares x tempered likelihood
     share = (popularity + 0.5) / (popularity + 0.5).sum()
     tempered = _TZ_TEMPERATURE * scores
     mix = np.log(share)[:, None] + tempered - tempered.max(axis=0, keepdims=True)
     mix = np.exp(mix - mix.max(axis=0, keepdims=True))
     mix /= mix.sum(axis=0, keepdims=True)
-    mixture = ZoneMixture(candidates, offsets, np.where(unknown[None, :], mix, 0.0))
+    weights = np.where(unknown[None, :], mix, 0.0)
 
-    eligible = unknown & (n_hours >= min_events)
+    eligible = unknown & (n_hours >= inference.min_events)
     if not eligible.any():
-        return zone_of, source, mixture
+        return zone_of, np.zeros(n, bool), weights
     # posterior over candidates (uniform prior); mass grouped by UTC offset at as_of
     post = np.exp(scores - scores.max(axis=0, keepdims=True))
     post /= post.sum(axis=0, keepdims=True)
@@ -231,20 +280,13 @@ def assign_zones(
     # are nearly indistinguishable and off by one hour at worst)
     near = (np.abs(groups[:, None] - groups[None, :]) <= 3600).astype(float)
     near_mass = (near[best_group] * mass.T).sum(axis=1)
-    clear = eligible & (near_mass >= min_posterior)
+    clear = eligible & (near_mass >= inference.min_posterior)
     # within the winning offset group prefer the zone with most known profiles
     in_group = group_of[:, None] == best_group[None, :]
     pick = np.where(in_group, popularity[:, None] + post, -1.0).argmax(axis=0)
     cand = np.array(candidates, dtype=object)
-    zone_of = np.where(clear, cand[pick], zone_of)
-    source = np.where(clear, 1, source)
-    mixture.weights[:, clear] = 0.0
-    logger.info(
-        "send time: inferred a time zone for %d of %d profiles without one",
-        int(clear.sum()),
-        int(unknown.sum()),
-    )
-    return zone_of, source, mixture
+    weights[:, clear] = 0.0
+    return np.where(clear, cand[pick], zone_of), clear, weights
 
 
 def _habit_kernel() -> np.ndarray:
