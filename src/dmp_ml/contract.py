@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from pandas.tseries.api import guess_datetime_format
 
 from dmp_ml import _readers, identity, rows
+from dmp_ml.codes import FrameCodes
 from dmp_ml.errors import DataContractError
 from dmp_ml.mapping import ColumnMapping, load_mapping
 from dmp_ml.settings import ContractSettings
@@ -230,6 +231,7 @@ def _load(
     bad: list[pd.DataFrame] = []
     shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
     rows_read = 0
+    codes: FrameCodes | None = None  # the duplicate check's, while the next batch is read
     batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
     for raw in batches:
         rows_read += len(raw)
@@ -247,6 +249,9 @@ def _load(
         reason = valid.pop("_reason")
         keep = reason.isna().to_numpy(bool)
         good.append(valid if keep.all() else rows.keep_rows(valid, keep))
+        if dedupe:
+            codes = codes or FrameCodes(_coded_columns(good[-1], dictionaries))
+            codes.add(good[-1])
         # selected, not sliced: a slice of the raw batch would keep all of its text alive
         if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
             if tuple(raw.columns) not in shapes:
@@ -257,14 +262,8 @@ def _load(
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
-    if dedupe and len(frame):
-        # the ids (and the columns kept as dictionaries): their codes serve the duplicate check
-        columns = [c for c in identity.ID_COLUMNS if c in frame.columns]
-        if dictionaries:
-            columns += [
-                c for c in frame.columns if c not in columns and _is_text_dictionary(frame[c].dtype)
-            ]
-        encoded = identity.encode_many(frame, columns)
+    if codes is not None and len(frame):
+        encoded, codes = codes.codes(), None
         if not dictionaries:
             frame = _decode_ids(frame)
         frame, dupes, encoded = _collapse_duplicates(frame, encoded)
@@ -309,6 +308,16 @@ def _load(
         report.rows_quarantined,
     )
     return LoadResult(frame=frame, quarantine=quarantine, report=report, encoded=encoded)
+
+
+def _coded_columns(batch: pd.DataFrame, dictionaries: bool) -> list[str]:
+    """The columns whose codes serve the duplicate check: the ids and the dictionaries kept."""
+    columns = [c for c in identity.ID_COLUMNS if c in batch.columns]
+    if dictionaries:
+        columns += [
+            c for c in batch.columns if c not in columns and _is_text_dictionary(batch[c].dtype)
+        ]
+    return columns
 
 
 def _utc_now(now: pd.Timestamp | str | None) -> pd.Timestamp:
