@@ -22,9 +22,10 @@ class ColumnCodes:
     """The codes of one text column, fed its values batch by batch in row order."""
 
     def __init__(self) -> None:
-        # per non-empty chunk: its dictionary's values (as ``string``), its indices (the
-        # column's own, nothing copied) and its entries in order of first use
-        self._chunks: list[tuple[pa.Array, pa.Array, np.ndarray]] = []
+        # per non-empty chunk: its dictionary's values (as ``string``), each row's entry
+        # (missing: one past the dictionary; the column's own indices when none is missing)
+        # and the entries in order of first use
+        self._chunks: list[tuple[pa.Array, np.ndarray, np.ndarray]] = []
         self._rows = 0
 
     def add(self, values: pa.Array | pa.ChunkedArray) -> None:
@@ -35,9 +36,12 @@ class ColumnCodes:
                 continue
             if not pa.types.is_dictionary(chunk.type):
                 chunk = pc.dictionary_encode(chunk)
-            first_use = pd.unique(_entries(chunk.indices, len(chunk.dictionary)))
+            # each row's entry, a missing row's one past the dictionary
+            entries = pc.fill_null(chunk.indices, len(chunk.dictionary))
+            entries = entries.to_numpy(zero_copy_only=False)
+            first_use = pd.unique(entries)
             first_use = first_use[first_use < len(chunk.dictionary)]
-            self._chunks.append((chunk.dictionary.cast(pa.string()), chunk.indices, first_use))
+            self._chunks.append((chunk.dictionary.cast(pa.string()), entries, first_use))
             self._rows += len(chunk)
 
     def codes(self) -> tuple[np.ndarray, pa.Array]:
@@ -58,16 +62,11 @@ class ColumnCodes:
         rank[order] = np.arange(len(order), dtype=np.int32)
         codes = np.empty(self._rows, dtype=np.int32)
         at = 0
-        for (dictionary, indices, _), chunk_ids in zip(self._chunks, ids, strict=True):
+        for (_, entries, _), chunk_ids in zip(self._chunks, ids, strict=True):
             table = np.append(rank[chunk_ids], np.int32(-1))  # a missing value -> -1
-            codes[at : at + len(indices)] = table[_entries(indices, len(dictionary))]
-            at += len(indices)
+            codes[at : at + len(entries)] = table[entries]
+            at += len(entries)
         return codes, distinct.dictionary.take(pa.array(order))
-
-
-def _entries(indices: pa.Array, size: int) -> np.ndarray:
-    """Each row's dictionary entry, a missing row's one past the dictionary (``size``)."""
-    return pc.fill_null(indices, size).to_numpy(zero_copy_only=False)
 
 
 class FrameCodes:
