@@ -528,11 +528,14 @@ def test_parquet_text_loads_as_the_same_log_written_as_csv(tmp_path: Path) -> No
     assert sorted(from_parquet.quarantine["row_number"]) == sorted(
         from_csv.quarantine["row_number"]
     )
-    assert set(from_parquet.encoded) == {"cookie_id", "profile_id"}
+    assert set(from_parquet.encoded) == set(from_csv.encoded) == {"cookie_id", "profile_id"}
     for column, (codes, values) in from_parquet.encoded.items():
         expected_codes, expected_values = encode(from_parquet.frame[column], len(codes))
         np.testing.assert_array_equal(codes, expected_codes)
         assert values.equals(expected_values)
+        # the CSV's codes, built from its batches of plain text, are the same
+        np.testing.assert_array_equal(from_csv.encoded[column][0], expected_codes)
+        assert from_csv.encoded[column][1].equals(expected_values)
 
 
 def test_a_log_of_dates_without_times_loads_with_a_warning(tmp_path: Path, caplog) -> None:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from pandas.tseries.api import guess_datetime_format
 
 from dmp_ml import _readers, identity, rows
+from dmp_ml.codes import FrameCodes
 from dmp_ml.errors import DataContractError
 from dmp_ml.mapping import ColumnMapping, load_mapping
 from dmp_ml.settings import ContractSettings
@@ -230,6 +231,7 @@ def _load(
     bad: list[pd.DataFrame] = []
     shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
     rows_read = 0
+    codes: FrameCodes | None = None  # built while the next batch is read
     batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
     for raw in batches:
         rows_read += len(raw)
@@ -247,6 +249,14 @@ def _load(
         reason = valid.pop("_reason")
         keep = reason.isna().to_numpy(bool)
         good.append(valid if keep.all() else rows.keep_rows(valid, keep))
+        if dedupe:  # the codes of the ids (and of the dictionaries kept) for the duplicate check
+            coded = [
+                c
+                for c in valid.columns
+                if c in identity.ID_COLUMNS or dictionaries and _is_text_dictionary(valid[c].dtype)
+            ]
+            codes = codes or FrameCodes(coded)
+            codes.add(good[-1])
         # selected, not sliced: a slice of the raw batch would keep all of its text alive
         if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
             if tuple(raw.columns) not in shapes:
@@ -257,14 +267,8 @@ def _load(
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
-    if dedupe and len(frame):
-        # the ids (and the columns kept as dictionaries): their codes serve the duplicate check
-        columns = [c for c in identity.ID_COLUMNS if c in frame.columns]
-        if dictionaries:
-            columns += [
-                c for c in frame.columns if c not in columns and _is_text_dictionary(frame[c].dtype)
-            ]
-        encoded = identity.encode_many(frame, columns)
+    if codes is not None and len(frame):
+        encoded, codes = codes.codes(), None
         if not dictionaries:
             frame = _decode_ids(frame)
         frame, dupes, encoded = _collapse_duplicates(frame, encoded)
@@ -768,7 +772,12 @@ def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         return col.astype("float64"), pd.Series(False, index=frame.index)
     text = _text(frame, column)
-    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+    values = identity.arrow_strings(text)  # parsed once per distinct value (words repeat)
+    distinct = pc.unique(values)
+    parsed = pd.to_numeric(pd.Series(pd.arrays.ArrowStringArray(distinct)), errors="coerce")
+    at = pc.fill_null(pc.index_in(values, value_set=distinct), -1).to_numpy(zero_copy_only=False)
+    table = np.append(parsed.to_numpy(np.float64, na_value=np.nan), np.nan)
+    numbers = pd.Series(table[at], index=frame.index)
     return numbers, text.notna() & numbers.isna()
 
 

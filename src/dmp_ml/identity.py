@@ -50,6 +50,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dmp_ml.codes import ColumnCodes
 from dmp_ml.errors import DataContractError
 from dmp_ml.rows import distinct, is_dictionary
 from dmp_ml.settings import FeatureSettings
@@ -193,7 +194,7 @@ def encode(
     if col is None:
         return np.full(n, -1, dtype=np.int32), pa.array([], type=pa.string())
     if isinstance(col, pd.Series) and is_dictionary(col.dtype):
-        return _encode_dictionaries(col.array.__arrow_array__(), n)
+        return _encode_dictionaries(col.array.__arrow_array__())
     if isinstance(col, pd.Series) and isinstance(col.dtype, pd.CategoricalDtype):
         codes = np.asarray(col.cat.codes, dtype=np.int32)
         return codes, pa.array(np.asarray(col.cat.categories.astype(str), dtype=object))
@@ -221,40 +222,12 @@ def encode(
     return codes, _plain(enc.dictionary)
 
 
-def _encode_dictionaries(arr: pa.ChunkedArray, n: int) -> tuple[np.ndarray, pa.Array]:
+def _encode_dictionaries(arr: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """:func:`encode` of a dictionary-encoded column (a dictionary per chunk, as Parquet text is
-    read), worked mostly on the dictionaries: their values are encoded together, each chunk's
-    entries are listed in order of first use, which orders the distinct values, and each row
-    then takes its code from a table of its chunk's entries (one lookup per row).
-    """
-    chunks = [c for c in arr.chunks if len(c)]
-    if not chunks:
-        return np.full(n, -1, dtype=np.int32), pa.array([], type=pa.string())
-    values = pa.concat_arrays([_plain(c.dictionary.cast(pa.string())) for c in chunks])
-    distinct = pc.dictionary_encode(values)
-    value_ids = pc.fill_null(distinct.indices, -1).to_numpy(zero_copy_only=False)
-    entries, used, start = [], [], 0
-    for chunk in chunks:
-        size = len(chunk.dictionary)
-        # a missing row points past the dictionary, at a slot that stays -1
-        index = pc.fill_null(chunk.indices, size).to_numpy(zero_copy_only=False)
-        first_use = pd.unique(index)
-        first_use = first_use[first_use < size]
-        ids = value_ids[start : start + size]
-        entries.append((index, ids))
-        used.append(ids[first_use])
-        start += size
-    order = pd.unique(np.concatenate(used))  # distinct values by first appearance
-    order = order[order >= 0]
-    rank = np.full(len(distinct.dictionary) + 1, -1, dtype=np.int32)
-    rank[order] = np.arange(len(order), dtype=np.int32)
-    codes = np.empty(n, dtype=np.int32)
-    at = 0
-    for index, ids in entries:
-        table = np.append(rank[ids], np.int32(-1))  # ids of -1 (a missing value) -> rank[-1]
-        codes[at : at + len(index)] = table[index]
-        at += len(index)
-    return codes, _plain(distinct.dictionary).take(pa.array(order))
+    read), worked mostly on the dictionaries (see :class:`dmp_ml.codes.ColumnCodes`)."""
+    codes = ColumnCodes()
+    codes.add(arr)
+    return codes.codes()
 
 
 def _plain(dictionary: pa.Array) -> pa.Array:

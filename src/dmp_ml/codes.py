@@ -1,0 +1,88 @@
+"""Dictionary codes of a text column, built batch by batch while a log is read.
+
+A column's codes number its distinct values in order of first appearance (-1 for a missing
+value), as :func:`dmp_ml.identity.encode` gives them. Most of the work is per batch and is
+done as each batch arrives (while the next one is still being read): each batch's values are
+dictionary-encoded (a Parquet batch already is), and its dictionary entries are listed in order
+of first use. :meth:`ColumnCodes.codes` then only joins the batches' dictionaries and gives
+each row the code of its entry (one lookup per row).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class ColumnCodes:
+    """The codes of one text column, fed its values batch by batch in row order."""
+
+    def __init__(self) -> None:
+        # per non-empty chunk: its dictionary's values (as ``string``), each row's entry
+        # (missing: one past the dictionary; the column's own indices when none is missing)
+        # and the entries in order of first use
+        self._chunks: list[tuple[pa.Array, np.ndarray, np.ndarray]] = []
+        self._rows = 0
+
+    def add(self, values: pa.Array | pa.ChunkedArray) -> None:
+        """Take the next rows: text, or dictionary-encoded text (its dictionary kept)."""
+        chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+        for chunk in chunks:
+            if not len(chunk):
+                continue
+            if not pa.types.is_dictionary(chunk.type):
+                chunk = pc.dictionary_encode(chunk)
+            # each row's entry, a missing row's one past the dictionary
+            entries = pc.fill_null(chunk.indices, len(chunk.dictionary))
+            entries = entries.to_numpy(zero_copy_only=False)
+            first_use = pd.unique(entries)
+            first_use = first_use[first_use < len(chunk.dictionary)]
+            self._chunks.append((chunk.dictionary.cast(pa.string()), entries, first_use))
+            self._rows += len(chunk)
+
+    def codes(self) -> tuple[np.ndarray, pa.Array]:
+        """int32 codes of every row taken (-1 for missing) and the distinct values they number."""
+        if not self._chunks:
+            return np.full(self._rows, -1, dtype=np.int32), pa.array([], type=pa.string())
+        values = pa.concat_arrays([dictionary for dictionary, _, _ in self._chunks])
+        distinct = pc.dictionary_encode(values)
+        value_ids = pc.fill_null(distinct.indices, -1).to_numpy(zero_copy_only=False)
+        ids, used, start = [], [], 0
+        for dictionary, _, first_use in self._chunks:
+            ids.append(value_ids[start : start + len(dictionary)])
+            used.append(ids[-1][first_use])
+            start += len(dictionary)
+        order = pd.unique(np.concatenate(used))  # distinct values by first appearance
+        order = order[order >= 0]
+        rank = np.full(len(distinct.dictionary) + 1, -1, dtype=np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        codes = np.empty(self._rows, dtype=np.int32)
+        at = 0
+        for (_, entries, _), chunk_ids in zip(self._chunks, ids, strict=True):
+            table = np.append(rank[chunk_ids], np.int32(-1))  # a missing value -> -1
+            codes[at : at + len(entries)] = table[entries]
+            at += len(entries)
+        return codes, distinct.dictionary.take(pa.array(order))
+
+
+class FrameCodes:
+    """The codes of some text columns of a frame that arrives in batches (the loader's)."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self._columns = {column: ColumnCodes() for column in columns}
+
+    def add(self, batch: pd.DataFrame) -> None:
+        """Take the next rows (the columns are Arrow-backed: text, or dictionary-encoded text)."""
+        for column, codes in self._columns.items():
+            codes.add(batch[column].array.__arrow_array__())
+
+    def codes(self) -> dict[str, tuple[np.ndarray, pa.Array]]:
+        """Each column's codes and values (:meth:`ColumnCodes.codes`), two columns at a time
+        (NumPy and Arrow release the GIL)."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dmp-ml-codes") as pool:
+            done = pool.map(ColumnCodes.codes, self._columns.values())
+            return dict(zip(self._columns, done, strict=True))

@@ -1,0 +1,56 @@
+"""Codes built batch by batch while a log is read are those of encoding the whole column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from dmp_ml.codes import ColumnCodes
+from dmp_ml.identity import encode
+
+
+def test_codes_fed_batch_by_batch_equal_the_whole_columns() -> None:
+    rng = np.random.default_rng(3)
+    words = pa.array(["a", "b", None, "c", "a", "d"])  # a missing entry, a repeated value
+    batches: list[pa.Array | pa.ChunkedArray] = [
+        pa.DictionaryArray.from_arrays(
+            pa.array(rng.integers(0, 6, 50), mask=rng.random(50) < 0.2, type=pa.int32()), words
+        ),
+        pa.array(["d", None, "e", "b", "e"]),  # plain text (a CSV batch)
+        pa.array([], type=pa.string()),
+        pa.nulls(4, pa.large_string()),  # a column the file does not have
+        pa.chunked_array([pa.array(["f", "a"]), pa.array(["f", None])], type=pa.string()),
+    ]
+    codes = ColumnCodes()
+    for batch in batches:
+        codes.add(batch)
+    got, values = codes.codes()
+    text = [
+        (
+            b.cast(pa.string())
+            if not pa.types.is_dictionary(b.type)
+            else b.dictionary.take(b.indices)
+        )
+        for b in batches
+    ]
+    whole = pd.Series(
+        pd.arrays.ArrowStringArray(pa.chunked_array(text, type=pa.string())), dtype="string"
+    )
+    expected, expected_values = encode(whole, len(whole))
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int32
+    assert values.equals(expected_values)
+    # the distinct values in order of first appearance; missing rows -1
+    assert values.to_pylist() == list(pd.unique(whole.dropna()))
+    np.testing.assert_array_equal(got == -1, whole.isna().to_numpy())
+
+
+def test_a_column_of_no_rows_or_only_missing_values_has_no_values() -> None:
+    codes = ColumnCodes()
+    got, values = codes.codes()
+    assert len(got) == 0 and len(values) == 0
+    codes.add(pa.nulls(3, pa.string()))
+    got, values = codes.codes()
+    np.testing.assert_array_equal(got, [-1, -1, -1])
+    assert len(values) == 0 and values.type == pa.string()
