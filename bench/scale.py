@@ -98,7 +98,7 @@ elif part != "bundle":
 else:
     bundle = b.load_bundle(path, n_threads=1)
     loaded = uss()
-    ids = bundle.features.frame.index[:50].tolist()
+    ids = bundle.features.profile_ids[:50].tolist()
     if bundle.scores is not None:
         bundle.score(ids)
     if bundle.send_time_model is not None:
@@ -131,7 +131,7 @@ def uss():
     return private_bytes()
 
 def answer(bundle):
-    ids = bundle.features.frame.index[:50].tolist()
+    ids = bundle.features.profile_ids[:50].tolist()
     bundle.score(ids)
     bundle.send_time(ids)
     bundle.lookalike(ids[:20], size=100)
