@@ -479,10 +479,10 @@ _ROWS_PER_RUN = 256  # runs shorter than this on average: one gather beats a sli
 
 def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
     """``pd.concat([frame, rows]).iloc[order]`` (``rows`` with ``frame``'s columns) with one
-    copy, not two: the float64 columns taken (:func:`dmp_ml.rows.stacked_takes`) straight
+    copy, not two: the float64 columns taken (:func:`stacked_takes`) straight
     into the rows of one ``(n_columns, n_rows)`` array, the layout a mapped frame has, the
-    other columns concatenated and taken one by one. A refresh merging a few new profiles
-    into a table of the population's rows pays one pass over it."""
+    other columns concatenated and taken one by one (a merge of a refresh's score rows; a
+    refreshed feature table built whole, :meth:`OverlaidFrame.frame`)."""
     floats = [c for c in frame.columns if frame[c].dtype == np.float64 == rows[c].dtype]
     pairs = [(frame[c].to_numpy(), rows[c].to_numpy()) for c in floats]
     values = np.empty((len(floats), len(order)), dtype=np.float64)
