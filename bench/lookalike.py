@@ -71,7 +71,7 @@ def make_table(n: int, dim: int, seed: int) -> tuple[FeatureTable, np.ndarray]:
         as_of=pd.Timestamp("2026-01-01", tz="UTC"),
         columns={c: "float64" for c in frame.columns},
     )
-    return FeatureTable(frame=frame, hour_of_week=np.zeros((0, 168)), spec=spec), cluster
+    return FeatureTable(data=frame, hour_of_week=np.zeros((0, 168)), spec=spec), cluster
 
 
 def pick_seed(

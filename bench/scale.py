@@ -98,7 +98,7 @@ elif part != "bundle":
 else:
     bundle = b.load_bundle(path, n_threads=1)
     loaded = uss()
-    ids = bundle.features.frame.index[:50].tolist()
+    ids = bundle.features.profile_ids[:50].tolist()
     if bundle.scores is not None:
         bundle.score(ids)
     if bundle.send_time_model is not None:
@@ -131,7 +131,7 @@ def uss():
     return private_bytes()
 
 def answer(bundle):
-    ids = bundle.features.frame.index[:50].tolist()
+    ids = bundle.features.profile_ids[:50].tolist()
     bundle.score(ids)
     bundle.send_time(ids)
     bundle.lookalike(ids[:20], size=100)
@@ -260,7 +260,10 @@ def refresh_visibility(workdir: Path, batch_size: int = 1000) -> dict[str, objec
         applied = time.perf_counter()
         fresh = load_bundle(copy, n_threads=1)
         loaded = time.perf_counter()
-        fresh.score([p for p in ids if p in fresh.features.frame.index] or None)
+        fresh.score(
+            [p for p, known in zip(ids, fresh.features.ids.contains(ids), strict=True) if known]
+            or None
+        )
         seconds = time.perf_counter() - started
         if report.rows_accepted < batch_size * 0.9:
             raise RuntimeError(f"refresh accepted {report.rows_accepted} of {batch_size}")

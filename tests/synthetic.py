@@ -35,4 +35,4 @@ def labelled_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 def feature_table(X: pd.DataFrame, as_of: str) -> FeatureTable:
     spec = FeatureSpec("test", pd.Timestamp(as_of, tz="UTC"), {c: str(X[c].dtype) for c in X})
-    return FeatureTable(frame=X, hour_of_week=np.zeros((len(X), 168)), spec=spec)
+    return FeatureTable(data=X, hour_of_week=np.zeros((len(X), 168)), spec=spec)

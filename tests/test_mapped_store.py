@@ -259,7 +259,7 @@ def _replicated(bundle: ModelBundle, directory: Path, copies: int) -> Path:
     frame = pd.concat([table.frame] * copies)
     frame.index = _ids(table.frame.index, copies)
     how = np.tile(np.asarray(table.hour_of_week), (copies, 1))
-    features = replace(table, frame=frame, hour_of_week=how, links=None)
+    features = replace(table, data=frame, hour_of_week=how, links=None)
     tiled = pd.concat([scores] * copies).set_axis(_ids(scores.index, copies))
     look.raw_ = np.tile(np.asarray(look.raw_), (copies, 1))
     look.codes_ = np.tile(np.asarray(look.codes_), (copies, 1))

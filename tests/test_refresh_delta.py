@@ -4,6 +4,7 @@ into a new base with the same answers, and an erasure after a delta leaves no tr
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from dmp_ml.bundle import (
     read_features_index,
     read_manifest,
 )
+from dmp_ml.delta import CHANGE_FILE
 from dmp_ml.demo import DemoWorld
 from dmp_ml.erasure import forget
 from dmp_ml.errors import BundleError
@@ -232,6 +234,27 @@ def test_a_delta_whose_base_or_chain_is_damaged_is_refused(
     shutil.rmtree(live.base_path)
     with pytest.raises(BundleError):
         load_bundle(workdir)
+
+
+def test_a_refreshed_profile_ranks_among_the_others_as_a_full_re_sort_ranks_it(
+    refreshed: Refreshed,
+) -> None:
+    """The second batch of one refresher (the population's raw scores kept sorted from the
+    first, the first batch's taken out and put in by search) ranks each profile it touched,
+    new ones included, exactly where sorting every other profile's raw score puts it."""
+    after = load_bundle(refreshed.deltas, lazy=True)
+    first, second = after.deltas
+    before = load_bundle(first, lazy=True)
+    change = json.loads((second / layout.DELTA_DIR / CHANGE_FILE).read_text(encoding="utf-8"))
+    touched = pd.Index(change["profile_ids"], dtype="string")
+    assert (~before.features.ids.contains(touched)).any()  # new profiles among them
+    assert before.scores is not None and after.scores is not None
+    gone = before.scores.index.isin(touched.union(pd.Index(change["removed"], dtype="string")))
+    others = np.sort(before.scores["raw"].to_numpy()[~gone])
+    raw = after.scores["raw"].reindex(touched).to_numpy()
+    want = 100.0 * (np.searchsorted(others, raw, side="right") + 1) / (len(others) + 1)
+    got = after.scores["percentile"].reindex(touched).to_numpy()
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_loaded_bundle_extended_by_a_new_delta_answers_as_a_fresh_load(

@@ -8,8 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmp_ml.delta import stacked_frame
-from dmp_ml.rows import OverlaidRows, distinct, duplicated_rows, id_merge_order, stacked_takes
+from dmp_ml.id_index import IdIndex
+from dmp_ml.mapped import map_frame, write_frame
+from dmp_ml.rows import (
+    OverlaidFrame,
+    OverlaidRows,
+    distinct,
+    duplicated_rows,
+    id_merge_order,
+    stacked_frame,
+    stacked_takes,
+)
 
 
 def _log(n: int, seed: int, in_time_order: bool) -> pd.DataFrame:
@@ -131,6 +140,51 @@ def test_stacked_frame_equals_concatenating_and_taking() -> None:
     merged = stacked_frame(base, new, order)
     pd.testing.assert_frame_equal(merged, expected, check_exact=True)
     assert merged.index.is_monotonic_increasing
+
+
+def test_an_overlaid_frame_reads_like_the_frame_it_stands_for(tmp_path) -> None:
+    """New, changed and removed rows over a mapped base frame read back, by position and
+    whole, as the frame merged the plain way (concat, drop, id order) does; the base file is
+    never written and a merge leaves the frame it came from as it was."""
+    rng = np.random.default_rng(3)
+    levels = ["a", "b", "c"]
+
+    def frame(ids: list[str]) -> pd.DataFrame:
+        n = len(ids)
+        return pd.DataFrame(
+            {
+                "x": rng.normal(size=n),
+                "kind": pd.Categorical(rng.choice(levels, n), categories=levels),
+                "y": rng.normal(size=n),
+            },
+            index=pd.Index(ids, dtype="string", name="profile_id"),
+        )
+
+    write_frame(tmp_path, "f", frame([f"p{i:03d}" for i in range(0, 200, 2)]))
+    base = map_frame(tmp_path, "f")
+    base.index = pd.Index(base.index, dtype="string", name="profile_id")
+    on_disk = np.load(tmp_path / "f.npy").copy()
+    plain = base.copy()
+    overlaid = OverlaidFrame(base)
+    for step in range(3):
+        ids = IdIndex.build(overlaid.index)
+        new = frame([f"p{i:03d}" for i in (5 + step, 40, 77 + step, 199 - step)])
+        removed = pd.Index([plain.index[10 + step], plain.index[60]], dtype="string")
+        drop = plain.index.isin(removed) | plain.index.isin(new.index)
+        order = ids.merge_order(overlaid.index, drop, new.index)
+        before = overlaid.frame().copy()
+        merged = overlaid.merged(new, order)
+        pd.testing.assert_frame_equal(overlaid.frame(), before, check_exact=True)
+        plain = pd.concat([plain[~drop], new]).sort_index()
+        changed = frame([str(i) for i in plain.index[[0, 33, 34]]])
+        overlaid = merged.replaced(np.array([0, 33, 34]), changed)
+        plain.iloc[[0, 33, 34]] = changed.to_numpy()
+        plain["kind"] = plain["kind"].astype(before["kind"].dtype)
+        assert overlaid.index.equals(plain.index) and len(overlaid) == len(plain)
+        positions = rng.permutation(len(plain))[:25]
+        pd.testing.assert_frame_equal(overlaid.take(positions), plain.iloc[positions])
+        pd.testing.assert_frame_equal(overlaid.frame(), plain, check_exact=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), on_disk)
 
 
 @pytest.mark.parametrize("n", [0, 3, 5000])

@@ -264,7 +264,7 @@ def export_frame(
     frame = frame.assign(profile_id=frame["profile_id"].astype("string"))
     frame = frame.drop_duplicates("profile_id", keep="first").reset_index(drop=True)
     requested = len(frame)
-    eligible = frame["profile_id"].isin(bundle.features.frame.index).to_numpy(dtype=bool)
+    eligible = frame["profile_id"].isin(bundle.features.profile_ids).to_numpy(dtype=bool)
     gone = excluded_ids(bundle)
     erased = (
         frame["profile_id"].isin(list(gone)).to_numpy(dtype=bool)

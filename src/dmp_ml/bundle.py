@@ -553,7 +553,7 @@ def save_bundle(
         model.save(directory / name)
     if scores is not None:
         frame = scores.set_axis(pd.Index(scores.index.astype("string"), name="profile_id"))
-        rows = frame.index.get_indexer(features.frame.index)
+        rows = frame.index.get_indexer(features.profile_ids)
         if frame.index.is_unique and len(rows) == len(frame) and bool((rows >= 0).all()):
             frame = frame.iloc[rows]  # the table's order: loading shares one id index
         write_frame((directory / SCORES_FILE).parent, _SCORES_STEM, frame)
@@ -631,8 +631,8 @@ class ModelBundle:
 
         self.features = FeatureTable.read(self.base_path / FEATURES_DIR)
         self.scores = read_scores(self.base_path) if "propensity" in self.models else None
-        if self.scores is not None and self.scores.index.equals(self.features.frame.index):
-            self.scores.index = self.features.frame.index  # one id index (and hash table)
+        if self.scores is not None and self.scores.index.equals(self.features.profile_ids):
+            self.scores.index = self.features.profile_ids  # one id index (and hash table)
 
     def overlay(self, delta: Delta, in_place: bool = True) -> None:
         """Apply a refresh's rows: features, scores, and every model's ``update`` with the
@@ -642,11 +642,11 @@ class ModelBundle:
         before = self.features
         self.features = merge_table(before, delta, in_place=in_place)
         if self.scores is not None and delta.scores is not None:
-            aligned = self.scores.index is before.frame.index
+            aligned = self.scores.index is before.profile_ids
             ids = before.ids if aligned else None
             self.scores = merge_rows(self.scores, delta.scores, change.removed, in_place, ids)
-            if aligned and self.scores.index.equals(self.features.frame.index):
-                self.scores.index = self.features.frame.index  # one id index again
+            if aligned and self.scores.index.equals(self.features.profile_ids):
+                self.scores.index = self.features.profile_ids  # one id index again
         if isinstance(self.models, LazyModels):
             self.models.update(change)
         else:
@@ -698,7 +698,7 @@ class ModelBundle:
         """Models whose profile list is the table's use the table's index and its id index
         (:mod:`dmp_ml.id_index`): one copy of the ids per worker instead of one per model,
         and lookups by binary search in the mapped ids instead of a hash table over them."""
-        index = self.features.frame.index
+        index = self.features.profile_ids
         for model in self.models.values():
             ids = getattr(model, "profile_ids_", None)
             if isinstance(ids, pd.Index) and (ids is index or ids.equals(index)):
@@ -741,7 +741,7 @@ class ModelBundle:
         if profile_ids is None:
             profile_ids = self.scores.index
         ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
-        aligned = self.scores.index is self.features.frame.index  # the table's rows: its index
+        aligned = self.scores.index is self.features.profile_ids  # the table's rows: its index
         rows = rows_of(self.scores.index, self.features.ids if aligned else None, ids)
         found = rows >= 0
         if self._forgotten:
@@ -751,7 +751,7 @@ class ModelBundle:
         frame = self.scores.iloc[rows[found]][["score", "percentile"]].reset_index()
         frame = frame.join(self._basis(frame["profile_id"]))
         if explain and known:
-            X = self.features.frame.iloc[self.features.rows(known)]
+            X = self.features.take(self.features.rows(known))
             propensity = self.propensity
             assert propensity is not None  # "propensity" is in self.models
             frame["reasons"] = propensity.explain(X)
@@ -759,9 +759,9 @@ class ModelBundle:
 
     def _basis(self, profile_ids: pd.Series) -> pd.DataFrame:
         """The history behind each profile's answers (rows aligned with ``profile_ids``)."""
-        table = self.features.frame
         rows = self.features.rows(profile_ids.astype(str))
         known = rows >= 0
+        table = self.features.take(rows[known])  # the rows asked for, not the whole table
         basis = pd.DataFrame(index=profile_ids.index)
         for name, column in (
             ("history_days", "tenure_days"),
@@ -770,8 +770,7 @@ class ModelBundle:
         ):
             values = np.full(len(rows), np.nan)
             if column in table.columns:
-                picked = table[column].iloc[rows[known]]
-                values[known] = picked.to_numpy(dtype=float, na_value=np.nan)
+                values[known] = table[column].to_numpy(dtype=float, na_value=np.nan)
             basis[name] = pd.array(np.round(values), dtype="Int64")
         return basis
 
@@ -796,7 +795,7 @@ class ModelBundle:
             raise BundleError(
                 f"bundle {self.version} has no send-time model: {self._why('send_time')}"
             )
-        eligible_ids = self.features.frame.index
+        eligible_ids = self.features.profile_ids
         if profile_ids is None:
             ids = eligible_ids.astype(str).tolist()
         else:

@@ -156,7 +156,7 @@ def create_campaign(
         ids = [str(p) for p in audience]
     ids = list(dict.fromkeys(ids))
     gone = excluded_ids(bundle)
-    index = bundle.features.frame.index
+    index = bundle.features.profile_ids
     ids = [p for p in ids if p not in gone and index.get_indexer([p])[0] >= 0]
     if not ids:
         raise RequestError("audience", "no eligible profile in the audience")

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from dmp_ml.id_index import IdIndex
 from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.rows import LazyRows, id_merge_order, stacked_take, stacked_takes
+from dmp_ml.rows import LazyRows, OverlaidFrame, id_merge_order, stacked_frame, stacked_take
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureTable
@@ -81,7 +81,9 @@ class Delta:
 def members(values: pd.Index | pd.Series, of: object) -> np.ndarray:
     """Which of ``values`` (ids as text) are in ``of``, shape (len(values),): a hash lookup in
     Arrow, where pandas' ``isin`` on Arrow strings walks ``of`` value by value in Python."""
-    keys = pa.array(values.astype("string")).cast(pa.large_string())
+    # the values' array, not the Series: pyarrow converts a Series value by value (0.1 s for
+    # a population's 245k cookie links), an Arrow-backed array as it is
+    keys = pa.array(values.astype("string").array).cast(pa.large_string())
     given = of if isinstance(of, pd.Index | pd.Series) else [str(v) for v in of]  # type: ignore[attr-defined]
     pool = pa.array(pd.array(given, dtype="string")).cast(pa.large_string())
     return np.asarray(pc.is_in(keys, value_set=pool).fill_null(False), dtype=bool)
@@ -181,26 +183,6 @@ def merge_rows(
     return stacked_frame(frame, rows, ids.merge_order(frame.index, drop, rows.index))
 
 
-def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
-    """``pd.concat([frame, rows]).iloc[order]`` (``rows`` with ``frame``'s columns) with one
-    copy, not two: the float64 columns taken (:func:`dmp_ml.rows.stacked_takes`) straight
-    into the rows of one ``(n_columns, n_rows)`` array, the layout a mapped frame has, the
-    other columns concatenated and taken one by one. A refresh merging a few new profiles
-    into a table of the population's rows pays one pass over it."""
-    floats = [c for c in frame.columns if frame[c].dtype == np.float64 == rows[c].dtype]
-    pairs = [(frame[c].to_numpy(), rows[c].to_numpy()) for c in floats]
-    values = np.empty((len(floats), len(order)), dtype=np.float64)
-    stacked_takes(pairs, order, out=list(values))
-    index = frame.index.append(rows.index)[order]
-    out = pd.DataFrame(values.T, index=index, columns=floats, copy=False)
-    done = set(floats)
-    for at, column in enumerate(frame.columns):
-        if column not in done:
-            both = pd.concat([frame[column], rows[column]], ignore_index=True)
-            out.insert(at, column, both.iloc[order].array)
-    return out
-
-
 def _merge_plan(
     ids: IdIndex, rows: pd.Index, removed: pd.Index, in_place: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -220,18 +202,24 @@ def _merge_plan(
 
 def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> FeatureTable:
     """The feature table ``current`` with the delta's rows replacing/adding profiles, its
-    removed profiles gone and the cookie links of its relinked profiles redone (rows written
-    into ``current``'s arrays when it only changes existing ones and ``in_place``; else new
-    arrays, ``current`` unchanged)."""
+    removed profiles gone and the cookie links of its relinked profiles redone. Rows that only
+    change existing ones are written into ``current``'s arrays when ``in_place`` (a mapped
+    table copies only those rows' pages); otherwise the rows go into a block over the mapped
+    table (:class:`dmp_ml.rows.OverlaidFrame`), ``current`` unchanged, so a batch with new
+    profiles does not copy the population's columns either."""
     rows = delta.change.features
     removed = delta.change.removed
-    frame = current.frame
+    data = current.data
     ids = current.ids
     pos, drop = _merge_plan(ids, rows.index, removed, in_place)
     held, fresh = current.hour_of_week, delta.hour_of_week
+    merged: pd.DataFrame | OverlaidFrame
     if drop is None:
-        merged = frame
-        write_rows(merged, pos, rows[list(frame.columns)])
+        if isinstance(data, OverlaidFrame):
+            merged = data.replaced(pos, rows)
+        else:
+            merged = data
+            write_rows(merged, pos, rows[list(data.columns)])
 
         def build() -> np.ndarray:
             how = writable(np.asarray(held))
@@ -240,9 +228,9 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
 
     else:
         # one id-sorted merge order, found by binary search in the id index
-        order = ids.merge_order(frame.index, drop, rows.index)
-        merged = stacked_frame(frame, rows, order)
-        merged.index = pd.Index(merged.index, dtype="string", name="profile_id")
+        order = ids.merge_order(current.profile_ids, drop, rows.index)
+        overlaid = data if isinstance(data, OverlaidFrame) else OverlaidFrame(data)
+        merged = overlaid.merged(rows, order)
         ids = ids.merged(removed, rows.index, merged.index)
 
         def build() -> np.ndarray:
@@ -250,14 +238,11 @@ def merge_table(current: FeatureTable, delta: Delta, in_place: bool = True) -> F
 
     how = LazyRows(build, (len(merged), *np.shape(fresh)[1:]))
     changed = (delta.cookies, delta.relinked, delta.cookie_map)
-    links = current.links
-    if isinstance(links, pd.Series):
-        links = merge_links(links, *changed)
-    elif links is not None:  # not read yet: merged when something reads them (answers never do)
-        links = partial(_merged_links, links, changed)
+    # merged when something reads them (answers never do, nor does publishing a delta)
+    links = None if current.links is None else partial(_merged_links, current.links, changed)
     summary = dict(current.summary)
     summary["refreshed_profiles"] = summary.get("refreshed_profiles", 0) + len(rows)
-    table = replace(current, frame=merged, hour_of_week=how, links=links, summary=summary)
+    table = replace(current, data=merged, hour_of_week=how, links=links, summary=summary)
     return table.with_ids(ids)
 
 
@@ -283,10 +268,15 @@ def merge_links(
 
 
 def _merged_links(
-    links: Path | Callable[[], pd.Series],
+    links: pd.Series | Path | Callable[[], pd.Series],
     changed: tuple[pd.Index, pd.Index, pd.Series | None],
 ) -> pd.Series:
-    """The cookie links ``links`` (a file, or links still to merge) with a delta's merged in."""
+    """The cookie links ``links`` (read, a file, or links still to merge) with a delta's
+    merged in."""
     from dmp_ml.features.table import read_links
 
-    return merge_links(read_links(links) if isinstance(links, Path) else links(), *changed)
+    if isinstance(links, Path):
+        links = read_links(links)
+    elif callable(links):
+        links = links()
+    return merge_links(links, *changed)

@@ -292,7 +292,7 @@ def remove_profiles(bundle: ModelBundle, profile_ids: Iterable[str]) -> dict[str
         summary["erased_after_build"] = summary.get("erased_after_build", 0) + removed["features"]
         bundle.features = replace(
             table,
-            frame=table.frame.loc[keep],
+            data=table.frame.loc[keep],
             hour_of_week=table.hour_of_week[keep],
             links=cookie_map,
             summary=summary,
@@ -448,7 +448,7 @@ def erased_in(bundle: ModelBundle, erased: Iterable[str]) -> list[str]:
     erased = list(erased)
     if not erased:
         return []
-    index = bundle.features.frame.index
+    index = bundle.features.profile_ids
     present = set(index[index.isin(erased)])
     if bundle.scores is not None:
         present |= set(bundle.scores.index[bundle.scores.index.isin(erased)])

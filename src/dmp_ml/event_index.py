@@ -4,18 +4,23 @@ A refresh reads the history of the profiles a batch touched (:func:`dmp_ml.store
 Filtering ``W/events/base.parquet`` decodes the whole file, so what one batch reads grew with
 the population. This index makes the read proportional to the touched profiles' events:
 
-    base.arrow          the base events, same rows in the same order, as an uncompressed
-                        Arrow IPC file (memory-mapped: a read touches only the pages it takes)
-    base.index.arrow    per key kind (``profile_id``, ``cookie_id``): each id, and where its
-                        rows' numbers start and end in ``base.rows-<kind>.npy``
-    base.rows-*.npy     the row numbers grouped by id (ascending within an id)
+    base.arrow              the base events, same rows in the same order, as an uncompressed
+                            Arrow IPC file (memory-mapped: a read touches only the pages it takes)
+    base.<kind>.ids.npy     per key kind (``profile_id``, ``cookie_id``): its ids, sorted (an id
+                            index, :mod:`dmp_ml.id_index`; ``base.<kind>.id_rows.npy`` each
+                            one's number), so a lookup is a binary search in a mapped file, not
+                            a hash table built over every id of the population
+    base.<kind>.bounds.npy  where each id's row numbers start and stop in ``base.rows-<kind>.npy``
+    base.rows-<kind>.npy    the row numbers grouped by id (ascending within an id)
+    base.index.json         the ``base.parquet`` it belongs to, written last
 
 A read looks the wanted ids up, takes their row numbers (sorted, so rows come back in file
 order, exactly as the filtered Parquet read returns them) and only those rows. The index
-belongs to one ``base.parquet``: its size and modification time are recorded, and a stale or
-missing index is never used (the read falls back to filtering the Parquet file); the refresh
-rebuilds it under the workdir lock (:func:`ensure_index`). The index holds events, so whoever
-rewrites ``base.parquet`` (``train``, ``forget``) drops it first (:func:`drop_index`).
+belongs to one ``base.parquet``: its size and modification time are recorded, and a stale,
+missing or older-format index is never used (the read falls back to filtering the Parquet
+file); the refresh rebuilds it under the workdir lock (:func:`ensure_index`). The index holds
+events and ids, so whoever rewrites ``base.parquet`` (``train``, ``forget``) drops it first
+(:func:`drop_index`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,20 +39,36 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmp_ml import layout
+from dmp_ml.id_index import IDS_FILE, ROWS_FILE, IdIndex
 
 logger = logging.getLogger(__name__)
 
 KEYS = ("profile_id", "cookie_id")
 _EVENTS = "base.arrow"
-_INDEX = "base.index.arrow"
-_STAMP = b"dmp_ml.event_index"
+_STAMP = "base.index.json"
+_OLDER = ("base.index.arrow",)
+"""Files of an index of an earlier format (their ids are dropped with the rest)."""
 _CHUNK_ROWS = 1 << 20
 
 
-def _paths(workdir: str | Path) -> tuple[Path, Path, dict[str, Path]]:
+def _prefix(key: str) -> str:
+    """What the names of a key kind's id index files start with (:meth:`IdIndex.write`)."""
+    return f"base.{key}."
+
+
+def _files(workdir: str | Path) -> tuple[Path, Path, dict[str, dict[str, Path]]]:
+    """The events file, the stamp and, per key kind, its row numbers, bounds and ids."""
     root = layout.events_dir(workdir)
-    rows = {key: root / f"base.rows-{key}.npy" for key in KEYS}
-    return root / _EVENTS, root / _INDEX, rows
+    kinds = {
+        key: {
+            "rows": root / f"base.rows-{key}.npy",
+            "bounds": root / f"base.{key}.bounds.npy",
+            "ids": root / f"{_prefix(key)}{IDS_FILE}",
+            "id_rows": root / f"{_prefix(key)}{ROWS_FILE}",
+        }
+        for key in KEYS
+    }
+    return root / _EVENTS, root / _STAMP, kinds
 
 
 def _stamp(base: Path) -> dict[str, int]:
@@ -57,8 +78,10 @@ def _stamp(base: Path) -> dict[str, int]:
 
 def drop_index(workdir: str | Path) -> None:
     """Delete the index (call before rewriting or deleting ``base.parquet``)."""
-    events, index, rows = _paths(workdir)
-    for path in (index, events, *rows.values()):
+    events, stamp, kinds = _files(workdir)
+    root = layout.events_dir(workdir)
+    files = [p for paths in kinds.values() for p in paths.values()]
+    for path in (stamp, *(root / name for name in _OLDER), events, *files):
         path.unlink(missing_ok=True)
 
 
@@ -85,10 +108,20 @@ def _groups(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray, 
     return encoded.dictionary, order.astype(np.int64), stops - counts, stops
 
 
+def _save(array: np.ndarray) -> Callable[[Path], None]:
+    """A writer of ``array`` as a `.npy` file (for :func:`_atomic`)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+    return write
+
+
 def build_index(workdir: str | Path) -> None:
     """(Re)build the index of ``W/events/base.parquet``; call under the workdir lock."""
     base = layout.base_events(workdir)
-    events_path, index_path, rows_paths = _paths(workdir)
+    events_path, stamp_path, kinds = _files(workdir)
     drop_index(workdir)
     stamp = _stamp(base)
     table = pq.read_table(base)
@@ -99,35 +132,22 @@ def build_index(workdir: str | Path) -> None:
                 writer.write_batch(batch)
 
     _atomic(events_path, write_events)
-    keys, kinds, starts, stops = [], [], [], []
+    indexed = []
     for key in KEYS:
         if key not in table.column_names:
             continue
         values, order, first, last = _groups(table.column(key))
-
-        def write_rows(tmp: Path, rows: np.ndarray = order) -> None:
-            with tmp.open("wb") as handle:
-                np.save(handle, rows, allow_pickle=False)
-
-        _atomic(rows_paths[key], write_rows)
-        keys.append(values.cast(pa.string()))
-        kinds.append(pa.array([key] * len(values), type=pa.string()))
-        starts.append(first)
-        stops.append(last)
-    index = pa.table(
-        {
-            "kind": pa.concat_arrays(kinds) if kinds else pa.array([], pa.string()),
-            "key": pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
-            "start": np.concatenate(starts) if starts else np.zeros(0, np.int64),
-            "stop": np.concatenate(stops) if stops else np.zeros(0, np.int64),
-        }
-    ).replace_schema_metadata({_STAMP: json.dumps({**stamp, "rows": table.num_rows}).encode()})
-
-    def write_index(tmp: Path) -> None:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, index.schema) as writer:
-            writer.write_table(index)
-
-    _atomic(index_path, write_index)  # last: the index names a complete set of files
+        paths = kinds[key]
+        _atomic(paths["rows"], _save(order))
+        _atomic(paths["bounds"], _save(np.stack([first, last]).astype(np.int64)))
+        ids = IdIndex.build(values.cast(pa.string()).to_pylist())
+        for path in ids.write(paths["ids"].parent, prefix=_prefix(key)):
+            with path.open("rb") as handle:  # durable before the stamp names it
+                os.fsync(handle.fileno())
+        indexed.append(key)
+    meta = {**stamp, "rows": table.num_rows, "keys": indexed}
+    # last: the stamp names a complete set of files
+    _atomic(stamp_path, lambda tmp: tmp.write_text(json.dumps(meta), encoding="utf-8"))
     logger.info("event index: %d events of %s indexed by profile and cookie", len(table), base)
 
 
@@ -137,17 +157,15 @@ class EventIndex:
 
     events: list[pa.RecordBatch]
     offsets: np.ndarray  # first row of each batch, and the total, shape (n_batches + 1,)
-    keys: dict[str, tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]]
+    keys: dict[str, tuple[IdIndex, np.ndarray, np.ndarray, np.ndarray]]
 
     def rows(self, key: str, ids: Iterable[str]) -> np.ndarray:
         """Row numbers of the events whose ``key`` is one of ``ids`` (ascending)."""
         if key not in self.keys:
             return np.zeros(0, dtype=np.int64)
-        values, starts, stops, order = self.keys[key]
-        wanted = pa.array([str(i) for i in ids], type=pa.string())
-        if len(wanted) == 0:
-            return np.zeros(0, dtype=np.int64)
-        at = np.asarray(pc.index_in(wanted, value_set=values).drop_null(), dtype=np.int64)
+        index, starts, stops, order = self.keys[key]
+        at = index.rows([str(i) for i in ids])  # binary search in the mapped sorted ids
+        at = at[at >= 0]
         if len(at) == 0:
             return np.zeros(0, dtype=np.int64)
         lo, lengths = starts[at], stops[at] - starts[at]
@@ -177,12 +195,11 @@ class EventIndex:
 
 def open_index(workdir: str | Path) -> EventIndex | None:
     """The index of ``W/events/base.parquet``, memory-mapped; None when it is missing, stale
-    (``base.parquet`` changed since it was built) or unreadable."""
+    (``base.parquet`` changed since it was built), of an earlier format or unreadable."""
     base = layout.base_events(workdir)
-    events_path, index_path, rows_paths = _paths(workdir)
+    events_path, stamp_path, kinds = _files(workdir)
     try:
-        index = pa.ipc.open_file(pa.memory_map(str(index_path))).read_all()
-        stamp = json.loads((index.schema.metadata or {})[_STAMP])
+        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
         if {k: stamp[k] for k in ("size", "mtime_ns")} != _stamp(base):
             return None
         reader = pa.ipc.open_file(pa.memory_map(str(events_path)))
@@ -191,19 +208,14 @@ def open_index(workdir: str | Path) -> EventIndex | None:
         if sum(sizes) != stamp["rows"]:
             return None
         keys = {}
-        kinds = index.column("kind").combine_chunks()
-        for key in KEYS:
-            mask = pc.equal(kinds, key)
-            part = index.filter(mask)
-            if part.num_rows == 0 and not rows_paths[key].exists():
-                continue
-            order = np.load(rows_paths[key], mmap_mode="r", allow_pickle=False)
-            keys[key] = (
-                part.column("key").combine_chunks(),
-                part.column("start").to_numpy(),
-                part.column("stop").to_numpy(),
-                order,
-            )
+        for key in stamp["keys"]:
+            paths = kinds[key]
+            ids = IdIndex.read(paths["ids"].parent, prefix=_prefix(key))
+            bounds = np.load(paths["bounds"], mmap_mode="r", allow_pickle=False)
+            if ids is None or bounds.shape != (2, len(ids)):
+                return None
+            order = np.load(paths["rows"], mmap_mode="r", allow_pickle=False)
+            keys[key] = (ids, bounds[0], bounds[1], order)
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return None
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)

@@ -117,28 +117,31 @@ class IdIndex:
             return cls(array, order.astype(np.int64))
         return cls(array)
 
-    def write(self, directory: Path) -> None:
+    def write(self, directory: Path, prefix: str = "") -> list[Path]:
         """Write the index into ``directory`` (:data:`IDS_FILE`, and :data:`ROWS_FILE` when the
-        rows are not in id order) for :meth:`read` to map."""
+        rows are not in id order; their names after ``prefix``) for :meth:`read` to map;
+        returns the files written."""
         keys, rows = self._flat()
-        write_array(directory / IDS_FILE, keys)
+        written = [write_array(directory / f"{prefix}{IDS_FILE}", keys)]
         if rows is not None:
-            write_array(directory / ROWS_FILE, rows)
+            written.append(write_array(directory / f"{prefix}{ROWS_FILE}", rows))
+        return written
 
     @classmethod
-    def read(cls, directory: Path) -> IdIndex | None:
-        """The index :meth:`write` wrote into ``directory``, mapped; None when it has none (a
-        bundle written before id indexes)."""
-        if not (directory / IDS_FILE).exists():
+    def read(cls, directory: Path, prefix: str = "") -> IdIndex | None:
+        """The index :meth:`write` wrote into ``directory`` (with ``prefix``), mapped; None
+        when it has none (a bundle written before id indexes)."""
+        ids_path, rows_path = directory / f"{prefix}{IDS_FILE}", directory / f"{prefix}{ROWS_FILE}"
+        if not ids_path.exists():
             return None
-        keys = map_array(directory / IDS_FILE)
-        rows = map_array(directory / ROWS_FILE) if (directory / ROWS_FILE).exists() else None
+        keys = map_array(ids_path)
+        rows = map_array(rows_path) if rows_path.exists() else None
         if (
             keys.dtype.kind != "S"
             or keys.ndim != 1
             or (rows is not None and rows.shape != keys.shape)
         ):
-            raise ValueError(f"{directory / IDS_FILE} is not an id index")
+            raise ValueError(f"{ids_path} is not an id index")
         return cls(keys, rows)
 
     def _flat(self) -> tuple[np.ndarray, np.ndarray | None]:

@@ -63,9 +63,9 @@ import numpy as np
 import pandas as pd
 
 from dmp_ml import layout, store
-from dmp_ml.bundle import DELTA_KEY, LazyModels, live_bundle_path, load_bundle
+from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
-from dmp_ml.delta import Delta, members, merge_table
+from dmp_ml.delta import Delta, members
 from dmp_ml.erasure import (
     apply_erasure_list,
     erased_in,
@@ -259,7 +259,7 @@ class Refresher:
         self.contract = contract or ContractSettings()
         self.refresh = refresh or RefreshSettings()
         self._bundle: ModelBundle | None = None
-        self._raw_scores: pd.Series | None = None
+        self._ranked: np.ndarray | None = None
         self._erasure_stamp: tuple[int, int, int] | None = None
         self._pending: pd.DataFrame | None = None
 
@@ -276,7 +276,7 @@ class Refresher:
             if current is not None:
                 gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
             store.history_files(self.workdir)  # refuses a workdir without the history
-            self._raw_scores = None
+            self._ranked = None
             self._erasure_stamp = stamp
             # stored batches the live bundle does not reflect (stored while a train ran, or
             # by a refresh that failed before publishing) are re-applied with the next batch;
@@ -299,28 +299,48 @@ class Refresher:
             self._settings = (bundle.version, settings)
         return self._settings[1]
 
-    def _population_raw(self, bundle: ModelBundle, skip: pd.Index) -> pd.Series:
-        """Every profile's raw score (log-odds): the bundle's stored ``raw`` column where it
-        has one (train stores it; each delta carries its profiles'), so a batch does not score
-        the whole population again; profiles without one (older bundles) are scored, but for
-        ``skip`` (the batch's profiles: NaN, their new raw scores replace them)."""
-        if self._raw_scores is None:
-            assert bundle.propensity is not None
-            frame = bundle.features.frame
-            scores = bundle.scores
-            if scores is not None and "raw" in scores.columns and scores.index is frame.index:
-                raw = scores["raw"].to_numpy(dtype=np.float64, copy=True)  # the table's rows
-            elif scores is not None and "raw" in scores.columns and scores.index.is_unique:
-                raw = scores["raw"].reindex(frame.index).to_numpy(dtype=np.float64, copy=True)
+    def _raws(self, bundle: ModelBundle, rows: np.ndarray) -> np.ndarray:
+        """The raw score (log-odds) of the feature table's ``rows``: stored with the scores
+        (train stores them; each delta carries its profiles'), so a batch does not score the
+        population again; a profile without one (older bundles) is scored from its features."""
+        assert bundle.propensity is not None
+        table, scores = bundle.features, bundle.scores
+        raw = np.full(len(rows), np.nan)
+        if scores is not None and "raw" in scores.columns:
+            if scores.index is table.profile_ids:  # the table's rows
+                at = np.asarray(rows, dtype=np.int64)
+            elif scores.index.is_unique:
+                at = scores.index.get_indexer(table.profile_ids[rows])
             else:
-                raw = np.full(len(frame), np.nan)
-            skipped = bundle.features.rows(skip)
-            missing = np.isnan(raw)
-            missing[skipped[skipped >= 0]] = False
-            if missing.any():
-                raw[missing] = bundle.propensity.predict_raw(frame.loc[missing])
-            self._raw_scores = pd.Series(raw, index=frame.index)
-        return self._raw_scores
+                at = np.full(len(rows), -1, dtype=np.int64)
+            found = at >= 0
+            raw[found] = scores["raw"].to_numpy(dtype=np.float64)[at[found]]
+        missing = np.isnan(raw)
+        if missing.any():
+            raw[missing] = bundle.propensity.predict_raw(table.take(rows[missing]))
+        return raw
+
+    def _rescored(self, bundle: ModelBundle, change: ProfileUpdate) -> pd.DataFrame:
+        """The scores of the profiles ``change`` touched (the bundle's score columns), each
+        ranked by binary search among the other profiles' raw scores; those stay sorted
+        between batches (:attr:`_ranked`: sorted once per loaded bundle, then the batch's old
+        scores taken out and its new ones put in at their places)."""
+        assert bundle.propensity is not None and bundle.scores is not None
+        table = bundle.features
+        if self._ranked is None:
+            self._ranked = np.sort(self._raws(bundle, np.arange(len(table), dtype=np.int64)))
+        ranked = self._ranked
+        held = table.rows(change.profile_ids.union(change.removed))
+        replaced = np.sort(self._raws(bundle, held[held >= 0]))
+        fresh = bundle.propensity.rescore(change.features, ranked, replaced)
+        # the multiset of raw scores after the batch, still sorted: the replaced ones out (the
+        # k-th of equal values at the k-th place they sort to), the new ones in
+        first = np.searchsorted(ranked, replaced, side="left")
+        kth = np.arange(len(replaced)) - np.searchsorted(replaced, replaced, side="left")
+        kept = np.delete(ranked, first + kth)
+        new = np.sort(fresh["raw"].to_numpy())
+        self._ranked = np.insert(kept, np.searchsorted(kept, new, side="left"), new)
+        return fresh[list(bundle.scores.columns)]
 
     # ------------------------------------------------------------------ apply
     @storage_errors_in(lambda self, *_, **__: self.workdir)
@@ -490,7 +510,6 @@ class Refresher:
         as_of = max(previous, data_end(current, limit)) if len(current) else previous
         subset = pd.concat([past, batch], ignore_index=True)
         consent = _consent_records(bundle, subset, settings)
-        frame_b = bundle.features.frame
         affected = known.union(pd.Index([f"{ANON_PREFIX}{c}" for c in c0], dtype="string"))
         timezones = _timezones(bundle.features, affected, profiles)
         tz_frame = (
@@ -523,7 +542,9 @@ class Refresher:
         # the affected profiles the bundle holds that the batch's table no longer has, in the
         # bundle's row order (found in its id index, not by a pass over the population)
         held_rows = bundle.features.rows(affected)
-        removed = frame_b.index[np.sort(held_rows[(held_rows >= 0) & ~members(affected, out)])]
+        removed = bundle.features.profile_ids[
+            np.sort(held_rows[(held_rows >= 0) & ~members(affected, out)])
+        ]
         created, updated = out[~in_bundle], out[in_bundle]
 
         # what every model is handed: the touched profiles, their features and history
@@ -553,26 +574,16 @@ class Refresher:
             relinked=relinked,
             cookies=redone,
         )
-        bundle.features = merge_table(bundle.features, delta)
-
-        # scores
         if bundle.scores is not None and bundle.propensity is not None:
-            bundle.scores, self._raw_scores = bundle.propensity.rescore(
-                bundle.scores, self._population_raw(bundle, out.union(removed)), change
-            )
-            delta = replace(delta, scores=bundle.scores.loc[out])
+            delta = replace(delta, scores=self._rescored(bundle, change))
         lap("scores")
 
-        # send-time curves, lookalike vectors, affinity counts: each model's update recomputes
-        # the touched profiles from their history. The refresher loads models lazily: one not
-        # loaded only records the change and replays it if it loads (a compaction writes it);
-        # a delta is published from the change itself, so a batch never copies their arrays
-        if isinstance(bundle.models, LazyModels):
-            bundle.models.update(change)
-        else:
-            for model_name, model in bundle.models.items():
-                if model_name != "propensity":
-                    model.update(change)
+        # the features and scores merged over the mapped tables; send-time curves, lookalike
+        # vectors, affinity counts: each model's update recomputes the touched profiles from
+        # their history. The refresher loads models lazily: one not loaded only records the
+        # change and replays it if it loads (a compaction writes it); a delta is published
+        # from the change itself, so a batch never copies their arrays
+        bundle.overlay(delta)
         lap("models")
 
         # publish
@@ -686,10 +697,9 @@ def _timezones(
 ) -> pd.Series | None:
     """Known time zone per affected profile: the bundle's attribute, else ``profiles``."""
     parts = []
-    frame = current.frame
-    if "timezone" in frame.columns:
+    if "timezone" in current.columns:
         rows = current.rows(ids)
-        mine = frame["timezone"].iloc[np.sort(rows[rows >= 0])].astype("string")
+        mine = current.take(np.sort(rows[rows >= 0]))["timezone"].astype("string")
         parts.append(mine)
     if profiles is not None and "timezone" in profiles.columns and "profile_id" in profiles:
         given = profiles.set_index(profiles["profile_id"].astype("string"))["timezone"]
@@ -765,19 +775,19 @@ def _new_rows(
             sends = frame[sends_col].to_numpy(dtype=np.float64)
             frame[col] = frame[col].to_numpy() + k * (float(spec.params[key]) - local) / (sends + k)
     event_cols = _event_columns(fs, as_of, spec)
-    base = bundle.features.frame
     given = None
     if profiles is not None and "profile_id" in profiles.columns:
         given = profiles.drop_duplicates("profile_id", keep="first")
         given = given.set_index(pd.Index(given["profile_id"].astype("string")))
     at = bundle.features.rows(ids)  # binary search, no hash table over the population
     is_new = at < 0
+    base = bundle.features.take(at[~is_new])  # the rows the bundle holds of them
     for col in base.columns:
         if col in event_cols:
             continue
         dtype = base[col].dtype
         values = np.full(len(ids), None, dtype=object)
-        values[~is_new] = base[col].iloc[at[~is_new]].astype(object).to_numpy(na_value=None)
+        values[~is_new] = base[col].astype(object).to_numpy(na_value=None)
         if given is not None and col in given.columns and is_new.any():
             supplied = given[col].reindex(ids[is_new]).astype(object).to_numpy()
             values[is_new] = [None if _missing(v) else v for v in supplied]
@@ -790,7 +800,7 @@ def _new_rows(
             )
     frame = frame[list(base.columns)]
     frame.index = pd.Index(frame.index, dtype="string", name="profile_id")
-    return replace(table, frame=frame, hour_of_week=how)
+    return replace(table, data=frame, hour_of_week=how)
 
 
 def _refreshed_frame(

@@ -279,7 +279,7 @@ def retarget(
     cutoff = utc(as_of, "as_of") if as_of is not None else default_as_of(bundle)
     if events is None:
         events = bundle_events(bundle)
-    eligible = bundle.features.frame.index
+    eligible = bundle.features.profile_ids
     gone = excluded_ids(bundle)
     if gone:
         eligible = eligible[~eligible.isin(list(gone))]

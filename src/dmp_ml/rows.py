@@ -1,5 +1,5 @@
 """Rows of a frame: which repeat an earlier row exactly, keeping a subset without copies, the
-id-sorted merge of new rows, and a row array built only when something reads it.
+id-sorted merge of new rows, and a row array (or frame) built only when something reads it.
 
 Used by the data contract on logs of millions of events: duplicates are found by a 64-bit
 hash of each row's values, narrowed column by column, and confirmed value by value, so a hash
@@ -477,6 +477,26 @@ def stacked_takes(
 _ROWS_PER_RUN = 256  # runs shorter than this on average: one gather beats a slice per run
 
 
+def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
+    """``pd.concat([frame, rows]).iloc[order]`` (``rows`` with ``frame``'s columns) with one
+    copy, not two: the float64 columns taken (:func:`stacked_takes`) straight
+    into the rows of one ``(n_columns, n_rows)`` array, the layout a mapped frame has, the
+    other columns concatenated and taken one by one (a merge of a refresh's score rows; a
+    refreshed feature table built whole, :meth:`OverlaidFrame.frame`)."""
+    floats = [c for c in frame.columns if frame[c].dtype == np.float64 == rows[c].dtype]
+    pairs = [(frame[c].to_numpy(), rows[c].to_numpy()) for c in floats]
+    values = np.empty((len(floats), len(order)), dtype=np.float64)
+    stacked_takes(pairs, order, out=list(values))
+    index = frame.index.append(rows.index)[order]
+    out = pd.DataFrame(values.T, index=index, columns=floats, copy=False)
+    done = set(floats)
+    for at, column in enumerate(frame.columns):
+        if column not in done:
+            both = pd.concat([frame[column], rows[column]], ignore_index=True)
+            out.insert(at, column, both.iloc[order].array)
+    return out
+
+
 class OverlaidRows:
     """The rows of a base array (a mapped file's, shared by every worker and never written)
     with a small block of private rows over it: rows changed since (by their position in the
@@ -588,3 +608,81 @@ class OverlaidRows:
         whole = self[np.arange(len(self))] if len(self._at) or self._where is not None else None
         whole = np.array(self.base) if whole is None else whole
         return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
+class OverlaidFrame:
+    """The rows of a base frame (a bundle's mapped feature table, shared and never written)
+    with a private block of rows over it (a refresh's new and changed rows, in the order they
+    came) and where each row is held (``where``: a position in the base, or past its end one
+    in the block; 8 bytes a row). Merging a batch's rows costs the batch, not a copy of the
+    population's columns; reads by position (:meth:`take`) gather only the rows asked for,
+    and the whole frame (the order a merge gives, :func:`stacked_frame`) is built, once, only
+    when a caller asks for every row (:meth:`frame`). Never changed: a merge returns another.
+    """
+
+    def __init__(
+        self,
+        base: pd.DataFrame,
+        block: pd.DataFrame | None = None,
+        where: np.ndarray | None = None,
+        index: pd.Index | None = None,
+    ) -> None:
+        self.base = base
+        self.block = base.iloc[:0] if block is None else block
+        self.where = np.arange(len(base), dtype=np.int64) if where is None else where
+        self._index = index
+        self._frame: pd.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    @property
+    def columns(self) -> pd.Index:
+        return self.base.columns
+
+    @property
+    def index(self) -> pd.Index:
+        """The rows' ids, in row order (built on first use: one take of the ids)."""
+        if self._index is None:
+            both = self.base.index.append(self.block.index)
+            self._index = pd.Index(both[self.where], dtype="string", name=self.base.index.name)
+        return self._index
+
+    def take(self, positions: np.ndarray) -> pd.DataFrame:
+        """``frame().iloc[positions]``, gathered from the base and the block alone."""
+        places = self.where[np.asarray(positions, dtype=np.int64)]
+        n = len(self.base)
+        in_base = places < n
+        both = pd.concat([self.base.iloc[places[in_base]], self.block.iloc[places[~in_base] - n]])
+        order = np.empty(len(places), dtype=np.int64)
+        order[in_base] = np.arange(int(in_base.sum()))
+        order[~in_base] = int(in_base.sum()) + np.arange(int((~in_base).sum()))
+        out = both.iloc[order]
+        out.index = pd.Index(out.index, dtype="string", name=self.base.index.name)
+        return out
+
+    def _added(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """The block with ``rows`` (this frame's columns) after it, and where they are held."""
+        places = len(self.base) + len(self.block) + np.arange(len(rows), dtype=np.int64)
+        return pd.concat([self.block, rows[list(self.columns)]]), places
+
+    def merged(self, rows: pd.DataFrame, order: np.ndarray) -> OverlaidFrame:
+        """``concat([frame, rows]).iloc[order]`` (``order``: positions in this frame followed
+        by ``rows``, e.g. an :func:`id_merge_order`), with ``rows`` only added to the block."""
+        block, places = self._added(rows)
+        return OverlaidFrame(self.base, block, stacked_take(self.where, places, order))
+
+    def replaced(self, positions: np.ndarray, rows: pd.DataFrame) -> OverlaidFrame:
+        """This frame with the rows at ``positions`` replaced by ``rows`` (the same ids)."""
+        block, places = self._added(rows)
+        where = self.where.copy()
+        where[positions] = places
+        return OverlaidFrame(self.base, block, where, self._index)
+
+    def frame(self) -> pd.DataFrame:
+        """Every row as one frame (built on first use, then kept)."""
+        if self._frame is None:
+            frame = stacked_frame(self.base, self.block, self.where)
+            frame.index = self.index
+            self._frame = frame
+        return self._frame

@@ -507,7 +507,7 @@ def evaluate(rule: Rule | Mapping[str, Any] | str, bundle: ModelBundle) -> pd.In
     workdir = workdir_of(bundle)
     check_rule(rule, bundle, workdir)
     mask = _mask(rule, bundle, workdir, {})
-    index = bundle.features.frame.index
+    index = bundle.features.profile_ids
     gone = excluded_ids(bundle)
     if gone:
         mask &= ~index.isin(list(gone))
@@ -517,7 +517,7 @@ def evaluate(rule: Rule | Mapping[str, Any] | str, bundle: ModelBundle) -> pd.In
 def _mask(
     rule: Rule, bundle: ModelBundle, workdir: Path, memo: dict[str, np.ndarray]
 ) -> np.ndarray:
-    n = len(bundle.features.frame)
+    n = len(bundle.features)
     if isinstance(rule, Group):
         out = np.ones(n, dtype=bool)
         for sub in rule.all:
@@ -537,10 +537,10 @@ def _mask(
     if rule.kind == "retarget":
         from dmp_ml.retargeting import ids_for_rule
 
-        return bundle.features.frame.index.isin(ids_for_rule(bundle, rule.name, rule.value))
+        return bundle.features.profile_ids.isin(ids_for_rule(bundle, rule.name, rule.value))
     if rule.kind == "score":
         assert bundle.scores is not None
-        column = bundle.scores[SCORES[rule.name]].reindex(bundle.features.frame.index)
+        column = bundle.scores[SCORES[rule.name]].reindex(bundle.features.profile_ids)
     else:
         column = bundle.features.frame[rule.name]
     return _compare(column, rule.op or "exists", rule.value)

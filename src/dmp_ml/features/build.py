@@ -280,7 +280,7 @@ def finalize(
         },
     )
     summary = {**summary, "features": frame.shape[1]}
-    return FeatureTable(frame=frame, hour_of_week=how, spec=spec, summary=summary, links=cookie_map)
+    return FeatureTable(data=frame, hour_of_week=how, spec=spec, summary=summary, links=cookie_map)
 
 
 def _align(frame: pd.DataFrame, reference: FeatureSpec) -> pd.DataFrame:

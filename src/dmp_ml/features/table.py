@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from dmp_ml.errors import DataContractError, UnknownProfileError
 from dmp_ml.id_index import IdIndex
 from dmp_ml.mapped import map_array, map_frame, write_array, write_frame
-from dmp_ml.rows import LazyRows
+from dmp_ml.rows import LazyRows, OverlaidFrame
 
 FEATURE_VERSION = "1"
 HOURS_PER_WEEK = 168
@@ -97,8 +97,11 @@ class FeatureTable:
 
     Attributes
     ----------
-    frame : DataFrame, shape (n_profiles, n_features)
-        Indexed by ``profile_id``; numeric features as float64, string attributes as category.
+    data : DataFrame or OverlaidFrame, shape (n_profiles, n_features)
+        The rows (:attr:`frame`): a frame, or after a refresh merged new profiles in, the
+        mapped table with the refreshed rows over it (:class:`dmp_ml.rows.OverlaidFrame`), so
+        that a batch does not copy the population's columns. Read rows with :meth:`take` and
+        the ids with :attr:`profile_ids`; :attr:`frame` builds the whole frame.
     hour_of_week : ndarray, shape (n_profiles, 168)
         Engagement counts per local hour of week (hour 0 = Monday 00:00), row-aligned with frame
         (built on first use after a refresh merged rows in: :class:`dmp_ml.rows.LazyRows`).
@@ -112,12 +115,12 @@ class FeatureTable:
         merged in (:func:`dmp_ml.delta.merge_table`), called on first use: answers never need
         them, only a refresh, an erasure or an attribution does, so a serving worker neither
         holds a link per cookie nor merges a delta's links into the population's.
-    id_index : (Index, IdIndex) or None
-        The id index of ``frame``'s rows (:attr:`ids`) and the frame index it describes: a
-        table whose frame is replaced (another index object) builds its own on first use.
+    id_index : (rows, IdIndex) or None
+        The id index of the rows (:attr:`ids`) and the ``data`` it describes: a table whose
+        rows are replaced (another object) builds its own on first use.
     """
 
-    frame: pd.DataFrame
+    data: pd.DataFrame | OverlaidFrame
     hour_of_week: np.ndarray | LazyRows
     spec: FeatureSpec
     summary: dict[str, int] = field(default_factory=dict)
@@ -125,20 +128,34 @@ class FeatureTable:
     id_index: tuple[pd.Index, IdIndex] | None = field(default=None, repr=False, compare=False)
 
     @property
+    def frame(self) -> pd.DataFrame:
+        """Every row, indexed by ``profile_id`` (built on first use when a refresh merged rows
+        over the mapped table: a caller that needs a few rows uses :meth:`take`)."""
+        data = self.data
+        return data.frame() if isinstance(data, OverlaidFrame) else data
+
+    def take(self, positions: np.ndarray) -> pd.DataFrame:
+        """The rows at ``positions`` (``frame.iloc[positions]``, without building the frame)."""
+        data = self.data
+        return data.take(positions) if isinstance(data, OverlaidFrame) else data.iloc[positions]
+
+    @property
+    def columns(self) -> pd.Index:
+        return self.data.columns
+
+    @property
     def ids(self) -> IdIndex:
         """The rows' id index (:mod:`dmp_ml.id_index`): mapped from the bundle, or built from
-        the frame's ids on first use (a bundle written before id indexes, a table built in
-        memory), so that every id lookup is a binary search and not a hash table over the
-        population."""
-        index = self.frame.index
-        if self.id_index is None or self.id_index[0] is not index:
-            object.__setattr__(self, "id_index", (index, IdIndex.build(index)))
+        the ids on first use (a bundle written before id indexes, a table built in memory), so
+        that every id lookup is a binary search and not a hash table over the population."""
+        if self.id_index is None or self.id_index[0] is not self.data:
+            object.__setattr__(self, "id_index", (self.data, IdIndex.build(self.profile_ids)))
         assert self.id_index is not None
         return self.id_index[1]
 
     def with_ids(self, ids: IdIndex) -> FeatureTable:
-        """This table with ``ids`` as its frame's id index (one a merge or a read found)."""
-        return replace(self, id_index=(self.frame.index, ids))
+        """This table with ``ids`` as its rows' id index (one a merge or a read found)."""
+        return replace(self, id_index=(self.data, ids))
 
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """The row of each of ``ids`` (-1 for an unknown one), by binary search."""
@@ -156,10 +173,11 @@ class FeatureTable:
 
     @property
     def profile_ids(self) -> pd.Index:
-        return self.frame.index
+        """The rows' ids, in row order (without building the frame)."""
+        return self.data.index
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.data)
 
     def select(self, ids: Iterable[str]) -> FeatureTable:
         """The rows of ``ids`` that are known, in the order given (unknown ids are skipped).
@@ -171,7 +189,7 @@ class FeatureTable:
         pos = pos[pos >= 0]
         if len(pos) == 0:
             raise UnknownProfileError("none of the requested profile ids has features")
-        return replace(self, frame=self.frame.iloc[pos], hour_of_week=self.hour_of_week[pos])
+        return replace(self, data=self.take(pos), hour_of_week=self.hour_of_week[pos])
 
     # -- persistence ---------------------------------------------------------------------
     def to_parquet(self, path: str | Path) -> Path:
@@ -211,7 +229,7 @@ class FeatureTable:
         how_cols = [c for c in frame.columns if str(c).startswith(HOW_PREFIX)]
         how = frame[how_cols].to_numpy(dtype=np.float64)
         frame = frame[list(spec.columns)]
-        return cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
+        return cls(data=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
 
     def write(self, directory: str | Path) -> Path:
         """A directory the serving workers map (see :mod:`dmp_ml.mapped`): ``features.npy``
@@ -243,7 +261,7 @@ class FeatureTable:
         frame.index = pd.Index(frame.index.astype("string"), name="profile_id")
         if list(frame.columns) != list(spec.columns) or how.shape != (len(frame), HOURS_PER_WEEK):
             raise DataContractError(f"{directory}: the feature files do not match their spec")
-        table = cls(frame=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
+        table = cls(data=frame, hour_of_week=how, spec=spec, summary=dict(meta["summary"]))
         try:
             ids = IdIndex.read(directory)
         except (OSError, ValueError) as exc:

@@ -331,7 +331,7 @@ def add_routes(app: FastAPI, requests: RequestModels) -> None:
                     "path": str(bundle.path),
                     "as_of": iso(bundle.as_of),
                     "loaded_at": worker.loaded_at,
-                    "profiles": len(bundle.features.frame),
+                    "profiles": len(bundle.features),
                     "models": {
                         "propensity": getattr(bundle, "propensity", None) is not None,
                         "send_time": getattr(bundle, "send_time_model", None) is not None,

@@ -158,7 +158,7 @@ class ServiceWorker:
             "worker %d: bundle %s live (%d profiles, %.1f s)",
             os.getpid(),
             bundle.version,
-            len(bundle.features.frame),
+            len(bundle.features),
             time.perf_counter() - started,
         )
         return bundle

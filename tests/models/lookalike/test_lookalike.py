@@ -69,7 +69,7 @@ def _world(n: int = 4000, seed: int = 0) -> tuple[FeatureTable, pd.Series]:
         columns={c: str(frame[c].dtype) for c in frame.columns},
         categorical=["region"],
     )
-    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    table = FeatureTable(data=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
     return table, pd.Series(group, index=frame.index, name="group")
 
 
@@ -636,7 +636,7 @@ def _float_table(cols: dict[str, np.ndarray], prefix: str) -> FeatureTable:
         columns={c: "float64" for c in frame.columns},
         categorical=[],
     )
-    return FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    return FeatureTable(data=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
 
 
 def _weak_world(n: int = 8000, seed: int = 0) -> tuple[FeatureTable, pd.Index]:
@@ -765,7 +765,7 @@ def test_a_table_without_numeric_features_offers_no_raw_centroid() -> None:
         columns={"plan": "category"},
         categorical=["plan"],
     )
-    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    table = FeatureTable(data=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
     model = LookalikeModel(FAST, n_threads=1).fit(table)
     assert "raw_centroid" not in model.candidates()
     seed = list(frame.index[frame["plan"] == "a"][:100])
@@ -890,7 +890,7 @@ def test_attribute_only_profiles_carry_the_audience() -> None:
         columns={c: str(frame[c].dtype) for c in frame.columns},
         categorical=["plan", "country"],
     )
-    table = FeatureTable(frame=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
+    table = FeatureTable(data=frame, hour_of_week=np.zeros((n, 168)), spec=spec)
     model = LookalikeModel(FAST, n_threads=1).fit(table)
     assert np.isfinite(model.vectors_).all()
     members = frame.index[member]

@@ -320,7 +320,7 @@ def _table(X: pd.DataFrame, as_of: str) -> FeatureTable:
         columns={c: str(X[c].dtype) for c in X.columns},
         categorical=[c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)],
     )
-    return FeatureTable(frame=X, hour_of_week=np.zeros((len(X), 168)), spec=spec)
+    return FeatureTable(data=X, hour_of_week=np.zeros((len(X), 168)), spec=spec)
 
 
 def _snapshots(shift_last: float = 0.0, n: int = 2500):
@@ -513,40 +513,29 @@ def test_forget_drops_the_validation_rows_it_holds(fitted) -> None:
 
 
 def test_rescore_scores_touched_profiles_and_ranks_them_among_the_others(fitted, data) -> None:
-    from dmp_ml.models import ProfileUpdate
-
     X = data["test"][0].iloc[:200]
-    raw = pd.Series(fitted.predict_raw(X), index=X.index)
-    scores = pd.DataFrame(
-        {"score": fitted.calibrator_.predict(raw.to_numpy()), "percentile": 50.0},
-        index=pd.Index(X.index, name="profile_id"),
-    )
-    touched, removed = X.index[:5], X.index[5:7]
+    raw = fitted.predict_raw(X)
+    touched = X.index[:5]  # rescored; the next two are removed: their old scores go too
     new_rows = X.loc[touched].assign(purchase_count_90d=40.0)  # bought a lot since
     new_rows.loc[touched[0], "days_since_last_purchase"] = 0.0
     new = pd.Index(["brand-new"], dtype="string", name="profile_id")
     features = pd.concat([new_rows, X.iloc[[10]].set_axis(new)])
-    change = ProfileUpdate(
-        as_of=pd.Timestamp("2026-04-02", tz="UTC"),
-        profile_ids=touched.append(new),
-        removed=removed,
-        features=features,
-        events=pd.DataFrame(),
-    )
-    assert fitted.update(change) is fitted
-    after, raw_after = fitted.rescore(scores, raw, change)
-    assert len(after) == 200 - 2 + 1 and not after.index.isin(removed).any()
-    expected = fitted.predict_proba(features)
-    np.testing.assert_allclose(after.loc[features.index, "score"], expected)
-    # untouched profiles keep their row; touched ones rank among the untouched raw scores
-    untouched = X.index[7:]
-    pd.testing.assert_frame_equal(after.loc[untouched], scores.loc[untouched])
-    others = np.sort(raw.loc[untouched].to_numpy())
-    fresh_raw = fitted.predict_raw(features)
-    want = 100.0 * (np.searchsorted(others, fresh_raw, side="right") + 1) / (len(others) + 1)
-    np.testing.assert_allclose(after.loc[features.index, "percentile"], want)
-    assert after.loc[touched[0], "score"] > scores.loc[touched[0], "score"]
-    assert raw_after.index.sort_values().equals(after.index.sort_values())
+    # the population's scores sorted once; the touched profiles' old ones taken out by search
+    fresh = fitted.rescore(features, np.sort(raw), raw[:7])
+    assert list(fresh.columns) == ["score", "percentile", "raw"]
+    np.testing.assert_array_equal(fresh["raw"], fitted.predict_raw(features))
+    np.testing.assert_allclose(fresh["score"], fitted.predict_proba(features))
+    # each new score ranks among the untouched profiles' exactly as a full re-sort ranks it
+    others = np.sort(raw[7:])
+    want = 100.0 * (np.searchsorted(others, fresh["raw"], side="right") + 1) / (len(others) + 1)
+    np.testing.assert_array_equal(fresh["percentile"].to_numpy(), want)
+    assert fresh.loc[touched[0], "score"] > fitted.predict_proba(X.iloc[[0]])[0]
+    # equal scores: a tie taken out counts once, as in the re-sort
+    tied = np.sort(np.concatenate([raw[7:], raw[:3], raw[:3]]))
+    again = fitted.rescore(features, tied, raw[:3])
+    others = np.sort(np.concatenate([raw[7:], raw[:3]]))
+    want = 100.0 * (np.searchsorted(others, again["raw"], side="right") + 1) / (len(others) + 1)
+    np.testing.assert_array_equal(again["percentile"].to_numpy(), want)
 
 
 # ------------------------------------------------------------------- leaf size by validation

@@ -55,7 +55,7 @@ def profile_affinity(
     top = _check_top(top)
     model = _model(bundle)
     ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
-    ok = ids[ids.isin(bundle.features.frame.index) & ~ids.isin(list(excluded_ids(bundle)))]
+    ok = ids[ids.isin(bundle.features.profile_ids) & ~ids.isin(list(excluded_ids(bundle)))]
     frame = model.profile_frame(ok, top=top)
     known = set(frame["profile_id"].astype(str))
     return frame, [str(p) for p in ids if p not in known]
@@ -75,7 +75,7 @@ def segment_affinity(
     model = _model(bundle)
     ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
     gone = excluded_ids(bundle)
-    ok = ids[ids.isin(bundle.features.frame.index) & ~ids.isin(list(gone))]
+    ok = ids[ids.isin(bundle.features.profile_ids) & ~ids.isin(list(gone))]
     out = model.segment_summary(ok, top=top, send_time=bundle.send_time_model, hours=hours)
     out["requested"] = int(len(ids))
     out["not_eligible"] = int(len(ids) - len(ok))

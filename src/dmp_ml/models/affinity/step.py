@@ -18,7 +18,7 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     assert ctx.features is not None
     resolved = ctx.resolve(ctx.as_of, EVENT_COLUMNS).events
     model = AffinityModel.from_settings(ctx.settings)
-    model.fit(resolved, ctx.features.frame.index, ctx.as_of, engine=_count_engine(ctx))
+    model.fit(resolved, ctx.features.profile_ids, ctx.as_of, engine=_count_engine(ctx))
     ctx.models["affinity"] = model
     return StepOutcome("trained", metrics=model.summary())
 

@@ -589,45 +589,37 @@ class PropensityModel(BaseEstimator):
         return self
 
     def rescore(
-        self, scores: pd.DataFrame, population_raw: pd.Series, change: ProfileUpdate
-    ) -> tuple[pd.DataFrame, pd.Series]:
-        """The score table with the profiles ``change`` touched scored on their new features.
+        self, features: pd.DataFrame, ranked: np.ndarray, replaced: np.ndarray
+    ) -> pd.DataFrame:
+        """Scores of profiles whose features a refresh changed, ranked among the others'.
 
         Parameters
         ----------
-        scores : DataFrame
-            ``score, percentile`` (and ``raw`` when stored) indexed by ``profile_id`` (the
-            bundle's scores).
-        population_raw : Series
-            Raw score (log-odds) of every scored profile, indexed by ``profile_id``.
-        change : ProfileUpdate
-            ``features`` are scored; ``profile_ids`` and ``removed`` leave the old rows.
+        features : DataFrame
+            The profiles' new feature rows, indexed by ``profile_id``.
+        ranked : ndarray
+            Every scored profile's raw score (log-odds), sorted.
+        replaced : ndarray
+            The raw scores in ``ranked`` of the profiles the refresh touched (theirs are
+            replaced, or gone): they do not count in the ranks.
 
         Returns
         -------
-        (scores, population_raw) with the touched profiles replaced and the removed ones gone.
-        A new percentile ranks the new raw score among the other profiles' (theirs are not
-        re-ranked until the next train).
+        ``score``, ``percentile`` and ``raw`` indexed by ``profile_id``. A percentile ranks
+        the new raw score among the other profiles' (theirs are not re-ranked until the next
+        train), found by binary search in ``ranked`` less the ``replaced`` scores below it,
+        so a batch does not sort the population's scores again.
         """
         self._check_fitted()
-        touched = change.profile_ids.union(change.removed)
-        # one pass over the ids with the batch's few as the set to look up (``drop`` would
-        # build a hash table over the population's ids, each batch, for each of the two)
-        others = population_raw[~population_raw.index.isin(touched)]
-        frame = change.features
-        raw = self.predict_raw(frame)
+        raw = np.asarray(self.predict_raw(features), dtype=np.float64)
         score = self.calibrator_.predict(raw) if len(raw) else raw
-        ranked = np.sort(others.to_numpy())
-        pct = 100.0 * (np.searchsorted(ranked, raw, side="right") + 1) / (len(ranked) + 1)
-        fresh = pd.DataFrame(
-            {"score": np.asarray(score, dtype=np.float64), "percentile": pct},
-            index=pd.Index(frame.index, name="profile_id"),
+        gone = np.sort(np.asarray(replaced, dtype=np.float64))
+        below = np.searchsorted(ranked, raw, side="right") - np.searchsorted(gone, raw, "right")
+        pct = 100.0 * (below + 1) / (len(ranked) - len(gone) + 1)
+        return pd.DataFrame(
+            {"score": np.asarray(score, dtype=np.float64), "percentile": pct, "raw": raw},
+            index=pd.Index(features.index, name="profile_id"),
         )
-        if "raw" in scores.columns:  # kept with the scores: the next batch ranks against it
-            fresh["raw"] = np.asarray(raw, dtype=np.float64)
-        kept = scores[~scores.index.isin(touched)]
-        raw_after = pd.concat([others, pd.Series(raw, index=frame.index)])
-        return pd.concat([kept, fresh]), raw_after
 
     def forget(self, profile_ids: Iterable[str]) -> int:
         """Drop the profiles' rows from the in-memory validation predictions (the only

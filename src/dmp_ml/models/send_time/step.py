@@ -32,7 +32,7 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     holdout = pd.Timedelta(days=st.evaluation_days)
     cutoff = ctx.as_of - holdout
     assert ctx.features is not None
-    eligible = ctx.features.frame.index
+    eligible = ctx.features.profile_ids
     timezones = _timezones(ctx.profiles)
     if timezones is not None:
         timezones = timezones[timezones.index.isin(eligible)]
