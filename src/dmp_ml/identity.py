@@ -473,7 +473,8 @@ def resolve_codes(
     pc_all, profile_vocab = codes.profile
     link_c, link_p, profile_vocab = link_pairs(links, as_of, cookie_vocab, profile_vocab)
     n_c, n_p = len(cookie_vocab), len(profile_vocab)
-    withdrawn_c = cookie_flags(withdrawn_cookies(consent, settings), cookie_vocab)
+    withdrawn_p, withdrawn_ids = latest_consent(consent, settings.consent_purpose)
+    withdrawn_c = cookie_flags(withdrawn_ids, cookie_vocab)
     # Two workers take half of the chunks each, with their own accumulators, then merge
     # (counts, minima and maxima: exact whatever the split).
     parts = in_two(
@@ -489,7 +490,14 @@ def resolve_codes(
     np.minimum.at(f["pmin"], link_c, link_p)
     np.maximum.at(f["pmax"], link_c, link_p)
     graph = attribute(
-        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, consent=consent, erased=erased
+        f,
+        as_of,
+        settings,
+        cookie_vocab,
+        profile_vocab,
+        withdrawn_c,
+        withdrawn_profiles=withdrawn_p,
+        erased=erased,
     )
     del f
     # pass 2: chunks are independent: two workers, results kept in chunk order
@@ -507,11 +515,6 @@ def resolve_codes(
     rows = np.concatenate([x[0] for x in done]) if done else np.zeros(0, dtype=np.int64)
     code = np.concatenate([x[1] for x in done]) if done else np.zeros(0, dtype=np.int32)
     return graph.resolved(rows, code, distinct(np.concatenate(shared_pairs)), codes.n)
-
-
-def withdrawn_cookies(consent: pd.DataFrame | None, settings: FeatureSettings) -> list[str]:
-    """Cookie ids whose latest consent record for ``settings.consent_purpose`` withdraws."""
-    return latest_consent(consent, settings.consent_purpose)[1]
 
 
 def cookie_flags(ids: Iterable[str] | pa.Array, vocab: pa.Array) -> np.ndarray:
@@ -727,11 +730,13 @@ def attribute(
     profile_vocab: pa.Array,
     withdrawn_c: np.ndarray,
     *,
-    consent: pd.DataFrame | None = None,
+    withdrawn_profiles: Iterable[str] = (),
     erased: Iterable[str] = (),
 ) -> Graph:
     """Attribution, eligibility and the output ids from the merged facts ``f`` of every row
     (links included in ``pmin``/``pmax``): the rules of the module doc, over per-id arrays.
+    ``withdrawn_c`` flags the withdrawn cookies (:func:`cookie_flags`), ``withdrawn_profiles``
+    are the profiles whose consent is withdrawn (both from :func:`latest_consent`).
 
     The vocabularies may be in any order and may hold ids never seen before ``as_of``: the
     result does not depend on either.
@@ -741,7 +746,7 @@ def attribute(
     n_c, n_p = len(cookie_vocab), len(profile_vocab)
     big = np.iinfo(np.int64).max
     erased_ids = [str(e) for e in erased]
-    withdrawn_p = cookie_flags(latest_consent(consent, settings.consent_purpose)[0], profile_vocab)
+    withdrawn_p = cookie_flags(withdrawn_profiles, profile_vocab)
     erased_p = cookie_flags(erased_ids, profile_vocab)
     anon_ids = [e[len(ANON_PREFIX) :] for e in erased_ids if e.startswith(ANON_PREFIX)]
     erased_c = cookie_flags(anon_ids, cookie_vocab)
