@@ -43,6 +43,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -356,10 +357,20 @@ class Resolved:
 
     def cookie_map(self) -> pd.Series:
         """``cookie_id -> profile_id`` for resolvable cookies, sorted by cookie id."""
-        order = pc.sort_indices(self._cookie_ids)
-        index = pd.Index(pd.array(self._cookie_ids.take(order), dtype="string"), name="cookie_id")
-        owners = self._ids.take(pa.array(self._cookie_profile[order.to_numpy()]))
-        return pd.Series(pd.array(owners, dtype="string"), index=index, name="profile_id")
+        return self.links()()
+
+    def links(self) -> Callable[[], pd.Series]:
+        """What returns :meth:`cookie_map` when called, holding only the ids it is made of
+        (not the rows): a feature table's links, built only if something reads them."""
+        return partial(_cookie_map, self._ids, self._cookie_ids, self._cookie_profile)
+
+
+def _cookie_map(ids: pa.Array, cookie_ids: pa.Array, cookie_profile: np.ndarray) -> pd.Series:
+    """``cookie_ids -> ids[cookie_profile]``, sorted by cookie id."""
+    order = pc.sort_indices(cookie_ids)
+    index = pd.Index(pd.array(cookie_ids.take(order), dtype="string"), name="cookie_id")
+    owners = ids.take(pa.array(cookie_profile[order.to_numpy()]))
+    return pd.Series(pd.array(owners, dtype="string"), index=index, name="profile_id")
 
 
 def latest_consent(consent: pd.DataFrame | None, purpose: str) -> tuple[list[str], list[str]]:
