@@ -360,8 +360,7 @@ class Resolved:
         return self.links()()
 
     def links(self) -> Callable[[], pd.Series]:
-        """What returns :meth:`cookie_map` when called, holding only the ids it is made of
-        (not the rows): a feature table's links, built only if something reads them."""
+        """:meth:`cookie_map` to build on first use, holding its ids only (not the rows)."""
         return partial(_cookie_map, self._ids, self._cookie_ids, self._cookie_profile)
 
 
@@ -484,8 +483,9 @@ def resolve_codes(
     pc_all, profile_vocab = codes.profile
     link_c, link_p, profile_vocab = link_pairs(links, as_of, cookie_vocab, profile_vocab)
     n_c, n_p = len(cookie_vocab), len(profile_vocab)
-    withdrawn_p, withdrawn_ids = latest_consent(consent, settings.consent_purpose)
-    withdrawn_c = cookie_flags(withdrawn_ids, cookie_vocab)
+    withdrawn_profiles, withdrawn_cookies = latest_consent(consent, settings.consent_purpose)
+    withdrawn_c = cookie_flags(withdrawn_cookies, cookie_vocab)
+    withdrawn_p = cookie_flags(withdrawn_profiles, profile_vocab)
     # Two workers take half of the chunks each, with their own accumulators, then merge
     # (counts, minima and maxima: exact whatever the split).
     parts = in_two(
@@ -501,14 +501,7 @@ def resolve_codes(
     np.minimum.at(f["pmin"], link_c, link_p)
     np.maximum.at(f["pmax"], link_c, link_p)
     graph = attribute(
-        f,
-        as_of,
-        settings,
-        cookie_vocab,
-        profile_vocab,
-        withdrawn_c,
-        withdrawn_profiles=withdrawn_p,
-        erased=erased,
+        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, withdrawn_p, erased=erased
     )
     del f
     # pass 2: chunks are independent: two workers, results kept in chunk order
@@ -740,14 +733,14 @@ def attribute(
     cookie_vocab: pa.Array,
     profile_vocab: pa.Array,
     withdrawn_c: np.ndarray,
+    withdrawn_p: np.ndarray,
     *,
-    withdrawn_profiles: Iterable[str] = (),
     erased: Iterable[str] = (),
 ) -> Graph:
     """Attribution, eligibility and the output ids from the merged facts ``f`` of every row
     (links included in ``pmin``/``pmax``): the rules of the module doc, over per-id arrays.
-    ``withdrawn_c`` flags the withdrawn cookies (:func:`cookie_flags`), ``withdrawn_profiles``
-    are the profiles whose consent is withdrawn (both from :func:`latest_consent`).
+    ``withdrawn_c`` and ``withdrawn_p`` flag the cookies and the profiles whose consent is
+    withdrawn (:func:`cookie_flags` of :func:`latest_consent`'s ids).
 
     The vocabularies may be in any order and may hold ids never seen before ``as_of``: the
     result does not depend on either.
@@ -757,7 +750,6 @@ def attribute(
     n_c, n_p = len(cookie_vocab), len(profile_vocab)
     big = np.iinfo(np.int64).max
     erased_ids = [str(e) for e in erased]
-    withdrawn_p = cookie_flags(withdrawn_profiles, profile_vocab)
     erased_p = cookie_flags(erased_ids, profile_vocab)
     anon_ids = [e[len(ANON_PREFIX) :] for e in erased_ids if e.startswith(ANON_PREFIX)]
     erased_c = cookie_flags(anon_ids, cookie_vocab)

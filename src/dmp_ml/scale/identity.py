@@ -213,15 +213,9 @@ def resolve_on_dask(
     np.minimum.at(f["pmin"], link_c, link_p)
     np.maximum.at(f["pmax"], link_c, link_p)
     withdrawn_c = identity.cookie_flags(withdrawn, cookie_vocab)
+    withdrawn_p = identity.cookie_flags(withdrawn_profiles, profile_vocab)
     graph = identity.attribute(
-        f,
-        as_of,
-        settings,
-        cookie_vocab,
-        profile_vocab,
-        withdrawn_c,
-        withdrawn_profiles=withdrawn_profiles,
-        erased=erased,
+        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, withdrawn_p, erased=erased
     )
     del f
     out = client.gather(
