@@ -308,6 +308,30 @@ def test_parquet_round_trip_and_select(tiny: FeatureTable, tmp_path):
         tiny.select(["nobody"])
 
 
+def test_parquet_file_is_what_pandas_writes_missing_features_as_nulls(tiny: FeatureTable, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def by_pandas(table: FeatureTable) -> pa.Table:
+        names = [f"hour_of_week_{h:03d}" for h in range(168)]
+        how = pd.DataFrame(table.hour_of_week, index=table.frame.index, columns=names)
+        return pa.Table.from_pandas(pd.concat([table.frame, how], axis=1), preserve_index=True)
+
+    empty = build_features(_tiny_log(), "2020-01-01")
+    for table in (tiny, tiny.select(["p2", "p1"]), empty):
+        stored = pq.read_table(table.to_parquet(tmp_path / "features.parquet"))
+        expected = by_pandas(table)
+        assert stored.schema.pandas_metadata == expected.schema.pandas_metadata
+        assert stored.column_names == expected.column_names
+        for name in expected.column_names:
+            assert stored.column(name).to_pylist() == expected.column(name).to_pylist(), name
+    # a feature that never happened is NaN in pandas and NULL to a SQL reader of the file
+    stored = pq.read_table(tiny.to_parquet(tmp_path / "features.parquet"))
+    never = tiny.frame["days_since_purchase"].isna()
+    assert never.any() and not never.all()
+    assert stored.column("days_since_purchase").null_count == never.sum()
+
+
 def test_nothing_before_as_of_gives_an_empty_table_with_the_full_schema():
     t = build_features(_tiny_log(), "2020-01-01", _profiles())
     assert len(t) == 0

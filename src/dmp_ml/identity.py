@@ -43,6 +43,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -356,10 +357,19 @@ class Resolved:
 
     def cookie_map(self) -> pd.Series:
         """``cookie_id -> profile_id`` for resolvable cookies, sorted by cookie id."""
-        order = pc.sort_indices(self._cookie_ids)
-        index = pd.Index(pd.array(self._cookie_ids.take(order), dtype="string"), name="cookie_id")
-        owners = self._ids.take(pa.array(self._cookie_profile[order.to_numpy()]))
-        return pd.Series(pd.array(owners, dtype="string"), index=index, name="profile_id")
+        return self.links()()
+
+    def links(self) -> Callable[[], pd.Series]:
+        """:meth:`cookie_map` to build on first use, holding its ids only (not the rows)."""
+        return partial(_cookie_map, self._ids, self._cookie_ids, self._cookie_profile)
+
+
+def _cookie_map(ids: pa.Array, cookie_ids: pa.Array, cookie_profile: np.ndarray) -> pd.Series:
+    """``cookie_ids -> ids[cookie_profile]``, sorted by cookie id."""
+    order = pc.sort_indices(cookie_ids)
+    index = pd.Index(pd.array(cookie_ids.take(order), dtype="string"), name="cookie_id")
+    owners = ids.take(pa.array(cookie_profile[order.to_numpy()]))
+    return pd.Series(pd.array(owners, dtype="string"), index=index, name="profile_id")
 
 
 def latest_consent(consent: pd.DataFrame | None, purpose: str) -> tuple[list[str], list[str]]:
@@ -473,7 +483,9 @@ def resolve_codes(
     pc_all, profile_vocab = codes.profile
     link_c, link_p, profile_vocab = link_pairs(links, as_of, cookie_vocab, profile_vocab)
     n_c, n_p = len(cookie_vocab), len(profile_vocab)
-    withdrawn_c = cookie_flags(withdrawn_cookies(consent, settings), cookie_vocab)
+    withdrawn_profiles, withdrawn_cookies = latest_consent(consent, settings.consent_purpose)
+    withdrawn_c = cookie_flags(withdrawn_cookies, cookie_vocab)
+    withdrawn_p = cookie_flags(withdrawn_profiles, profile_vocab)
     # Two workers take half of the chunks each, with their own accumulators, then merge
     # (counts, minima and maxima: exact whatever the split).
     parts = in_two(
@@ -489,7 +501,7 @@ def resolve_codes(
     np.minimum.at(f["pmin"], link_c, link_p)
     np.maximum.at(f["pmax"], link_c, link_p)
     graph = attribute(
-        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, consent=consent, erased=erased
+        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, withdrawn_p, erased=erased
     )
     del f
     # pass 2: chunks are independent: two workers, results kept in chunk order
@@ -507,11 +519,6 @@ def resolve_codes(
     rows = np.concatenate([x[0] for x in done]) if done else np.zeros(0, dtype=np.int64)
     code = np.concatenate([x[1] for x in done]) if done else np.zeros(0, dtype=np.int32)
     return graph.resolved(rows, code, distinct(np.concatenate(shared_pairs)), codes.n)
-
-
-def withdrawn_cookies(consent: pd.DataFrame | None, settings: FeatureSettings) -> list[str]:
-    """Cookie ids whose latest consent record for ``settings.consent_purpose`` withdraws."""
-    return latest_consent(consent, settings.consent_purpose)[1]
 
 
 def cookie_flags(ids: Iterable[str] | pa.Array, vocab: pa.Array) -> np.ndarray:
@@ -726,12 +733,14 @@ def attribute(
     cookie_vocab: pa.Array,
     profile_vocab: pa.Array,
     withdrawn_c: np.ndarray,
+    withdrawn_p: np.ndarray,
     *,
-    consent: pd.DataFrame | None = None,
     erased: Iterable[str] = (),
 ) -> Graph:
     """Attribution, eligibility and the output ids from the merged facts ``f`` of every row
     (links included in ``pmin``/``pmax``): the rules of the module doc, over per-id arrays.
+    ``withdrawn_c`` and ``withdrawn_p`` flag the cookies and the profiles whose consent is
+    withdrawn (:func:`cookie_flags` of :func:`latest_consent`'s ids).
 
     The vocabularies may be in any order and may hold ids never seen before ``as_of``: the
     result does not depend on either.
@@ -741,7 +750,6 @@ def attribute(
     n_c, n_p = len(cookie_vocab), len(profile_vocab)
     big = np.iinfo(np.int64).max
     erased_ids = [str(e) for e in erased]
-    withdrawn_p = cookie_flags(latest_consent(consent, settings.consent_purpose)[0], profile_vocab)
     erased_p = cookie_flags(erased_ids, profile_vocab)
     anon_ids = [e[len(ANON_PREFIX) :] for e in erased_ids if e.startswith(ANON_PREFIX)]
     erased_c = cookie_flags(anon_ids, cookie_vocab)

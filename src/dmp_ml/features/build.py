@@ -197,8 +197,7 @@ def _build(
         codes = identity.IdCodes(codes.n, codes.t, {**codes.columns, **extra.result()})
     params = params_from_codes(codes, res.rows, as_of, fs, categories, reference)
     gathered = engine.gather(events, codes, res.rows, res.profile_codes, params)
-    resolved, summary = res.profiles, dict(res.summary)
-    cookie_map = helper.submit(res.cookie_map)
+    resolved, summary, links = res.profiles, dict(res.summary), res.links()
     attributes = helper.submit(
         profile_attributes, resolved.index, profiles, as_of, params.columns()
     )
@@ -216,7 +215,7 @@ def _build(
         as_of,
         summary,
         reference,
-        cookie_map.result(),
+        links,
         attributes.result(),
     )
 
@@ -230,14 +229,15 @@ def finalize(
     as_of: pd.Timestamp,
     summary: dict[str, int],
     reference: FeatureSpec | None,
-    cookie_map: pd.Series | None,
+    links: pd.Series | Callable[[], pd.Series] | None,
     attributes: pd.DataFrame,
 ) -> FeatureTable:
     """Identity columns, population-smoothed rates, attributes, spec: the finished table.
 
     ``block`` is the (n_columns, n) output of :func:`aggregate` for all profiles, rows in
     ``resolved_profiles`` order; it is completed in place. ``attributes`` is
-    :func:`profile_attributes` for the same profiles.
+    :func:`profile_attributes` for the same profiles; ``links`` the table's cookie links (see
+    :class:`~dmp_ml.features.table.FeatureTable`).
     """
     cols = params.columns()
     pos = {c: i for i, c in enumerate(cols)}
@@ -280,7 +280,7 @@ def finalize(
         },
     )
     summary = {**summary, "features": frame.shape[1]}
-    return FeatureTable(data=frame, hour_of_week=how, spec=spec, summary=summary, links=cookie_map)
+    return FeatureTable(data=frame, hour_of_week=how, spec=spec, summary=summary, links=links)
 
 
 def _align(frame: pd.DataFrame, reference: FeatureSpec) -> pd.DataFrame:

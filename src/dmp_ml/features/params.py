@@ -168,12 +168,15 @@ def params_from_codes(
     reference: FeatureSpec | None,
 ) -> FeatureParams:
     """Global vocabularies from the encoded columns of the eligible rows."""
+    type_counts, channel_counts, category_counts = _counts(
+        [codes.columns[name] for name in ("event_type", "channel", "category")], rows
+    )
     return fit_params(
         as_of,
         fs,
-        _counts(*codes.columns["event_type"], rows),
-        _counts(*codes.columns["channel"], rows),
-        _counts(*codes.columns["category"], rows),
+        type_counts,
+        channel_counts,
+        category_counts,
         categories=categories,
         reference=reference,
     )
@@ -188,10 +191,24 @@ def vocab_lut(dictionary: pa.Array, vocab: Sequence[str], other: int, null: int)
     return np.append(np.where(idx >= 0, idx, other), null).astype(np.int64)
 
 
-def _counts(codes: np.ndarray, dictionary: pa.Array, rows: np.ndarray) -> dict[str, int]:
-    """Rows per distinct value among ``rows`` (nulls left out)."""
-    acc = np.zeros(len(dictionary) + 1, dtype=np.int64)
-    for sl in identity.chunks(len(rows)):
-        acc += np.bincount(codes[rows[sl]] + 1, minlength=len(dictionary) + 1)
-    names = dictionary.to_pylist()
-    return {str(names[i]): int(v) for i, v in enumerate(acc[1:]) if v > 0}
+def _counts(
+    columns: Sequence[tuple[np.ndarray, pa.Array]], rows: np.ndarray
+) -> list[dict[str, int]]:
+    """Rows per distinct value among ``rows`` (nulls left out), for each (codes, dictionary)
+    column; on a big log the two halves of the rows are counted side by side."""
+
+    def count(slices: list[slice]) -> list[np.ndarray]:
+        acc = [np.zeros(len(dictionary) + 1, dtype=np.int64) for _, dictionary in columns]
+        for sl in slices:
+            picked = rows[sl]
+            for total, (codes, dictionary) in zip(acc, columns, strict=True):
+                total += np.bincount(codes[picked] + 1, minlength=len(dictionary) + 1)
+        return acc
+
+    halves = identity.in_two(count, list(identity.chunks(len(rows))))
+    out = []
+    for i, (_, dictionary) in enumerate(columns):
+        acc = np.sum([half[i] for half in halves], axis=0)
+        names = dictionary.to_pylist()
+        out.append({str(names[j]): int(v) for j, v in enumerate(acc[1:]) if v > 0})
+    return out

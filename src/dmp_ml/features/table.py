@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,48 @@ def _transposed(rows: np.ndarray) -> np.ndarray:
     for start in range(0, len(rows), _TRANSPOSE_ROWS):
         out[:, start : start + _TRANSPOSE_ROWS] = rows[start : start + _TRANSPOSE_ROWS].T
     return out
+
+
+def _float_arrays(columns: Iterable[np.ndarray]) -> list[pa.Array]:
+    """Contiguous float64 columns as Arrow arrays, NaN as null, as ``Table.from_pandas`` makes
+    them; the values are not copied. NumPy finds the NaNs and packs the validity bitmap in
+    about half the time Arrow's conversion takes."""
+    out = []
+    for values in columns:
+        nan = np.isnan(values)
+        n_null = int(np.count_nonzero(nan))
+        valid = pa.py_buffer(np.packbits(~nan, bitorder="little")) if n_null else None
+        buffers = [valid, pa.py_buffer(np.ascontiguousarray(values))]
+        out.append(pa.Array.from_buffers(pa.float64(), len(values), buffers, null_count=n_null))
+    return out
+
+
+def _arrow_table(frame: pd.DataFrame, how: np.ndarray) -> pa.Table:
+    """``frame``, the ``hour_of_week`` columns and the index as one Arrow table, the same as
+    ``Table.from_pandas`` of them side by side (schema and pandas metadata included).
+
+    The hour-of-week rows are transposed and converted in a helper thread while the frame's
+    columns are converted here (NumPy and Arrow release the GIL): about half the time of
+    joining them in one frame and converting that.
+    """
+    how_names = [f"{HOW_PREFIX}{h:03d}" for h in range(HOURS_PER_WEEK)]
+    floats = [c for c in frame.columns if frame[c].dtype == np.float64]
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        how_arrays = helper.submit(lambda: _float_arrays(_transposed(how)))
+        # the schema, pandas metadata included, from the same columns without their rows
+        empty = {c: frame[c].iloc[:0] for c in frame.columns}
+        empty.update({name: np.zeros(0) for name in how_names})
+        schema = pa.Schema.from_pandas(
+            pd.DataFrame(empty, index=frame.index[:0]), preserve_index=True
+        )
+        arrays = dict(zip(floats, _float_arrays(frame[c].to_numpy() for c in floats), strict=True))
+        # the other columns (categories) and the index as pandas converts them
+        rest = pa.Table.from_pandas(
+            frame[[c for c in frame.columns if c not in set(floats)]], preserve_index=True
+        )
+        arrays.update(zip(rest.column_names, rest.columns, strict=True))
+        arrays.update(zip(how_names, how_arrays.result(), strict=True))
+    return pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
 
 
 @dataclass(frozen=True)
@@ -196,13 +239,7 @@ class FeatureTable:
         """One Parquet file: the frame, ``hour_of_week_000..167`` columns, spec and summary."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # the columns side by side without joining them into one block (a copy of the whole
-        # table); hour-of-week rows transposed once, so that each column is contiguous
-        columns = {name: self.frame[name] for name in self.frame.columns}
-        how = _transposed(np.asarray(self.hour_of_week))
-        columns.update({f"{HOW_PREFIX}{h:03d}": how[h] for h in range(HOURS_PER_WEEK)})
-        both = pd.DataFrame(columns, index=self.frame.index, copy=False)
-        table = pa.Table.from_pandas(both, preserve_index=True)
+        table = _arrow_table(self.frame, np.asarray(self.hour_of_week))
         meta = json.dumps({"spec": self.spec.to_dict(), "summary": self.summary}).encode()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: meta})
         # dictionary pages for the text columns only: float features written plain take about

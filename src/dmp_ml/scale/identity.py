@@ -198,7 +198,7 @@ def resolve_on_dask(
     """:func:`dmp_ml.identity.resolve_codes` computed on ``client`` over the log's partitions
     ``parts`` (:func:`scatter_log`; see the module doc); equal to the local result."""
     as_of = utc(as_of, "as_of")
-    withdrawn = identity.withdrawn_cookies(consent, settings)
+    withdrawn_profiles, withdrawn = identity.latest_consent(consent, settings.consent_purpose)
     logger.info("dask identity: %d partitions on %s", len(parts), client.scheduler.address)
     facts = map_parts(client, partition_facts, parts, shared=(int(as_of.value), withdrawn))
     cookies, profiles, edges, counts = client.gather(_tree(client, facts))
@@ -213,8 +213,9 @@ def resolve_on_dask(
     np.minimum.at(f["pmin"], link_c, link_p)
     np.maximum.at(f["pmax"], link_c, link_p)
     withdrawn_c = identity.cookie_flags(withdrawn, cookie_vocab)
+    withdrawn_p = identity.cookie_flags(withdrawn_profiles, profile_vocab)
     graph = identity.attribute(
-        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, consent=consent, erased=erased
+        f, as_of, settings, cookie_vocab, profile_vocab, withdrawn_c, withdrawn_p, erased=erased
     )
     del f
     out = client.gather(
