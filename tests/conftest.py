@@ -21,6 +21,8 @@ import pytest
 # user's ~/bentoml. BentoML reads this on first use, so it is set before anything touches it.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="dmp-ml-test-bentoml-")
 
+from synthetic import ONE_SEND_TIME_CANDIDATE
+
 from dmp_ml.demo import DemoWorld, generate_demo_world
 from dmp_ml.pipeline import train
 from dmp_ml.settings import Settings
@@ -68,18 +70,10 @@ def train_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     so copies of a workdir never share (or write into) another one's tracking artefacts.
     """
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    one = {
-        "prior_strength_candidates": [10.0],
-        "cohort_strength_candidates": [300.0],
-        "day_pooling_candidates": [0.3],
-        "bandwidth_candidates": [1.5],
-        "activity_weight_candidates": [2.0],
-        "sharpness_candidates": [1.0],
-    }
     fast = {"n_snapshots": 2, "n_estimators": 100, "min_positives": 10, "min_negatives": 10}
     return Settings(
         mlflow_tracking_uri=f"sqlite:///{db}",
-        send_time=one,
+        send_time=ONE_SEND_TIME_CANDIDATE,
         propensity={**fast, "calibration_folds": 2},
     )
 

@@ -1,4 +1,4 @@
-"""Synthetic labelled feature tables shared by the propensity-tracking tests."""
+"""Synthetic data and fast settings shared by several test modules."""
 
 from __future__ import annotations
 
@@ -10,6 +10,23 @@ from dmp_ml.features import FeatureSpec, FeatureTable
 
 FAST = {"n_estimators": 80, "early_stopping_rounds": 10, "min_child_samples": 20, "n_threads": 1}
 CUTOFFS = ["2026-01-01", "2026-01-31", "2026-03-02"]
+# one candidate per send-time hyper-parameter: a fit without a search
+ONE_SEND_TIME_CANDIDATE = {
+    "prior_strength_candidates": (10.0,),
+    "cohort_strength_candidates": (300.0,),
+    "day_pooling_candidates": (0.3,),
+    "bandwidth_candidates": (1.5,),
+    "activity_weight_candidates": (2.0,),
+    "sharpness_candidates": (1.0,),
+}
+# a crippled send-time model: every profile pulled onto a flattened population curve, so a
+# plain baseline wins the guard
+CRIPPLED_SEND_TIME = {
+    **ONE_SEND_TIME_CANDIDATE,
+    "prior_strength_candidates": (1e7,),
+    "cohort_strength_candidates": (1e7,),
+    "bandwidth_candidates": (12.0,),
+}
 
 
 def labelled_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

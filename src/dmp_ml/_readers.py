@@ -180,8 +180,10 @@ def _parquet_batches(path: Path, batch_rows: int, max_field_bytes: int) -> Itera
         return pq.ParquetFile(path, read_dictionary=text or None)
 
     try:
-        text = [f.name for f in pq.ParquetFile(path).schema_arrow if _is_text(f.type)]
-        parquet = opened()
+        parquet = pq.ParquetFile(path)
+        text = [f.name for f in parquet.schema_arrow if _is_text(f.type)]
+        if text:  # reopened to read them as dictionaries
+            parquet = opened()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataContractError(f"{path}: not a readable Parquet file ({exc})") from exc
     columns = parquet.schema_arrow.names

@@ -249,13 +249,13 @@ def _load(
         reason = valid.pop("_reason")
         keep = reason.isna().to_numpy(bool)
         good.append(valid if keep.all() else rows.keep_rows(valid, keep))
-        if dedupe:  # the codes of the ids (and of the dictionaries kept) for the duplicate check
+        if dedupe and codes is None:  # dictionary text coded batch by batch, plain text after
+            dicts = {c for c in valid.columns if _is_text_dictionary(valid[c].dtype)}
             coded = [
-                c
-                for c in valid.columns
-                if c in identity.ID_COLUMNS or dictionaries and _is_text_dictionary(valid[c].dtype)
+                c for c in valid.columns if c in identity.ID_COLUMNS or dictionaries and c in dicts
             ]
-            codes = codes or FrameCodes(coded)
+            codes = FrameCodes([c for c in coded if c in dicts])
+        if codes is not None:
             codes.add(good[-1])
         # selected, not sliced: a slice of the raw batch would keep all of its text alive
         if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
@@ -268,7 +268,9 @@ def _load(
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
     if codes is not None and len(frame):
-        encoded, codes = codes.codes(), None
+        batchwise = codes.codes()
+        plain = identity.encode_many(frame, [c for c in coded if c not in batchwise])
+        encoded, codes = {c: batchwise.get(c) or plain[c] for c in coded}, None
         if not dictionaries:
             frame = _decode_ids(frame)
         frame, dupes, encoded = _collapse_duplicates(frame, encoded)
@@ -772,11 +774,9 @@ def _numbers(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         return col.astype("float64"), pd.Series(False, index=frame.index)
     text = _text(frame, column)
-    values = identity.arrow_strings(text)  # parsed once per distinct value (words repeat)
-    distinct = pc.unique(values)
+    at, distinct = identity.encode(text, len(text))  # parsed once per distinct value
     parsed = pd.to_numeric(pd.Series(pd.arrays.ArrowStringArray(distinct)), errors="coerce")
-    at = pc.fill_null(pc.index_in(values, value_set=distinct), -1).to_numpy(zero_copy_only=False)
-    table = np.append(parsed.to_numpy(np.float64, na_value=np.nan), np.nan)
+    table = np.append(parsed.to_numpy(np.float64, na_value=np.nan), np.nan)  # -1: missing
     numbers = pd.Series(table[at], index=frame.index)
     return numbers, text.notna() & numbers.isna()
 

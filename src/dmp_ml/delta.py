@@ -86,6 +86,8 @@ def members(values: pd.Index | pd.Series, of: object) -> np.ndarray:
     keys = pa.array(values.astype("string").array).cast(pa.large_string())
     given = of if isinstance(of, pd.Index | pd.Series) else [str(v) for v in of]  # type: ignore[attr-defined]
     pool = pa.array(pd.array(given, dtype="string")).cast(pa.large_string())
+    if len(pool) > 4 * len(keys):  # a few ids in a population: hash the few, not the many
+        pool = pool.filter(pc.is_in(pool, value_set=keys))
     return np.asarray(pc.is_in(keys, value_set=pool).fill_null(False), dtype=bool)
 
 
@@ -273,10 +275,6 @@ def _merged_links(
 ) -> pd.Series:
     """The cookie links ``links`` (read, a file, or links still to merge) with a delta's
     merged in."""
-    from dmp_ml.features.table import read_links
+    from dmp_ml.features.table import resolve_links
 
-    if isinstance(links, Path):
-        links = read_links(links)
-    elif callable(links):
-        links = links()
-    return merge_links(links, *changed)
+    return merge_links(resolve_links(links), *changed)

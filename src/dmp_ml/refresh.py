@@ -727,12 +727,11 @@ def _held_ids(
     them out changes nothing, since the bundle holds no link of theirs to redo."""
     held = current.ids.contains(affected) | members(affected, out)
     old = current.cookie_map
-    if old is not None:  # the population's links looked up in the batch's few ids, not the
-        # batch's ids in a set built from the population's links
-        held |= members(affected, old[members(old, affected)])
+    if old is not None:
+        held |= members(affected, old)
     in_links = np.zeros(len(cookies), dtype=bool)
     if old is not None:
-        in_links |= members(cookies, old.index[members(old.index, cookies)])
+        in_links |= members(cookies, old.index)
     if links is not None:
         in_links |= members(cookies, links.index)
     return affected[held], cookies[in_links]

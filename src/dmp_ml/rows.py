@@ -683,6 +683,8 @@ class OverlaidFrame:
         """Every row as one frame (built on first use, then kept)."""
         if self._frame is None:
             frame = stacked_frame(self.base, self.block, self.where)
-            frame.index = self.index
+            if self._index is None:  # the stacked ids are the index: not taken a second time
+                self._index = pd.Index(frame.index, dtype="string", name=self.base.index.name)
+            frame.index = self._index
             self._frame = frame
         return self._frame

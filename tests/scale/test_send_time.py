@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic import CRIPPLED_SEND_TIME, ONE_SEND_TIME_CANDIDATE
 
 from dmp_ml.identity import resolve_identity
 from dmp_ml.models.send_time import SendTimeModel, curves
@@ -14,14 +15,7 @@ from dmp_ml.models.send_time.zones import assign_zones, known_zones, profile_uni
 from dmp_ml.scale import DaskCurves, DaskEngine
 
 TOL = 1e-12
-ONE = {  # one candidate per hyper-parameter: no search
-    "prior_strength_candidates": (10.0,),
-    "cohort_strength_candidates": (300.0,),
-    "day_pooling_candidates": (0.3,),
-    "bandwidth_candidates": (1.5,),
-    "activity_weight_candidates": (2.0,),
-    "sharpness_candidates": (1.0,),
-}
+ONE = ONE_SEND_TIME_CANDIDATE
 
 
 class KeepingInputs(LocalCurves):
@@ -148,13 +142,7 @@ def test_send_time_model_on_dask_serves_the_same_curves(world, resolved, timezon
 
 
 def test_the_guard_refits_on_dask_and_serves_the_same_baseline(world, resolved, timezones, client):
-    # every profile pulled onto a flattened population curve: a plain baseline wins the guard
-    crippled = {
-        **ONE,
-        "prior_strength_candidates": (1e7,),
-        "cohort_strength_candidates": (1e7,),
-        "bandwidth_candidates": (12.0,),
-    }
+    crippled = CRIPPLED_SEND_TIME
     fits: list[int] = []
 
     class Counting(DaskCurves):

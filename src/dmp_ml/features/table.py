@@ -134,6 +134,13 @@ def read_links(path: Path) -> pd.Series:
     return table.set_index("cookie_id")["profile_id"]
 
 
+def resolve_links(links: pd.Series | Path | Callable[[], pd.Series] | None) -> pd.Series | None:
+    """The links themselves: read from their file, or returned by what merges them."""
+    if isinstance(links, Path):
+        return read_links(links)
+    return links() if callable(links) else links
+
+
 @dataclass(frozen=True)
 class FeatureTable:
     """Features of every eligible profile as of ``spec.as_of``.
@@ -168,7 +175,9 @@ class FeatureTable:
     spec: FeatureSpec
     summary: dict[str, int] = field(default_factory=dict)
     links: pd.Series | Path | Callable[[], pd.Series] | None = None
-    id_index: tuple[pd.Index, IdIndex] | None = field(default=None, repr=False, compare=False)
+    id_index: tuple[pd.DataFrame | OverlaidFrame, IdIndex] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -208,10 +217,7 @@ class FeatureTable:
     def cookie_map(self) -> pd.Series | None:
         """``cookie_id -> profile_id`` (read from the bundle's file, and the deltas' links
         merged in, on first use), or None."""
-        if isinstance(self.links, Path):
-            object.__setattr__(self, "links", read_links(self.links))
-        elif callable(self.links):
-            object.__setattr__(self, "links", self.links())
+        object.__setattr__(self, "links", resolve_links(self.links))
         return self.links  # type: ignore[return-value]
 
     @property

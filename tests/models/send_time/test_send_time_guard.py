@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic import CRIPPLED_SEND_TIME, ONE_SEND_TIME_CANDIDATE
 
 import dmp_ml
 from dmp_ml.demo import DemoWorld, generate_demo_world
@@ -14,21 +15,8 @@ from dmp_ml.models.send_time import SendTimeModel
 from dmp_ml.models.send_time.baselines import BASELINES, MODEL, choose_served
 from dmp_ml.settings import Settings
 
-ONE = {
-    "prior_strength_candidates": (10.0,),
-    "cohort_strength_candidates": (300.0,),
-    "day_pooling_candidates": (0.3,),
-    "bandwidth_candidates": (1.5,),
-    "activity_weight_candidates": (2.0,),
-    "sharpness_candidates": (1.0,),
-}
-# a crippled model: every profile pulled onto a flattened population curve
-CRIPPLED = {
-    **ONE,
-    "prior_strength_candidates": (1e7,),
-    "cohort_strength_candidates": (1e7,),
-    "bandwidth_candidates": (12.0,),
-}
+ONE = ONE_SEND_TIME_CANDIDATE
+CRIPPLED = CRIPPLED_SEND_TIME
 
 
 @pytest.fixture(scope="module")

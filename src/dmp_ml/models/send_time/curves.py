@@ -355,19 +355,14 @@ def pool_counts(
     return Pooled(counts.responses, counts.activity, expo, mu, cohort, pool)
 
 
-def smooth_parts(
-    pooled: Pooled, rows: np.ndarray | None, rho: float, bandwidth: float
-) -> dict[str, dict[str, np.ndarray]]:
+def smooth_parts(pooled: Pooled, rho: float, bandwidth: float) -> dict[str, dict[str, np.ndarray]]:
     """Circularly smoothed responses, engagement hours and exposures (linear, so cohort and
     pool sums are smoothed after summing, over hours only: a population has data enough for its
     own day-of-week pattern)."""
     k = kernel(bandwidth, rho)
     k_pop = kernel(bandwidth, 0.0)
-    take = (lambda x: x) if rows is None else (lambda x: x[rows])
     return {
-        "rows": smooth_block(
-            k, take(pooled.resp), take(pooled.act), take(pooled.expo), take(pooled.mu)
-        ),
+        "rows": smooth_block(k, pooled.resp, pooled.act, pooled.expo, pooled.mu),
         "cohort": smooth_block(k_pop, **pooled.cohort),
         "pool": smooth_block(k_pop, **pooled.pool),
     }

@@ -136,6 +136,17 @@ def hyper(selected: Mapping[str, Any]) -> tuple[float, float, float, float, floa
     )
 
 
+def _counted(inputs: CurveInputs) -> tuple[curves.Counts, curves.Pooled]:
+    """Every profile's hours of week, and their cohort and population sums."""
+    counts = curves.count_hours(
+        inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
+    )
+    pooled = curves.pool_counts(
+        counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
+    )
+    return counts, pooled
+
+
 class LocalCurves:
     """In process: the counts of every profile at once, the posterior a block of profiles at a
     time (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`); keeps the activity counts
@@ -160,12 +171,7 @@ class LocalCurves:
     ) -> tuple[Mapping[str, float], np.ndarray | None]:
         """See :meth:`CurveEngine.select`: the counts of every profile at once, the curves at
         the sends a block of profiles at a time."""
-        counts = curves.count_hours(
-            inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
-        )
-        pooled = curves.pool_counts(
-            counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
-        )
+        counts, pooled = _counted(inputs)
         chosen = search(
             curves.Pooled(
                 pooled.resp[rows],
@@ -191,12 +197,8 @@ class LocalCurves:
 
     def fit(self, inputs: CurveInputs) -> FittedCurves:
         """The curves from ``inputs`` (see the module doc)."""
-        converter = ZoneConverter(inputs.zones)
-        counts = curves.count_hours(inputs.full, inputs.n, inputs.zone_code, converter)
+        counts, pooled = _counted(inputs)
         kind = "rate" if counts.sends.sum() > 0 and counts.responses.sum() > 0 else "activity"
-        pooled = curves.pool_counts(
-            counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
-        )
         shape = np.empty((inputs.n, curves.HOURS_PER_WEEK))
         shape_sd = np.empty((inputs.n, curves.HOURS_PER_WEEK))
         data_weight = np.empty(inputs.n)

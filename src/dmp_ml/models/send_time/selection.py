@@ -110,7 +110,7 @@ def select(
                 if pkey not in part_cache:
                     if len(part_cache) >= 4:  # bounded memory: drop the oldest
                         part_cache.pop(next(iter(part_cache)))
-                    part_cache[pkey] = curves.smooth_parts(pooled, None, *pkey)
+                    part_cache[pkey] = curves.smooth_parts(pooled, *pkey)
                 shape = curves.shapes(
                     curves.smoothed(part_cache[pkey], params["activity_weight"]),
                     cohort_code[rows],
