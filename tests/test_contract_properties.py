@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmp_ml.contract import EARLIEST_TIME, load_events
+from dmp_ml.contract import load_events
 from dmp_ml.errors import DataContractError
 from dmp_ml.mapping import parse_mapping
+from dmp_ml.time_columns import EARLIEST_TIME
 
 NOW = pd.Timestamp("2026-06-01 12:00", tz="UTC")
 OPTIONAL = ["cookie_id", "profile_id", "channel", "source", "campaign_id", "category", "value"]
