@@ -57,6 +57,7 @@ from dmp_ml.id_index import rows_of
 from dmp_ml.mapped import map_frame, write_frame
 from dmp_ml.models import REGISTRY, BundleModel, model_class
 from dmp_ml.models.base import ProfileUpdate
+from dmp_ml.pages import release_free_memory
 
 if TYPE_CHECKING:
     from dmp_ml.features import FeatureTable
@@ -624,6 +625,7 @@ class ModelBundle:
             self.deltas.append(link)
         if not lazy:
             self._share_ids()
+        release_free_memory()  # the reads' buffers, so a worker holds as much at any size
 
     def _read_tables(self) -> None:
         """Map the feature table and the scores of :attr:`base_path` (one id index when equal)."""
@@ -684,6 +686,7 @@ class ModelBundle:
             new.overlay(read_delta(link / layout.DELTA_DIR), in_place=False)
             new.deltas.append(link)
         new._share_ids()  # the models' merged id lists: one index (and hash table) again
+        release_free_memory()
         return new
 
     def file(self, relative: str) -> Path:

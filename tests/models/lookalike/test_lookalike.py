@@ -204,6 +204,48 @@ def test_approximate_index_is_tuned_to_the_recall_target(factory: str) -> None:
     assert index.ntotal == 20_000 - 100
 
 
+def test_an_ivf_index_from_a_bundle_is_mapped_and_changes_leave_its_file_alone(tmp_path) -> None:
+    """A loaded IVF index keeps its inverted lists in the file (shared by every worker); a
+    refresh's changes go to a side index, answers are those of the index the changes in place
+    leave, and a save writes that index (a save with no change too: FAISS cannot write
+    mapped lists as they are)."""
+    x = _clustered_vectors(20_000, 24)
+    ids = np.arange(len(x), dtype=np.int64)
+    built = LookalikeIndex(exact_max_profiles=1000, n_threads=1).fit(x, ids)
+    assert built.kind_ == "ivf"
+    built.save(tmp_path / "base")
+    saved = (tmp_path / "base" / "index.faiss").read_bytes()
+    loaded = LookalikeIndex.load(tmp_path / "base", n_threads=1)
+    lists = faiss.extract_index_ivf(loaded.index_).invlists
+    assert loaded.mapped_ and isinstance(
+        faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists
+    )
+    for sims, found in zip(built.search(x[:30], 50), loaded.search(x[:30], 50), strict=True):
+        np.testing.assert_array_equal(sims, found)
+
+    unchanged = LookalikeIndex.load(loaded.save(tmp_path / "unchanged"), n_threads=1)
+    assert unchanged.index_.ntotal == len(x)
+    np.testing.assert_array_equal(unchanged.search(x[:30], 50)[1], built.search(x[:30], 50)[1])
+
+    moved = np.ascontiguousarray(x[5000:5200, ::-1])  # 100 profiles change, 100 are new
+    copy_of = loaded.detached()
+    for index in (loaded, built):
+        assert index.remove_ids(ids[:100]) == 100
+        index.add_with_ids(moved, np.concatenate([ids[:100], np.arange(20_000, 20_100)]))
+    assert (tmp_path / "base" / "index.faiss").read_bytes() == saved
+    assert loaded.ntotal == built.ntotal == 20_100 and copy_of.ntotal == 20_000
+    # the changed rows are searched exactly beside the base: each finds itself first
+    _, found = loaded.search(moved, 1)
+    np.testing.assert_array_equal(
+        found[:, 0], np.concatenate([ids[:100], np.arange(20_000, 20_100)])
+    )
+    compacted = LookalikeIndex.load(loaded.save(tmp_path / "compacted"), n_threads=1)
+    assert compacted.index_.ntotal == 20_100
+    np.testing.assert_array_equal(
+        compacted.search(x[100:130], 50)[1], built.search(x[100:130], 50)[1]
+    )
+
+
 def test_brute_force_search_is_exact_and_pads_short_results() -> None:
     x = _clustered_vectors(500, 8)
     sims, ids = brute_force_search(x, x[:5], 10)

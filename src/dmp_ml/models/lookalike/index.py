@@ -4,11 +4,12 @@ A FAISS ``IndexIDMap2`` over unit vectors, searched by inner product (cosine): e
 search for small populations, a factory index (IVF or HNSW) beyond, with ``nprobe`` or
 ``efSearch`` tuned at build time until recall@100 against exact search reaches the target.
 Search excludes ids on request; ``remove_ids`` removes where the index type can and masks
-where it cannot. A flat index loaded from a bundle is mapped (shared by every worker) and never
-changed: the rows a refresh changes or adds go to a small side index in private memory, the
-base's superseded rows are left out of its searches, and the two results are merged (the
-base's first among equals, as when the rows are appended to one index); ``save`` writes the
-one index those changes in place would have left.
+where it cannot. A flat or IVF index loaded from a bundle is mapped (shared by every worker:
+a million 156-dimensional profiles are 620 MB a worker would otherwise hold) and never changed:
+the rows a refresh changes or adds go to a small exact side index in private memory, the base's
+superseded rows are left out of its searches, and the two results are merged (the base's first
+among equals, as when the rows are appended to one index); ``save`` writes the one index those
+changes in place would have left.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 # index, so the tuned value is scaled by (k / recall_k) ** _LARGE_K_EXPONENT (a heuristic; the
 # model's certified retrieval asks for more when a round falls short).
 _LARGE_K_EXPONENT = 0.75
+# how FAISS maps each index kind read from a bundle: a flat index's vectors, an IVF index's
+# inverted lists; an HNSW graph is read into memory
+_MAP_FLAGS = {"flat": faiss.IO_FLAG_MMAP_IFC, "ivf": faiss.IO_FLAG_MMAP}
 
 
 def resolve_threads(n_threads: int) -> int:
@@ -253,16 +257,18 @@ class LookalikeIndex:
             return self._search(self.index_, queries, k, exclude)
         sims, ids = self._search(self.index_, queries, k, np.union1d(exclude, self.shadowed_))
         if self.side_ is not None and self.side_.ntotal:
-            more = self._search(self.side_, queries, k, exclude)
+            more = self._search(self.side_, queries, k, exclude, tuned=False)
             sims, ids = np.hstack([sims, more[0]]), np.hstack([ids, more[1]])
         ranked = np.where(ids >= 0, sims, -np.inf)
         order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
     def _search(
-        self, index: Any, queries: np.ndarray, k: int, exclude: np.ndarray
+        self, index: Any, queries: np.ndarray, k: int, exclude: np.ndarray, tuned: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` of one FAISS index, never returning the masked rows nor ``exclude``."""
+        """Top-``k`` of one FAISS index, never returning the masked rows nor ``exclude``; the
+        base with its tuned ``nprobe`` or ``efSearch``, the exact side index (not ``tuned``)
+        without."""
         excluded = self.removed_
         if len(exclude):
             excluded = np.union1d(excluded, exclude.astype(np.int64))
@@ -270,7 +276,10 @@ class LookalikeIndex:
         if len(excluded):
             batch = faiss.IDSelectorBatch(excluded)
             selector = faiss.IDSelectorNot(batch)
-        params = self._params(k, selector)
+        if tuned:
+            params = self._params(k, selector)
+        else:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
         if params is None:
             sims, ids = index.search(queries, k)
         else:
@@ -278,37 +287,28 @@ class LookalikeIndex:
         del batch, selector
         return sims, ids
 
-    def owned(self) -> Any:
-        """The FAISS index, first copied into private memory when it is mapped (before a change
-        in place: a mapped index is read-only)."""
-        if self.mapped_:
-            self.index_ = faiss.deserialize_index(faiss.serialize_index(self.index_))
-            self.mapped_ = False
-        return self.index_
-
     def detached(self) -> LookalikeIndex:
-        """A copy that can be changed while this one keeps answering: a flat index shares its
-        base (never changed once built or loaded) and copies its side index, the rows changed
-        since; other types copy their index into private memory."""
+        """A copy that can be changed while this one keeps answering: a flat or IVF index shares
+        its base (never changed once built or loaded) and copies its side index, the rows
+        changed since; other types copy their index into private memory."""
         other = copy.copy(self)
         other.removed_ = np.array(self.removed_, copy=True)
         other.shadowed_ = np.array(self.shadowed_, copy=True)
-        if self.kind_ == "flat":
+        if self.kind_ in _MAP_FLAGS:
             if self.side_ is not None:
                 other.side_ = faiss.clone_index(self.side_)  # small, in private memory
             return other
         other.index_ = faiss.deserialize_index(faiss.serialize_index(self.index_))
-        other.mapped_ = False
         return other
 
     def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Add ``vectors`` (m, d) under ``ids`` (m,). A flat index keeps its base as it is and
-        adds them to a side index of the rows changed since (so a change costs what it adds,
-        not a copy of the base); other types add to their index."""
+        """Add ``vectors`` (m, d) under ``ids`` (m,). A flat or IVF index keeps its base as it
+        is and adds them to a side index of the rows changed since (so a change costs what it
+        adds, not a copy of the base); other types add to their index."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.asarray(ids, dtype=np.int64)
-        if self.kind_ != "flat":
-            self.owned().add_with_ids(vectors, ids)
+        if self.kind_ not in _MAP_FLAGS:
+            self.index_.add_with_ids(vectors, ids)
             return
         if self.side_ is None:
             self.side_ = faiss.index_factory(
@@ -323,12 +323,12 @@ class LookalikeIndex:
 
     def remove_ids(self, ids: Iterable[int]) -> int:
         """Remove ``ids`` (held by the index) from it; where the index type cannot, they are
-        masked instead. A flat index removes them from its side index and supersedes those of
-        its base (left out of every search, and of the index it saves)."""
+        masked instead. A flat or IVF index removes them from its side index and supersedes
+        those of its base (left out of every search, and of the index it saves)."""
         arr = np.unique(np.asarray(list(ids), dtype=np.int64))
         if arr.size == 0:
             return 0
-        if self.kind_ == "flat":
+        if self.kind_ in _MAP_FLAGS:
             in_side = np.isin(arr, self._side_ids())
             if in_side.any():
                 assert self.side_ is not None
@@ -337,7 +337,7 @@ class LookalikeIndex:
             self.shadowed_ = np.union1d(self.shadowed_, arr[~in_side])
             return int(in_side.sum()) + len(self.shadowed_) - before
         try:
-            return int(self.owned().remove_ids(arr))
+            return int(self.index_.remove_ids(arr))
         except RuntimeError:
             before = len(self.removed_)
             self.removed_ = np.union1d(self.removed_, arr)
@@ -347,11 +347,15 @@ class LookalikeIndex:
         """One FAISS index with the base's rows less the superseded ones, then the side
         index's rows (in the order they were added): the index the changes in place would
         have left. Built in private memory; what :meth:`save` writes."""
-        if self.side_ is None and not len(self.shadowed_):
+        unchanged = self.side_ is None and not len(self.shadowed_)
+        if unchanged and not (self.mapped_ and self.kind_ == "ivf"):  # mapped lists: copied
             return self.index_
-        index = faiss.deserialize_index(faiss.serialize_index(self.index_))
-        if len(self.shadowed_):
-            index.remove_ids(self.shadowed_)
+        if self.kind_ == "ivf":
+            index = _ivf_copy(self.index_, self.shadowed_)
+        else:
+            index = faiss.deserialize_index(faiss.serialize_index(self.index_))
+            if len(self.shadowed_):
+                index.remove_ids(self.shadowed_)
         if self.side_ is not None and self.side_.ntotal:
             vectors = self.side_.index.reconstruct_n(0, self.side_.ntotal)
             index.add_with_ids(vectors, self._side_ids())
@@ -390,11 +394,9 @@ class LookalikeIndex:
         directory = Path(directory)
         try:
             meta = json.loads((directory / "index.json").read_text(encoding="utf-8"))
-            # a flat index is mapped (its vectors shared by every worker); FAISS maps only
-            # IndexFlatCodes storage, so IVF and HNSW indexes are read into memory
-            mapped = meta["kind"] == "flat"
-            flags = faiss.IO_FLAG_MMAP_IFC if mapped else 0
+            flags = _MAP_FLAGS.get(meta["kind"], 0)
             index = faiss.read_index(str(directory / "index.faiss"), flags)
+            mapped = bool(flags)
         except (OSError, ValueError, RuntimeError) as exc:
             raise BundleError(f"lookalike index in {directory} is unreadable: {exc}") from exc
         params = dict(meta["params"])
@@ -412,6 +414,44 @@ class LookalikeIndex:
         self.side_ = None
         self.build_report_ = meta["build_report"]
         return self
+
+
+def _ivf_copy(index: Any, drop: np.ndarray) -> Any:
+    """An ``IDMap2`` IVF ``index`` copied into private memory without the ids ``drop``.
+
+    FAISS's own ``remove_ids`` through ``IDMap2`` would leave the IVF's row numbers as they
+    were while it closes the gaps in its id map, so every later row would answer with the id
+    of another; and FAISS can neither serialise nor clone the lists of an index it read
+    mapped. So the structure is copied without its lists, and the lists are copied one by one,
+    the kept rows numbered again in their order.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    id_map = faiss.vector_to_array(index.id_map)
+    keep = ~np.isin(id_map, drop)
+    renumbered = np.cumsum(keep) - 1
+    copied = faiss.deserialize_index(faiss.serialize_index(index), faiss.IO_FLAG_SKIP_IVF_DATA)
+    owned = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    for i in range(ivf.nlist):
+        size = lists.list_size(i)
+        if not size:
+            continue
+        rows = faiss.rev_swig_ptr(lists.get_ids(i), size).copy()
+        codes = faiss.rev_swig_ptr(lists.get_codes(i), size * ivf.code_size)
+        kept = keep[rows]
+        new_rows = np.ascontiguousarray(renumbered[rows[kept]], dtype=np.int64)
+        kept_codes = np.ascontiguousarray(codes.reshape(size, ivf.code_size)[kept])
+        if len(new_rows):
+            owned.add_entries(
+                i, len(new_rows), faiss.swig_ptr(new_rows), faiss.swig_ptr(kept_codes)
+            )
+    inner = faiss.extract_index_ivf(copied)
+    inner.replace_invlists(owned, True)
+    owned.this.disown()  # the copy's lists now, freed with it
+    inner.ntotal = copied.ntotal = int(keep.sum())
+    faiss.copy_array_to_vector(id_map[keep], copied.id_map)
+    copied.construct_rev_map()
+    return copied
 
 
 def _doubling(start: int, stop: int) -> list[int]:

@@ -484,12 +484,12 @@ class LookalikeModel:
 
         ``change.removed`` profiles are forgotten. The others' rows of ``change.features`` are
         embedded with the fitted embedder: a profile the model holds is replaced in place
-        (``remove_ids`` + ``add_with_ids``; a flat index supersedes the row of its mapped base
-        and holds the new one in its side index) where the index type can remove, else its old
-        row is retired (masked) and a new one appended; a new profile is appended. The arrays
-        hold the changed and new rows over their mapped base (:class:`OverlaidRows`), so a
-        batch costs its rows, not a copy of the population's. The embedder's scaling stays as
-        fitted; a retrain re-estimates it.
+        (``remove_ids`` + ``add_with_ids``; a flat or IVF index supersedes the row of its
+        mapped base and holds the new one in its side index) where the index type can remove,
+        else its old row is retired (masked) and a new one appended; a new profile is
+        appended. The arrays hold the changed and new rows over their mapped base
+        (:class:`OverlaidRows`), so a batch costs its rows, not a copy of the population's.
+        The embedder's scaling stays as fitted; a retrain re-estimates it.
         """
         removed = [str(r) for r in change.removed]
         if removed:

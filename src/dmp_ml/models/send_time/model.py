@@ -49,11 +49,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 _UNKNOWN_COHORT = "__unknown__"
 _CURVES = ("local_shape", "local_shape_sd")  # per profile, (n, 168): ``<name>.npy``, mapped
 _CURVE_ROWS = tuple(f"{name}_" for name in _CURVES)
 _FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
+# the other per-profile values, each ``<name>.npy`` in the dtype it is held in, mapped: a
+# worker holds none of them privately (format 1 read them from the Parquet file, 50 bytes a
+# profile in every worker)
+_ROW_ARRAYS = {
+    "zone_code": np.int64,
+    "timezone_source_code": np.int8,
+    "cohort_code": np.int64,
+    "basis_code": np.int8,
+    "rate": np.float64,
+    "data_weight": np.float64,
+    "n_engagement_hours": np.float64,
+    "n_sends": np.float64,
+}
 
 
 class SendTimeModel(EstimatorParams):
@@ -760,20 +773,10 @@ class SendTimeModel(EstimatorParams):
             "guard": _jsonable(self.guard_),
             "n_events_used": self.n_events_used_,
         }
-        profiles = pd.DataFrame(
-            {
-                "profile_id": pd.array(self.profile_ids_, dtype="string"),
-                "zone_code": self.zone_code_.astype(np.int32),
-                "timezone_source_code": self.timezone_source_code_.astype(np.int8),
-                "cohort_code": self.cohort_code_.astype(np.int32),
-                "basis_code": self.basis_code_.astype(np.int8),
-                "rate": self.rate_.astype(np.float64),
-                "data_weight": self.data_weight_.astype(np.float64),
-                "engagement_hours": self.n_engagement_hours_.astype(np.float64),
-                "email_sends": self.n_sends_.astype(np.float64),
-            }
-        )
+        profiles = pd.DataFrame({"profile_id": pd.array(self.profile_ids_, dtype="string")})
         profiles.to_parquet(path / _FILES[1], index=False)
+        for name, dtype in _ROW_ARRAYS.items():
+            write_array(path / f"{name}.npy", np.asarray(getattr(self, f"{name}_"), dtype))
         for name in _CURVES:
             write_array(path / f"{name}.npy", np.asarray(getattr(self, f"{name}_"), np.float32))
         np.savez(
@@ -792,19 +795,26 @@ class SendTimeModel(EstimatorParams):
         ``n_threads`` is accepted for the bundle protocol; the model runs no thread pools.
         """
         path = Path(directory)
-        missing = [n for n in (*_FILES, *(f"{c}.npy" for c in _CURVES)) if not (path / n).exists()]
+        try:
+            meta = json.loads((path / _FILES[0]).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"send-time model in {path} is unreadable: {exc}") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"send-time model format {meta.get('format_version')!r} is not "
+                f"{FORMAT_VERSION!r}: retrain"
+            )
+        names = (*_ROW_ARRAYS, *_CURVES)
+        missing = [n for n in (*_FILES, *(f"{a}.npy" for a in names)) if not (path / n).exists()]
         if missing:
             raise BundleError(f"send-time model in {path} is missing {', '.join(missing)}")
         try:
-            meta = json.loads((path / _FILES[0]).read_text(encoding="utf-8"))
             profiles = pd.read_parquet(path / _FILES[1])
             with np.load(path / _FILES[2], allow_pickle=False) as arrays:
                 stored = {key: arrays[key] for key in arrays.files}
-            stored.update({name: map_array(path / f"{name}.npy") for name in _CURVES})
+            stored.update({name: map_array(path / f"{name}.npy") for name in names})
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"send-time model in {path} is unreadable: {exc}") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"send-time model format {meta.get('format_version')!r} unsupported")
         params = dict(meta["params"])
         for key in (
             "prior_strength_candidates",
@@ -824,15 +834,9 @@ class SendTimeModel(EstimatorParams):
         model.as_of_ = pd.Timestamp(meta["as_of"])
         model.profile_ids_ = pd.Index(profiles["profile_id"].astype("string"), name="profile_id")
         model.zones_ = list(meta["zones"])
-        model.zone_code_ = profiles["zone_code"].to_numpy(np.int64)
-        model.timezone_source_code_ = profiles["timezone_source_code"].to_numpy(np.int8)
         model.cohorts_ = list(meta["cohorts"])
-        model.cohort_code_ = profiles["cohort_code"].to_numpy(np.int64)
-        model.basis_code_ = profiles["basis_code"].to_numpy(np.int8)
-        model.rate_ = profiles["rate"].to_numpy(np.float64)
-        model.data_weight_ = profiles["data_weight"].to_numpy(np.float64)
-        model.n_engagement_hours_ = profiles["engagement_hours"].to_numpy(np.float64)
-        model.n_sends_ = profiles["email_sends"].to_numpy(np.float64)
+        for name in _ROW_ARRAYS:
+            setattr(model, f"{name}_", stored[name])
         model.local_shape_ = stored["local_shape"]
         model.local_shape_sd_ = stored["local_shape_sd"]
         model.global_shape_ = stored["global_shape"]
@@ -855,8 +859,11 @@ class SendTimeModel(EstimatorParams):
         if model.served_ != baselines.MODEL and model.served_ not in baselines.BASELINES:
             raise BundleError(f"send-time model serves unknown {model.served_!r}")
         model.n_events_used_ = int(meta["n_events_used"])
-        if model.local_shape_.shape != (len(model.profile_ids_), HOURS_PER_WEEK):
-            raise BundleError("send-time model curves do not match its profile list")
+        n = len(model.profile_ids_)
+        if model.local_shape_.shape != (n, HOURS_PER_WEEK) or any(
+            len(stored[name]) != n for name in _ROW_ARRAYS
+        ):
+            raise BundleError("send-time model arrays do not match its profile list")
         return model
 
 
