@@ -29,8 +29,8 @@ is stored in the workdir's event store (``W/events/incoming/<batch>.parquet``, w
   rate, calibration) frozen; only a retrain re-selects those. A profile without a known zone
   takes its zone cohort's curve as prior (a full fit mixes zones for it).
 * **Lookalike vectors** are re-embedded with the fitted embedder and replaced in the FAISS
-  ``IndexIDMap2`` (a flat index keeps its mapped base and holds the changed rows in a side
-  index; index types that cannot remove get the old row masked and a new one appended).
+  index (a flat or IVF index keeps its mapped base and holds the changed rows in a side index;
+  index types that cannot remove get the old row masked and a new one appended).
   Population statistics refresh at retrain.
 
 The result is published as a *delta version* (:mod:`dmp_ml.delta`): only the touched

@@ -260,7 +260,7 @@ def test_brute_force_search_is_exact_and_pads_short_results() -> None:
 def test_small_population_gets_an_exact_flat_index() -> None:
     x = _clustered_vectors(3000, 16)
     index = LookalikeIndex(n_threads=1).fit(x)
-    assert index.build_report_["index_type"] == "IDMap2,Flat"
+    assert index.build_report_["index_type"] == "IDMap,Flat"
     assert index.build_report_["recall_at_100"] == 1.0
     sims, found = index.search(x[:3], 5)
     assert (found[:, 0] == np.arange(3)).all()

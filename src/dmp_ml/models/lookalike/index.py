@@ -1,8 +1,10 @@
 """The lookalike model's FAISS index: exact when small, tuned to a recall target when not.
 
-A FAISS ``IndexIDMap2`` over unit vectors, searched by inner product (cosine): exact flat
-search for small populations, a factory index (IVF or HNSW) beyond, with ``nprobe`` or
-``efSearch`` tuned at build time until recall@100 against exact search reaches the target.
+A FAISS ``IndexIDMap`` over unit vectors, searched by inner product (cosine; not ``IDMap2``,
+whose reverse map of the ids would cost every worker 40 bytes a profile, and nothing looks a
+vector up by id): exact flat search for small populations, a factory index (IVF or HNSW)
+beyond, with ``nprobe`` or ``efSearch`` tuned at build time until recall@100 against exact
+search reaches the target.
 Search excludes ids on request; ``remove_ids`` removes where the index type can and masks
 where it cannot. A flat or IVF index loaded from a bundle is mapped (shared by every worker:
 a million 156-dimensional profiles are 620 MB a worker would otherwise hold) and never changed:
@@ -86,7 +88,7 @@ class LookalikeIndex:
     Parameters
     ----------
     exact_max_profiles : int
-        Populations up to this size get ``IDMap2`` over ``IndexFlatIP`` (exact).
+        Populations up to this size get ``IDMap`` over ``IndexFlatIP`` (exact).
     factory : str
         FAISS factory string beyond that; ``{nlist}`` is replaced by ``round(sqrt(n))``.
         IVF (``nprobe``) and HNSW (``efSearch``) are tuned; other types are used as they are.
@@ -138,7 +140,7 @@ class LookalikeIndex:
         if n > self.exact_max_profiles:
             factory = self.factory.replace("{nlist}", str(max(1, round(math.sqrt(n)))))
         try:
-            index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(dim, f"IDMap,{factory}", faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise ConfigError(
                 f"lookalike index_factory {self.factory!r} is not a FAISS factory string"
@@ -174,7 +176,7 @@ class LookalikeIndex:
         self.build_report_ = {
             "n": int(n),
             "dim": int(dim),
-            "index_type": f"IDMap2,{factory}",
+            "index_type": f"IDMap,{factory}",
             "kind": self.kind_,
             "tuned_param": self.param_name_,
             "tuned_value": self.param_value_,
@@ -312,7 +314,7 @@ class LookalikeIndex:
             return
         if self.side_ is None:
             self.side_ = faiss.index_factory(
-                int(self.index_.d), "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT
+                int(self.index_.d), "IDMap,Flat", faiss.METRIC_INNER_PRODUCT
             )
         self.side_.add_with_ids(vectors, ids)
 
@@ -417,9 +419,9 @@ class LookalikeIndex:
 
 
 def _ivf_copy(index: Any, drop: np.ndarray) -> Any:
-    """An ``IDMap2`` IVF ``index`` copied into private memory without the ids ``drop``.
+    """An id-mapped IVF ``index`` copied into private memory without the ids ``drop``.
 
-    FAISS's own ``remove_ids`` through ``IDMap2`` would leave the IVF's row numbers as they
+    FAISS's own ``remove_ids`` through the id map would leave the IVF's row numbers as they
     were while it closes the gaps in its id map, so every later row would answer with the id
     of another; and FAISS can neither serialise nor clone the lists of an index it read
     mapped. So the structure is copied without its lists, and the lists are copied one by one,
@@ -450,7 +452,8 @@ def _ivf_copy(index: Any, drop: np.ndarray) -> Any:
     owned.this.disown()  # the copy's lists now, freed with it
     inner.ntotal = copied.ntotal = int(keep.sum())
     faiss.copy_array_to_vector(id_map[keep], copied.id_map)
-    copied.construct_rev_map()
+    if isinstance(copied, faiss.IndexIDMap2):  # written by an earlier version
+        copied.construct_rev_map()
     return copied
 
 
