@@ -76,7 +76,9 @@ def write_frame(directory: Path, stem: str, frame: pd.DataFrame) -> None:
 def map_frame(directory: Path, stem: str) -> pd.DataFrame:
     """Read a frame written by :func:`write_frame`: the float64 columns are one block over
     the mapped ``<stem>.npy`` (no copy), the index and the other columns are read."""
-    table = pq.read_table(directory / f"{stem}.parquet")
+    # one chunk per column: Arrow takes rows from a chunked text column by first joining its
+    # chunks, so an answer's 100 ids cost 4 ms at 816k profiles instead of 0.01 ms
+    table = pq.read_table(directory / f"{stem}.parquet").combine_chunks()
     meta = json.loads((table.schema.metadata or {})[_FRAME_KEY])
     rest = table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
     rest = rest.set_index(meta["index"])
