@@ -613,7 +613,8 @@ def _change(table: FeatureTable, groups: pd.Series) -> tuple[ProfileUpdate, dict
     return change, {"moved": moved, "removed": removed, "new": ["p-new-1", "p-new-2"]}
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16,Flat"])  # replaced in place / masked
+# replaced in place (flat, IVF: superseded in the base, held in the side index) / masked
+@pytest.mark.parametrize("factory", ["Flat", "IVF{nlist},Flat", "HNSW16,Flat"])
 def test_update_reembeds_touched_profiles_and_forgets_removed_ones(world, factory, tmp_path):
     table, groups = world
     settings = FAST.model_copy(update={"exact_max_profiles": 1000, "index_factory": factory})
@@ -644,6 +645,10 @@ def test_update_reembeds_touched_profiles_and_forgets_removed_ones(world, factor
     loaded = LookalikeModel.load(model.save(tmp_path / "m"), n_threads=1)
     np.testing.assert_array_equal(loaded.vectors_, model.vectors_)
     assert loaded.index_.ntotal == live
+    # the saved index answers with the right ids: each live profile is its own neighbour
+    rows = np.flatnonzero(~loaded.removed_)[::25]
+    _, found = loaded.index_.search(np.asarray(loaded.vectors_[rows]), 1)
+    assert (found[:, 0] == rows).mean() >= 0.9
     again = set(loaded.expand([*seed, *ids["removed"]], reach=0.5).frame["profile_id"])
     assert set(ids["new"]) <= again and not again & set(ids["removed"])
 

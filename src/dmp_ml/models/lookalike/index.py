@@ -432,7 +432,12 @@ def _ivf_copy(index: Any, drop: np.ndarray) -> Any:
     id_map = faiss.vector_to_array(index.id_map)
     keep = ~np.isin(id_map, drop)
     renumbered = np.cumsum(keep) - 1
-    copied = faiss.deserialize_index(faiss.serialize_index(index), faiss.IO_FLAG_SKIP_IVF_DATA)
+    mapped = isinstance(lists, faiss.OnDiskInvertedLists)
+    copied = (  # lists left out where FAISS can, replaced below either way
+        faiss.deserialize_index(faiss.serialize_index(index), faiss.IO_FLAG_SKIP_IVF_DATA)
+        if mapped
+        else faiss.clone_index(index)
+    )
     owned = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
     for i in range(ivf.nlist):
         size = lists.list_size(i)
