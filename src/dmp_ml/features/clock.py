@@ -24,7 +24,8 @@ class LocalClock:
 
     UTC offsets are tabulated per quarter hour over the span of ``t`` for the zones listed in
     ``used`` (indices into ``tz_names``), so DST and half-hour zones are exact and each lookup
-    is one array index.
+    is one array index. The table's last row is all zeros: UTC (``tz == -1``) is looked up
+    like any zone, so a whole chunk of instants takes one pass whatever its zones.
     """
 
     def __init__(self, tz_names: Sequence[str], t: np.ndarray, used: np.ndarray) -> None:
@@ -32,32 +33,34 @@ class LocalClock:
         self.used = np.unique(used[used >= 0])
         self.row = np.full(len(self.tz_names) + 1, -1, dtype=np.int64)
         self.row[self.used] = np.arange(len(self.used))
-        self.bmin, self.table = 0, None
+        self.bmin, self.width, self.table = 0, 0, None
         if len(t) == 0 or len(self.used) == 0:
             return
         self.bmin = int(t.min()) // _QUARTER_NS
         bmax = int(t.max()) // _QUARTER_NS
-        if len(self.used) * (bmax - self.bmin + 1) <= 50_000_000:
-            self.table = np.stack(
-                [_offset_table(self.tz_names[z], self.bmin, bmax) for z in self.used]
-            )
+        self.width = bmax - self.bmin + 1
+        if len(self.used) * self.width <= 50_000_000:
+            zones = [_offset_table(self.tz_names[z], self.bmin, bmax) for z in self.used]
+            self.table = np.concatenate([*zones, np.zeros(self.width, dtype=np.int16)])
+            self.row[-1] = len(self.used)  # code -1 (UTC): the row of zeros
 
     def hour_of_week(self, t: np.ndarray, tz: np.ndarray) -> np.ndarray:
         """``t``: UTC nanoseconds; ``tz``: index into ``tz_names`` (-1 = UTC)."""
+        if self.table is not None:  # one lookup per instant, UTC's offset being 0
+            quarter = t // _QUARTER_NS
+            quarter += self.table[self.row[tz] * self.width + (quarter - self.bmin)]
+            return (quarter // 4 + _EPOCH_SHIFT) % HOURS_PER_WEEK
         how = utc_hour_of_week(t)
         local = np.flatnonzero(tz >= 0)
         if len(local) == 0:
             return how
         b = t[local] // _QUARTER_NS
         codes = tz[local]
-        if self.table is not None:
-            lb = b + self.table[self.row[codes], b - self.bmin]
-        else:  # a very long span and many zones: convert zone by zone
-            lb = np.empty_like(b)
-            for z in np.unique(codes):
-                m = codes == z
-                utc = pd.to_datetime(t[local][m], utc=True)
-                lb[m] = utc.tz_convert(self.tz_names[z]).tz_localize(None).asi8 // _QUARTER_NS
+        lb = np.empty_like(b)  # a very long span and many zones: convert zone by zone
+        for z in np.unique(codes):
+            m = codes == z
+            utc = pd.to_datetime(t[local][m], utc=True)
+            lb[m] = utc.tz_convert(self.tz_names[z]).tz_localize(None).asi8 // _QUARTER_NS
         how[local] = (lb // 4 + _EPOCH_SHIFT) % HOURS_PER_WEEK
         return how
 
@@ -74,4 +77,4 @@ def local_hour_of_week(t: np.ndarray, tz: np.ndarray, tz_names: Sequence[str]) -
 
     ``tz == -1`` means UTC.
     """
-    return LocalClock(tz_names, t[tz >= 0], tz).hour_of_week(t, tz)
+    return LocalClock(tz_names, t, tz).hour_of_week(t, tz)
