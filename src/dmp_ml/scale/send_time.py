@@ -372,8 +372,8 @@ class DaskCurves(PartitionedStage):
         per_profile = Counts(c.sends[:, None], c.responses[:, None], c.activity[:, None])
         rate, rate_global = curves.rates(per_profile, kind, strength, inputs.span_hours)
         return FittedCurves(
-            shape=np.concatenate([o["shape"] for o in out]),
-            shape_sd=np.concatenate([o["shape_sd"] for o in out]),
+            shape=np.concatenate([o["shape"] for o in out], dtype=np.float32),
+            shape_sd=np.concatenate([o["shape_sd"] for o in out], dtype=np.float32),
             global_shape=out[0]["global_shape"],  # every range has the same priors
             cohort_shapes=out[0]["cohort_shapes"],
             data_weight=np.concatenate([o["data_weight"] for o in out]),

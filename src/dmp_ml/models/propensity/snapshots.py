@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -111,6 +112,10 @@ def build_snapshots(
     the identity at their cutoff, resolved once (on the builder's engine, e.g. Dask), and the
     labels are read from the encoded log (:meth:`FeatureBuilder.positives`) without copying
     the resolved events.
+
+    A snapshot's table carries no hour-of-week counts (``hour_of_week`` has no columns): no
+    model trains on them, and at 168 floats a profile they would be most of the snapshots'
+    memory.
     """
     from dmp_ml.identity import ANON_PREFIX
 
@@ -129,6 +134,7 @@ def build_snapshots(
     for k in range(ps.n_snapshots, 0, -1):
         cutoff = as_of_ts - k * horizon
         table = builder.build(cutoff, reference=score_table.spec)
+        table = replace(table, hour_of_week=np.empty((len(table), 0)))
         if len(table) == 0:
             logger.info("snapshot at %s has no eligible profiles; skipped", cutoff)
             continue

@@ -34,17 +34,22 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     from dmp_ml.tracking import log_propensity_run, register_propensity_run
 
     assert ctx.features is not None
-    snapshots, _ = build_snapshots(
-        ctx.events,
-        ctx.as_of,
+    # the snapshots are handed over, not kept: train_propensity frees them once copied
+    result = train_propensity(
+        build_snapshots(
+            ctx.events,
+            ctx.as_of,
+            ctx.settings,
+            ctx.profiles,
+            ctx.consent,
+            erased=ctx.erased,
+            score_table=ctx.features,
+            builder=ctx.builder,
+        )[0],
+        ctx.features,
         ctx.settings,
-        ctx.profiles,
-        ctx.consent,
-        erased=ctx.erased,
-        score_table=ctx.features,
-        builder=ctx.builder,
+        _trainer(ctx),
     )
-    result = train_propensity(snapshots, ctx.features, ctx.settings, _trainer(ctx))
     ctx.models["propensity"] = result.model
     ctx.scores = result.scores.set_index("profile_id")
     logged = log_propensity_run(result, ctx.settings, register=False, **ctx.run_labels())

@@ -174,6 +174,9 @@ def train_propensity(
             f"{ps.horizon_days} days); use a shorter horizon_days or a later as_of"
         )
     ordered = sorted(snapshots, key=lambda s: s[0].spec.as_of)
+    # the tables are copied into the training and validation matrices below; a caller that
+    # passes the list without keeping it (the train step) has them freed before the fits
+    del snapshots
     reference = score_table.frame
 
     def labelled(table: FeatureTable, labels: pd.Series) -> tuple[pd.DataFrame, np.ndarray]:
@@ -186,11 +189,13 @@ def train_propensity(
     y_train = np.concatenate([p[1] for p in parts])
     del parts  # the aligned snapshots, copied into X_train: not held through the fits
     X_valid, y_valid = labelled(*ordered[-1])
+    train_cutoffs = [t.spec.as_of for t, _ in ordered[:-1]]
+    valid_cutoff = ordered[-1][0].spec.as_of
+    n_snapshots = len(ordered)
+    del ordered
     _check_counts("training data (all snapshots but the last)", y_train, ps, target)
     _check_counts("validation snapshot (the most recent labelled one)", y_valid, ps, target)
 
-    train_cutoffs = [t.spec.as_of for t, _ in ordered[:-1]]
-    valid_cutoff = ordered[-1][0].spec.as_of
     info = {
         "target_event": target,
         "horizon_days": ps.horizon_days,
@@ -275,7 +280,7 @@ def train_propensity(
         "validation_rows": len(y_valid),
         "validation_positives": int(y_valid.sum()),
         "scored_profiles": len(scores),
-        "snapshots": len(ordered),
+        "snapshots": n_snapshots,
         "best_iteration": model.best_iteration_,
         "min_child_samples": model.min_child_samples_,
     }

@@ -50,7 +50,8 @@ class FittedCurves:
     """The fitted curves of ``n`` profiles.
 
     ``shape``, ``shape_sd`` (n, 168): posterior relative intensity per local hour of week and
-    its sd; ``global_shape`` (168,), ``cohort_shapes`` (n_cohorts, 168): the priors;
+    its sd, as float32 (what the model keeps: two population-sized float64 matrices fewer
+    at the fit's peak); ``global_shape`` (168,), ``cohort_shapes`` (n_cohorts, 168): the priors;
     ``data_weight`` (n,): share from the profile's own evidence; ``rate`` (n,) and
     ``global_rate``: response rate per send (``kind == "rate"``) or activity rate per hour
     (``"activity"``); ``engagement_hours``, ``sends`` (n,): totals per profile;
@@ -137,14 +138,20 @@ def hyper(selected: Mapping[str, Any]) -> tuple[float, float, float, float, floa
 
 
 def _counted(inputs: CurveInputs) -> tuple[curves.Counts, curves.Pooled]:
-    """Every profile's hours of week, and their cohort and population sums."""
+    """Every profile's totals (sends, responses, engagement hours, each (n, 1)) and hours of
+    week with their cohort and population sums (``Pooled``: its ``resp`` and ``act`` are the
+    counts of responses and engagement hours). The sends per hour, used only through
+    ``expo``, are not kept: one population-sized matrix fewer while the curves are fitted."""
     counts = curves.count_hours(
         inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
     )
     pooled = curves.pool_counts(
         counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
     )
-    return counts, pooled
+    totals = curves.Counts(
+        *(m.sum(axis=1, keepdims=True) for m in (counts.sends, counts.responses, counts.activity))
+    )
+    return totals, pooled
 
 
 class LocalCurves:
@@ -199,8 +206,8 @@ class LocalCurves:
         """The curves from ``inputs`` (see the module doc)."""
         counts, pooled = _counted(inputs)
         kind = "rate" if counts.sends.sum() > 0 and counts.responses.sum() > 0 else "activity"
-        shape = np.empty((inputs.n, curves.HOURS_PER_WEEK))
-        shape_sd = np.empty((inputs.n, curves.HOURS_PER_WEEK))
+        shape = np.empty((inputs.n, curves.HOURS_PER_WEEK), dtype=np.float32)
+        shape_sd = np.empty((inputs.n, curves.HOURS_PER_WEEK), dtype=np.float32)
         data_weight = np.empty(inputs.n)
         for rows, fitted in curves.posterior_blocks(
             pooled, inputs.cohort_code, inputs.source, inputs.mixture, hyper(inputs.selected)
@@ -208,7 +215,7 @@ class LocalCurves:
             shape[rows], shape_sd[rows] = fitted["shape"], fitted["shape_sd"]
             data_weight[rows] = fitted["data_weight"]
         rate, rate_global = curves.rates(counts, kind, inputs.rate_strength, inputs.span_hours)
-        self.activity_ = counts.activity
+        self.activity_ = pooled.act
         return FittedCurves(
             shape=shape,
             shape_sd=shape_sd,
@@ -220,7 +227,7 @@ class LocalCurves:
             kind=kind,
             engagement_hours=counts.activity.sum(axis=1),
             sends=counts.sends.sum(axis=1),
-            baseline_global=baselines.global_curve(counts.activity, fitted["global_shape"]),
+            baseline_global=baselines.global_curve(pooled.act, fitted["global_shape"]),
         )
 
     def score_guard(

@@ -350,8 +350,8 @@ class SendTimeModel(EstimatorParams):
         self.timezone_source_code_ = source.astype(np.int8)
         self.cohorts_ = cohort_names
         self.cohort_code_ = cohort_code.astype(np.int64)
-        self.local_shape_ = shape.astype(np.float32)
-        self.local_shape_sd_ = shape_sd.astype(np.float32)
+        self.local_shape_ = shape.astype(np.float32, copy=False)
+        self.local_shape_sd_ = shape_sd.astype(np.float32, copy=False)
         self.calibration_ = calibration
         self.global_shape_ = fc.global_shape
         self.cohort_shapes_ = fc.cohort_shapes
