@@ -237,7 +237,8 @@ class PropensityModel(BaseEstimator):
         return params
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Reindex to the training columns, fix dtypes and categories, rename to f0..fN."""
+        """Reindex to the training columns, fix dtypes and categories, rename to f0..fN; the
+        float64 columns are views of ``X``'s (read-only), not copies."""
         missing = [c for c in self.feature_names_ if c not in X.columns]
         if missing:
             logger.warning(
@@ -259,13 +260,10 @@ class PropensityModel(BaseEstimator):
                 out[key] = pd.Categorical(values, categories=cats)
             elif col is None:
                 out[key] = np.full(len(X), np.nan)
-            else:
-                out[key] = (
-                    pd.to_numeric(col, errors="coerce")
-                    .astype("float64")
-                    .to_numpy(dtype=np.float64, na_value=np.nan)
-                )
-        return pd.DataFrame(out, index=pd.RangeIndex(len(X)))
+            else:  # float64 after astype (NA -> NaN): a view of X's column, not a copy
+                out[key] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
+        # the columns as they are, not consolidated into one block: no copy of the matrix
+        return pd.DataFrame(out, index=pd.RangeIndex(len(X)), copy=False)
 
     def _learn_schema(self, X_train: pd.DataFrame, X_valid: pd.DataFrame) -> None:
         self.feature_names_ = [str(c) for c in X_train.columns]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from dmp_ml.training_context import StepOutcome, TrainContext
@@ -113,7 +114,7 @@ def _charts(
     charts: dict[str, Figure] = {
         "plots/send_time_heatmap": plot_hour_of_week(
             {
-                "model: mean P(engage | send)": model.local_curve_.mean(axis=0),
+                "model: mean P(engage | send)": _mean_curve(model),
                 f"held-out engagement share ({days} d)": held.engagement,
             },
             title="Send time by local hour of week",
@@ -134,6 +135,20 @@ def _charts(
     else:
         logger.info("send time: no held-out sends with both outcomes, no reliability diagram")
     return charts, found
+
+
+def _mean_curve(model: SendTimeModel) -> np.ndarray:
+    """``model.local_curve_.mean(axis=0)`` a block of profiles at a time: the same sums in the
+    same order (row after row, as NumPy reduces over the rows), without the (n_profiles, 168)
+    curves, their sd and the calibration's temporaries all at once (the step's peak)."""
+    from dmp_ml.models.send_time.curves import BLOCK_ROWS, HOURS_PER_WEEK
+
+    n = len(model.profile_ids_)
+    total = np.zeros((1, HOURS_PER_WEEK))
+    for lo in range(0, n, BLOCK_ROWS):
+        block = model.probability(np.arange(lo, min(lo + BLOCK_ROWS, n)))[0]
+        total = np.concatenate([total, block]).sum(axis=0, keepdims=True)
+    return total[0] / n
 
 
 def _curve_engine(ctx: TrainContext) -> CurveEngine | None:
