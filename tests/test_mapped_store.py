@@ -174,6 +174,11 @@ def test_feature_table_and_scores_are_mapped_and_a_refresh_of_a_few_profiles_is_
     assert look is not None and look.index_.mapped_ and look.index_.side_.ntotal == 4
     assert is_mapped(look.vectors_.base) and len(look.vectors_) == len(frame) + 1
     assert look.index_.ntotal == len(frame) + 1
+    # so do the affinity counts and the send-time curves: the batch's rows over the mapped base
+    counts, curves = b.affinity_model, b.send_time_model
+    assert counts is not None and is_mapped(counts.channel_counts_.base)
+    assert is_mapped(counts.category_counts_.base.indices)
+    assert curves is not None and is_mapped(curves.local_shape_.base)
     after = a.features.frame
     assert (
         after.loc[touched, "event_count_total"] == frame.loc[touched, "event_count_total"] + 1

@@ -90,6 +90,7 @@ def _answers(bundle: ModelBundle, ids: list[str]) -> dict[str, pd.DataFrame]:
     affinity = bundle.affinity_model
     assert lookalike is not None and affinity is not None
     rows = lookalike.profile_ids_.get_indexer(pd.Index(ids, dtype="string"))
+    segment = affinity.segment_summary(ids, top=10)
     return {
         "features": bundle.features.frame.loc[ids],
         "how": pd.DataFrame(
@@ -99,6 +100,8 @@ def _answers(bundle: ModelBundle, ids: list[str]) -> dict[str, pd.DataFrame]:
         "send_time": st.drop(columns=[c for c in st.columns if "generated" in c]),
         "vectors": pd.DataFrame(np.asarray(lookalike.vectors_)[rows], index=ids),
         "affinity": affinity.profile_frame(ids).set_index("profile_id").sort_index(),
+        "segment_channels": pd.DataFrame(segment["channels"]),
+        "segment_categories": pd.DataFrame(segment["top_categories"]),
     }
 
 

@@ -4,18 +4,23 @@ A refresh reads the history of the profiles a batch touched (:func:`dmp_ml.store
 Filtering ``W/events/base.parquet`` decodes the whole file, so what one batch reads grew with
 the population. This index makes the read proportional to the touched profiles' events:
 
-    base.arrow              the base events, same rows in the same order, as an uncompressed
-                            Arrow IPC file (memory-mapped: a read touches only the pages it takes)
+    base.arrow              the base events as an uncompressed Arrow IPC file (memory-mapped: a
+                            read touches only the pages it takes), grouped: each profile's
+                            events together, then the anonymous events by cookie (each group
+                            in file order), so one profile's history is one run of rows, not
+                            rows scattered over the whole log (a read then costs its rows,
+                            not the population's spread of them)
+    base.original.npy       the row of ``base.parquet`` each row of ``base.arrow`` holds
     base.<kind>.ids.npy     per key kind (``profile_id``, ``cookie_id``): its ids, sorted (an id
                             index, :mod:`dmp_ml.id_index`; ``base.<kind>.id_rows.npy`` each
                             one's number), so a lookup is a binary search in a mapped file, not
                             a hash table built over every id of the population
-    base.<kind>.bounds.npy  where each id's row numbers start and stop in ``base.rows-<kind>.npy``
-    base.rows-<kind>.npy    the row numbers grouped by id (ascending within an id)
+    base.<kind>.bounds.npy  where each id's rows start and stop in ``base.rows-<kind>.npy``
+    base.rows-<kind>.npy    the rows of ``base.arrow`` grouped by id
     base.index.json         the ``base.parquet`` it belongs to, written last
 
-A read looks the wanted ids up, takes their row numbers (sorted, so rows come back in file
-order, exactly as the filtered Parquet read returns them) and only those rows. The index
+A read looks the wanted ids up, takes only their rows and puts them back in the order of
+``base.parquet`` (by their original row), as the filtered Parquet read returns them. The index
 belongs to one ``base.parquet``: its size and modification time are recorded, and a stale,
 missing or older-format index is never used (the read falls back to filtering the Parquet
 file); the refresh rebuilds it under the workdir lock (:func:`ensure_index`). The index holds
@@ -48,6 +53,10 @@ _EVENTS = "base.arrow"
 _STAMP = "base.index.json"
 _OLDER = ("base.index.arrow",)
 """Files of an index of an earlier format (their ids are dropped with the rest)."""
+_LAYOUT = "grouped"
+"""The stamp's ``layout`` of this format; an index without it (events in file order) is
+rebuilt."""
+_ORIGINAL = "base.original.npy"
 _CHUNK_ROWS = 1 << 20
 
 
@@ -57,7 +66,7 @@ def _prefix(key: str) -> str:
 
 
 def _files(workdir: str | Path) -> tuple[Path, Path, dict[str, dict[str, Path]]]:
-    """The events file, the stamp and, per key kind, its row numbers, bounds and ids."""
+    """The events file, the stamp and, per key kind, its rows, bounds and ids."""
     root = layout.events_dir(workdir)
     kinds = {
         key: {
@@ -81,7 +90,7 @@ def drop_index(workdir: str | Path) -> None:
     events, stamp, kinds = _files(workdir)
     root = layout.events_dir(workdir)
     files = [p for paths in kinds.values() for p in paths.values()]
-    for path in (stamp, *(root / name for name in _OLDER), events, *files):
+    for path in (stamp, *(root / name for name in _OLDER), events, root / _ORIGINAL, *files):
         path.unlink(missing_ok=True)
 
 
@@ -96,16 +105,31 @@ def _atomic(path: Path, write: object) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _groups(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct non-null values of ``column``; the row numbers grouped by value (ascending
-    within each), shape (n_rows - n_null,); each value's ``start`` and ``stop`` in them."""
-    encoded = pc.dictionary_encode(column.combine_chunks())
-    codes = np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
+def _encoded(table: pa.Table, key: str) -> tuple[pa.Array, np.ndarray]:
+    """The distinct values of column ``key`` and each row's code among them (-1: missing)."""
+    if key not in table.column_names:
+        return pa.array([], type=pa.string()), np.full(table.num_rows, -1, dtype=np.int64)
+    encoded = pc.dictionary_encode(table.column(key).combine_chunks())
+    return encoded.dictionary, np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
+
+
+def _groups(codes: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The row numbers grouped by ``codes`` (ascending within each; missing ones left out),
+    shape (n_rows - n_missing,); each value's ``start`` and ``stop`` in them."""
     order = np.argsort(codes, kind="stable")
-    order = order[int((codes < 0).sum()) :]  # nulls sort first: no id, not indexed
-    counts = np.bincount(codes[codes >= 0], minlength=len(encoded.dictionary))
+    order = order[int((codes < 0).sum()) :]  # missing codes sort first: no id, not indexed
+    counts = np.bincount(codes[codes >= 0], minlength=n_values)
     stops = np.cumsum(counts)
-    return encoded.dictionary, order.astype(np.int64), stops - counts, stops
+    return order.astype(np.int64), stops - counts, stops
+
+
+def _grouping(
+    profiles: np.ndarray, n_profiles: int, cookies: np.ndarray, n_cookies: int
+) -> np.ndarray:
+    """The order of the rows in ``base.arrow``: by profile code, then the events without a
+    profile by cookie code, then those with neither; in file order within each group."""
+    anonymous = n_profiles + np.where(cookies >= 0, cookies, n_cookies)
+    return np.argsort(np.where(profiles >= 0, profiles, anonymous), kind="stable")
 
 
 def _save(array: np.ndarray) -> Callable[[Path], None]:
@@ -124,28 +148,37 @@ def build_index(workdir: str | Path) -> None:
     events_path, stamp_path, kinds = _files(workdir)
     drop_index(workdir)
     stamp = _stamp(base)
-    table = pq.read_table(base)
+    table = pq.read_table(base).combine_chunks()  # one chunk: each take below reads it as is
+    encoded = {key: _encoded(table, key) for key in KEYS}
+    (profile_ids, profiles), (cookie_ids, cookies) = (encoded[key] for key in KEYS)
+    original = _grouping(profiles, len(profile_ids), cookies, len(cookie_ids))
+    held = np.empty(len(original), dtype=np.int64)  # each original row's place in base.arrow
+    held[original] = np.arange(len(original), dtype=np.int64)
 
     def write_events(tmp: Path) -> None:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            for batch in table.to_batches(max_chunksize=_CHUNK_ROWS):
-                writer.write_batch(batch)
+            for start in range(0, len(original), _CHUNK_ROWS):
+                part = table.take(pa.array(original[start : start + _CHUNK_ROWS]))
+                for batch in part.combine_chunks().to_batches():
+                    writer.write_batch(batch)
 
     _atomic(events_path, write_events)
+    _atomic(events_path.with_name(_ORIGINAL), _save(original))
     indexed = []
     for key in KEYS:
         if key not in table.column_names:
             continue
-        values, order, first, last = _groups(table.column(key))
+        values, codes = encoded[key]
+        order, first, last = _groups(codes, len(values))
         paths = kinds[key]
-        _atomic(paths["rows"], _save(order))
+        _atomic(paths["rows"], _save(held[order]))
         _atomic(paths["bounds"], _save(np.stack([first, last]).astype(np.int64)))
         ids = IdIndex.build(values.cast(pa.string()).to_pylist())
         for path in ids.write(paths["ids"].parent, prefix=_prefix(key)):
             with path.open("rb") as handle:  # durable before the stamp names it
                 os.fsync(handle.fileno())
         indexed.append(key)
-    meta = {**stamp, "rows": table.num_rows, "keys": indexed}
+    meta = {**stamp, "rows": table.num_rows, "keys": indexed, "layout": _LAYOUT}
     # last: the stamp names a complete set of files
     _atomic(stamp_path, lambda tmp: tmp.write_text(json.dumps(meta), encoding="utf-8"))
     logger.info("event index: %d events of %s indexed by profile and cookie", len(table), base)
@@ -158,9 +191,11 @@ class EventIndex:
     events: list[pa.RecordBatch]
     offsets: np.ndarray  # first row of each batch, and the total, shape (n_batches + 1,)
     keys: dict[str, tuple[IdIndex, np.ndarray, np.ndarray, np.ndarray]]
+    original: np.ndarray  # the row of base.parquet each row of base.arrow holds
 
     def rows(self, key: str, ids: Iterable[str]) -> np.ndarray:
-        """Row numbers of the events whose ``key`` is one of ``ids`` (ascending)."""
+        """Rows of ``base.arrow`` holding the events whose ``key`` is one of ``ids``
+        (ascending)."""
         if key not in self.keys:
             return np.zeros(0, dtype=np.int64)
         index, starts, stops, order = self.keys[key]
@@ -175,7 +210,8 @@ class EventIndex:
         return np.sort(np.asarray(order[picks], dtype=np.int64))
 
     def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
-        """The events at ``rows`` (ascending), only ``columns`` when given."""
+        """The events at ``rows`` of ``base.arrow`` (ascending), only ``columns`` when given,
+        in the order of ``base.parquet``."""
         parts = []
         cut = np.searchsorted(rows, self.offsets)
         for i, batch in enumerate(self.events):
@@ -190,7 +226,8 @@ class EventIndex:
             if columns is not None:
                 schema = pa.schema([f for f in schema if f.name in columns])
             return schema.empty_table()
-        return pa.Table.from_batches(parts)
+        back = np.argsort(np.asarray(self.original[rows], dtype=np.int64), kind="stable")
+        return pa.Table.from_batches(parts).take(pa.array(back))
 
 
 def open_index(workdir: str | Path) -> EventIndex | None:
@@ -201,6 +238,8 @@ def open_index(workdir: str | Path) -> EventIndex | None:
     try:
         stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
         if {k: stamp[k] for k in ("size", "mtime_ns")} != _stamp(base):
+            return None
+        if stamp.get("layout") != _LAYOUT:
             return None
         reader = pa.ipc.open_file(pa.memory_map(str(events_path)))
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
@@ -216,10 +255,13 @@ def open_index(workdir: str | Path) -> EventIndex | None:
                 return None
             order = np.load(paths["rows"], mmap_mode="r", allow_pickle=False)
             keys[key] = (ids, bounds[0], bounds[1], order)
+        original = np.load(events_path.with_name(_ORIGINAL), mmap_mode="r", allow_pickle=False)
+        if original.shape != (stamp["rows"],):
+            return None
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return None
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return EventIndex(events=batches, offsets=offsets, keys=keys)
+    return EventIndex(events=batches, offsets=offsets, keys=keys, original=original)
 
 
 def ensure_index(workdir: str | Path) -> EventIndex | None:

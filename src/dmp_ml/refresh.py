@@ -440,7 +440,7 @@ class Refresher:
         past = store.history_of(self.workdir, profiles=known, cookies=cookies, **read)
 
         # exact re-sends of stored events are duplicates (a retried request changes nothing)
-        duplicate = np.isin(store.row_keys(batch), store.row_keys(past)) if len(past) else None
+        duplicate = store.repeated_rows(batch, past) if len(past) else None
         quarantine = loaded.quarantine
         if duplicate is not None and duplicate.any():
             dupes = batch.loc[duplicate].copy()

@@ -688,3 +688,97 @@ class OverlaidFrame:
             frame.index = self._index
             self._frame = frame
         return self._frame
+
+
+class OverlaidSparseRows:
+    """The rows of a base CSR matrix (a bundle's mapped affinity counts, shared and never
+    written) with a private block of rows over it (a refresh's recounted and new profiles, in
+    the order they came) and where each row is held (``where``: a row of the base, or past its
+    end one of the block; 8 bytes a row), as :class:`OverlaidFrame` holds a feature table's
+    rows. Reading rows (``matrix[rows]``, :meth:`row`) gathers only those, so a refresh costs
+    its batch, not a re-take of the population's counts; :meth:`tocsr` builds the whole
+    matrix, once, for a caller that writes it (a compaction). Never changed: :meth:`replaced`
+    and :meth:`merged` return another.
+    """
+
+    def __init__(self, base: Any, block: Any = None, where: np.ndarray | None = None) -> None:
+        from scipy import sparse
+
+        self.base = base
+        self.block = (
+            sparse.csr_matrix((0, base.shape[1]), dtype=base.dtype) if block is None else block
+        )
+        self.where = np.arange(base.shape[0], dtype=np.int64) if where is None else where
+        self._whole: Any = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.where), int(self.base.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def _positions(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.arange(*key.indices(len(self)), dtype=np.int64)
+        key = np.atleast_1d(np.asarray(key))
+        if key.dtype == bool:
+            return np.flatnonzero(key)
+        return np.where(key < 0, key + len(self), key).astype(np.int64)
+
+    def take(self, positions: np.ndarray) -> Any:
+        """The rows at ``positions`` as a CSR matrix, gathered from the base and the block."""
+        from scipy import sparse
+
+        places = self.where[np.asarray(positions, dtype=np.int64)]
+        n = self.base.shape[0]
+        in_base = places < n
+        both = sparse.vstack(
+            [self.base[places[in_base]], self.block[places[~in_base] - n]], format="csr"
+        )
+        order = np.empty(len(places), dtype=np.int64)
+        order[in_base] = np.arange(int(in_base.sum()))
+        order[~in_base] = int(in_base.sum()) + np.arange(int((~in_base).sum()))
+        return both[order]
+
+    def __getitem__(self, key: Any) -> Any:
+        """``matrix[rows]`` or ``matrix[rows, columns]``, as a CSR matrix would answer."""
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        taken = self.take(self._positions(rows))
+        scalar = np.ndim(rows) == 0 and not isinstance(rows, slice)
+        return taken[(0 if scalar else slice(None), *rest)] if rest else taken
+
+    def row(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """The column indices and values of one row."""
+        place, n = int(self.where[position]), self.base.shape[0]
+        matrix, at = (self.base, place) if place < n else (self.block, place - n)
+        start, stop = matrix.indptr[at], matrix.indptr[at + 1]
+        return matrix.indices[start:stop], matrix.data[start:stop]
+
+    def _added(self, rows: Any) -> tuple[Any, np.ndarray]:
+        from scipy import sparse
+
+        places = self.base.shape[0] + self.block.shape[0] + np.arange(rows.shape[0])
+        return sparse.vstack([self.block, rows], format="csr"), places.astype(np.int64)
+
+    def replaced(self, positions: np.ndarray, rows: Any) -> OverlaidSparseRows:
+        """These rows with those at ``positions`` replaced by ``rows`` (CSR, in that order)."""
+        block, places = self._added(rows)
+        where = self.where.copy()
+        where[np.asarray(positions, dtype=np.int64)] = places
+        return OverlaidSparseRows(self.base, block, where)
+
+    def merged(self, rows: Any, order: np.ndarray) -> OverlaidSparseRows:
+        """``vstack([matrix, rows])[order]`` (``order``: positions in these rows followed by
+        ``rows``, e.g. an :func:`id_merge_order`), with ``rows`` only added to the block."""
+        block, places = self._added(rows)
+        return OverlaidSparseRows(self.base, block, stacked_take(self.where, places, order))
+
+    def tocsr(self) -> Any:
+        """Every row as one CSR matrix (built on first use, then kept)."""
+        from scipy import sparse
+
+        if self._whole is None:
+            stacked = sparse.vstack([self.base, self.block], format="csr")
+            self._whole = stacked[self.where]
+        return self._whole

@@ -37,10 +37,10 @@ import pandas as pd
 from scipy import sparse
 
 from dmp_ml.errors import BundleError
-from dmp_ml.id_index import IdIndex
+from dmp_ml.id_index import IdIndex, rows_of
 from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
-from dmp_ml.rows import id_merge_order, stacked_take
+from dmp_ml.rows import OverlaidRows, OverlaidSparseRows, id_merge_order
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -98,8 +98,10 @@ class AffinityModel:
         :meth:`update` merges a batch's profiles by binary search in it, and keeps it.
     channels_, categories_ : Index
         The channel and category vocabularies (columns of the count matrices).
-    channel_counts_ : ndarray (n_profiles, n_channels)
-    category_counts_ : csr_matrix (n_profiles, n_categories)
+    channel_counts_ : ndarray or OverlaidRows (n_profiles, n_channels)
+    category_counts_ : csr_matrix or OverlaidSparseRows (n_profiles, n_categories)
+        As fitted or mapped; after :meth:`update`, the mapped counts with the recounted rows
+        over them (read by row; ``np.asarray`` and ``tocsr()`` give the whole arrays).
     channel_share_, category_share_ : ndarray
         Population shares of engagement events (pooled over every profile at fit).
     as_of_ : Timestamp
@@ -224,28 +226,47 @@ class AffinityModel:
         """Recount the touched profiles from ``change.events`` (their full resolved history)
         and drop ``change.removed``. Population shares and vocabularies stay as trained (new
         channels count as ``other`` when the model has one, new categories are ignored until
-        the next train)."""
+        the next train).
+
+        The recounted rows go into a small block over the (mapped) counts
+        (:class:`~dmp_ml.rows.OverlaidRows`, :class:`~dmp_ml.rows.OverlaidSparseRows`): a
+        profile the model holds keeps its row, a new one is merged in id order, so a batch
+        costs its rows, not a copy of the population's counts; the arrays this model shares
+        with a detached copy are never written."""
         self._check_fitted()
         changed = pd.Index(sorted({str(p) for p in change.profile_ids}), dtype="string")
-        gone = pd.Index([str(p) for p in change.removed], dtype="string").union(changed)
         rows = self.engagement(change.events, changed)
         ch_new, cat_new = self.matrices(rows, changed)
-        # the kept rows and the recounted ones in id order, found without sorting every id
-        # (with the table's id index, without reading any: binary searches)
-        if self.id_index_ is not None:
+        at = rows_of(self.profile_ids_, self.id_index_, changed)
+        held = at >= 0
+        channels = self.channel_counts_
+        channels = channels.copy() if isinstance(channels, OverlaidRows) else OverlaidRows(channels)
+        categories = self.category_counts_
+        if not isinstance(categories, OverlaidSparseRows):
+            categories = OverlaidSparseRows(categories)
+        channels[at[held]] = ch_new[held]
+        categories = categories.replaced(at[held], cat_new[held])
+        removed = pd.Index([str(p) for p in change.removed], dtype="string").difference(changed)
+        gone = rows_of(self.profile_ids_, self.id_index_, removed)
+        gone = gone[gone >= 0]
+        if len(gone) or not held.all():
+            # the new profiles merged in id order, found without sorting every id (with the
+            # table's id index, without reading any: binary searches)
+            added = changed[~held]
             drop = np.zeros(len(self.profile_ids_), dtype=bool)
-            held = self.id_index_.rows(gone)
-            drop[held[held >= 0]] = True
-            order = self.id_index_.merge_order(self.profile_ids_, drop, changed)
-        else:
-            drop = self.profile_ids_.isin(gone)
-            order = id_merge_order(self.profile_ids_, drop, changed)
-        ids = self.profile_ids_.append(changed)
-        self.profile_ids_ = pd.Index(ids.take(order).array, dtype="string")
-        if self.id_index_ is not None:
-            self.id_index_ = self.id_index_.merged(change.removed, changed, self.profile_ids_)
-        self.channel_counts_ = stacked_take(self.channel_counts_, ch_new, order)
-        self.category_counts_ = sparse.vstack([self.category_counts_, cat_new]).tocsr()[order]
+            drop[gone] = True
+            if self.id_index_ is not None:
+                order = self.id_index_.merge_order(self.profile_ids_, drop, added)
+            else:
+                order = id_merge_order(self.profile_ids_, drop, added)
+            channels.merge(ch_new[~held], order)
+            categories = categories.merged(cat_new[~held], order)
+            ids = self.profile_ids_.append(added)
+            self.profile_ids_ = pd.Index(ids.take(order).array, dtype="string")
+            if self.id_index_ is not None:
+                self.id_index_ = self.id_index_.merged(removed, added, self.profile_ids_)
+        self.channel_counts_ = channels
+        self.category_counts_ = categories
         self.as_of_ = max(self.as_of_, pd.Timestamp(change.as_of))
         return self
 
@@ -269,7 +290,7 @@ class AffinityModel:
     def rows(self, profile_ids: Iterable[str]) -> tuple[np.ndarray, list[str]]:
         """Row positions of the known ids (in the order given) and the unknown ids."""
         ids = pd.Index(list(dict.fromkeys(str(p) for p in profile_ids)), dtype="string")
-        pos = self.profile_ids_.get_indexer(ids)
+        pos = rows_of(self.profile_ids_, self.id_index_, ids)
         return pos[pos >= 0], ids[pos < 0].tolist()
 
     def channel_mix(self, rows: np.ndarray) -> np.ndarray:
@@ -285,9 +306,7 @@ class AffinityModel:
 
     def top_categories(self, row: int, top: int) -> list[dict[str, Any]]:
         """The profile's engaged categories by affinity score, best first (at most ``top``)."""
-        start, end = self.category_counts_.indptr[row], self.category_counts_.indptr[row + 1]
-        cols = self.category_counts_.indices[start:end]
-        counts = self.category_counts_.data[start:end]
+        cols, counts = _row_counts(self.category_counts_, row)
         if not len(cols):
             return []
         total = float(counts.sum())
@@ -407,7 +426,7 @@ class AffinityModel:
             write_array(path, np.asarray(self.channel_counts_, dtype=np.float64))
 
         def categories(name: str) -> Any:
-            return lambda path: write_array(path, getattr(self.category_counts_, name))
+            return lambda path: write_array(path, getattr(self.category_counts_.tocsr(), name))
 
         def population(path: Path) -> None:
             meta = {
@@ -464,13 +483,21 @@ class AffinityModel:
 
     def summary(self) -> dict[str, float]:
         self._check_fitted()
-        engaged = self.channel_counts_.sum(axis=1) > 0
+        engaged = np.asarray(self.channel_counts_).sum(axis=1) > 0
         return {
             "profiles": float(len(self.profile_ids_)),
             "profiles_engaged": float(engaged.sum()),
             "channels": float(len(self.channels_)),
             "categories": float(len(self.categories_)),
         }
+
+
+def _row_counts(counts: Any, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """The category columns and counts of one row of the (CSR or overlaid) category counts."""
+    if isinstance(counts, OverlaidSparseRows):
+        return counts.row(row)
+    start, end = counts.indptr[row], counts.indptr[row + 1]
+    return counts.indices[start:end], counts.data[start:end]
 
 
 def _shares(counts: np.ndarray) -> np.ndarray:

@@ -705,34 +705,44 @@ class SendTimeModel(EstimatorParams):
         self.zones_ = zones
         self.cohorts_ = cohorts
         self.cohort_shapes_ = cohort_shapes
-        # the new profiles merged in id order (found without sorting every id); the curves
-        # (168 values a profile) take the batch's rows over their mapped base, the other
-        # arrays are copied once (never written in place: a detached copy shares them)
+        # the new profiles merged in id order (found without sorting every id; a batch of
+        # profiles the model holds merges nothing: their rows are replaced where they are);
+        # the curves (168 values a profile) take the batch's rows over their mapped base, the
+        # other arrays are copied once (never written in place: a detached copy shares them)
         added = pd.Index(ids[~old], dtype="string")
-        keep = np.zeros(len(self.profile_ids_), bool)
-        if self.id_index_ is not None:
-            order = self.id_index_.merge_order(self.profile_ids_, keep, added)
-        else:
-            order = id_merge_order(self.profile_ids_, keep, added)
-        where = np.empty(len(order), dtype=np.int64)  # each held row's position after the merge
-        where[order] = np.arange(len(order))
+        at = existing[old]
+        order = None
+        if len(added):
+            keep = np.zeros(len(self.profile_ids_), bool)
+            if self.id_index_ is not None:
+                order = self.id_index_.merge_order(self.profile_ids_, keep, added)
+            else:
+                order = id_merge_order(self.profile_ids_, keep, added)
+            where = np.empty(len(order), dtype=np.int64)  # each held row's place after it
+            where[order] = np.arange(len(order))
+            at = where[at]
         for name, values in rows.items():
+            held = getattr(self, name)
             if name in _CURVE_ROWS:
-                curves_held = getattr(self, name)
-                if not isinstance(curves_held, OverlaidRows):
-                    curves_held = OverlaidRows(curves_held)
-                curves_held[existing[old]] = values[old]
-                curves_held.merge(values[~old].astype(curves_held.dtype), order)
-                setattr(self, name, curves_held)
+                if not isinstance(held, OverlaidRows):
+                    held = OverlaidRows(held)
+                held[existing[old]] = values[old]
+                if order is not None:
+                    held.merge(values[~old].astype(held.dtype), order)
+                setattr(self, name, held)
                 continue
-            held = np.asarray(getattr(self, name))
-            merged = stacked_take(held, values[~old].astype(held.dtype), order)
-            merged[where[existing[old]]] = values[old].astype(held.dtype, copy=False)
+            held = np.asarray(held)
+            if order is None:
+                merged = held.copy()
+            else:
+                merged = stacked_take(held, values[~old].astype(held.dtype), order)
+            merged[at] = values[old].astype(held.dtype, copy=False)
             setattr(self, name, merged)
-        all_ids = self.profile_ids_.append(added)
-        self.profile_ids_ = pd.Index(all_ids[order], name="profile_id")
-        if self.id_index_ is not None:
-            self.id_index_ = self.id_index_.merged([], added, self.profile_ids_)
+        if order is not None:
+            all_ids = self.profile_ids_.append(added)
+            self.profile_ids_ = pd.Index(all_ids[order], name="profile_id")
+            if self.id_index_ is not None:
+                self.id_index_ = self.id_index_.merged([], added, self.profile_ids_)
         logger.debug("send time: %d curves refreshed", n)
         return self
 
