@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from dmp_ml.contract import load_consent, load_events, load_profiles
 from dmp_ml.demo import generate_demo_world, write_demo_world
 from dmp_ml.errors import DataContractError
 from dmp_ml.inputs import load_inputs
-from dmp_ml.read_ahead import ReadAhead
 
 
 @pytest.fixture(scope="module")
@@ -48,27 +46,3 @@ def test_a_broken_profiles_file_fails_the_load(files, tmp_path: Path) -> None:
     broken.write_text("name,age\nann,3\n", encoding="utf-8")
     with pytest.raises(DataContractError, match="profile_id"):
         load_inputs(files["events"], broken)
-
-
-def test_row_groups_decoded_ahead_load_as_the_loader_reads_them(files, tmp_path: Path) -> None:
-    events = tmp_path / "events.parquet"
-    log = pq.read_table(files["events"])
-    pq.write_table(log, events, row_group_size=len(log) // 4 + 1)
-    assert pq.ParquetFile(events).num_row_groups == 4
-    with ReadAhead(events) as ahead:
-        early = load_inputs(events, dictionaries=True, ahead=ahead).events
-        assert ahead.take(events, 0) is None  # the loader took the row groups read ahead
-    plain = load_events(events, dictionaries=True)
-    pd.testing.assert_frame_equal(early.frame, plain.frame)
-    pd.testing.assert_frame_equal(early.quarantine, plain.quarantine)
-    for column, (codes, values) in plain.encoded.items():
-        assert (early.encoded[column][0] == codes).all() and early.encoded[column][1].equals(values)
-
-
-def test_nothing_is_read_ahead_from_a_csv_log(files, tmp_path: Path) -> None:
-    events = tmp_path / "events.csv"
-    pd.read_parquet(files["events"]).to_csv(events, index=False)
-    with ReadAhead(events) as ahead:
-        assert ahead.take(events, 0) is None
-        loaded = load_inputs(events, ahead=ahead).events
-    assert loaded.report.rows_loaded == load_events(events).report.rows_loaded

@@ -28,7 +28,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dmp_ml.errors import DataContractError
-from dmp_ml.read_ahead import ReadAhead, is_text, open_parquet
 from dmp_ml.rows import is_dictionary
 
 ROW_NUMBER = "_row_number"
@@ -60,17 +59,13 @@ def file_format(path: Path) -> str:
 
 
 def iter_batches(
-    path: str | Path,
-    batch_rows: int,
-    max_field_bytes: int = 128 * 1024,
-    ahead: ReadAhead | None = None,
+    path: str | Path, batch_rows: int, max_field_bytes: int = 128 * 1024
 ) -> Iterator[pd.DataFrame]:
     """Yield the file's records in batches; raise DataContractError when it is unusable.
 
     A record with a text field longer than ``max_field_bytes`` (UTF-8) is flagged ``TOO_LARGE``.
     The next batch is read while the caller works on this one (:func:`prefetched`; whole
-    Parquet row groups are read ahead two at a time by their own threads instead). ``ahead``:
-    row groups of this file already decoded (:class:`~dmp_ml.read_ahead.ReadAhead`).
+    Parquet row groups are read ahead two at a time by their own threads instead).
     """
     path = Path(path)
     if not path.exists():
@@ -80,7 +75,7 @@ def iter_batches(
     if path.stat().st_size == 0:
         raise DataContractError(f"{path}: file is empty")
     if file_format(path) == "parquet":
-        yield from _parquet_batches(path, batch_rows, max_field_bytes, ahead)
+        yield from _parquet_batches(path, batch_rows, max_field_bytes)
     else:
         yield from prefetched(_csv_batches(path, max_field_bytes))
 
@@ -112,15 +107,19 @@ def _duplicates(path: Path, names: list[str]) -> None:
         seen.add(name)
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def _oversized(columns: list[pa.Array | pa.ChunkedArray], limit: int) -> np.ndarray | None:
     """Rows with a text field longer than ``limit`` bytes (None when there are none)."""
     mask = None
     for col in columns:
-        if pa.types.is_dictionary(col.type) and is_text(col.type.value_type):
+        if pa.types.is_dictionary(col.type) and _is_text(col.type.value_type):
             if _longest_value(col) <= limit:
                 continue
             lengths = _dictionary_lengths(col)  # each row's length, from its dictionary value's
-        elif is_text(col.type):
+        elif _is_text(col.type):
             lengths = pc.binary_length(col)
         else:
             continue
@@ -165,9 +164,7 @@ def plain_text(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**columns) if columns else frame
 
 
-def _parquet_batches(
-    path: Path, batch_rows: int, max_field_bytes: int, ahead: ReadAhead | None = None
-) -> Iterator[pd.DataFrame]:
+def _parquet_batches(path: Path, batch_rows: int, max_field_bytes: int) -> Iterator[pd.DataFrame]:
     """The file's rows in order: whole row groups when none is much larger than ``batch_rows``,
     else batches of ``batch_rows`` (a batch never holds much more than that).
 
@@ -177,10 +174,16 @@ def _parquet_batches(
     a text column rebuilt into a dictionary value by value).
     """
 
-    # text read as Parquet stores it, a dictionary per row group and codes (no decoding into
-    # one string per row: the contract trims and checks the distinct values only)
+    def opened() -> pq.ParquetFile:
+        # text read as Parquet stores it, a dictionary per row group and codes (no decoding
+        # into one string per row: the contract trims and checks the distinct values only)
+        return pq.ParquetFile(path, read_dictionary=text or None)
+
     try:
-        parquet = open_parquet(path)
+        parquet = pq.ParquetFile(path)
+        text = [f.name for f in parquet.schema_arrow if _is_text(f.type)]
+        if text:  # reopened to read them as dictionaries
+            parquet = opened()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataContractError(f"{path}: not a readable Parquet file ({exc})") from exc
     columns = parquet.schema_arrow.names
@@ -202,12 +205,9 @@ def _parquet_batches(
         files = threading.local()
 
         def row_group(i: int) -> pd.DataFrame:
-            table = ahead.take(path, i) if ahead is not None else None
-            if table is None:
-                if not hasattr(files, "parquet"):  # a reader of its own for each thread
-                    files.parquet = open_parquet(path)
-                table = files.parquet.read_row_group(i)
-            return frame_of(table, int(starts[i]))
+            if not hasattr(files, "parquet"):  # a reader of its own for each thread
+                files.parquet = opened()
+            return frame_of(files.parquet.read_row_group(i), int(starts[i]))
 
         yield from _ordered_map(row_group, [i for i, size in enumerate(sizes) if size], 2)
     else:

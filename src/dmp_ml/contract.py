@@ -31,7 +31,6 @@ from dmp_ml import _readers, identity, rows
 from dmp_ml.codes import FrameCodes
 from dmp_ml.errors import DataContractError
 from dmp_ml.mapping import ColumnMapping, load_mapping
-from dmp_ml.read_ahead import ReadAhead
 from dmp_ml.settings import ContractSettings
 from dmp_ml.time_columns import LATEST_TIME, parse_times
 from dmp_ml.times import utc
@@ -123,7 +122,6 @@ def load_events(
     now: pd.Timestamp | None = None,
     *,
     dictionaries: bool = False,
-    ahead: ReadAhead | None = None,
 ) -> LoadResult:
     """Load an event log (CSV or Parquet) into the canonical event frame.
 
@@ -138,8 +136,6 @@ def load_events(
         (``pd.ArrowDtype`` dictionary columns, cleaned on their distinct values) instead of
         decoding one string per row; for :func:`dmp_ml.features.build_features`, which reads
         them as codes (``LoadResult.encoded``). The rows, values and quarantine are the same.
-    ahead : the file's first row groups, decoded while the program started
-        (:class:`~dmp_ml.read_ahead.ReadAhead`); the same rows, read sooner.
 
     Returns
     -------
@@ -155,7 +151,6 @@ def load_events(
         dedupe=True,
         now=now,
         dictionaries=dictionaries,
-        ahead=ahead,
     )
 
 
@@ -213,7 +208,6 @@ def _load(
     dedupe: bool,
     now: pd.Timestamp | None,
     dictionaries: bool = False,
-    ahead: ReadAhead | None = None,
 ) -> LoadResult:
     settings = settings or ContractSettings()
     if mapping is None:
@@ -226,7 +220,7 @@ def _load(
     shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
     rows_read = 0
     codes: FrameCodes | None = None  # built while the next batch is read
-    batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes, ahead)
+    batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
     for raw in batches:
         rows_read += len(raw)
         reason = rows.missing_text(raw.index)

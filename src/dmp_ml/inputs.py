@@ -18,7 +18,6 @@ from pathlib import Path
 
 from dmp_ml.contract import LoadResult, load_consent, load_events, load_profiles
 from dmp_ml.mapping import ColumnMapping
-from dmp_ml.read_ahead import ReadAhead
 from dmp_ml.settings import ContractSettings
 
 MappingArg = ColumnMapping | str | Path | None
@@ -49,7 +48,6 @@ def load_inputs(
     consent_mapping: MappingArg = None,
     settings: ContractSettings | None = None,
     dictionaries: bool = False,
-    ahead: ReadAhead | None = None,
 ) -> Inputs:
     """Load and validate the given files against the data contract, the events in this thread
     and profiles and consent (one after the other) in a helper thread beside them.
@@ -62,8 +60,6 @@ def load_inputs(
     settings : the contract settings every load uses.
     dictionaries : keep the events' Parquet text columns as dictionaries
         (:func:`dmp_ml.contract.load_events`), for a feature build.
-    ahead : the events' first row groups, decoded while the program started
-        (:class:`~dmp_ml.read_ahead.ReadAhead`).
     """
     seconds: dict[str, float] = {}
 
@@ -85,7 +81,7 @@ def load_inputs(
     ]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmp-ml-inputs") as side:
         pending = {kind: side.submit(timed, kind, *rest) for kind, *rest in beside}
-        load = functools.partial(load_events, dictionaries=dictionaries, ahead=ahead)
+        load = functools.partial(load_events, dictionaries=dictionaries)
         loaded = None if events is None else timed("events", load, events, mapping)
         done = {kind: future.result() for kind, future in pending.items()}
     order = ("events", "profiles", "consent")

@@ -123,21 +123,15 @@ def features(
     config: ConfigOpt = None,
 ) -> None:
     """Build point-in-time features per profile and write them to Parquet."""
-    from dmp_ml.pages import disable_huge_pages, keep_freed_memory
-
-    disable_huge_pages()  # gigabytes of short-lived memory: 4 kB pages cost far less to fault
-    keep_freed_memory()  # ... and freed columns are reused, not faulted in again
-    from dmp_ml.read_ahead import ReadAhead
-
-    # the log's first row groups are decoded on the other core while pandas and the library
-    # are imported here
-    ahead = ReadAhead(events)
     from dmp_ml.features import build_features
     from dmp_ml.inputs import load_inputs
+    from dmp_ml.pages import disable_huge_pages, keep_freed_memory
 
     # what the imports built lives as long as the process: no collection walks it again (the
     # one at exit took about 0.1 s over pandas' and pyarrow's objects)
     gc.freeze()
+    disable_huge_pages()  # gigabytes of short-lived memory: 4 kB pages cost far less to fault
+    keep_freed_memory()  # ... and freed columns are reused, not faulted in again
     feature_overrides = {"engine": engine, "dask_scheduler": scheduler}
     settings = settings_for(config)
     if any(v is not None for v in feature_overrides.values()):
@@ -150,18 +144,16 @@ def features(
     with Steps("features", names) as steps:
         steps.next()
         # text kept as Parquet's dictionaries: the build reads codes, never one string a row
-        with ahead:
-            inputs = load_inputs(
-                events,
-                profiles,
-                consent,
-                mapping=mapping,
-                profiles_mapping=profiles_mapping,
-                consent_mapping=consent_mapping,
-                settings=settings.contract,
-                dictionaries=True,
-                ahead=ahead,
-            )
+        inputs = load_inputs(
+            events,
+            profiles,
+            consent,
+            mapping=mapping,
+            profiles_mapping=profiles_mapping,
+            consent_mapping=consent_mapping,
+            settings=settings.contract,
+            dictionaries=True,
+        )
         logger.info(
             "features: loaded %s",
             ", ".join(f"{kind} in {seconds:.2f} s" for kind, seconds in inputs.seconds.items()),
