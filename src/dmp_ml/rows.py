@@ -497,6 +497,17 @@ def stacked_frame(frame: pd.DataFrame, rows: pd.DataFrame, order: np.ndarray) ->
     return out
 
 
+def _positions(key: Any, length: int) -> np.ndarray:
+    """The row positions a ``key`` (a slice, a boolean mask, or positions, negative ones
+    counted from the end) selects among ``length`` rows, shape (k,) int64."""
+    if isinstance(key, slice):
+        return np.arange(*key.indices(length), dtype=np.int64)
+    key = np.asarray(key)
+    if key.dtype == bool:
+        return np.flatnonzero(key)
+    return np.where(key < 0, key + length, key).astype(np.int64)
+
+
 class OverlaidRows:
     """The rows of a base array (a mapped file's, shared by every worker and never written)
     with a small block of private rows over it: rows changed since (by their position in the
@@ -532,14 +543,7 @@ class OverlaidRows:
 
     def _places(self, key: Any) -> np.ndarray:
         """Where the rows ``key`` selects are held."""
-        if isinstance(key, slice):
-            pos = np.arange(*key.indices(len(self)), dtype=np.int64)
-        else:
-            key = np.asarray(key)
-            if key.dtype == bool:
-                pos = np.flatnonzero(key)
-            else:
-                pos = np.where(key < 0, key + len(self), key).astype(np.int64)
+        pos = _positions(key, len(self))
         return pos if self._where is None else self._where[pos]
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -718,14 +722,6 @@ class OverlaidSparseRows:
     def __len__(self) -> int:
         return len(self.where)
 
-    def _positions(self, key: Any) -> np.ndarray:
-        if isinstance(key, slice):
-            return np.arange(*key.indices(len(self)), dtype=np.int64)
-        key = np.atleast_1d(np.asarray(key))
-        if key.dtype == bool:
-            return np.flatnonzero(key)
-        return np.where(key < 0, key + len(self), key).astype(np.int64)
-
     def take(self, positions: np.ndarray) -> Any:
         """The rows at ``positions`` as a CSR matrix, gathered from the base and the block."""
         from scipy import sparse
@@ -744,7 +740,9 @@ class OverlaidSparseRows:
     def __getitem__(self, key: Any) -> Any:
         """``matrix[rows]`` or ``matrix[rows, columns]``, as a CSR matrix would answer."""
         rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        taken = self.take(self._positions(rows))
+        taken = self.take(
+            _positions(np.atleast_1d(rows) if np.ndim(rows) == 0 else rows, len(self))
+        )
         scalar = np.ndim(rows) == 0 and not isinstance(rows, slice)
         return taken[(0 if scalar else slice(None), *rest)] if rest else taken
 
