@@ -10,11 +10,13 @@ bundle files are page cache, shared by every worker mapping them) and what each 
 audience of 10%) from the loaded bundle, with FAISS's exact search over the same vectors for
 reference; and the visibility of a 1,000-event refresh batch (``apply_events``, then loading
 the new version and answering from it; wall and CPU seconds, and the refresh's phases) on a
-copy of the workdir; and the private memory of a process that answers, then picks up two
-such batches as a service worker does (``ModelBundle.extended``) and answers again (the
-``refreshed MB`` column). With ``--workers 2`` it also
-starts ``dmp-ml serve`` with two workers and reports each worker's private memory after a
-round of requests. Prints one table; ``--plot`` draws it (``docs/scale.png``).
+copy of the workdir; the slowest of the batches one refresher applies until the deltas pass
+``refresh.max_deltas``, and the compaction after them (``worst s``, ``compact s``); and the
+private memory of a process that answers, then picks up two such batches as a service worker
+does (``ModelBundle.extended``) and answers again (the ``refreshed MB`` column). With
+``--workers 2`` it also starts ``dmp-ml serve`` with two workers and reports each worker's
+private memory after a round of requests. Prints one table; ``--plot`` draws it
+(``docs/scale.png``).
 
     python bench/scale.py --profiles 20000 100000 --workers 2 --plot docs/scale.png
     python bench/scale.py --profiles 10000 --workdir /tmp/scale     # keeps the worlds
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib import request as urlrequest
 
@@ -225,36 +228,55 @@ def build(workdir: Path, profiles: int, days: int) -> dict[str, object]:
     return result
 
 
+@contextlib.contextmanager
+def _copy_of(workdir: Path) -> Iterator[tuple[Path, object]]:
+    """A temporary copy of ``workdir`` (without its demo inputs) and its bundle's ``as_of``.
+
+    The copy's files are verified first, as the writer of a bundle verifies them when it
+    publishes (a copy has new inodes, so its first reader would hash it again: see
+    :func:`dmp_ml.bundle.verified_manifest`)."""
+    import shutil
+
+    import pandas as pd
+
+    from dmp_ml.bundle import MANIFEST, live_bundle_path, verified_manifest
+
+    with tempfile.TemporaryDirectory(prefix="dmp-ml-scale-") as tmp:
+        copy = Path(tmp) / "w"
+        shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("demo"))
+        verified_manifest(live_bundle_path(copy))
+        as_of = pd.Timestamp(json.loads((live_bundle_path(copy) / MANIFEST).read_text())["as_of"])
+        yield copy, as_of
+
+
+def _batch(workdir: Path, as_of: object, size: int, seed: int) -> object:
+    """``size`` events of the world's existing profiles, moved to one a second from a minute
+    after ``as_of`` plus ``seed`` hours (later batches come later)."""
+    import pandas as pd
+
+    events = pd.read_parquet(workdir / "demo" / "events.parquet")
+    batch = events.sample(size, random_state=seed).reset_index(drop=True)
+    offsets = pd.to_timedelta(range(size), unit="s")
+    batch["event_time"] = as_of + pd.Timedelta(minutes=1, hours=seed) + offsets
+    return batch
+
+
 def refresh_visibility(workdir: Path, batch_size: int = 1000) -> dict[str, object]:
     """Seconds (wall and CPU) from applying a batch of ``batch_size`` events of existing
     profiles (moved to the hour after ``as_of``) to an answer from the new version, on a copy
     of ``workdir``, with the refresh's own phases (``RefreshReport.seconds``) and the load.
 
     Nothing of the bundle is loaded before the clock starts (as in a fresh ``dmp-ml events``
-    process): only the libraries are imported. The copy's files are verified first, as the
-    writer of a bundle verifies them when it publishes (a copy has new inodes, so its first
-    reader would hash it again: see :func:`dmp_ml.bundle.verified_manifest`)."""
-    import shutil
-
-    import pandas as pd
-
-    from dmp_ml.bundle import MANIFEST, live_bundle_path, load_bundle, verified_manifest
+    process): only the libraries are imported."""
+    from dmp_ml.bundle import load_bundle
     from dmp_ml.models import REGISTRY, model_class
     from dmp_ml.refresh import apply_events
 
     for name in REGISTRY:  # imports are not what the batch waits for in a running service
         model_class(name)
-    with tempfile.TemporaryDirectory(prefix="dmp-ml-scale-refresh-") as tmp:
-        copy = Path(tmp) / "w"
-        shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("demo"))
-        verified_manifest(live_bundle_path(copy))
-        as_of = pd.Timestamp(json.loads((live_bundle_path(copy) / MANIFEST).read_text())["as_of"])
-        events = pd.read_parquet(workdir / "demo" / "events.parquet")
-        batch = events.sample(batch_size, random_state=0).reset_index(drop=True)
-        offsets = pd.to_timedelta(range(batch_size), unit="s")
-        batch["event_time"] = as_of + pd.Timedelta(minutes=1) + offsets
+    with _copy_of(workdir) as (copy, as_of):
+        batch = _batch(workdir, as_of, batch_size, 0)
         ids = [p for p in batch["profile_id"].dropna().astype(str).unique()[:20]]
-        del events
         cpu, started = time.process_time(), time.perf_counter()
         report = apply_events(copy, batch)
         applied = time.perf_counter()
@@ -275,6 +297,34 @@ def refresh_visibility(workdir: Path, batch_size: int = 1000) -> dict[str, objec
                 "load": round(loaded - applied, 4),
                 "answer": round(started + seconds - loaded, 4),
             },
+        }
+
+
+def compaction(workdir: Path, batch_size: int = 1000) -> dict[str, object]:
+    """On a copy of ``workdir``, one refresher applies 1,000-event batches until the deltas
+    pass ``refresh.max_deltas``, then folds them into a new base: the slowest batch's
+    visibility (a batch never waits for the compaction) and the compaction's seconds."""
+
+    from dmp_ml.models import REGISTRY, model_class
+    from dmp_ml.refresh import Refresher
+
+    for name in REGISTRY:  # imports are not what a batch waits for in a running service
+        model_class(name)
+    with _copy_of(workdir) as (copy, as_of):
+        refresher = Refresher(copy)
+        visible = []
+        while not refresher.compaction_due():
+            batch = _batch(workdir, as_of, batch_size, len(visible) + 1)
+            started = time.perf_counter()
+            refresher.apply(batch)
+            visible.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        if refresher.compact_if_due() is None:
+            raise RuntimeError("the compaction folded nothing")
+        return {
+            "batches_s": [round(v, 3) for v in visible],
+            "refresh_worst_s": max(visible),
+            "compact_s": time.perf_counter() - started,
         }
 
 
@@ -400,7 +450,7 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
         ("bundle on disk (MB)", ["bundle_mb"]),
         ("private memory (MB)", ["load_mb", "answered_mb", "worker_refreshed_mb", "worker_max_mb"]),
         ("latency (ms)", ["score_p99_ms", "lookalike_ms", "exact_search_ms"]),
-        ("refresh: 1,000 events visible after (s)", ["refresh_s"]),
+        ("refresh: 1,000 events visible after (s)", ["refresh_s", "refresh_worst_s"]),
     ]
     for ax, (title, keys) in zip(axes[1:], panels, strict=True):
         width = 0.8 / len(keys)
@@ -441,6 +491,7 @@ def main(argv: list[str] | None = None) -> None:
         row.update(measure(workdir, "latency"))
         if (workdir / "demo" / "events.parquet").exists():
             row.update(refresh_visibility(workdir))
+            row.update(compaction(workdir))
             row.update(refreshed_memory(workdir))
         if args.workers:
             row["worker_mb"] = serve_workers(workdir, args.workers)
@@ -451,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{'profiles':>9} {'events':>10} {'train s':>8} {'peak GB':>8} {'bundle MB':>10} "
         f"{'load MB':>8} {'answered MB':>12} {'score p99 ms':>13} {'lookalike ms':>13} "
-        f"{'exact ms':>9} {'refresh s':>10} {'refreshed MB':>13}  workers' private MB; "
+        f"{'exact ms':>9} {'refresh s':>10} {'worst s':>8} {'compact s':>10} "
+        f"{'refreshed MB':>13}  workers' private MB; "
         "train seconds by stage"
     )
     for r in rows:
@@ -462,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{g('train_peak_gb', nan):>8.2f} {g('bundle_mb'):>10.1f} {g('load_mb'):>8.1f} "
             f"{g('answered_mb'):>12.1f} {g('score_p99_ms', nan):>13.1f} "
             f"{g('lookalike_ms', nan):>13.1f} {g('exact_search_ms', nan):>9.1f} "
-            f"{g('refresh_s', nan):>10.2f} {g('worker_refreshed_mb', nan):>13.1f}  "
+            f"{g('refresh_s', nan):>10.2f} {g('refresh_worst_s', nan):>8.2f} "
+            f"{g('compact_s', nan):>10.1f} {g('worker_refreshed_mb', nan):>13.1f}  "
             f"{[round(w) for w in g('worker_mb', [])]}; {stages}"  # type: ignore[union-attr]
         )
     if args.plot:

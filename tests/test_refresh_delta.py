@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 import dmp_ml.bundle
+import dmp_ml.store
 from dmp_ml import layout
 from dmp_ml.bundle import (
     DELTA_KEY,
@@ -77,6 +78,7 @@ def refreshed(
     for batch in batches:
         one.apply(batch)
         other.apply(batch)
+        other.compact_if_due()
     ids = pd.concat(batches)["profile_id"].dropna().astype(str).unique().tolist()
     held = load_bundle(deltas, lazy=True).features.frame.index
     touched = sorted(p for p in ids if p in held)  # not those without consent
@@ -193,6 +195,84 @@ def test_compaction_folds_the_deltas_into_a_base_with_the_same_answers(
     batch = _batch(pd.read_parquet(layout.base_events(workdir)), after.as_of, 50, 3)
     Refresher(workdir).apply(batch)
     assert load_bundle(workdir).base_path.name == after.version
+
+
+def test_a_batch_past_the_delta_limit_is_live_before_the_chain_is_folded(
+    refreshed: Refreshed, demo_world: DemoWorld, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    """A batch never waits for a compaction: past ``refresh.max_deltas`` it is still published
+    as a delta, and folding the chain is a separate step after it."""
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    refresher = Refresher(workdir, refresh=RefreshSettings(max_deltas=2))
+    assert not refresher.compaction_due()
+    batch = _batch(demo_world.events, load_bundle(workdir, lazy=True).as_of, 100, 7)
+    report = refresher.apply(batch)
+    live = load_bundle(workdir)
+    assert live.version == report.bundle_version and len(live.deltas) == 3
+    assert refresher.compaction_due()
+    version = refresher.compact_if_due()
+    folded = load_bundle(workdir)
+    assert version == folded.version and not folded.deltas
+    _assert_same(live, folded, refreshed.touched)
+
+
+def test_batches_applied_while_a_compaction_writes_stay_live_over_the_new_base(
+    refreshed: Refreshed,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compaction writes the population without the workdir lock: a batch applied meanwhile
+    goes live at once, and is published again over the new base when that goes live, with
+    the answers of the same batch applied to the chain."""
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    reference = copy_workdir(refreshed.deltas, tmp_path / "reference")
+    batch = _batch(demo_world.events, load_bundle(workdir, lazy=True).as_of, 300, 6)
+    Refresher(reference).apply(batch)
+    write_files = dmp_ml.store.write_bundle_files
+    live_during: list[bool] = []
+
+    def writing(*args: object, **kwargs: object) -> object:
+        written = write_files(*args, **kwargs)
+        report = Refresher(workdir).apply(batch)
+        live_during.append(load_bundle(workdir, lazy=True).version == report.bundle_version)
+        return written
+
+    monkeypatch.setattr(dmp_ml.store, "write_bundle_files", writing)
+    version = compact(workdir)
+    assert live_during == [True]
+    live = load_bundle(workdir)
+    assert version == live.version and len(live.deltas) == 1
+    assert DELTA_KEY not in read_manifest(live.base_path)
+    assert live.base_path.name != refreshed.base_version
+    expected = load_bundle(reference)
+    named = set(batch["profile_id"].dropna().astype(str)) | set(refreshed.touched)
+    _assert_same(live, expected, sorted(named & set(expected.features.frame.index)))
+    assert live.features.frame.index.sort_values().equals(
+        expected.features.frame.index.sort_values()
+    )
+
+
+def test_an_erasure_listed_while_a_compaction_writes_keeps_the_live_bundle(
+    refreshed: Refreshed, copy_workdir: CopyWorkdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new base was written before the id was listed: it never goes live."""
+    from dmp_ml.erasure import add_to_erasure_list
+
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    before = load_bundle(workdir, lazy=True).version
+    write_files = dmp_ml.store.write_bundle_files
+
+    def writing(*args: object, **kwargs: object) -> object:
+        written = write_files(*args, **kwargs)
+        add_to_erasure_list(workdir, [refreshed.touched[0]])
+        return written
+
+    monkeypatch.setattr(dmp_ml.store, "write_bundle_files", writing)
+    assert compact(workdir) is None
+    assert load_bundle(workdir, lazy=True).version == before
+    assert not [p for p in layout.versions_dir(workdir).iterdir() if "compact" in p.name]
 
 
 def test_erasure_after_a_delta_removes_the_profile_everywhere(

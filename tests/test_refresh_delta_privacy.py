@@ -424,9 +424,9 @@ def test_a_refresh_that_compacts_never_folds_a_listed_profile_into_the_new_base(
     assert len(live.deltas) == 2
     add_to_erasure_list(workdir, [NEWCOMER])  # a forget killed after its first step
     t = pd.Timestamp(live.manifest["refresh"]["features_as_of"]) + pd.Timedelta(hours=1)
-    Refresher(workdir, refresh=RefreshSettings(max_deltas=2)).apply(
-        [_event(t, "purchase", world.seeds[3])]
-    )
+    refresher = Refresher(workdir, refresh=RefreshSettings(max_deltas=2))
+    refresher.apply([_event(t, "purchase", world.seeds[3])])
+    assert refresher.compact_if_due() is not None
     after = load_bundle(workdir)
     assert not after.deltas  # the refresh compacted
     _assert_absent(after, [NEWCOMER], world.seeds)

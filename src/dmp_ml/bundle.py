@@ -331,16 +331,45 @@ LOCK_PREFIX = ".lock"
 """The writer of ``bundles/.tmp-x`` holds ``bundles/.lock.tmp-x`` while it writes."""
 
 
-@contextmanager
-def write_bundle(workdir: str | Path, version: str) -> Iterator[Path]:
-    """Yield a temporary directory to fill; on success publish it as the live bundle.
+class StagedBundle:
+    """A bundle directory being written (``path``, under ``bundles/.tmp-*``), live only once
+    :meth:`publish` is called; see :func:`staged_bundle`."""
 
-    The caller writes its files and a ``manifest`` dict into ``<tmp>/manifest.json`` via
-    :func:`finish_manifest` before leaving the block. On any exception the temporary directory
-    is removed and the live bundle is untouched. The writer holds the temporary directory's
-    lock file (:data:`LOCK_PREFIX`, released by the system if the process dies), so one a killed
-    writer left behind is told apart from one being written: abandoned ones are removed here
-    first (and by ``forget``, see :func:`remove_abandoned`).
+    def __init__(self, workdir: Path, path: Path, version: str) -> None:
+        self.workdir = workdir
+        self.path = path
+        self.version = version
+        self.published: Path | None = None
+
+    def publish(self, *, live: bool = True) -> Path:
+        """Verify the written files against the manifest and move the directory to its
+        version name; with ``live`` point the workdir at it and prune old versions. A version
+        published without ``live`` is one a later version builds on (a rebased delta's base)."""
+        stats = _bundle_stats(self.path)
+        read_manifest(self.path, verify=True)
+        _record_verified(self.path, stats)
+        versions = self.path.parent
+        final = versions / self.version
+        if final.exists():
+            raise BundleError(f"bundle version {self.version} already exists in {versions}")
+        os.replace(self.path, final)
+        self.published = final
+        if live:
+            _point_to(self.workdir, final)
+            _prune(versions, keep=KEEP_VERSIONS, live=final)
+            logger.info("published bundle %s", final)
+        return final
+
+
+@contextmanager
+def staged_bundle(workdir: str | Path, version: str) -> Iterator[StagedBundle]:
+    """Yield a :class:`StagedBundle` to fill and publish; one not published when the block
+    ends (or on any exception) is removed and the live bundle is untouched.
+
+    The writer holds the temporary directory's lock file (:data:`LOCK_PREFIX`, released by the
+    system if the process dies), so one a killed writer left behind is told apart from one
+    being written: abandoned ones are removed here first (and by ``forget``, see
+    :func:`remove_abandoned`).
     """
     workdir = Path(workdir)
     versions = layout.versions_dir(workdir)
@@ -351,23 +380,27 @@ def write_bundle(workdir: str | Path, version: str) -> Iterator[Path]:
     try:
         with lock:
             tmp.mkdir()
+            staged = StagedBundle(workdir, tmp, version)
             try:
-                yield tmp
-                stats = _bundle_stats(tmp)
-                read_manifest(tmp, verify=True)
-                _record_verified(tmp, stats)
-                final = versions / version
-                if final.exists():
-                    raise BundleError(f"bundle version {version} already exists in {versions}")
-                os.replace(tmp, final)
-                _point_to(workdir, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                yield staged
+            finally:
+                if staged.published is None:
+                    shutil.rmtree(tmp, ignore_errors=True)
     finally:
         Path(lock.lock_file).unlink(missing_ok=True)
-    _prune(versions, keep=KEEP_VERSIONS, live=final)
-    logger.info("published bundle %s", final)
+
+
+@contextmanager
+def write_bundle(workdir: str | Path, version: str) -> Iterator[Path]:
+    """Yield a temporary directory to fill; on success publish it as the live bundle.
+
+    The caller writes its files and a ``manifest`` dict into ``<tmp>/manifest.json`` via
+    :func:`finish_manifest` before leaving the block. On any exception the temporary directory
+    is removed and the live bundle is untouched (see :func:`staged_bundle`).
+    """
+    with staged_bundle(workdir, version) as staged:
+        yield staged.path
+        staged.publish()
 
 
 def remove_abandoned(workdir: str | Path) -> list[str]:

@@ -27,7 +27,7 @@ A compaction (``train``, or :func:`dmp_ml.refresh.compact` once the chain passes
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dmp_ml.id_index import IdIndex
+from dmp_ml.layout import DELTA_DIR
 from dmp_ml.mapped import map_array, map_frame, writable, write_array, write_frame, write_rows
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.rows import LazyRows, OverlaidFrame, id_merge_order, stacked_frame, stacked_take
@@ -93,6 +94,15 @@ def members(values: pd.Index | pd.Series, of: object) -> np.ndarray:
 
 def _ids(values: object) -> pd.Index:
     return pd.Index([str(v) for v in values], dtype="string", name="profile_id")  # type: ignore[attr-defined]
+
+
+def removed_ids(directories: Iterable[Path]) -> pd.Index:
+    """The profiles the delta versions at ``directories`` removed (each delta's change record)."""
+    removed: list[str] = []
+    for directory in directories:
+        meta = json.loads((Path(directory) / DELTA_DIR / CHANGE_FILE).read_text(encoding="utf-8"))
+        removed.extend(str(p) for p in meta.get("removed", []))
+    return pd.Index(pd.unique(pd.array(removed, dtype="string")), name="profile_id")
 
 
 def write_delta(directory: Path, delta: Delta) -> int:

@@ -9,6 +9,7 @@
     W/.erasure.lock                      writers of the erasure list serialise on it
     W/.dmp-ml.lock                       writers of bundles and events (forget, refresh)
     W/.dmp-ml-applier.lock               the one spool applier
+    W/.dmp-ml-compact.lock               the one compaction
     W/quarantine/<kind>.parquet          rows of training inputs that failed the contract
     W/events/base.parquet                the events the live training used
     W/events/state.json                  which incoming batches base.parquet holds
@@ -36,6 +37,7 @@ LEGACY_ERASURE_FILE = "erasure.txt"
 ERASURE_LOCK = ".erasure.lock"
 LOCK_FILE = ".dmp-ml.lock"
 APPLIER_LOCK = ".dmp-ml-applier.lock"
+COMPACTION_LOCK = ".dmp-ml-compact.lock"
 QUARANTINE_DIR = "quarantine"
 EVENTS_DIR = "events"
 BASE_EVENTS = "base.parquet"
@@ -82,6 +84,10 @@ def lock_file(workdir: str | Path) -> Path:
 
 def applier_lock(workdir: str | Path) -> Path:
     return Path(workdir) / APPLIER_LOCK
+
+
+def compaction_lock(workdir: str | Path) -> Path:
+    return Path(workdir) / COMPACTION_LOCK
 
 
 def quarantine_dir(workdir: str | Path) -> Path:

@@ -37,10 +37,11 @@ The result is published as a *delta version* (:mod:`dmp_ml.delta`): only the tou
 profiles' rows, next to the base bundle, so what a batch writes grows with the batch, not with
 the population (atomic pointer swap, checksums valid); service workers pick it up through the
 pointer and overlay the deltas on the mapped base. Once the deltas over the base pass
-``refresh.max_deltas`` or ``refresh.max_delta_bytes`` the refresh compacts instead: it
-re-publishes the whole bundle as a new base (so does :func:`compact`, and ``train``). Writers
-serialise on the workdir lock. :class:`Refresher` keeps the bundle in memory between batches
-(one per service worker) but not the history: each batch reads its affected profiles' events
+``refresh.max_deltas`` or ``refresh.max_delta_bytes``, :meth:`Refresher.compact_if_due` (after
+the batch is live) folds them into a new base (:func:`compact`; ``train`` publishes a new base
+anyway), while later batches go on as deltas. Writers serialise on the workdir lock.
+:class:`Refresher` keeps the bundle in memory between batches (one per service worker) but not
+the history: each batch reads its affected profiles' events
 from the event store (:func:`dmp_ml.store.history_of`, the base events through their index,
 :mod:`dmp_ml.event_index`); it loads the models lazily (a delta is written from the change, so
 the send-time, lookalike and affinity models load only for a compaction, replaying the
@@ -62,16 +63,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from dmp_ml import bundle as bundle_io
 from dmp_ml import layout, store
 from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
-from dmp_ml.delta import Delta, members
+from dmp_ml.delta import Delta, members, removed_ids
 from dmp_ml.erasure import (
     apply_erasure_list,
-    erased_in,
     erasure_stamp,
     read_erasure_list,
-    remove_profiles,
 )
 from dmp_ml.errors import RequestError, storage_errors_in
 from dmp_ml.event_index import ensure_index
@@ -342,6 +342,24 @@ class Refresher:
         self._ranked = np.insert(kept, np.searchsorted(kept, new, side="left"), new)
         return fresh[list(bundle.scores.columns)]
 
+    # ------------------------------------------------------------------ compaction
+    def compaction_due(self) -> bool:
+        """Whether the live bundle's deltas passed ``refresh.max_deltas`` or
+        ``refresh.max_delta_bytes`` (as of this refresher's last batch)."""
+        bundle = self._bundle
+        if bundle is None:
+            return False
+        info = bundle.manifest.get(DELTA_KEY) or {}
+        return (
+            len(bundle.deltas) > self.refresh.max_deltas
+            or int(info.get("bytes", 0)) > self.refresh.max_delta_bytes
+        )
+
+    def compact_if_due(self) -> str | None:
+        """:func:`compact` the workdir when :meth:`compaction_due`: the new live version, or
+        None when nothing was folded."""
+        return compact(self.workdir) if self.compaction_due() else None
+
     # ------------------------------------------------------------------ apply
     @storage_errors_in(lambda self, *_, **__: self.workdir)
     def apply(
@@ -586,19 +604,8 @@ class Refresher:
         bundle.overlay(delta)
         lap("models")
 
-        # publish
-        info = bundle.manifest.get(DELTA_KEY) or {}
-        as_delta = (
-            len(bundle.deltas) < self.refresh.max_deltas
-            and int(info.get("bytes", 0)) < self.refresh.max_delta_bytes
-        )
-        listed = pd.Index([], dtype="string")
-        if not as_delta:
-            # a listed profile the bundle still holds (a forget killed after listing it) is
-            # never folded into the new base
-            listed = pd.Index(erased_in(bundle, erased), dtype="string")
-            if len(listed):
-                remove_profiles(bundle, listed)
+        # publish: always a delta, so what the batch waits for grows with the batch; folding
+        # the chain into a new base (:meth:`compact_if_due`) comes after it is live
         refreshed = _refreshed_frame(bundle, out, removed, as_of)
         refresh_meta.update(
             features_as_of=as_of.isoformat(),
@@ -607,29 +614,14 @@ class Refresher:
             profiles_refreshed=int(len(refreshed)),
             last_applied_at=pd.Timestamp.now(tz="UTC").isoformat(),
         )
-        extra_files = {REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False)}
-        if as_delta:
-            # the batch's rows next to the base; the bundle in memory already holds them
-            store.publish_delta(
-                bundle,
-                self.workdir,
-                delta,
-                tag="refresh",
-                manifest_update={"refresh": refresh_meta},
-                extra_files=extra_files,
-            )
-        else:
-            store.republish(
-                bundle,
-                self.workdir,
-                tag="compact",
-                manifest_update={"refresh": refresh_meta},
-                extra_files=extra_files,
-                drop_ids=removed.union(listed),
-            )
-            # the copies edited in memory give way to the new base's mapped files (and no
-            # file of the versions it replaces stays mapped)
-            bundle.remap()
+        store.publish_delta(
+            bundle,
+            self.workdir,
+            delta,
+            tag="refresh",
+            manifest_update={"refresh": refresh_meta},
+            extra_files={REFRESHED_FILE: lambda p: refreshed.to_parquet(p, index=False)},
+        )
         lap("publish")
         logger.info(
             "refresh %s: %d events, %d profiles updated, %d new, %d removed -> bundle %s",
@@ -654,20 +646,54 @@ class Refresher:
 def compact(workdir: str | Path) -> str | None:
     """Fold the live bundle's deltas into a new base version (published like any version).
 
-    Returns the new version, or None when the live bundle has no deltas. Answers do not
-    change: the new base holds what base and deltas gave together, less any profile on the
-    erasure list that a delta still holds (a ``forget`` killed after listing it): that one is
-    forgotten first (:func:`dmp_ml.erasure.apply_erasure_list`, which compacts), never folded
-    into the new base.
+    Returns the live version afterwards, or None when there was nothing to fold: no deltas,
+    another process compacting, or a writer that replaced the base meanwhile (a ``train``, a
+    ``forget``). Answers do not change: the new base holds what base and deltas gave together,
+    without the rows a delta removed, and less any profile on the erasure list that a delta
+    still holds (a ``forget`` killed after listing it): that one is forgotten first
+    (:func:`dmp_ml.erasure.apply_erasure_list`, which compacts), never folded into the new
+    base.
+
+    The population's files are written without the workdir lock, so batches keep being
+    applied meanwhile; the deltas they publish are published again over the new base
+    (:func:`dmp_ml.store.rebase_deltas`) when it goes live. An erasure listed meanwhile drops
+    the new base: the ``forget`` compacts by itself.
     """
+    workdir = Path(workdir)
     scrubbed = apply_erasure_list(workdir)
-    with store.workdir_lock(workdir):
-        bundle = load_bundle(workdir)
+    with store.compaction_lock(workdir) as mine:
+        if not mine:
+            return None
+        with store.workdir_lock(workdir):
+            bundle = load_bundle(workdir)
+            stamp = erasure_stamp(workdir)
         if not bundle.deltas:
             return None if scrubbed is None else scrubbed.bundle_version
-        store.republish(bundle, workdir, tag="compact", manifest_update={})
-    logger.info("compacted %d deltas into bundle %s", len(bundle.deltas), bundle.version)
-    return str(bundle.version)
+        held = bundle.features.ids
+        gone = removed_ids(bundle.deltas)
+        version = store.new_version("compact")
+        with bundle_io.staged_bundle(workdir, version) as staged:
+            store.write_bundle_files(
+                bundle,
+                staged.path,
+                version=version,
+                manifest_update={},
+                drop_ids=gone[~held.contains(gone)],
+            )
+            with store.workdir_lock(workdir):
+                newer = store.deltas_since(live_bundle_path(workdir), bundle)
+                if newer is None or erasure_stamp(workdir) != stamp:
+                    logger.info("compaction dropped: the live bundle changed while it wrote")
+                    return None
+                base = staged.publish(live=not newer)
+                live = store.rebase_deltas(workdir, base, newer)
+    logger.info(
+        "compacted %d deltas into bundle %s (%d newer deltas over it)",
+        len(bundle.deltas),
+        base.name,
+        len(newer),
+    )
+    return live.name
 
 
 def apply_events(
@@ -686,7 +712,9 @@ def apply_events(
     """
     workdir = target if isinstance(target, str | Path) else store.bundle_workdir(target)
     refresher = Refresher(workdir, contract=contract, refresh=refresh)
-    return refresher.apply(events, mapping=mapping, profiles=profiles)
+    report = refresher.apply(events, mapping=mapping, profiles=profiles)
+    refresher.compact_if_due()  # after the batch is live: it never waits for a compaction
+    return report
 
 
 # --------------------------------------------------------------------------- helpers

@@ -357,13 +357,14 @@ class RefreshSettings(_Section):
     max_deltas: int = Field(
         4,
         ge=1,
-        description="A refresh that would make more deltas over the base compacts. Each load "
-        "replays every delta (more: slower reloads; fewer: more whole re-publishes).",
+        description="Past this many deltas over the base, a compaction folds them into a new "
+        "base (after the batch is live). Each load replays every delta (more: slower reloads; "
+        "fewer: more whole re-publishes).",
     )
     max_delta_bytes: int = Field(
         256 * 1024 * 1024,
         gt=0,
-        description="A refresh that would make the deltas over the base larger compacts.",
+        description="Past this size of the deltas over the base, a compaction folds them.",
     )
 
 

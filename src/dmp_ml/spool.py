@@ -28,14 +28,13 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from filelock import FileLock, Timeout
 
 from dmp_ml import layout, store
 from dmp_ml.errors import RequestError, storage_errors, storage_errors_in
@@ -154,19 +153,9 @@ def batch_status(workdir: str | Path, batch: str) -> dict[str, Any]:
     return {"status": "unknown", "batch": batch}
 
 
-@contextmanager
-def applier_lock(workdir: str | Path) -> Iterator[bool]:
-    """Yield True when this process is now the workdir's one applier, False if another is."""
-    lock = FileLock(layout.applier_lock(workdir))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+def applier_lock(workdir: str | Path) -> AbstractContextManager[bool]:
+    """True when this process is now the workdir's one applier, False if another is."""
+    return store.lock_if_free(layout.applier_lock(workdir))
 
 
 @dataclass(frozen=True)

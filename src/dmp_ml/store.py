@@ -27,13 +27,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from dmp_ml import bundle as bundle_io
 from dmp_ml import layout
@@ -74,6 +74,28 @@ def workdir_lock(workdir: str | Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path):
         yield
+
+
+@contextmanager
+def lock_if_free(path: Path) -> Iterator[bool]:
+    """Hold the lock file ``path`` and yield True, or yield False at once when another
+    process holds it."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def compaction_lock(workdir: str | Path) -> AbstractContextManager[bool]:
+    """True when this process is now the workdir's one compaction, False if another is (a
+    compaction writes the whole population: two at once would waste it)."""
+    return lock_if_free(layout.compaction_lock(workdir))
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
@@ -526,6 +548,67 @@ def publish_delta(
     bundle.manifest = manifest
     bundle.deltas.append(final)
     return final
+
+
+def deltas_since(live: Path, snapshot: ModelBundle) -> list[Path] | None:
+    """The delta versions published over ``snapshot`` since it was loaded, oldest first: the
+    live version at ``live`` is ``snapshot`` or a delta chain extending its chain. None when
+    another writer replaced the base meanwhile (a train, a forget)."""
+    if live.name == Path(snapshot.path).name:
+        return []
+    info = json.loads((live / bundle_io.MANIFEST).read_text(encoding="utf-8")).get(
+        bundle_io.DELTA_KEY
+    )
+    if not isinstance(info, Mapping):
+        return None
+    mine = [Path(d).name for d in snapshot.deltas]
+    chain = [str(name) for name in info.get("chain", [])]
+    if str(info.get("base")) != Path(snapshot.base_path).name or chain[: len(mine)] != mine:
+        return None
+    return [live.parent / name for name in chain[len(mine) :]]
+
+
+def rebase_deltas(workdir: str | Path, base: Path, deltas: list[Path]) -> Path:
+    """Publish ``deltas`` (delta versions of another base) again over the full version
+    ``base``, oldest first, the last one live; returns it (``base`` when there are none).
+
+    A delta holds whole rows of the profiles it touched, so it means the same over any base
+    that holds what its own base held: a compaction's new base. Its files are linked, not
+    copied; the caller holds :func:`workdir_lock`.
+    """
+    chain: list[str] = []
+    size = 0
+    published = base
+    for i, old in enumerate(deltas):
+        manifest = json.loads((old / bundle_io.MANIFEST).read_text(encoding="utf-8"))
+        version = new_version("refresh")
+        with bundle_io.staged_bundle(workdir, version) as staged:
+            for item in sorted(old.rglob("*")):
+                name = item.name
+                if not item.is_file() or name == bundle_io.MANIFEST:
+                    continue
+                if name.startswith(bundle_io.VERIFIED):
+                    continue
+                target = staged.path / item.relative_to(old)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(item, target)
+                except OSError:
+                    shutil.copy2(item, target)
+                size += target.stat().st_size
+            chain.append(version)
+            kept = {k: v for k, v in manifest.items() if k not in ("files", "format_version")}
+            bundle_io.finish_manifest(
+                staged.path,
+                {
+                    **kept,
+                    "bundle_version": version,
+                    "parent_version": published.name,
+                    bundle_io.DELTA_KEY: {"base": base.name, "chain": list(chain), "bytes": size},
+                },
+            )
+            published = staged.publish(live=i == len(deltas) - 1)
+    return published
 
 
 def write_bundle_files(

@@ -5,13 +5,17 @@ Runs after the other service modules (it forgets profiles on the shared server).
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 import pytest
 
+from dmp_ml.bundle import DELTA_KEY, live_bundle_path, read_manifest
 from dmp_ml.erasure import read_erasure_list
+from dmp_ml.settings import RefreshSettings
 
 from .conftest import Server, wait_applied
 
@@ -62,6 +66,41 @@ def test_fresh_events_count_before_the_next_retrain(server: Server, http: httpx.
     assert applied["refresh"]["quarantined_by_reason"] == {"missing_id": 1}
     scored = ok(http.post("/score", json={"profile_ids": ["anon:ck-fresh-visitor"]}))
     assert [r["profile_id"] for r in scored["results"]] == ["anon:ck-fresh-visitor"]
+
+
+def test_deltas_past_the_limit_are_folded_while_batches_stay_answered(
+    server: Server, http: httpx.Client
+) -> None:
+    """Past ``refresh.max_deltas`` (4) the worker folds the deltas into a new base in a thread
+    of its own; every batch was answered as soon as it was applied, and still is after (one
+    applied while the new base was written stays, as a delta over it)."""
+    base = _base(server.workdir)
+    cookies = []
+    for i in range(RefreshSettings().max_deltas + 1):
+        when = (server.as_of + pd.Timedelta(hours=4, minutes=i)).isoformat()
+        cookies.append(f"ck-fold-{i}")
+        event = {"event_time": when, "cookie_id": cookies[-1], "event_type": "page_view"}
+        response = http.post("/events", json={"events": [event]})
+        assert response.status_code == 202, response.text
+        wait_applied(http, response.json()["status_url"])
+        scored = ok(http.post("/score", json={"profile_ids": [f"anon:{cookies[-1]}"]}))
+        assert len(scored["results"]) == 1
+    deadline = time.monotonic() + 120
+    while _base(server.workdir) == base:
+        assert time.monotonic() < deadline, "the deltas were never folded"
+        time.sleep(0.5)
+    live = read_manifest(live_bundle_path(server.workdir))
+    assert len(live.get(DELTA_KEY, {}).get("chain", [])) < RefreshSettings().max_deltas
+    ids = [f"anon:{c}" for c in cookies]
+    time.sleep(1.5)  # the worker's pointer poll (0.5 s)
+    scored = ok(http.post("/score", json={"profile_ids": ids}))
+    assert {r["profile_id"] for r in scored["results"]} == set(ids)
+
+
+def _base(workdir: Path) -> str:
+    """The base version of the live bundle (itself for a full bundle)."""
+    live = live_bundle_path(workdir)
+    return str(read_manifest(live).get(DELTA_KEY, {}).get("base", live.name))
 
 
 def test_events_and_forget_need_the_token(server: Server) -> None:

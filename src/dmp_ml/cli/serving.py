@@ -48,7 +48,10 @@ def compact(workdir: WorkdirOpt = Path("models")) -> None:
 
     version = compact_deltas(workdir)
     if version is None:
-        out.print("no deltas over the live bundle: nothing to compact")
+        out.print(
+            "nothing folded: no deltas over the live bundle, or another process compacted or "
+            "replaced it meanwhile"
+        )
     else:
         out.print(f"deltas folded into bundle {version}", highlight=False)
 

@@ -83,6 +83,7 @@ class ServiceWorker:
         self._bundle: Any = None
         self.loaded_at: str | None = None
         self._refresher: Any = None  # dmp_ml.refresh.Refresher, created on the first batch
+        self._compaction: threading.Thread | None = None  # folding deltas, off the applier
         self._spooled = threading.Event()  # set when this worker spools a batch
         self._erasure_stamp: tuple[int, int, int] | None = None
         self._scrub_pending = False  # a forget could not rewrite the live bundle on disk
@@ -298,6 +299,27 @@ class ServiceWorker:
             except Exception as exc:  # kept spooled; retried after a pause
                 logger.error("applying spooled events failed (retried): %s", exc)
                 self._stop.wait(5.0)
+                continue
+            self._compact_when_due()
+
+    def _compact_when_due(self) -> None:
+        """Fold the deltas into a new base in a thread of its own once they pass the refresh
+        settings: batches keep being applied (and answered) while it writes the population."""
+        from dmp_ml.refresh import compact
+
+        running = self._compaction is not None and self._compaction.is_alive()
+        if running or not self._refresher.compaction_due():
+            return
+
+        def fold() -> None:
+            try:
+                if compact(self.workdir) is not None:
+                    self.reload_quietly()
+            except Exception as exc:  # the deltas stay; the next batch tries again
+                log_failure("compaction", exc)
+
+        self._compaction = threading.Thread(target=fold, name="compaction", daemon=True)
+        self._compaction.start()
 
     def events_spooled(self) -> None:
         """Wake this worker's applier: a batch was just spooled."""
