@@ -665,8 +665,9 @@ def compact(workdir: str | Path) -> str | None:
         if not mine:
             return None
         with store.workdir_lock(workdir):
-            bundle = load_bundle(workdir)
+            live = live_bundle_path(workdir)
             stamp = erasure_stamp(workdir)
+        bundle = load_bundle(live)  # a published version never changes: no lock needed
         if not bundle.deltas:
             return None if scrubbed is None else scrubbed.bundle_version
         held = bundle.features.ids
