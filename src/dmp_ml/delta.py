@@ -143,14 +143,7 @@ def read_delta(directory: Path) -> Delta:
         scores = map_frame(directory, _SCORES)
         scores.index = _ids(scores.index)
     events = pd.read_parquet(directory / _EVENTS)
-    cookie_map = None
-    if (directory / _COOKIES).exists():
-        links = pd.read_parquet(directory / _COOKIES)
-        cookie_map = pd.Series(
-            links["profile_id"].astype("string").to_numpy(),
-            index=pd.Index(links["cookie_id"].astype("string"), name="cookie_id"),
-            name="profile_id",
-        )
+    cookies, relinked, cookie_map = read_link_change(directory)
     zones = None
     if meta["timezones"] is not None:
         zones = pd.Series(meta["timezones"], dtype="string")
@@ -168,9 +161,25 @@ def read_delta(directory: Path) -> Delta:
         hour_of_week=map_array(directory / _HOW),
         scores=scores,
         cookie_map=cookie_map,
-        relinked=_ids(meta["relinked"]),
-        cookies=pd.Index([str(c) for c in meta["cookies"]], dtype="string"),
+        relinked=relinked,
+        cookies=cookies,
     )
+
+
+def read_link_change(directory: Path) -> tuple[pd.Index, pd.Index, pd.Series | None]:
+    """What a delta :func:`write_delta` wrote into ``directory`` changes of the cookie links:
+    the cookies and the profiles whose links it redid, and its links (None without a map)."""
+    meta = json.loads((directory / CHANGE_FILE).read_text(encoding="utf-8"))
+    cookie_map = None
+    if (directory / _COOKIES).exists():
+        links = pd.read_parquet(directory / _COOKIES)
+        cookie_map = pd.Series(
+            links["profile_id"].astype("string").to_numpy(),
+            index=pd.Index(links["cookie_id"].astype("string"), name="cookie_id"),
+            name="profile_id",
+        )
+    cookies = pd.Index([str(c) for c in meta["cookies"]], dtype="string")
+    return cookies, _ids(meta["relinked"]), cookie_map
 
 
 def merge_rows(

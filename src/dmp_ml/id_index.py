@@ -73,6 +73,27 @@ def _find(sorted_keys: np.ndarray, keys: list[bytes]) -> tuple[np.ndarray, np.nd
     return at, found
 
 
+def sorted_keys(values: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` (repeats allowed) as sorted fixed-width keys, and the position among
+    ``values`` of each sorted key: for runs of equal values found with :func:`span`."""
+    keys = _keys(values)
+    width = max((len(k) for k in keys), default=1) or 1
+    array = np.array(keys, dtype=f"S{width}").reshape(len(keys))
+    order = np.argsort(array, kind="stable")
+    return array[order], order.astype(np.int64)
+
+
+def span(keys: np.ndarray, values: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``values``, the run ``[lo, hi)`` of the sorted ``keys`` equal to it."""
+    wanted = _keys(values)
+    width = max(keys.dtype.itemsize, 1)
+    fixed, longer = _fixed(wanted, width)
+    lo = np.searchsorted(keys, fixed, side="left").astype(np.int64)
+    hi = np.searchsorted(keys, fixed, side="right").astype(np.int64)
+    hi[longer] = lo[longer]  # longer than every key: equal to none
+    return lo, hi
+
+
 class IdIndex:
     """Profile id -> row of a table, from sorted ids (usually a mapped file) and the few ids a
     refresh added or removed since.

@@ -65,9 +65,9 @@ import pandas as pd
 
 from dmp_ml import bundle as bundle_io
 from dmp_ml import layout, store
-from dmp_ml.bundle import DELTA_KEY, live_bundle_path, load_bundle
+from dmp_ml.bundle import DELTA_KEY, FEATURES_DIR, live_bundle_path, load_bundle
 from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
-from dmp_ml.delta import Delta, members, removed_ids
+from dmp_ml.delta import Delta, members, read_link_change, removed_ids
 from dmp_ml.erasure import (
     apply_erasure_list,
     erasure_stamp,
@@ -78,6 +78,7 @@ from dmp_ml.event_index import ensure_index
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
 from dmp_ml.identity import ANON_PREFIX, resolve_identity
+from dmp_ml.links import LinkIndex
 from dmp_ml.models.base import ProfileUpdate
 from dmp_ml.settings import ContractSettings, RefreshSettings, Settings
 
@@ -262,6 +263,7 @@ class Refresher:
         self._ranked: np.ndarray | None = None
         self._erasure_stamp: tuple[int, int, int] | None = None
         self._pending: pd.DataFrame | None = None
+        self._links: LinkIndex | None = None  # the bundle's cookie links, with the batches'
 
     # ------------------------------------------------------------------ state
     def _stamp(self) -> tuple[int, int, int] | None:
@@ -277,6 +279,7 @@ class Refresher:
                 gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
             store.history_files(self.workdir)  # refuses a workdir without the history
             self._ranked = None
+            self._links = None
             self._erasure_stamp = stamp
             # stored batches the live bundle does not reflect (stored while a train ran, or
             # by a refresh that failed before publishing) are re-applied with the next batch;
@@ -581,7 +584,9 @@ class Refresher:
         links = table.cookie_map
         if links is not None:
             links = links[members(links, rows.frame.index)]
-        relinked, redone = _held_ids(bundle.features, out, links, affected, cookies)
+        if self._links is None and bundle.features.links is not None:
+            self._links = _link_index(bundle)  # once per loaded bundle
+        relinked, redone = _held_ids(bundle.features, self._links, out, links, affected, cookies)
         if timezones is not None:
             change = replace(change, timezones=timezones[members(timezones.index, relinked)])
         delta = Delta(
@@ -602,6 +607,8 @@ class Refresher:
         # change and replays it if it loads (a compaction writes it); a delta is published
         # from the change itself, so a batch never copies their arrays
         bundle.overlay(delta)
+        if self._links is not None:
+            self._links.change(delta.cookies, delta.relinked, delta.cookie_map)
         lap("models")
 
         # publish: always a delta, so what the batch waits for grows with the batch; folding
@@ -743,24 +750,36 @@ def _timezones(
     return out
 
 
+def _link_index(bundle: ModelBundle) -> LinkIndex:
+    """The cookie links of ``bundle``: its base's index (mapped) with each delta's changes
+    applied, or one built from the whole map of a base written without an index."""
+    index = LinkIndex.read(Path(bundle.base_path) / FEATURES_DIR)
+    if index is None:
+        assert bundle.features.cookie_map is not None
+        return LinkIndex.build(bundle.features.cookie_map)
+    for link in bundle.deltas:
+        index.change(*read_link_change(Path(link) / layout.DELTA_DIR))
+    return index
+
+
 def _held_ids(
     current: FeatureTable,
+    held_links: LinkIndex | None,
     out: pd.Index,
     links: pd.Series | None,
     affected: pd.Index,
     cookies: pd.Index,
 ) -> tuple[pd.Index, pd.Index]:
     """The affected profiles and cookies a delta records (to redo their cookie links): only
-    those the bundle holds before or after the batch. A batch may name profiles without
-    consent (or their devices); their ids are never written into a bundle file, and leaving
-    them out changes nothing, since the bundle holds no link of theirs to redo."""
+    those the bundle holds before or after the batch (``held_links``: its links before it,
+    ``links``: the batch's). A batch may name profiles without consent (or their devices);
+    their ids are never written into a bundle file, and leaving them out changes nothing,
+    since the bundle holds no link of theirs to redo."""
     held = current.ids.contains(affected) | members(affected, out)
-    old = current.cookie_map
-    if old is not None:
-        held |= members(affected, old)
     in_links = np.zeros(len(cookies), dtype=bool)
-    if old is not None:
-        in_links |= members(cookies, old.index)
+    if held_links is not None:
+        held |= held_links.targeted(affected)
+        in_links |= held_links.linked(cookies)
     if links is not None:
         in_links |= members(cookies, links.index)
     return affected[held], cookies[in_links]

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from dmp_ml.errors import DataContractError, UnknownProfileError
 from dmp_ml.id_index import IdIndex
+from dmp_ml.links import LINKS_FILE, write_link_index
 from dmp_ml.mapped import map_array, map_frame, write_array, write_frame
 from dmp_ml.rows import LazyRows, OverlaidFrame
 
@@ -278,7 +279,8 @@ class FeatureTable:
         """A directory the serving workers map (see :mod:`dmp_ml.mapped`): ``features.npy``
         (the float features), ``features.parquet`` (the profile ids and the other columns),
         ``ids.npy`` (the id index, :mod:`dmp_ml.id_index`), ``hour_of_week.npy``,
-        ``table.json`` (spec and summary) and ``cookie_map.parquet``."""
+        ``table.json`` (spec and summary), ``cookie_map.parquet`` and its sorted keys
+        (:func:`dmp_ml.links.write_link_index`)."""
         directory = Path(directory)
         write_frame(directory, "features", self.frame)
         self.ids.write(directory)
@@ -286,7 +288,8 @@ class FeatureTable:
         (directory / TABLE_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         write_array(directory / HOW_FILE, np.asarray(self.hour_of_week, dtype=np.float64))
         if self.cookie_map is not None:
-            self.cookie_map.reset_index().to_parquet(directory / "cookie_map.parquet", index=False)
+            self.cookie_map.reset_index().to_parquet(directory / LINKS_FILE, index=False)
+            write_link_index(self.cookie_map, directory)
         return directory
 
     @classmethod
@@ -313,5 +316,5 @@ class FeatureTable:
             if len(ids) != len(frame):
                 raise DataContractError(f"{directory}: the id index does not match the table")
             table = table.with_ids(ids)
-        cookies = directory / "cookie_map.parquet"
+        cookies = directory / LINKS_FILE
         return replace(table, links=cookies) if cookies.exists() else table
