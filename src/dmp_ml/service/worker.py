@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -83,7 +84,7 @@ class ServiceWorker:
         self._bundle: Any = None
         self.loaded_at: str | None = None
         self._refresher: Any = None  # dmp_ml.refresh.Refresher, created on the first batch
-        self._compaction: threading.Thread | None = None  # folding deltas, off the applier
+        self._compaction: subprocess.Popen[bytes] | None = None  # folding deltas (a process)
         self._spooled = threading.Event()  # set when this worker spools a batch
         self._erasure_stamp: tuple[int, int, int] | None = None
         self._scrub_pending = False  # a forget could not rewrite the live bundle on disk
@@ -303,23 +304,22 @@ class ServiceWorker:
             self._compact_when_due()
 
     def _compact_when_due(self) -> None:
-        """Fold the deltas into a new base in a thread of its own once they pass the refresh
-        settings: batches keep being applied (and answered) while it writes the population."""
-        from dmp_ml.refresh import compact
-
-        running = self._compaction is not None and self._compaction.is_alive()
+        """Fold the deltas into a new base once they pass the refresh settings, in a process of
+        its own (lower priority): batches keep being applied and answered meanwhile, and the
+        population's copy it writes from never sits in a worker's memory. The new base is
+        picked up by the pointer poll."""
+        running = self._compaction is not None and self._compaction.poll() is None
         if running or not self._refresher.compaction_due():
             return
-
-        def fold() -> None:
-            try:
-                if compact(self.workdir) is not None:
-                    self.reload_quietly()
-            except Exception as exc:  # the deltas stay; the next batch tries again
-                log_failure("compaction", exc)
-
-        self._compaction = threading.Thread(target=fold, name="compaction", daemon=True)
-        self._compaction.start()
+        command = [sys.executable, "-m", "dmp_ml.cli", "compact", "--workdir", str(self.workdir)]
+        self._compaction = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        with contextlib.suppress(OSError):  # it may have finished already
+            os.setpriority(os.PRIO_PROCESS, self._compaction.pid, HEAVY_NICENESS)
+        threading.Thread(
+            target=_report_compaction, args=(self._compaction,), name="compaction", daemon=True
+        ).start()
 
     def events_spooled(self) -> None:
         """Wake this worker's applier: a batch was just spooled."""
@@ -327,9 +327,11 @@ class ServiceWorker:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Stop the watcher and the applier; drop queued lookalike work."""
+        """Stop the watcher, the applier and a compaction; drop queued lookalike work."""
         self._stop.set()
         self._spooled.set()
+        if self._compaction is not None and self._compaction.poll() is None:
+            self._compaction.terminate()  # its new base is not published: the deltas stay
         self._heavy.shutdown(wait=False, cancel_futures=True)
 
     def __is_ready__(self) -> bool:
@@ -387,3 +389,11 @@ class ServiceWorker:
         except Exception as exc:
             log_failure(what, exc)
             return error_response(500, "internal error; see the server log")
+
+
+def _report_compaction(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a compaction process; log its error if it failed (the deltas stay)."""
+    _, err = process.communicate()
+    if process.returncode not in (0, -15):  # -15: stopped with the worker
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        logger.error("compaction failed (%s): %s", process.returncode, lines[-1] if lines else "")
