@@ -112,19 +112,19 @@ class LinkIndex:
                 out[i] = self._over[c]
         return out
 
-    def _cookies_of(self, profiles: list[str]) -> list[set[str]]:
-        """The cookies that link or linked to each of ``profiles`` (a superset: check
-        :meth:`target`)."""
+    def _base_cookies(self, profiles: list[str]) -> tuple[list[str], np.ndarray]:
+        """The cookies the base links to ``profiles`` that no change has touched since (they
+        still link there), and the position in ``profiles`` of each one's profile."""
         lo, hi = span(self._by_target, profiles)
         counts = hi - lo
         # every run's rows in one take: a take per profile costs a pass over the column
         runs = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         names = self._cookie_ids.take(pa.array(self._target_rows[runs])).to_pylist()
-        ends = np.cumsum(counts)
-        return [
-            set(names[end - n : end]) | self._over_cookies.get(p, set())
-            for p, n, end in zip(profiles, counts, ends, strict=True)
-        ]
+        owner = np.repeat(np.arange(len(profiles)), counts)
+        if not self._over:
+            return names, owner
+        alive = np.fromiter((n not in self._over for n in names), dtype=bool, count=len(names))
+        return [n for n, keep in zip(names, alive, strict=True) if keep], owner[alive]
 
     def linked(self, cookies: pd.Index) -> np.ndarray:
         """Whether each of ``cookies`` links to a profile, shape (len(cookies),)."""
@@ -133,13 +133,11 @@ class LinkIndex:
     def targeted(self, profiles: pd.Index) -> np.ndarray:
         """Whether some cookie links to each of ``profiles``, shape (len(profiles),)."""
         wanted = [str(p) for p in profiles]
-        candidates = self._cookies_of(wanted)
-        flat = sorted(set().union(*candidates)) if candidates else []
-        now = dict(zip(flat, self.target(flat), strict=True))
-        return np.array(
-            [any(now[c] == p for c in cs) for p, cs in zip(wanted, candidates, strict=True)],
-            dtype=bool,
-        )
+        _, owner = self._base_cookies(wanted)
+        out = np.bincount(owner, minlength=len(wanted)) > 0
+        if self._over_cookies:
+            out |= np.fromiter((bool(self._over_cookies.get(p)) for p in wanted), bool, len(wanted))
+        return out
 
     def change(self, cookies: pd.Index, relinked: pd.Index, links: pd.Series | None) -> None:
         """Apply one delta: the links of ``cookies`` and those to the ``relinked`` profiles
@@ -147,10 +145,9 @@ class LinkIndex:
         :func:`dmp_ml.delta.merge_links` merges them into the whole map."""
         relinked_ids = [str(p) for p in relinked]
         stale = {str(c) for c in cookies}
-        candidates = self._cookies_of(relinked_ids)
-        flat = sorted(set().union(*candidates)) if candidates else []
-        gone = set(relinked_ids)
-        stale |= {c for c, t in zip(flat, self.target(flat), strict=True) if t in gone}
+        stale.update(self._base_cookies(relinked_ids)[0])
+        for profile in relinked_ids:
+            stale.update(self._over_cookies.get(profile, ()))
         new = {} if links is None else dict(zip(links.index.tolist(), links.tolist(), strict=True))
         over, to = self._over, self._over_cookies
         for cookie in stale | new.keys():
