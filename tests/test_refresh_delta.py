@@ -254,6 +254,20 @@ def test_batches_applied_while_a_compaction_writes_stay_live_over_the_new_base(
     )
 
 
+def test_one_compaction_at_a_time(
+    refreshed: Refreshed, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    """A second process asking to compact while one writes (two service workers) folds
+    nothing and leaves the chain to the first."""
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    before = load_bundle(workdir, lazy=True).version
+    with dmp_ml.store.compaction_lock(workdir) as mine:
+        assert mine
+        assert compact(workdir) is None
+    assert load_bundle(workdir, lazy=True).version == before
+    assert compact(workdir) is not None
+
+
 def test_an_erasure_listed_while_a_compaction_writes_keeps_the_live_bundle(
     refreshed: Refreshed, copy_workdir: CopyWorkdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
