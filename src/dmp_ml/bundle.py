@@ -741,13 +741,6 @@ class ModelBundle:
                 model.profile_ids_ = index  # type: ignore[attr-defined]
                 model.id_index_ = self.features.ids  # type: ignore[attr-defined]
 
-    def remap(self) -> None:
-        """Read the models, the feature table and the scores again from :attr:`path`, after
-        a re-publish wrote them there (refresh, erasure): the edited copies give way to the
-        new version's shared pages, and no file of an older version stays mapped (a deleted
-        file that is still mapped keeps its data, erased profiles included, on disk)."""
-        self._read(lazy=isinstance(self.models, LazyModels))
-
     @property
     def propensity(self) -> PropensityModel | None:
         return self.models.get("propensity")  # type: ignore[return-value]

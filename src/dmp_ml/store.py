@@ -479,8 +479,7 @@ def republish(
     """Write the loaded (edited) ``bundle`` as a new live version; return its directory.
 
     See :func:`write_bundle_files` for what is written. Afterwards ``bundle.path``,
-    ``bundle.version`` and ``bundle.manifest`` describe the new version (a caller that keeps
-    the bundle calls :meth:`ModelBundle.remap` to map the new version's files).
+    ``bundle.version`` and ``bundle.manifest`` describe the new version.
     """
     version = new_version(tag)
     with bundle_io.write_bundle(workdir, version) as tmp:
