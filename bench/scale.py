@@ -206,7 +206,8 @@ def build(workdir: Path, profiles: int, days: int) -> dict[str, object]:
     if record.exists():
         return json.loads(record.read_text())
     demo = workdir / "demo"
-    run([*DMP_ML, "demo-data", str(demo), "--profiles", str(profiles), "--days", str(days)])
+    if not (demo / "events.parquet").exists():  # a world kept from an earlier run is reused
+        run([*DMP_ML, "demo-data", str(demo), "--profiles", str(profiles), "--days", str(days)])
     import pyarrow.parquet as pq
 
     events = pq.ParquetFile(demo / "events.parquet").metadata.num_rows
