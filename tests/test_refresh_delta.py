@@ -5,6 +5,7 @@ into a new base with the same answers, and an erasure after a delta leaves no tr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -252,6 +253,27 @@ def test_batches_applied_while_a_compaction_writes_stay_live_over_the_new_base(
     assert live.features.frame.index.sort_values().equals(
         expected.features.frame.index.sort_values()
     )
+
+
+def test_the_events_command_applies_a_batch_then_folds_the_deltas(
+    refreshed: Refreshed, demo_world: DemoWorld, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")  # two deltas over the base
+    batch = _batch(demo_world.events, load_bundle(workdir, lazy=True).as_of, 50, 8)
+    batch.to_parquet(tmp_path / "batch.parquet", index=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "dmp_ml.cli", "events", "--events", str(tmp_path / "batch.parquet")]
+        + ["--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DMP_ML_REFRESH__MAX_DELTAS": "2"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "events applied" in done.stdout
+    live = load_bundle(workdir, lazy=True)
+    assert f"deltas folded into bundle {live.version}" in done.stdout
+    assert not live.deltas
 
 
 def test_one_compaction_at_a_time(

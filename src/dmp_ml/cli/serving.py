@@ -68,13 +68,12 @@ def events(
     mapping: MappingOpt = None,
 ) -> None:
     """Apply a batch of new events to the live bundle without retraining."""
-    from dmp_ml.refresh import apply_events
+    from dmp_ml.refresh import Refresher
 
     batch = input_file(batch, legacy_batch, "events")
     settings = settings_for(None)
-    report = apply_events(
-        workdir, batch, mapping=mapping, contract=settings.contract, refresh=settings.refresh
-    )
+    refresher = Refresher(workdir, contract=settings.contract, refresh=settings.refresh)
+    report = refresher.apply(batch, mapping=mapping)
     out.print(
         f"{report.rows_accepted:,} of {report.rows_received:,} events applied "
         f"({report.rows_quarantined:,} quarantined, {report.rows_erased:,} of erased profiles); "
@@ -85,6 +84,11 @@ def events(
         err.print(f"quarantined {n:,}: {reason} -> {report.quarantine_path}", highlight=False)
     for warning in report.warnings:
         err.print(f"warning: {warning}", highlight=False)
+    if refresher.compaction_due():  # the batch is live already; this only tidies the chain
+        out.print("folding the deltas over the base into a new base (refresh.max_deltas) ...")
+        folded = refresher.compact_if_due()
+        if folded is not None:
+            out.print(f"deltas folded into bundle {folded}", highlight=False)
 
 
 def serve(
