@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from dmp_ml.id_index import IdIndex
@@ -15,6 +17,7 @@ from dmp_ml.rows import (
     OverlaidRows,
     distinct,
     duplicated_rows,
+    filled_indices,
     id_merge_order,
     stacked_frame,
     stacked_takes,
@@ -219,3 +222,16 @@ def test_distinct_keys_are_numpys_unique(n: int) -> None:
     keys = np.random.default_rng(n).integers(-5, 2**40, n) // 3
     np.testing.assert_array_equal(distinct(keys), np.unique(keys))
     np.testing.assert_array_equal(distinct(np.repeat(keys, 3)), np.unique(keys))
+
+
+@pytest.mark.parametrize("kind", [pa.int8(), pa.int16(), pa.int32(), pa.int64()])
+@pytest.mark.parametrize("offset", [0, 3, 9])
+def test_filled_indices_are_arrows_fill_null(kind: pa.DataType, offset: int) -> None:
+    rng = np.random.default_rng(offset)
+    for n in (0, 1, 8, 9, 1001):
+        values = pa.array(rng.integers(0, 100, n), type=kind, mask=rng.random(n) < 0.3)
+        for part in (values, values.slice(min(offset, n)), values.drop_null()):
+            expected = pc.fill_null(part, -1).to_numpy(zero_copy_only=False)
+            got = filled_indices(part, -1)
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)

@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dmp_ml.rows import filled_indices
+
 
 class ColumnCodes:
     """The codes of one text column, fed its values batch by batch in row order."""
@@ -37,8 +39,7 @@ class ColumnCodes:
             if not pa.types.is_dictionary(chunk.type):
                 chunk = pc.dictionary_encode(chunk)
             # each row's entry, a missing row's one past the dictionary
-            entries = pc.fill_null(chunk.indices, len(chunk.dictionary))
-            entries = entries.to_numpy(zero_copy_only=False)
+            entries = filled_indices(chunk.indices, len(chunk.dictionary))
             first_use = pd.unique(entries)
             first_use = first_use[first_use < len(chunk.dictionary)]
             self._chunks.append((chunk.dictionary.cast(pa.string()), entries, first_use))
@@ -50,7 +51,7 @@ class ColumnCodes:
             return np.full(self._rows, -1, dtype=np.int32), pa.array([], type=pa.string())
         values = pa.concat_arrays([dictionary for dictionary, _, _ in self._chunks])
         distinct = pc.dictionary_encode(values)
-        value_ids = pc.fill_null(distinct.indices, -1).to_numpy(zero_copy_only=False)
+        value_ids = filled_indices(distinct.indices, -1)
         ids, used, start = [], [], 0
         for dictionary, _, first_use in self._chunks:
             ids.append(value_ids[start : start + len(dictionary)])

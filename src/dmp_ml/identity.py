@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 
 from dmp_ml.codes import ColumnCodes
 from dmp_ml.errors import DataContractError
-from dmp_ml.rows import distinct, is_dictionary
+from dmp_ml.rows import distinct, filled_indices, is_dictionary
 from dmp_ml.settings import FeatureSettings
 from dmp_ml.times import utc
 
@@ -207,9 +207,9 @@ def encode(
         # (checked; otherwise fall back to one combined array)
         chunked = pc.dictionary_encode(arr).chunks
         if _same_dictionary(chunked):
-            codes = np.concatenate(
-                [pc.fill_null(c.indices, -1).to_numpy(zero_copy_only=False) for c in chunked]
-            ).astype(np.int32, copy=False)
+            codes = np.concatenate([filled_indices(c.indices, -1) for c in chunked]).astype(
+                np.int32, copy=False
+            )
             return codes, _plain(chunked[0].dictionary)
     if isinstance(arr, pa.ChunkedArray):
         try:
@@ -217,9 +217,7 @@ def encode(
         except (pa.ArrowInvalid, pa.ArrowCapacityError):
             arr = pa.concat_arrays([c.cast(pa.large_string()) for c in arr.chunks])
     enc = pc.dictionary_encode(arr)
-    codes = (
-        pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    )
+    codes = filled_indices(enc.indices, -1).astype(np.int32, copy=False)
     return codes, _plain(enc.dictionary)
 
 

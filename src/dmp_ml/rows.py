@@ -166,6 +166,26 @@ def is_dictionary(dtype: object) -> bool:
     return isinstance(dtype, pd.ArrowDtype) and pa.types.is_dictionary(dtype.pyarrow_dtype)
 
 
+def filled_indices(indices: pa.Array, fill: int) -> np.ndarray:
+    """The integers of ``indices`` (no nulls: a read-only view) with ``fill`` at the nulls.
+
+    The same as ``pc.fill_null(indices, fill).to_numpy()``, which takes about ten times as long
+    where the nulls are scattered one by one (a cookie column: 60 ms a million rows).
+    """
+    n, width = len(indices), indices.type.bit_width // 8
+    dtype = np.dtype(f"int{indices.type.bit_width}")
+    values = np.frombuffer(
+        indices.buffers()[1], dtype=dtype, count=n, offset=indices.offset * width
+    )
+    if not indices.null_count:
+        return values
+    bits = np.frombuffer(indices.buffers()[0], dtype=np.uint8)
+    valid = np.unpackbits(bits, count=indices.offset + n, bitorder="little")[indices.offset :]
+    values = values.copy()
+    values[valid == 0] = fill
+    return values
+
+
 def _filter_chunks(whole: pa.ChunkedArray, keep: np.ndarray) -> list[pa.Array]:
     """The kept rows of each chunk (each keeps its own dictionary: none is unified)."""
     out, offset = [], 0
@@ -354,9 +374,7 @@ def _keys(col: pd.Series) -> np.ndarray:
     values = pa.chunked_array(pa.array(col))
     # the chunks of a chunked array are encoded against one dictionary: codes agree across them
     encoded = pc.dictionary_encode(values)
-    codes = [
-        pc.fill_null(chunk.indices.cast(pa.int64()), -1).to_numpy() for chunk in encoded.chunks
-    ]
+    codes = [filled_indices(chunk.indices, -1).astype(np.int64) for chunk in encoded.chunks]
     return np.concatenate(codes).view(np.uint64) if codes else np.zeros(0, np.uint64)
 
 
