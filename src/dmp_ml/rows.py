@@ -181,9 +181,7 @@ def filled_indices(indices: pa.Array, fill: int) -> np.ndarray:
         return values
     bits = np.frombuffer(indices.buffers()[0], dtype=np.uint8)
     valid = np.unpackbits(bits, count=indices.offset + n, bitorder="little")[indices.offset :]
-    values = values.copy()
-    values[valid == 0] = fill
-    return values
+    return np.where(valid.view(bool), values, dtype.type(fill))
 
 
 def _filter_chunks(whole: pa.ChunkedArray, keep: np.ndarray) -> list[pa.Array]:
