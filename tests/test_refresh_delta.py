@@ -272,7 +272,7 @@ def test_the_events_command_applies_a_batch_then_folds_the_deltas(
     assert done.returncode == 0, done.stderr
     assert "events applied" in done.stdout
     live = load_bundle(workdir, lazy=True)
-    assert f"deltas folded into bundle {live.version}" in done.stdout
+    assert f"deltas folded into a new base; live bundle {live.version}" in done.stdout
     assert not live.deltas
 
 
@@ -309,6 +309,49 @@ def test_an_erasure_listed_while_a_compaction_writes_keeps_the_live_bundle(
     assert compact(workdir) is None
     assert load_bundle(workdir, lazy=True).version == before
     assert not [p for p in layout.versions_dir(workdir).iterdir() if "compact" in p.name]
+
+
+def test_a_compaction_finishes_a_forget_killed_after_listing_the_profile(
+    refreshed: Refreshed, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    """An id on the erasure list that the live bundle still holds (its ``forget`` died after
+    listing it) is forgotten, never folded into a new base."""
+    from dmp_ml.erasure import add_to_erasure_list
+
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    gone = next(p for p in refreshed.touched if p in load_bundle(workdir).features.frame.index)
+    add_to_erasure_list(workdir, [gone])  # listed, and nothing else done
+    assert compact(workdir) is not None
+    after = load_bundle(workdir)
+    assert not after.deltas
+    assert gone not in read_features_index(after.path)
+    assert after.score([gone]).unknown_ids == [gone]
+
+
+def test_a_failed_fold_after_a_batch_leaves_the_batch_applied(
+    refreshed: Refreshed,
+    demo_world: DemoWorld,
+    copy_workdir: CopyWorkdir,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``apply_events`` reports the batch it applied when the compaction after it fails (a
+    full disk, say): the deltas stay for the next one, and the failure is logged."""
+    import dmp_ml.refresh
+    from dmp_ml.errors import StorageFullError
+
+    workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
+    batch = _batch(demo_world.events, load_bundle(workdir, lazy=True).as_of, 50, 9)
+
+    def full_disk(_: object) -> None:
+        raise StorageFullError(workdir, "no space left on device")
+
+    monkeypatch.setattr(dmp_ml.refresh, "compact", full_disk)
+    report = dmp_ml.refresh.apply_events(workdir, batch, refresh=RefreshSettings(max_deltas=2))
+    live = load_bundle(workdir, lazy=True)
+    assert live.version == report.bundle_version and len(live.deltas) == 3
+    assert "folding the deltas failed" in caplog.text
 
 
 def test_erasure_after_a_delta_removes_the_profile_everywhere(

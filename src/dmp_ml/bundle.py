@@ -340,14 +340,24 @@ class StagedBundle:
         self.path = path
         self.version = version
         self.published: Path | None = None
+        self._verified = False
 
-    def publish(self, *, live: bool = True) -> Path:
-        """Verify the written files against the manifest and move the directory to its
-        version name; with ``live`` point the workdir at it and prune old versions. A version
-        published without ``live`` is one a later version builds on (a rebased delta's base)."""
+    def verify(self) -> None:
+        """Check the written files against the manifest (hashing every file once): a writer
+        that publishes under the workdir lock calls it first, so the lock is held for the
+        renames only. :meth:`publish` calls it when the writer did not."""
+        if self._verified:
+            return
         stats = _bundle_stats(self.path)
         read_manifest(self.path, verify=True)
         _record_verified(self.path, stats)
+        self._verified = True
+
+    def publish(self, *, live: bool = True) -> Path:
+        """Move the verified directory (:meth:`verify`) to its version name; with ``live``
+        point the workdir at it and prune old versions. A version published without ``live``
+        is one a later version builds on (a rebased delta's base)."""
+        self.verify()
         versions = self.path.parent
         final = versions / self.version
         if final.exists():

@@ -3,9 +3,11 @@
 A refresh needs to know which of a batch's cookies the bundle links to a profile and which of
 its profiles some cookie links to (:func:`dmp_ml.refresh.Refresher.apply` records only those
 in its delta). Merging every delta's links into the population's map for that is a pass over
-every cookie per batch. :class:`LinkIndex` instead sorts the map once (a refresher's first
-batch after it loads a bundle), keeps each later batch's changes in small private overlays and
-answers by binary search.
+every cookie per batch. :class:`LinkIndex` instead searches sorted keys the feature table
+writes beside its links (:func:`write_link_index`; a table written before them has its keys
+sorted once, on a refresher's first batch), keeps each later batch's changes in small private
+overlays and answers by binary search. The sorted keys and rows are mapped; the links' text
+is read once per loaded base (a refresher's first batch after a train or a compaction).
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ class LinkIndex:
 
     @classmethod
     def read(cls, directory: Path) -> LinkIndex | None:
-        """The index :func:`write_link_index` wrote into ``directory``, mapped; None when it
-        has none (a table written before link indexes)."""
+        """The index :func:`write_link_index` wrote into ``directory`` (its sorted keys and rows
+        mapped, the links' text read); None when it has none (a table written before link
+        indexes)."""
         cookies = IdIndex.read(directory, prefix=_COOKIES)
         if cookies is None or not (directory / _TARGETS).exists():
             return None

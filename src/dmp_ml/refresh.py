@@ -41,12 +41,12 @@ pointer and overlay the deltas on the mapped base. Once the deltas over the base
 the batch is live) folds them into a new base (:func:`compact`; ``train`` publishes a new base
 anyway), while later batches go on as deltas. Writers serialise on the workdir lock.
 :class:`Refresher` keeps the bundle in memory between batches (one per service worker) but not
-the history: each batch reads its affected profiles' events
-from the event store (:func:`dmp_ml.store.history_of`, the base events through their index,
+the history: each batch reads its affected profiles' events from the event store
+(:func:`dmp_ml.store.history_of`, the base events through their index,
 :mod:`dmp_ml.event_index`); it loads the models lazily (a delta is written from the change, so
-the send-time, lookalike and affinity models load only for a compaction, replaying the
-changes) and ranks new scores against the stored raw scores; :func:`apply_events` is the
-one-shot form.
+a batch never loads the send-time, lookalike and affinity models: a compaction, which loads
+the bundle on its own, writes them) and ranks new scores against the stored raw scores;
+:func:`apply_events` is the one-shot form.
 """
 
 from __future__ import annotations
@@ -70,10 +70,11 @@ from dmp_ml.contract import LoadResult, clock_limit, data_end, load_events
 from dmp_ml.delta import Delta, members, read_link_change, removed_ids
 from dmp_ml.erasure import (
     apply_erasure_list,
+    erased_in,
     erasure_stamp,
     read_erasure_list,
 )
-from dmp_ml.errors import RequestError, storage_errors_in
+from dmp_ml.errors import DmpMlError, RequestError, storage_errors_in
 from dmp_ml.event_index import ensure_index
 from dmp_ml.features import FeatureTable, build_features, fit_params
 from dmp_ml.hashing import sha256_text
@@ -604,8 +605,8 @@ class Refresher:
         # the features and scores merged over the mapped tables; send-time curves, lookalike
         # vectors, affinity counts: each model's update recomputes the touched profiles from
         # their history. The refresher loads models lazily: one not loaded only records the
-        # change and replays it if it loads (a compaction writes it); a delta is published
-        # from the change itself, so a batch never copies their arrays
+        # change and replays it if it loads; a delta is published from the change itself, so
+        # a batch never copies their arrays
         bundle.overlay(delta)
         if self._links is not None:
             self._links.change(delta.cookies, delta.relinked, delta.cookie_map)
@@ -667,16 +668,19 @@ def compact(workdir: str | Path) -> str | None:
     the new base: the ``forget`` compacts by itself.
     """
     workdir = Path(workdir)
-    scrubbed = apply_erasure_list(workdir)
     with store.compaction_lock(workdir) as mine:
         if not mine:
             return None
         with store.workdir_lock(workdir):
             live = live_bundle_path(workdir)
             stamp = erasure_stamp(workdir)
+            listed = read_erasure_list(workdir)
         bundle = load_bundle(live)  # a published version never changes: no lock needed
-        if not bundle.deltas:
+        if erased_in(bundle, listed):  # a forget killed after listing them: finish it first
+            scrubbed = apply_erasure_list(workdir)  # (it folds the deltas itself)
             return None if scrubbed is None else scrubbed.bundle_version
+        if not bundle.deltas:
+            return None
         held = bundle.features.ids
         gone = removed_ids(bundle.deltas)
         version = store.new_version("compact")
@@ -688,6 +692,7 @@ def compact(workdir: str | Path) -> str | None:
                 manifest_update={},
                 drop_ids=gone[~held.contains(gone)],
             )
+            staged.verify()  # the population's files hashed before the lock, not under it
             with store.workdir_lock(workdir):
                 newer = store.deltas_since(live_bundle_path(workdir), bundle)
                 if newer is None or erasure_stamp(workdir) != stamp:
@@ -713,7 +718,10 @@ def apply_events(
     contract: ContractSettings | None = None,
     refresh: RefreshSettings | None = None,
 ) -> RefreshReport:
-    """Apply one batch to the live bundle of a workdir (or of a loaded bundle's workdir).
+    """Apply one batch to the live bundle of a workdir (or of a loaded bundle's workdir),
+    then fold the deltas into a new base when they pass the refresh settings
+    (:meth:`Refresher.compact_if_due`, after the batch is live; a failed fold is logged and
+    leaves the deltas for the next one: the batch was applied either way).
 
     A given loaded bundle is not modified: reload (``load_bundle`` / the service's reload)
     to see the new version named in the report.
@@ -721,7 +729,10 @@ def apply_events(
     workdir = target if isinstance(target, str | Path) else store.bundle_workdir(target)
     refresher = Refresher(workdir, contract=contract, refresh=refresh)
     report = refresher.apply(events, mapping=mapping, profiles=profiles)
-    refresher.compact_if_due()  # after the batch is live: it never waits for a compaction
+    try:
+        refresher.compact_if_due()
+    except (DmpMlError, OSError) as exc:
+        logger.warning("folding the deltas failed (they stay; the batch is live): %s", exc)
     return report
 
 

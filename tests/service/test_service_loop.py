@@ -71,7 +71,7 @@ def test_fresh_events_count_before_the_next_retrain(server: Server, http: httpx.
 def test_deltas_past_the_limit_are_folded_while_batches_stay_answered(
     server: Server, http: httpx.Client
 ) -> None:
-    """Past ``refresh.max_deltas`` (4) the worker folds the deltas into a new base in a thread
+    """Past ``refresh.max_deltas`` (4) the worker folds the deltas into a new base in a process
     of its own; every batch was answered as soon as it was applied, and still is after (one
     applied while the new base was written stays, as a delta over it)."""
     base = _base(server.workdir)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dmp_ml.cli.common import MappingOpt, WorkdirOpt, err, input_file, out, read_ids, settings_for
+from dmp_ml.errors import DmpMlError
 
 
 def forget(
@@ -53,7 +54,7 @@ def compact(workdir: WorkdirOpt = Path("models")) -> None:
             "replaced it meanwhile"
         )
     else:
-        out.print(f"deltas folded into bundle {version}", highlight=False)
+        out.print(f"deltas folded into a new base; live bundle {version}", highlight=False)
 
 
 def events(
@@ -68,7 +69,7 @@ def events(
     mapping: MappingOpt = None,
 ) -> None:
     """Apply a batch of new events to the live bundle without retraining."""
-    from dmp_ml.refresh import Refresher
+    from dmp_ml.refresh import Refresher, compact
 
     batch = input_file(batch, legacy_batch, "events")
     settings = settings_for(None)
@@ -84,11 +85,21 @@ def events(
         err.print(f"quarantined {n:,}: {reason} -> {report.quarantine_path}", highlight=False)
     for warning in report.warnings:
         err.print(f"warning: {warning}", highlight=False)
-    if refresher.compaction_due():  # the batch is live already; this only tidies the chain
-        out.print("folding the deltas over the base into a new base (refresh.max_deltas) ...")
-        folded = refresher.compact_if_due()
-        if folded is not None:
-            out.print(f"deltas folded into bundle {folded}", highlight=False)
+    if not refresher.compaction_due():
+        return
+    # the batch is live already: a fold only tidies the chain, and its failure is its own
+    out.print("folding the deltas over the base into a new base (refresh.max_deltas) ...")
+    try:
+        folded = compact(workdir)
+    except (DmpMlError, OSError) as exc:
+        raise DmpMlError(
+            f"the events were applied (bundle {report.bundle_version}), but folding the deltas "
+            f"failed: {exc}; they stay until `dmp-ml compact` succeeds"
+        ) from exc
+    if folded is None:
+        out.print("nothing folded: another process is compacting or replaced the base")
+    else:
+        out.print(f"deltas folded into a new base; live bundle {folded}", highlight=False)
 
 
 def serve(

@@ -296,12 +296,17 @@ class ServiceWorker:
                         refresh=self.settings.refresh,
                     )
                 # loaded here before any batch is reported applied; other workers: the poll
-                drain(self.workdir, self._refresher, on_applied=self.reload_quietly)
+                drained = drain(self.workdir, self._refresher, on_applied=self.reload_quietly)
             except Exception as exc:  # kept spooled; retried after a pause
                 logger.error("applying spooled events failed (retried): %s", exc)
                 self._stop.wait(5.0)
                 continue
-            self._compact_when_due()
+            if drained is None:  # another worker applies: its refresher knows the chain
+                continue
+            try:
+                self._compact_when_due()
+            except OSError as exc:  # no process to be had: the deltas stay, tried again later
+                logger.error("starting a compaction failed (tried after the next batch): %s", exc)
 
     def _compact_when_due(self) -> None:
         """Fold the deltas into a new base once they pass the refresh settings, in a process of
@@ -309,7 +314,7 @@ class ServiceWorker:
         population's copy it writes from never sits in a worker's memory. The new base is
         picked up by the pointer poll."""
         running = self._compaction is not None and self._compaction.poll() is None
-        if running or not self._refresher.compaction_due():
+        if running or self._stop.is_set() or not self._refresher.compaction_due():
             return
         command = [sys.executable, "-m", "dmp_ml.cli", "compact", "--workdir", str(self.workdir)]
         self._compaction = subprocess.Popen(
@@ -392,8 +397,12 @@ class ServiceWorker:
 
 
 def _report_compaction(process: subprocess.Popen[bytes]) -> None:
-    """Wait for a compaction process; log its error if it failed (the deltas stay)."""
+    """Wait for a compaction process; log what it said last (its error if it failed: the
+    deltas stay)."""
     _, err = process.communicate()
-    if process.returncode not in (0, -15):  # -15: stopped with the worker
-        lines = err.decode("utf-8", "replace").strip().splitlines()
-        logger.error("compaction failed (%s): %s", process.returncode, lines[-1] if lines else "")
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    last = lines[-1] if lines else ""
+    if process.returncode == 0:
+        logger.info("compaction finished: %s", last)
+    elif process.returncode != -15:  # -15: stopped with the worker
+        logger.error("compaction failed (%s): %s", process.returncode, last)
