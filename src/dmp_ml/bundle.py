@@ -50,7 +50,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from dmp_ml import layout
-from dmp_ml.delta import CHANGE_FILE, Delta, merge_rows, merge_table, read_delta
+from dmp_ml.delta import CHANGE_FILE, Delta, merge_rows, merge_table, read_change, read_delta
 from dmp_ml.errors import BundleError
 from dmp_ml.hashing import sha256_file
 from dmp_ml.id_index import rows_of
@@ -136,7 +136,7 @@ def read_features_index(bundle_dir: Path) -> Any:
     """The profile ids of a bundle's feature table, without loading the bundle (a delta
     version's: its base's with the chain's profiles added and removed)."""
     base, chain = bundle_dir, []
-    info = _delta_info(bundle_dir)
+    info = delta_info(bundle_dir)
     if info is not None:
         root = bundle_dir.resolve().parent
         base_name, names = _chain_names(info)
@@ -152,7 +152,7 @@ def read_features_index(bundle_dir: Path) -> Any:
     for link in chain:
         change_file = link / layout.DELTA_DIR / CHANGE_FILE
         try:
-            change = json.loads(change_file.read_text(encoding="utf-8"))
+            change = read_change(link / layout.DELTA_DIR)
             index = index.difference(pd.Index(change["removed"], dtype="string"))
             index = index.union(pd.Index(change["profile_ids"], dtype="string"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -160,7 +160,7 @@ def read_features_index(bundle_dir: Path) -> Any:
     return pd.Index(index, dtype="string", name="profile_id")
 
 
-def _delta_info(path: Path) -> Mapping[str, Any] | None:
+def delta_info(path: Path) -> Mapping[str, Any] | None:
     """The ``delta`` entry of the manifest at ``path``, read without verifying anything; None
     for a full bundle or a manifest that cannot be read (loading it says why)."""
     try:
@@ -190,7 +190,7 @@ def _chain_names(info: Mapping[str, Any]) -> tuple[str, list[str]]:
 def references(path: Path) -> set[str]:
     """The versions the bundle at ``path`` needs besides itself: a delta version's base and
     the deltas before it (none for a full bundle, or when its manifest cannot be read)."""
-    info = _delta_info(path)
+    info = delta_info(path)
     if info is None:
         return set()
     try:
@@ -698,23 +698,30 @@ class ModelBundle:
             for model in self.models.values():
                 model.update(change)
 
+    def newer_deltas(self, info: object) -> list[str] | None:
+        """The delta versions a chain has beyond this bundle's, oldest first, when it extends
+        this bundle's chain over the same base; None when it does not (another base, a full
+        bundle). ``info`` is a delta version's :data:`DELTA_KEY` manifest entry (see
+        :func:`delta_info`), None for a full bundle."""
+        if not isinstance(info, Mapping):
+            return None
+        base, names = _chain_names(info)
+        mine = [link.name for link in self.deltas]
+        if base != Path(self.base_path).resolve().name or names[: len(mine)] != mine:
+            return None
+        return names[len(mine) :]
+
     def extended(self, path: Path, manifest: dict[str, Any]) -> ModelBundle | None:
         """The bundle at ``path`` (a verified ``manifest``) built from this one, when it is
         this one plus newer deltas: only those are read and overlaid, on copies, so this bundle
         keeps answering unchanged meanwhile. A service worker reloads so after a refresh
         instead of mapping the base and replaying every delta again. None when ``path`` is not
         such an extension (another base, a full bundle) or this bundle loads models lazily."""
-        info = manifest.get(DELTA_KEY)
-        if not isinstance(info, Mapping) or isinstance(self.models, LazyModels):
-            return None
-        base, names = _chain_names(info)
-        mine = [link.name for link in self.deltas]
-        if base != self.base_path.resolve().name or names[: len(mine)] != mine:
+        names = self.newer_deltas(manifest.get(DELTA_KEY))
+        if not names or isinstance(self.models, LazyModels):
             return None
         root = path.resolve().parent
-        fresh = [root / name for name in names[len(mine) :]]
-        if not fresh:
-            return None
+        fresh = [root / name for name in names]
         for link in fresh:
             if link.resolve() != path.resolve():
                 read_manifest(link, verify=True)

@@ -27,11 +27,11 @@ A compaction (``train``, or :func:`dmp_ml.refresh.compact` once the chain passes
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -96,12 +96,17 @@ def _ids(values: object) -> pd.Index:
     return pd.Index([str(v) for v in values], dtype="string", name="profile_id")  # type: ignore[attr-defined]
 
 
+def read_change(directory: Path) -> dict[str, Any]:
+    """The change record (:data:`CHANGE_FILE`) of the delta :func:`write_delta` wrote into
+    ``directory``: its cutoff, the profiles it changed and removed, cookies, time zones."""
+    return json.loads((Path(directory) / CHANGE_FILE).read_text(encoding="utf-8"))
+
+
 def removed_ids(directories: Iterable[Path]) -> pd.Index:
     """The profiles the delta versions at ``directories`` removed (each delta's change record)."""
     removed: list[str] = []
     for directory in directories:
-        meta = json.loads((Path(directory) / DELTA_DIR / CHANGE_FILE).read_text(encoding="utf-8"))
-        removed.extend(str(p) for p in meta.get("removed", []))
+        removed.extend(str(p) for p in read_change(Path(directory) / DELTA_DIR).get("removed", []))
     return pd.Index(pd.unique(pd.array(removed, dtype="string")), name="profile_id")
 
 
@@ -135,7 +140,7 @@ def write_delta(directory: Path, delta: Delta) -> int:
 
 def read_delta(directory: Path) -> Delta:
     """Read a delta :func:`write_delta` wrote (the feature and score rows mapped)."""
-    meta = json.loads((directory / CHANGE_FILE).read_text(encoding="utf-8"))
+    meta = read_change(directory)
     features = map_frame(directory, _FEATURES)
     features.index = _ids(features.index)
     scores = None
@@ -143,7 +148,7 @@ def read_delta(directory: Path) -> Delta:
         scores = map_frame(directory, _SCORES)
         scores.index = _ids(scores.index)
     events = pd.read_parquet(directory / _EVENTS)
-    cookies, relinked, cookie_map = read_link_change(directory)
+    cookies, relinked, cookie_map = read_link_change(directory, meta)
     zones = None
     if meta["timezones"] is not None:
         zones = pd.Series(meta["timezones"], dtype="string")
@@ -166,10 +171,13 @@ def read_delta(directory: Path) -> Delta:
     )
 
 
-def read_link_change(directory: Path) -> tuple[pd.Index, pd.Index, pd.Series | None]:
+def read_link_change(
+    directory: Path, meta: Mapping[str, Any] | None = None
+) -> tuple[pd.Index, pd.Index, pd.Series | None]:
     """What a delta :func:`write_delta` wrote into ``directory`` changes of the cookie links:
-    the cookies and the profiles whose links it redid, and its links (None without a map)."""
-    meta = json.loads((directory / CHANGE_FILE).read_text(encoding="utf-8"))
+    the cookies and the profiles whose links it redid, and its links (None without a map).
+    ``meta``: its change record when already read (:func:`read_change`)."""
+    meta = read_change(directory) if meta is None else meta
     cookie_map = None
     if (directory / _COOKIES).exists():
         links = pd.read_parquet(directory / _COOKIES)

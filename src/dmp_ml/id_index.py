@@ -76,11 +76,16 @@ def _find(sorted_keys: np.ndarray, keys: list[bytes]) -> tuple[np.ndarray, np.nd
 def sorted_keys(values: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
     """``values`` (repeats allowed) as sorted fixed-width keys, and the position among
     ``values`` of each sorted key: for runs of equal values found with :func:`span`."""
-    keys = _keys(values)
-    width = max((len(k) for k in keys), default=1) or 1
-    array = np.array(keys, dtype=f"S{width}").reshape(len(keys))
+    array = _key_array(values)
     order = np.argsort(array, kind="stable")
     return array[order], order.astype(np.int64)
+
+
+def _key_array(values: Iterable[Any]) -> np.ndarray:
+    """``values`` as fixed-width byte keys, in their order (the width of the longest)."""
+    keys = _keys(values)
+    width = max((len(k) for k in keys), default=1) or 1
+    return np.array(keys, dtype=f"S{width}").reshape(len(keys))
 
 
 def span(keys: np.ndarray, values: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -127,9 +132,7 @@ class IdIndex:
     @classmethod
     def build(cls, ids: Iterable[Any]) -> IdIndex:
         """The index of a table whose rows hold ``ids`` (unique) in this order."""
-        keys = _keys(ids)
-        width = max((len(k) for k in keys), default=1) or 1
-        array = np.array(keys, dtype=f"S{width}").reshape(len(keys))
+        array = _key_array(ids)
         if len(array) > 1 and not bool((array[1:] > array[:-1]).all()):
             order = np.argsort(array, kind="stable")
             array = array[order]

@@ -534,11 +534,11 @@ def publish_delta(
                 "bundle_version": version,
                 "parent_version": bundle.version,
                 "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
-                bundle_io.DELTA_KEY: {
-                    "base": Path(bundle.base_path).resolve().name,
-                    "chain": [Path(d).name for d in bundle.deltas] + [version],
-                    "bytes": int(info.get("bytes", 0)) + size,
-                },
+                bundle_io.DELTA_KEY: _chain_entry(
+                    Path(bundle.base_path).resolve().name,
+                    [Path(d).name for d in bundle.deltas] + [version],
+                    int(info.get("bytes", 0)) + size,
+                ),
             },
         )
     final = layout.versions_dir(workdir) / version
@@ -549,22 +549,20 @@ def publish_delta(
     return final
 
 
+def _chain_entry(base: str, chain: list[str], size: int) -> dict[str, Any]:
+    """A delta version's :data:`~dmp_ml.bundle.DELTA_KEY` manifest entry: its base, the chain
+    of deltas over it up to itself, and the chain's bytes (what compaction limits)."""
+    return {"base": base, "chain": list(chain), "bytes": int(size)}
+
+
 def deltas_since(live: Path, snapshot: ModelBundle) -> list[Path] | None:
     """The delta versions published over ``snapshot`` since it was loaded, oldest first: the
     live version at ``live`` is ``snapshot`` or a delta chain extending its chain. None when
     another writer replaced the base meanwhile (a train, a forget)."""
     if live.name == Path(snapshot.path).name:
         return []
-    info = json.loads((live / bundle_io.MANIFEST).read_text(encoding="utf-8")).get(
-        bundle_io.DELTA_KEY
-    )
-    if not isinstance(info, Mapping):
-        return None
-    mine = [Path(d).name for d in snapshot.deltas]
-    chain = [str(name) for name in info.get("chain", [])]
-    if str(info.get("base")) != Path(snapshot.base_path).name or chain[: len(mine)] != mine:
-        return None
-    return [live.parent / name for name in chain[len(mine) :]]
+    names = snapshot.newer_deltas(bundle_io.delta_info(live))
+    return None if names is None else [live.parent / name for name in names]
 
 
 def rebase_deltas(workdir: str | Path, base: Path, deltas: list[Path]) -> Path:
@@ -603,7 +601,7 @@ def rebase_deltas(workdir: str | Path, base: Path, deltas: list[Path]) -> Path:
                     **kept,
                     "bundle_version": version,
                     "parent_version": published.name,
-                    bundle_io.DELTA_KEY: {"base": base.name, "chain": list(chain), "bytes": size},
+                    bundle_io.DELTA_KEY: _chain_entry(base.name, chain, size),
                 },
             )
             published = staged.publish(live=i == len(deltas) - 1)
