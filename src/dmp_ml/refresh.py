@@ -276,11 +276,11 @@ class Refresher:
         current = self._bundle
         if current is None or Path(current.path).resolve() != live or stamp != self._erasure_stamp:
             self._bundle = load_bundle(live, n_threads=self.n_threads, lazy=True)
+            self._ranked = None
+            self._links = None
             if current is not None:
                 gc.collect()  # the old bundle's mappings go (see ``Worker._load``)
             store.history_files(self.workdir)  # refuses a workdir without the history
-            self._ranked = None
-            self._links = None
             self._erasure_stamp = stamp
             # stored batches the live bundle does not reflect (stored while a train ran, or
             # by a refresh that failed before publishing) are re-applied with the next batch;
@@ -395,7 +395,7 @@ class Refresher:
             try:
                 return self._apply_locked(bundle, loaded, profiles, seconds, lap)
             except BaseException:
-                self._bundle = None  # half-edited: reload from disk next time
+                self._bundle = self._links = None  # half-edited: reload from disk next time
                 raise
 
     @storage_errors_in(lambda self, *_, **__: self.workdir)
@@ -419,7 +419,7 @@ class Refresher:
             try:
                 return self._apply_locked(bundle, empty, None, {}, lambda _: None)
             except BaseException:
-                self._bundle = None
+                self._bundle = self._links = None
                 raise
 
     def _apply_locked(
