@@ -142,6 +142,7 @@ def _train(
         profiles_mapping=profiles_mapping,
         consent_mapping=consent_mapping,
         settings=settings.contract,
+        dictionaries=True,
     )
     events_df = _input(events, files.events, "events", files.seconds, workdir, loads)
     assert events_df is not None
