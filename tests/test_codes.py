@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dmp_ml.codes import ColumnCodes, held_as_dictionary
+from dmp_ml.codes import ColumnCodes, as_categorical, held_as_dictionary
 from dmp_ml.identity import encode
 
 
@@ -77,3 +77,16 @@ def test_text_held_as_one_dictionary_keeps_its_values_in_the_narrowest_indices()
     assert held.type == pa.dictionary(pa.int16(), pa.string())
     assert held.to_pylist() == ids.to_pylist()
     assert held_as_dictionary(pa.chunked_array([], type=pa.string())).to_pylist() == []
+
+
+def test_a_categorical_view_of_dictionary_text_hashes_as_the_text() -> None:
+    """The event store's row keys and the train's data fingerprint hash text held as
+    dictionaries through a categorical view: the hashes are those of the text."""
+    text = pa.chunked_array([pa.array(["x", None, "y"]), pa.array(["y", "z", None])])
+    held = pa.chunked_array([c.dictionary_encode() for c in text.chunks])
+    expected = pd.util.hash_pandas_object(
+        pd.Series(pd.arrays.ArrowStringArray(text), dtype="string"), index=False
+    )
+    for values in (held, text):
+        got = pd.util.hash_pandas_object(pd.Series(as_categorical(values)), index=False)
+        np.testing.assert_array_equal(got.to_numpy(), expected.to_numpy())

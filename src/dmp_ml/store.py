@@ -40,7 +40,7 @@ from filelock import FileLock, Timeout
 
 from dmp_ml import bundle as bundle_io
 from dmp_ml import layout
-from dmp_ml.codes import held_as_dictionary
+from dmp_ml.codes import as_categorical, held_as_dictionary
 from dmp_ml.contract import EVENT_COLUMNS
 from dmp_ml.delta import write_delta
 from dmp_ml.errors import BundleError
@@ -200,18 +200,8 @@ def row_keys(events: pd.DataFrame) -> np.ndarray:
     frame["event_time"] = frame["event_time"].dt.as_unit("ns")
     for column in frame.columns:  # hashed on their distinct values, equal to their text's
         if is_dictionary(frame[column].dtype):
-            frame[column] = _categorical(frame[column].array.__arrow_array__())
+            frame[column] = as_categorical(frame[column].array.__arrow_array__())
     return pd.util.hash_pandas_object(frame, index=False).to_numpy()
-
-
-def _categorical(values: pa.ChunkedArray) -> pd.Categorical:
-    """Dictionary-encoded text as a categorical of the same values (its codes, not its text,
-    copied): what pandas hashes as it hashes the text."""
-    held = held_as_dictionary(values)
-    if not held.num_chunks:
-        return pd.Categorical([], categories=[])
-    codes = pc.fill_null(held.chunk(0).indices, -1).to_numpy(zero_copy_only=False)
-    return pd.Categorical.from_codes(codes, categories=held.chunk(0).dictionary.to_pylist())
 
 
 def repeated_rows(events: pd.DataFrame, stored: pd.DataFrame) -> np.ndarray:
