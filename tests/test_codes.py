@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dmp_ml.codes import ColumnCodes
+from dmp_ml.codes import ColumnCodes, as_categorical, held_as_dictionary
 from dmp_ml.identity import encode
 
 
@@ -54,3 +54,39 @@ def test_a_column_of_no_rows_or_only_missing_values_has_no_values() -> None:
     got, values = codes.codes()
     np.testing.assert_array_equal(got, [-1, -1, -1])
     assert len(values) == 0 and values.type == pa.string()
+
+
+def test_text_held_as_one_dictionary_keeps_its_values_in_the_narrowest_indices() -> None:
+    """What a train holds of its log's text: one dictionary a column, each value in use once
+    (an entry no row uses is dropped: a group-by sees only what occurs), the narrowest
+    indices, the values row for row unchanged."""
+    words = pa.array(["b", "unused", "a", "b2"])
+    chunks = pa.chunked_array(
+        [
+            pa.DictionaryArray.from_arrays(pa.array([0, None, 2, 0], type=pa.int32()), words),
+            pa.DictionaryArray.from_arrays(pa.array([1], type=pa.int32()), pa.array(["c", "a"])),
+            pa.array(["a", None, "d"]).dictionary_encode(),
+        ]
+    )
+    held = held_as_dictionary(chunks)
+    assert held.num_chunks == 1 and held.type == pa.dictionary(pa.int8(), pa.string())
+    assert held.to_pylist() == chunks.to_pylist()
+    assert sorted(held.chunk(0).dictionary.to_pylist()) == ["a", "b", "d"]
+    ids = pa.array([f"id{i}" for i in range(300)] * 2 + [None], type=pa.large_string())
+    held = held_as_dictionary(ids)  # plain text (a CSV's), 300 values: two-byte indices
+    assert held.type == pa.dictionary(pa.int16(), pa.string())
+    assert held.to_pylist() == ids.to_pylist()
+    assert held_as_dictionary(pa.chunked_array([], type=pa.string())).to_pylist() == []
+
+
+def test_a_categorical_view_of_dictionary_text_hashes_as_the_text() -> None:
+    """The event store's row keys and the train's data fingerprint hash text held as
+    dictionaries through a categorical view: the hashes are those of the text."""
+    text = pa.chunked_array([pa.array(["x", None, "y"]), pa.array(["y", "z", None])])
+    held = pa.chunked_array([c.dictionary_encode() for c in text.chunks])
+    expected = pd.util.hash_pandas_object(
+        pd.Series(pd.arrays.ArrowStringArray(text), dtype="string"), index=False
+    )
+    for values in (held, text):
+        got = pd.util.hash_pandas_object(pd.Series(as_categorical(values)), index=False)
+        np.testing.assert_array_equal(got.to_numpy(), expected.to_numpy())

@@ -71,6 +71,33 @@ def test_an_index_of_other_events_is_never_used(
     )
 
 
+def test_an_index_of_a_base_in_many_row_groups_reads_what_filtering_reads(
+    workdir: Path, copy_workdir: CopyWorkdir, tmp_path: Path
+) -> None:
+    """The index reads the base's text as dictionaries, one per row group (a few bytes an
+    event): ids spread over many row groups, each with its own dictionary, are indexed as
+    the text they are."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    own = copy_workdir(workdir, tmp_path / "w")
+    base = layout.base_events(own)
+    events = store.read_events_file(base)
+    pq.write_table(pa.Table.from_pandas(events, preserve_index=False), base, row_group_size=97)
+    assert pq.read_metadata(base).num_row_groups > 10
+    rebuilt = ensure_index(own)
+    assert rebuilt is not None
+    for seed in range(2):
+        for kw in (
+            {"profiles": _some(events["profile_id"], 40, seed)},
+            {"cookies": _some(events["cookie_id"], 40, seed)},
+        ):
+            pd.testing.assert_frame_equal(
+                store.history_of(own, index=rebuilt, **kw),  # type: ignore[arg-type]
+                store.history_of(own, **kw),  # type: ignore[arg-type]
+            )
+
+
 def test_forget_leaves_no_index_holding_the_profile(
     workdir: Path, copy_workdir: CopyWorkdir, tmp_path: Path
 ) -> None:

@@ -156,3 +156,53 @@ def test_an_unwritable_workdir_is_one_typed_error_naming_the_path(
         train(demo_world.events, "end", workdir, settings=train_settings)
     assert str(workdir / "bundles") in str(caught.value)
     assert "in the way" in caught.value.cause or "not a directory" in caught.value.cause
+
+
+def test_the_log_is_held_as_dictionaries_and_csv_trains_the_same_bundle_as_parquet(
+    demo_world, train_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train`` holds the loaded log's text columns as dictionaries (a few bytes an event, not
+    one string each), from Parquet (its dictionaries kept) and from CSV (its text encoded), and
+    both files of one log give the same features and the same scores."""
+    import numpy as np
+    import pandas as pd
+
+    from dmp_ml import pipeline
+    from dmp_ml.rows import is_dictionary
+
+    paths = write_demo_world(demo_world, tmp_path / "demo")
+    csv = tmp_path / "events.csv"
+    pd.read_parquet(paths["events"]).to_csv(csv, index=False)
+    held: list[pd.DataFrame] = []
+
+    class Spy(pipeline.FeatureBuilder):
+        def __init__(self, events: pd.DataFrame, *args, **kwargs) -> None:
+            held.append(events)
+            super().__init__(events, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "FeatureBuilder", Spy)
+    bundles = {}
+    for name, events in (("parquet", paths["events"]), ("csv", csv)):
+        result = train(
+            events,
+            "end",
+            tmp_path / name,
+            profiles=paths["profiles"],
+            consent=paths["consent"],
+            settings=train_settings,
+        )
+        assert result.steps["propensity"].status == "trained"
+        bundles[name] = result.bundle_path
+    text = ["cookie_id", "profile_id", "event_type", "channel", "source", "campaign_id"]
+    for frame in held:
+        assert all(is_dictionary(frame[c].dtype) for c in [*text, "category"])
+        assert frame.memory_usage(deep=True).sum() / len(frame) < 40  # 121 as strings
+    pd.testing.assert_frame_equal(held[0], held[1])
+    for part in ("propensity/scores.parquet", "features/features.parquet"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(bundles["parquet"] / part), pd.read_parquet(bundles["csv"] / part)
+        )
+    for part in ("lookalike/vectors.npy", "send_time/rate.npy"):
+        np.testing.assert_array_equal(
+            np.load(bundles["parquet"] / part), np.load(bundles["csv"] / part)
+        )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from dmp_ml import layout, store
+from dmp_ml.codes import held_as_dictionary
 from dmp_ml.errors import BundleError
+from dmp_ml.rows import is_dictionary
 
 T0 = pd.Timestamp("2026-03-02 09:00", tz="UTC")
 
@@ -56,6 +59,43 @@ def test_a_retrain_adds_refresh_events_the_export_lacks_and_never_doubles_one(
     purchases = merged[merged["event_type"] == "purchase"]
     assert sorted(purchases["profile_id"]) == ["p1", "p3"]  # p1's purchase once, not twice
     assert list(merged.columns)[:4] == ["event_time", "cookie_id", "profile_id", "event_type"]
+
+
+def held(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its text columns held as dictionaries, as ``train`` holds its log."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == "string":
+            text = held_as_dictionary(out[column].array.__arrow_array__())
+            out[column] = pd.Series(pd.arrays.ArrowExtensionArray(text))
+    return out
+
+
+def test_a_log_held_as_dictionaries_takes_refresh_batches_and_is_stored_as_text(
+    tmp_path: Path,
+) -> None:
+    """A refresh batch's text (plain strings, new values) joins a log held as dictionaries
+    with its values, not Python objects or NaN; the log stays dictionaries, and the history
+    written from it is the very file its plain text gives."""
+    fresh = events((5, "c3", "p3", "purchase", 12.5), (4, "c1", None, "add_to_cart", None))
+    store_batch(tmp_path, fresh, T0)
+    merged = store.merge_incoming(held(TRAINING), tmp_path)
+    expected = store.merge_incoming(TRAINING, tmp_path)
+    assert len(merged) == len(TRAINING) + 2
+    assert all(is_dictionary(merged[c].dtype) for c in ("cookie_id", "profile_id", "event_type"))
+    assert list(merged["event_type"]) == [
+        "page_view",
+        "purchase",
+        "page_view",
+        "add_to_cart",
+        "purchase",
+    ]
+    pd.testing.assert_frame_equal(store.contract_frame(merged), store.contract_frame(expected))
+    assert np.array_equal(store.row_keys(merged), store.row_keys(expected))
+    for name, frame in (("held", merged), ("plain", expected)):
+        store.record_training_events(tmp_path / name, frame, bundle_version="v")
+    written = [layout.base_events(tmp_path / name).read_bytes() for name in ("held", "plain")]
+    assert written[0] == written[1]
 
 
 def test_recorded_training_events_are_the_refresh_history(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dmp_ml import layout
+from dmp_ml.codes import ColumnCodes, held_as_dictionary
 from dmp_ml.id_index import IDS_FILE, ROWS_FILE, IdIndex
 
 logger = logging.getLogger(__name__)
@@ -106,11 +107,41 @@ def _atomic(path: Path, write: object) -> None:
 
 
 def _encoded(table: pa.Table, key: str) -> tuple[pa.Array, np.ndarray]:
-    """The distinct values of column ``key`` and each row's code among them (-1: missing)."""
+    """The distinct values of column ``key`` (by first appearance) and each row's code among
+    them (-1: missing)."""
     if key not in table.column_names:
         return pa.array([], type=pa.string()), np.full(table.num_rows, -1, dtype=np.int64)
-    encoded = pc.dictionary_encode(table.column(key).combine_chunks())
+    column = table.column(key)
+    if pa.types.is_dictionary(column.type):  # numbered as encoding its text numbers it
+        codes = ColumnCodes()
+        codes.add(column)
+        at, values = codes.codes()
+        return values, at.astype(np.int64)
+    encoded = pc.dictionary_encode(column.combine_chunks())
     return encoded.dictionary, np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
+
+
+def _read_held(base: Path) -> tuple[pa.Table, pa.Schema]:
+    """``base.parquet`` in one chunk a column, its text held as one dictionary a column
+    (:func:`dmp_ml.codes.held_as_dictionary`: a few bytes an event, where text costs about a
+    hundred), and the schema it was written with (text as text)."""
+    schema = pq.read_schema(base)
+    text = [
+        f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
+    table = pq.read_table(base, read_dictionary=text)
+    columns = [
+        held_as_dictionary(table.column(name))
+        if name in text
+        else table.column(name).combine_chunks()
+        for name in table.column_names
+    ]
+    return pa.table(columns, names=table.column_names), schema
+
+
+def _as_written(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows of the table :func:`_read_held` gives, their text decoded: as ``schema`` has them."""
+    return pa.Table.from_arrays([part.column(f.name).cast(f.type) for f in schema], schema=schema)
 
 
 def _groups(codes: np.ndarray, n_values: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,7 +179,7 @@ def build_index(workdir: str | Path) -> None:
     events_path, stamp_path, kinds = _files(workdir)
     drop_index(workdir)
     stamp = _stamp(base)
-    table = pq.read_table(base).combine_chunks()  # one chunk: each take below reads it as is
+    table, schema = _read_held(base)  # one chunk: each take below reads it as is
     encoded = {key: _encoded(table, key) for key in KEYS}
     (profile_ids, profiles), (cookie_ids, cookies) = (encoded[key] for key in KEYS)
     original = _grouping(profiles, len(profile_ids), cookies, len(cookie_ids))
@@ -156,10 +187,10 @@ def build_index(workdir: str | Path) -> None:
     held[original] = np.arange(len(original), dtype=np.int64)
 
     def write_events(tmp: Path) -> None:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for start in range(0, len(original), _CHUNK_ROWS):
                 part = table.take(pa.array(original[start : start + _CHUNK_ROWS]))
-                for batch in part.combine_chunks().to_batches():
+                for batch in _as_written(part, schema).combine_chunks().to_batches():
                     writer.write_batch(batch)
 
     _atomic(events_path, write_events)

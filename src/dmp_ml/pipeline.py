@@ -27,6 +27,7 @@ import pandas as pd
 from dmp_ml import bundle as bundle_io
 from dmp_ml import layout
 from dmp_ml.activation import write_contacts
+from dmp_ml.codes import as_categorical
 from dmp_ml.contract import LoadResult, clock_limit, data_end
 from dmp_ml.erasure import apply_erasure_list, read_erasure_list
 from dmp_ml.errors import InsufficientDataError, storage_errors
@@ -37,6 +38,7 @@ from dmp_ml.models import REGISTRY, train_step
 from dmp_ml.pages import release_free_memory
 from dmp_ml.peak_memory import StagePeaks
 from dmp_ml.refresh import write_consent_state
+from dmp_ml.rows import is_dictionary
 from dmp_ml.settings import Settings, load_settings
 from dmp_ml.store import merge_incoming, record_training_events
 from dmp_ml.times import utc
@@ -142,6 +144,7 @@ def _train(
         profiles_mapping=profiles_mapping,
         consent_mapping=consent_mapping,
         settings=settings.contract,
+        dictionaries=True,
     )
     events_df = _input(events, files.events, "events", files.seconds, workdir, loads)
     assert events_df is not None
@@ -286,6 +289,12 @@ def _input(
 
 
 def _fingerprint(events: pd.DataFrame) -> str:
+    """sha256 of the log's row hashes; text held as dictionaries is hashed as categoricals of
+    the same values (the same digest as its text, from the distinct values)."""
+    held = [c for c in events.columns if is_dictionary(events[c].dtype)]
+    if held:
+        views = {c: as_categorical(events[c].array.__arrow_array__()) for c in held}
+        events = events.assign(**views)
     hashed = pd.util.hash_pandas_object(events, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 

@@ -33,16 +33,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from dmp_ml import bundle as bundle_io
 from dmp_ml import layout
+from dmp_ml.codes import as_categorical, held_as_dictionary
 from dmp_ml.contract import EVENT_COLUMNS
 from dmp_ml.delta import write_delta
 from dmp_ml.errors import BundleError
 from dmp_ml.event_index import EventIndex, build_index, drop_index
 from dmp_ml.files import write_json_atomic
-from dmp_ml.rows import distinct
+from dmp_ml.rows import distinct, is_dictionary
 
 if TYPE_CHECKING:
     from dmp_ml.bundle import ModelBundle
@@ -99,11 +103,19 @@ def compaction_lock(workdir: str | Path) -> AbstractContextManager[bool]:
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` to ``path`` via a temporary file, fsync and rename (no index)."""
+    """Write ``frame`` to ``path`` via a temporary file, fsync and rename (no index).
+
+    Text held as dictionaries (a train's log, see ``load_events(dictionaries=True)``) is
+    written as ``string``, the file its decoded frame gives, decoded one row group at a time:
+    the whole log is never spelled out as text beside its dictionaries.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        frame.to_parquet(tmp, index=False)
+        if any(is_dictionary(dtype) for dtype in frame.dtypes):
+            _write_decoded(frame, tmp)
+        else:
+            frame.to_parquet(tmp, index=False)
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -112,14 +124,41 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+_ROW_GROUP_ROWS = 1024 * 1024
+"""The rows of a Parquet row group as ``DataFrame.to_parquet`` writes them (Arrow's default)."""
+
+
+def _write_decoded(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` with its dictionary columns decoded, written to ``path`` as
+    ``frame.to_parquet(path, index=False)`` would write it, one row group at a time."""
+    writer: pq.ParquetWriter | None = None
+    try:
+        for start in range(0, max(len(frame), 1), _ROW_GROUP_ROWS):
+            part = frame.iloc[start : start + _ROW_GROUP_ROWS]
+            decoded = {
+                c: _decoded(part[c].array.__arrow_array__())
+                if is_dictionary(part[c].dtype)
+                else part[c]
+                for c in part.columns
+            }
+            table = pa.Table.from_pandas(pd.DataFrame(decoded), preserve_index=False)
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 # --------------------------------------------------------------------------- event store
 
 
-def contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def contract_frame(frame: pd.DataFrame, *, dictionaries: bool = False) -> pd.DataFrame:
     """The contract's columns in order, with its dtypes (absent columns are all missing).
 
     A text column that is pandas ``string`` already is taken as it is, not spelled out as
-    Python strings and read back (a train's whole log: millions of objects per column).
+    Python strings and read back (a train's whole log: millions of objects per column). A
+    text column held as a dictionary (``load_events(dictionaries=True)``) is decoded in Arrow
+    to ``string``, the type the event store writes, or kept as it is with ``dictionaries``.
     """
     out = pd.DataFrame(index=range(len(frame)))
     for column in EVENT_COLUMNS:
@@ -129,6 +168,10 @@ def contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         if column in frame.columns and column != "value" and frame[column].dtype == _STRING:
             out[column] = frame[column].array  # already the contract's text: no copy
+            continue
+        if column in frame.columns and is_dictionary(frame[column].dtype):
+            held = frame[column].array
+            out[column] = held if dictionaries else _decoded(held.__arrow_array__())
             continue
         values = frame[column].to_numpy() if column in frame.columns else None
         if column == "value":
@@ -146,10 +189,18 @@ def contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _decoded(values: pa.ChunkedArray) -> pd.arrays.ArrowStringArray:
+    """Dictionary-encoded text as pandas ``string``, decoded in Arrow (no Python object)."""
+    return pd.array(pc.cast(values, pa.large_string()), dtype=_STRING)
+
+
 def row_keys(events: pd.DataFrame) -> np.ndarray:
     """One uint64 hash per event over the contract columns (exact-duplicate detection)."""
-    frame = contract_frame(events)
+    frame = contract_frame(events, dictionaries=True)
     frame["event_time"] = frame["event_time"].dt.as_unit("ns")
+    for column in frame.columns:  # hashed on their distinct values, equal to their text's
+        if is_dictionary(frame[column].dtype):
+            frame[column] = as_categorical(frame[column].array.__arrow_array__())
     return pd.util.hash_pandas_object(frame, index=False).to_numpy()
 
 
@@ -201,8 +252,25 @@ def merge_incoming(events: pd.DataFrame, workdir: str | Path) -> pd.DataFrame:
     if extra.empty:
         return events
     logger.info("train: adding %d events from %d refresh batches", len(extra), len(batches))
-    merged = pd.concat([contract_frame(events), extra], ignore_index=True)
+    merged = _joined(contract_frame(events, dictionaries=True), extra)
     return merged.sort_values("event_time", kind="stable", ignore_index=True)
+
+
+def _joined(events: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
+    """``extra``'s rows after those of ``events`` (both contract frames): a text column that
+    ``events`` holds as a dictionary stays one, ``extra``'s text encoded into it (``pd.concat``
+    would spell both out as Python objects); the log's text is never decoded."""
+    kind = pa.dictionary(pa.int32(), pa.string())  # a type every part can take
+    columns = {}
+    for column in events.columns:
+        if not is_dictionary(events[column].dtype):
+            columns[column] = pd.concat([events[column], extra[column]], ignore_index=True)
+            continue
+        added = held_as_dictionary(extra[column].array.__arrow_array__())
+        parts = [*events[column].array.__arrow_array__().chunks, *added.chunks]
+        held = held_as_dictionary(pa.chunked_array([c.cast(kind) for c in parts], type=kind))
+        columns[column] = pd.Series(pd.arrays.ArrowExtensionArray(held))
+    return pd.DataFrame(columns)
 
 
 def record_training_events(
@@ -219,7 +287,8 @@ def record_training_events(
     the steps, just before the bundle is published, with the version being published (a
     refresh warns when the live bundle comes from another training).
     """
-    frame = purge_events(contract_frame(events), erased)
+    # text held as dictionaries stays so: the log is decoded a row group at a time, written
+    frame = purge_events(contract_frame(events, dictionaries=True), erased)
     keys = row_keys(frame)
     with workdir_lock(workdir):  # forget and refresh rewrite these files under it too
         merged = []
