@@ -235,3 +235,5 @@ def test_filled_indices_are_arrows_fill_null(kind: pa.DataType, offset: int) -> 
             got = filled_indices(part, -1)
             assert got.dtype == expected.dtype
             np.testing.assert_array_equal(got, expected)
+    one_past = pa.array([0, None, 127], type=pa.int8())  # 128 entries: one past needs int16
+    np.testing.assert_array_equal(filled_indices(one_past, 128), [0, 128, 127])

@@ -110,10 +110,7 @@ def held_as_dictionary(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
     dictionary = chunked.chunk(0).dictionary.cast(pa.string())
     missing = len(dictionary)  # a missing row's entry: one past the dictionary
     entries = np.concatenate(
-        [
-            pc.fill_null(c.indices.cast(pa.int32()), missing).to_numpy(zero_copy_only=False)
-            for c in chunked.chunks
-        ]
+        [filled_indices(c.indices, missing).astype(np.int32, copy=False) for c in chunked.chunks]
     )
     used = np.bincount(entries, minlength=missing + 1)[:missing] > 0
     index_type = next(

@@ -132,13 +132,11 @@ def load_events(
         mapping (``online_retail``); None for a file that already uses the contract's column names.
     settings : batch size, field and value limits, the future tolerance.
     now : the wall clock events may not pass (plus the tolerance); default the current time.
-    dictionaries : hold every text column as a dictionary (a ``pd.ArrowDtype`` dictionary
-        column: one dictionary of the values in use, the narrowest integer indices) instead of
-        one string per row, about a quarter of the memory: the text a Parquet file stores as
-        dictionaries is kept in that form (cleaned on its distinct values, never decoded), a
-        CSV file's text is encoded once validated. For ``train`` and
-        :func:`dmp_ml.features.build_features`, which read the columns as codes
-        (``LoadResult.encoded``). The rows, values and quarantine are the same.
+    dictionaries : keep the text columns a Parquet file stores as dictionaries in that form
+        (``pd.ArrowDtype`` dictionary columns, cleaned on their distinct values) instead of
+        decoding one string per row; for :func:`dmp_ml.features.build_features`, which reads
+        them as codes (``LoadResult.encoded``). The rows, values and quarantine are the same.
+        (:func:`held_text` then holds every text column as one compact dictionary.)
 
     Returns
     -------
@@ -273,8 +271,6 @@ def _load(
     if kind == "events" and not frame["event_time"].is_monotonic_increasing:
         frame = frame.sort_values("event_time", kind="stable", ignore_index=True)
         encoded = {}  # codes follow first appearance, which sorting changes
-    if dictionaries:
-        frame = _held_as_dictionaries(frame)
     if kind == "events" and (clock := one_time_of_day(frame["event_time"])) is not None:
         ctx.warnings["every_event_at_one_time_of_day"] = len(frame)
         logger.warning(
@@ -411,10 +407,11 @@ def _text(
     return pd.Series(pd.arrays.ArrowStringArray(text), index=frame.index, dtype="string")
 
 
-def _held_as_dictionaries(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each text column held as one dictionary with the narrowest indices
-    (:func:`dmp_ml.codes.held_as_dictionary`), whether the file stored it as dictionaries
-    (Parquet) or as one string a row (CSV): what ``load_events(dictionaries=True)`` returns."""
+def held_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (changed in place) with each text column held as one dictionary with the
+    narrowest indices (:func:`dmp_ml.codes.held_as_dictionary`), whether it was read as
+    dictionaries (a Parquet file's) or as one string a row (a CSV file's): about a quarter of
+    the memory, for a log kept through a whole ``train``. Rows and values are unchanged."""
     for column in frame.columns:
         values = frame[column].array
         if isinstance(values, pd.arrays.ArrowStringArray) or _is_text_dictionary(values.dtype):

@@ -58,7 +58,7 @@ def load_inputs(
     mapping, profiles_mapping, consent_mapping : each file's column mapping (see
         :func:`dmp_ml.contract.load_events`).
     settings : the contract settings every load uses.
-    dictionaries : hold the events' text columns as dictionaries
+    dictionaries : keep the events' Parquet text columns as dictionaries
         (:func:`dmp_ml.contract.load_events`), for a feature build or a training.
     """
     seconds: dict[str, float] = {}

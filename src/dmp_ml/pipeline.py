@@ -28,7 +28,7 @@ from dmp_ml import bundle as bundle_io
 from dmp_ml import layout
 from dmp_ml.activation import write_contacts
 from dmp_ml.codes import as_categorical
-from dmp_ml.contract import LoadResult, clock_limit, data_end
+from dmp_ml.contract import LoadResult, clock_limit, data_end, held_text
 from dmp_ml.erasure import apply_erasure_list, read_erasure_list
 from dmp_ml.errors import InsufficientDataError, storage_errors
 from dmp_ml.features import FeatureBuilder
@@ -148,6 +148,8 @@ def _train(
     )
     events_df = _input(events, files.events, "events", files.seconds, workdir, loads)
     assert events_df is not None
+    if files.events is not None:  # kept through every step: its text as compact dictionaries
+        events_df = held_text(events_df)
     events_df = merge_incoming(events_df, workdir)  # batches applied by near-real-time refresh
     limit = clock_limit(settings.contract)
     as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else utc(as_of, "as_of")
