@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import dmp_ml.bundle
+import dmp_ml.manifest
 from dmp_ml.bundle import (
     finish_manifest,
     live_bundle_path,
@@ -74,9 +75,9 @@ def test_a_published_bundle_is_not_hashed_again_until_a_file_changes(
     is hashed again and refused."""
     live = publish(tmp_path, "v1", "one")
     hashed: list[str] = []
-    real = dmp_ml.bundle.sha256_file
+    real = dmp_ml.manifest.sha256_file
     monkeypatch.setattr(
-        dmp_ml.bundle, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p)
+        dmp_ml.manifest, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p)
     )
     assert verified_manifest(live)["bundle_version"] == "v1"
     assert hashed == []

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 import dmp_ml.bundle
+import dmp_ml.manifest
 import dmp_ml.store
 from dmp_ml import layout
 from dmp_ml.bundle import (
@@ -146,8 +147,8 @@ def test_a_refresh_and_the_load_after_it_hash_the_delta_not_the_base(
     workdir = copy_workdir(refreshed.deltas, tmp_path / "w")
     base = load_bundle(workdir, lazy=True).base_path
     hashed: list[Path] = []
-    real = dmp_ml.bundle.sha256_file
-    monkeypatch.setattr(dmp_ml.bundle, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    real = dmp_ml.manifest.sha256_file
+    monkeypatch.setattr(dmp_ml.manifest, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
     load_bundle(workdir)
     assert hashed == []
     batch = _batch(demo_world.events, load_bundle(workdir, lazy=True).as_of, 100, 4)

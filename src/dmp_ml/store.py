@@ -46,6 +46,7 @@ from dmp_ml.delta import write_delta
 from dmp_ml.errors import BundleError
 from dmp_ml.event_index import EventIndex, build_index, drop_index
 from dmp_ml.files import write_json_atomic
+from dmp_ml.manifest import VERIFIED
 from dmp_ml.rows import distinct, is_dictionary
 
 if TYPE_CHECKING:
@@ -653,7 +654,7 @@ def rebase_deltas(workdir: str | Path, base: Path, deltas: list[Path]) -> Path:
                 name = item.name
                 if not item.is_file() or name == bundle_io.MANIFEST:
                     continue
-                if name.startswith(bundle_io.VERIFIED):
+                if name.startswith(VERIFIED):
                     continue
                 target = staged.path / item.relative_to(old)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -707,7 +708,7 @@ def write_bundle_files(
                 copied[str(item.relative_to(source))] = item
     for key in sorted(copied):
         item, rel = copied[key], Path(key)
-        if rel.name == bundle_io.MANIFEST or rel.name.startswith(bundle_io.VERIFIED):
+        if rel.name == bundle_io.MANIFEST or rel.name.startswith(VERIFIED):
             continue
         if any(str(rel) == r or str(rel).startswith(f"{r}/") for r in rewritten):
             continue
