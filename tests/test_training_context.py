@@ -41,6 +41,11 @@ def test_steps_share_one_resolution_per_cutoff(tmp_path: Path) -> None:
     assert len(earlier.events) < len(first.events)
     ctx.resolve(as_of, columns)
     assert len(builder.resolved_cutoffs) == 2  # the latest cutoff stays kept
+    builder.keep_only(as_of)  # what train does after each step
+    ctx.resolve(as_of, columns)
+    assert len(builder.resolved_cutoffs) == 2  # the train's own cutoff stays
+    ctx.resolve(as_of - pd.Timedelta(days=30), columns)
+    assert len(builder.resolved_cutoffs) == 3  # the step's other cutoff went with it
 
 
 def test_an_outcome_carries_its_seconds_and_the_comparison_line_names_what_is_served() -> None:

@@ -236,6 +236,7 @@ def _run_steps(
             outcomes[name] = StepOutcome("skipped", reason=str(exc))
         outcomes[name].seconds = seconds[name] = time.perf_counter() - clock
         peaks.mark(name)
+        ctx.builder.keep_only(ctx.as_of)  # identities at the step's other cutoffs go with it
         release_free_memory()  # the step's temporaries: the next step starts from what is held
         logger.info(
             "train step %s: %s in %.1f s, peak %s MB",

@@ -389,6 +389,12 @@ class FeatureBuilder:
             self._kept[as_of] = res
         return self._kept[as_of]
 
+    def keep_only(self, as_of: pd.Timestamp | str) -> None:
+        """Let go of the identity kept at any cutoff but ``as_of`` (a train's own, which every
+        step reads): the per-event arrays of a step's other cutoffs do not outlive the step."""
+        as_of = utc(as_of, "as_of")
+        self._kept = {t: r for t, r in self._kept.items() if t == as_of}
+
     def resolve(
         self, as_of: pd.Timestamp | str, columns: Sequence[str] | None = None
     ) -> identity.Resolution:
