@@ -106,7 +106,7 @@ def compaction_lock(workdir: str | Path) -> AbstractContextManager[bool]:
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``frame`` to ``path`` via a temporary file, fsync and rename (no index).
 
-    Text held as dictionaries (a train's log, see ``load_events(dictionaries=True)``) is
+    Text held as dictionaries (a train's log, see :func:`dmp_ml.contract.held_text`) is
     written as ``string``, the file its decoded frame gives, decoded one row group at a time:
     the whole log is never spelled out as text beside its dictionaries.
     """
@@ -158,7 +158,7 @@ def contract_frame(frame: pd.DataFrame, *, dictionaries: bool = False) -> pd.Dat
 
     A text column that is pandas ``string`` already is taken as it is, not spelled out as
     Python strings and read back (a train's whole log: millions of objects per column). A
-    text column held as a dictionary (``load_events(dictionaries=True)``) is decoded in Arrow
+    text column held as a dictionary (:func:`dmp_ml.contract.held_text`) is decoded in Arrow
     to ``string``, the type the event store writes, or kept as it is with ``dictionaries``.
     """
     out = pd.DataFrame(index=range(len(frame)))
