@@ -116,6 +116,12 @@ def held_as_dictionary(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
     index_type = next(
         t for t in _INDEX_TYPES if int(used.sum()) <= np.iinfo(t.to_pandas_dtype()).max
     )
+    if (
+        used.all()
+        and chunked.num_chunks == 1
+        and chunked.type == pa.dictionary(index_type, pa.string())
+    ):
+        return chunked  # held so already (a train's log, hashed or stored): nothing to renumber
     renumber = np.append(np.cumsum(used) - 1, 0).astype(index_type.to_pandas_dtype())
     indices = pa.array(renumber[entries], mask=entries == missing, type=index_type)
     kept = dictionary.filter(pa.array(used)) if not used.all() else dictionary
@@ -130,5 +136,5 @@ def as_categorical(values: pa.Array | pa.ChunkedArray) -> pd.Categorical:
     held = held_as_dictionary(values)
     if not held.num_chunks:
         return pd.Categorical([], categories=[])
-    codes = pc.fill_null(held.chunk(0).indices, -1).to_numpy(zero_copy_only=False)
+    codes = filled_indices(held.chunk(0).indices, -1)
     return pd.Categorical.from_codes(codes, categories=held.chunk(0).dictionary.to_pylist())
