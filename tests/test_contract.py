@@ -528,6 +528,9 @@ def test_parquet_text_loads_as_the_same_log_written_as_csv(tmp_path: Path) -> No
     assert sorted(from_parquet.quarantine["row_number"]) == sorted(
         from_csv.quarantine["row_number"]
     )
+    # text held as dictionaries is quarantined as the same text
+    held = load_events(parquet, settings=settings, dictionaries=True)
+    pd.testing.assert_frame_equal(held.quarantine, from_parquet.quarantine)
     assert set(from_parquet.encoded) == set(from_csv.encoded) == {"cookie_id", "profile_id"}
     for column, (codes, values) in from_parquet.encoded.items():
         expected_codes, expected_values = encode(from_parquet.frame[column], len(codes))

@@ -333,6 +333,9 @@ def _no_quarantine(columns: pd.Index) -> pd.DataFrame:
 def _as_text(col: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col):
         return col.dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("string")
+    if _is_text_dictionary(col.dtype):  # the rows' values only, not the whole dictionary
+        text = pa.chunked_array(col.array.__arrow_array__()).cast(pa.string())
+        return pd.Series(pd.array(text, dtype="string"), index=col.index, name=col.name)
     return col.astype("string")
 
 
