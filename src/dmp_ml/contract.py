@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,39 +220,46 @@ def _load(
     bad: list[pd.DataFrame] = []
     shapes: set[tuple[Any, ...]] = set()  # the columns of batches with no bad row, once each
     rows_read = 0
-    codes: FrameCodes | None = None  # built while the next batch is read
+    codes: FrameCodes | None = None
     batches = _readers.iter_batches(path, settings.chunk_rows, settings.max_field_bytes)
-    for raw in batches:
-        rows_read += len(raw)
-        reason = rows.missing_text(raw.index)
-        for flag, label in _readers.FLAG_REASONS:
-            if flag in raw.columns:
-                reason = _mark(reason, raw[flag].to_numpy(bool), label)
-        source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
-        if ctx.mapping.rewrites:  # its rules read the text as a plain read gives it
-            source = _readers.plain_text(source)
-        mapped, dropped = ctx.mapping.apply(source)
-        if not dropped.isna().all():
-            reason = reason.fillna(dropped)
-        valid = validate(mapped, ctx, reason)
-        reason = valid.pop("_reason")
-        keep = reason.isna().to_numpy(bool)
-        good.append(valid if keep.all() else rows.keep_rows(valid, keep))
-        if dedupe and codes is None:  # dictionary text coded batch by batch, plain text after
-            dicts = {c for c in valid.columns if _is_text_dictionary(valid[c].dtype)}
-            coded = [
-                c for c in valid.columns if c in identity.ID_COLUMNS or dictionaries and c in dicts
-            ]
-            codes = FrameCodes([c for c in coded if c in dicts])
-        if codes is not None:
-            codes.add(good[-1])
-        # selected, not sliced: a slice of the raw batch would keep all of its text alive
-        if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
-            if tuple(raw.columns) not in shapes:
-                bad.append(_no_quarantine(raw.columns))
-                shapes.add(tuple(raw.columns))
-        else:
-            bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
+    coding: list[Future[None]] = []
+    # each batch is coded in a thread of its own, in order, while the next is read and validated
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmp-ml-coder") as coder:
+        for raw in batches:
+            rows_read += len(raw)
+            reason = rows.missing_text(raw.index)
+            for flag, label in _readers.FLAG_REASONS:
+                if flag in raw.columns:
+                    reason = _mark(reason, raw[flag].to_numpy(bool), label)
+            source = raw.drop(columns=[*_readers.FLAGS, _readers.RAW_TEXT], errors="ignore")
+            if ctx.mapping.rewrites:  # its rules read the text as a plain read gives it
+                source = _readers.plain_text(source)
+            mapped, dropped = ctx.mapping.apply(source)
+            if not dropped.isna().all():
+                reason = reason.fillna(dropped)
+            valid = validate(mapped, ctx, reason)
+            reason = valid.pop("_reason")
+            keep = reason.isna().to_numpy(bool)
+            good.append(valid if keep.all() else rows.keep_rows(valid, keep))
+            if dedupe and codes is None:  # dictionary text coded batch by batch, plain text after
+                dicts = {c for c in valid.columns if _is_text_dictionary(valid[c].dtype)}
+                coded = [
+                    c
+                    for c in valid.columns
+                    if c in identity.ID_COLUMNS or dictionaries and c in dicts
+                ]
+                codes = FrameCodes([c for c in coded if c in dicts])
+            if codes is not None:
+                coding.append(coder.submit(codes.add, good[-1]))
+            # selected, not sliced: a slice of the raw batch would keep all of its text alive
+            if keep.all():  # the usual batch: nothing to select, only the quarantine's columns
+                if tuple(raw.columns) not in shapes:
+                    bad.append(_no_quarantine(raw.columns))
+                    shapes.add(tuple(raw.columns))
+            else:
+                bad.append(_quarantine_rows(raw.loc[~keep], reason.loc[~keep]))
+    for job in coding:
+        job.result()  # a batch that failed to code fails the load
     frame = _concat(good) if good else pd.DataFrame()
     quarantine = _concat(bad)
     encoded: dict[str, tuple[np.ndarray, pa.Array]] = {}
