@@ -86,10 +86,10 @@ def range_counts(part: ProfileRange, zones: list[str]) -> Counts:
 def range_totals(counts: Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per profile: sends, responses, engagement hours; and engagement per hour of week."""
     return (
-        counts.sends.sum(axis=1),
+        counts.sends.sum(axis=1, dtype=np.float64),
         counts.responses.sum(axis=1),
-        counts.activity.sum(axis=1),
-        counts.activity.sum(axis=0),
+        counts.activity.sum(axis=1, dtype=np.float64),
+        counts.activity.sum(axis=0, dtype=np.float64),
     )
 
 
@@ -122,7 +122,7 @@ def range_pools(
         k: curves.group_sum(rows[k], part.cohort_code, n_cohorts) for k in ("resp", "act", "expo")
     }
     cohort["mu"] = np.bincount(part.cohort_code, weights=rows["mu"], minlength=n_cohorts)
-    pool = {k: rows[k][located].sum(axis=0) for k in ("resp", "act", "expo")}
+    pool = {k: rows[k][located].sum(axis=0, dtype=np.float64) for k in ("resp", "act", "expo")}
     pool["mu"] = np.array(rows["mu"][located].sum())
     return {"cohort": cohort, "pool": pool}
 
@@ -197,7 +197,7 @@ def range_at_sends(
 
 def _hours_of_week(activity: np.ndarray) -> np.ndarray:
     """Engagement hours per hour of week, summed over the range's profiles."""
-    return activity.sum(axis=0)
+    return activity.sum(axis=0, dtype=np.float64)
 
 
 def _summed(partials: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -463,3 +463,32 @@ def test_evaluation_beats_baselines_on_planted_world() -> None:
 
 def test_settings_defaults_match_model_defaults() -> None:
     assert SendTimeModel.from_settings(Settings()).get_params() == (SendTimeModel().get_params())
+
+
+# ------------------------------------------------------------------------------- counts
+
+
+def test_counts_are_compact_and_pooled_as_float_sums() -> None:
+    """Sends and engagement hours are held as int32 counts; the pooled sums (blockwise, no
+    copy of the located rows) equal those of the same counts as float64, bit for bit."""
+    from dmp_ml.models.send_time import curves
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    sends = rng.poisson(0.2, (n, curves.HOURS_PER_WEEK)).astype(np.int32)
+    counts = curves.Counts(
+        sends,
+        sends * rng.choice([0.0, 0.3, 1.0], sends.shape),
+        rng.poisson(0.5, (n, curves.HOURS_PER_WEEK)).astype(np.int32),
+    )
+    as_float = curves.Counts(*(np.asarray(m, dtype=np.float64) for m in vars(counts).values()))
+    cohort_code, source = rng.integers(0, 4, n), rng.integers(0, 3, n)
+    got = curves.pool_counts(counts, cohort_code, 4, source, 10.0)
+    want = curves.pool_counts(as_float, cohort_code, 4, source, 10.0)
+    for part in ("cohort", "pool"):
+        for key, value in getattr(want, part).items():
+            assert getattr(got, part)[key].dtype == np.float64
+            np.testing.assert_array_equal(getattr(got, part)[key], value)
+    located = source != 2
+    np.testing.assert_array_equal(got.pool["expo"], want.expo[located].sum(axis=0))
+    np.testing.assert_array_equal(got.expo, want.expo)

@@ -149,7 +149,10 @@ def _counted(inputs: CurveInputs) -> tuple[curves.Counts, curves.Pooled]:
         counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
     )
     totals = curves.Counts(
-        *(m.sum(axis=1, keepdims=True) for m in (counts.sends, counts.responses, counts.activity))
+        *(
+            m.sum(axis=1, keepdims=True, dtype=np.float64)
+            for m in (counts.sends, counts.responses, counts.activity)
+        )
     )
     return totals, pooled
 

@@ -651,9 +651,9 @@ class SendTimeModel(EstimatorParams):
                 zone_code[i], source[i], cohort_code[i] = zone(tz), 0, cohort(tz)
         counts = curves.count_hours(ev, n, zone_code, ZoneConverter(zones))
         s = float(self.rate_prior_strength)
-        sends_tot = counts.sends.sum(axis=1)
+        sends_tot = counts.sends.sum(axis=1, dtype=np.float64)
         resp_tot = counts.responses.sum(axis=1)
-        act_tot = counts.activity.sum(axis=1)
+        act_tot = counts.activity.sum(axis=1, dtype=np.float64)
         if self.probability_kind_ == "rate":
             g = float(self.global_rate_)
             rate = (resp_tot + s * g) / (sends_tot + s)
