@@ -155,6 +155,9 @@ def _train(
     as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else utc(as_of, "as_of")
     profiles_df = _input(profiles, files.profiles, "profiles", files.seconds, workdir, loads)
     consent_df = _input(consent, files.consent, "consent", files.seconds, workdir, loads)
+    # the loaded frames are taken; the loader's codes of the log's text (an int32 a row for
+    # each text column) are not: the feature builder encodes the log it holds itself
+    del files
     fingerprint = _fingerprint(events_df)
     version = f"{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}"
     outcomes: dict[str, StepOutcome] = {}
