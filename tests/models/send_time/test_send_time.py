@@ -469,26 +469,30 @@ def test_settings_defaults_match_model_defaults() -> None:
 
 
 def test_counts_are_compact_and_pooled_as_float_sums() -> None:
-    """Sends and engagement hours are held as int32 counts; the pooled sums (blockwise, no
-    copy of the located rows) equal those of the same counts as float64, bit for bit."""
+    """Sends and engagement hours are held as int32 counts, the exposures (sends times rate)
+    never as a whole matrix; the cohort and pool sums (by column slices and row blocks) equal
+    those of whole float64 matrices, bit for bit."""
     from dmp_ml.models.send_time import curves
 
     rng = np.random.default_rng(3)
-    n = 5000
-    sends = rng.poisson(0.2, (n, curves.HOURS_PER_WEEK)).astype(np.int32)
+    n, hours = 5000, curves.HOURS_PER_WEEK
+    sends = rng.poisson(0.2, (n, hours)).astype(np.int32)
     counts = curves.Counts(
-        sends,
-        sends * rng.choice([0.0, 0.3, 1.0], sends.shape),
-        rng.poisson(0.5, (n, curves.HOURS_PER_WEEK)).astype(np.int32),
+        sends, sends * rng.choice([0.0, 0.3, 1.0], sends.shape), rng.poisson(0.5, (n, hours))
     )
-    as_float = curves.Counts(*(np.asarray(m, dtype=np.float64) for m in vars(counts).values()))
     cohort_code, source = rng.integers(0, 4, n), rng.integers(0, 3, n)
     got = curves.pool_counts(counts, cohort_code, 4, source, 10.0)
-    want = curves.pool_counts(as_float, cohort_code, 4, source, 10.0)
-    for part in ("cohort", "pool"):
-        for key, value in getattr(want, part).items():
-            assert getattr(got, part)[key].dtype == np.float64
-            np.testing.assert_array_equal(getattr(got, part)[key], value)
+    whole = {
+        "resp": counts.responses,
+        "act": counts.activity.astype(np.float64),
+        "expo": got.rate[:, None] * sends.astype(np.float64),
+    }
+    order = np.argsort(cohort_code, kind="stable")
+    starts = np.searchsorted(cohort_code[order], np.arange(4))
     located = source != 2
-    np.testing.assert_array_equal(got.pool["expo"], want.expo[located].sum(axis=0))
-    np.testing.assert_array_equal(got.expo, want.expo)
+    for key, value in whole.items():
+        np.testing.assert_array_equal(
+            got.cohort[key], np.add.reduceat(value[order], starts, axis=0)
+        )
+        np.testing.assert_array_equal(got.pool[key], value[located].sum(axis=0))
+    np.testing.assert_array_equal(got.rows(slice(10, 20))["expo"], whole["expo"][10:20])
