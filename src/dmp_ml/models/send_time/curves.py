@@ -260,6 +260,20 @@ def probability(
     return p, np.minimum(rate[:, None] * np.exp(-lam) * shape_sd, 0.5)
 
 
+def at_hours(rows: Any, codes: np.ndarray, how: np.ndarray) -> np.ndarray:
+    """``rows[codes]`` (curves, 168 values a row) at the hours ``how`` (a row of hours per
+    code), a block of codes at a time: a held-out send asks one hour of its profile's curve,
+    and the rows of every send at once would be the largest array of a fit's evaluation."""
+    step = BLOCK_ROWS
+    return np.concatenate(
+        [
+            np.take_along_axis(rows[codes[lo : lo + step]], how[lo : lo + step], axis=1)
+            for lo in range(0, len(codes), step)
+        ]
+        or [np.take_along_axis(rows[codes], how, axis=1)]
+    )
+
+
 def fit_calibration(raw: np.ndarray, outcome: np.ndarray) -> dict[str, float] | None:
     """Platt scaling of P(human response | send): ``logit p = a + b * logit raw`` (b > 0).
 
