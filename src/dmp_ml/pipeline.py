@@ -155,12 +155,15 @@ def _train(
     as_of_ts = data_end(events_df, limit) if str(as_of) == "end" else utc(as_of, "as_of")
     profiles_df = _input(profiles, files.profiles, "profiles", files.seconds, workdir, loads)
     consent_df = _input(consent, files.consent, "consent", files.seconds, workdir, loads)
+    # the loaded frames are taken; the loader's codes of the log's text (an int32 a row for
+    # each text column) are not: the feature builder encodes the log it holds itself
+    del files
     fingerprint = _fingerprint(events_df)
     version = f"{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{fingerprint[:8]}"
     outcomes: dict[str, StepOutcome] = {}
     seconds = {"inputs": time.perf_counter() - clock}
+    release_free_memory()  # the loaders' temporaries, before the next stage's peak starts
     peaks.mark("inputs")
-    release_free_memory()  # the loaders' temporaries
     with bundle_io.write_bundle(workdir, version) as tmp:
         erased = read_erasure_list(workdir)
         ctx = TrainContext(
@@ -235,9 +238,11 @@ def _run_steps(
             logger.warning("%s skipped: %s", name, exc)
             outcomes[name] = StepOutcome("skipped", reason=str(exc))
         outcomes[name].seconds = seconds[name] = time.perf_counter() - clock
-        peaks.mark(name)
         ctx.builder.keep_only(ctx.as_of)  # identities at the step's other cutoffs go with it
         release_free_memory()  # the step's temporaries: the next step starts from what is held
+        # marked once they are given back (this step's peak is taken already): the next
+        # step's peak counts from what is held, not from this step's freed pages
+        peaks.mark(name)
         logger.info(
             "train step %s: %s in %.1f s, peak %s MB",
             name,

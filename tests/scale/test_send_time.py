@@ -103,7 +103,7 @@ def test_dask_selection_pools_and_prices_the_sends_as_the_local_engine(
         inputs, rows, search("dask"), sends
     )
     assert want_chosen == got_chosen == chosen
-    for name in ("resp", "act", "expo", "mu"):  # the scored profiles' rows: exact
+    for name in ("resp", "act", "sends", "rate", "mu"):  # the scored profiles' rows: exact
         want_rows = getattr(seen["local"], name)
         assert len(want_rows) == len(rows)
         np.testing.assert_array_equal(getattr(seen["dask"], name), want_rows, err_msg=name)

@@ -86,24 +86,21 @@ def range_counts(part: ProfileRange, zones: list[str]) -> Counts:
 def range_totals(counts: Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per profile: sends, responses, engagement hours; and engagement per hour of week."""
     return (
-        counts.sends.sum(axis=1),
+        counts.sends.sum(axis=1, dtype=np.float64),
         counts.responses.sum(axis=1),
-        counts.activity.sum(axis=1),
-        counts.activity.sum(axis=0),
+        counts.activity.sum(axis=1, dtype=np.float64),
+        counts.activity.sum(axis=0, dtype=np.float64),
     )
 
 
-def _rows(counts: Counts, g: float, strength: float) -> dict[str, np.ndarray]:
-    """The range's rows as :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them."""
+def _rows(counts: Counts, g: float, strength: float) -> curves.Pooled:
+    """The range's rows as :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them
+    (without the sums)."""
     sends_tot = counts.sends.sum(axis=1)
     resp_tot = counts.responses.sum(axis=1)
     rate = (resp_tot + strength * g) / (sends_tot + strength)
-    return {
-        "resp": counts.responses,
-        "act": counts.activity,
-        "expo": rate[:, None] * counts.sends,
-        "mu": counts.activity.sum(axis=1) / HOURS_PER_WEEK,
-    }
+    mu = counts.activity.sum(axis=1) / HOURS_PER_WEEK
+    return curves.Pooled(counts.responses, counts.activity, counts.sends, rate, mu, {}, {})
 
 
 def range_pools(
@@ -116,15 +113,8 @@ def range_pools(
 ) -> dict[str, dict[str, np.ndarray]]:
     """The range's share of the cohort sums and of the global pool (its located profiles, or
     all when ``everyone``)."""
-    rows = _rows(counts, g, strength)
     located = np.ones(len(part.source), bool) if everyone else part.source != 2
-    cohort = {
-        k: curves.group_sum(rows[k], part.cohort_code, n_cohorts) for k in ("resp", "act", "expo")
-    }
-    cohort["mu"] = np.bincount(part.cohort_code, weights=rows["mu"], minlength=n_cohorts)
-    pool = {k: rows[k][located].sum(axis=0) for k in ("resp", "act", "expo")}
-    pool["mu"] = np.array(rows["mu"][located].sum())
-    return {"cohort": cohort, "pool": pool}
+    return curves.pool_sums(_rows(counts, g, strength), part.cohort_code, n_cohorts, located)
 
 
 def range_curves(
@@ -140,7 +130,7 @@ def range_curves(
     ``shape_sd`` (k, 168), ``data_weight`` (k,), and the priors ``global_shape``,
     ``cohort_shapes``), given the smoothed population parts (``cohort``, ``pool``)."""
     alpha, beta, rho, bandwidth, activity_weight, sharpness = hyper(selected)
-    rows = _rows(counts, g, strength)
+    rows = _rows(counts, g, strength).rows(slice(None))
     parts = {"rows": curves.smooth_block(curves.kernel(bandwidth, rho), **rows), **population}
     fitted = curves.shapes(
         curves.smoothed(parts, activity_weight),
@@ -169,12 +159,10 @@ def range_baseline(
     )
 
 
-def range_rows(
-    counts: Counts, rows: np.ndarray, g: float, strength: float
-) -> dict[str, np.ndarray]:
+def range_rows(counts: Counts, rows: np.ndarray, g: float, strength: float) -> curves.Pooled:
     """The per-profile parts of the range's profiles ``rows`` (positions in the range), as
-    :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them."""
-    return {k: v[rows] for k, v in _rows(counts, g, strength).items()}
+    :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them (without the sums)."""
+    return _rows(counts, g, strength).take(rows)
 
 
 def range_at_sends(
@@ -197,7 +185,7 @@ def range_at_sends(
 
 def _hours_of_week(activity: np.ndarray) -> np.ndarray:
     """Engagement hours per hour of week, summed over the range's profiles."""
-    return activity.sum(axis=0)
+    return activity.sum(axis=0, dtype=np.float64)
 
 
 def _summed(partials: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -318,8 +306,8 @@ class DaskCurves(PartitionedStage):
             chosen = search(
                 curves.Pooled(
                     *(
-                        np.concatenate([p[k] for p in picked])
-                        for k in ("resp", "act", "expo", "mu")
+                        np.concatenate([getattr(p, k) for p in picked])
+                        for k in ("resp", "act", "sends", "rate", "mu")
                     ),
                     cohort=c.sums["cohort"],
                     pool=c.sums["pool"],

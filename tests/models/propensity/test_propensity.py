@@ -608,3 +608,21 @@ def test_the_blend_serves_when_it_beats_model_and_baselines_held_out(tmp_path) -
     np.testing.assert_allclose(again.predict_proba(X_score), score)
     reasons = again.explain(X_score.iloc[:5])
     assert all(r["feature"] in X_score.columns for rs in reasons for r in rs)
+
+
+def test_packed_validation_features_score_as_the_frame_did(fitted, data) -> None:
+    """The train step holds the validation snapshot's features packed until the champion gate
+    reads them: unpacked, they are the same frame and score the same, bit for bit."""
+    from dmp_ml.models.propensity.step import pack_frame, unpack_frame
+
+    X = data["valid"][0].copy()
+    X["loyalty_tier"] = X["loyalty_tier"].cat.add_categories(["platinum"])  # unused category
+    X.iloc[:5, 0] = np.nan
+    packed = pack_frame(X)
+    back = unpack_frame(packed)
+    pd.testing.assert_frame_equal(back, X, check_exact=True)
+    assert packed[0].size < X.memory_usage(deep=True).sum()
+    for which in ("final", "holdout"):
+        np.testing.assert_array_equal(
+            fitted.predict_raw(back, which=which), fitted.predict_raw(X, which=which)
+        )

@@ -463,3 +463,36 @@ def test_evaluation_beats_baselines_on_planted_world() -> None:
 
 def test_settings_defaults_match_model_defaults() -> None:
     assert SendTimeModel.from_settings(Settings()).get_params() == (SendTimeModel().get_params())
+
+
+# ------------------------------------------------------------------------------- counts
+
+
+def test_counts_are_compact_and_pooled_as_float_sums() -> None:
+    """Sends and engagement hours are held as int32 counts, the exposures (sends times rate)
+    never as a whole matrix; the cohort and pool sums (by column slices and row blocks) equal
+    those of whole float64 matrices, bit for bit."""
+    from dmp_ml.models.send_time import curves
+
+    rng = np.random.default_rng(3)
+    n, hours = 5000, curves.HOURS_PER_WEEK
+    sends = rng.poisson(0.2, (n, hours)).astype(np.int32)
+    counts = curves.Counts(
+        sends, sends * rng.choice([0.0, 0.3, 1.0], sends.shape), rng.poisson(0.5, (n, hours))
+    )
+    cohort_code, source = rng.integers(0, 4, n), rng.integers(0, 3, n)
+    got = curves.pool_counts(counts, cohort_code, 4, source, 10.0)
+    whole = {
+        "resp": counts.responses,
+        "act": counts.activity.astype(np.float64),
+        "expo": got.rate[:, None] * sends.astype(np.float64),
+    }
+    order = np.argsort(cohort_code, kind="stable")
+    starts = np.searchsorted(cohort_code[order], np.arange(4))
+    located = source != 2
+    for key, value in whole.items():
+        np.testing.assert_array_equal(
+            got.cohort[key], np.add.reduceat(value[order], starts, axis=0)
+        )
+        np.testing.assert_array_equal(got.pool[key], value[located].sum(axis=0))
+    np.testing.assert_array_equal(got.rows(slice(10, 20))["expo"], whole["expo"][10:20])

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import pickle
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dmp_ml.training_context import StepOutcome, TrainContext, comparison
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
     from dmp_ml.models.propensity.model import BoosterTrainer
 
 logger = logging.getLogger(__name__)
@@ -53,8 +58,14 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     ctx.models["propensity"] = result.model
     ctx.scores = result.scores.set_index("profile_id")
     logged = log_propensity_run(result, ctx.settings, register=False, **ctx.run_labels())
+    # the champion gate scores the champion on the validation snapshot's features once the
+    # bundle is published: until then they wait compressed, not as a matrix through every
+    # later step
+    packed = pack_frame(result.validation.X)
+    result.validation = replace(result.validation, X=result.validation.X.iloc[:0].copy())
 
     def register() -> dict[str, Any]:
+        result.validation = replace(result.validation, X=unpack_frame(packed))
         try:
             done = register_propensity_run(logged, result, ctx.settings)
         except Exception as exc:  # the bundle is live; the registry can be fixed later
@@ -82,3 +93,21 @@ def train_step(ctx: TrainContext) -> StepOutcome:
             "registration": "after publish",
         },
     )
+
+
+def pack_frame(frame: pd.DataFrame) -> tuple[pa.Buffer, int]:
+    """``frame`` pickled and compressed (zstd), with its pickled size: held in this process
+    only, so :func:`unpack_frame` gives back the same frame (values, dtypes, index)."""
+    import pyarrow as pa
+
+    raw = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    return pa.compress(raw, codec="zstd", asbytes=False), len(raw)
+
+
+def unpack_frame(packed: tuple[pa.Buffer, int]) -> pd.DataFrame:
+    """The frame :func:`pack_frame` packed."""
+    import pyarrow as pa
+
+    buffer, size = packed
+    frame: pd.DataFrame = pickle.loads(pa.decompress(buffer, size, codec="zstd", asbytes=False))
+    return frame

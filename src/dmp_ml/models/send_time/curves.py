@@ -11,7 +11,7 @@ the fitted state.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -63,7 +63,12 @@ class Evidence:
 
 @dataclass
 class Counts:
-    """Per-profile counts in local hour of week, shape (n_profiles, 168)."""
+    """Per-profile counts in local hour of week, shape (n_profiles, 168).
+
+    ``sends`` and ``activity`` count whole events: they are held as int32, half the bytes of
+    float64 and the same values wherever they meet a float (every sum of them is exact);
+    ``responses`` are weighted (a machine open counts less than one) and stay float64.
+    """
 
     sends: np.ndarray
     responses: np.ndarray
@@ -203,9 +208,9 @@ def count_hours(ev: Evidence, n: int, zone_code: np.ndarray, conv: ZoneConverter
     sh = conv.local_how(ev.send_sec, zone_code[ev.send_p])
     ah = conv.local_how(ev.act_sec, zone_code[ev.act_p])
     skey = ev.send_p * HOURS_PER_WEEK + sh
-    sends = np.bincount(skey, minlength=size).astype(float).reshape(n, HOURS_PER_WEEK)
+    sends = np.bincount(skey, minlength=size).astype(np.int32).reshape(n, HOURS_PER_WEEK)
     resp = np.bincount(skey, weights=ev.send_resp, minlength=size).reshape(n, HOURS_PER_WEEK)
-    act = np.bincount(ev.act_p * HOURS_PER_WEEK + ah, minlength=size).astype(float)
+    act = np.bincount(ev.act_p * HOURS_PER_WEEK + ah, minlength=size).astype(np.int32)
     return Counts(sends, resp, act.reshape(n, HOURS_PER_WEEK))
 
 
@@ -253,6 +258,20 @@ def probability(
     lam = rate[:, None] * shape
     p = 1.0 - np.exp(-lam)
     return p, np.minimum(rate[:, None] * np.exp(-lam) * shape_sd, 0.5)
+
+
+def at_hours(rows: Any, codes: np.ndarray, how: np.ndarray) -> np.ndarray:
+    """``rows[codes]`` (curves, 168 values a row) at the hours ``how`` (a row of hours per
+    code), a block of codes at a time: a held-out send asks one hour of its profile's curve,
+    and the rows of every send at once would be the largest array of a fit's evaluation."""
+    step = BLOCK_ROWS
+    return np.concatenate(
+        [
+            np.take_along_axis(rows[codes[lo : lo + step]], how[lo : lo + step], axis=1)
+            for lo in range(0, len(codes), step)
+        ]
+        or [np.take_along_axis(rows[codes], how, axis=1)]
+    )
 
 
 def fit_calibration(raw: np.ndarray, outcome: np.ndarray) -> dict[str, float] | None:
@@ -317,17 +336,34 @@ def smooth(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 class Pooled:
     """Unsmoothed evidence per profile, summed per cohort and over the global pool.
 
-    ``resp``: weighted responses at send hour; ``act``: engagement hours; ``expo``: sends times
-    the profile's response rate (expected responses if the intensity were flat); ``mu``: mean
-    engagement hours per hour-of-week bin.
+    ``resp``: weighted responses at send hour; ``act``: engagement hours; ``sends`` and
+    ``rate`` (n,): sends and the profile's response rate, whose product ``expo`` (expected
+    responses if the intensity were flat) :meth:`rows` forms for the rows asked, never for the
+    whole population at once; ``mu``: mean engagement hours per hour-of-week bin. ``cohort``
+    and ``pool`` hold the sums of ``resp``, ``act``, ``expo`` and ``mu``.
     """
 
     resp: np.ndarray
     act: np.ndarray
-    expo: np.ndarray
+    sends: np.ndarray
+    rate: np.ndarray
     mu: np.ndarray
     cohort: dict[str, np.ndarray]
     pool: dict[str, np.ndarray]
+
+    def rows(self, rows: slice | np.ndarray) -> dict[str, np.ndarray]:
+        """``resp``, ``act``, ``expo`` and ``mu`` of ``rows`` (:func:`smooth_block`'s)."""
+        return {
+            "resp": self.resp[rows],
+            "act": self.act[rows],
+            "expo": self.rate[rows, None] * self.sends[rows],
+            "mu": self.mu[rows],
+        }
+
+    def take(self, rows: np.ndarray) -> Pooled:
+        """The per-profile parts of ``rows`` only, with the same cohort and pool sums."""
+        parts = (self.resp, self.act, self.sends, self.rate, self.mu)
+        return Pooled(*(part[rows] for part in parts), self.cohort, self.pool)
 
 
 def pool_counts(
@@ -341,19 +377,27 @@ def pool_counts(
     resp_tot = counts.responses.sum(axis=1)
     g = resp_tot.sum() / sends_tot.sum() if sends_tot.sum() > 0 else 0.0
     rate = (resp_tot + rate_strength * g) / (sends_tot + rate_strength)
-    expo = rate[:, None] * counts.sends
     mu = counts.activity.sum(axis=1) / HOURS_PER_WEEK
     # the global pool: profiles whose zone is known or inferred (their local time is
     # meaningful) when there are any
     located = source != 2
-    if counts.activity[located].sum() + counts.responses[located].sum() <= 0:
+    if not (counts.activity.any(axis=1) | counts.responses.any(axis=1))[located].any():
         located = np.ones(len(source), bool)
-    parts = {"resp": counts.responses, "act": counts.activity, "expo": expo}
-    cohort = {key: group_sum(value, cohort_code, n_cohorts) for key, value in parts.items()}
-    cohort["mu"] = np.bincount(cohort_code, weights=mu, minlength=n_cohorts)
-    pool = {key: value[located].sum(axis=0) for key, value in parts.items()}
-    pool["mu"] = np.array(mu[located].sum())
-    return Pooled(counts.responses, counts.activity, expo, mu, cohort, pool)
+    rows = Pooled(counts.responses, counts.activity, counts.sends, rate, mu, {}, {})
+    return replace(rows, **pool_sums(rows, cohort_code, n_cohorts, located))
+
+
+def pool_sums(
+    rows: Pooled, cohort_code: np.ndarray, n_cohorts: int, located: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """``cohort`` and ``pool``: the sums of the per-profile parts of ``rows`` per cohort and
+    over the ``located`` profiles (a mask), ``expo`` summed from the sends times the rates."""
+    parts = {"resp": (rows.resp, None), "act": (rows.act, None), "expo": (rows.sends, rows.rate)}
+    cohort = {k: group_sum(v, cohort_code, n_cohorts, scale=s) for k, (v, s) in parts.items()}
+    cohort["mu"] = np.bincount(cohort_code, weights=rows.mu, minlength=n_cohorts)
+    pool = {k: rows_sum(v, located, scale=s) for k, (v, s) in parts.items()}
+    pool["mu"] = np.array(rows.mu[located].sum())
+    return {"cohort": cohort, "pool": pool}
 
 
 def smooth_parts(pooled: Pooled, rho: float, bandwidth: float) -> dict[str, dict[str, np.ndarray]]:
@@ -363,7 +407,7 @@ def smooth_parts(pooled: Pooled, rho: float, bandwidth: float) -> dict[str, dict
     k = kernel(bandwidth, rho)
     k_pop = kernel(bandwidth, 0.0)
     return {
-        "rows": smooth_block(k, pooled.resp, pooled.act, pooled.expo, pooled.mu),
+        "rows": smooth_block(k, **pooled.rows(slice(None))),
         "cohort": smooth_block(k_pop, **pooled.cohort),
         "pool": smooth_block(k_pop, **pooled.pool),
     }
@@ -409,9 +453,7 @@ def posterior_blocks(
     n = len(pooled.mu)
     for lo in range(0, n, block_rows):
         rows = slice(lo, min(lo + block_rows, n))
-        block = smooth_block(
-            k, pooled.resp[rows], pooled.act[rows], pooled.expo[rows], pooled.mu[rows]
-        )
+        block = smooth_block(k, **pooled.rows(rows))
         fitted = shapes(
             smoothed({"rows": block, **population}, activity_weight),
             cohort_code[rows],
@@ -501,14 +543,51 @@ def shapes(
     }
 
 
-def group_sum(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum the rows of ``values`` (n, k) per group code: (n_groups, k). No BLAS (threads spin)."""
+def _scaled(values: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """``values`` as float64, each row times ``scale`` when given."""
+    values = np.asarray(values, dtype=np.float64)
+    return values if scale is None else scale[:, None] * values
+
+
+def rows_sum(
+    values: np.ndarray,
+    rows: np.ndarray,
+    scale: np.ndarray | None = None,
+    block_rows: int = BLOCK_ROWS,
+) -> np.ndarray:
+    """``values[rows].sum(axis=0)`` as float64 (``rows`` a mask; each row times ``scale``
+    when given), a block of rows at a time: the same sums in the same order (row after row,
+    as NumPy reduces over the rows) without a copy of every selected row."""
+    total = np.zeros((1, values.shape[1]))
+    for lo in range(0, len(values), block_rows):
+        mine = rows[lo : lo + block_rows]
+        block = _scaled(
+            values[lo : lo + block_rows][mine],
+            None if scale is None else scale[lo : lo + block_rows][mine],
+        )
+        total = np.concatenate([total, block]).sum(axis=0, keepdims=True)
+    return total[0]
+
+
+GROUP_COLUMNS = 24
+"""Columns :func:`group_sum` sums at once: each column's sums are its own (the same whatever
+columns go with it), so the rows in group order are copied this many columns at a time."""
+
+
+def group_sum(
+    values: np.ndarray, group: np.ndarray, n_groups: int, scale: np.ndarray | None = None
+) -> np.ndarray:
+    """Sum the rows of ``values`` (n, k) (each times ``scale`` (n,) when given) per group
+    code: (n_groups, k) float64. No BLAS (threads spin)."""
     order = np.argsort(group, kind="stable")
     counts = np.bincount(group, minlength=n_groups)
     out = np.zeros((n_groups, values.shape[1]))
     present = counts > 0
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-    out[present] = np.add.reduceat(values[order], starts, axis=0)
+    row_scale = None if scale is None else scale[order]
+    for lo in range(0, values.shape[1], GROUP_COLUMNS):
+        part = _scaled(values[order, lo : lo + GROUP_COLUMNS], row_scale)
+        out[present, lo : lo + GROUP_COLUMNS] = np.add.reduceat(part, starts, axis=0)
     return out
 
 

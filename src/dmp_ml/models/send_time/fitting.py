@@ -139,9 +139,9 @@ def hyper(selected: Mapping[str, Any]) -> tuple[float, float, float, float, floa
 
 def _counted(inputs: CurveInputs) -> tuple[curves.Counts, curves.Pooled]:
     """Every profile's totals (sends, responses, engagement hours, each (n, 1)) and hours of
-    week with their cohort and population sums (``Pooled``: its ``resp`` and ``act`` are the
-    counts of responses and engagement hours). The sends per hour, used only through
-    ``expo``, are not kept: one population-sized matrix fewer while the curves are fitted."""
+    week with their cohort and population sums (``Pooled``: its ``resp``, ``act`` and
+    ``sends`` are the counts). The sends times each profile's rate (``expo``) are formed a
+    block of profiles at a time: no population-sized float64 matrix of them."""
     counts = curves.count_hours(
         inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
     )
@@ -149,7 +149,10 @@ def _counted(inputs: CurveInputs) -> tuple[curves.Counts, curves.Pooled]:
         counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
     )
     totals = curves.Counts(
-        *(m.sum(axis=1, keepdims=True) for m in (counts.sends, counts.responses, counts.activity))
+        *(
+            m.sum(axis=1, keepdims=True, dtype=np.float64)
+            for m in (counts.sends, counts.responses, counts.activity)
+        )
     )
     return totals, pooled
 
@@ -179,16 +182,7 @@ class LocalCurves:
         """See :meth:`CurveEngine.select`: the counts of every profile at once, the curves at
         the sends a block of profiles at a time."""
         counts, pooled = _counted(inputs)
-        chosen = search(
-            curves.Pooled(
-                pooled.resp[rows],
-                pooled.act[rows],
-                pooled.expo[rows],
-                pooled.mu[rows],
-                pooled.cohort,
-                pooled.pool,
-            )
-        )
+        chosen = search(pooled.take(rows))
         if sends is None:
             return chosen, None
         sp, how = sends

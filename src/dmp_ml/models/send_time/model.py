@@ -452,10 +452,13 @@ class SendTimeModel(EstimatorParams):
 
         ``how`` has one row of local hours of week per code (None: all 168 hours).
         """
-        shape, sd = self.local_shape_[codes], self.local_shape_sd_[codes]
-        if how is not None:
-            shape = np.take_along_axis(shape, how, axis=1)
-            sd = np.take_along_axis(sd, how, axis=1)
+        if how is None:
+            shape, sd = self.local_shape_[codes], self.local_shape_sd_[codes]
+        else:  # a block of codes at a time: not every code's 168 values at once
+            shape, sd = (
+                curves.at_hours(rows, codes, how)
+                for rows in (self.local_shape_, self.local_shape_sd_)
+            )
         return curves.probability(
             shape.astype(np.float64),
             sd.astype(np.float64),
@@ -651,9 +654,9 @@ class SendTimeModel(EstimatorParams):
                 zone_code[i], source[i], cohort_code[i] = zone(tz), 0, cohort(tz)
         counts = curves.count_hours(ev, n, zone_code, ZoneConverter(zones))
         s = float(self.rate_prior_strength)
-        sends_tot = counts.sends.sum(axis=1)
+        sends_tot = counts.sends.sum(axis=1, dtype=np.float64)
         resp_tot = counts.responses.sum(axis=1)
-        act_tot = counts.activity.sum(axis=1)
+        act_tot = counts.activity.sum(axis=1, dtype=np.float64)
         if self.probability_kind_ == "rate":
             g = float(self.global_rate_)
             rate = (resp_tot + s * g) / (sends_tot + s)

@@ -45,15 +45,17 @@ def train_step(ctx: TrainContext) -> StepOutcome:
         resolved, cutoff, timezones, engine=engine
     )
     evaluation = evaluate_send_time(before, resolved, timezones=timezones, training_events=resolved)
+    charts, chart_metrics = _charts(before, resolved, st.evaluation_days)
+    selection = before.selection_
+    del before  # its curves ((n_profiles, 168) each) go before the served fit makes its own
     model = SendTimeModel.from_settings(ctx.settings).fit(
-        resolved, ctx.as_of, timezones, selection=before.selection_, engine=engine
+        resolved, ctx.as_of, timezones, selection=selection, engine=engine
     )
     ctx.models["send_time"] = model
     metrics = _flat_metrics(evaluation)
     # what the evaluated model served on the last `evaluation_days` (its own guard's winner)
     metrics["served_hit_rate"] = evaluation["model"]["hit_rate"]
     metrics.update(_flat_metrics(model.guard_ or {}, "guard_"))
-    charts, chart_metrics = _charts(before, resolved, st.evaluation_days)
     metrics.update(chart_metrics)
     run_id = log_metrics_run(
         "dmp-send-time",
