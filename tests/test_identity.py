@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from dmp_ml.errors import DataContractError
-from dmp_ml.identity import encode, resolve_identity
+from dmp_ml.identity import encode, encode_ids, resolve_identity
 from dmp_ml.settings import FeatureSettings
 
 AS_OF = pd.Timestamp("2024-06-01", tz="UTC")
@@ -280,3 +280,28 @@ def test_dictionary_column_encodes_like_its_text() -> None:
     np.testing.assert_array_equal(codes, expected_codes)
     assert values.to_pylist() == expected_values.to_pylist()
     assert (codes == -1).sum() == text.isna().sum() > 0
+
+
+def test_a_few_distinct_values_are_coded_in_one_byte_ids_in_four() -> None:
+    """A training keeps the log's codes through every step: a column of a few event types
+    costs a byte an event, a column of a few hundred campaigns two; the same values either
+    way, and a count by code (shifted by one) still fits."""
+    n = 1_000
+    events = pd.DataFrame(
+        {
+            "event_time": pd.date_range("2026-01-01", periods=n, freq="min", tz="UTC"),
+            "cookie_id": [f"c{i % 7}" for i in range(n)],
+            "profile_id": [None if i % 3 else f"p{i % 5}" for i in range(n)],
+            "event_type": [["page_view", "purchase", None][i % 3] for i in range(n)],
+            "campaign_id": [f"k{i % 300}" for i in range(n)],
+        }
+    )
+    codes = encode_ids(events, extra=["event_type", "campaign_id"])
+    assert codes.cookie[0].dtype == codes.profile[0].dtype == np.int32
+    kinds, vocab = codes.columns["event_type"]
+    assert kinds.dtype == np.int8
+    np.testing.assert_array_equal(kinds, encode(events["event_type"], n)[0])
+    assert vocab.to_pylist() == ["page_view", "purchase"]
+    campaigns, vocab = codes.columns["campaign_id"]
+    assert campaigns.dtype == np.int16 and len(vocab) == 300
+    assert (campaigns + 1).max() == 300
