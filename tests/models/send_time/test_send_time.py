@@ -496,3 +496,60 @@ def test_counts_are_compact_and_pooled_as_float_sums() -> None:
         )
         np.testing.assert_array_equal(got.pool[key], value[located].sum(axis=0))
     np.testing.assert_array_equal(got.rows(slice(10, 20))["expo"], whole["expo"][10:20])
+
+
+def test_evidence_is_the_same_from_text_categories_and_arrow_dictionaries() -> None:
+    """A training's log holds event types and campaigns as Arrow dictionaries (a dictionary
+    per chunk); the evidence read from their codes is what the text gives, row for row:
+    sends, responses, other engagement (a missing type counts as one), campaigns numbered
+    by first appearance (-1: none)."""
+    import pyarrow as pa
+
+    from dmp_ml.models.send_time import curves
+
+    rng = np.random.default_rng(3)
+    n = 4_000
+    kinds = np.array(["email_send", "email_open", "email_click", "page_view", "x", None], object)
+    campaigns = np.array([None, "k7", "k2", "k10"], dtype=object)
+    event_type = kinds[rng.integers(0, len(kinds), n)]
+    campaign = campaigns[rng.integers(0, len(campaigns), n)]
+    base = pd.DataFrame(
+        {
+            "event_time": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 10**7, n), "s"),
+            "profile_id": pd.array([f"p{i}" for i in rng.integers(0, 200, n)], dtype="string"),
+        }
+    )
+
+    def chunked(values: np.ndarray) -> pd.Series:
+        text = pa.array(list(values), type=pa.string())
+        parts = [text[:1500].dictionary_encode(), text[1500:].dictionary_encode()]
+        return pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array(parts)))
+
+    found = []
+    for kind in ("string", "category", "dictionary"):
+        events = base.copy()
+        if kind == "dictionary":
+            events["event_type"], events["campaign_id"] = chunked(event_type), chunked(campaign)
+        else:
+            events["event_type"] = pd.Series(event_type).astype(kind)
+            events["campaign_id"] = pd.Series(campaign).astype(kind)
+        found.append(curves.extract(events, pd.Timestamp("2026-03-01", tz="UTC"), ["page_view"]))
+    kept = base["event_time"].lt(pd.Timestamp("2026-03-01", tz="UTC")).to_numpy()
+    expected_type, expected_campaign = event_type[kept], campaign[kept]
+    first = found[0]
+    np.testing.assert_array_equal(first["is_send"], expected_type == "email_send")
+    np.testing.assert_array_equal(
+        first["is_resp"], np.isin(expected_type, ["email_open", "email_click"])
+    )
+    np.testing.assert_array_equal(
+        first["is_other"], (expected_type == "x") | pd.isna(expected_type)
+    )
+    order = pd.unique(expected_campaign[pd.notna(expected_campaign)])
+    numbered = {value: code for code, value in enumerate(order)}
+    np.testing.assert_array_equal(
+        first["campaign"], [numbered.get(c, -1) if pd.notna(c) else -1 for c in expected_campaign]
+    )
+    for other in found[1:]:
+        for key in ("profile", "sec", "is_send", "is_resp", "is_other", "campaign"):
+            np.testing.assert_array_equal(other[key], first[key])
