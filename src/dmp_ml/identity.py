@@ -165,10 +165,16 @@ def time_ns(col: pd.Series) -> np.ndarray:
     """UTC nanoseconds since the epoch (int64; NaT -> int64 min)."""
     if not pd.api.types.is_datetime64_any_dtype(col):
         raise DataContractError(f"events.event_time must be a datetime column, got {col.dtype}")
-    idx = pd.DatetimeIndex(col)
-    if idx.tz is None:
-        idx = idx.tz_localize("UTC")
-    return np.asarray(idx.as_unit("ns").asi8)
+    values = col.array
+    if not isinstance(values, pd.arrays.DatetimeArray):
+        values = pd.DatetimeIndex(col).array
+    if values.unit != "ns":
+        values = values.as_unit("ns")
+    # the column's own integers where it is held in nanoseconds (a loaded log): a training
+    # keeps both through every step. Read-only: they are the column's values.
+    ns = values.asi8.view()
+    ns.flags.writeable = False
+    return ns
 
 
 def arrow_strings(col: pd.Series) -> pa.Array | pa.ChunkedArray:
