@@ -875,8 +875,9 @@ def used_rows(
     t: np.ndarray, cookie: np.ndarray, profile: np.ndarray, graph: Graph, start: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pass 2 over some rows (times in ns, cookie and profile codes of ``graph``'s
-    vocabularies): positions (plus ``start``) of the rows used, their output profile row
-    (int32), and the distinct (shared cookie, profile) keys of the rows on shared cookies."""
+    vocabularies): positions (plus ``start``; int32 while they fit) of the rows used, their
+    output profile row (int32), and the distinct (shared cookie, profile) keys of the rows
+    on shared cookies."""
     as_of_ns = int(graph.as_of.value)
     n_p = graph.n_profiles
     ok = (t < as_of_ns) & (t != _NAT)
@@ -886,4 +887,6 @@ def used_rows(
     used = ok & (code >= 0)
     on_shared = ok & (profile >= 0) & graph.shared[cookie]
     pairs = distinct(cookie[on_shared].astype(np.int64) * (n_p + 1) + profile[on_shared])
-    return np.flatnonzero(used) + start, code[used].astype(np.int32), pairs
+    # positions as int32 while they fit: a training keeps them, an integer per event used
+    position = np.int32 if start + len(t) <= np.iinfo(np.int32).max else np.int64
+    return (np.flatnonzero(used) + start).astype(position), code[used].astype(np.int32), pairs
