@@ -175,6 +175,14 @@ def test_refit_uses_the_validation_snapshot_with_the_early_stopped_tree_count(fi
     assert not np.allclose(fitted.predict_raw(X), fitted.predict_raw(X, which="holdout"))
 
 
+def test_fit_rows_on_one_frame_fits_what_fit_on_the_parts_does(fitted, data) -> None:
+    (Xt, yt, _), (Xv, yv, _) = data["train"], data["valid"]
+    one = PropensityModel(**FAST).fit_rows(pd.concat([Xt, Xv]), np.concatenate([yt, yv]), len(Xt))
+    assert one.booster_.model_to_string() == fitted.booster_.model_to_string()
+    assert one.holdout_booster_.model_to_string() == fitted.holdout_booster_.model_to_string()
+    pd.testing.assert_frame_equal(one.validation_predictions_, fitted.validation_predictions_)
+
+
 def test_predict_handles_reordered_columns_new_categories_and_plain_strings(fitted, data) -> None:
     X, _, _ = data["test"]
     base = fitted.predict_proba(X)
@@ -391,6 +399,10 @@ def test_snapshot_columns_are_aligned_to_the_score_table() -> None:
     aligned = align_features(odd, X_score)
     assert list(aligned.columns) == list(X_score.columns)
     assert aligned["purchase_count_90d"].isna().all()
+    # the columns the snapshot has are its own arrays, not copies
+    assert np.shares_memory(
+        aligned["days_since_last_purchase"].to_numpy(), odd["days_since_last_purchase"].to_numpy()
+    )
     no_tier = align_features(odd.drop(columns=["loyalty_tier"]), X_score)
     assert isinstance(no_tier["loyalty_tier"].dtype, pd.CategoricalDtype)
 

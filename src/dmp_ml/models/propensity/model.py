@@ -265,14 +265,14 @@ class PropensityModel(BaseEstimator):
         # the columns as they are, not consolidated into one block: no copy of the matrix
         return pd.DataFrame(out, index=pd.RangeIndex(len(X)), copy=False)
 
-    def _learn_schema(self, X_train: pd.DataFrame, X_valid: pd.DataFrame) -> None:
-        self.feature_names_ = [str(c) for c in X_train.columns]
+    def _learn_schema(self, X: pd.DataFrame) -> None:
+        self.feature_names_ = [str(c) for c in X.columns]
         if len(set(self.feature_names_)) != len(self.feature_names_):
             raise ValueError("feature columns must be unique")
         self.categories_: dict[str, list[str]] = {}
         for name in self.feature_names_:
-            if is_categorical(X_train[name]):
-                seen = pd.concat([X_train[name], X_valid[name]]).dropna().astype(str)
+            if is_categorical(X[name]):
+                seen = X[name].dropna().astype(str)
                 self.categories_[name] = sorted(seen.unique().tolist())
 
     def _check_fitted(self) -> None:
@@ -299,15 +299,41 @@ class PropensityModel(BaseEstimator):
         y_train, y_valid : array-like of 0/1, shape (n,)
         trainer : where the boosters are trained (default :class:`LocalBoosters`, in process;
             e.g. ``dmp_ml.scale.DaskBoosters``, ``lightgbm.dask`` on a cluster).
+
+        The two are copied into one frame; a caller holding every row in one frame already
+        calls :meth:`fit_rows` and saves that copy.
+        """
+        if len(y_train) != len(X_train) or len(y_valid) != len(X_valid):
+            raise ValueError("X and y differ in length")
+        return self.fit_rows(
+            pd.concat([X_train, X_valid.reindex(columns=X_train.columns)]),
+            np.concatenate([np.asarray(y_train), np.asarray(y_valid)]),
+            len(X_train),
+            trainer,
+        )
+
+    def fit_rows(
+        self,
+        X: pd.DataFrame,
+        y: Sequence[int] | np.ndarray | pd.Series,
+        n_train: int,
+        trainer: BoosterTrainer | None = None,
+    ) -> PropensityModel:
+        """:meth:`fit` on every labelled row in one frame: the first ``n_train`` rows train,
+        the rest validate.
+
+        The boosters read views of ``X``'s columns (its row slices for the holdout fits, all
+        of it for the refit), so LightGBM's float matrix is the only copy of the data made;
+        concatenating the parts for the refit made a second one.
         """
         trainer = trainer if trainer is not None else LocalBoosters()
-        yt = np.asarray(y_train, dtype=np.float64)
-        yv = np.asarray(y_valid, dtype=np.float64)
-        if len(yt) != len(X_train) or len(yv) != len(X_valid):
+        y_all = np.asarray(y, dtype=np.float64)
+        if len(y_all) != len(X):
             raise ValueError("X and y differ in length")
-        X_valid = X_valid.reindex(columns=X_train.columns)
-        self._learn_schema(X_train, X_valid)
-        Xt, Xv = self._prepare(X_train), self._prepare(X_valid)
+        yt, yv = y_all[:n_train], y_all[n_train:]
+        X_valid = X.iloc[n_train:]
+        self._learn_schema(X)
+        Xt, Xv = self._prepare(X.iloc[:n_train]), self._prepare(X_valid)
         cat_cols = [f"f{i}" for i, n in enumerate(self.feature_names_) if n in self.categories_]
         # leaf size chosen on the validation snapshot from a grid scaled to the training rows
         self.leaf_size_auc_: dict[int, float] = {}
@@ -324,6 +350,7 @@ class PropensityModel(BaseEstimator):
         params = self._lgb_params(self.min_child_samples_)
 
         raw_valid = self.holdout_booster_.predict(Xv, raw_score=True, num_threads=self.n_threads)
+        del Xt, Xv  # their categorical codes (and converted columns): not held through the refit
         p_before = expit(raw_valid)
         p_after = Calibrator.cross_fitted(
             raw_valid, yv, self.calibration, self.calibration_folds, self.seed
@@ -341,8 +368,8 @@ class PropensityModel(BaseEstimator):
         if self.refit:
             self.booster_, _ = trainer.train(
                 params,
-                pd.concat([Xt, Xv], ignore_index=True),
-                np.concatenate([yt, yv]),
+                self._prepare(X),
+                y_all,
                 cat_cols,
                 self.best_iteration_,
             )

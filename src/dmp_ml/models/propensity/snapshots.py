@@ -71,7 +71,8 @@ def align_features(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
 
     Columns absent from ``frame`` (e.g. a top-K category that was not top-K at an older cutoff)
     become missing: NaN for numeric columns, a missing category for categorical ones; LightGBM
-    treats them as unknown rather than as zero. Extra columns are dropped.
+    treats them as unknown rather than as zero. Extra columns are dropped. The columns ``frame``
+    has are its own arrays, not copies.
     """
     out = {}
     for name in reference.columns:
@@ -81,7 +82,7 @@ def align_features(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
             out[name] = pd.Series(pd.Categorical([None] * len(frame)), index=frame.index)
         else:
             out[name] = pd.Series(np.nan, index=frame.index, dtype="float64")
-    return pd.DataFrame(out, index=frame.index)
+    return pd.DataFrame(out, index=frame.index, copy=False)
 
 
 def build_snapshots(

@@ -174,25 +174,23 @@ def train_propensity(
             f"{ps.horizon_days} days); use a shorter horizon_days or a later as_of"
         )
     ordered = sorted(snapshots, key=lambda s: s[0].spec.as_of)
-    # the tables are copied into the training and validation matrices below; a caller that
-    # passes the list without keeping it (the train step) has them freed before the fits
+    # the tables are copied into one matrix of every labelled row below; a caller that passes
+    # the list without keeping it (the train step) has them freed before the fits
     del snapshots
     reference = score_table.frame
-
-    def labelled(table: FeatureTable, labels: pd.Series) -> tuple[pd.DataFrame, np.ndarray]:
-        X = align_features(table.frame, reference)
-        y = labels.reindex(X.index).fillna(0).astype(np.int64).to_numpy()
-        return X, y
-
-    parts = [labelled(t, lab) for t, lab in ordered[:-1]]
-    X_train = pd.concat([p[0] for p in parts])
-    y_train = np.concatenate([p[1] for p in parts])
-    del parts  # the aligned snapshots, copied into X_train: not held through the fits
-    X_valid, y_valid = labelled(*ordered[-1])
     train_cutoffs = [t.spec.as_of for t, _ in ordered[:-1]]
     valid_cutoff = ordered[-1][0].spec.as_of
     n_snapshots = len(ordered)
+    # aligned without copying (views of the tables' columns): the concatenation is the copy
+    X_all = pd.concat([align_features(t.frame, reference) for t, _ in ordered])
+    y_all = np.concatenate(
+        [lab.reindex(t.frame.index).fillna(0).astype(np.int64).to_numpy() for t, lab in ordered]
+    )
+    n_train = len(X_all) - len(ordered[-1][0].frame)
     del ordered
+    # the training and validation rows are views of X_all, which the refits read whole
+    X_train, X_valid = X_all.iloc[:n_train], X_all.iloc[n_train:]
+    y_train, y_valid = y_all[:n_train], y_all[n_train:]
     _check_counts("training data (all snapshots but the last)", y_train, ps, target)
     _check_counts("validation snapshot (the most recent labelled one)", y_valid, ps, target)
 
@@ -211,7 +209,7 @@ def train_propensity(
     }
     model = PropensityModel.from_settings(settings)
     model.info_ = info
-    model.fit(X_train, y_train, X_valid, y_valid, trainer=trainer)
+    model.fit_rows(X_all, y_all, n_train, trainer=trainer)
     rf, single = baselines["baseline_rf_logreg"], baselines["baseline_single"]
     predictions = pd.DataFrame(
         {
@@ -242,10 +240,7 @@ def train_propensity(
             served = BLEND
     if served == BLEND:
         assert blend is not None
-        X_all = pd.concat([X_train, X_valid])
-        final = BASELINES[blend.baseline](target, ps.horizon_days).fit(
-            X_all, np.concatenate([y_train, y_valid])
-        )
+        final = BASELINES[blend.baseline](target, ps.horizon_days).fit(X_all, y_all)
         stacked = blend.raw(
             model.validation_predictions_["raw"].to_numpy(),
             baseline_logit(predictions[f"p_{blend.baseline}"].to_numpy()),
@@ -261,10 +256,7 @@ def train_propensity(
             aucs["model"],
         )
     elif served != "model":
-        X_all = pd.concat([X_train, X_valid])
-        final = BASELINES[served](target, ps.horizon_days).fit(
-            X_all, np.concatenate([y_train, y_valid])
-        )
+        final = BASELINES[served](target, ps.horizon_days).fit(X_all, y_all)
         model.serve_baseline(served, baselines[served], final)
         logger.warning(
             "propensity '%s': %s (validation ROC-AUC %.4f) beats the model (%.4f): serving it",
@@ -300,7 +292,10 @@ def train_propensity(
         as_of=score_table.spec.as_of,
         metrics=report,
         validation=ValidationSet(
-            cutoff=valid_cutoff, X=X_valid, y=y_valid, predictions=predictions
+            cutoff=valid_cutoff,
+            X=X_valid.copy(),  # a view would hold every labelled row as long as the result
+            y=y_valid,
+            predictions=predictions,
         ),
         scores=scores,
         feature_spec=score_table.spec,
