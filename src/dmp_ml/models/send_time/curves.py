@@ -110,18 +110,16 @@ def extract(
     other = ~(send | resp) & ~kinds.isin(list(non_engagement))
     is_send, is_resp = np.append(send, False)[kind], np.append(resp, False)[kind]
     is_other = np.append(other, True)[kind]
-    camp, _ = _coded(frame["campaign_id"])
-    camp_codes = np.full(len(camp), -1, dtype=np.int64)  # numbered by first appearance
-    camp_codes[camp >= 0] = pd.factorize(camp[camp >= 0])[0]
-    profile, profiles = _factorize_ids(frame["profile_id"])
+    camp_codes, _ = _first_seen(frame["campaign_id"])
+    profile, profiles = _first_seen(frame["profile_id"])
     return {
-        "profile": profile.astype(np.int64),
+        "profile": profile,
         "profiles": pd.Index(pd.array(profiles, dtype="string"), name="profile_id"),
         "sec": sec,
         "is_send": is_send,
         "is_resp": is_resp,
         "is_other": is_other,
-        "campaign": camp_codes.astype(np.int64),
+        "campaign": camp_codes,
     }
 
 
@@ -139,13 +137,15 @@ def _coded(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return np.asarray(values.codes), pd.Index(values.categories).astype("string")
 
 
-def _factorize_ids(ids: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """``pd.factorize`` of the ids as text (codes in order of first appearance); a
-    categorical (a resolved log's) is factorized by its codes, never spelled out row by row."""
-    if isinstance(ids.dtype, pd.CategoricalDtype):
-        codes, used = pd.factorize(ids.cat.codes.to_numpy())
-        return codes, ids.cat.categories[used]
-    return pd.factorize(ids.astype("string"))
+def _first_seen(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize`` of the column as text: codes in order of first appearance (-1:
+    missing) and the values they number, found from the column's codes (:func:`_coded`)."""
+    codes, values = _coded(column)
+    present = codes >= 0
+    numbered, used = pd.factorize(codes[present])
+    out = np.full(len(codes), -1, dtype=np.int64)
+    out[present] = numbered
+    return out, values[used]
 
 
 def profile_codes(raw: dict[str, Any], index: pd.Index) -> np.ndarray:
