@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator
 from dmp_ml import metrics
 from dmp_ml.errors import BundleError
 from dmp_ml.models.base import constructor_args
+from dmp_ml.models.propensity import booster_data
 from dmp_ml.models.propensity.baselines import Baseline, baseline_from_dict
 from dmp_ml.models.propensity.blend import BLEND, Blend, baseline_logit
 from dmp_ml.models.propensity.calibration import Calibrator
@@ -80,7 +81,8 @@ class BoosterTrainer(Protocol):
 
 
 class LocalBoosters:
-    """In process: ``lightgbm.train`` (with its early stopping on ``valid``)."""
+    """In process: ``lightgbm.train`` (with its early stopping on ``valid``), the Datasets
+    read from the frames' columns in place (:mod:`.booster_data`)."""
 
     def train(
         self,
@@ -94,11 +96,11 @@ class LocalBoosters:
     ) -> tuple[lgb.Booster, int]:
         """A booster of at most ``num_boost_round`` trees and the trees kept."""
         if valid is None:
-            data = lgb.Dataset(X, y, categorical_feature=cat_cols)
+            data = booster_data.dataset(X, y, cat_cols)
             booster = lgb.train(params, data, num_boost_round=num_boost_round)
             return booster, booster.current_iteration()
-        train_set = lgb.Dataset(X, y, categorical_feature=cat_cols, free_raw_data=False)
-        valid_set = lgb.Dataset(*valid, reference=train_set, categorical_feature=cat_cols)
+        train_set = booster_data.dataset(X, y, cat_cols)
+        valid_set = booster_data.dataset(valid[0], valid[1], cat_cols, reference=train_set)
         booster = lgb.train(
             params,
             train_set,
@@ -340,7 +342,7 @@ class PropensityModel(BaseEstimator):
         chosen: tuple[float, int, int, lgb.Booster] | None = None
         for leaf in self.leaf_size_candidates(len(yt)):
             booster, best = self._fit_holdout(Xt, yt, Xv, yv, cat_cols, leaf, trainer)
-            raw = booster.predict(Xv, raw_score=True, num_threads=self.n_threads)
+            raw = booster_data.predict(booster, Xv, raw_score=True, num_threads=self.n_threads)
             auc = float(metrics.roc_auc(yv, raw)) if 0 < yv.sum() < len(yv) else 0.5
             self.leaf_size_auc_[leaf] = auc
             if chosen is None or auc > chosen[0] + _AUC_TIE:
@@ -349,7 +351,9 @@ class PropensityModel(BaseEstimator):
         _, self.min_child_samples_, self.best_iteration_, self.holdout_booster_ = chosen
         params = self._lgb_params(self.min_child_samples_)
 
-        raw_valid = self.holdout_booster_.predict(Xv, raw_score=True, num_threads=self.n_threads)
+        raw_valid = booster_data.predict(
+            self.holdout_booster_, Xv, raw_score=True, num_threads=self.n_threads
+        )
         del Xt, Xv  # their categorical codes (and converted columns): not held through the refit
         p_before = expit(raw_valid)
         p_after = Calibrator.cross_fitted(
@@ -476,8 +480,8 @@ class PropensityModel(BaseEstimator):
             if self.served != BLEND:
                 return base_raw
         booster = self._booster(which)
-        raw = np.asarray(
-            booster.predict(self._prepare(X), raw_score=True, num_threads=self.n_threads)
+        raw = booster_data.predict(
+            booster, self._prepare(X), raw_score=True, num_threads=self.n_threads
         )
         return self.blend_.raw(raw, base_raw) if self.served == BLEND else raw
 
