@@ -553,3 +553,30 @@ def test_evidence_is_the_same_from_text_categories_and_arrow_dictionaries() -> N
     for other in found[1:]:
         for key in ("profile", "sec", "is_send", "is_resp", "is_other", "campaign"):
             np.testing.assert_array_equal(other[key], first[key])
+
+
+def test_evaluation_reads_curves_at_the_engagements_as_the_full_matrices_do() -> None:
+    """The evaluation's per-engagement reads equal indexing the (n, 168) matrices they
+    replace, across blocks of profiles and for keys never seen."""
+    from types import SimpleNamespace
+
+    from dmp_ml.models.send_time import curves
+    from dmp_ml.models.send_time.evaluate import _counts_at, _timing_at
+
+    rng = np.random.default_rng(5)
+    n = 2 * curves.BLOCK_ROWS + 77
+    shape = rng.gamma(2.0, 1.0, (n, curves.HOURS_PER_WEEK)).astype(np.float32)
+    shape[3] = 0.0  # a flat curve: every hour ties
+    profile = rng.integers(0, n, 9000)
+    how = rng.integers(0, curves.HOURS_PER_WEEK, 9000)
+    best, at = _timing_at(SimpleNamespace(local_shape_=shape), profile, how)
+    dense = curves.timing(shape)
+    np.testing.assert_array_equal(best, curves.daily(dense).argmax(axis=1))
+    np.testing.assert_array_equal(at, dense[profile, how])
+
+    keys = rng.integers(0, 50, 400)
+    hist = np.bincount(keys, minlength=60)
+    probes = np.arange(-2, 62)
+    expected = np.where((probes >= 0) & (probes < 60), hist[np.clip(probes, 0, 59)], 0)
+    np.testing.assert_array_equal(_counts_at(keys, probes), expected)
+    np.testing.assert_array_equal(_counts_at(keys[:0], probes), np.zeros(len(probes)))

@@ -125,20 +125,24 @@ def evaluate_send_time(
         before = curves.evidence(raw, codes, as_of_sec, *machine)
     if len(before.act_p) == 0:
         logger.warning("send time evaluation: no rows before the cutoff; baselines lack history")
+    # the baselines' curves are read at the evaluation's engagement hours only: per profile
+    # its pre-cutoff count at each of them, its total and its count by hour of day, not an
+    # (n_profiles, 168) histogram (each curve of them was a matrix as large as the model's)
     how_before = base_conv.local_how(before.act_sec, base_code[before.act_p])
-    past = np.bincount(
-        before.act_p * HOURS_PER_WEEK + how_before, minlength=n * HOURS_PER_WEEK
-    ).reshape(n, HOURS_PER_WEEK)
-    past = past.astype(float)
-    glob = past.sum(axis=0)
+    past_p = before.act_p.astype(np.int64)
+    past_total = np.bincount(past_p, minlength=n).astype(float)
+    past_at = _counts_at(past_p * HOURS_PER_WEEK + how_before, hp * HOURS_PER_WEEK + hh_base)
+    past_daily = np.bincount(past_p * 24 + how_before % 24, minlength=n * 24).reshape(n, 24)
+    glob = np.bincount(how_before, minlength=HOURS_PER_WEEK).astype(float)
     if glob.sum() == 0:
         glob = model.global_shape_.astype(float).copy()
     glob = curves.smooth(glob[None, :], curves.kernel(model.bandwidth_, 0.0))[0]
     glob = np.maximum(glob / glob.sum(), 1e-6)
     glob /= glob.sum()
 
-    def loglik(q: np.ndarray, hh: np.ndarray, subset: np.ndarray | None = None) -> float:
-        ll = np.bincount(hp, weights=np.log(q[hp, hh]), minlength=n)
+    def loglik(q_at: np.ndarray, subset: np.ndarray | None = None) -> float:
+        """Mean over profiles of the mean log of a curve ``q_at`` read at each engagement."""
+        ll = np.bincount(hp, weights=np.log(q_at), minlength=n)
         sel = evaluated if subset is None else subset
         return float((ll[sel] / per_profile[sel]).mean())
 
@@ -146,18 +150,19 @@ def evaluate_send_time(
         sel = evaluated if subset is None else subset
         return float(_circular_hits(best[sel], actual[sel]).mean())
 
-    q_model = model.timing_
-    model_hod = curves.daily(q_model).argmax(axis=1)
-    q_global = np.broadcast_to(glob, (n, HOURS_PER_WEEK))
+    model_hod, q_model = _timing_at(model, hp, hh_model)
+    q_global = glob[hh_base]
     global_hod = np.full(n, int(curves.daily(glob[None, :]).argmax()))
-    has_past = past.sum(axis=1) > 0
-    own_hod = np.where(has_past, curves.daily(past).argmax(axis=1), global_hod)
+    has_past = past_total > 0
+    own_hod = np.where(has_past, past_daily.argmax(axis=1), global_hod)
 
     def own_curve(pseudo: float) -> np.ndarray:
-        q = (past + pseudo) / (past.sum(axis=1, keepdims=True) + pseudo * HOURS_PER_WEEK)
-        return np.where(has_past[:, None], q, glob[None, :])
+        """The own-history curve (counts plus ``pseudo`` per hour, normalised; the global
+        curve without history) at each engagement."""
+        q = (past_at + pseudo) / (past_total[hp] + pseudo * HOURS_PER_WEEK)
+        return np.where(has_past[hp], q, q_global)
 
-    own_scores = {p: loglik(own_curve(p), hh_base) for p in _OWN_PSEUDO_COUNTS}
+    own_scores = {p: loglik(own_curve(p)) for p in _OWN_PSEUDO_COUNTS}
     best_pseudo = max(own_scores, key=own_scores.__getitem__)
     q_own = own_curve(best_pseudo)
 
@@ -166,11 +171,11 @@ def evaluate_send_time(
         "n_engagement_hours": int(len(hp)),
         "model": {
             "hit_rate": hits(model_hod, next_model),
-            "loglik": loglik(q_model, hh_model),
+            "loglik": loglik(q_model),
         },
         "global_hour": {
             "hit_rate": hits(global_hod, next_base),
-            "loglik": loglik(q_global, hh_base),
+            "loglik": loglik(q_global),
         },
         "own_hour": {
             "hit_rate": hits(own_hod, next_base),
@@ -192,9 +197,9 @@ def evaluate_send_time(
                     "hit_rate": hits(model_hod, next_model, sel),
                     "global_hour_hit_rate": hits(global_hod, next_base, sel),
                     "own_hour_hit_rate": hits(own_hod, next_base, sel),
-                    "loglik": loglik(q_model, hh_model, sel),
-                    "global_hour_loglik": loglik(q_global, hh_base, sel),
-                    "own_hour_loglik": loglik(q_own, hh_base, sel),
+                    "loglik": loglik(q_model, sel),
+                    "global_hour_loglik": loglik(q_global, sel),
+                    "own_hour_loglik": loglik(q_own, sel),
                 }
         result["model"][key] = groups
 
@@ -259,6 +264,34 @@ def held_out(model: SendTimeModel, events: pd.DataFrame) -> HeldOut:
     ).astype(np.float64)
     engagement = hours / hours.sum() if hours.sum() > 0 else hours
     return HeldOut(sends, engagement)
+
+
+def _counts_at(keys: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """How often each of ``at`` occurs among ``keys``, as float64, shape ``at.shape``."""
+    seen, counts = np.unique(keys, return_counts=True)
+    pos = np.minimum(np.searchsorted(seen, at), max(len(seen) - 1, 0))
+    found = (seen[pos] == at) if len(seen) else np.zeros(len(at), dtype=bool)
+    return np.where(found, counts[pos] if len(seen) else 0, 0).astype(np.float64)
+
+
+def _timing_at(
+    model: SendTimeModel, profile: np.ndarray, how: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's best hour of day per profile (the peak of :attr:`~SendTimeModel.timing_`
+    summed over the days) and its timing curve at each (``profile``, ``how``), computed a
+    block of profiles at a time, not as one (n_profiles, 168) matrix."""
+    shape = np.asarray(model.local_shape_)
+    n = len(shape)
+    best = np.empty(n, dtype=np.int64)
+    at = np.empty(len(profile), dtype=np.float64)
+    order = np.argsort(profile, kind="stable")
+    bounds = np.searchsorted(profile[order], np.arange(0, n + curves.BLOCK_ROWS, curves.BLOCK_ROWS))
+    for block, lo in enumerate(range(0, n, curves.BLOCK_ROWS)):
+        q = curves.timing(shape[lo : lo + curves.BLOCK_ROWS])
+        best[lo : lo + len(q)] = curves.daily(q).argmax(axis=1)
+        mine = order[bounds[block] : bounds[block + 1]]
+        at[mine] = q[profile[mine] - lo, how[mine]]
+    return best, at
 
 
 def _circular_hits(a: np.ndarray, b: np.ndarray, tolerance: int = 1) -> np.ndarray:
