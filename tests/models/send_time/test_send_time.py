@@ -580,3 +580,42 @@ def test_evaluation_reads_curves_at_the_engagements_as_the_full_matrices_do() ->
     expected = np.where((probes >= 0) & (probes < 60), hist[np.clip(probes, 0, 59)], 0)
     np.testing.assert_array_equal(_counts_at(keys, probes), expected)
     np.testing.assert_array_equal(_counts_at(keys[:0], probes), np.zeros(len(probes)))
+
+
+def test_hours_are_counted_by_block_as_a_whole_count_does() -> None:
+    """Sends, response weights and engagement hours per profile and local hour of week,
+    counted a block of profiles at a time, equal one count over every profile (the response
+    sums bit for bit); unsorted evidence is refused rather than miscounted."""
+    from dmp_ml.models.send_time import curves
+    from dmp_ml.models.send_time.zones import ZoneConverter
+
+    rng = np.random.default_rng(11)
+    n, hours = 2 * curves.BLOCK_ROWS + 5, curves.HOURS_PER_WEEK
+    send_p = np.sort(rng.integers(0, n, 30_000))
+    act_p = np.sort(rng.integers(0, n - 3, 20_000))  # the last profiles without engagement
+    ev = curves.Evidence(
+        send_p,
+        rng.integers(1_700_000_000, 1_710_000_000, len(send_p)),
+        rng.choice([0.0, 0.25, 1.0], len(send_p)),
+        act_p,
+        rng.integers(1_700_000_000, 1_710_000_000, len(act_p)),
+    )
+    zones = ["UTC", "America/New_York", "Asia/Tokyo"]
+    zone_code = rng.integers(0, len(zones), n)
+    conv = ZoneConverter(zones)
+    got = curves.count_hours(ev, n, zone_code, conv)
+    sh = conv.local_how(ev.send_sec, zone_code[ev.send_p])
+    ah = conv.local_how(ev.act_sec, zone_code[ev.act_p])
+    skey = ev.send_p * hours + sh
+    np.testing.assert_array_equal(got.sends, np.bincount(skey, minlength=n * hours).reshape(n, -1))
+    np.testing.assert_array_equal(
+        got.responses,
+        np.bincount(skey, weights=ev.send_resp, minlength=n * hours).reshape(n, -1),
+    )
+    np.testing.assert_array_equal(
+        got.activity, np.bincount(act_p * hours + ah, minlength=n * hours).reshape(n, -1)
+    )
+    assert got.sends.dtype == got.activity.dtype == np.int32
+    shuffled = curves.Evidence(ev.send_p[::-1], ev.send_sec, ev.send_resp, ev.act_p, ev.act_sec)
+    with pytest.raises(ValueError, match="sorted by profile"):
+        curves.count_hours(shuffled, n, zone_code, conv)

@@ -219,7 +219,7 @@ def window_activity(window: GuardWindow) -> np.ndarray:
     """Engagement hours per profile and local hour of week before the window (n, 168)."""
     n = len(window.zone_code)
     conv = ZoneConverter(window.zones)
-    return curves.count_hours(window.past, n, window.zone_code, conv).activity
+    return curves.count_activity(window.past, n, window.zone_code, conv)
 
 
 def score_window(window: GuardWindow) -> dict[str, tuple[np.ndarray, np.ndarray]]:

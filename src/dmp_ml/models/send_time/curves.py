@@ -224,14 +224,44 @@ def evidence_range(ev: Evidence, lo: int, hi: int) -> Evidence:
 
 
 def count_hours(ev: Evidence, n: int, zone_code: np.ndarray, conv: ZoneConverter) -> Counts:
-    size = n * HOURS_PER_WEEK
+    """Sends, response weights and engagement hours per profile and local hour of week
+    (n, 168) each, counted a block of profiles at a time (``ev`` is sorted by profile): no
+    (n, 168) int64 count beside each result. Each cell's sum adds its rows in their order,
+    so the figures are a whole count's."""
+    sends = np.zeros((n, HOURS_PER_WEEK), dtype=np.int32)
+    resp = np.zeros((n, HOURS_PER_WEEK))
     sh = conv.local_how(ev.send_sec, zone_code[ev.send_p])
+    bounds = _block_bounds(ev.send_p, n)
+    for b, lo in enumerate(range(0, n, BLOCK_ROWS)):
+        rows = slice(bounds[b], bounds[b + 1])
+        size = (min(lo + BLOCK_ROWS, n) - lo) * HOURS_PER_WEEK
+        key = (ev.send_p[rows] - lo) * HOURS_PER_WEEK + sh[rows]
+        sends[lo : lo + BLOCK_ROWS] = np.bincount(key, minlength=size).reshape(-1, HOURS_PER_WEEK)
+        resp[lo : lo + BLOCK_ROWS] = np.bincount(
+            key, weights=ev.send_resp[rows], minlength=size
+        ).reshape(-1, HOURS_PER_WEEK)
+    return Counts(sends, resp, count_activity(ev, n, zone_code, conv))
+
+
+def _block_bounds(profile: np.ndarray, n: int) -> np.ndarray:
+    """Where each block of ``BLOCK_ROWS`` profiles starts in ``profile`` (sorted)."""
+    if len(profile) > 1 and (np.diff(profile) < 0).any():
+        raise ValueError("evidence must be sorted by profile, as evidence() returns it")
+    return np.searchsorted(profile, np.arange(0, n + BLOCK_ROWS, BLOCK_ROWS))
+
+
+def count_activity(ev: Evidence, n: int, zone_code: np.ndarray, conv: ZoneConverter) -> np.ndarray:
+    """Engagement hours per profile and local hour of week, (n, 168) int32 (see
+    :func:`count_hours`)."""
+    act = np.zeros((n, HOURS_PER_WEEK), dtype=np.int32)
     ah = conv.local_how(ev.act_sec, zone_code[ev.act_p])
-    skey = ev.send_p * HOURS_PER_WEEK + sh
-    sends = np.bincount(skey, minlength=size).astype(np.int32).reshape(n, HOURS_PER_WEEK)
-    resp = np.bincount(skey, weights=ev.send_resp, minlength=size).reshape(n, HOURS_PER_WEEK)
-    act = np.bincount(ev.act_p * HOURS_PER_WEEK + ah, minlength=size).astype(np.int32)
-    return Counts(sends, resp, act.reshape(n, HOURS_PER_WEEK))
+    bounds = _block_bounds(ev.act_p, n)
+    for b, lo in enumerate(range(0, n, BLOCK_ROWS)):
+        rows = slice(bounds[b], bounds[b + 1])
+        size = (min(lo + BLOCK_ROWS, n) - lo) * HOURS_PER_WEEK
+        key = (ev.act_p[rows] - lo) * HOURS_PER_WEEK + ah[rows]
+        act[lo : lo + BLOCK_ROWS] = np.bincount(key, minlength=size).reshape(-1, HOURS_PER_WEEK)
+    return act
 
 
 def rates(
