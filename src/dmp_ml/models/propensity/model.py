@@ -262,7 +262,9 @@ class PropensityModel(BaseEstimator):
                 out[key] = pd.Categorical(values, categories=cats)
             elif col is None:
                 out[key] = np.full(len(X), np.nan)
-            else:  # float64 after astype (NA -> NaN): a view of X's column, not a copy
+            elif col.dtype == np.float64:  # a view of X's column (to_numeric would copy it)
+                out[key] = col.to_numpy()
+            else:  # float64 after astype (NA -> NaN)
                 out[key] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
         # the columns as they are, not consolidated into one block: no copy of the matrix
         return pd.DataFrame(out, index=pd.RangeIndex(len(X)), copy=False)
