@@ -290,12 +290,16 @@ def record_training_events(
     """
     # text held as dictionaries stays so: the log is decoded a row group at a time, written
     frame = purge_events(contract_frame(events, dictionaries=True), erased)
-    keys = row_keys(frame)
     with workdir_lock(workdir):  # forget and refresh rewrite these files under it too
-        merged = []
-        for batch in incoming_batches(workdir):
-            if np.isin(row_keys(read_events_file(batch)), keys).all():
-                merged.append(batch.name)
+        merged: list[str] = []
+        batches = incoming_batches(workdir)
+        if batches:  # a hash per event (and its temporaries) only when batches are stored
+            keys = row_keys(frame)
+            merged = [
+                batch.name
+                for batch in batches
+                if np.isin(row_keys(read_events_file(batch)), keys).all()
+            ]
         drop_index(workdir)  # the old index holds the old events
         path = write_parquet_atomic(frame, layout.base_events(workdir))
         write_json_atomic(
