@@ -161,33 +161,42 @@ def contract_frame(frame: pd.DataFrame, *, dictionaries: bool = False) -> pd.Dat
     text column held as a dictionary (:func:`dmp_ml.contract.held_text`) is decoded in Arrow
     to ``string``, the type the event store writes, or kept as it is with ``dictionaries``.
     """
-    out = pd.DataFrame(index=range(len(frame)))
+    n = len(frame)
+    # the columns gathered and framed once, without a copy: a train's log is held beside them
+    columns: dict[str, Any] = {}
     for column in EVENT_COLUMNS:
-        if column == "event_time":  # from the Series: to_numpy() boxes every tz-aware time
-            times = frame[column] if column in frame.columns else [None] * len(frame)
-            out[column] = pd.DatetimeIndex(pd.to_datetime(times, utc=True))
-            continue
-        if column in frame.columns and column != "value" and frame[column].dtype == _STRING:
-            out[column] = frame[column].array  # already the contract's text: no copy
-            continue
-        if column in frame.columns and is_dictionary(frame[column].dtype):
-            held = frame[column].array
-            out[column] = held if dictionaries else _decoded(held.__arrow_array__())
-            continue
-        values = frame[column].to_numpy() if column in frame.columns else None
-        if column == "value":
-            out[column] = (
-                pd.to_numeric(pd.Series(values), errors="coerce").astype("float64")
-                if values is not None
-                else np.nan
-            )
+        given = frame[column] if column in frame.columns else None
+        if column == "event_time":
+            if given is not None and _zoned_ns(given.dtype):  # in UTC as a view: no copy
+                columns[column] = given.array.tz_convert("UTC")
+            else:  # from the Series: to_numpy() boxes every tz-aware time
+                times = given if given is not None else [None] * n
+                columns[column] = pd.DatetimeIndex(pd.to_datetime(times, utc=True)).array
+        elif given is not None and column != "value" and given.dtype == _STRING:
+            columns[column] = given.array  # already the contract's text: no copy
+        elif given is not None and is_dictionary(given.dtype):
+            held = given.array
+            columns[column] = held if dictionaries else _decoded(held.__arrow_array__())
+        elif column == "value":
+            if given is None:
+                columns[column] = np.full(n, np.nan)
+            elif given.dtype == np.float64:
+                columns[column] = given.to_numpy()
+            else:
+                numbers = pd.to_numeric(pd.Series(given.to_numpy()), errors="coerce")
+                columns[column] = numbers.astype("float64").to_numpy()
         else:
-            out[column] = (
-                pd.array(values, dtype="string")
-                if values is not None
-                else pd.array([pd.NA] * len(frame), dtype="string")
+            columns[column] = (
+                pd.array(given.to_numpy(), dtype="string")
+                if given is not None
+                else pd.array([pd.NA] * n, dtype="string")
             )
-    return out
+    return pd.DataFrame(columns, index=pd.RangeIndex(n), copy=False)
+
+
+def _zoned_ns(dtype: object) -> bool:
+    """Whether ``dtype`` is nanosecond times with a time zone (read in UTC as they are)."""
+    return isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns"
 
 
 def _decoded(values: pa.ChunkedArray) -> pd.arrays.ArrowStringArray:
