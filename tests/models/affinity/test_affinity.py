@@ -195,3 +195,44 @@ def test_affinity_model_keeps_the_bundle_protocol(tmp_path: Path) -> None:
     loaded = AffinityModel.load(model.save(tmp_path / model.name), n_threads=1)
     assert loaded.profile_ids_.tolist() == ["a", "c", "d"]
     assert loaded.forget(["c", "x"]) == 1 and loaded.profile_ids_.tolist() == ["a", "d"]
+
+
+def test_engagement_rows_are_the_same_from_text_dictionaries_and_categories() -> None:
+    """A training's log holds its text as Arrow dictionaries (one per chunk); the engagement
+    rows chosen on their distinct values are the ones the text gives: eligible profiles only,
+    passive pushes and missing profiles left out, a missing event type kept."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(7)
+    n = 3_000
+    pick = lambda values: np.array(values, dtype=object)[rng.integers(0, len(values), n)]  # noqa: E731
+    text = {
+        "profile_id": pick(["p1", "p2", "p3", "p9", None]),
+        "event_type": pick(["page_view", "email_send", "ad_impression", "purchase", None]),
+        "channel": pick(["web", "email", None]),
+        "category": pick(["shoes", "bags", None]),
+    }
+    ids = pd.Index(["p1", "p2", "p3", "p4"], dtype="string")
+    model = AffinityModel()
+
+    def chunked(values: np.ndarray) -> pd.Series:
+        arrow = pa.array(list(values), type=pa.string())
+        parts = [arrow[:1000].dictionary_encode(), arrow[1000:].dictionary_encode()]
+        return pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array(parts)))
+
+    index = pd.RangeIndex(5, 5 + n)
+    found = {
+        "string": pd.DataFrame({c: pd.array(v, dtype="string") for c, v in text.items()}),
+        "category": pd.DataFrame({c: pd.Categorical(v) for c, v in text.items()}),
+        "dictionary": pd.DataFrame({c: chunked(v) for c, v in text.items()}),
+    }
+    rows = {kind: model.engagement(frame.set_axis(index), ids) for kind, frame in found.items()}
+    kind = pd.Series(text["event_type"])
+    expected = (
+        pd.Series(text["profile_id"]).isin(list(ids)).to_numpy()
+        & ~kind.isin(model.passive_event_types).to_numpy()
+    )
+    assert 0 < expected.sum() < n
+    np.testing.assert_array_equal(rows["string"].index, index[expected])
+    for got in rows.values():
+        pd.testing.assert_frame_equal(got, rows["string"])

@@ -36,11 +36,18 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from dmp_ml.codes import as_categorical
 from dmp_ml.errors import BundleError
 from dmp_ml.id_index import IdIndex, rows_of
 from dmp_ml.mapped import map_array, write_array
 from dmp_ml.models.base import constructor_args
-from dmp_ml.rows import OverlaidRows, OverlaidSparseRows, id_merge_order
+from dmp_ml.rows import (
+    OverlaidRows,
+    OverlaidSparseRows,
+    id_merge_order,
+    is_dictionary,
+    keep_rows,
+)
 
 if TYPE_CHECKING:
     from dmp_ml.models.base import ProfileUpdate
@@ -140,16 +147,16 @@ class AffinityModel:
     def engagement(self, events: pd.DataFrame, ids: pd.Index) -> pd.DataFrame:
         """Engagement rows of ``ids``: profile_id, channel, category (``string``, may be
         missing), indexed by their labels in ``events``. Kept as Arrow text, not Python
-        objects: a row costs its bytes, not three Python strings (most of the step's peak)."""
-        pid = events["profile_id"].astype("string")
-        passive = events["event_type"].astype("string").isin(self.passive_event_types)
-        keep = pid.isin(ids).to_numpy(bool, na_value=False) & ~passive.to_numpy(bool, na_value=True)
+        objects: a row costs its bytes, not three Python strings (most of the step's peak).
+        The rows are chosen on the columns' distinct values where the log holds its text as
+        dictionaries or categories, and only the rows kept are spelled out as text."""
+        keep = _member(events["profile_id"], ids) & ~_member(
+            events["event_type"], pd.Index(self.passive_event_types, dtype="string")
+        )
+        columns = ["profile_id", "channel", "category"]
+        kept = keep_rows(events[columns], keep) if not keep.all() else events[columns]
         return pd.DataFrame(
-            {
-                "profile_id": pid.array[keep],
-                "channel": events["channel"].astype("string").array[keep],
-                "category": events["category"].astype("string").array[keep],
-            },
+            {c: kept[c].astype("string").array for c in columns},
             index=events.index[keep],
         )
 
@@ -531,3 +538,19 @@ def display_hours(
         "time": "local",
         "hours": [{"hour": int(h), "share": round(float(by_hour[h]), 4)} for h in order],
     }
+
+
+def _member(column: pd.Series, values: pd.Index) -> np.ndarray:
+    """Whether each row's text is one of ``values`` (a missing one is not), shape (n,): for a
+    dictionary or categorical column, decided once per distinct value."""
+    if is_dictionary(column.dtype):
+        held = as_categorical(column.array.__arrow_array__())
+    elif isinstance(column.dtype, pd.CategoricalDtype):
+        held = column.array
+    else:
+        return column.astype("string").isin(values).to_numpy(bool, na_value=False)
+    member = pd.Index(held.categories).astype("string").isin(values)
+    codes = np.asarray(held.codes)
+    if not member.any():
+        return np.zeros(len(codes), dtype=bool)
+    return np.where(codes >= 0, member[np.maximum(codes, 0)], False)
