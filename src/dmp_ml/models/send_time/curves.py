@@ -225,43 +225,39 @@ def evidence_range(ev: Evidence, lo: int, hi: int) -> Evidence:
 
 def count_hours(ev: Evidence, n: int, zone_code: np.ndarray, conv: ZoneConverter) -> Counts:
     """Sends, response weights and engagement hours per profile and local hour of week
-    (n, 168) each, counted a block of profiles at a time (``ev`` is sorted by profile): no
-    (n, 168) int64 count beside each result. Each cell's sum adds its rows in their order,
-    so the figures are a whole count's."""
-    sends = np.zeros((n, HOURS_PER_WEEK), dtype=np.int32)
-    resp = np.zeros((n, HOURS_PER_WEEK))
+    (n, 168) each (see :func:`_hour_counts`)."""
     sh = conv.local_how(ev.send_sec, zone_code[ev.send_p])
-    bounds = _block_bounds(ev.send_p, n)
-    for b, lo in enumerate(range(0, n, BLOCK_ROWS)):
-        rows = slice(bounds[b], bounds[b + 1])
-        size = (min(lo + BLOCK_ROWS, n) - lo) * HOURS_PER_WEEK
-        key = (ev.send_p[rows] - lo) * HOURS_PER_WEEK + sh[rows]
-        sends[lo : lo + BLOCK_ROWS] = np.bincount(key, minlength=size).reshape(-1, HOURS_PER_WEEK)
-        resp[lo : lo + BLOCK_ROWS] = np.bincount(
-            key, weights=ev.send_resp[rows], minlength=size
-        ).reshape(-1, HOURS_PER_WEEK)
-    return Counts(sends, resp, count_activity(ev, n, zone_code, conv))
-
-
-def _block_bounds(profile: np.ndarray, n: int) -> np.ndarray:
-    """Where each block of ``BLOCK_ROWS`` profiles starts in ``profile`` (sorted)."""
-    if len(profile) > 1 and (np.diff(profile) < 0).any():
-        raise ValueError("evidence must be sorted by profile, as evidence() returns it")
-    return np.searchsorted(profile, np.arange(0, n + BLOCK_ROWS, BLOCK_ROWS))
+    return Counts(
+        _hour_counts(ev.send_p, sh, n),
+        _hour_counts(ev.send_p, sh, n, ev.send_resp),
+        count_activity(ev, n, zone_code, conv),
+    )
 
 
 def count_activity(ev: Evidence, n: int, zone_code: np.ndarray, conv: ZoneConverter) -> np.ndarray:
-    """Engagement hours per profile and local hour of week, (n, 168) int32 (see
-    :func:`count_hours`)."""
-    act = np.zeros((n, HOURS_PER_WEEK), dtype=np.int32)
-    ah = conv.local_how(ev.act_sec, zone_code[ev.act_p])
-    bounds = _block_bounds(ev.act_p, n)
+    """Engagement hours per profile and local hour of week, (n, 168) int32."""
+    return _hour_counts(ev.act_p, conv.local_how(ev.act_sec, zone_code[ev.act_p]), n)
+
+
+def _hour_counts(
+    profile: np.ndarray, how: np.ndarray, n: int, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows per profile and hour of week, (n, 168): int32 counts, or float64 sums of
+    ``weights``. Counted a block of profiles at a time (``profile`` sorted, as
+    :func:`evidence` returns it), so no (n, 168) int64 count stands beside the result; each
+    cell adds its rows in their order, so the figures are a whole count's."""
+    if len(profile) > 1 and (np.diff(profile) < 0).any():
+        raise ValueError("evidence must be sorted by profile, as evidence() returns it")
+    out = np.zeros((n, HOURS_PER_WEEK), dtype=np.int32 if weights is None else np.float64)
+    bounds = np.searchsorted(profile, np.arange(0, n + BLOCK_ROWS, BLOCK_ROWS))
     for b, lo in enumerate(range(0, n, BLOCK_ROWS)):
         rows = slice(bounds[b], bounds[b + 1])
         size = (min(lo + BLOCK_ROWS, n) - lo) * HOURS_PER_WEEK
-        key = (ev.act_p[rows] - lo) * HOURS_PER_WEEK + ah[rows]
-        act[lo : lo + BLOCK_ROWS] = np.bincount(key, minlength=size).reshape(-1, HOURS_PER_WEEK)
-    return act
+        key = (profile[rows] - lo) * HOURS_PER_WEEK + how[rows]
+        part = weights[rows] if weights is not None else None
+        counts = np.bincount(key, weights=part, minlength=size)
+        out[lo : lo + BLOCK_ROWS] = counts.reshape(-1, HOURS_PER_WEEK)
+    return out
 
 
 def rates(
