@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dmp_ml.rows import filled_indices
+from dmp_ml.rows import filled_indices, is_dictionary
 
 
 class ColumnCodes:
@@ -138,3 +138,17 @@ def as_categorical(values: pa.Array | pa.ChunkedArray) -> pd.Categorical:
         return pd.Categorical([], categories=[])
     codes = filled_indices(held.chunk(0).indices, -1)
     return pd.Categorical.from_codes(codes, categories=held.chunk(0).dictionary.to_pylist())
+
+
+def text_codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Each row's code (-1: missing) and the text values (``string``) the codes number. A
+    categorical or an Arrow dictionary column (a training's log) is read from its codes, never
+    spelled out one string a row; other text is factorized."""
+    if is_dictionary(column.dtype):
+        values = as_categorical(column.array.__arrow_array__())
+    elif isinstance(column.dtype, pd.CategoricalDtype):
+        values = column.array
+    else:
+        codes, uniques = pd.factorize(column.astype("string"), use_na_sentinel=True)
+        return codes, pd.Index(uniques, dtype="string")
+    return np.asarray(values.codes), pd.Index(values.categories).astype("string")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from dmp_ml.models.send_time import baselines, curves
-from dmp_ml.models.send_time.curves import HOURS_PER_WEEK, Counts, Evidence
+from dmp_ml.models.send_time.curves import Counts, Evidence
 from dmp_ml.models.send_time.fitting import CurveInputs, FittedCurves, Search, hyper
 from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
 from dmp_ml.scale.cluster import PartitionedStage, map_parts, range_bounds
@@ -93,16 +93,6 @@ def range_totals(counts: Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     )
 
 
-def _rows(counts: Counts, g: float, strength: float) -> curves.Pooled:
-    """The range's rows as :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them
-    (without the sums)."""
-    sends_tot = counts.sends.sum(axis=1)
-    resp_tot = counts.responses.sum(axis=1)
-    rate = (resp_tot + strength * g) / (sends_tot + strength)
-    mu = counts.activity.sum(axis=1) / HOURS_PER_WEEK
-    return curves.Pooled(counts.responses, counts.activity, counts.sends, rate, mu, {}, {})
-
-
 def range_pools(
     counts: Counts,
     part: ProfileRange,
@@ -114,7 +104,8 @@ def range_pools(
     """The range's share of the cohort sums and of the global pool (its located profiles, or
     all when ``everyone``)."""
     located = np.ones(len(part.source), bool) if everyone else part.source != 2
-    return curves.pool_sums(_rows(counts, g, strength), part.cohort_code, n_cohorts, located)
+    rows = curves.pooled_rows(counts, g, strength)
+    return curves.pool_sums(rows, part.cohort_code, n_cohorts, located)
 
 
 def range_curves(
@@ -130,7 +121,7 @@ def range_curves(
     ``shape_sd`` (k, 168), ``data_weight`` (k,), and the priors ``global_shape``,
     ``cohort_shapes``), given the smoothed population parts (``cohort``, ``pool``)."""
     alpha, beta, rho, bandwidth, activity_weight, sharpness = hyper(selected)
-    rows = _rows(counts, g, strength).rows(slice(None))
+    rows = curves.pooled_rows(counts, g, strength).rows(slice(None))
     parts = {"rows": curves.smooth_block(curves.kernel(bandwidth, rho), **rows), **population}
     fitted = curves.shapes(
         curves.smoothed(parts, activity_weight),
@@ -162,7 +153,7 @@ def range_baseline(
 def range_rows(counts: Counts, rows: np.ndarray, g: float, strength: float) -> curves.Pooled:
     """The per-profile parts of the range's profiles ``rows`` (positions in the range), as
     :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them (without the sums)."""
-    return _rows(counts, g, strength).take(rows)
+    return curves.pooled_rows(counts, g, strength).take(rows)
 
 
 def range_at_sends(

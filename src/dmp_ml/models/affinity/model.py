@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from dmp_ml.codes import as_categorical
+from dmp_ml.codes import text_codes
 from dmp_ml.errors import BundleError
 from dmp_ml.id_index import IdIndex, rows_of
 from dmp_ml.mapped import map_array, write_array
@@ -45,7 +45,6 @@ from dmp_ml.rows import (
     OverlaidRows,
     OverlaidSparseRows,
     id_merge_order,
-    is_dictionary,
     keep_rows,
 )
 
@@ -541,16 +540,10 @@ def display_hours(
 
 
 def _member(column: pd.Series, values: pd.Index) -> np.ndarray:
-    """Whether each row's text is one of ``values`` (a missing one is not), shape (n,): for a
-    dictionary or categorical column, decided once per distinct value."""
-    if is_dictionary(column.dtype):
-        held = as_categorical(column.array.__arrow_array__())
-    elif isinstance(column.dtype, pd.CategoricalDtype):
-        held = column.array
-    else:
-        return column.astype("string").isin(values).to_numpy(bool, na_value=False)
-    member = pd.Index(held.categories).astype("string").isin(values)
-    codes = np.asarray(held.codes)
+    """Whether each row's text is one of ``values`` (a missing one is not), shape (n,),
+    decided once per distinct value (:func:`dmp_ml.codes.text_codes`)."""
+    codes, distinct = text_codes(column)
+    member = distinct.isin(values)
     if not member.any():
         return np.zeros(len(codes), dtype=bool)
     return np.where(codes >= 0, member[np.maximum(codes, 0)], False)

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from dmp_ml.codes import as_categorical
+from dmp_ml.codes import text_codes
 from dmp_ml.errors import DataContractError
-from dmp_ml.rows import is_dictionary
 
 if TYPE_CHECKING:
     from dmp_ml.models.send_time.zones import ZoneConverter, ZoneMixture
@@ -104,7 +103,7 @@ def extract(
         sec = sec[before]
     frame = events.loc[keep, ["profile_id", "event_type", "campaign_id"]]
     # what each event type is, decided once per type (a missing type: another event)
-    kind, kinds = _coded(frame["event_type"])
+    kind, kinds = text_codes(frame["event_type"])
     send = kinds == _EMAIL_SEND
     resp = kinds.isin(_EMAIL_RESPONSES)
     other = ~(send | resp) & ~kinds.isin(list(non_engagement))
@@ -123,24 +122,11 @@ def extract(
     }
 
 
-def _coded(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """Each row's code (-1: missing) and the text values the codes number. A categorical or
-    an Arrow dictionary column (a training's log) is read from its codes, never spelled out
-    one string a row (5.4M strings on every send-time fit of a 100k-profile world)."""
-    if is_dictionary(column.dtype):
-        values = as_categorical(column.array.__arrow_array__())
-    elif isinstance(column.dtype, pd.CategoricalDtype):
-        values = column.array
-    else:
-        codes, uniques = pd.factorize(column.astype("string"), use_na_sentinel=True)
-        return codes, pd.Index(uniques, dtype="string")
-    return np.asarray(values.codes), pd.Index(values.categories).astype("string")
-
-
 def _first_seen(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """``pd.factorize`` of the column as text: codes in order of first appearance (-1:
-    missing) and the values they number, found from the column's codes (:func:`_coded`)."""
-    codes, values = _coded(column)
+    missing) and the values they number, found from the column's codes
+    (:func:`dmp_ml.codes.text_codes`)."""
+    codes, values = text_codes(column)
     present = codes >= 0
     numbered, used = pd.factorize(codes[present])
     out = np.full(len(codes), -1, dtype=np.int64)
@@ -422,15 +408,24 @@ def pool_counts(
     sends_tot = counts.sends.sum(axis=1)
     resp_tot = counts.responses.sum(axis=1)
     g = resp_tot.sum() / sends_tot.sum() if sends_tot.sum() > 0 else 0.0
-    rate = (resp_tot + rate_strength * g) / (sends_tot + rate_strength)
-    mu = counts.activity.sum(axis=1) / HOURS_PER_WEEK
+    rows = pooled_rows(counts, g, rate_strength)
     # the global pool: profiles whose zone is known or inferred (their local time is
     # meaningful) when there are any
     located = source != 2
     if not (counts.activity.any(axis=1) | counts.responses.any(axis=1))[located].any():
         located = np.ones(len(source), bool)
-    rows = Pooled(counts.responses, counts.activity, counts.sends, rate, mu, {}, {})
     return replace(rows, **pool_sums(rows, cohort_code, n_cohorts, located))
+
+
+def pooled_rows(counts: Counts, g: float, strength: float) -> Pooled:
+    """The per-profile parts of :class:`Pooled` (no sums yet): the counts, each profile's
+    response rate shrunk towards the population's ``g`` with ``strength`` pseudo-sends, and
+    its mean engagement hours per hour of week."""
+    sends_tot = counts.sends.sum(axis=1)
+    resp_tot = counts.responses.sum(axis=1)
+    rate = (resp_tot + strength * g) / (sends_tot + strength)
+    mu = counts.activity.sum(axis=1) / HOURS_PER_WEEK
+    return Pooled(counts.responses, counts.activity, counts.sends, rate, mu, {}, {})
 
 
 def pool_sums(
