@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dmp_ml.bundle import load_bundle
+from dmp_ml.bundle import TEMP_PREFIX, load_bundle
 from dmp_ml.demo import generate_demo_world, write_demo_world
 from dmp_ml.errors import BundleError, StorageError
+from dmp_ml.layout import versions_dir
 from dmp_ml.pipeline import train
 
 pytestmark = pytest.mark.slow  # every test trains (the later ones read the first one's bundle)
@@ -24,13 +25,27 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path
 
 def test_too_little_data_skips_propensity_and_the_rest_goes_on(tiny) -> None:
     root, paths = tiny
+    staged: dict[str, list[str]] = {}
+
+    def on_step(name: str, status: str) -> None:
+        # what the bundle being built holds as each step starts: every earlier model is
+        # written already (and let go), so no later step carries its arrays
+        if status == "running":
+            (building,) = versions_dir(root / "W").glob(f"{TEMP_PREFIX}*")
+            staged[name] = sorted(
+                p.name for p in building.iterdir() if p.is_dir() and any(p.iterdir())
+            )
+
     result = train(
         paths["events"],
         "end",
         root / "W",
         profiles=paths["profiles"],
         consent=paths["consent"],
+        on_step=on_step,
     )
+    assert staged["lookalike"] == ["send_time"]
+    assert staged["affinity"] == ["lookalike", "send_time"]
     propensity = result.steps["propensity"]
     assert propensity.status == "skipped"
     assert "positives" in propensity.reason or "negatives" in propensity.reason

@@ -413,16 +413,14 @@ def save_bundle(
 
     Each model goes into ``<name>/`` (``models`` maps registered names to fitted models; the
     manifest's ``steps`` must say ``trained`` for each, or loading leaves it out). ``scores``
-    are indexed by ``profile_id``. Other files already in ``directory`` are kept and covered by
-    the checksums; the manifest is written last (:func:`finish_manifest`). Returns it.
+    are indexed by ``profile_id``. Other files already in ``directory`` (e.g. the models
+    ``train`` wrote with :func:`save_model` as their steps ended) are kept and covered by the
+    checksums; the manifest is written last (:func:`finish_manifest`). Returns it.
     """
-    unknown = sorted(set(models) - set(REGISTRY))
-    if unknown:
-        raise KeyError(f"no model registered as {unknown}; known: {sorted(REGISTRY)}")
     directory.mkdir(parents=True, exist_ok=True)
     features.write(directory / FEATURES_DIR)
     for name, model in models.items():
-        model.save(directory / name)
+        save_model(directory, name, model)
     if scores is not None:
         frame = scores.set_axis(pd.Index(scores.index.astype("string"), name="profile_id"))
         rows = frame.index.get_indexer(features.profile_ids)
@@ -430,6 +428,17 @@ def save_bundle(
             frame = frame.iloc[rows]  # the table's order: loading shares one id index
         write_frame((directory / SCORES_FILE).parent, _SCORES_STEM, frame)
     return finish_manifest(directory, manifest)
+
+
+def save_model(directory: Path, name: str, model: BundleModel) -> None:
+    """Write one model into ``<name>/`` of the bundle being built in ``directory``.
+
+    ``train`` writes each model as soon as its step has fitted it, so no later step holds it;
+    :func:`save_bundle` then finds it among the files already there.
+    """
+    if name not in REGISTRY:
+        raise KeyError(f"no model registered as {name!r}; known: {sorted(REGISTRY)}")
+    model.save(directory / name)
 
 
 # --------------------------------------------------------------------------- loaded bundle

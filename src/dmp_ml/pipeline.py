@@ -187,7 +187,7 @@ def _train(
         manifest = bundle_io.save_bundle(
             tmp,
             features=ctx.features,
-            models=ctx.models,
+            models={},  # each written as its step ended (_run_steps)
             scores=ctx.scores,
             manifest={
                 "bundle_version": version,
@@ -238,6 +238,8 @@ def _run_steps(
             logger.warning("%s skipped: %s", name, exc)
             outcomes[name] = StepOutcome("skipped", reason=str(exc))
         outcomes[name].seconds = seconds[name] = time.perf_counter() - clock
+        while ctx.models:  # into the bundle now: no later step holds this one's arrays
+            bundle_io.save_model(ctx.bundle_dir, *ctx.models.popitem())
         ctx.builder.keep_only(ctx.as_of)  # identities at the step's other cutoffs go with it
         release_free_memory()  # the step's temporaries: the next step starts from what is held
         # marked once they are given back (this step's peak is taken already): the next

@@ -63,7 +63,9 @@ class TrainContext:
     fingerprint: str = ""  # sha256 of the whole event log
     events_source: str = "dataframe"  # the events file, or how the frame was given
     features: FeatureTable | None = None
-    models: dict[str, BundleModel] = field(default_factory=dict)  # registered name -> fitted
+    # registered name -> fitted; the pipeline writes each into ``bundle_dir`` and lets it go
+    # as soon as its step ends, so later steps do not hold it
+    models: dict[str, BundleModel] = field(default_factory=dict)
     scores: pd.DataFrame | None = None  # propensity scores, indexed by profile_id
     # (step, action) run once the bundle is published, e.g. MLflow model registration;
     # each returns details added to the step's outcome
