@@ -85,7 +85,7 @@ def extract(
 ) -> dict[str, Any]:
     """Numpy arrays of the rows that matter (profile set, before ``as_of`` when given).
 
-    Profiles come as ``profile`` (int64 code per row) into ``profiles`` (the distinct ids, an
+    Profiles come as ``profile`` (a code per row) into ``profiles`` (the distinct ids, an
     Index): a log repeats each id many times, and matching the distinct ids once
     (:func:`profile_codes`) costs far less than hashing every row's text.
     """
@@ -124,12 +124,13 @@ def extract(
 
 def _first_seen(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """``pd.factorize`` of the column as text: codes in order of first appearance (-1:
-    missing) and the values they number, found from the column's codes
+    missing; int32, half of int64 for a row of every event, unless there are 2**31 values)
+    and the values they number, found from the column's codes
     (:func:`dmp_ml.codes.text_codes`)."""
     codes, values = text_codes(column)
     present = codes >= 0
     numbered, used = pd.factorize(codes[present])
-    out = np.full(len(codes), -1, dtype=np.int64)
+    out = np.full(len(codes), -1, dtype=np.int32 if len(used) < 2**31 else np.int64)
     out[present] = numbered
     return out, values[used]
 

@@ -315,6 +315,10 @@ class SendTimeModel(EstimatorParams):
         if self.guard_baselines:
             guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw, engine)
         served = baselines.choose_served(guard)
+        span_hours = curves.span_hours(raw, as_of_sec)
+        # the rows are read (the evidence holds what the curves need): they go before the
+        # served curves' counts are made, the fit's largest moment (the guard's refits too)
+        del raw, codes
         fc = engine.fit(
             CurveInputs(
                 full=full,
@@ -327,7 +331,7 @@ class SendTimeModel(EstimatorParams):
                 mixture=mixture,
                 selected=selected,
                 rate_strength=self.rate_prior_strength,
-                span_hours=curves.span_hours(raw, as_of_sec),
+                span_hours=span_hours,
             )
         )
         alpha, beta, rho, bandwidth, activity_weight, sharpness = hyper(selected)
