@@ -78,9 +78,17 @@ def _column(X: pd.DataFrame, c: str) -> np.ndarray:
     return pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
 
 
-def _stack(cols: list[np.ndarray], n: int) -> np.ndarray:
-    """Columns side by side, shape (n, len(cols)); (n, 0) for none."""
-    return np.column_stack(cols) if cols else np.empty((n, 0))
+def _stack(cols: Iterable[np.ndarray], n: int, k: int) -> np.ndarray:
+    """``k`` float64 columns of length ``n`` side by side, shape (n, k); (n, 0) for none.
+
+    Filled a column at a time from ``cols`` (a generator): only one column's temporaries stand
+    beside the matrix. A list of every column and then its stack held twice the matrix, the
+    propensity step's largest moment (the RFM baseline refit on every snapshot row).
+    """
+    out = np.empty((n, k))
+    for j, col in enumerate(cols):
+        out[:, j] = col
+    return out
 
 
 class _RFTransform:
@@ -102,12 +110,11 @@ class _RFTransform:
         return self.recency_ + self.frequency_
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
-        cols = []
-        for c in self.columns_:
-            v = _column(X, c)
-            fill = self.fill_.get(c, 0.0)
-            cols.append(np.log1p(np.clip(np.where(np.isnan(v), fill, v), 0, None)))
-        return _stack(cols, len(X))
+        return _stack((self._log(X, c) for c in self.columns_), len(X), len(self.columns_))
+
+    def _log(self, X: pd.DataFrame, c: str) -> np.ndarray:
+        v = _column(X, c)
+        return np.log1p(np.clip(np.where(np.isnan(v), self.fill_.get(c, 0.0), v), 0, None))
 
     def to_dict(self) -> dict[str, Any]:
         return {"recency": self.recency_, "frequency": self.frequency_, "fill": self.fill_}
@@ -284,7 +291,7 @@ class RFMLightGBMBaseline:
         return [f"f{i}" for i in range(len(self.columns_))]
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
-        return _stack([_column(X, c) for c in self.columns_], len(X))
+        return _stack((_column(X, c) for c in self.columns_), len(X), len(self.columns_))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         if self.booster_ is None:
