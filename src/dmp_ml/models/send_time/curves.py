@@ -124,8 +124,8 @@ def extract(
 
 def _first_seen(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """``pd.factorize`` of the column as text: codes in order of first appearance (-1:
-    missing; int32, half of int64 for a row of every event, unless there are 2**31 values)
-    and the values they number, found from the column's codes
+    missing; int32, as a code is kept for every event, unless there are 2**31 values or
+    more) and the values they number, found from the column's codes
     (:func:`dmp_ml.codes.text_codes`)."""
     codes, values = text_codes(column)
     present = codes >= 0
