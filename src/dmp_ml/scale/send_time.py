@@ -152,7 +152,7 @@ def range_baseline(
 
 def range_rows(counts: Counts, rows: np.ndarray, g: float, strength: float) -> curves.Pooled:
     """The per-profile parts of the range's profiles ``rows`` (positions in the range), as
-    :func:`~dmp_ml.models.send_time.curves.pool_counts` forms them (without the sums)."""
+    :func:`~dmp_ml.models.send_time.curves.pooled_rows` forms them (without the sums)."""
     return curves.pooled_rows(counts, g, strength).take(rows)
 
 

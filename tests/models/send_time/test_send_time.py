@@ -468,34 +468,124 @@ def test_settings_defaults_match_model_defaults() -> None:
 # ------------------------------------------------------------------------------- counts
 
 
-def test_counts_are_compact_and_pooled_as_float_sums() -> None:
-    """Sends and engagement hours are held as int32 counts, the exposures (sends times rate)
-    never as a whole matrix; the cohort and pool sums (by column slices and row blocks) equal
-    those of whole float64 matrices, bit for bit."""
+def _curve_inputs(n: int, seed: int):  # noqa: ANN202 - a test helper
+    """Curve inputs of ``n`` profiles with random sends, responses and engagement hours."""
     from dmp_ml.models.send_time import curves
+    from dmp_ml.models.send_time.fitting import CurveInputs
 
-    rng = np.random.default_rng(3)
-    n, hours = 5000, curves.HOURS_PER_WEEK
-    sends = rng.poisson(0.2, (n, hours)).astype(np.int32)
-    counts = curves.Counts(
-        sends, sends * rng.choice([0.0, 0.3, 1.0], sends.shape), rng.poisson(0.5, (n, hours))
+    rng = np.random.default_rng(seed)
+    send_p = np.sort(rng.integers(0, n, 8 * n))
+    act_p = np.sort(rng.integers(0, n - 7, 5 * n))  # the last profiles without engagement
+    ev = curves.Evidence(
+        send_p,
+        rng.integers(1_700_000_000, 1_710_000_000, len(send_p)),
+        rng.choice([0.0, 0.3, 1.0], len(send_p)),
+        act_p,
+        rng.integers(1_700_000_000, 1_710_000_000, len(act_p)),
     )
-    cohort_code, source = rng.integers(0, 4, n), rng.integers(0, 3, n)
-    got = curves.pool_counts(counts, cohort_code, 4, source, 10.0)
-    whole = {
-        "resp": counts.responses,
-        "act": counts.activity.astype(np.float64),
-        "expo": got.rate[:, None] * sends.astype(np.float64),
+    zones = ["UTC", "America/New_York", "Asia/Tokyo"]
+    selected = {
+        "prior_strength": 8.0,
+        "cohort_strength": 50.0,
+        "day_pooling": 0.3,
+        "bandwidth": 1.5,
+        "activity_weight": 2.0,
+        "sharpness": 1.2,
     }
-    order = np.argsort(cohort_code, kind="stable")
-    starts = np.searchsorted(cohort_code[order], np.arange(4))
-    located = source != 2
-    for key, value in whole.items():
-        np.testing.assert_array_equal(
-            got.cohort[key], np.add.reduceat(value[order], starts, axis=0)
-        )
+    return CurveInputs(
+        full=ev,
+        n=n,
+        zones=zones,
+        zone_code=rng.integers(0, len(zones), n),
+        cohort_code=rng.integers(0, 4, n),
+        n_cohorts=4,
+        source=rng.integers(0, 3, n),
+        mixture=None,
+        selected=selected,
+        rate_strength=10.0,
+        span_hours=24.0 * 100,
+    )
+
+
+def test_counts_are_pooled_range_by_range_as_one_count_of_every_profile(monkeypatch) -> None:
+    """The local engine counts a range of profiles at a time and lets the counts go; the
+    population's rate, the cohort and pool sums and the selection's per-profile parts equal
+    those of every profile's counts at once, bit for bit."""
+    from dmp_ml.models.send_time import curves, fitting
+    from dmp_ml.models.send_time.zones import ZoneConverter
+
+    monkeypatch.setattr(fitting, "RANGE_ROWS", 2 * curves.BLOCK_ROWS)
+    n = 5 * curves.BLOCK_ROWS + 333  # three ranges, the last one short
+    inputs = _curve_inputs(n, seed=3)
+    picked = np.sort(np.random.default_rng(4).choice(n, 500, replace=False))
+    got = fitting._reduce(inputs, picked=picked)
+
+    whole = curves.count_hours(inputs.full, n, inputs.zone_code, ZoneConverter(inputs.zones))
+    g = whole.responses.sum(axis=1).sum() / whole.sends.sum(axis=1).sum()
+    rows = curves.pooled_rows(whole, g, inputs.rate_strength)
+    assert got.g == g
+    np.testing.assert_array_equal(got.rate, rows.rate)
+    np.testing.assert_array_equal(got.mu, rows.mu)
+    # every row of the population at once, as float64 matrices, added row after row
+    matrices = {
+        "resp": whole.responses,
+        "act": whole.activity.astype(np.float64),
+        "expo": rows.rate[:, None] * whole.sends.astype(np.float64),
+    }
+    located = inputs.source != 2
+    for key, value in matrices.items():
+        for cohort in range(4):
+            np.testing.assert_array_equal(
+                got.cohort[key][cohort], value[inputs.cohort_code == cohort].sum(axis=0)
+            )
         np.testing.assert_array_equal(got.pool[key], value[located].sum(axis=0))
-    np.testing.assert_array_equal(got.rows(slice(10, 20))["expo"], whole["expo"][10:20])
+    np.testing.assert_array_equal(got.cohort["mu"], np.bincount(inputs.cohort_code, rows.mu))
+    assert got.pool["mu"] == rows.mu[located].sum()
+    assert got.picked is not None
+    for key in ("resp", "act", "sends", "rate", "mu"):
+        np.testing.assert_array_equal(
+            getattr(got.picked, key), getattr(rows.take(picked), key), err_msg=key
+        )
+
+
+def test_a_local_fit_holds_one_range_of_counts_not_the_population(monkeypatch) -> None:
+    """Beyond its inputs and the curves it returns, a fit's memory does not grow with the
+    population's (n, 168) counts: four times the profiles add far less than their counts."""
+    import tracemalloc
+
+    from dmp_ml.models.send_time import curves, fitting
+
+    monkeypatch.setattr(fitting, "RANGE_ROWS", curves.BLOCK_ROWS)
+
+    def excess(n: int) -> tuple[int, int]:
+        inputs = _curve_inputs(n, seed=6)
+        tracemalloc.start()
+        try:
+            fitted = fitting.LocalCurves().fit(inputs)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        kept = sum(v.nbytes for v in vars(fitted).values() if isinstance(v, np.ndarray))
+        return peak - kept, n * curves.HOURS_PER_WEEK * (4 + 8 + 4)  # sends, responses, hours
+
+    small, _ = excess(4 * curves.BLOCK_ROWS)
+    large, counts = excess(16 * curves.BLOCK_ROWS)
+    assert large - small < 0.25 * counts, (small, large, counts)
+
+
+def test_local_curves_do_not_depend_on_the_range_size(monkeypatch) -> None:
+    """Curves, weights, rates and totals fitted range by range equal one range of every
+    profile, bit for bit."""
+    from dmp_ml.models.send_time import curves, fitting
+
+    inputs = _curve_inputs(4 * curves.BLOCK_ROWS + 101, seed=5)
+    monkeypatch.setattr(fitting, "RANGE_ROWS", curves.BLOCK_ROWS)
+    ranged = fitting.LocalCurves().fit(inputs)
+    monkeypatch.setattr(fitting, "RANGE_ROWS", 1024 * curves.BLOCK_ROWS)
+    whole = fitting.LocalCurves().fit(inputs)
+    for key, value in vars(whole).items():
+        np.testing.assert_array_equal(getattr(ranged, key), value, err_msg=key)
+    assert ranged.kind == "rate" and ranged.shape.dtype == np.float32
 
 
 def test_evidence_is_the_same_from_text_categories_and_arrow_dictionaries() -> None:
@@ -589,20 +679,10 @@ def test_hours_are_counted_by_block_as_a_whole_count_does() -> None:
     from dmp_ml.models.send_time import curves
     from dmp_ml.models.send_time.zones import ZoneConverter
 
-    rng = np.random.default_rng(11)
     n, hours = 2 * curves.BLOCK_ROWS + 5, curves.HOURS_PER_WEEK
-    send_p = np.sort(rng.integers(0, n, 30_000))
-    act_p = np.sort(rng.integers(0, n - 3, 20_000))  # the last profiles without engagement
-    ev = curves.Evidence(
-        send_p,
-        rng.integers(1_700_000_000, 1_710_000_000, len(send_p)),
-        rng.choice([0.0, 0.25, 1.0], len(send_p)),
-        act_p,
-        rng.integers(1_700_000_000, 1_710_000_000, len(act_p)),
-    )
-    zones = ["UTC", "America/New_York", "Asia/Tokyo"]
-    zone_code = rng.integers(0, len(zones), n)
-    conv = ZoneConverter(zones)
+    inputs = _curve_inputs(n, seed=11)
+    ev, zone_code, act_p = inputs.full, inputs.zone_code, inputs.full.act_p
+    conv = ZoneConverter(inputs.zones)
     got = curves.count_hours(ev, n, zone_code, conv)
     sh = conv.local_how(ev.send_sec, zone_code[ev.send_p])
     ah = conv.local_how(ev.act_sec, zone_code[ev.act_p])

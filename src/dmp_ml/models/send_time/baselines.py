@@ -13,7 +13,9 @@ the same history) and
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -125,7 +127,8 @@ def compare(
     used = 0
     for k in range(max(1, int(model.guard_windows))):
         end = as_of - k * length
-        window = _window(type(model)(**params), events, raw, end, end - length, timezones, engine)
+        refit = partial(type(model), **params)
+        window = _window(refit, events, raw, end, end - length, timezones, engine)
         if window is None:
             continue
         used += 1
@@ -153,7 +156,7 @@ def compare(
 
 
 def _window(
-    unfitted: SendTimeModel,
+    unfitted: Callable[[], SendTimeModel],
     events: pd.DataFrame,
     raw: dict[str, Any],
     end: pd.Timestamp,
@@ -161,31 +164,33 @@ def _window(
     timezones: pd.Series | None,
     engine: CurveEngine,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
-    """Per scored profile of ``[split, end)``: each candidate's hit (0/1) and mean log-lik."""
+    """Per scored profile of ``[split, end)``: each candidate's hit (0/1) and mean log-lik.
+    ``unfitted`` makes the model refitted before the window (held here only)."""
     try:
-        before = unfitted.fit(events, split, timezones, engine=engine)
+        before = unfitted().fit(events, split, timezones, engine=engine)
     except InsufficientDataError as exc:  # no history before the window
         logger.info("send time guard: window before %s skipped: %s", end.date(), exc)
         return None
     codes = curves.profile_codes(raw, before.profile_ids_)  # rows at or after `end` left out
+    machine = (before.machine_open_seconds, before.machine_open_weight)
+    # what the window reads of the refit: the rest of it (its curves' sd, as large as the
+    # curves) goes before the window's evidence is made
+    refit = {
+        "zones": list(before.zones_),
+        "zone_code": before.zone_code_,
+        "cohort_code": before.cohort_code_,
+        "shape": before.local_shape_,
+        "cohort_shapes": before.cohort_shapes_,
+        "global_shape": before.global_shape_,
+    }
+    del before
     split_sec = int(split.value // 1_000_000_000)
     end_sec = int(end.value // 1_000_000_000)
-    machine = (before.machine_open_seconds, before.machine_open_weight)
     after = curves.evidence(raw, codes, end_sec, *machine, start_sec=split_sec)
     if len(after.act_p) == 0:
         return None
-    return engine.score_guard(
-        GuardWindow(
-            past=curves.evidence(raw, codes, split_sec, *machine),
-            after=after,
-            zones=list(before.zones_),
-            zone_code=before.zone_code_,
-            cohort_code=before.cohort_code_,
-            shape=before.local_shape_,
-            cohort_shapes=before.cohort_shapes_,
-            global_shape=before.global_shape_,
-        )
-    )
+    past = curves.evidence(raw, codes, split_sec, *machine)
+    return engine.score_guard(GuardWindow(past=past, after=after, **refit))
 
 
 @dataclass(frozen=True)

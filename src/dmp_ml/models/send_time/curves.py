@@ -11,7 +11,7 @@ the fitted state.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -399,25 +399,6 @@ class Pooled:
         return Pooled(*(part[rows] for part in parts), self.cohort, self.pool)
 
 
-def pool_counts(
-    counts: Counts,
-    cohort_code: np.ndarray,
-    n_cohorts: int,
-    source: np.ndarray,
-    rate_strength: float,
-) -> Pooled:
-    sends_tot = counts.sends.sum(axis=1)
-    resp_tot = counts.responses.sum(axis=1)
-    g = resp_tot.sum() / sends_tot.sum() if sends_tot.sum() > 0 else 0.0
-    rows = pooled_rows(counts, g, rate_strength)
-    # the global pool: profiles whose zone is known or inferred (their local time is
-    # meaningful) when there are any
-    located = source != 2
-    if not (counts.activity.any(axis=1) | counts.responses.any(axis=1))[located].any():
-        located = np.ones(len(source), bool)
-    return replace(rows, **pool_sums(rows, cohort_code, n_cohorts, located))
-
-
 def pooled_rows(counts: Counts, g: float, strength: float) -> Pooled:
     """The per-profile parts of :class:`Pooled` (no sums yet): the counts, each profile's
     response rate shrunk towards the population's ``g`` with ``strength`` pseudo-sends, and
@@ -475,9 +456,12 @@ def posterior_blocks(
     mixture: ZoneMixture | None,
     params: tuple[float, float, float, float, float, float],
     block_rows: int = BLOCK_ROWS,
+    first: int = 0,
 ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """The posterior (:func:`shapes`, with sd) of every profile of ``pooled``, a block of
-    ``block_rows`` profiles at a time: ``(rows, fitted)`` in order of the rows.
+    ``block_rows`` profiles at a time: ``(rows, fitted)`` in order of the rows. ``first`` is
+    the position of ``pooled``'s first profile among all (the zone mixture's rows), when it
+    holds a range of them.
 
     ``params`` are (prior strength, cohort strength, day pooling, bandwidth, activity weight,
     sharpness). The population parts are smoothed once; every row's values are those of one
@@ -503,7 +487,7 @@ def posterior_blocks(
             beta,
             mixture=mixture,
             source=source[rows],
-            rows=np.arange(rows.start, rows.stop),
+            rows=np.arange(first + rows.start, first + rows.stop),
             sharpness=sharpness,
         )
         yield rows, fitted
@@ -596,11 +580,14 @@ def rows_sum(
     rows: np.ndarray,
     scale: np.ndarray | None = None,
     block_rows: int = BLOCK_ROWS,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """``values[rows].sum(axis=0)`` as float64 (``rows`` a mask; each row times ``scale``
     when given), a block of rows at a time: the same sums in the same order (row after row,
-    as NumPy reduces over the rows) without a copy of every selected row."""
-    total = np.zeros((1, values.shape[1]))
+    as NumPy reduces over the rows) without a copy of every selected row. From ``start``
+    (the sums of the rows before these, by this function) the sums go on as one call over all
+    the rows would give them."""
+    total = np.zeros((1, values.shape[1])) if start is None else np.reshape(start, (1, -1))
     for lo in range(0, len(values), block_rows):
         mine = rows[lo : lo + block_rows]
         block = _scaled(
@@ -611,25 +598,21 @@ def rows_sum(
     return total[0]
 
 
-GROUP_COLUMNS = 24
-"""Columns :func:`group_sum` sums at once: each column's sums are its own (the same whatever
-columns go with it), so the rows in group order are copied this many columns at a time."""
-
-
 def group_sum(
-    values: np.ndarray, group: np.ndarray, n_groups: int, scale: np.ndarray | None = None
+    values: np.ndarray,
+    group: np.ndarray,
+    n_groups: int,
+    scale: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sum the rows of ``values`` (n, k) (each times ``scale`` (n,) when given) per group
-    code: (n_groups, k) float64. No BLAS (threads spin)."""
-    order = np.argsort(group, kind="stable")
-    counts = np.bincount(group, minlength=n_groups)
-    out = np.zeros((n_groups, values.shape[1]))
-    present = counts > 0
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-    row_scale = None if scale is None else scale[order]
-    for lo in range(0, values.shape[1], GROUP_COLUMNS):
-        part = _scaled(values[order, lo : lo + GROUP_COLUMNS], row_scale)
-        out[present, lo : lo + GROUP_COLUMNS] = np.add.reduceat(part, starts, axis=0)
+    code: (n_groups, k) float64, each group's rows added one after another in row order
+    (:func:`rows_sum`). From ``start`` (n_groups, k), the sums of the rows before these, the
+    sums go on as one call over all the rows would give them: the profiles can be summed a
+    range at a time. No BLAS (threads spin)."""
+    out = np.zeros((n_groups, values.shape[1])) if start is None else np.array(start, float)
+    for g in np.unique(group):
+        out[g] = rows_sum(values, group == g, scale, start=out[g])
     return out
 
 

@@ -8,14 +8,15 @@ posterior given the priors (a map again). The zone inference sums the hours of t
 of known zone and infers the others' zones profile by profile; the selection does as the fit
 on the evidence before its split, for the profiles it scores and at the held-out sends; the
 guard scores its candidates profile by profile on each held-out window, given the
-population's engagement (a reduction). :class:`LocalCurves` does them in process (the
-posterior block by block); :class:`dmp_ml.scale.send_time.DaskCurves` partition by partition
-on Dask. Both give the same values.
+population's engagement (a reduction). :class:`LocalCurves` does them in process, a range of
+profiles at a time (what it holds of the counts is one range's, whatever the population);
+:class:`dmp_ml.scale.send_time.DaskCurves` partition by partition on Dask. Both give the same
+values (the priors to float rounding: their sums run in another order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,11 +91,12 @@ class CurveEngine(Protocol):
         search: Search,
         sends: tuple[np.ndarray, np.ndarray] | None,
     ) -> tuple[Mapping[str, float], np.ndarray | None]:
-        """The population's part of a selection: ``inputs``' evidence pooled as
-        :func:`~dmp_ml.models.send_time.curves.pool_counts` does, with the per-profile parts
-        of ``rows`` (sorted) only, goes to ``search`` (run in process); then, with the values
-        it chose, each of ``sends`` (profile codes sorted, local hours of week) gets its
-        profile's response rate times its curve at that hour (None without ``sends``).
+        """The population's part of a selection: ``inputs``' evidence pooled
+        (:class:`~dmp_ml.models.send_time.curves.Pooled`: the cohort and pool sums), with the
+        per-profile parts of ``rows`` (sorted) only, goes to ``search`` (run in process);
+        then, with the values it chose, each of ``sends`` (profile codes sorted, local hours
+        of week) gets its profile's response rate times its curve at that hour (None without
+        ``sends``).
         Returns the chosen values and those raw probabilities."""
         ...
 
@@ -137,30 +139,166 @@ def hyper(selected: Mapping[str, Any]) -> tuple[float, float, float, float, floa
     )
 
 
-def _counted(inputs: CurveInputs) -> tuple[curves.Counts, curves.Pooled]:
-    """Every profile's totals (sends, responses, engagement hours, each (n, 1)) and hours of
-    week with their cohort and population sums (``Pooled``: its ``resp``, ``act`` and
-    ``sends`` are the counts). The sends times each profile's rate (``expo``) are formed a
-    block of profiles at a time: no population-sized float64 matrix of them."""
-    counts = curves.count_hours(
-        inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
+RANGE_ROWS = 8 * curves.BLOCK_ROWS
+"""Profiles :class:`LocalCurves` counts at once: a range's (rows, 168) counts of sends,
+responses and engagement hours (about 2.7 kB a profile, 44 MB a range) are what a fit holds
+of them, whatever the population. A multiple of the posterior's blocks."""
+
+
+@dataclass
+class _Reduced:
+    """What every profile's counts reduce to: per profile, the totals of sends, responses and
+    engagement hours, the response rate and the mean engagement per hour of week; the
+    population's engagement per hour of week and response rate ``g``; the cohort and pool
+    sums (unsmoothed); the per-profile parts of the profiles asked for (``picked``)."""
+
+    sends: np.ndarray
+    responses: np.ndarray
+    activity: np.ndarray
+    activity_how: np.ndarray
+    g: float
+    rate: np.ndarray
+    mu: np.ndarray
+    cohort: dict[str, np.ndarray]
+    pool: dict[str, np.ndarray]
+    picked: curves.Pooled | None
+
+
+def _ranges(n: int) -> list[slice]:
+    return [slice(lo, min(lo + RANGE_ROWS, n)) for lo in range(0, n, RANGE_ROWS)]
+
+
+def _range_counts(inputs: CurveInputs, rows: slice, converter: ZoneConverter) -> curves.Counts:
+    """The hours of week of profiles ``rows`` (their evidence is a slice of ``inputs.full``)."""
+    return curves.count_hours(
+        curves.evidence_range(inputs.full, rows.start, rows.stop),
+        rows.stop - rows.start,
+        inputs.zone_code[rows],
+        converter,
     )
-    pooled = curves.pool_counts(
-        counts, inputs.cohort_code, inputs.n_cohorts, inputs.source, inputs.rate_strength
-    )
-    totals = curves.Counts(
-        *(
-            m.sum(axis=1, keepdims=True, dtype=np.float64)
-            for m in (counts.sends, counts.responses, counts.activity)
+
+
+def _reduce(inputs: CurveInputs, picked: np.ndarray | None = None) -> _Reduced:
+    """Count the profiles range by range, twice: first their totals (the population's
+    response rate and each profile's), then the cohort and pool sums, which go on from range
+    to range row after row, so that every figure is the one counting every profile at once
+    gives, bit for bit (:func:`.curves.pooled_rows` and :func:`.curves.pool_sums` of the whole
+    population's counts). ``picked``: sorted profiles whose per-profile parts the caller
+    wants (the selection's sample)."""
+    converter = ZoneConverter(inputs.zones)
+    ranges = _ranges(inputs.n)
+    totals: list[tuple[np.ndarray, ...]] = []
+    activity_how = np.zeros(curves.HOURS_PER_WEEK, dtype=np.int64)
+    for rows in ranges:
+        counts = _range_counts(inputs, rows, converter)
+        totals.append(
+            (
+                counts.sends.sum(axis=1, dtype=np.float64),
+                counts.responses.sum(axis=1),
+                counts.activity.sum(axis=1, dtype=np.float64),
+                counts.activity.any(axis=1) | counts.responses.any(axis=1),
+            )
         )
+        activity_how += counts.activity.sum(axis=0)
+    sends, responses, activity, engaged = (np.concatenate(t) for t in zip(*totals, strict=True))
+    del totals
+    g = responses.sum() / sends.sum() if sends.sum() > 0 else 0.0
+    per_profile = curves.pooled_rows(
+        curves.Counts(sends[:, None], responses[:, None], activity[:, None]),
+        g,
+        inputs.rate_strength,
     )
-    return totals, pooled
+    rate, mu = per_profile.rate, per_profile.mu
+    # the global pool: profiles whose zone is known or inferred (their local time is
+    # meaningful) when there are any
+    located = inputs.source != 2
+    if not engaged[located].any():
+        located = np.ones(inputs.n, bool)
+    hours = (inputs.n_cohorts, curves.HOURS_PER_WEEK)
+    cohort = {k: np.zeros(hours) for k in ("resp", "act", "expo")}
+    pool = {k: np.zeros(curves.HOURS_PER_WEEK) for k in ("resp", "act", "expo")}
+    parts: list[curves.Pooled] = []
+    for rows in ranges:
+        counts = _range_counts(inputs, rows, converter)
+        mine = {
+            "resp": (counts.responses, None),
+            "act": (counts.activity, None),
+            "expo": (counts.sends, rate[rows]),
+        }
+        for key, (values, scale) in mine.items():
+            cohort[key] = curves.group_sum(
+                values, inputs.cohort_code[rows], inputs.n_cohorts, scale, start=cohort[key]
+            )
+            pool[key] = curves.rows_sum(values, located[rows], scale, start=pool[key])
+        if picked is not None:
+            at = picked[(picked >= rows.start) & (picked < rows.stop)] - rows.start
+            parts.append(
+                curves.Pooled(
+                    counts.responses[at],
+                    counts.activity[at],
+                    counts.sends[at],
+                    rate[rows][at],
+                    mu[rows][at],
+                    {},
+                    {},
+                )
+            )
+    cohort["mu"] = np.bincount(inputs.cohort_code, weights=mu, minlength=inputs.n_cohorts)
+    pool["mu"] = np.array(mu[located].sum())
+    chosen = None
+    if picked is not None:
+        fields = ("resp", "act", "sends", "rate", "mu")
+        chosen = curves.Pooled(
+            *(np.concatenate([getattr(p, k) for p in parts]) for k in fields), cohort, pool
+        )
+    return _Reduced(sends, responses, activity, activity_how, g, rate, mu, cohort, pool, chosen)
+
+
+def _totals(reduced: _Reduced) -> curves.Counts:
+    """Each profile's totals as (n, 1) counts (what :func:`.curves.rates` reads)."""
+    return curves.Counts(
+        reduced.sends[:, None], reduced.responses[:, None], reduced.activity[:, None]
+    )
+
+
+def _posterior(
+    inputs: CurveInputs, reduced: _Reduced, params: tuple[float, float, float, float, float, float]
+) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+    """Each block's posterior (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`) in
+    order of the profiles; the counts are made a range at a time."""
+    converter = ZoneConverter(inputs.zones)
+    for rng in _ranges(inputs.n):
+        counts = _range_counts(inputs, rng, converter)
+        pooled = curves.Pooled(
+            counts.responses,
+            counts.activity,
+            counts.sends,
+            reduced.rate[rng],
+            reduced.mu[rng],
+            reduced.cohort,
+            reduced.pool,
+        )
+        for rows, fitted in curves.posterior_blocks(
+            pooled,
+            inputs.cohort_code[rng],
+            inputs.source[rng],
+            inputs.mixture,
+            params,
+            first=rng.start,
+        ):
+            yield slice(rng.start + rows.start, rng.start + rows.stop), fitted
 
 
 class LocalCurves:
-    """In process: the counts of every profile at once, the posterior a block of profiles at a
-    time (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`); keeps the activity counts
-    for :meth:`baseline`."""
+    """In process, a range of profiles at a time (:data:`RANGE_ROWS`): the counts of each
+    range are made when needed and let go, the population's sums go on from range to range,
+    and the posterior is computed block by block
+    (:func:`~dmp_ml.models.send_time.curves.posterior_blocks`). The figures are those of
+    counting every profile at once, bit for bit; what a fit holds of its counts is one
+    range's. Keeps the last fit's inputs for :meth:`baseline`."""
+
+    def __init__(self) -> None:
+        self.inputs_: CurveInputs | None = None
 
     def map_profiles(
         self,
@@ -179,37 +317,35 @@ class LocalCurves:
         search: Search,
         sends: tuple[np.ndarray, np.ndarray] | None,
     ) -> tuple[Mapping[str, float], np.ndarray | None]:
-        """See :meth:`CurveEngine.select`: the counts of every profile at once, the curves at
-        the sends a block of profiles at a time."""
-        counts, pooled = _counted(inputs)
-        chosen = search(pooled.take(rows))
+        """See :meth:`CurveEngine.select`: the counts range by range, the curves at the sends
+        a block of profiles at a time."""
+        reduced = _reduce(inputs, picked=rows)
+        assert reduced.picked is not None
+        chosen = search(reduced.picked)
         if sends is None:
             return chosen, None
         sp, how = sends
-        rate, _ = curves.rates(counts, "rate", inputs.rate_strength, 1.0)
+        rate, _ = curves.rates(_totals(reduced), "rate", inputs.rate_strength, 1.0)
         at_send = np.empty(len(sp))
-        params = hyper(chosen)
-        for block, fitted in curves.posterior_blocks(
-            pooled, inputs.cohort_code, inputs.source, inputs.mixture, params
-        ):
+        for block, fitted in _posterior(inputs, reduced, hyper(chosen)):
             mine = (sp >= block.start) & (sp < block.stop)
             at_send[mine] = fitted["shape"][sp[mine] - block.start, how[mine]]
         return chosen, rate[sp] * at_send
 
     def fit(self, inputs: CurveInputs) -> FittedCurves:
         """The curves from ``inputs`` (see the module doc)."""
-        counts, pooled = _counted(inputs)
-        kind = "rate" if counts.sends.sum() > 0 and counts.responses.sum() > 0 else "activity"
+        self.inputs_ = None  # the last fit's, no longer wanted
+        reduced = _reduce(inputs)
+        totals = _totals(reduced)
+        kind = "rate" if totals.sends.sum() > 0 and totals.responses.sum() > 0 else "activity"
         shape = np.empty((inputs.n, curves.HOURS_PER_WEEK), dtype=np.float32)
         shape_sd = np.empty((inputs.n, curves.HOURS_PER_WEEK), dtype=np.float32)
         data_weight = np.empty(inputs.n)
-        for rows, fitted in curves.posterior_blocks(
-            pooled, inputs.cohort_code, inputs.source, inputs.mixture, hyper(inputs.selected)
-        ):
+        for rows, fitted in _posterior(inputs, reduced, hyper(inputs.selected)):
             shape[rows], shape_sd[rows] = fitted["shape"], fitted["shape_sd"]
             data_weight[rows] = fitted["data_weight"]
-        rate, rate_global = curves.rates(counts, kind, inputs.rate_strength, inputs.span_hours)
-        self.activity_ = pooled.act
+        rate, rate_global = curves.rates(totals, kind, inputs.rate_strength, inputs.span_hours)
+        self.inputs_ = inputs
         return FittedCurves(
             shape=shape,
             shape_sd=shape_sd,
@@ -219,9 +355,11 @@ class LocalCurves:
             rate=rate,
             global_rate=float(rate_global),
             kind=kind,
-            engagement_hours=counts.activity.sum(axis=1),
-            sends=counts.sends.sum(axis=1),
-            baseline_global=baselines.global_curve(pooled.act, fitted["global_shape"]),
+            engagement_hours=reduced.activity,
+            sends=reduced.sends,
+            baseline_global=baselines.global_curve(
+                reduced.activity_how[None, :], fitted["global_shape"]
+            ),
         )
 
     def score_guard(
@@ -233,7 +371,13 @@ class LocalCurves:
     def baseline(
         self, name: str, fitted: FittedCurves, cohort_code: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Baseline ``name``'s curves and basis codes for the profiles of the last fit."""
+        """Baseline ``name``'s curves and basis codes for the profiles of the last fit (their
+        engagement hours counted again: the guard rarely serves a baseline)."""
+        inputs = self.inputs_
+        assert inputs is not None, "baseline() follows a fit()"
+        activity = curves.count_activity(
+            inputs.full, inputs.n, inputs.zone_code, ZoneConverter(inputs.zones)
+        )
         return baselines.baseline_shapes(
-            name, self.activity_, fitted.baseline_global, fitted.cohort_shapes, cohort_code
+            name, activity, fitted.baseline_global, fitted.cohort_shapes, cohort_code
         )
