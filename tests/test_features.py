@@ -308,6 +308,28 @@ def test_parquet_round_trip_and_select(tiny: FeatureTable, tmp_path):
         tiny.select(["nobody"])
 
 
+def test_hour_of_week_written_first_is_mapped_and_kept_by_the_table_write(
+    tiny: FeatureTable, tmp_path
+):
+    """A train writes the hour-of-week counts into its bundle first and maps them; writing
+    the table there later keeps that file (rewriting it would truncate what the mapping
+    reads) and the table reads back the same."""
+    from dmp_ml.mapped import is_mapped
+
+    early = tiny.hour_of_week_written(tmp_path / "bundle")
+    assert is_mapped(early.hour_of_week)
+    np.testing.assert_array_equal(early.hour_of_week, tiny.hour_of_week)
+    written = tmp_path / "bundle" / "hour_of_week.npy"
+    stamp = written.stat().st_ino, written.stat().st_mtime_ns
+    again = FeatureTable.read(early.write(tmp_path / "bundle"))
+    assert (written.stat().st_ino, written.stat().st_mtime_ns) == stamp
+    np.testing.assert_array_equal(again.hour_of_week, tiny.hour_of_week)
+    pd.testing.assert_frame_equal(again.frame, tiny.frame)
+    # another directory gets its own copy
+    other = FeatureTable.read(early.write(tmp_path / "other"))
+    np.testing.assert_array_equal(other.hour_of_week, tiny.hour_of_week)
+
+
 def test_parquet_file_is_what_pandas_writes_missing_features_as_nulls(tiny: FeatureTable, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

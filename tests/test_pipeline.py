@@ -29,7 +29,8 @@ def test_too_little_data_skips_propensity_and_the_rest_goes_on(tiny) -> None:
 
     def on_step(name: str, status: str) -> None:
         # what the bundle being built holds as each step starts: every earlier model is
-        # written already (and let go), so no later step carries its arrays
+        # written already (and let go), so no later step carries its arrays; so are the
+        # features' hour-of-week counts, which no step reads
         if status == "running":
             (building,) = versions_dir(root / "W").glob(f"{TEMP_PREFIX}*")
             staged[name] = sorted(
@@ -44,8 +45,9 @@ def test_too_little_data_skips_propensity_and_the_rest_goes_on(tiny) -> None:
         consent=paths["consent"],
         on_step=on_step,
     )
-    assert staged["lookalike"] == ["send_time"]
-    assert staged["affinity"] == ["lookalike", "send_time"]
+    assert staged["features"] == []
+    assert staged["lookalike"] == ["features", "send_time"]
+    assert staged["affinity"] == ["features", "lookalike", "send_time"]
     propensity = result.steps["propensity"]
     assert propensity.status == "skipped"
     assert "positives" in propensity.reason or "negatives" in propensity.reason

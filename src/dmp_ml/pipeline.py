@@ -76,7 +76,8 @@ def _features_step(ctx: TrainContext) -> StepOutcome:
     # what activation and refresh need later: hashed e-mails only, hashed withdrawals only
     write_contacts(ctx.bundle_dir, ctx.profiles, table.frame.index)
     write_consent_state(ctx.bundle_dir, ctx.consent, ctx.settings)
-    ctx.features = table
+    # the hour-of-week counts are only saved: into the bundle now, not held by later steps
+    ctx.features = table.hour_of_week_written(ctx.bundle_dir / bundle_io.FEATURES_DIR)
     return StepOutcome("trained", details={"summary": dict(table.summary), "rows": len(table)})
 
 

@@ -85,6 +85,13 @@ def _arrow_table(frame: pd.DataFrame, how: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
 
 
+def _mapped_from(array: object, path: Path) -> bool:
+    """Whether ``array`` is the mapping of the file at ``path`` (writing that file again
+    would truncate what the mapping reads)."""
+    filename = getattr(array, "filename", None)  # an np.memmap's file
+    return filename is not None and path.exists() and Path(filename).samefile(path)
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """What a feature table holds: names, dtypes, version and the cutoff it describes.
@@ -286,11 +293,24 @@ class FeatureTable:
         self.ids.write(directory)
         meta = {"spec": self.spec.to_dict(), "summary": self.summary}
         (directory / TABLE_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        write_array(directory / HOW_FILE, np.asarray(self.hour_of_week, dtype=np.float64))
+        if not _mapped_from(self.hour_of_week, directory / HOW_FILE):  # else written already
+            write_array(directory / HOW_FILE, np.asarray(self.hour_of_week, dtype=np.float64))
         if self.cookie_map is not None:
             self.cookie_map.reset_index().to_parquet(directory / LINKS_FILE, index=False)
             write_link_index(self.cookie_map, directory)
         return directory
+
+    def hour_of_week_written(self, directory: str | Path) -> FeatureTable:
+        """This table with its hour-of-week counts written into ``directory`` as :meth:`write`
+        writes them, and mapped from there (:meth:`write` then leaves the file as it is).
+
+        A train's later steps never read the counts, only save them: mapped and untouched,
+        they hold no memory (an (n, 168) float64 matrix: 1.3 GB at a million profiles).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = write_array(directory / HOW_FILE, np.asarray(self.hour_of_week, dtype=np.float64))
+        return replace(self, hour_of_week=map_array(path))
 
     @classmethod
     def read(cls, directory: str | Path) -> FeatureTable:
