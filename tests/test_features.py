@@ -377,6 +377,12 @@ def test_feature_builder_encodes_once_and_matches_build_features():
         direct = resolve_identity(log, cut, erased=["p3"])
         pd.testing.assert_frame_equal(resolved.events, direct.events)
         pd.testing.assert_frame_equal(resolved.profiles, direct.profiles)
+    # a train lets the encoded log and the identities go before it saves; asked again, the
+    # builder encodes again and answers the same
+    builder.release()
+    assert builder._encoded is None and not builder._kept
+    again = builder.build(AS_OF).frame
+    pd.testing.assert_frame_equal(again, build_features(log, AS_OF, profiles, erased=["p3"]).frame)
 
 
 def test_chunked_and_two_thread_paths_give_identical_results(monkeypatch):

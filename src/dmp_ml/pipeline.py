@@ -182,6 +182,7 @@ def _train(
         )
         with ctx.builder:  # one engine (e.g. one Dask client) for every step
             _run_steps(ctx, outcomes, (seconds, peaks), on_step)
+        ctx.builder.release()  # the encoded log and its identities: the save needs neither
         clock = time.perf_counter()
         record_training_events(workdir, events_df, ctx.erased, bundle_version=version)
         assert ctx.features is not None

@@ -331,8 +331,22 @@ class FeatureBuilder:
         self.engine = engine_for(self._fs)
         self.resolved_cutoffs: list[pd.Timestamp] = []
         self._kept: dict[pd.Timestamp, identity.Resolved] = {}
-        with small_pages():
-            self._codes = identity.encode_ids(events, extra=ENCODED_COLUMNS)
+        self._encoded: identity.IdCodes | None = None
+        _ = self._codes  # encoded once, up front
+
+    @property
+    def _codes(self) -> identity.IdCodes:
+        """The log's ids and the columns features read, encoded (again after :meth:`release`)."""
+        if self._encoded is None:
+            with small_pages():
+                self._encoded = identity.encode_ids(self.events, extra=ENCODED_COLUMNS)
+        return self._encoded
+
+    def release(self) -> None:
+        """Let go of the encoded log and every identity kept (a train's steps are done: what
+        follows, saving the bundle and the log, reads neither); a later call encodes again."""
+        self._encoded = None
+        self._kept = {}
 
     def __enter__(self) -> FeatureBuilder:
         self.engine.__enter__()

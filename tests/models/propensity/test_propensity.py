@@ -320,9 +320,16 @@ def test_baselines_without_rf_columns_predict_the_base_rate(data) -> None:
     np.testing.assert_allclose(single.predict_proba(Xv), yt.mean())
 
 
-def test_the_rfm_baselines_matrix_costs_one_matrix_not_its_columns_too() -> None:
-    # the RFM baseline is refit on every snapshot row: its matrix beside a list of its
-    # columns was the propensity step's largest moment at 135k profiles
+def test_the_rfm_baseline_reads_its_columns_in_place_and_predicts_a_block_at_a_time(
+    monkeypatch,
+) -> None:
+    # the RFM baseline is refit on every snapshot row: a matrix of its columns (beside a list
+    # of them, before) was the propensity step's largest moment at 135k profiles
+    import lightgbm as lgb
+
+    from dmp_ml.models.propensity import baselines
+
+    monkeypatch.setattr(baselines, "_PREDICT_ROWS", 10_000)
     rng = np.random.default_rng(4)
     n = 50_000
     days = (7, 14, 30, 60, 90, 180, 365)
@@ -334,16 +341,26 @@ def test_the_rfm_baselines_matrix_costs_one_matrix_not_its_columns_too() -> None
         }
     )
     y = (rng.random(n) < expit(-1 + X["purchase_count_30d"] / 2)).astype(int)
-    rfm = RFMLightGBMBaseline().fit(X, y)
-    matrix = n * len(rfm.columns_) * 8
     tracemalloc.start()
     try:
+        rfm = RFMLightGBMBaseline().fit(X, y)
+        fit_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
         proba = rfm.predict_proba(X)
-        peak = tracemalloc.get_traced_memory()[1]
+        predict_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1.5 * matrix  # a list of the columns and their stack: twice the matrix
+    matrix = n * len(rfm.columns_) * 8  # what a dense matrix of the columns costs
+    assert fit_peak < 0.8 * matrix, fit_peak / matrix
+    assert predict_peak < 0.8 * matrix, predict_peak / matrix
     assert metrics.roc_auc(y, proba) > 0.6
+    # the same booster a dense matrix of the columns gives, bit for bit
+    dense = lgb.train(
+        baselines._RFM_LGBM,
+        lgb.Dataset(X[rfm.columns_].to_numpy(), label=y, feature_name=rfm._names()),
+        num_boost_round=baselines._RFM_ROUNDS,
+    )
+    assert dense.model_to_string() == rfm.booster_.model_to_string()
 
 
 # ----------------------------------------------------------------------------- orchestration

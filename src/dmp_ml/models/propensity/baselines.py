@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy.special import betainc, expit
 from sklearn.linear_model import LogisticRegression
 
@@ -75,6 +76,8 @@ def _column(X: pd.DataFrame, c: str) -> np.ndarray:
     """Column ``c`` of ``X`` as float64 (n,), NaN where missing or not numeric, or absent."""
     if c not in X.columns:
         return np.full(len(X), np.nan)
+    if X[c].dtype == np.float64:
+        return X[c].to_numpy()  # a view: the callers read it only
     return pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
 
 
@@ -82,8 +85,7 @@ def _stack(cols: Iterable[np.ndarray], n: int, k: int) -> np.ndarray:
     """``k`` float64 columns of length ``n`` side by side, shape (n, k); (n, 0) for none.
 
     Filled a column at a time from ``cols`` (a generator): only one column's temporaries stand
-    beside the matrix. A list of every column and then its stack held twice the matrix, the
-    propensity step's largest moment (the RFM baseline refit on every snapshot row).
+    beside the matrix (a list of every column and then its stack held it twice).
     """
     out = np.empty((n, k))
     for j, col in enumerate(cols):
@@ -260,6 +262,8 @@ _RFM_LGBM = {
     "verbosity": -1,
 }
 _RFM_ROUNDS = 200
+_PREDICT_ROWS = 65_536
+"""Rows whose input matrix :meth:`RFMLightGBMBaseline.predict_proba` builds at a time."""
 
 
 class RFMLightGBMBaseline:
@@ -283,7 +287,12 @@ class RFMLightGBMBaseline:
         if not self.columns_ or y.min() == y.max():
             logger.warning("no RFM columns or one class: RFM LightGBM baseline = base rate")
             return self
-        data = lgb.Dataset(self._matrix(X), label=y, feature_name=self._names())
+        # the columns read in place (an Arrow table of them): the Dataset a dense matrix of
+        # them gives, without the matrix (every snapshot row times every RFM column)
+        table = pa.Table.from_arrays(
+            [pa.array(_column(X, c)) for c in self.columns_], names=self._names()
+        )
+        data = lgb.Dataset(table, label=y)
         self.booster_ = lgb.train(_RFM_LGBM, data, num_boost_round=_RFM_ROUNDS)
         return self
 
@@ -296,7 +305,13 @@ class RFMLightGBMBaseline:
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         if self.booster_ is None:
             return np.full(len(X), self.base_rate_)
-        return np.asarray(self.booster_.predict(self._matrix(X), num_threads=1))
+        out = np.empty(len(X))
+        for start in range(0, len(X), _PREDICT_ROWS):  # a block's matrix at a time
+            block = X.iloc[start : start + _PREDICT_ROWS]
+            out[start : start + len(block)] = self.booster_.predict(
+                self._matrix(block), num_threads=1
+            )
+        return out
 
     def contributions(self, X: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         """Per-row SHAP log-odds contribution of each input column, shape (n, k)."""
