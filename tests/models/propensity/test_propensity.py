@@ -452,6 +452,25 @@ def test_snapshot_columns_are_aligned_to_the_score_table() -> None:
     assert isinstance(no_tier["loyalty_tier"].dtype, pd.CategoricalDtype)
 
 
+def test_snapshots_are_stacked_as_their_concatenation_and_let_go_as_copied() -> None:
+    """One frame of every labelled row equals ``pd.concat`` of the aligned snapshots (values,
+    dtypes, index), with their labels; the list is emptied as each snapshot is copied."""
+    from dmp_ml.models.propensity.snapshots import stack_snapshots
+
+    snaps = _snapshots()
+    old_table, old_labels = snaps[0]
+    odd = old_table.frame.drop(columns=["purchase_count_90d", "loyalty_tier"])
+    snaps[0] = (_table(odd, "2026-01-01"), old_labels.iloc[:-5])  # a few rows unlabelled
+    X_score, _, _ = synth(500, 21)
+    want = pd.concat([align_features(t.frame, X_score) for t, _ in snaps])
+    labels = [lab.reindex(t.frame.index).fillna(0).astype(np.int64) for t, lab in snaps]
+    got, y = stack_snapshots(snaps, X_score)
+    assert snaps == []
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    np.testing.assert_array_equal(y, np.concatenate(labels))
+    assert y.dtype == np.int64
+
+
 def test_minimum_data_gate_refuses_with_a_clear_message() -> None:
     snaps = _snapshots()
     small_X, small_y, _ = synth(100, 30)

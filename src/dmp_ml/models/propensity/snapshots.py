@@ -85,6 +85,59 @@ def align_features(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(out, index=frame.index, copy=False)
 
 
+def stack_snapshots(
+    snapshots: list[tuple[FeatureTable, pd.Series]], reference: pd.DataFrame
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every snapshot's rows aligned to ``reference`` (:func:`align_features`) in one frame,
+    in order, and their labels (0 for a row without one): ``pd.concat`` of the aligned frames,
+    value for value and dtype for dtype.
+
+    ``snapshots`` is emptied as it is read: each table is let go once its rows are copied, so
+    the labelled rows are held once (and one snapshot), not twice. Float columns are filled a
+    snapshot at a time; the few others (categories) are concatenated as ``pd.concat`` does.
+    """
+    sizes = [len(table.frame) for table, _ in snapshots]
+    total = sum(sizes)
+    floats = [
+        name
+        for name in reference.columns
+        if all(
+            table.frame[name].dtype == np.float64 if name in table.frame.columns else True
+            for table, _ in snapshots
+        )
+        and not is_categorical(reference[name])
+    ]
+    filled = {name: np.empty(total) for name in floats}
+    others: dict[str, list[pd.Series]] = {
+        name: [] for name in reference.columns if name not in filled
+    }
+    indexes: list[pd.Index] = []
+    labels: list[np.ndarray] = []
+    start = 0
+    while snapshots:
+        table, label = snapshots.pop(0)
+        aligned = align_features(table.frame, reference)
+        stop = start + len(aligned)
+        for name, out in filled.items():
+            out[start:stop] = aligned[name].to_numpy()
+        for name, parts in others.items():
+            parts.append(aligned[name])
+        indexes.append(aligned.index)
+        labels.append(label.reindex(aligned.index).fillna(0).astype(np.int64).to_numpy())
+        del table, aligned  # its float columns are copied: the snapshot goes here
+        start = stop
+    index = indexes[0].append(indexes[1:]) if indexes else reference.index[:0]
+    columns = {
+        name: pd.Series(filled[name], index=index, copy=False)
+        if name in filled
+        else pd.concat(others[name]).set_axis(index)
+        for name in reference.columns
+    }
+    return pd.DataFrame(columns, index=index, copy=False), (
+        np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    )
+
+
 def build_snapshots(
     events: pd.DataFrame,
     as_of: object,

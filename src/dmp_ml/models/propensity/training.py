@@ -28,7 +28,7 @@ from dmp_ml.models.propensity.baselines import (
 from dmp_ml.models.propensity.blend import BLEND, Blend, baseline_logit
 from dmp_ml.models.propensity.calibration import Calibrator
 from dmp_ml.models.propensity.model import BoosterTrainer, PropensityModel
-from dmp_ml.models.propensity.snapshots import align_features
+from dmp_ml.models.propensity.snapshots import stack_snapshots
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -153,7 +153,7 @@ def train_propensity(
         see :func:`make_labels`). The one with the latest ``spec.as_of`` is the validation set.
     score_table : FeatureTable
         Features as of ``as_of``; its columns are the model's columns (snapshots are aligned to
-        them with :func:`align_features`) and its profiles are scored.
+        them with :func:`.snapshots.align_features`) and its profiles are scored.
     settings : Settings
         Its ``propensity`` section configures the model and the minimum counts.
     trainer : where the model's boosters are trained (default in process; see
@@ -174,20 +174,16 @@ def train_propensity(
             f"{ps.horizon_days} days); use a shorter horizon_days or a later as_of"
         )
     ordered = sorted(snapshots, key=lambda s: s[0].spec.as_of)
-    # the tables are copied into one matrix of every labelled row below; a caller that passes
-    # the list without keeping it (the train step) has them freed before the fits
+    # the tables are copied into one frame of every labelled row below, each let go once
+    # copied; a caller that passes the list without keeping it (the train step) has them
+    # freed as they are copied
     del snapshots
-    reference = score_table.frame
     train_cutoffs = [t.spec.as_of for t, _ in ordered[:-1]]
     valid_cutoff = ordered[-1][0].spec.as_of
     n_snapshots = len(ordered)
-    # aligned without copying (views of the tables' columns): the concatenation is the copy
-    X_all = pd.concat([align_features(t.frame, reference) for t, _ in ordered])
-    y_all = np.concatenate(
-        [lab.reindex(t.frame.index).fillna(0).astype(np.int64).to_numpy() for t, lab in ordered]
-    )
-    n_train = len(X_all) - len(ordered[-1][0].frame)
-    del ordered
+    n_valid = len(ordered[-1][0].frame)
+    X_all, y_all = stack_snapshots(ordered, score_table.frame)
+    n_train = len(X_all) - n_valid
     # the training and validation rows are views of X_all, which the refits read whole
     X_train, X_valid = X_all.iloc[:n_train], X_all.iloc[n_train:]
     y_train, y_valid = y_all[:n_train], y_all[n_train:]
