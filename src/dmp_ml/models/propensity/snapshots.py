@@ -96,8 +96,7 @@ def stack_snapshots(
     the labelled rows are held once (and one snapshot), not twice. Float columns are filled a
     snapshot at a time; the few others (categories) are concatenated as ``pd.concat`` does.
     """
-    sizes = [len(table.frame) for table, _ in snapshots]
-    total = sum(sizes)
+    total = sum(len(table.frame) for table, _ in snapshots)
     floats = [
         name
         for name in reference.columns
