@@ -471,6 +471,25 @@ def test_snapshots_are_stacked_as_their_concatenation_and_let_go_as_copied() -> 
     assert y.dtype == np.int64
 
 
+def test_stacking_lets_each_snapshot_go_once_its_rows_are_copied(monkeypatch) -> None:
+    import weakref
+
+    from dmp_ml.models.propensity import snapshots as module
+
+    snaps = _snapshots()
+    frames = [weakref.ref(table.frame) for table, _ in snaps]
+    alive: list[list[bool]] = []  # which snapshots' frames live as each one is aligned
+    align = module.align_features
+
+    def spied(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+        alive.append([ref() is not None for ref in frames])
+        return align(frame, reference)
+
+    monkeypatch.setattr(module, "align_features", spied)
+    module.stack_snapshots(snaps, synth(500, 21)[0])
+    assert alive == [[True, True, True], [False, True, True], [False, False, True]]
+
+
 def test_minimum_data_gate_refuses_with_a_clear_message() -> None:
     snaps = _snapshots()
     small_X, small_y, _ = synth(100, 30)
