@@ -83,16 +83,6 @@ def range_counts(part: ProfileRange, zones: list[str]) -> Counts:
     )
 
 
-def range_totals(counts: Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per profile: sends, responses, engagement hours; and engagement per hour of week."""
-    return (
-        counts.sends.sum(axis=1, dtype=np.float64),
-        counts.responses.sum(axis=1),
-        counts.activity.sum(axis=1, dtype=np.float64),
-        counts.activity.sum(axis=0, dtype=np.float64),
-    )
-
-
 def range_pools(
     counts: Counts,
     part: ProfileRange,
@@ -230,13 +220,12 @@ class DaskCurves(PartitionedStage):
         )
         parts = client.scatter(ranges, hash=False)
         counts = map_parts(client, range_counts, parts, shared=(list(inputs.zones),))
-        totals = client.gather(client.map(range_totals, counts, pure=False))
+        totals = client.gather(client.map(curves.totals, counts, pure=False))
         sends = np.concatenate([t[0] for t in totals])
         resp = np.concatenate([t[1] for t in totals])
         act = np.concatenate([t[2] for t in totals])
-        g = resp.sum() / sends.sum() if sends.sum() > 0 else 0.0
-        located = inputs.source != 2
-        everyone = bool(act[located].sum() + resp[located].sum() <= 0)
+        g = curves.population_rate(resp, sends)
+        everyone = curves.pools_everyone(inputs.source, resp, act)
         partial = client.gather(
             map_parts(client, range_pools, counts, parts, shared=(g, strength, n_cohorts, everyone))
         )
@@ -348,7 +337,7 @@ class DaskCurves(PartitionedStage):
                 )
             )
         kind = "rate" if c.sends.sum() > 0 and c.responses.sum() > 0 else "activity"
-        per_profile = Counts(c.sends[:, None], c.responses[:, None], c.activity[:, None])
+        per_profile = curves.total_counts(c.sends, c.responses, c.activity)
         rate, rate_global = curves.rates(per_profile, kind, strength, inputs.span_hours)
         return FittedCurves(
             shape=np.concatenate([o["shape"] for o in out], dtype=np.float32),

@@ -399,6 +399,35 @@ class Pooled:
         return Pooled(*(part[rows] for part in parts), self.cohort, self.pool)
 
 
+def totals(counts: Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per profile of ``counts``: sends, responses, engagement hours (float64, (k,) each); and
+    engagement per hour of week summed over them (168,)."""
+    return (
+        counts.sends.sum(axis=1, dtype=np.float64),
+        counts.responses.sum(axis=1),
+        counts.activity.sum(axis=1, dtype=np.float64),
+        counts.activity.sum(axis=0, dtype=np.float64),
+    )
+
+
+def total_counts(sends: np.ndarray, responses: np.ndarray, activity: np.ndarray) -> Counts:
+    """Each profile's totals (:func:`totals`) as (n, 1) counts, what :func:`rates` and
+    :func:`pooled_rows` read."""
+    return Counts(sends[:, None], responses[:, None], activity[:, None])
+
+
+def population_rate(responses: np.ndarray, sends: np.ndarray) -> float:
+    """The population's responses per send (0 without sends), from per-profile totals."""
+    return float(responses.sum() / sends.sum()) if sends.sum() > 0 else 0.0
+
+
+def pools_everyone(source: np.ndarray, responses: np.ndarray, activity: np.ndarray) -> bool:
+    """Whether the global pool takes every profile: it takes those whose zone is known or
+    inferred (their local time is meaningful), unless none of them has engaged."""
+    located = source != 2
+    return bool(activity[located].sum() + responses[located].sum() <= 0)
+
+
 def pooled_rows(counts: Counts, g: float, strength: float) -> Pooled:
     """The per-profile parts of :class:`Pooled` (no sums yet): the counts, each profile's
     response rate shrunk towards the population's ``g`` with ``strength`` pseudo-sends, and

@@ -163,6 +163,10 @@ class _Reduced:
     pool: dict[str, np.ndarray]
     picked: curves.Pooled | None
 
+    def per_profile(self) -> curves.Counts:
+        """Each profile's totals as (n, 1) counts (:func:`.curves.total_counts`)."""
+        return curves.total_counts(self.sends, self.responses, self.activity)
+
 
 def _ranges(n: int) -> list[slice]:
     return [slice(lo, min(lo + RANGE_ROWS, n)) for lo in range(0, n, RANGE_ROWS)]
@@ -187,37 +191,21 @@ def _reduce(inputs: CurveInputs, picked: np.ndarray | None = None) -> _Reduced:
     wants (the selection's sample)."""
     converter = ZoneConverter(inputs.zones)
     ranges = _ranges(inputs.n)
-    totals: list[tuple[np.ndarray, ...]] = []
-    activity_how = np.zeros(curves.HOURS_PER_WEEK, dtype=np.int64)
-    for rows in ranges:
-        counts = _range_counts(inputs, rows, converter)
-        totals.append(
-            (
-                counts.sends.sum(axis=1, dtype=np.float64),
-                counts.responses.sum(axis=1),
-                counts.activity.sum(axis=1, dtype=np.float64),
-                counts.activity.any(axis=1) | counts.responses.any(axis=1),
-            )
-        )
-        activity_how += counts.activity.sum(axis=0)
-    sends, responses, activity, engaged = (np.concatenate(t) for t in zip(*totals, strict=True))
-    del totals
-    g = responses.sum() / sends.sum() if sends.sum() > 0 else 0.0
+    parts = [curves.totals(_range_counts(inputs, rows, converter)) for rows in ranges]
+    sends, responses, activity = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    activity_how = np.sum([p[3] for p in parts], axis=0)
+    del parts
+    g = curves.population_rate(responses, sends)
     per_profile = curves.pooled_rows(
-        curves.Counts(sends[:, None], responses[:, None], activity[:, None]),
-        g,
-        inputs.rate_strength,
+        curves.total_counts(sends, responses, activity), g, inputs.rate_strength
     )
     rate, mu = per_profile.rate, per_profile.mu
-    # the global pool: profiles whose zone is known or inferred (their local time is
-    # meaningful) when there are any
-    located = inputs.source != 2
-    if not engaged[located].any():
-        located = np.ones(inputs.n, bool)
+    everyone = curves.pools_everyone(inputs.source, responses, activity)
+    located = np.ones(inputs.n, bool) if everyone else inputs.source != 2
     hours = (inputs.n_cohorts, curves.HOURS_PER_WEEK)
     cohort = {k: np.zeros(hours) for k in ("resp", "act", "expo")}
     pool = {k: np.zeros(curves.HOURS_PER_WEEK) for k in ("resp", "act", "expo")}
-    parts: list[curves.Pooled] = []
+    taken: list[curves.Pooled] = []
     for rows in ranges:
         counts = _range_counts(inputs, rows, converter)
         mine = {
@@ -232,7 +220,7 @@ def _reduce(inputs: CurveInputs, picked: np.ndarray | None = None) -> _Reduced:
             pool[key] = curves.rows_sum(values, located[rows], scale, start=pool[key])
         if picked is not None:
             at = picked[(picked >= rows.start) & (picked < rows.stop)] - rows.start
-            parts.append(
+            taken.append(
                 curves.Pooled(
                     counts.responses[at],
                     counts.activity[at],
@@ -249,16 +237,9 @@ def _reduce(inputs: CurveInputs, picked: np.ndarray | None = None) -> _Reduced:
     if picked is not None:
         fields = ("resp", "act", "sends", "rate", "mu")
         chosen = curves.Pooled(
-            *(np.concatenate([getattr(p, k) for p in parts]) for k in fields), cohort, pool
+            *(np.concatenate([getattr(p, k) for p in taken]) for k in fields), cohort, pool
         )
     return _Reduced(sends, responses, activity, activity_how, g, rate, mu, cohort, pool, chosen)
-
-
-def _totals(reduced: _Reduced) -> curves.Counts:
-    """Each profile's totals as (n, 1) counts (what :func:`.curves.rates` reads)."""
-    return curves.Counts(
-        reduced.sends[:, None], reduced.responses[:, None], reduced.activity[:, None]
-    )
 
 
 def _posterior(
@@ -325,7 +306,7 @@ class LocalCurves:
         if sends is None:
             return chosen, None
         sp, how = sends
-        rate, _ = curves.rates(_totals(reduced), "rate", inputs.rate_strength, 1.0)
+        rate, _ = curves.rates(reduced.per_profile(), "rate", inputs.rate_strength, 1.0)
         at_send = np.empty(len(sp))
         for block, fitted in _posterior(inputs, reduced, hyper(chosen)):
             mine = (sp >= block.start) & (sp < block.stop)
@@ -336,7 +317,7 @@ class LocalCurves:
         """The curves from ``inputs`` (see the module doc)."""
         self.inputs_ = None  # the last fit's, no longer wanted
         reduced = _reduce(inputs)
-        totals = _totals(reduced)
+        totals = reduced.per_profile()
         kind = "rate" if totals.sends.sum() > 0 and totals.responses.sum() > 0 else "activity"
         shape = np.empty((inputs.n, curves.HOURS_PER_WEEK), dtype=np.float32)
         shape_sd = np.empty((inputs.n, curves.HOURS_PER_WEEK), dtype=np.float32)
