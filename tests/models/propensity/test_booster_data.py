@@ -7,6 +7,7 @@ import tracemalloc
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from dmp_ml.models.propensity import booster_data
@@ -74,6 +75,28 @@ def test_boosters_equal_the_ones_the_frame_gives() -> None:
         booster_data.predict(got, Xv, raw_score=True), expected.predict(Xv, raw_score=True)
     )
     assert booster_data.predict(got, Xv.iloc[:0]).shape == (0,)
+
+
+def test_float32_columns_give_the_boosters_of_the_float64_values_they_hold() -> None:
+    """The labelled rows keep whole-number columns as float32: LightGBM reads them in place
+    as the same values, so the Dataset and every booster are the float64 frame's."""
+    X, y = prepared(12_000, 4)
+    whole = [c for c in X.columns if c != "f12" and np.array_equal(X[c], X[c].round(), True)]
+    assert len(whole) >= 4  # f0, f3, f6, f9 and the rare f13
+    narrow = X.astype({c: np.float32 for c in whole})
+    cut = 8_000
+    results = []
+    for frame in (X, narrow):
+        train = booster_data.dataset(frame.iloc[:cut], y[:cut], ["f12"])
+        valid = booster_data.dataset(frame.iloc[cut:], y[cut:], ["f12"], reference=train)
+        results.append(_fit(train, valid))
+    assert results[1].model_to_string() == results[0].model_to_string()
+    np.testing.assert_array_equal(
+        booster_data.predict(results[1], narrow.iloc[cut:], raw_score=True),
+        booster_data.predict(results[0], X.iloc[cut:], raw_score=True),
+    )
+    table = booster_data.dataset(narrow, y, ["f12"]).data
+    assert table.schema.field("f0").type == pa.float32()  # read in place, not widened
 
 
 def test_the_frame_is_not_copied() -> None:

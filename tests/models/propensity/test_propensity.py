@@ -454,21 +454,64 @@ def test_snapshot_columns_are_aligned_to_the_score_table() -> None:
 
 def test_snapshots_are_stacked_as_their_concatenation_and_let_go_as_copied() -> None:
     """One frame of every labelled row equals ``pd.concat`` of the aligned snapshots (values,
-    dtypes, index), with their labels; the list is emptied as each snapshot is copied."""
-    from dmp_ml.models.propensity.snapshots import stack_snapshots
+    index, dtypes but that a column float32 in every snapshot stays float32), with their
+    labels; the list is emptied as each snapshot is copied."""
+    from dmp_ml.models.propensity.snapshots import narrowed, stack_snapshots, widened_copy
 
     snaps = _snapshots()
     old_table, old_labels = snaps[0]
     odd = old_table.frame.drop(columns=["purchase_count_90d", "loyalty_tier"])
     snaps[0] = (_table(odd, "2026-01-01"), old_labels.iloc[:-5])  # a few rows unlabelled
-    X_score, _, _ = synth(500, 21)
-    want = pd.concat([align_features(t.frame, X_score) for t, _ in snaps])
+    # a second count, which one snapshot holds beyond a float32's whole numbers
+    for k, (table, label) in enumerate(snaps):
+        sessions = np.arange(len(table.frame), dtype=np.float64)
+        sessions[3] = 2.0**24 + 1 if k == 1 else sessions[3]
+        frame = table.frame.assign(sessions_30d=sessions)
+        snaps[k] = (_table(narrowed(frame), str(table.spec.as_of.date())), label)
+    X_score = synth(500, 21)[0].assign(sessions_30d=0.0)
+    want = pd.concat([align_features(widened_copy(t.frame), X_score) for t, _ in snaps])
     labels = [lab.reindex(t.frame.index).fillna(0).astype(np.int64) for t, lab in snaps]
     got, y = stack_snapshots(snaps, X_score)
     assert snaps == []
-    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    narrow = {c for c in got.columns if got[c].dtype == np.float32}
+    assert narrow == {"purchase_count_90d"}  # float32 wherever a snapshot has it
+    assert got["sessions_30d"].dtype == np.float64  # float32 in two snapshots of three
+    pd.testing.assert_frame_equal(widened_copy(got), want, check_exact=True)
     np.testing.assert_array_equal(y, np.concatenate(labels))
     assert y.dtype == np.int64
+
+
+def test_a_snapshot_keeps_as_float32_only_the_columns_a_float32_holds_exactly() -> None:
+    from dmp_ml.models.propensity.snapshots import narrowed, widened_copy
+
+    n = 200_000  # more rows than one check block: the last block decides for one column
+    late = np.zeros(n)
+    late[-1] = 0.1
+    frame = pd.DataFrame(
+        {
+            "count": np.arange(n, dtype=np.float64),
+            "with_missing": np.where(np.arange(n) % 7 == 0, np.nan, 2.5),
+            "fraction": np.linspace(0, 1, n),
+            "late_fraction": late,
+            "too_large": np.full(n, 1e39),
+            "tier": pd.Categorical(["a", "b"] * (n // 2)),
+        },
+        index=pd.Index([f"p{i}" for i in range(n)], dtype="string", name="profile_id"),
+    )
+    got = narrowed(frame)
+    dtypes = {c: str(got[c].dtype) for c in got.columns}
+    assert dtypes == {
+        "count": "float32",
+        "with_missing": "float32",
+        "fraction": "float64",
+        "late_fraction": "float64",
+        "too_large": "float64",
+        "tier": "category",
+    }
+    pd.testing.assert_frame_equal(widened_copy(got), frame, check_exact=True)
+    # nothing of the built frame's float arrays is kept
+    for name in ("count", "fraction"):
+        assert not np.shares_memory(got[name].to_numpy(), frame[name].to_numpy())
 
 
 def test_stacking_lets_each_snapshot_go_once_its_rows_are_copied(monkeypatch) -> None:

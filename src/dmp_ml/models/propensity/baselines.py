@@ -81,6 +81,14 @@ def _column(X: pd.DataFrame, c: str) -> np.ndarray:
     return pd.to_numeric(X[c], errors="coerce").astype("float64").to_numpy(na_value=np.nan)
 
 
+def _in_place(X: pd.DataFrame, c: str) -> np.ndarray:
+    """Column ``c`` of ``X`` for LightGBM: a float32 column as it is (read as the float64 values
+    it holds), else :func:`_column`."""
+    if c in X.columns and X[c].dtype == np.float32:
+        return X[c].to_numpy()
+    return _column(X, c)
+
+
 def _stack(cols: Iterable[np.ndarray], n: int, k: int) -> np.ndarray:
     """``k`` float64 columns of length ``n`` side by side, shape (n, k); (n, 0) for none.
 
@@ -290,7 +298,7 @@ class RFMLightGBMBaseline:
         # the columns read in place (an Arrow table of them): the Dataset a dense matrix of
         # them gives, without the matrix (every snapshot row times every RFM column)
         table = pa.Table.from_arrays(
-            [pa.array(_column(X, c)) for c in self.columns_], names=self._names()
+            [pa.array(_in_place(X, c)) for c in self.columns_], names=self._names()
         )
         data = lgb.Dataset(table, label=y)
         self.booster_ = lgb.train(_RFM_LGBM, data, num_boost_round=_RFM_ROUNDS)

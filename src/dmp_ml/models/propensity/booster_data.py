@@ -4,7 +4,7 @@ Given a DataFrame whose columns are not one float block (the prepared frames are
 categorical columns sit among the numeric ones), LightGBM first copies it into one dense float
 matrix, as large as the frame itself: for the snapshot rows of a large population the largest
 allocation of a training. :func:`dataset` hands LightGBM the same values as an Arrow table of
-the frame's own float64 columns instead (categorical columns as their codes, missing as NaN, the
+the frame's own float columns instead (categorical columns as their codes, missing as NaN, the
 codes LightGBM gives a frame's categories), which LightGBM reads in place; the Dataset, and so
 every booster trained on it, is the one the frame gives, bit for bit (tests). :func:`predict`
 converts a block of rows at a time.
@@ -25,12 +25,14 @@ _BLOCK_ROWS = 65_536
 """Rows :func:`predict` converts at a time."""
 
 
-def _float64(column: pd.Series) -> np.ndarray:
+def _floats(column: pd.Series) -> np.ndarray:
+    """The column's values as LightGBM reads them: float64, or float32 (read as the float64
+    values it holds); float columns as views."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         codes = column.cat.codes.to_numpy().astype(np.float64)
         codes[codes < 0] = np.nan
         return codes
-    if column.dtype == np.float64:
+    if column.dtype in (np.float64, np.float32):
         return column.to_numpy()  # a view, as LightGBM reads it
     return column.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -42,12 +44,12 @@ def dataset(
     reference: lgb.Dataset | None = None,
 ) -> lgb.Dataset:
     """``lgb.Dataset(X, y, categorical_feature=..., reference=...)`` read from ``X``'s columns
-    in place (float64 columns are not copied).
+    in place (float64 and float32 columns are not copied).
 
     Parameters
     ----------
     X : DataFrame, shape (n, n_features)
-        Numeric columns (read as float64) and pandas categorical ones; non-empty.
+        Numeric columns (read as float64 values) and pandas categorical ones; non-empty.
     y : ndarray, shape (n,)
     categorical_feature : names of ``X``'s columns LightGBM splits as categories
     reference : the training Dataset, for a validation one (its bins and categories)
@@ -55,7 +57,7 @@ def dataset(
     if X.empty:
         raise ValueError("a LightGBM Dataset needs at least one row and one column")
     table = pa.Table.from_arrays(
-        [pa.array(_float64(X[name])) for name in X.columns],
+        [pa.array(_floats(X[name])) for name in X.columns],
         names=[str(c) for c in X.columns],
     )
     data = lgb.Dataset(table, y, categorical_feature=categorical_feature, reference=reference)

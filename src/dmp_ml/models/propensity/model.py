@@ -240,7 +240,8 @@ class PropensityModel(BaseEstimator):
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
         """Reindex to the training columns, fix dtypes and categories, rename to f0..fN; the
-        float64 columns are views of ``X``'s (read-only), not copies."""
+        float columns are views of ``X``'s (read-only), not copies (LightGBM reads a float32
+        column as the float64 values it holds)."""
         missing = [c for c in self.feature_names_ if c not in X.columns]
         if missing:
             logger.warning(
@@ -262,7 +263,7 @@ class PropensityModel(BaseEstimator):
                 out[key] = pd.Categorical(values, categories=cats)
             elif col is None:
                 out[key] = np.full(len(X), np.nan)
-            elif col.dtype == np.float64:  # a view of X's column (to_numeric would copy it)
+            elif col.dtype in (np.float64, np.float32):  # a view (to_numeric would copy it)
                 out[key] = col.to_numpy()
             else:  # float64 after astype (NA -> NaN)
                 out[key] = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()

@@ -28,7 +28,7 @@ from dmp_ml.models.propensity.baselines import (
 from dmp_ml.models.propensity.blend import BLEND, Blend, baseline_logit
 from dmp_ml.models.propensity.calibration import Calibrator
 from dmp_ml.models.propensity.model import BoosterTrainer, PropensityModel
-from dmp_ml.models.propensity.snapshots import stack_snapshots
+from dmp_ml.models.propensity.snapshots import stack_snapshots, widened_copy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -289,7 +289,7 @@ def train_propensity(
         metrics=report,
         validation=ValidationSet(
             cutoff=valid_cutoff,
-            X=X_valid.copy(),  # a view would hold every labelled row as long as the result
+            X=widened_copy(X_valid),  # a view would hold every labelled row as long as the result
             y=y_valid,
             predictions=predictions,
         ),
