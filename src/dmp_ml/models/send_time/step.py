@@ -44,7 +44,9 @@ def train_step(ctx: TrainContext) -> StepOutcome:
     before = SendTimeModel.from_settings(ctx.settings).fit(
         resolved, cutoff, timezones, engine=engine
     )
-    evaluation = evaluate_send_time(before, resolved, timezones=timezones, training_events=resolved)
+    # the log holds the rows before the cutoff too: the baselines' history is read from the
+    # same extraction (a second one of the whole log was the step's largest moment)
+    evaluation = evaluate_send_time(before, resolved, timezones=timezones)
     charts, chart_metrics = _charts(before, resolved, st.evaluation_days)
     selection = before.selection_
     del before  # its curves ((n_profiles, 168) each) go before the served fit makes its own
