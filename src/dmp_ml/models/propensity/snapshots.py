@@ -146,11 +146,16 @@ def stack_snapshots(
 def widened_copy(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of rows of :func:`stack_snapshots` with its float32 columns as float64: the
     frame ``pd.concat`` gives, holding none of the stacked rows' memory (kept with a model)."""
-    out = frame.copy()
-    for name in out.columns:
-        if out[name].dtype == np.float32:
-            out[name] = out[name].astype(np.float64)
-    return out
+    return pd.DataFrame(
+        {
+            name: frame[name].astype(np.float64)
+            if frame[name].dtype == _FLOAT32
+            else frame[name].copy()
+            for name in frame.columns
+        },
+        index=frame.index,
+        copy=False,
+    )
 
 
 def narrowed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -161,26 +166,17 @@ def narrowed(frame: pd.DataFrame) -> pd.DataFrame:
     arrays is kept, and a snapshot's memory is two allocations, given back whole when it goes
     (a column at a time, they would be heap fragments the allocator keeps).
     """
-    floats = [name for name in frame.columns if frame[name].dtype == np.float64]
+    floats = [name for name in frame.columns if frame[name].dtype == _FLOAT64]
     fits = {name: _fits_float32(frame[name].to_numpy()) for name in floats}
-    blocks = {
-        dtype: np.empty((len(frame), len(names)), dtype=dtype, order="F")
-        for dtype, names in (
-            (np.float32, [n for n in floats if fits[n]]),
-            (np.float64, [n for n in floats if not fits[n]]),
-        )
-    }
-    position = {np.float32: 0, np.float64: 0}
-    out: dict[str, Any] = {}
-    for name in frame.columns:
-        if name not in fits:
-            out[name] = frame[name]
-            continue
-        dtype = np.float32 if fits[name] else np.float64
-        column = blocks[dtype][:, position[dtype]]
-        column[:] = frame[name].to_numpy()
-        position[dtype] += 1
-        out[name] = column
+    out: dict[str, Any] = {name: frame[name] for name in frame.columns}  # keeps the order
+    for dtype, names in (
+        (np.float32, [n for n in floats if fits[n]]),
+        (np.float64, [n for n in floats if not fits[n]]),
+    ):
+        block = np.empty((len(frame), len(names)), dtype=dtype, order="F")
+        for j, name in enumerate(names):
+            block[:, j] = frame[name].to_numpy()
+            out[name] = block[:, j]
     return pd.DataFrame(out, index=frame.index, copy=False)
 
 
