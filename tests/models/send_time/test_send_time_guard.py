@@ -11,8 +11,9 @@ from synthetic import CRIPPLED_SEND_TIME, ONE_SEND_TIME_CANDIDATE
 import dmp_ml
 from dmp_ml.demo import DemoWorld, generate_demo_world
 from dmp_ml.models.base import ProfileUpdate
-from dmp_ml.models.send_time import SendTimeModel
+from dmp_ml.models.send_time import SendTimeModel, curves
 from dmp_ml.models.send_time.baselines import BASELINES, MODEL, choose_served
+from dmp_ml.models.send_time.zones import profile_universe
 from dmp_ml.settings import Settings
 
 ONE = ONE_SEND_TIME_CANDIDATE
@@ -97,6 +98,52 @@ def test_the_guard_pools_consecutive_held_out_windows(world: dict) -> None:
     assert latest.guard_[MODEL]["hit_rate"] == one[MODEL]["hit_rate"]
     two = SendTimeModel(**ONE, guard_windows=3, guard_profiles=enough + 1).fit(events, as_of, zones)
     assert two.guard_ is not None and two.guard_[MODEL]["n_windows"] == 2
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_refit_reads_the_rows_before_its_window_as_a_fit_on_the_log_extracts_them(
+    world: dict, shuffled: bool
+) -> None:
+    """The guard's refits cut the fit's extraction (no second extraction of the log): the
+    arrays must be the ones extracting the log before the window gives, codes numbered in
+    order of first appearance among those rows, whatever the log's row order."""
+    events = world["events"]
+    if shuffled:  # a log out of time order: first appearances before the window differ
+        events = events.sample(frac=1.0, random_state=3)
+    events = events.assign(  # some events without a campaign
+        campaign_id=events["campaign_id"].mask(np.arange(len(events)) % 7 == 0)
+    )
+    as_of = world["as_of"]
+    split = as_of - pd.Timedelta(days=20)
+    model = SendTimeModel(**ONE)
+    cut = curves.before(
+        curves.extract(events, as_of, model.non_engagement_events), int(split.value // 10**9)
+    )
+    fresh = curves.extract(events, split, model.non_engagement_events)
+    assert cut.keys() == fresh.keys()
+    for key, value in fresh.items():
+        if key == "profiles":
+            pd.testing.assert_index_equal(cut[key], value, exact=True)
+        else:
+            assert cut[key].dtype == value.dtype, key
+            np.testing.assert_array_equal(cut[key], value, err_msg=key)
+    assert (fresh["campaign"] == -1).any() and len(fresh["sec"]) < len(events)
+    # the refit's history is the window's baselines' history: the evidence the fit's own rows
+    # give before the window, the same arrays (in time order; else the same sends and hours)
+    raw = curves.extract(events, as_of, model.non_engagement_events)
+    index = profile_universe(cut["profiles"], world["timezones"])
+    end = int(split.value // 10**9)
+    machine = (model.machine_open_seconds, model.machine_open_weight)
+    mine = curves.evidence(cut, curves.profile_codes(cut, index), end, *machine)
+    whole = curves.evidence(raw, curves.profile_codes(raw, index), end, *machine)
+    for name in ("act_p", "act_sec", *(() if shuffled else ("send_p", "send_sec", "send_resp"))):
+        np.testing.assert_array_equal(getattr(mine, name), getattr(whole, name), err_msg=name)
+    sends = [np.lexsort((e.send_resp, e.send_sec, e.send_p)) for e in (mine, whole)]
+    for name in ("send_p", "send_sec", "send_resp"):
+        np.testing.assert_array_equal(
+            getattr(mine, name)[sends[0]], getattr(whole, name)[sends[1]], err_msg=name
+        )
+    assert len(mine.send_p) and len(mine.act_p)
 
 
 def test_only_a_significant_gain_replaces_the_model() -> None:

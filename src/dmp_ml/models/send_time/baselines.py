@@ -97,7 +97,6 @@ def baseline_shapes(
 
 def compare(
     model: SendTimeModel,
-    events: pd.DataFrame,
     as_of: pd.Timestamp,
     timezones: pd.Series | None,
     selection: dict[str, Any],
@@ -128,7 +127,7 @@ def compare(
     for k in range(max(1, int(model.guard_windows))):
         end = as_of - k * length
         refit = partial(type(model), **params)
-        window = _window(refit, events, raw, end, end - length, timezones, engine)
+        window = _window(refit, raw, end, end - length, timezones, engine)
         if window is None:
             continue
         used += 1
@@ -157,7 +156,6 @@ def compare(
 
 def _window(
     unfitted: Callable[[], SendTimeModel],
-    events: pd.DataFrame,
     raw: dict[str, Any],
     end: pd.Timestamp,
     split: pd.Timestamp,
@@ -166,8 +164,11 @@ def _window(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """Per scored profile of ``[split, end)``: each candidate's hit (0/1) and mean log-lik.
     ``unfitted`` makes the model refitted before the window (held here only)."""
-    try:
-        before = unfitted().fit(events, split, timezones, engine=engine)
+    split_sec = int(split.value // 1_000_000_000)
+    before = unfitted()
+    try:  # on the rows of `raw` before the window, as a fit on the log would extract them;
+        # the history the refit reads is the baselines' (made once, not again after it)
+        past = before._fit_extracted(curves.before(raw, split_sec), split, timezones, None, engine)
     except InsufficientDataError as exc:  # no history before the window
         logger.info("send time guard: window before %s skipped: %s", end.date(), exc)
         return None
@@ -184,12 +185,10 @@ def _window(
         "global_shape": before.global_shape_,
     }
     del before
-    split_sec = int(split.value // 1_000_000_000)
     end_sec = int(end.value // 1_000_000_000)
     after = curves.evidence(raw, codes, end_sec, *machine, start_sec=split_sec)
     if len(after.act_p) == 0:
         return None
-    past = curves.evidence(raw, codes, split_sec, *machine)
     return engine.score_guard(GuardWindow(past=past, after=after, **refit))
 
 

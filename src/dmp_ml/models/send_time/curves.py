@@ -122,22 +122,49 @@ def extract(
     }
 
 
+def before(raw: dict[str, Any], end_sec: int) -> dict[str, Any]:
+    """``raw`` (:func:`extract`) cut to its rows before ``end_sec``: what extracting the same
+    log before that time gives, array for array, without reading the log again (a refit
+    before a held-out window holds no second extraction's copies of the log's columns)."""
+    keep = raw["sec"] < end_sec
+    profile, used = _renumbered(raw["profile"][keep])
+    campaign, _ = _renumbered(raw["campaign"][keep])
+    return {
+        "profile": profile,
+        "profiles": raw["profiles"][used],
+        "sec": raw["sec"][keep],
+        "is_send": raw["is_send"][keep],
+        "is_resp": raw["is_resp"][keep],
+        "is_other": raw["is_other"][keep],
+        "campaign": campaign,
+    }
+
+
 def _first_seen(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """``pd.factorize`` of the column as text: codes in order of first appearance (-1:
     missing; int32, as a code is kept for every event, unless there are 2**31 values or
     more) and the values they number, found from the column's codes
     (:func:`dmp_ml.codes.text_codes`)."""
     codes, values = text_codes(column)
+    out, used = _renumbered(codes)
+    return out, values[used]
+
+
+def _renumbered(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``codes`` (-1: missing) numbered again in order of first appearance, and the old code
+    of each new one."""
     present = codes >= 0
     numbered, used = pd.factorize(codes[present])
     out = np.full(len(codes), -1, dtype=np.int32 if len(used) < 2**31 else np.int64)
     out[present] = numbered
-    return out, values[used]
+    return out, used
 
 
 def profile_codes(raw: dict[str, Any], index: pd.Index) -> np.ndarray:
-    """Position in ``index`` of each row's profile (-1 where it is not there)."""
-    return index.get_indexer(raw["profiles"]).astype(np.int64)[raw["profile"]]
+    """Position in ``index`` of each row's profile (-1 where it is not there); int32 (a code
+    a row, held through a fit) unless ``index`` has 2**31 profiles or more."""
+    kind = np.int32 if len(index) < 2**31 else np.int64
+    return index.get_indexer(raw["profiles"]).astype(kind)[raw["profile"]]
 
 
 def max_sec(raw: dict[str, np.ndarray]) -> int:
@@ -162,7 +189,7 @@ def evidence(
     n_camp = int(raw["campaign"].max()) + 2 if len(raw["campaign"]) else 1
     # sends: first send per (profile, campaign)
     s = ok & raw["is_send"] & (raw["campaign"] >= 0)
-    sp, ssec, sc = codes[s], sec[s], raw["campaign"][s]
+    sp, ssec, sc = codes[s].astype(np.int64), sec[s], raw["campaign"][s]  # keys: 64 bits
     skey = sp * n_camp + sc
     order = np.lexsort((ssec, skey))
     skey, sp, ssec = skey[order], sp[order], ssec[order]
@@ -170,7 +197,7 @@ def evidence(
     skey, sp, ssec = skey[first], sp[first], ssec[first]
     # responses linked to their send
     r = ok & raw["is_resp"]
-    rp, rsec, rc = codes[r], sec[r], raw["campaign"][r]
+    rp, rsec, rc = codes[r].astype(np.int64), sec[r], raw["campaign"][r]
     rkey = rp * n_camp + np.where(rc >= 0, rc, n_camp - 1)
     idx = np.searchsorted(skey, rkey)
     idx_c = np.minimum(idx, max(len(skey) - 1, 0))

@@ -253,7 +253,29 @@ class SendTimeModel(EstimatorParams):
         """
         self._check_params()
         as_of_ts = utc_timestamp(as_of, "as_of", DataContractError)
-        raw = curves.extract(events, as_of_ts, self.non_engagement_events)
+        # the extraction is handed over, not kept here: the fit lets it go before its largest
+        # moment (the served curves)
+        self._fit_extracted(
+            curves.extract(events, as_of_ts, self.non_engagement_events),
+            as_of_ts,
+            timezones,
+            selection,
+            engine,
+        )
+        return self
+
+    def _fit_extracted(
+        self,
+        raw: dict[str, Any],
+        as_of_ts: pd.Timestamp,
+        timezones: pd.Series | None,
+        selection: Mapping[str, Any] | None,
+        engine: CurveEngine | None,
+    ) -> curves.Evidence:
+        """:meth:`fit` from the log's rows before ``as_of_ts`` (:func:`.curves.extract`; the
+        guard's refits pass rows cut from this fit's, :func:`.curves.before`); returns the
+        evidence the fit read (a guard window's history: its baselines read it too)."""
+        self._check_params()
         profile_index = profile_universe(raw["profiles"], timezones)
         if len(profile_index) == 0:
             raise InsufficientDataError("send time: no profile has events before as_of")
@@ -313,7 +335,7 @@ class SendTimeModel(EstimatorParams):
         # for ``baseline``)
         guard = None
         if self.guard_baselines:
-            guard = baselines.compare(self, events, as_of_ts, timezones, selected, raw, engine)
+            guard = baselines.compare(self, as_of_ts, timezones, selected, raw, engine)
         served = baselines.choose_served(guard)
         span_hours = curves.span_hours(raw, as_of_sec)
         # the rows are read (the evidence holds what the curves need): they go before the
@@ -390,7 +412,7 @@ class SendTimeModel(EstimatorParams):
             activity_weight,
             sharpness,
         )
-        return self
+        return full
 
     def _check_params(self) -> None:
         for name in ("prior_strength_candidates", "cohort_strength_candidates"):
