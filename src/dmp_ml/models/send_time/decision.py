@@ -75,6 +75,29 @@ class SendTimeDecision:
         return out
 
 
+def profiles_frame(model: SendTimeModel) -> pd.DataFrame:
+    """One row per profile of ``model``: zone, basis, best hour, its probability and
+    posterior sd, the data behind it."""
+    model.check_fitted()
+    best = model.best_local_hour_
+    prob, prob_sd = model.probability(np.arange(len(best)), best[:, None])
+    return pd.DataFrame(
+        {
+            "profile_id": pd.array(model.profile_ids_, dtype="string"),
+            "timezone": pd.array(model.timezone_, dtype="string"),
+            "timezone_source": pd.array(model.timezone_source_, dtype="string"),
+            "basis": pd.array(model.basis_, dtype="string"),
+            "best_hour_of_week": model.best_hour_,
+            "best_local_hour_of_week": best,
+            "probability": prob[:, 0],
+            "probability_sd": prob_sd[:, 0],
+            "data_weight": model.data_weight_,
+            "engagement_hours": model.n_engagement_hours_,
+            "email_sends": model.n_sends_,
+        }
+    )
+
+
 def best_send_time(
     model: SendTimeModel,
     profile_ids: Iterable[str] | None = None,

@@ -29,17 +29,20 @@ from dmp_ml.models.send_time.decision import (
     SendTimeDecision,
     best_send_time,
     check_quiet_hours,
+    profiles_frame,
     utc_timestamp,
 )
 from dmp_ml.models.send_time.fitting import CurveEngine, CurveInputs, LocalCurves, hyper
 from dmp_ml.models.send_time.selection import select
 from dmp_ml.models.send_time.zones import (
     TIMEZONE_SOURCES,
+    UNKNOWN_COHORT,
     ZoneConverter,
     assign_zones,
     known_zones,
     profile_universe,
     valid_zone,
+    zones_and_cohorts,
 )
 from dmp_ml.rows import OverlaidRows, id_merge_order, stacked_take
 
@@ -50,7 +53,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "2"
-_UNKNOWN_COHORT = "__unknown__"
 _CURVES = ("local_shape", "local_shape_sd")  # per profile, (n, 168): ``<name>.npy``, mapped
 _CURVE_ROWS = tuple(f"{name}_" for name in _CURVES)
 _FILES = ("send_time.json", "send_time_profiles.parquet", "send_time_curves.npz")
@@ -300,13 +302,7 @@ class SendTimeModel(EstimatorParams):
             self.tz_min_posterior,
             engine,
         )
-        zones, zone_code = np.unique(zone_of, return_inverse=True)
-        zones = [str(z) for z in zones]
-        zone_code = zone_code.astype(np.int64)
-        # cohorts are zones; profiles of unknown zone form a cohort of their own
-        cohort_key = np.where(source == 2, _UNKNOWN_COHORT, zone_of)
-        cohort_names, cohort_code = np.unique(cohort_key, return_inverse=True)
-        cohort_names = [str(c) for c in cohort_names]
+        zones, zone_code, cohort_names, cohort_code = zones_and_cohorts(zone_of, source)
         converter = ZoneConverter(zones)
         if mixture is not None:
             mixture.link(cohort_names)
@@ -537,25 +533,9 @@ class SendTimeModel(EstimatorParams):
         return np.take_along_axis(shape, self._utc_index(), axis=1).argmax(axis=1)
 
     def profiles_frame(self) -> pd.DataFrame:
-        """One row per profile: zone, basis, best hour, its probability and posterior sd."""
-        self.check_fitted()
-        best = self.best_local_hour_
-        prob, prob_sd = self.probability(np.arange(len(best)), best[:, None])
-        return pd.DataFrame(
-            {
-                "profile_id": pd.array(self.profile_ids_, dtype="string"),
-                "timezone": pd.array(self.timezone_, dtype="string"),
-                "timezone_source": pd.array(self.timezone_source_, dtype="string"),
-                "basis": pd.array(self.basis_, dtype="string"),
-                "best_hour_of_week": self.best_hour_,
-                "best_local_hour_of_week": best,
-                "probability": prob[:, 0],
-                "probability_sd": prob_sd[:, 0],
-                "data_weight": self.data_weight_,
-                "engagement_hours": self.n_engagement_hours_,
-                "email_sends": self.n_sends_,
-            }
-        )
+        """One row per profile: zone, basis, best hour, its probability and posterior sd
+        (:func:`dmp_ml.models.send_time.decision.profiles_frame`)."""
+        return profiles_frame(self)
 
     # ---------------------------------------------------------------- decision
     def best_send_time(
@@ -675,7 +655,7 @@ class SendTimeModel(EstimatorParams):
                 value = timezones.loc[ids[i]]
                 tz = str(value) if valid_zone(value) else None
             if tz is None:
-                zone_code[i], source[i], cohort_code[i] = zone("UTC"), 2, cohort(_UNKNOWN_COHORT)
+                zone_code[i], source[i], cohort_code[i] = zone("UTC"), 2, cohort(UNKNOWN_COHORT)
             else:
                 zone_code[i], source[i], cohort_code[i] = zone(tz), 0, cohort(tz)
         counts = curves.count_hours(ev, n, zone_code, ZoneConverter(zones))

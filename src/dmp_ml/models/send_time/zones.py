@@ -101,6 +101,26 @@ def known_zones(index: pd.Index, timezones: pd.Series | None) -> np.ndarray:
     return out
 
 
+UNKNOWN_COHORT = "__unknown__"
+"""The cohort of the profiles whose zone is unknown (:func:`zones_and_cohorts`)."""
+
+
+def zones_and_cohorts(
+    zone_of: np.ndarray, source: np.ndarray
+) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """The zones in use and each profile's (int64), the cohorts and each profile's: a cohort
+    is a zone's profiles, and the profiles of unknown zone (``source`` 2) form their own."""
+    zones, zone_code = np.unique(zone_of, return_inverse=True)
+    cohort_key = np.where(source == 2, UNKNOWN_COHORT, zone_of)
+    cohorts, cohort_code = np.unique(cohort_key, return_inverse=True)
+    return (
+        [str(z) for z in zones],
+        zone_code.astype(np.int64),
+        [str(c) for c in cohorts],
+        cohort_code,
+    )
+
+
 def profile_universe(profile_ids: np.ndarray, timezones: pd.Series | None) -> pd.Index:
     ids = pd.unique(pd.array(profile_ids, dtype="string"))
     if timezones is not None and len(timezones):
