@@ -276,8 +276,8 @@ class SendTimeModel(EstimatorParams):
     ) -> curves.Evidence:
         """:meth:`fit` from the log's rows before ``as_of_ts`` (:func:`.curves.extract`; the
         guard's refits pass rows cut from this fit's, :func:`.curves.before`); returns the
-        evidence the fit read (a guard window's history: its baselines read it too)."""
-        self._check_params()
+        evidence the fit read (a guard window's history: its baselines read it too). The
+        parameters are checked already (:meth:`fit`, or the refitted model's)."""
         profile_index = profile_universe(raw["profiles"], timezones)
         if len(profile_index) == 0:
             raise InsufficientDataError("send time: no profile has events before as_of")
